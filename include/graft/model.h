@@ -1,0 +1,108 @@
+// The one interface every image backbone implements (timm's: forward_features / forward_head /
+// reset_classifier / num_features / default_cfg), plus the transfer-learning hooks graft adds on top:
+// a replaceable head and a BatchNorm policy for frozen layers.
+#pragma once
+#include <torch/nn/module.h>
+#include <torch/types.h>
+
+#include <array>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace graft {
+
+class HeadImpl;
+struct HeadSpec;
+
+// How the weights of a registered tag were trained and must be fed (timm's pretrained_cfg,
+// torchvision's Weights.meta + transforms).
+struct PretrainedCfg {
+  std::string tag;                                  // e.g. "tv_in1k"
+  std::string source;                               // e.g. "hf-hub:timm/resnet50.tv_in1k"
+  std::string file_format = "safetensors";          // format of the file at `source`
+  std::vector<int64_t> input_size{3, 224, 224};     // (C, H, W)
+  std::array<double, 3> mean{0.485, 0.456, 0.406};  // per channel, on [0, 1] pixels
+  std::array<double, 3> std{0.229, 0.224, 0.225};
+  std::string interpolation = "bilinear";  // resize filter the weights were evaluated with
+  double crop_pct = 0.875;                 // eval: resize shorter side to size / crop_pct, centre crop
+  int64_t num_classes = 1000;
+  std::string labels = "imagenet-1k";  // label set name (see labels.h)
+  std::string license;                 // licence of the weights
+  std::string description;             // one line: what these weights are
+};
+
+// One named step of a forward pass. Backbones describe their forward as a list of steps so that the
+// same list drives forward(), the Keras-like summary and layer-wise freezing.
+struct ForwardStep {
+  std::string name;  // module path whose parameters the step owns ("layer1.0"), or a label ("flatten")
+  std::string type;  // layer type for the summary ("Bottleneck", "Conv2d")
+  std::function<torch::Tensor(const torch::Tensor&)> fn;
+};
+
+torch::Tensor run_steps(const std::vector<ForwardStep>& steps, torch::Tensor x);
+
+class BackboneImpl : public torch::nn::Module {
+ public:
+  explicit BackboneImpl(std::string arch) : arch_(std::move(arch)) {}
+
+  // (N, 3, H, W) normalised pixels -> (N, num_features(), H', W') feature map.
+  torch::Tensor forward_features(const torch::Tensor& x) { return run_steps(feature_steps(), x); }
+  // Feature map -> logits; with pre_logits, the vector the last classifier layer consumes.
+  torch::Tensor forward_head(const torch::Tensor& features, bool pre_logits = false);
+  torch::Tensor forward(const torch::Tensor& x) { return forward_head(forward_features(x)); }
+
+  // Channels of the feature map that forward_features returns.
+  virtual int64_t num_features() const = 0;
+  // The feature extractor as ordered steps, finest granularity the summary should show.
+  virtual std::vector<ForwardStep> feature_steps() = 0;
+  // The reference head (pooling + classifier) as ordered steps; pre_logits stops before the last layer.
+  virtual std::vector<ForwardStep> classifier_steps(bool pre_logits) = 0;
+  // Name of the reference classifier submodule ("fc" for ResNet, "classifier" for VGG/MobileNetV2):
+  // the part transfer learning replaces and strict loading may skip.
+  virtual std::string classifier_name() const = 0;
+  // Replace the last classifier layer with a fresh one of num_classes outputs (0: identity, the model
+  // then returns pre-logits). Clears any custom head.
+  virtual void reset_classifier(int64_t num_classes) = 0;
+  // Number of outputs of forward().
+  virtual int64_t num_classes() const = 0;
+
+  // Replace the whole reference head by a head built from a spec ("avg,dropout:0.2,dense:10");
+  // it is registered under classifier_name(), so its weights are saved as "fc.1.weight" etc.
+  // input_hw is the input image size, needed when the spec flattens the feature map.
+  void set_head(const HeadSpec& spec, std::array<int64_t, 2> input_hw = {0, 0});
+  bool has_custom_head() const { return head_ != nullptr; }
+  std::shared_ptr<HeadImpl> custom_head() const { return head_; }
+
+  // All steps, features then head, as forward() runs them.
+  std::vector<ForwardStep> all_steps();
+
+  // BatchNorm policy: a BatchNorm whose parameters are all frozen keeps using its running statistics
+  // in train() (Keras' behaviour) unless allowed to train. Applied on every train() call.
+  void set_frozen_bn_trains(bool trains) { frozen_bn_trains_ = trains; }
+  bool frozen_bn_trains() const { return frozen_bn_trains_; }
+  void train(bool on = true) override;
+
+  const std::string& arch() const { return arch_; }
+  const PretrainedCfg& default_cfg() const { return cfg_; }
+  void set_default_cfg(PretrainedCfg cfg) { cfg_ = std::move(cfg); }
+
+ protected:
+  void clear_custom_head() { head_ = nullptr; }
+
+ private:
+  std::string arch_;
+  PretrainedCfg cfg_;
+  std::shared_ptr<HeadImpl> head_;
+  bool frozen_bn_trains_ = false;
+};
+
+using Backbone = std::shared_ptr<BackboneImpl>;
+
+// Total number of elements over parameters whose name is `prefix` or starts with `prefix.`
+// (all parameters when prefix is empty).
+int64_t count_parameters(const torch::nn::Module& module, const std::string& prefix = "",
+                         bool trainable_only = false);
+
+}  // namespace graft

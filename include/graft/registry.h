@@ -1,0 +1,34 @@
+// The model registry: "arch.tag" names (resnet50.tv_in1k) mapped to a builder and the pretrained
+// configuration of each tag. The table of architectures is data, in src/models/registry.cpp.
+#pragma once
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "graft/model.h"
+
+namespace graft {
+
+struct ModelEntry {
+  std::string arch;         // "resnet50"
+  std::string family;       // "resnet"
+  std::string description;  // one line
+  std::function<Backbone(int64_t num_classes)> build;
+  std::vector<PretrainedCfg> tags;  // first one is the default
+};
+
+struct ModelName {
+  std::string arch;
+  std::string tag;  // empty when none given
+  static ModelName parse(const std::string& text);
+};
+
+const std::vector<ModelEntry>& model_entries();
+// Throws SpecError listing close names when arch is unknown.
+const ModelEntry& find_model(const std::string& arch);
+
+// Builds the architecture with the tag's config (or the default tag's) attached. No weights are
+// loaded: random initialisation, as torchvision's constructors give. num_classes < 0 means the tag's.
+Backbone create_model(const std::string& name, int64_t num_classes = -1);
+
+}  // namespace graft
