@@ -89,12 +89,14 @@ class BackboneImpl : public torch::nn::Module {
   void set_default_cfg(PretrainedCfg cfg) { cfg_ = std::move(cfg); }
 
  protected:
-  void clear_custom_head() { head_ = nullptr; }
+  // Drops the custom head and puts the reference classifier back under classifier_name().
+  void clear_custom_head();
 
  private:
   std::string arch_;
   PretrainedCfg cfg_;
   std::shared_ptr<HeadImpl> head_;
+  std::shared_ptr<torch::nn::Module> reference_classifier_;  // what the custom head displaced
   bool frozen_bn_trains_ = false;
 };
 

@@ -1,0 +1,98 @@
+// BackboneImpl: the parts of the backbone interface that every architecture shares (custom head,
+// step runner, BatchNorm policy for frozen layers).
+#include "graft/model.h"
+
+#include "graft/errors.h"
+#include "graft/transfer.h"
+
+namespace graft {
+
+torch::Tensor run_steps(const std::vector<ForwardStep>& steps, torch::Tensor x) {
+  for (const auto& step : steps) x = step.fn(x);
+  return x;
+}
+
+torch::Tensor BackboneImpl::forward_head(const torch::Tensor& features, bool pre_logits) {
+  if (head_) return run_steps(head_->steps(pre_logits), features);
+  return run_steps(classifier_steps(pre_logits), features);
+}
+
+std::vector<ForwardStep> BackboneImpl::all_steps() {
+  std::vector<ForwardStep> steps = feature_steps();
+  std::vector<ForwardStep> head;
+  if (head_) {
+    head = head_->steps(false);
+    for (auto& step : head) step.name = classifier_name() + (step.name.empty() ? "" : "." + step.name);
+  } else {
+    head = classifier_steps(false);
+  }
+  steps.insert(steps.end(), head.begin(), head.end());
+  return steps;
+}
+
+void BackboneImpl::set_head(const HeadSpec& spec, std::array<int64_t, 2> input_hw) {
+  std::array<int64_t, 2> feature_hw{0, 0};
+  if (spec.pooling == Pooling::kFlatten || spec.pooling == Pooling::kNone) {
+    // The feature map size depends on the input size: measure it with one dry run.
+    if (input_hw[0] <= 0) input_hw = {default_cfg().input_size[1], default_cfg().input_size[2]};
+    torch::NoGradGuard no_grad;
+    const bool was_training = is_training();
+    eval();
+    auto probe = torch::zeros({1, 3, input_hw[0], input_hw[1]});
+    auto features = forward_features(probe);
+    train(was_training);
+    feature_hw = {features.size(2), features.size(3)};
+  }
+  auto head = std::make_shared<HeadImpl>(spec, num_features(), feature_hw);
+  const std::string name = classifier_name();
+  if (head_) {
+    replace_module(name, head);
+  } else if (named_children().contains(name)) {
+    reference_classifier_ = named_children()[name];
+    replace_module(name, head);
+  } else {
+    register_module(name, head);
+  }
+  head_ = head;
+}
+
+void BackboneImpl::clear_custom_head() {
+  if (!head_) return;
+  if (reference_classifier_) {
+    replace_module(classifier_name(), reference_classifier_);
+  } else {
+    unregister_module(classifier_name());
+  }
+  head_ = nullptr;
+  reference_classifier_ = nullptr;
+}
+
+void BackboneImpl::train(bool on) {
+  torch::nn::Module::train(on);
+  if (!on || frozen_bn_trains_) return;
+  // A frozen BatchNorm must not drift: keep it on its running statistics (inference mode).
+  for (auto& module : modules(/*include_self=*/false)) {
+    const bool is_bn = dynamic_cast<torch::nn::BatchNorm1dImpl*>(module.get()) ||
+                       dynamic_cast<torch::nn::BatchNorm2dImpl*>(module.get()) ||
+                       dynamic_cast<torch::nn::BatchNorm3dImpl*>(module.get());
+    if (!is_bn) continue;
+    auto params = module->parameters(/*recurse=*/false);
+    const bool frozen = !params.empty() && std::none_of(params.begin(), params.end(), [](const auto& p) {
+      return p.requires_grad();
+    });
+    if (frozen) module->eval();
+  }
+}
+
+int64_t count_parameters(const torch::nn::Module& module, const std::string& prefix, bool trainable_only) {
+  int64_t total = 0;
+  for (const auto& item : module.named_parameters(/*recurse=*/true)) {
+    const std::string& name = item.key();
+    if (!prefix.empty() && name != prefix && name.rfind(prefix + ".", 0) != 0) continue;
+    if (trainable_only && !item.value().requires_grad()) continue;
+    total += item.value().numel();
+  }
+  return total;
+}
+
+}  // namespace graft

@@ -1,0 +1,133 @@
+// Freeze specs: which pretrained parameters stay fixed during training. The head (the custom head, or
+// the freshly reset last classifier layer) is never frozen by a spec: it is what transfer learning trains.
+#include <fnmatch.h>
+
+#include "graft/errors.h"
+#include "graft/transfer.h"
+
+namespace graft {
+namespace {
+
+bool has_prefix(const std::string& name, const std::string& prefix) {
+  if (prefix.empty()) return false;
+  return name == prefix || name.rfind(prefix + ".", 0) == 0;
+}
+
+// Module path of the trainable top: the custom head, or the last classifier step if it owns weights.
+std::string head_prefix(BackboneImpl& model) {
+  if (model.has_custom_head()) return model.classifier_name();
+  auto steps = model.classifier_steps(false);
+  if (steps.empty()) return "";
+  const std::string& last = steps.back().name;
+  for (const auto& item : model.named_parameters(true)) {
+    if (has_prefix(item.key(), last)) return last;
+  }
+  return "";
+}
+
+std::string trim(const std::string& s) {
+  size_t b = s.find_first_not_of(" \t"), e = s.find_last_not_of(" \t");
+  return b == std::string::npos ? "" : s.substr(b, e - b + 1);
+}
+
+}  // namespace
+
+bool glob_match(const std::string& pattern, const std::string& text) {
+  return fnmatch(pattern.c_str(), text.c_str(), 0) == 0;
+}
+
+std::vector<std::string> backbone_layers(BackboneImpl& model) {
+  const std::string head = head_prefix(model);
+  std::vector<std::string> layers;
+  // Parameters held by the model itself (ViT's cls_token) form the first layer, named "".
+  if (!model.parameters(/*recurse=*/false).empty()) layers.push_back("");
+  for (const auto& item : model.named_modules("", /*include_self=*/false)) {
+    if (item.value()->parameters(/*recurse=*/false).empty()) continue;
+    if (has_prefix(item.key(), head)) continue;
+    layers.push_back(item.key());
+  }
+  return layers;
+}
+
+FreezeReport apply_freeze(BackboneImpl& model, const std::string& spec) {
+  const std::string head = head_prefix(model);
+  const std::vector<std::string> layers = backbone_layers(model);
+  auto params = model.named_parameters(/*recurse=*/true);
+
+  std::vector<bool> layer_frozen(layers.size(), false);
+  std::vector<std::string> globs;
+  std::string term;
+  std::stringstream stream(spec);
+  while (std::getline(stream, term, ',')) {
+    term = trim(term);
+    if (term.empty() || term == "none") continue;
+    if (term == "all") {
+      std::fill(layer_frozen.begin(), layer_frozen.end(), true);
+    } else if (term.rfind("last:", 0) == 0) {
+      const std::string count = term.substr(5);
+      size_t used = 0;
+      long long n = -1;
+      try {
+        n = std::stoll(count, &used);
+      } catch (const std::exception&) {
+        used = 0;
+      }
+      if (used != count.size() || n < 0) {
+        throw SpecError("freeze spec term '" + term + "': expected last:N with N >= 0 (layers left trainable)");
+      }
+      // Keras' layers[:-N]: everything but the last N layers is frozen.
+      const size_t keep = std::min<size_t>(static_cast<size_t>(n), layers.size());
+      for (size_t i = 0; i + keep < layers.size(); ++i) layer_frozen[i] = true;
+    } else if (term.rfind("until:", 0) == 0) {
+      const std::string name = term.substr(6);
+      size_t first = layers.size();
+      for (size_t i = 0; i < layers.size(); ++i) {
+        if (has_prefix(layers[i], name)) {
+          first = i;
+          break;
+        }
+      }
+      if (first == layers.size()) {
+        throw SpecError("freeze spec term '" + term + "': no layer named '" + name + "' (first layers: " +
+                        (layers.empty() ? std::string("none") : layers.front()) +
+                        ", ...; see `graft summary` for the names)");
+      }
+      for (size_t i = 0; i < first; ++i) layer_frozen[i] = true;
+    } else {
+      bool matched = false;
+      for (const auto& item : params) matched = matched || glob_match(term, item.key());
+      if (!matched) {
+        throw SpecError("freeze spec term '" + term +
+                        "' matches no parameter; expected all, none, last:N, until:NAME or a glob over "
+                        "parameter names such as 'layer1.*'");
+      }
+      globs.push_back(term);
+    }
+  }
+
+  FreezeReport report;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    if (layer_frozen[i]) report.frozen_layers.push_back(layers[i]);
+  }
+  for (auto& item : params) {
+    const std::string& name = item.key();
+    // The parameter's owning layer is the longest layer name that prefixes it.
+    bool frozen = false;
+    if (!has_prefix(name, head)) {
+      for (size_t i = 0; i < layers.size() && !frozen; ++i) {
+        const std::string& layer = layers[i];
+        const bool owns = layer.empty() ? name.find('.') == std::string::npos
+                                        : name.rfind(layer + ".", 0) == 0 &&
+                                              name.find('.', layer.size() + 1) == std::string::npos;
+        if (owns) frozen = layer_frozen[i];
+      }
+      for (const auto& glob : globs) frozen = frozen || glob_match(glob, name);
+    }
+    item.value().set_requires_grad(!frozen);
+    (frozen ? report.frozen_parameters : report.trainable_parameters) += 1;
+  }
+  model.train(model.is_training());  // re-apply the BatchNorm policy to the new frozen set
+  return report;
+}
+
+}  // namespace graft

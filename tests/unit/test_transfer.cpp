@@ -1,0 +1,184 @@
+// Head and freeze specs on a small hand-built backbone: parsing, shapes, and what one optimiser step
+// may and may not change.
+#include <gtest/gtest.h>
+
+#include <set>
+
+#include "graft/errors.h"
+#include "graft/transfer.h"
+
+namespace graft {
+namespace {
+
+// conv-bn-relu x2, then avgpool + fc: the shape of every CNN in the zoo, small enough to reason about.
+class TinyNetImpl : public BackboneImpl {
+ public:
+  explicit TinyNetImpl(int64_t classes) : BackboneImpl("tinynet") {
+    conv1 = register_module("conv1", torch::nn::Conv2d(torch::nn::Conv2dOptions(3, 4, 3).padding(1)));
+    bn1 = register_module("bn1", torch::nn::BatchNorm2d(4));
+    conv2 = register_module("conv2", torch::nn::Conv2d(torch::nn::Conv2dOptions(4, 8, 3).stride(2).padding(1)));
+    bn2 = register_module("bn2", torch::nn::BatchNorm2d(8));
+    fc = register_module("fc", torch::nn::Linear(8, classes));
+  }
+  int64_t num_features() const override { return 8; }
+  std::vector<ForwardStep> feature_steps() override {
+    return {{"conv1", "Conv2d", [this](const torch::Tensor& x) { return conv1(x); }},
+            {"bn1", "BatchNorm2d", [this](const torch::Tensor& x) { return torch::relu(bn1(x)); }},
+            {"conv2", "Conv2d", [this](const torch::Tensor& x) { return conv2(x); }},
+            {"bn2", "BatchNorm2d", [this](const torch::Tensor& x) { return torch::relu(bn2(x)); }}};
+  }
+  std::vector<ForwardStep> classifier_steps(bool pre_logits) override {
+    std::vector<ForwardStep> steps{{"avgpool", "GlobalAvgPool", [](const torch::Tensor& x) { return x.mean({2, 3}); }}};
+    if (!pre_logits) steps.push_back({"fc", "Linear", [this](const torch::Tensor& x) { return fc(x); }});
+    return steps;
+  }
+  std::string classifier_name() const override { return "fc"; }
+  void reset_classifier(int64_t n) override {
+    clear_custom_head();
+    fc = replace_module("fc", torch::nn::Linear(8, n));
+  }
+  int64_t num_classes() const override { return fc->options.out_features(); }
+
+  torch::nn::Conv2d conv1{nullptr}, conv2{nullptr};
+  torch::nn::BatchNorm2d bn1{nullptr}, bn2{nullptr};
+  torch::nn::Linear fc{nullptr};
+};
+
+std::map<std::string, torch::Tensor> snapshot(const torch::nn::Module& m) {
+  std::map<std::string, torch::Tensor> out;
+  for (const auto& p : m.named_parameters()) out[p.key()] = p.value().detach().clone();
+  for (const auto& b : m.named_buffers()) out[b.key()] = b.value().detach().clone();
+  return out;
+}
+
+// One SGD step on random data with only trainable parameters in the optimiser; returns what changed.
+std::set<std::string> changed_after_step(TinyNetImpl& model) {
+  torch::manual_seed(0);
+  auto before = snapshot(model);
+  std::vector<torch::Tensor> trainable;
+  for (auto& p : model.parameters()) {
+    if (p.requires_grad()) trainable.push_back(p);
+  }
+  torch::optim::SGD optimizer(trainable, torch::optim::SGDOptions(0.1));
+  model.train();
+  auto x = torch::randn({4, 3, 8, 8});
+  auto target = torch::randint(0, 3, {4}, torch::kLong);
+  auto loss = torch::nn::functional::cross_entropy(model.forward(x), target);
+  loss.backward();
+  optimizer.step();
+  std::set<std::string> changed;
+  for (const auto& [name, value] : snapshot(model)) {
+    if (!torch::equal(value, before[name])) changed.insert(name);
+  }
+  return changed;
+}
+
+TEST(HeadSpec, ParsesKerasStyleHead) {
+  auto spec = HeadSpec::parse("avg,dropout:0.2,dense:512:relu,dense:10");
+  EXPECT_EQ(spec.pooling, Pooling::kAvg);
+  ASSERT_EQ(spec.layers.size(), 3u);
+  EXPECT_EQ(spec.layers[0].kind, HeadLayerSpec::Kind::kDropout);
+  EXPECT_DOUBLE_EQ(spec.layers[0].rate, 0.2);
+  EXPECT_EQ(spec.layers[1].units, 512);
+  EXPECT_EQ(spec.layers[1].activation, "relu");
+  EXPECT_EQ(spec.layers[2].units, 10);
+  EXPECT_EQ(spec.to_string(), "avg,dropout:0.2,dense:512:relu,dense:10");
+  EXPECT_EQ(HeadSpec::parse("dense:3").pooling, Pooling::kAvg);  // pooling defaults to avg
+  EXPECT_EQ(HeadSpec::parse("flatten").layers.size(), 0u);
+}
+
+TEST(HeadSpec, RejectsMalformedTermsWithTheTerm) {
+  auto expect_error = [](const std::string& text, const std::string& needle) {
+    try {
+      HeadSpec::parse(text);
+      FAIL() << "no error for '" << text << "'";
+    } catch (const SpecError& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  expect_error("avg,dense:0", "dense:0");
+  expect_error("avg,dense:ten", "'ten'");
+  expect_error("avg,dropout:1.5", "[0, 1)");
+  expect_error("avg,dense:5:swish", "unknown activation 'swish'");
+  expect_error("dense:5,avg", "must come first");
+  expect_error("avg,,dense:5", "empty term");
+  expect_error("avg,conv:3", "'conv:3' not understood");
+}
+
+TEST(Head, ShapesAndNamesFollowTheSpec) {
+  TinyNetImpl model(3);
+  model.set_head(HeadSpec::parse("flatten,dense:16:relu,dropout:0.5,dense:5"), {8, 8});
+  model.eval();
+  // 8x8 input -> conv2 stride 2 -> 4x4 map of 8 channels -> flatten 128.
+  auto names = snapshot(model);
+  EXPECT_EQ(names.at("fc.0.weight").sizes(), torch::IntArrayRef({16, 128}));
+  EXPECT_EQ(names.at("fc.2.weight").sizes(), torch::IntArrayRef({5, 16}));
+  EXPECT_EQ(names.count("fc.weight"), 0u);  // the reference classifier is gone
+  EXPECT_EQ(model.forward(torch::randn({2, 3, 8, 8})).sizes(), torch::IntArrayRef({2, 5}));
+  EXPECT_EQ(model.forward_head(model.forward_features(torch::randn({2, 3, 8, 8})), true).sizes(),
+            torch::IntArrayRef({2, 16}));
+  // include_top=false: pooling only.
+  model.set_head(HeadSpec::parse("max"));
+  EXPECT_EQ(model.forward(torch::randn({2, 3, 8, 8})).sizes(), torch::IntArrayRef({2, 8}));
+  // reset_classifier brings a plain linear classifier back under the reference name.
+  model.reset_classifier(7);
+  EXPECT_FALSE(model.has_custom_head());
+  EXPECT_EQ(snapshot(model).at("fc.weight").sizes(), torch::IntArrayRef({7, 8}));
+  EXPECT_THROW(model.set_head(HeadSpec::parse("none,dense:3")), SpecError);
+}
+
+TEST(Freeze, AllWithNewHeadTrainsOnlyTheHeadAndKeepsBatchNormStatistics) {
+  TinyNetImpl model(3);
+  model.set_head(HeadSpec::parse("avg,dense:6:relu,dense:3"));
+  auto report = apply_freeze(model, "all");
+  EXPECT_EQ(report.frozen_layers, (std::vector<std::string>{"conv1", "bn1", "conv2", "bn2"}));
+  auto changed = changed_after_step(model);
+  EXPECT_EQ(changed, (std::set<std::string>{"fc.0.weight", "fc.0.bias", "fc.1.weight", "fc.1.bias"}));
+  // Frozen BatchNorm stays in inference mode even though the model is in train().
+  EXPECT_TRUE(model.is_training());
+  EXPECT_FALSE(model.bn1->is_training());
+}
+
+TEST(Freeze, FrozenBatchNormMayTrainWhenAskedExplicitly) {
+  TinyNetImpl model(3);
+  model.set_frozen_bn_trains(true);
+  apply_freeze(model, "all");
+  auto changed = changed_after_step(model);
+  EXPECT_TRUE(changed.count("bn1.running_mean"));
+  EXPECT_FALSE(changed.count("bn1.weight"));  // still frozen: only the statistics move
+  EXPECT_TRUE(changed.count("fc.weight"));
+}
+
+TEST(Freeze, LastNLeavesExactlyTheLastNLayersTrainable) {
+  TinyNetImpl model(3);
+  EXPECT_EQ(backbone_layers(model), (std::vector<std::string>{"conv1", "bn1", "conv2", "bn2"}));
+  apply_freeze(model, "last:2");
+  auto changed = changed_after_step(model);
+  EXPECT_EQ(changed, (std::set<std::string>{"conv2.weight", "conv2.bias", "bn2.weight", "bn2.bias",
+                                            "bn2.running_mean", "bn2.running_var", "bn2.num_batches_tracked",
+                                            "fc.weight", "fc.bias"}));
+}
+
+TEST(Freeze, UntilAndGlobs) {
+  TinyNetImpl model(3);
+  auto report = apply_freeze(model, "until:conv2");
+  EXPECT_EQ(report.frozen_layers, (std::vector<std::string>{"conv1", "bn1"}));
+  EXPECT_FALSE(model.conv1->weight.requires_grad());
+  EXPECT_TRUE(model.conv2->weight.requires_grad());
+
+  apply_freeze(model, "conv*");  // re-applying starts from everything trainable
+  EXPECT_FALSE(model.conv1->weight.requires_grad());
+  EXPECT_FALSE(model.conv2->bias.requires_grad());
+  EXPECT_TRUE(model.bn1->weight.requires_grad());
+  EXPECT_TRUE(model.fc->weight.requires_grad());
+
+  apply_freeze(model, "none");
+  EXPECT_TRUE(model.conv1->weight.requires_grad());
+
+  EXPECT_THROW(apply_freeze(model, "until:layer9"), SpecError);
+  EXPECT_THROW(apply_freeze(model, "nothing*"), SpecError);
+  EXPECT_THROW(apply_freeze(model, "last:x"), SpecError);
+}
+
+}  // namespace
+}  // namespace graft
