@@ -32,3 +32,19 @@ const ModelEntry& find_model(const std::string& arch);
 Backbone create_model(const std::string& name, int64_t num_classes = -1);
 
 }  // namespace graft
+
+#include "graft/weights.h"
+
+namespace graft {
+
+struct WeightsOptions {
+  bool strict = true;            // every tensor must match (see LoadOptions)
+  bool skip_classifier = false;  // leave the head (head_module_name) as initialised: it is being replaced
+};
+
+// Loads a safetensors file with reference names into the model. When the file's last classifier layer
+// has another number of classes than the model, the classifier is reset to the file's count first (a
+// fine-tuned 10-class file loads into a 1000-class build). Returns the report; strict throws on misfit.
+LoadReport load_weights(BackboneImpl& model, const std::string& path, const WeightsOptions& options = {});
+
+}  // namespace graft

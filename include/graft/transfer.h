@@ -65,6 +65,10 @@ struct FreezeReport {
   std::vector<std::string> frozen_layers;
 };
 
+// Module path of the part transfer learning trains anew: the custom head (classifier_name()), or else
+// the last classifier layer ("fc", "classifier.6") when it holds weights; "" when there is none.
+std::string head_module_name(BackboneImpl& model);
+
 // The backbone's layers as freezing counts them: modules that own parameters directly (Conv, BN,
 // Linear...), in definition order, excluding the custom head. Keras counts parameter-free layers
 // (ReLU, Add) too; counting only weighted layers makes last:N mean "N layers that learn".

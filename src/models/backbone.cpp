@@ -22,7 +22,7 @@ std::vector<ForwardStep> BackboneImpl::all_steps() {
   std::vector<ForwardStep> head;
   if (head_) {
     head = head_->steps(false);
-    for (auto& step : head) step.name = classifier_name() + (step.name.empty() ? "" : "." + step.name);
+    for (auto& step : head) step.name = classifier_name() + "." + step.name;
   } else {
     head = classifier_steps(false);
   }

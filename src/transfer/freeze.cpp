@@ -13,8 +13,14 @@ bool has_prefix(const std::string& name, const std::string& prefix) {
   return name == prefix || name.rfind(prefix + ".", 0) == 0;
 }
 
-// Module path of the trainable top: the custom head, or the last classifier step if it owns weights.
-std::string head_prefix(BackboneImpl& model) {
+std::string trim(const std::string& s) {
+  size_t b = s.find_first_not_of(" \t"), e = s.find_last_not_of(" \t");
+  return b == std::string::npos ? "" : s.substr(b, e - b + 1);
+}
+
+}  // namespace
+
+std::string head_module_name(BackboneImpl& model) {
   if (model.has_custom_head()) return model.classifier_name();
   auto steps = model.classifier_steps(false);
   if (steps.empty()) return "";
@@ -25,19 +31,12 @@ std::string head_prefix(BackboneImpl& model) {
   return "";
 }
 
-std::string trim(const std::string& s) {
-  size_t b = s.find_first_not_of(" \t"), e = s.find_last_not_of(" \t");
-  return b == std::string::npos ? "" : s.substr(b, e - b + 1);
-}
-
-}  // namespace
-
 bool glob_match(const std::string& pattern, const std::string& text) {
   return fnmatch(pattern.c_str(), text.c_str(), 0) == 0;
 }
 
 std::vector<std::string> backbone_layers(BackboneImpl& model) {
-  const std::string head = head_prefix(model);
+  const std::string head = head_module_name(model);
   std::vector<std::string> layers;
   // Parameters held by the model itself (ViT's cls_token) form the first layer, named "".
   if (!model.parameters(/*recurse=*/false).empty()) layers.push_back("");
@@ -50,7 +49,7 @@ std::vector<std::string> backbone_layers(BackboneImpl& model) {
 }
 
 FreezeReport apply_freeze(BackboneImpl& model, const std::string& spec) {
-  const std::string head = head_prefix(model);
+  const std::string head = head_module_name(model);
   const std::vector<std::string> layers = backbone_layers(model);
   auto params = model.named_parameters(/*recurse=*/true);
 

@@ -176,13 +176,13 @@ std::vector<ForwardStep> HeadImpl::steps(bool pre_logits) {
   std::vector<ForwardStep> steps;
   switch (spec_.pooling) {
     case Pooling::kAvg:
-      steps.push_back({"", "GlobalAvgPool", [](const torch::Tensor& x) { return x.mean({2, 3}); }});
+      steps.push_back({"pool", "GlobalAvgPool", [](const torch::Tensor& x) { return x.mean({2, 3}); }});
       break;
     case Pooling::kMax:
-      steps.push_back({"", "GlobalMaxPool", [](const torch::Tensor& x) { return x.amax({2, 3}); }});
+      steps.push_back({"pool", "GlobalMaxPool", [](const torch::Tensor& x) { return x.amax({2, 3}); }});
       break;
     case Pooling::kFlatten:
-      steps.push_back({"", "Flatten", [](const torch::Tensor& x) { return x.flatten(1); }});
+      steps.push_back({"flatten", "Flatten", [](const torch::Tensor& x) { return x.flatten(1); }});
       break;
     case Pooling::kNone: break;
   }

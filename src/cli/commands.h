@@ -1,0 +1,31 @@
+// The graft subcommands: each file adds one to the CLI11 app.
+#pragma once
+#include <CLI/CLI.hpp>
+
+#include <string>
+
+#include "graft/model.h"
+
+namespace graft::cli {
+
+// Options every command that builds a model shares.
+struct ModelArgs {
+  std::string model;           // ARCH[.TAG]
+  std::string weights;         // safetensors file with reference names
+  std::string head;            // head spec
+  std::string freeze;          // freeze spec
+  int64_t num_classes = -1;    // -1: the tag's
+  bool strict = true;
+  bool bn_train_frozen = false;
+  void add_to(CLI::App& command, bool with_freeze);
+};
+
+// Builds the model, loads weights (or warns about random initialisation), applies head and freeze.
+Backbone build_model(const ModelArgs& args);
+
+void add_info_command(CLI::App& app);
+void add_models_command(CLI::App& app);
+void add_summary_command(CLI::App& app);
+void add_forward_command(CLI::App& app);
+
+}  // namespace graft::cli

@@ -1,0 +1,45 @@
+// Model construction shared by every command: registry name, weights, head, freeze.
+#include <iostream>
+
+#include "cli/commands.h"
+#include "graft/registry.h"
+#include "graft/transfer.h"
+
+namespace graft::cli {
+
+void ModelArgs::add_to(CLI::App& command, bool with_freeze) {
+  command.add_option("model", model, "architecture or ARCH.TAG, e.g. resnet50 or resnet50.tv_in1k")->required();
+  command.add_option("--weights", weights, "safetensors file with reference (torchvision) names")
+      ->check(CLI::ExistingFile);
+  command.add_option("--head", head, "new head spec, e.g. avg,dropout:0.2,dense:512:relu,dense:10");
+  command.add_option("--num-classes", num_classes, "reset the classifier to this many classes");
+  command.add_flag("!--no-strict", strict, "load weights even when names or shapes do not all match");
+  if (with_freeze) {
+    command.add_option("--freeze", freeze, "freeze spec: all, none, last:N, until:NAME or globs");
+    command.add_flag("--bn-train-frozen", bn_train_frozen,
+                     "let frozen BatchNorm layers update running statistics (default: inference mode)");
+  }
+}
+
+Backbone build_model(const ModelArgs& args) {
+  Backbone model = create_model(args.model);
+  if (!args.weights.empty()) {
+    WeightsOptions options;
+    options.strict = args.strict;
+    // A new head or class count replaces the classifier: its pretrained weights are not wanted.
+    options.skip_classifier = !args.head.empty() || args.num_classes >= 0;
+    LoadReport report = load_weights(*model, args.weights, options);
+    if (!report.ok()) std::cerr << "graft: warning: " << report.to_string() << "\n";
+  } else {
+    std::cerr << "graft: warning: no --weights for " << args.model
+              << ": the model is randomly initialised (pretrained source: " << model->default_cfg().source
+              << ")\n";
+  }
+  if (args.num_classes >= 0) model->reset_classifier(args.num_classes);
+  if (!args.head.empty()) model->set_head(HeadSpec::parse(args.head));
+  model->set_frozen_bn_trains(args.bn_train_frozen);
+  if (!args.freeze.empty()) apply_freeze(*model, args.freeze);
+  return model;
+}
+
+}  // namespace graft::cli

@@ -1,0 +1,128 @@
+// The registry's table: every architecture graft builds, with its pretrained tags as data.
+// Sources name where the reference weights live; torchvision's own .pth files are pickles, which graft
+// never loads, so tags point at safetensors copies with identical names where one exists (timm's).
+#include "graft/registry.h"
+
+#include "graft/errors.h"
+#include "models/mobilenet_v2.h"
+#include "models/resnet.h"
+#include "models/vgg.h"
+
+namespace graft {
+namespace {
+
+// torchvision's ImageNet-1k recipe: resize shorter side to 256, centre crop 224, bilinear.
+PretrainedCfg torchvision_in1k(const std::string& tag, const std::string& source, const std::string& what) {
+  PretrainedCfg cfg;
+  cfg.tag = tag;
+  cfg.source = source;
+  cfg.license = "BSD-3-Clause (torchvision)";
+  cfg.description = what;
+  return cfg;
+}
+
+std::vector<ModelEntry> build_table() {
+  const std::string tv = "torchvision ImageNet-1k weights";
+  std::vector<ModelEntry> table;
+  auto add_resnet = [&](const std::string& arch, std::function<Backbone(int64_t)> build, const std::string& what) {
+    table.push_back({arch, "resnet", what, std::move(build),
+                     {torchvision_in1k("tv_in1k", "hf-hub:timm/" + arch + ".tv_in1k", tv + " (V1)")}});
+  };
+  add_resnet("resnet18", resnet18, "ResNet-18 (He et al. 2015), torchvision layout");
+  add_resnet("resnet34", resnet34, "ResNet-34, torchvision layout");
+  add_resnet("resnet50", resnet50, "ResNet-50 v1.5 (stride on the 3x3 conv), torchvision layout");
+  add_resnet("resnet101", resnet101, "ResNet-101 v1.5, torchvision layout");
+  add_resnet("resnet152", resnet152, "ResNet-152 v1.5, torchvision layout");
+  {
+    // torchvision's IMAGENET1K_V2 recipe evaluates at 232 -> 224.
+    PretrainedCfg v2 = torchvision_in1k("tv2_in1k", "hf-hub:timm/resnet50.tv2_in1k", tv + " (V2 recipe)");
+    v2.crop_pct = 224.0 / 232.0;
+    table[2].tags.push_back(v2);
+  }
+  auto add_vgg = [&](const std::string& arch, std::function<Backbone(int64_t)> build, const std::string& what) {
+    table.push_back({arch, "vgg", what, std::move(build),
+                     {torchvision_in1k("tv_in1k", "torchvision:" + arch + " IMAGENET1K_V1 (convert to safetensors)",
+                                       tv)}});
+  };
+  add_vgg("vgg16", vgg16, "VGG-16 (Simonyan & Zisserman 2014), configuration D");
+  add_vgg("vgg16_bn", vgg16_bn, "VGG-16 with batch normalisation");
+  add_vgg("vgg19", vgg19, "VGG-19, configuration E");
+  add_vgg("vgg19_bn", vgg19_bn, "VGG-19 with batch normalisation");
+  table.push_back({"mobilenet_v2", "mobilenet", "MobileNetV2 (Sandler et al. 2018), torchvision layout",
+                   mobilenet_v2,
+                   {torchvision_in1k("tv_in1k", "torchvision:mobilenet_v2 IMAGENET1K_V1 (convert to safetensors)",
+                                     tv)}});
+  return table;
+}
+
+// Levenshtein distance, for "did you mean" suggestions.
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diagonal = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      size_t above = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diagonal = above;
+    }
+  }
+  return row[b.size()];
+}
+
+}  // namespace
+
+ModelName ModelName::parse(const std::string& text) {
+  ModelName name;
+  const size_t dot = text.find('.');
+  name.arch = text.substr(0, dot);
+  if (dot != std::string::npos) name.tag = text.substr(dot + 1);
+  if (name.arch.empty() || (dot != std::string::npos && name.tag.empty())) {
+    throw SpecError("model name '" + text + "': expected ARCH or ARCH.TAG, e.g. resnet50.tv_in1k");
+  }
+  return name;
+}
+
+const std::vector<ModelEntry>& model_entries() {
+  static const std::vector<ModelEntry> table = build_table();
+  return table;
+}
+
+const ModelEntry& find_model(const std::string& arch) {
+  const auto& table = model_entries();
+  for (const auto& entry : table) {
+    if (entry.arch == arch) return entry;
+  }
+  std::string best;
+  size_t best_distance = 4;
+  for (const auto& entry : table) {
+    const size_t d = edit_distance(arch, entry.arch);
+    if (d < best_distance) best_distance = d, best = entry.arch;
+  }
+  throw SpecError("unknown architecture '" + arch + "'" + (best.empty() ? "" : "; did you mean '" + best + "'?") +
+                  " (`graft models` lists them)");
+}
+
+Backbone create_model(const std::string& name, int64_t num_classes) {
+  const ModelName parsed = ModelName::parse(name);
+  const ModelEntry& entry = find_model(parsed.arch);
+  const PretrainedCfg* cfg = &entry.tags.front();
+  if (!parsed.tag.empty()) {
+    cfg = nullptr;
+    std::string known;
+    for (const auto& tag : entry.tags) {
+      if (tag.tag == parsed.tag) cfg = &tag;
+      known += (known.empty() ? "" : ", ") + tag.tag;
+    }
+    if (!cfg) {
+      throw SpecError("model '" + name + "': architecture " + entry.arch + " has no tag '" + parsed.tag +
+                      "'; its tags are: " + known);
+    }
+  }
+  Backbone model = entry.build(num_classes < 0 ? cfg->num_classes : num_classes);
+  model->set_default_cfg(*cfg);
+  return model;
+}
+
+}  // namespace graft

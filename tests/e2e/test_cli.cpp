@@ -1,0 +1,186 @@
+// The graft program end to end: help/version/info, the model list, Keras-like summaries whose counts
+// equal torchvision's, `forward` against torchvision's outputs, and clear errors on bad input.
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+
+#include "graft/weights.h"
+
+namespace {
+
+struct Run {
+  int status = -1;
+  std::string output;  // stdout + stderr
+};
+
+Run graft(const std::string& args) {
+  Run run;
+  const std::string command = std::string(GRAFT_BINARY) + " " + args + " 2>&1";
+  FILE* pipe = popen(command.c_str(), "r");
+  if (!pipe) return run;
+  std::array<char, 4096> buffer;
+  size_t n;
+  while ((n = fread(buffer.data(), 1, buffer.size(), pipe)) > 0) run.output.append(buffer.data(), n);
+  const int status = pclose(pipe);
+  run.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return run;
+}
+
+bool contains(const std::string& haystack, const std::string& needle) {
+  return haystack.find(needle) != std::string::npos;
+}
+
+std::filesystem::path temp_dir(const std::string& name) {
+  auto dir = std::filesystem::temp_directory_path() / ("graft_cli_" + name + "_" + std::to_string(getpid()));
+  std::filesystem::create_directories(dir);
+  return dir;
+}
+
+TEST(Cli, HelpVersionInfo) {
+  auto help = graft("--help");
+  EXPECT_EQ(help.status, 0);
+  for (const char* command : {"info", "models", "summary", "forward"}) EXPECT_TRUE(contains(help.output, command));
+  auto version = graft("--version");
+  EXPECT_EQ(version.status, 0);
+  EXPECT_TRUE(contains(version.output, "graft " GRAFT_VERSION)) << version.output;
+  auto info = graft("info");
+  EXPECT_EQ(info.status, 0) << info.output;
+  EXPECT_TRUE(contains(info.output, "libtorch")) << info.output;
+  EXPECT_TRUE(std::regex_search(info.output, std::regex("threads +[0-9]+ intra-op"))) << info.output;
+  EXPECT_TRUE(contains(info.output, "BLAS")) << info.output;
+  auto two = graft("--threads 1 info");
+  EXPECT_TRUE(contains(two.output, "threads    1 intra-op")) << two.output;
+}
+
+TEST(Cli, ModelsListsEveryArchitectureAndFilters) {
+  auto all = graft("models");
+  EXPECT_EQ(all.status, 0);
+  for (const char* name : {"resnet18.tv_in1k", "resnet34.tv_in1k", "resnet50.tv_in1k", "resnet101.tv_in1k",
+                           "resnet152.tv_in1k", "vgg16.tv_in1k", "vgg16_bn.tv_in1k", "vgg19.tv_in1k",
+                           "vgg19_bn.tv_in1k", "mobilenet_v2.tv_in1k"}) {
+    EXPECT_TRUE(contains(all.output, name)) << name;
+  }
+  auto vgg = graft("models vgg");
+  EXPECT_TRUE(contains(vgg.output, "vgg19_bn")) << vgg.output;
+  EXPECT_FALSE(contains(vgg.output, "resnet")) << vgg.output;
+}
+
+std::string total_line(const std::string& output, const std::string& label) {
+  std::smatch match;
+  std::regex pattern("\n" + label + ": ([0-9,]+)");
+  return std::regex_search(output, match, pattern) ? match[1].str() : "(none)";
+}
+
+// Parameter counts as torchvision 0.14 reports them (sum of p.numel() over model.parameters()).
+TEST(Cli, SummaryTotalsEqualTorchvisionParameterCounts) {
+  const std::vector<std::pair<std::string, std::string>> expected = {
+      {"resnet18", "11,689,512"}, {"resnet34", "21,797,672"},  {"resnet50", "25,557,032"},
+      {"resnet101", "44,549,160"}, {"resnet152", "60,192,808"}, {"vgg16", "138,357,544"},
+      {"vgg16_bn", "138,365,992"}, {"vgg19", "143,667,240"},    {"vgg19_bn", "143,678,248"},
+      {"mobilenet_v2", "3,504,872"}};
+  for (const auto& [arch, count] : expected) {
+    auto run = graft("summary " + arch + " --input 64");
+    ASSERT_EQ(run.status, 0) << arch << ": " << run.output;
+    EXPECT_EQ(total_line(run.output, "Total params"), count) << arch;
+    EXPECT_EQ(total_line(run.output, "Trainable params"), count) << arch;
+  }
+}
+
+TEST(Cli, SummaryWithNewHeadAndFrozenBackbone) {
+  auto run = graft("summary resnet50 --head avg,dropout:0.2,dense:512:relu,dense:10 --freeze all");
+  ASSERT_EQ(run.status, 0) << run.output;
+  // Backbone without fc: 25,557,032 - (2048*1000 + 1000) = 23,508,032. Head: 2048*512+512 + 512*10+10.
+  EXPECT_EQ(total_line(run.output, "Total params"), "24,562,250");
+  EXPECT_EQ(total_line(run.output, "Trainable params"), "1,054,218");
+  EXPECT_EQ(total_line(run.output, "Non-trainable params"), "23,508,032");
+  EXPECT_TRUE(std::regex_search(run.output, std::regex("layer4.2 \\(Bottleneck\\) +\\(None, 2048, 7, 7\\)")))
+      << run.output;
+  EXPECT_TRUE(std::regex_search(run.output, std::regex("fc.2 \\(Linear\\) +\\(None, 10\\) +5,130 +Y")))
+      << run.output;
+  EXPECT_TRUE(contains(run.output, "running statistics")) << run.output;
+  EXPECT_TRUE(contains(run.output, "randomly initialised")) << run.output;
+
+  auto last = graft("summary mobilenet_v2 --input 96 --freeze last:3");
+  ASSERT_EQ(last.status, 0) << last.output;
+  // last:3 leaves features.18's conv and BN and features.17's last BN trainable, plus the classifier.
+  EXPECT_TRUE(std::regex_search(last.output, std::regex("features.17 \\(InvertedResidual\\).* partial")))
+      << last.output;
+  EXPECT_TRUE(std::regex_search(last.output, std::regex("features.16 \\(InvertedResidual\\).* N\n")))
+      << last.output;
+}
+
+TEST(Cli, ClearErrorsOnBadInput) {
+  auto unknown = graft("summary resnet5");
+  EXPECT_EQ(unknown.status, 1);
+  EXPECT_TRUE(contains(unknown.output, "unknown architecture 'resnet5'; did you mean 'resnet50'")) << unknown.output;
+  auto tag = graft("summary resnet50.nope");
+  EXPECT_EQ(tag.status, 1);
+  EXPECT_TRUE(contains(tag.output, "no tag 'nope'")) << tag.output;
+  auto head = graft("summary resnet18 --head avg,dense:x");
+  EXPECT_EQ(head.status, 1);
+  EXPECT_TRUE(contains(head.output, "'dense:x'")) << head.output;
+  auto freeze = graft("summary resnet18 --freeze until:layer9");
+  EXPECT_EQ(freeze.status, 1);
+  EXPECT_TRUE(contains(freeze.output, "no layer named 'layer9'")) << freeze.output;
+
+  auto dir = temp_dir("bad");
+  const auto bad = (dir / "broken.safetensors").string();
+  std::ofstream(bad, std::ios::binary) << "\x10\x00\x00";  // shorter than the 8-byte header length
+  auto corrupt = graft("summary resnet18 --weights " + bad);
+  EXPECT_EQ(corrupt.status, 1);
+  EXPECT_TRUE(contains(corrupt.output, bad)) << corrupt.output;
+
+  // A file for another architecture: every misfit is named with both shapes.
+  graft::write_safetensors((dir / "tiny.safetensors").string(), {{"conv1.weight", torch::zeros({8, 3, 7, 7})}});
+  auto wrong = graft("summary resnet18 --weights " + (dir / "tiny.safetensors").string());
+  EXPECT_EQ(wrong.status, 1);
+  EXPECT_TRUE(contains(wrong.output, "conv1.weight")) << wrong.output;
+  EXPECT_TRUE(contains(wrong.output, "[64, 3, 7, 7]")) << wrong.output;
+  EXPECT_TRUE(contains(wrong.output, "[8, 3, 7, 7]")) << wrong.output;
+  EXPECT_TRUE(contains(wrong.output, "layer4.1.bn2.running_var")) << wrong.output;  // a missing one
+  std::filesystem::remove_all(dir);
+}
+
+// `graft forward` reproduces torchvision's outputs from the golden files (tests/models/make_golden.py).
+TEST(Cli, ForwardMatchesTorchvision) {
+  const std::string golden = GRAFT_GOLDEN_DIR;
+  auto dir = temp_dir("forward");
+  for (const std::string arch : {"resnet18", "mobilenet_v2"}) {
+    const std::string out = (dir / (arch + ".out.safetensors")).string();
+    auto run = graft("forward " + arch + " --weights " + golden + "/" + arch + ".weights.safetensors --inputs " +
+                     golden + "/" + arch + ".io.safetensors --out " + out);
+    ASSERT_EQ(run.status, 0) << run.output;
+    graft::SafeTensorsReader expected(golden + "/" + arch + ".io.safetensors");
+    graft::SafeTensorsReader got(out);
+    for (const std::string name : {"logits", "features"}) {
+      const double diff = (got.load(name) - expected.load(name)).abs().max().item<double>();
+      std::cout << "[forward] " << arch << " " << name << " max|diff|=" << diff << "\n";
+      EXPECT_LE(diff, 1e-4) << arch << " " << name;
+    }
+  }
+  // A fine-tuned file with another class count loads: the classifier adapts to the file.
+  graft::SafeTensorsReader weights(golden + "/resnet18.weights.safetensors");
+  graft::NamedTensors tensors;
+  for (const auto& info : weights.tensors()) {
+    torch::Tensor t = weights.load(info.name);
+    if (info.name == "fc.weight") t = t.slice(0, 0, 7).clone();
+    if (info.name == "fc.bias") t = t.slice(0, 0, 7).clone();
+    tensors.emplace_back(info.name, t);
+  }
+  const std::string seven = (dir / "seven.safetensors").string();
+  graft::write_safetensors(seven, tensors);
+  const std::string out = (dir / "seven.out.safetensors").string();
+  auto run = graft("forward resnet18 --weights " + seven + " --inputs " + golden + "/resnet18.io.safetensors --out " + out);
+  ASSERT_EQ(run.status, 0) << run.output;
+  EXPECT_TRUE(contains(run.output, "logits [2, 7]")) << run.output;
+  auto missing = graft("forward resnet18 --weights " + seven + " --inputs " + seven + " --out " + out);
+  EXPECT_EQ(missing.status, 1);
+  EXPECT_TRUE(contains(missing.output, "no tensor named 'pixel_values'")) << missing.output;
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
