@@ -67,6 +67,10 @@ void write_safetensors(const std::string& path, const NamedTensors& tensors,
                        const std::map<std::string, std::string>& metadata = {});
 
 std::string safetensors_dtype(torch::ScalarType type);  // throws for types safetensors lacks
+// The inverse: "F16" -> torch::kHalf. Throws graft::Error for a dtype graft cannot read.
+torch::ScalarType safetensors_scalar_type(const std::string& dtype);
+// Bytes per element of a safetensors dtype, 0 when the dtype is unknown.
+size_t safetensors_itemsize(const std::string& dtype);
 
 struct ShapeMismatchEntry {
   std::string name;
@@ -79,7 +83,9 @@ struct LoadReport {
   std::vector<std::string> missing;     // in the module, absent from the source
   std::vector<std::string> unexpected;  // in the source, absent from the module
   std::vector<ShapeMismatchEntry> mismatched;
-  std::vector<std::string> skipped;     // present in both but skipped on purpose (replaced head)
+  std::vector<std::string> skipped;     // under a skip prefix, skipped on purpose (replaced head)
+  // Shape of each missing name (the module's) and unexpected name (the source's), for messages.
+  std::map<std::string, std::vector<int64_t>> shapes;
   bool ok() const { return missing.empty() && unexpected.empty() && mismatched.empty(); }
   std::string to_string() const;  // multi-line, every name with both shapes
 };
