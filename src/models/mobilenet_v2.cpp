@@ -1,0 +1,180 @@
+// MobileNetV2 (Sandler et al. 2018, arXiv:1801.04381), a port of torchvision 0.14
+// torchvision/models/mobilenetv2.py (InvertedResidual, MobileNetV2), ops/misc.py (Conv2dNormActivation)
+// and models/_utils.py (_make_divisible), with torchvision's init: kaiming normal fan_out convs,
+// BN 1/0, Linear normal(0, 0.01) with zero bias.
+#include "models/mobilenet_v2.h"
+
+#include <cmath>
+
+#include "graft/errors.h"
+#include "graft/transfer.h"
+
+namespace graft {
+namespace {
+
+namespace nn = torch::nn;
+
+void init_linear(nn::LinearImpl& linear) {
+  torch::NoGradGuard no_grad;
+  nn::init::normal_(linear.weight, /*mean=*/0, /*std=*/0.01);
+  nn::init::zeros_(linear.bias);
+}
+
+torch::Tensor run_any(nn::AnyModule& module, const torch::Tensor& x) {
+  return module.forward(x);
+}
+
+}  // namespace
+
+namespace mobilenetv2 {
+
+int64_t make_divisible(double v, int64_t divisor) {
+  // Python: max(divisor, int(v + divisor / 2) // divisor * divisor); both operands are >= 0 here.
+  int64_t rounded = std::max(divisor, static_cast<int64_t>(v + divisor / 2.0) / divisor * divisor);
+  if (rounded < 0.9 * v) rounded += divisor;
+  return rounded;
+}
+
+Conv2dNormActivationImpl::Conv2dNormActivationImpl(int64_t in_channels, int64_t out_channels,
+                                                   int64_t kernel_size, int64_t stride, int64_t groups) {
+  // No conv bias: the BatchNorm right after it has one.
+  push_back(nn::Conv2d(nn::Conv2dOptions(in_channels, out_channels, kernel_size)
+                           .stride(stride)
+                           .padding((kernel_size - 1) / 2)
+                           .groups(groups)
+                           .bias(false)));
+  push_back(nn::BatchNorm2d(out_channels));
+  push_back(nn::ReLU6(nn::ReLU6Options().inplace(true)));  // overwrites only the BN output it owns
+}
+
+InvertedResidualImpl::InvertedResidualImpl(int64_t inp, int64_t oup, int64_t stride, int64_t expand_ratio)
+    : use_res_connect(stride == 1 && inp == oup) {
+  if (stride != 1 && stride != 2) {
+    throw Error("InvertedResidual: stride must be 1 or 2, got " + std::to_string(stride));
+  }
+  const int64_t hidden = inp * expand_ratio;
+  nn::Sequential layers;
+  // Expand (pw), filter each channel (dw, carries the stride), project back with no activation (pw-linear).
+  if (expand_ratio != 1) layers->push_back(Conv2dNormActivation(inp, hidden, /*kernel_size=*/1));
+  layers->push_back(Conv2dNormActivation(hidden, hidden, /*kernel_size=*/3, stride, /*groups=*/hidden));
+  layers->push_back(nn::Conv2d(nn::Conv2dOptions(hidden, oup, /*kernel_size=*/1).bias(false)));
+  layers->push_back(nn::BatchNorm2d(oup));
+  conv = register_module("conv", layers);
+}
+
+torch::Tensor InvertedResidualImpl::forward(const torch::Tensor& x) {
+  return use_res_connect ? x + conv->forward(x) : conv->forward(x);
+}
+
+}  // namespace mobilenetv2
+
+MobileNetV2Impl::MobileNetV2Impl(const MobileNetV2Config& config, int64_t num_classes)
+    : BackboneImpl(config.arch), config_(config) {
+  using mobilenetv2::make_divisible;
+  if (num_classes < 0) {
+    throw Error(config.arch + ": num_classes must be >= 0 (0 gives a model that returns pre-logits), got " +
+                std::to_string(num_classes));
+  }
+  if (config.setting.empty()) throw Error(config.arch + ": the inverted residual setting is empty");
+  int64_t input_channel = make_divisible(config.input_channel * config.width_mult, config.round_nearest);
+  last_channel_ =
+      make_divisible(config.last_channel * std::max(1.0, config.width_mult), config.round_nearest);
+
+  nn::Sequential layers;
+  layers->push_back(mobilenetv2::Conv2dNormActivation(3, input_channel, /*kernel_size=*/3, /*stride=*/2));
+  feature_types_.push_back("Conv2dNormActivation");
+  for (const auto& stage : config.setting) {
+    const int64_t output_channel = make_divisible(stage.channels * config.width_mult, config.round_nearest);
+    for (int64_t i = 0; i < stage.repeats; ++i) {
+      layers->push_back(mobilenetv2::InvertedResidual(input_channel, output_channel,
+                                                      i == 0 ? stage.stride : 1, stage.expand_ratio));
+      feature_types_.push_back("InvertedResidual");
+      input_channel = output_channel;
+    }
+  }
+  layers->push_back(mobilenetv2::Conv2dNormActivation(input_channel, last_channel_, /*kernel_size=*/1));
+  feature_types_.push_back("Conv2dNormActivation");
+  features = register_module("features", layers);
+
+  nn::Sequential head(nn::Dropout(config.dropout));
+  if (num_classes > 0) {
+    head->push_back(nn::Linear(last_channel_, num_classes));
+  } else {
+    head->push_back(nn::Identity());
+  }
+  classifier = register_module("classifier", head);
+  num_classes_ = num_classes;
+
+  torch::NoGradGuard no_grad;
+  for (auto& module : modules(/*include_self=*/false)) {
+    if (auto* conv = module->as<nn::Conv2d>()) {
+      nn::init::kaiming_normal_(conv->weight, /*a=*/0, torch::kFanOut);
+    } else if (auto* bn = module->as<nn::BatchNorm2d>()) {
+      nn::init::ones_(bn->weight);
+      nn::init::zeros_(bn->bias);
+    } else if (auto* linear = module->as<nn::Linear>()) {
+      init_linear(*linear);
+    }
+  }
+}
+
+std::vector<ForwardStep> MobileNetV2Impl::feature_steps() {
+  std::vector<ForwardStep> steps;
+  size_t i = 0;
+  for (auto& layer : *features) {
+    steps.push_back({"features." + std::to_string(i), feature_types_[i],
+                     [m = layer](const torch::Tensor& x) mutable { return run_any(m, x); }});
+    ++i;
+  }
+  return steps;  // (N, 3, H, W) -> (N, 1280, H/32, W/32)
+}
+
+std::vector<ForwardStep> MobileNetV2Impl::classifier_steps(bool pre_logits) {
+  std::vector<ForwardStep> steps;
+  // torchvision pools with F.adaptive_avg_pool2d, not a module: a label, not a module path.
+  steps.push_back({"avgpool", "AdaptiveAvgPool2d", [](const torch::Tensor& x) {
+                     return torch::adaptive_avg_pool2d(x, {1, 1});  // (N, 1280, 1, 1)
+                   }});
+  steps.push_back({"flatten", "Flatten", [](const torch::Tensor& x) { return x.flatten(1); }});  // (N, 1280)
+  steps.push_back({"classifier.0", "Dropout",
+                   [m = *classifier->begin()](const torch::Tensor& x) mutable { return run_any(m, x); }});
+  if (pre_logits) return steps;
+  steps.push_back(
+      {"classifier.1", num_classes_ > 0 ? "Linear" : "Identity",
+       [m = *(classifier->begin() + 1)](const torch::Tensor& x) mutable { return run_any(m, x); }});
+  return steps;
+}
+
+void MobileNetV2Impl::reset_classifier(int64_t num_classes) {
+  if (num_classes < 0) {
+    throw Error(arch() + ": reset_classifier(" + std::to_string(num_classes) +
+                "): the number of classes must be >= 0 (0 removes the classifier)");
+  }
+  clear_custom_head();
+  // A Sequential cannot swap one element: a new one around the same Dropout, under the same name.
+  nn::Sequential head;
+  head->push_back(*classifier->begin());
+  if (num_classes > 0) {
+    nn::Linear last(last_channel_, num_classes);
+    init_linear(*last);
+    const torch::Tensor reference = features->ptr(0)->parameters().front();
+    last->to(reference.device(), reference.scalar_type());
+    head->push_back(last);
+  } else {
+    head->push_back(nn::Identity());
+  }
+  replace_module("classifier", head);
+  classifier = head;
+  num_classes_ = num_classes;
+}
+
+int64_t MobileNetV2Impl::num_classes() const {
+  if (has_custom_head()) return custom_head()->out_features();
+  return num_classes_ > 0 ? num_classes_ : last_channel_;
+}
+
+Backbone mobilenet_v2(int64_t num_classes) {
+  return std::make_shared<MobileNetV2Impl>(MobileNetV2Config::mobilenet_v2(), num_classes);
+}
+
+}  // namespace graft

@@ -1,0 +1,103 @@
+// MobileNetV2 (Sandler et al., "MobileNetV2: Inverted Residuals and Linear Bottlenecks", 2018), as
+// torchvision 0.14 torchvision/models/mobilenetv2.py (and ops/misc.py Conv2dNormActivation) builds it:
+// "features.0" .. "features.18", then "classifier.0" (Dropout) and "classifier.1" (Linear).
+#pragma once
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/sequential.h>
+
+#include <string>
+#include <vector>
+
+#include "graft/model.h"
+
+namespace graft {
+
+// One row of the paper's Table 2: a stage of `repeats` inverted residual blocks.
+struct InvertedResidualSetting {
+  int64_t expand_ratio;  // t: hidden width = t * input width
+  int64_t channels;      // c: output channels (before width_mult)
+  int64_t repeats;       // n: blocks in the stage
+  int64_t stride;        // s: stride of the stage's first block
+};
+
+struct MobileNetV2Config {
+  std::string arch = "mobilenet_v2";
+  double width_mult = 1.0;  // scales every width, rounded to a multiple of round_nearest
+  int64_t round_nearest = 8;
+  int64_t input_channel = 32;   // stem width
+  int64_t last_channel = 1280;  // width of features.18 (never scaled below 1280)
+  double dropout = 0.2;         // classifier.0
+  // clang-format off
+  std::vector<InvertedResidualSetting> setting{
+      // t,   c, n, s
+      {1,  16, 1, 1},
+      {6,  24, 2, 2},
+      {6,  32, 3, 2},
+      {6,  64, 4, 2},
+      {6,  96, 3, 1},
+      {6, 160, 3, 2},
+      {6, 320, 1, 1},
+  };
+  // clang-format on
+
+  static MobileNetV2Config mobilenet_v2() { return {}; }
+};
+
+// The blocks have a namespace of their own: other architectures define blocks of the same names.
+namespace mobilenetv2 {
+
+// torchvision's _make_divisible: round v to the nearest multiple of divisor, never down by more than 10%.
+int64_t make_divisible(double v, int64_t divisor);
+
+// Conv (no bias) -> BatchNorm2d -> ReLU6, children "0", "1", "2": a Sequential, as torchvision's
+// Conv2dNormActivation is. The plain forward lets it sit inside another Sequential.
+class Conv2dNormActivationImpl : public torch::nn::SequentialImpl {
+ public:
+  Conv2dNormActivationImpl(int64_t in_channels, int64_t out_channels, int64_t kernel_size, int64_t stride = 1,
+                           int64_t groups = 1);
+  torch::Tensor forward(torch::Tensor x) { return torch::nn::SequentialImpl::forward(std::move(x)); }
+};
+TORCH_MODULE(Conv2dNormActivation);
+
+// Expand 1x1 (if t > 1) -> depthwise 3x3 -> linear 1x1 projection, plus the identity shortcut when
+// stride is 1 and widths match. Children: "conv.0", "conv.1", ...
+class InvertedResidualImpl : public torch::nn::Module {
+ public:
+  InvertedResidualImpl(int64_t inp, int64_t oup, int64_t stride, int64_t expand_ratio);
+  torch::Tensor forward(const torch::Tensor& x);  // (N, inp, H, W) -> (N, oup, H/s, W/s)
+
+  torch::nn::Sequential conv{nullptr};
+  bool use_res_connect = false;
+};
+TORCH_MODULE(InvertedResidual);
+
+}  // namespace mobilenetv2
+
+class MobileNetV2Impl : public BackboneImpl {
+ public:
+  MobileNetV2Impl(const MobileNetV2Config& config, int64_t num_classes);
+
+  int64_t num_features() const override { return last_channel_; }
+  std::vector<ForwardStep> feature_steps() override;
+  // avgpool, flatten, classifier.0 (Dropout), classifier.1 (Linear); pre_logits stops before classifier.1.
+  std::vector<ForwardStep> classifier_steps(bool pre_logits) override;
+  std::string classifier_name() const override { return "classifier"; }
+  void reset_classifier(int64_t num_classes) override;
+  int64_t num_classes() const override;
+
+  const MobileNetV2Config& config() const { return config_; }
+
+  torch::nn::Sequential features{nullptr};
+  torch::nn::Sequential classifier{nullptr};
+
+ private:
+  MobileNetV2Config config_;
+  int64_t last_channel_ = 0;
+  std::vector<std::string> feature_types_;  // layer type of features.N, for the summary
+  int64_t num_classes_ = 0;                 // 0: classifier.1 is an Identity
+};
+TORCH_MODULE(MobileNetV2);
+
+Backbone mobilenet_v2(int64_t num_classes);
+
+}  // namespace graft

@@ -1,0 +1,204 @@
+// ResNet (He et al. 2015, arXiv:1512.03385), a line-by-line port of torchvision 0.14
+// torchvision/models/resnet.py: BasicBlock, Bottleneck (v1.5: stride on the 3x3), _make_layer and
+// the initialisation (kaiming normal fan_out on convolutions, BN weight 1 bias 0, default Linear).
+#include "models/resnet.h"
+
+#include "graft/errors.h"
+#include "graft/transfer.h"
+
+namespace graft {
+namespace {
+
+namespace nn = torch::nn;
+
+nn::Conv2d conv3x3(int64_t in, int64_t out, int64_t stride) {
+  return nn::Conv2d(nn::Conv2dOptions(in, out, /*kernel_size=*/3).stride(stride).padding(1).bias(false));
+}
+
+nn::Conv2d conv1x1(int64_t in, int64_t out, int64_t stride = 1) {
+  return nn::Conv2d(nn::Conv2dOptions(in, out, /*kernel_size=*/1).stride(stride).bias(false));
+}
+
+// The shortcut projection torchvision adds when a block changes stride or width: "downsample.0" (conv)
+// and "downsample.1" (BN). Null when the identity shortcut fits.
+nn::Sequential make_downsample(int64_t inplanes, int64_t outplanes, int64_t stride) {
+  if (stride == 1 && inplanes == outplanes) return nullptr;
+  return nn::Sequential(conv1x1(inplanes, outplanes, stride), nn::BatchNorm2d(outplanes));
+}
+
+// Blocks use an in-place ReLU as torchvision does: it only ever overwrites tensors the block owns.
+nn::ReLU inplace_relu() {
+  return nn::ReLU(nn::ReLUOptions().inplace(true));
+}
+
+}  // namespace
+
+namespace resnet {
+
+BasicBlockImpl::BasicBlockImpl(int64_t inplanes, int64_t planes, int64_t stride) {
+  conv1 = register_module("conv1", conv3x3(inplanes, planes, stride));
+  bn1 = register_module("bn1", nn::BatchNorm2d(planes));
+  relu = register_module("relu", inplace_relu());
+  conv2 = register_module("conv2", conv3x3(planes, planes, 1));
+  bn2 = register_module("bn2", nn::BatchNorm2d(planes));
+  if (auto shortcut = make_downsample(inplanes, planes, stride)) {
+    downsample = register_module("downsample", shortcut);
+  }
+}
+
+torch::Tensor BasicBlockImpl::forward(const torch::Tensor& x) {
+  auto out = relu(bn1(conv1(x)));
+  out = bn2(conv2(out));
+  out += downsample ? downsample->forward(x) : x;
+  return relu(out);
+}
+
+BottleneckImpl::BottleneckImpl(int64_t inplanes, int64_t planes, int64_t stride) {
+  const int64_t outplanes = planes * 4;
+  conv1 = register_module("conv1", conv1x1(inplanes, planes));
+  bn1 = register_module("bn1", nn::BatchNorm2d(planes));
+  conv2 = register_module("conv2", conv3x3(planes, planes, stride));  // v1.5: the stride sits here
+  bn2 = register_module("bn2", nn::BatchNorm2d(planes));
+  conv3 = register_module("conv3", conv1x1(planes, outplanes));
+  bn3 = register_module("bn3", nn::BatchNorm2d(outplanes));
+  relu = register_module("relu", inplace_relu());
+  if (auto shortcut = make_downsample(inplanes, outplanes, stride)) {
+    downsample = register_module("downsample", shortcut);
+  }
+}
+
+torch::Tensor BottleneckImpl::forward(const torch::Tensor& x) {
+  auto out = relu(bn1(conv1(x)));  // (N, planes, H, W)
+  out = relu(bn2(conv2(out)));     // (N, planes, H/s, W/s)
+  out = bn3(conv3(out));           // (N, 4 * planes, H/s, W/s)
+  out += downsample ? downsample->forward(x) : x;
+  return relu(out);
+}
+
+}  // namespace resnet
+
+ResNetImpl::ResNetImpl(const ResNetConfig& config, int64_t num_classes)
+    : BackboneImpl(config.arch), config_(config) {
+  if (num_classes < 0) {
+    throw Error(config.arch + ": num_classes must be >= 0 (0 gives a model that returns pre-logits), got " +
+                std::to_string(num_classes));
+  }
+  conv1 = register_module(
+      "conv1", nn::Conv2d(nn::Conv2dOptions(3, 64, /*kernel_size=*/7).stride(2).padding(3).bias(false)));
+  bn1 = register_module("bn1", nn::BatchNorm2d(64));
+  relu = register_module("relu", inplace_relu());
+  maxpool = register_module("maxpool", nn::MaxPool2d(nn::MaxPool2dOptions(3).stride(2).padding(1)));
+
+  int64_t inplanes = 64;
+  for (size_t stage = 0; stage < layers.size(); ++stage) {
+    const int64_t planes = int64_t{64} << stage;  // 64, 128, 256, 512
+    const int64_t stride = stage == 0 ? 1 : 2;
+    nn::Sequential layer;
+    for (int64_t i = 0; i < config.layers[stage]; ++i) {
+      const int64_t block_stride = i == 0 ? stride : 1;
+      if (config.bottleneck) {
+        layer->push_back(resnet::Bottleneck(inplanes, planes, block_stride));
+      } else {
+        layer->push_back(resnet::BasicBlock(inplanes, planes, block_stride));
+      }
+      inplanes = planes * config.expansion();
+    }
+    layers[stage] = register_module("layer" + std::to_string(stage + 1), layer);
+  }
+  avgpool = register_module("avgpool", nn::AdaptiveAvgPool2d(nn::AdaptiveAvgPool2dOptions({1, 1})));
+  if (num_classes > 0) {
+    fc = register_module("fc", nn::Linear(num_features(), num_classes));
+  } else {
+    register_module("fc", nn::Identity());
+  }
+
+  torch::NoGradGuard no_grad;
+  for (auto& module : modules(/*include_self=*/false)) {
+    if (auto* conv = module->as<nn::Conv2d>()) {
+      nn::init::kaiming_normal_(conv->weight, /*a=*/0, torch::kFanOut, torch::kReLU);
+    } else if (auto* bn = module->as<nn::BatchNorm2d>()) {
+      nn::init::ones_(bn->weight);
+      nn::init::zeros_(bn->bias);
+    }
+  }
+}
+
+std::vector<ForwardStep> ResNetImpl::feature_steps() {
+  std::vector<ForwardStep> steps;
+  steps.push_back({"conv1", "Conv2d", [m = conv1.ptr()](const torch::Tensor& x) { return m->forward(x); }});
+  steps.push_back({"bn1", "BatchNorm2d", [m = bn1.ptr()](const torch::Tensor& x) { return m->forward(x); }});
+  // Not in place: callers may keep each step's output (summary, feature taps).
+  steps.push_back({"relu", "ReLU", [](const torch::Tensor& x) { return torch::relu(x); }});
+  steps.push_back(
+      {"maxpool", "MaxPool2d", [m = maxpool.ptr()](const torch::Tensor& x) { return m->forward(x); }});
+  for (size_t stage = 0; stage < layers.size(); ++stage) {
+    const auto& layer = layers[stage];
+    for (size_t i = 0; i < layer->size(); ++i) {
+      const std::string name = "layer" + std::to_string(stage + 1) + "." + std::to_string(i);
+      if (config_.bottleneck) {
+        steps.push_back(
+            {name, "Bottleneck",
+             [m = layer->ptr<resnet::BottleneckImpl>(i)](const torch::Tensor& x) { return m->forward(x); }});
+      } else {
+        steps.push_back(
+            {name, "BasicBlock",
+             [m = layer->ptr<resnet::BasicBlockImpl>(i)](const torch::Tensor& x) { return m->forward(x); }});
+      }
+    }
+  }
+  return steps;  // (N, 3, H, W) -> (N, 512 * expansion, H/32, W/32)
+}
+
+std::vector<ForwardStep> ResNetImpl::classifier_steps(bool pre_logits) {
+  std::vector<ForwardStep> steps;
+  steps.push_back({"avgpool", "AdaptiveAvgPool2d",
+                   [m = avgpool.ptr()](const torch::Tensor& x) { return m->forward(x); }});  // (N, C, 1, 1)
+  steps.push_back({"flatten", "Flatten", [](const torch::Tensor& x) { return x.flatten(1); }});  // (N, C)
+  if (pre_logits) return steps;
+  if (fc) {
+    steps.push_back({"fc", "Linear", [m = fc.ptr()](const torch::Tensor& x) { return m->forward(x); }});
+  } else {
+    steps.push_back({"fc", "Identity", [](const torch::Tensor& x) { return x; }});
+  }
+  return steps;
+}
+
+void ResNetImpl::reset_classifier(int64_t num_classes) {
+  if (num_classes < 0) {
+    throw Error(arch() + ": reset_classifier(" + std::to_string(num_classes) +
+                "): the number of classes must be >= 0 (0 removes the classifier)");
+  }
+  clear_custom_head();
+  if (num_classes == 0) {
+    fc = nullptr;
+    replace_module("fc", nn::Identity());
+    return;
+  }
+  fc = nn::Linear(num_features(), num_classes);
+  // Follow the model to its device and dtype, so a reset after .to(cuda) still runs.
+  fc->to(conv1->weight.device(), conv1->weight.scalar_type());
+  replace_module("fc", fc);
+}
+
+int64_t ResNetImpl::num_classes() const {
+  if (has_custom_head()) return custom_head()->out_features();
+  return fc ? fc->options.out_features() : num_features();
+}
+
+Backbone resnet18(int64_t num_classes) {
+  return std::make_shared<ResNetImpl>(ResNetConfig::resnet18(), num_classes);
+}
+Backbone resnet34(int64_t num_classes) {
+  return std::make_shared<ResNetImpl>(ResNetConfig::resnet34(), num_classes);
+}
+Backbone resnet50(int64_t num_classes) {
+  return std::make_shared<ResNetImpl>(ResNetConfig::resnet50(), num_classes);
+}
+Backbone resnet101(int64_t num_classes) {
+  return std::make_shared<ResNetImpl>(ResNetConfig::resnet101(), num_classes);
+}
+Backbone resnet152(int64_t num_classes) {
+  return std::make_shared<ResNetImpl>(ResNetConfig::resnet152(), num_classes);
+}
+
+}  // namespace graft

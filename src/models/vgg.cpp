@@ -1,0 +1,161 @@
+// VGG (Simonyan & Zisserman 2014, arXiv:1409.1556), a port of torchvision 0.14
+// torchvision/models/vgg.py: make_layers over cfgs "D" and "E", AdaptiveAvgPool2d(7, 7), the classifier
+// Linear(25088, 4096)-ReLU-Dropout-Linear(4096, 4096)-ReLU-Dropout-Linear(4096, n), and VGG's init
+// (kaiming normal fan_out convs, zero biases, BN 1/0, Linear normal(0, 0.01)).
+#include "models/vgg.h"
+
+#include "graft/errors.h"
+#include "graft/transfer.h"
+
+namespace graft {
+namespace {
+
+namespace nn = torch::nn;
+
+constexpr int64_t kHidden = 4096;  // width of the two hidden classifier layers
+
+// VGG's Linear init; also used for the layer reset_classifier creates.
+void init_linear(nn::LinearImpl& linear) {
+  torch::NoGradGuard no_grad;
+  nn::init::normal_(linear.weight, /*mean=*/0, /*std=*/0.01);
+  nn::init::zeros_(linear.bias);
+}
+
+torch::Tensor run_any(nn::AnyModule& module, const torch::Tensor& x) {
+  return module.forward(x);
+}
+
+}  // namespace
+
+std::vector<int64_t> VGGConfig::cfg_d() {
+  const int64_t M = kMaxPool;
+  return {64, 64, M, 128, 128, M, 256, 256, 256, M, 512, 512, 512, M, 512, 512, 512, M};
+}
+
+std::vector<int64_t> VGGConfig::cfg_e() {
+  const int64_t M = kMaxPool;
+  return {64, 64, M, 128, 128, M, 256, 256, 256, 256, M, 512, 512, 512, 512, M, 512, 512, 512, 512, M};
+}
+
+VGGImpl::VGGImpl(const VGGConfig& config, int64_t num_classes) : BackboneImpl(config.arch), config_(config) {
+  if (num_classes < 0) {
+    throw Error(config.arch + ": num_classes must be >= 0 (0 gives a model that returns pre-logits), got " +
+                std::to_string(num_classes));
+  }
+  // ReLUs are not in place (torchvision's are): each features.N is a step whose output callers may keep.
+  nn::Sequential layers;
+  int64_t in_channels = 3;
+  for (int64_t width : config.cfg) {
+    if (width == VGGConfig::kMaxPool) {
+      layers->push_back(nn::MaxPool2d(nn::MaxPool2dOptions(2).stride(2)));
+      feature_types_.push_back("MaxPool2d");
+      continue;
+    }
+    layers->push_back(nn::Conv2d(nn::Conv2dOptions(in_channels, width, /*kernel_size=*/3).padding(1)));
+    feature_types_.push_back("Conv2d");
+    if (config.batch_norm) {
+      layers->push_back(nn::BatchNorm2d(width));
+      feature_types_.push_back("BatchNorm2d");
+    }
+    layers->push_back(nn::ReLU());
+    feature_types_.push_back("ReLU");
+    in_channels = width;
+  }
+  features = register_module("features", layers);
+  avgpool = register_module("avgpool", nn::AdaptiveAvgPool2d(nn::AdaptiveAvgPool2dOptions({7, 7})));
+
+  nn::Sequential head(nn::Linear(512 * 7 * 7, kHidden), nn::ReLU(), nn::Dropout(config.dropout),
+                      nn::Linear(kHidden, kHidden), nn::ReLU(), nn::Dropout(config.dropout));
+  if (num_classes > 0) {
+    head->push_back(nn::Linear(kHidden, num_classes));
+  } else {
+    head->push_back(nn::Identity());
+  }
+  classifier = register_module("classifier", head);
+  num_classes_ = num_classes;
+
+  torch::NoGradGuard no_grad;
+  for (auto& module : modules(/*include_self=*/false)) {
+    if (auto* conv = module->as<nn::Conv2d>()) {
+      nn::init::kaiming_normal_(conv->weight, /*a=*/0, torch::kFanOut, torch::kReLU);
+      nn::init::zeros_(conv->bias);
+    } else if (auto* bn = module->as<nn::BatchNorm2d>()) {
+      nn::init::ones_(bn->weight);
+      nn::init::zeros_(bn->bias);
+    } else if (auto* linear = module->as<nn::Linear>()) {
+      init_linear(*linear);
+    }
+  }
+}
+
+std::vector<ForwardStep> VGGImpl::feature_steps() {
+  std::vector<ForwardStep> steps;
+  size_t i = 0;
+  for (auto& layer : *features) {
+    steps.push_back({"features." + std::to_string(i), feature_types_[i],
+                     [m = layer](const torch::Tensor& x) mutable { return run_any(m, x); }});
+    ++i;
+  }
+  return steps;  // (N, 3, H, W) -> (N, 512, H/32, W/32)
+}
+
+std::vector<ForwardStep> VGGImpl::classifier_steps(bool pre_logits) {
+  static const char* const kTypes[] = {"Linear", "ReLU", "Dropout", "Linear", "ReLU", "Dropout"};
+  std::vector<ForwardStep> steps;
+  // (N, 512, h, w) -> (N, 512, 7, 7): any input size gives the 25088 inputs classifier.0 expects.
+  steps.push_back({"avgpool", "AdaptiveAvgPool2d",
+                   [m = avgpool.ptr()](const torch::Tensor& x) { return m->forward(x); }});
+  steps.push_back({"flatten", "Flatten", [](const torch::Tensor& x) { return x.flatten(1); }});  // (N, 25088)
+  const size_t count = pre_logits ? classifier->size() - 1 : classifier->size();
+  for (size_t i = 0; i < count; ++i) {
+    const std::string type = i < 6 ? kTypes[i] : (num_classes_ > 0 ? "Linear" : "Identity");
+    steps.push_back(
+        {"classifier." + std::to_string(i), type,
+         [m = *(classifier->begin() + i)](const torch::Tensor& x) mutable { return run_any(m, x); }});
+  }
+  return steps;
+}
+
+void VGGImpl::reset_classifier(int64_t num_classes) {
+  if (num_classes < 0) {
+    throw Error(arch() + ": reset_classifier(" + std::to_string(num_classes) +
+                "): the number of classes must be >= 0 (0 removes the classifier)");
+  }
+  clear_custom_head();
+  // A Sequential cannot swap one element, so a new one is built around the same classifier.0..5
+  // (their weights are kept) and registered under the same name.
+  nn::Sequential head;
+  for (size_t i = 0; i + 1 < classifier->size(); ++i) head->push_back(*(classifier->begin() + i));
+  if (num_classes > 0) {
+    nn::Linear last(kHidden, num_classes);
+    init_linear(*last);
+    const torch::Tensor reference = classifier->ptr<nn::LinearImpl>(0)->weight;
+    last->to(reference.device(), reference.scalar_type());
+    head->push_back(last);
+  } else {
+    head->push_back(nn::Identity());
+  }
+  replace_module("classifier", head);
+  classifier = head;
+  num_classes_ = num_classes;
+}
+
+int64_t VGGImpl::num_classes() const {
+  if (has_custom_head()) return custom_head()->out_features();
+  return num_classes_ > 0 ? num_classes_ : kHidden;
+}
+
+Backbone vgg16(int64_t num_classes) {
+  return std::make_shared<VGGImpl>(VGGConfig::vgg16(), num_classes);
+}
+Backbone vgg16_bn(int64_t num_classes) {
+  return std::make_shared<VGGImpl>(VGGConfig::vgg16_bn(), num_classes);
+}
+Backbone vgg19(int64_t num_classes) {
+  return std::make_shared<VGGImpl>(VGGConfig::vgg19(), num_classes);
+}
+Backbone vgg19_bn(int64_t num_classes) {
+  return std::make_shared<VGGImpl>(VGGConfig::vgg19_bn(), num_classes);
+}
+
+}  // namespace graft

@@ -1,0 +1,201 @@
+#!/usr/bin/python3
+"""Golden references for graft's image model zoo: torchvision 0.14 models, randomly initialised.
+
+For each architecture this writes, into --out:
+  <arch>.weights.safetensors  the full state_dict (num_batches_tracked included, as int64)
+  <arch>.io.safetensors       pixel_values (2, 3, N, N), logits (2, 1000), features (2, C): the
+                              forward_features map averaged over H, W; __metadata__ carries num_params
+  <arch>.stamp                what the files were made from; an arch whose stamp matches is skipped
+
+BatchNorm is made non-trivial (torchvision's init is weight 1, bias 0, mean 0, var 1): weight and bias
+are drawn at random, then the running statistics are measured on a calibration batch in train mode (so
+activations keep a realistic scale through 150 layers) and perturbed, so the test exercises every BN
+tensor. Reference: torchvision/models/{resnet,vgg,mobilenetv2}.py (torchvision 0.14).
+
+Run with Debian's python (python3-torch 1.13, python3-torchvision 0.14):
+  /usr/bin/python3 tests/models/make_golden.py --out build/golden --size 64 [--archs resnet50,vgg16]
+Set GRAFT_ACCEPT=1 to regenerate even when the stamps match.
+"""
+import argparse
+import hashlib
+import json
+import os
+import struct
+import sys
+import time
+
+import torch
+import torchvision
+
+# arch -> seed; fixed so the references are reproducible run to run.
+ARCHS = {
+    "resnet18": 1018,
+    "resnet34": 1034,
+    "resnet50": 1050,
+    "resnet101": 1101,
+    "resnet152": 1152,
+    "vgg16": 2016,
+    "vgg16_bn": 2116,
+    "vgg19": 2019,
+    "vgg19_bn": 2119,
+    "mobilenet_v2": 3002,
+}
+
+# torch dtype -> safetensors dtype
+DTYPES = {
+    torch.float32: "F32",
+    torch.float64: "F64",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+
+
+def tensor_bytes(t):
+    t = t.detach().cpu().contiguous()
+    if t.dtype == torch.bfloat16:  # numpy has no bfloat16: reinterpret the bits
+        t = t.view(torch.int16)
+    array = t.numpy()
+    if sys.byteorder != "little":  # safetensors is little-endian
+        array = array.byteswap()
+    return array.tobytes()
+
+
+def write_safetensors(path, tensors, metadata=None):
+    """Writes {name: tensor} in the safetensors layout (the `safetensors` package is not in Debian)."""
+    header = {}
+    offset = 0
+    for name, t in tensors.items():
+        if t.dtype not in DTYPES:
+            raise ValueError(f"{path}: tensor '{name}' has dtype {t.dtype}, which safetensors lacks")
+        nbytes = t.numel() * t.element_size()
+        header[name] = {"dtype": DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    if metadata:
+        header["__metadata__"] = {k: str(v) for k, v in metadata.items()}
+    blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    blob += b" " * (-len(blob) % 8)  # the data section starts 8-byte aligned
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for t in tensors.values():  # one tensor at a time: VGG's state is 550 MB
+            f.write(tensor_bytes(t))
+    os.replace(tmp, path)
+
+
+def residual_branch_ends(model):
+    """The BatchNorm that closes each residual branch (torchvision's zero_init_residual targets)."""
+    from torchvision.models.mobilenetv2 import InvertedResidual
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    ends = set()
+    for m in model.modules():
+        if isinstance(m, Bottleneck):
+            ends.add(m.bn3)
+        elif isinstance(m, BasicBlock):
+            ends.add(m.bn2)
+        elif isinstance(m, InvertedResidual) and m.use_res_connect:
+            ends.add(m.conv[-1])
+    return ends
+
+
+@torch.no_grad()
+def randomise_batchnorm(model, size):
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    if not bns:
+        return
+    # Trained ResNets have small gammas where a residual branch ends. With gammas near 1 the residual
+    # stream grows to ~100 over ResNet-152's 50 blocks, and float32 summation-order noise alone (torch
+    # with 1 vs 2 threads differs by 1e-3 there) would exceed the test's 1e-4 tolerance.
+    ends = residual_branch_ends(model)
+    for bn in bns:
+        bn.weight.uniform_(0.1, 0.4) if bn in ends else bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.5, 0.5)
+        bn.momentum = 1.0  # the next train-mode pass overwrites the running stats with its batch stats
+    model.train()
+    model(torch.randn(4, 3, size, size))
+    for bn in bns:
+        std = bn.running_var.sqrt()
+        bn.running_mean.add_(0.2 * std * torch.randn_like(std))
+        bn.running_var.mul_(torch.empty_like(std).uniform_(0.7, 1.4))
+        bn.momentum = 0.1
+        bn.num_batches_tracked.fill_(int(torch.randint(1, 100000, ()).item()))
+    model.eval()
+
+
+@torch.no_grad()
+def feature_map(arch, model, x):
+    if arch.startswith("resnet"):
+        x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+        return model.layer4(model.layer3(model.layer2(model.layer1(x))))
+    return model.features(x)  # vgg*, mobilenet_v2
+
+
+def stamp_text(arch, size):
+    with open(os.path.abspath(__file__), "rb") as f:
+        script = hashlib.sha256(f.read()).hexdigest()[:16]
+    return json.dumps({"arch": arch, "size": size, "seed": ARCHS[arch], "torch": torch.__version__,
+                       "torchvision": torchvision.__version__, "script": script}, sort_keys=True)
+
+
+def read_text(path):
+    with open(path) as f:
+        return f.read()
+
+
+def make(arch, size, out):
+    paths = [os.path.join(out, f"{arch}.{kind}.safetensors") for kind in ("weights", "io")]
+    stamp_path = os.path.join(out, f"{arch}.stamp")
+    stamp = stamp_text(arch, size)
+    if os.environ.get("GRAFT_ACCEPT") != "1" and all(os.path.exists(p) for p in paths):
+        if os.path.exists(stamp_path) and read_text(stamp_path) == stamp:
+            print(f"[golden] {arch}: up to date ({size}px)", flush=True)
+            return
+    start = time.time()
+    torch.manual_seed(ARCHS[arch])
+    model = getattr(torchvision.models, arch)(weights=None, num_classes=1000)
+    randomise_batchnorm(model, size)
+    model.eval()
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        logits = model(x)
+        features = feature_map(arch, model, x).mean((2, 3))
+    num_params = sum(p.numel() for p in model.parameters())
+    if os.path.exists(stamp_path):
+        os.remove(stamp_path)  # a half-written set must never look current
+    write_safetensors(paths[0], model.state_dict())
+    write_safetensors(paths[1], {"pixel_values": x, "logits": logits, "features": features},
+                      {"arch": arch, "num_params": num_params, "size": size,
+                       "torchvision": torchvision.__version__})
+    with open(stamp_path, "w") as f:
+        f.write(stamp)
+    print(f"[golden] {arch}: {size}px, {num_params} params, logits |max|={logits.abs().max():.3g}, "
+          f"features |max|={features.abs().max():.3g}, {time.time() - start:.1f}s", flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--size", type=int, default=64, help="input height = width (default 64)")
+    parser.add_argument("--archs", default=",".join(ARCHS), help="comma-separated subset")
+    args = parser.parse_args()
+    archs = [a for a in args.archs.split(",") if a]
+    unknown = [a for a in archs if a not in ARCHS]
+    if unknown:
+        parser.error(f"unknown arch(s) {unknown}; known: {', '.join(ARCHS)}")
+    if args.size < 32:
+        parser.error("--size must be at least 32 (VGG and ResNet downsample by 32)")
+    os.makedirs(args.out, exist_ok=True)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    for arch in archs:
+        make(arch, args.size, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+// Golden parity of the image model zoo (ResNet-18..152, VGG-16/19 with and without BN, MobileNetV2)
+// against torchvision 0.14: tests/models/make_golden.py writes random-initialised torchvision weights,
+// an input and its logits/features; each graft model loads the weights strictly by their torchvision
+// names and must reproduce both outputs within float32 tolerance. A second test checks the transfer
+// interface (steps, reset_classifier) on every architecture.
+//
+// The golden folder is the compiled-in GRAFT_GOLDEN_DIR unless the environment variable GRAFT_GOLDEN_DIR
+// names another one (e.g. references made with --size 224).
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <iostream>
+#include <set>
+#include <sstream>
+
+#include "graft/model.h"
+#include "graft/weights.h"
+#include "models/mobilenet_v2.h"
+#include "models/resnet.h"
+#include "models/vgg.h"
+
+namespace graft {
+namespace {
+
+constexpr double kTolerance = 1e-4;  // max |graft - torchvision| on logits and pooled features
+
+struct ArchCase {
+  const char* arch;
+  Backbone (*build)(int64_t num_classes);
+  const char* last_layer;  // the Linear reset_classifier replaces
+  int64_t pre_logits;      // width of forward_head(.., pre_logits=true)
+};
+
+void PrintTo(const ArchCase& c, std::ostream* os) {
+  *os << c.arch;
+}
+
+const ArchCase kArchs[] = {
+    {"resnet18", resnet18, "fc", 512},
+    {"resnet34", resnet34, "fc", 512},
+    {"resnet50", resnet50, "fc", 2048},
+    {"resnet101", resnet101, "fc", 2048},
+    {"resnet152", resnet152, "fc", 2048},
+    {"vgg16", vgg16, "classifier.6", 4096},
+    {"vgg16_bn", vgg16_bn, "classifier.6", 4096},
+    {"vgg19", vgg19, "classifier.6", 4096},
+    {"vgg19_bn", vgg19_bn, "classifier.6", 4096},
+    {"mobilenet_v2", mobilenet_v2, "classifier.1", 1280},
+};
+
+std::string golden_dir() {
+  const char* env = std::getenv("GRAFT_GOLDEN_DIR");
+  return env && *env ? env : GRAFT_GOLDEN_DIR;
+}
+
+// max |a - b| and where it occurs, for the failure message.
+struct Diff {
+  double max = 0;
+  int64_t index = 0;  // flat index of the largest difference
+  double got = 0, expected = 0;
+};
+
+Diff compare(const torch::Tensor& got, const torch::Tensor& expected) {
+  const auto delta = (got.to(torch::kDouble) - expected.to(torch::kDouble)).abs().flatten();
+  Diff diff;
+  diff.index = delta.argmax().item<int64_t>();
+  diff.max = delta[diff.index].item<double>();
+  diff.got = got.flatten()[diff.index].item<double>();
+  diff.expected = expected.flatten()[diff.index].item<double>();
+  return diff;
+}
+
+std::string describe(const std::string& arch, const std::string& tensor, const torch::Tensor& got,
+                     const Diff& diff) {
+  std::ostringstream out;
+  out << arch << ": " << tensor << " differs from torchvision by " << diff.max << " (tolerance " << kTolerance
+      << ") at flat index " << diff.index << " of shape " << got.sizes() << ": got " << diff.got
+      << ", expected " << diff.expected;
+  return out.str();
+}
+
+class ModelZoo : public ::testing::TestWithParam<ArchCase> {};
+
+TEST_P(ModelZoo, MatchesTorchvision) {
+  const ArchCase& c = GetParam();
+  const std::string dir = golden_dir();
+  const std::string weights_path = dir + "/" + c.arch + ".weights.safetensors";
+  const std::string io_path = dir + "/" + c.arch + ".io.safetensors";
+  for (const auto& path : {weights_path, io_path}) {
+    ASSERT_TRUE(std::filesystem::exists(path))
+        << c.arch << ": golden file " << path << " is missing; make it with `/usr/bin/python3 "
+        << GRAFT_SOURCE_DIR << "/tests/models/make_golden.py --out " << dir << "` (ctest does this itself)";
+  }
+
+  Backbone model = c.build(1000);
+  LoadReport report;
+  try {
+    report = load_safetensors(*model, weights_path);  // strict: every name and shape must match
+  } catch (const std::exception& e) {
+    FAIL() << c.arch << ": strict load of " << weights_path << " failed: " << e.what();
+  }
+  ASSERT_TRUE(report.ok()) << c.arch << ": " << report.to_string();
+
+  SafeTensorsReader io(io_path);
+  const auto meta = io.metadata().find("num_params");
+  ASSERT_NE(meta, io.metadata().end()) << io_path << ": no num_params in __metadata__";
+  EXPECT_EQ(count_parameters(*model), std::stoll(meta->second))
+      << c.arch << ": parameter count differs from torchvision's";
+
+  model->eval();
+  torch::NoGradGuard no_grad;
+  const torch::Tensor x = io.load("pixel_values");                         // (2, 3, N, N)
+  const torch::Tensor logits = model->forward(x);                          // (2, 1000)
+  const torch::Tensor features = model->forward_features(x).mean({2, 3});  // (2, num_features)
+  const torch::Tensor expected_logits = io.load("logits");
+  const torch::Tensor expected_features = io.load("features");
+  ASSERT_EQ(logits.sizes(), expected_logits.sizes()) << c.arch << ": logits shape";
+  ASSERT_EQ(features.sizes(), expected_features.sizes()) << c.arch << ": features shape";
+  ASSERT_EQ(features.size(1), model->num_features()) << c.arch << ": num_features()";
+
+  const Diff logits_diff = compare(logits, expected_logits);
+  const Diff features_diff = compare(features, expected_features);
+  std::cout << "[parity] " << c.arch << " (" << x.size(2) << "px) logits max|diff|=" << logits_diff.max
+            << " features max|diff|=" << features_diff.max << std::endl;
+  EXPECT_LE(logits_diff.max, kTolerance) << describe(c.arch, "logits", logits, logits_diff);
+  EXPECT_LE(features_diff.max, kTolerance) << describe(c.arch, "features", features, features_diff);
+}
+
+// Steps name real modules, the head can be cut (pre-logits) and replaced, and replacing it keeps
+// the reference names and every other weight.
+TEST_P(ModelZoo, TransferInterface) {
+  const ArchCase& c = GetParam();
+  Backbone model = c.build(10);
+  model->eval();
+  torch::NoGradGuard no_grad;
+  const torch::Tensor x = torch::randn({1, 3, 64, 64});
+
+  std::set<std::string> module_names;
+  for (const auto& item : model->named_modules()) module_names.insert(item.key());
+  for (const auto& step : model->all_steps()) {
+    const bool label = step.name == "flatten" || step.name == "avgpool";
+    EXPECT_TRUE(label || module_names.count(step.name))
+        << c.arch << ": step '" << step.name << "' (" << step.type << ") names no module";
+  }
+
+  const torch::Tensor map = model->forward_features(x);
+  EXPECT_EQ(map.size(1), model->num_features()) << c.arch;
+  EXPECT_EQ(model->forward_head(map, /*pre_logits=*/true).sizes(), torch::IntArrayRef({1, c.pre_logits}))
+      << c.arch;
+  EXPECT_EQ(model->forward(x).sizes(), torch::IntArrayRef({1, 10})) << c.arch;
+  EXPECT_EQ(model->num_classes(), 10) << c.arch;
+  EXPECT_EQ(model->classifier_name(),
+            std::string(c.last_layer).substr(0, std::string(c.last_layer).find('.')));
+
+  const auto params_before = model->named_parameters();
+  model->reset_classifier(5);
+  const auto params_after = model->named_parameters();
+  EXPECT_EQ(params_after.size(), params_before.size()) << c.arch;
+  const std::string weight = std::string(c.last_layer) + ".weight";
+  ASSERT_TRUE(params_after.contains(weight)) << c.arch << ": " << weight << " gone after reset_classifier";
+  EXPECT_EQ(params_after[weight].sizes(), torch::IntArrayRef({5, c.pre_logits})) << c.arch;
+  for (const auto& item : params_before) {
+    if (item.key().rfind(c.last_layer, 0) == 0) continue;
+    ASSERT_TRUE(params_after.contains(item.key())) << c.arch << ": " << item.key() << " lost";
+    EXPECT_TRUE(params_after[item.key()].is_same(item.value()))
+        << c.arch << ": " << item.key() << " replaced";
+  }
+  EXPECT_EQ(model->forward(x).sizes(), torch::IntArrayRef({1, 5})) << c.arch;
+  EXPECT_EQ(model->num_classes(), 5) << c.arch;
+
+  model->reset_classifier(0);  // no classifier: forward returns the pre-logits
+  EXPECT_FALSE(model->named_parameters().contains(weight)) << c.arch;
+  const torch::Tensor pooled = model->forward(x);
+  EXPECT_EQ(pooled.sizes(), torch::IntArrayRef({1, c.pre_logits})) << c.arch;
+  EXPECT_EQ(model->num_classes(), c.pre_logits) << c.arch;
+  EXPECT_TRUE(torch::equal(pooled, model->forward_head(map, /*pre_logits=*/true))) << c.arch;
+
+  EXPECT_THROW(model->reset_classifier(-1), std::exception) << c.arch;
+}
+
+INSTANTIATE_TEST_SUITE_P(Torchvision, ModelZoo, ::testing::ValuesIn(kArchs),
+                         [](const ::testing::TestParamInfo<ArchCase>& info) {
+                           return std::string(info.param.arch);
+                         });
+
+}  // namespace
+}  // namespace graft
