@@ -1,0 +1,403 @@
+// Training checkpoints that a crash cannot break.
+//
+// A checkpoint is a directory D (e.g. run/checkpoints/last) holding
+//   model.safetensors  parameters and buffers by dotted name (graft::write_safetensors)
+//   optimizer.pt       libtorch's serialize archive of the optimiser (torch::save; our own file)
+//   trainer.json       epoch, step, best metric, early-stopping counter, history, RNG state, optimiser
+//                      config and groups, and the size of every other file. Written last.
+//
+// Writing (the scheme, and why every crash point is safe):
+//   1. mkdtemp("D.tmp-XXXXXX"); write the files into it, each fsync'ed, trainer.json last; fsync the
+//      folder. A crash here leaves D untouched; temporaries are never loaded, only cleaned up.
+//   2. No D yet: rename(tmp, D), atomic.
+//      D exists: renameat2(tmp, D, RENAME_EXCHANGE) swaps the two names in one atomic step (Linux >= 3.15
+//      on ext4, xfs, btrfs, tmpfs...); the old checkpoint now sits at the temporary name and is removed.
+//      Where the exchange is unsupported: rename(D, "D.old-XXXXXX"), then rename(tmp, D), then remove
+//      the old one. A crash between the two renames leaves no D but a complete D.old-*, which
+//      find_checkpoint() picks.
+//      (GRAFT_NO_RENAME_EXCHANGE=1 forces this path.)
+//   3. fsync the parent folder so the renames are durable; remove stale D.tmp-* / D.old-* siblings.
+// Reading (find_checkpoint): D if it is complete (trainer.json parses and every file it names has the
+// recorded size), else the complete D.old-* with the highest epoch, else nothing.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <torch/optim/optimizer.h>
+#include <torch/serialize.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "graft/trainer.h"
+#include "graft/weights.h"
+
+namespace graft {
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+constexpr const char* kModelFile = "model.safetensors";
+constexpr const char* kOptimizerFile = "optimizer.pt";
+constexpr const char* kStateFile = "trainer.json";
+constexpr int kFormatVersion = 1;
+
+std::string errno_text() {
+  return std::strerror(errno);
+}
+
+// Makes a file's (or folder's) contents durable before a rename publishes it.
+void fsync_path(const std::string& path, bool directory) {
+  const int fd = ::open(path.c_str(), O_RDONLY | (directory ? O_DIRECTORY : 0));
+  if (fd < 0) throw Error("cannot open '" + path + "' to flush it: " + errno_text());
+  const int rc = ::fsync(fd);
+  const int saved = errno;
+  ::close(fd);
+  // Some file systems refuse fsync on folders (EINVAL); the data is then as durable as it gets.
+  if (rc != 0 && !(directory && saved == EINVAL))
+    throw Error("cannot flush '" + path + "' to disk: " + std::strerror(saved));
+}
+
+std::string parent_of(const std::string& path) {
+  const fs::path parent = fs::path(path).parent_path();
+  return parent.empty() ? "." : parent.string();
+}
+
+void remove_quietly(const fs::path& path) {
+  std::error_code ignored;
+  fs::remove_all(path, ignored);
+}
+
+// Sibling folders "NAME.<infix>-XXXXXX" of `dir`.
+std::vector<fs::path> siblings(const std::string& dir, const std::string& infix) {
+  std::vector<fs::path> found;
+  const fs::path target(dir);
+  const fs::path parent = target.parent_path().empty() ? fs::path(".") : target.parent_path();
+  const std::string prefix = target.filename().string() + "." + infix + "-";
+  std::error_code error;
+  for (fs::directory_iterator it(parent, error), end; !error && it != end; it.increment(error)) {
+    const std::string name = it->path().filename().string();
+    if (name.size() > prefix.size() && name.compare(0, prefix.size(), prefix) == 0)
+      found.push_back(it->path());
+  }
+  return found;
+}
+
+std::string hex_encode(const std::vector<uint8_t>& bytes) {
+  static const char* digits = "0123456789abcdef";
+  std::string out;
+  out.reserve(bytes.size() * 2);
+  for (uint8_t b : bytes) out += digits[b >> 4], out += digits[b & 15];
+  return out;
+}
+
+std::vector<uint8_t> hex_decode(const std::string& text, const std::string& file) {
+  auto nibble = [&](char c) -> uint8_t {
+    if (c >= '0' && c <= '9') return static_cast<uint8_t>(c - '0');
+    if (c >= 'a' && c <= 'f') return static_cast<uint8_t>(c - 'a' + 10);
+    throw FormatError(file, "rng_state is not lower-case hex");
+  };
+  if (text.size() % 2) throw FormatError(file, "rng_state has an odd number of hex digits");
+  std::vector<uint8_t> out(text.size() / 2);
+  for (size_t i = 0; i < out.size(); ++i)
+    out[i] = static_cast<uint8_t>(nibble(text[2 * i]) << 4 | nibble(text[2 * i + 1]));
+  return out;
+}
+
+json optional_json(const std::optional<double>& value) {
+  return value ? json(*value) : json(nullptr);
+}
+
+std::optional<double> optional_from(const json& value) {
+  if (value.is_null()) return std::nullopt;
+  return value.get<double>();
+}
+
+json epoch_to_json(const EpochResult& r) {
+  return json{{"epoch", r.epoch},
+              {"global_step", r.global_step},
+              {"train_loss", r.train_loss},
+              {"train_accuracy", r.train_accuracy},
+              {"val_loss", optional_json(r.val_loss)},
+              {"val_accuracy", optional_json(r.val_accuracy)},
+              {"val_top5", optional_json(r.val_top5)},
+              {"val_macro_f1", optional_json(r.val_macro_f1)},
+              {"lr", r.lr},
+              {"seconds", r.seconds},
+              {"improved", r.improved}};
+}
+
+EpochResult epoch_from_json(const json& j) {
+  EpochResult r;
+  r.epoch = j.at("epoch").get<int64_t>();
+  r.global_step = j.at("global_step").get<int64_t>();
+  r.train_loss = j.at("train_loss").get<double>();
+  r.train_accuracy = j.at("train_accuracy").get<double>();
+  r.val_loss = optional_from(j.at("val_loss"));
+  r.val_accuracy = optional_from(j.at("val_accuracy"));
+  r.val_top5 = optional_from(j.at("val_top5"));
+  r.val_macro_f1 = optional_from(j.at("val_macro_f1"));
+  r.lr = j.at("lr").get<double>();
+  r.seconds = j.at("seconds").get<double>();
+  r.improved = j.at("improved").get<bool>();
+  return r;
+}
+
+json optimizer_to_json(const OptimizerConfig& c) {
+  return json{{"name", c.name},
+              {"lr", c.lr},
+              {"momentum", c.momentum},
+              {"nesterov", c.nesterov},
+              {"weight_decay", optional_json(c.weight_decay)},
+              {"betas", {c.betas[0], c.betas[1]}},
+              {"eps", c.eps}};
+}
+
+OptimizerConfig optimizer_from_json(const json& j) {
+  OptimizerConfig c;
+  c.name = j.at("name").get<std::string>();
+  c.lr = j.at("lr").get<double>();
+  c.momentum = j.at("momentum").get<double>();
+  c.nesterov = j.at("nesterov").get<bool>();
+  c.weight_decay = optional_from(j.at("weight_decay"));
+  c.betas = {j.at("betas").at(0).get<double>(), j.at("betas").at(1).get<double>()};
+  c.eps = j.at("eps").get<double>();
+  return c;
+}
+
+json state_to_json(const TrainerState& s) {
+  json groups = json::array();
+  for (const auto& g : s.groups)
+    groups.push_back({{"name", g.name}, {"lr_mult", g.lr_mult}, {"params", g.params}});
+  json history = json::array();
+  for (const auto& r : s.history) history.push_back(epoch_to_json(r));
+  return json{{"format", "graft-checkpoint"},
+              {"version", kFormatVersion},
+              {"epoch", s.epoch},
+              {"global_step", s.global_step},
+              {"has_best", s.has_best},
+              {"best_metric", s.best_metric},
+              {"best_epoch", s.best_epoch},
+              {"epochs_without_improvement", s.epochs_without_improvement},
+              {"finished", s.finished},
+              {"seed", s.seed},
+              {"rng_device", s.rng_device},
+              {"rng_state", hex_encode(s.rng_state)},
+              {"device_rng_state", hex_encode(s.device_rng_state)},
+              {"optimizer", optimizer_to_json(s.optimizer)},
+              {"groups", groups},
+              {"trainable", s.trainable},
+              {"history", history}};
+}
+
+TrainerState state_from_json(const json& j, const std::string& file) {
+  if (j.value("format", "") != "graft-checkpoint")
+    throw FormatError(file, "not a graft checkpoint state (no \"format\": \"graft-checkpoint\")");
+  if (j.at("version").get<int>() > kFormatVersion)
+    throw FormatError(file,
+                      "checkpoint format version " + std::to_string(j.at("version").get<int>()) +
+                          " is newer than this graft reads (" + std::to_string(kFormatVersion) + ")",
+                      "update graft");
+  TrainerState s;
+  s.epoch = j.at("epoch").get<int64_t>();
+  s.global_step = j.at("global_step").get<int64_t>();
+  s.has_best = j.at("has_best").get<bool>();
+  s.best_metric = j.at("best_metric").is_null() ? 0.0 : j.at("best_metric").get<double>();
+  s.best_epoch = j.at("best_epoch").get<int64_t>();
+  s.epochs_without_improvement = j.at("epochs_without_improvement").get<int64_t>();
+  s.finished = j.at("finished").get<bool>();
+  s.seed = j.at("seed").get<uint64_t>();
+  s.rng_device = j.at("rng_device").get<std::string>();
+  s.rng_state = hex_decode(j.at("rng_state").get<std::string>(), file);
+  s.device_rng_state = hex_decode(j.value("device_rng_state", std::string()), file);
+  s.optimizer = optimizer_from_json(j.at("optimizer"));
+  for (const auto& g : j.at("groups"))
+    s.groups.push_back({g.at("name").get<std::string>(), g.at("lr_mult").get<double>(),
+                        g.at("params").get<std::vector<std::string>>()});
+  s.trainable = j.at("trainable").get<std::vector<std::string>>();
+  for (const auto& r : j.at("history")) s.history.push_back(epoch_from_json(r));
+  return s;
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error("cannot open '" + path + "': " + errno_text());
+  std::ostringstream buffer;
+  buffer << in.rdbuf();
+  return buffer.str();
+}
+
+// trainer.json parsed and every file it names present with its recorded size.
+std::optional<json> complete_state(const std::string& dir) {
+  const std::string state_path = (fs::path(dir) / kStateFile).string();
+  std::error_code error;
+  if (!fs::is_regular_file(state_path, error)) return std::nullopt;
+  try {
+    json state = json::parse(read_text(state_path));
+    for (const auto& [name, size] : state.at("files").items()) {
+      const auto actual = fs::file_size(fs::path(dir) / name, error);
+      if (error || actual != size.get<uintmax_t>()) return std::nullopt;
+    }
+    return state;
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+}
+
+}  // namespace
+
+void write_file_atomic(const std::string& path, const std::string& contents) {
+  std::string temp = path + ".tmp-XXXXXX";
+  const int fd = ::mkstemp(temp.data());
+  if (fd < 0) throw Error("cannot create a temporary file next to '" + path + "': " + errno_text());
+  size_t written = 0;
+  while (written < contents.size()) {
+    const ssize_t n = ::write(fd, contents.data() + written, contents.size() - written);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const std::string reason = errno_text();
+      ::close(fd);
+      ::unlink(temp.c_str());
+      throw Error("cannot write '" + temp + "': " + reason);
+    }
+    written += static_cast<size_t>(n);
+  }
+  // mkstemp creates 0600; a results file should be readable like any other.
+  ::fchmod(fd, 0644);
+  if (::fsync(fd) != 0 || ::close(fd) != 0) {
+    const std::string reason = errno_text();
+    ::unlink(temp.c_str());
+    throw Error("cannot flush '" + temp + "': " + reason);
+  }
+  if (::rename(temp.c_str(), path.c_str()) != 0) {
+    const std::string reason = errno_text();
+    ::unlink(temp.c_str());
+    throw Error("cannot rename '" + temp + "' to '" + path + "': " + reason);
+  }
+  fsync_path(parent_of(path), /*directory=*/true);
+}
+
+void save_checkpoint(const std::string& dir, const torch::nn::Module& model,
+                     const torch::optim::Optimizer* optimizer, const TrainerState& state) {
+  std::error_code error;
+  fs::create_directories(parent_of(dir), error);
+  if (error) throw Error("cannot create the folder for checkpoint '" + dir + "': " + error.message());
+
+  std::string temp = dir + ".tmp-XXXXXX";
+  if (!::mkdtemp(temp.data()))
+    throw Error("cannot create a temporary folder next to '" + dir + "': " + errno_text());
+  ::chmod(temp.c_str(), 0755);
+  try {
+    json files = json::object();
+    const std::string model_path = (fs::path(temp) / kModelFile).string();
+    write_safetensors(model_path, state_dict(model),
+                      {{"format", "pt"}, {"graft_epoch", std::to_string(state.epoch)}});
+    files[kModelFile] = fs::file_size(model_path);
+    if (optimizer) {
+      const std::string optimizer_path = (fs::path(temp) / kOptimizerFile).string();
+      torch::save(*optimizer, optimizer_path);
+      fsync_path(optimizer_path, /*directory=*/false);
+      files[kOptimizerFile] = fs::file_size(optimizer_path);
+    }
+    json state_json = state_to_json(state);
+    state_json["files"] = files;
+    write_file_atomic((fs::path(temp) / kStateFile).string(), state_json.dump(1));  // last: marks it whole
+    fsync_path(temp, /*directory=*/true);
+  } catch (const std::exception& e) {
+    remove_quietly(temp);
+    throw Error("cannot write checkpoint '" + dir + "': " + e.what());
+  }
+
+  if (!fs::exists(dir, error)) {
+    if (::rename(temp.c_str(), dir.c_str()) != 0) {
+      const std::string reason = errno_text();
+      remove_quietly(temp);
+      throw Error("cannot move checkpoint '" + temp + "' to '" + dir + "': " + reason);
+    }
+  } else {
+    bool exchanged = false;
+#ifdef RENAME_EXCHANGE
+    // GRAFT_NO_RENAME_EXCHANGE=1 forces the fallback (tests; file systems that misreport support).
+    const char* no_exchange = std::getenv("GRAFT_NO_RENAME_EXCHANGE");
+    if (!(no_exchange && std::string(no_exchange) == "1"))
+      exchanged = ::renameat2(AT_FDCWD, temp.c_str(), AT_FDCWD, dir.c_str(), RENAME_EXCHANGE) == 0;
+#endif
+    if (exchanged) {
+      remove_quietly(temp);  // holds the previous checkpoint now
+    } else {
+      // mkdtemp reserves a unique name; rename() may replace an empty folder.
+      std::string old = dir + ".old-XXXXXX";
+      if (!::mkdtemp(old.data()) || ::rename(dir.c_str(), old.c_str()) != 0) {
+        const std::string reason = errno_text();
+        remove_quietly(temp);
+        throw Error("cannot move the previous checkpoint '" + dir + "' aside: " + reason);
+      }
+      if (::rename(temp.c_str(), dir.c_str()) != 0) {
+        const std::string reason = errno_text();
+        throw Error("cannot move checkpoint '" + temp + "' to '" + dir + "': " + reason +
+                    " (the previous checkpoint is intact at '" + old + "')");
+      }
+      remove_quietly(old);
+    }
+  }
+  fsync_path(parent_of(dir), /*directory=*/true);
+  // Leftovers of earlier crashes: D is whole now, so they are no longer needed.
+  for (const auto& stale : siblings(dir, "tmp")) remove_quietly(stale);
+  for (const auto& stale : siblings(dir, "old")) remove_quietly(stale);
+}
+
+std::optional<std::string> find_checkpoint(const std::string& dir) {
+  if (complete_state(dir)) return dir;
+  std::optional<std::string> best;
+  int64_t best_epoch = -1;
+  for (const auto& candidate : siblings(dir, "old")) {
+    const auto state = complete_state(candidate.string());
+    if (!state) continue;
+    const int64_t epoch = state->value("epoch", int64_t{0});
+    if (epoch > best_epoch) best_epoch = epoch, best = candidate.string();
+  }
+  return best;
+}
+
+TrainerState read_trainer_state(const std::string& checkpoint_dir) {
+  const std::string path = (fs::path(checkpoint_dir) / kStateFile).string();
+  json j;
+  try {
+    j = json::parse(read_text(path));
+  } catch (const json::exception& e) {
+    throw FormatError(path, std::string("invalid JSON: ") + e.what());
+  }
+  try {
+    return state_from_json(j, path);
+  } catch (const json::exception& e) {
+    throw FormatError(path, std::string("missing or mistyped field: ") + e.what(),
+                      "the checkpoint was written by another program or version");
+  }
+}
+
+void load_checkpoint_model(const std::string& checkpoint_dir, torch::nn::Module& model) {
+  const std::string path = (fs::path(checkpoint_dir) / kModelFile).string();
+  LoadOptions options;
+  options.strict = true;
+  options.source_name = path;
+  load_safetensors(model, path, options);
+}
+
+void load_checkpoint_optimizer(const std::string& checkpoint_dir, torch::optim::Optimizer& optimizer) {
+  const std::string path = (fs::path(checkpoint_dir) / kOptimizerFile).string();
+  if (!fs::exists(path)) throw Error("checkpoint '" + checkpoint_dir + "' has no " + kOptimizerFile);
+  try {
+    torch::load(optimizer, path);
+  } catch (const c10::Error& e) {
+    throw FormatError(path, std::string("cannot restore the optimiser: ") + e.what_without_backtrace(),
+                      "the optimiser's groups differ from those the checkpoint was saved with");
+  }
+}
+
+}  // namespace graft
