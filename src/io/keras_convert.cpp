@@ -1,0 +1,454 @@
+// Keras topologies, the Keras -> graft name maps (tables below) and loading Keras weights into graft
+// models. Layout rules follow Keras' own converters (keras/utils/conv_utils.py convert_kernel is the
+// HWIO <-> OIHW transpose; tf.nn.depthwise_conv2d's output channel c * M + m is PyTorch's grouped
+// conv channel order) and timm's TF ports (timm/models/_builder.py + checkpoint_filter_fn).
+#include "io/keras_convert.h"
+
+#include <torch/nn/modules/batchnorm.h>
+
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "graft/errors.h"
+#include "graft/keras_h5.h"
+#include "graft/tfjs.h"
+#include "graft/transfer.h"
+
+namespace graft {
+namespace keras {
+
+// ---- name maps: data ----------------------------------------------------------------------------
+
+const std::vector<NameMap>& name_maps() {
+  static const std::vector<NameMap> maps{
+      // ml5's Tiny Darknet (Keras 2.1.6 automatic names). The graft model uses the same names.
+      {"darknet_tiny",
+       {
+           {"conv2d_%d", "conv2d_%d", LayerKind::kConv2D, 1, 16},
+           {"batch_normalization_%d", "batch_normalization_%d", LayerKind::kBatchNorm, 1, 15},
+       }},
+      // Keras applications' MobileNet v1 (keras/applications/mobilenet.py), every alpha.
+      {"mobilenet_v1",
+       {
+           {"conv1", "conv1", LayerKind::kConv2D},
+           {"conv1_bn", "conv1_bn", LayerKind::kBatchNorm},
+           {"conv_dw_%d", "conv_dw_%d", LayerKind::kDepthwiseConv2D, 1, 13},
+           {"conv_dw_%d_bn", "conv_dw_%d_bn", LayerKind::kBatchNorm, 1, 13},
+           {"conv_pw_%d", "conv_pw_%d", LayerKind::kConv2D, 1, 13},
+           {"conv_pw_%d_bn", "conv_pw_%d_bn", LayerKind::kBatchNorm, 1, 13},
+           {"conv_preds", "conv_preds", LayerKind::kConv2D},
+       }},
+  };
+  return maps;
+}
+
+namespace {
+
+// Weight renames per kind: data as well.
+struct WeightRename {
+  LayerKind kind;
+  const char* keras;
+  const char* graft;
+};
+constexpr WeightRename kWeightRenames[] = {
+    {LayerKind::kConv2D, "kernel", "weight"},
+    {LayerKind::kConv2D, "bias", "bias"},
+    {LayerKind::kDepthwiseConv2D, "depthwise_kernel", "weight"},
+    {LayerKind::kDepthwiseConv2D, "bias", "bias"},
+    {LayerKind::kDense, "kernel", "weight"},
+    {LayerKind::kDense, "bias", "bias"},
+    {LayerKind::kBatchNorm, "gamma", "weight"},
+    {LayerKind::kBatchNorm, "beta", "bias"},
+    {LayerKind::kBatchNorm, "moving_mean", "running_mean"},
+    {LayerKind::kBatchNorm, "moving_variance", "running_var"},
+};
+
+std::string substitute(const std::string& pattern, int index) {
+  const size_t at = pattern.find("%d");
+  if (at == std::string::npos) return pattern;
+  return pattern.substr(0, at) + std::to_string(index) + pattern.substr(at + 2);
+}
+
+bool is_kernel(LayerKind kind, const std::string& short_name) {
+  return (kind == LayerKind::kConv2D || kind == LayerKind::kDense) ? short_name == "kernel"
+                                                                    : (kind == LayerKind::kDepthwiseConv2D &&
+                                                                       short_name == "depthwise_kernel");
+}
+
+}  // namespace
+
+const char* keras_class_name(LayerKind kind) {
+  switch (kind) {
+    case LayerKind::kConv2D:
+      return "Conv2D";
+    case LayerKind::kDepthwiseConv2D:
+      return "DepthwiseConv2D";
+    case LayerKind::kDense:
+      return "Dense";
+    case LayerKind::kBatchNorm:
+      return "BatchNormalization";
+  }
+  return "?";
+}
+
+const NameMap* find_name_map(const std::string& arch) {
+  for (const NameMap& map : name_maps()) {
+    if (arch == map.arch || arch.rfind(map.arch + "_", 0) == 0) return &map;
+  }
+  return nullptr;
+}
+
+std::map<std::string, LayerTarget> expand(const NameMap& map) {
+  std::map<std::string, LayerTarget> out;
+  for (const NameMapRule& rule : map.rules) {
+    const bool indexed = rule.keras.find("%d") != std::string::npos;
+    const int first = indexed ? rule.first : 0;
+    const int last = indexed ? rule.last : 0;
+    for (int i = first; i <= last; ++i) {
+      const std::string keras = substitute(rule.keras, i);
+      if (!out.emplace(keras, LayerTarget{substitute(rule.graft, i), rule.kind}).second) {
+        throw Error("Keras name map '" + map.arch + "': layer '" + keras + "' appears twice");
+      }
+    }
+  }
+  return out;
+}
+
+std::string short_weight_name(const std::string& keras_name) {
+  std::string name = keras_name.substr(keras_name.rfind('/') + 1);  // npos + 1 == 0
+  const size_t colon = name.rfind(':');
+  if (colon != std::string::npos) name = name.substr(0, colon);
+  return name;
+}
+
+std::string graft_weight_name(LayerKind kind, const std::string& short_name) {
+  for (const WeightRename& rename : kWeightRenames) {
+    if (rename.kind == kind && short_name == rename.keras) return rename.graft;
+  }
+  return "";
+}
+
+torch::Tensor to_graft_layout(LayerKind kind, const std::string& short_name, const torch::Tensor& keras,
+                              const std::string& what) {
+  if (!is_kernel(kind, short_name)) {
+    if (keras.dim() != 1) {
+      throw Error(what + ": a " + keras_class_name(kind) + " '" + short_name + "' is a vector, got shape " +
+                  shape_str(keras.sizes().vec()));
+    }
+    return keras.contiguous();
+  }
+  switch (kind) {
+    case LayerKind::kConv2D:
+      if (keras.dim() != 4) break;
+      return keras.permute({3, 2, 0, 1}).contiguous();  // (H, W, in, out) -> (out, in, H, W)
+    case LayerKind::kDepthwiseConv2D:
+      if (keras.dim() != 4) break;
+      // (H, W, C, M) -> (C, M, H, W) -> (C * M, 1, H, W): output channel c * M + m, as TF orders them.
+      return keras.permute({2, 3, 0, 1}).reshape({keras.size(2) * keras.size(3), 1, keras.size(0), keras.size(1)});
+    case LayerKind::kDense:
+      if (keras.dim() != 2) break;
+      return keras.t().contiguous();  // (in, out) -> (out, in)
+    case LayerKind::kBatchNorm:
+      break;
+  }
+  const char* expected = kind == LayerKind::kDense ? "(in, out)"
+                         : kind == LayerKind::kDepthwiseConv2D ? "(H, W, channels, multiplier)"
+                                                               : "(H, W, in, out)";
+  throw Error(what + ": a " + keras_class_name(kind) + " kernel is " + expected + ", got shape " +
+              shape_str(keras.sizes().vec()));
+}
+
+std::vector<int64_t> to_keras_shape(LayerKind kind, const std::string& short_name,
+                                    const std::vector<int64_t>& s) {
+  if (!is_kernel(kind, short_name)) return s;
+  if (kind == LayerKind::kConv2D && s.size() == 4) return {s[2], s[3], s[1], s[0]};
+  if (kind == LayerKind::kDepthwiseConv2D && s.size() == 4) return {s[2], s[3], s[0], 1};
+  if (kind == LayerKind::kDense && s.size() == 2) return {s[1], s[0]};
+  return s;
+}
+
+Converted convert(const KerasModel& keras, const NameMap& map) {
+  const auto targets = expand(map);
+  Converted out;
+  for (const KerasLayerWeights& layer : keras.weights) {
+    auto target = targets.find(layer.layer);
+    if (target == targets.end()) target = targets.find(layer.layer.substr(layer.layer.rfind('/') + 1));
+    if (target == targets.end()) {
+      for (const auto& [name, tensor] : layer.tensors) out.tensors.emplace_back(name, tensor);
+      continue;
+    }
+    const LayerTarget& t = target->second;
+    if (const KerasLayer* topo = keras.find_layer(layer.layer); topo && topo->class_name != keras_class_name(t.kind)) {
+      throw Error(keras.source + ": layer '" + layer.layer + "' is a " + topo->class_name + " in the file, but the " +
+                  map.arch + " name map makes it a " + keras_class_name(t.kind) + " ('" + t.module +
+                  "'): the file is another architecture");
+    }
+    for (const auto& [name, tensor] : layer.tensors) {
+      const std::string short_name = short_weight_name(name);
+      const std::string graft_name = graft_weight_name(t.kind, short_name);
+      const std::string what = keras.source + ": layer '" + layer.layer + "' (" + keras_class_name(t.kind) +
+                               "), weight '" + name + "'";
+      if (graft_name.empty()) throw Error(what + ": a " + std::string(keras_class_name(t.kind)) + " has no such weight");
+      const std::string full = t.module + "." + graft_name;
+      out.tensors.emplace_back(full, to_graft_layout(t.kind, short_name, tensor, what));
+      out.origin[full] = Origin{layer.layer, name, tensor.sizes().vec(), t.kind};
+    }
+    if (t.kind == LayerKind::kBatchNorm) {
+      // PyTorch counts batches seen in training; Keras does not. 0 is what a fresh BatchNorm holds.
+      out.tensors.emplace_back(t.module + ".num_batches_tracked", torch::zeros({}, torch::kLong));
+    }
+  }
+  return out;
+}
+
+}  // namespace keras
+
+// ---- Keras topology ----------------------------------------------------------------------------------
+
+namespace {
+
+using nlohmann::json;
+
+// Keras 3 / TF.js node arguments: {"class_name": "__keras_tensor__", "config": {"keras_history": [name, ..]}}
+// anywhere inside (lists of) arguments.
+void collect_keras_history(const json& value, std::vector<std::string>& out) {
+  if (value.is_object()) {
+    if (value.contains("keras_history") && value["keras_history"].is_array() && !value["keras_history"].empty() &&
+        value["keras_history"][0].is_string()) {
+      out.push_back(value["keras_history"][0].get<std::string>());
+      return;
+    }
+    for (const auto& item : value.items()) collect_keras_history(item.value(), out);
+  } else if (value.is_array()) {
+    for (const json& item : value) collect_keras_history(item, out);
+  }
+}
+
+std::vector<std::string> parse_inbound(const json& nodes, const std::string& file, const std::string& layer) {
+  std::vector<std::string> out;
+  if (nodes.is_null()) return out;
+  if (!nodes.is_array()) throw FormatError(file, "layer '" + layer + "': inbound_nodes is not a list");
+  for (const json& node : nodes) {
+    if (node.is_array()) {  // Keras 2: [["conv1", 0, 0, {}], ...]
+      for (const json& inbound : node) {
+        if (!inbound.is_array() || inbound.empty() || !inbound[0].is_string()) {
+          throw FormatError(file, "layer '" + layer + "': malformed inbound node " + inbound.dump());
+        }
+        out.push_back(inbound[0].get<std::string>());
+      }
+    } else if (node.is_object()) {  // Keras 3: {"args": [...], "kwargs": {...}}
+      collect_keras_history(node.value("args", json::array()), out);
+    } else {
+      throw FormatError(file, "layer '" + layer + "': malformed inbound node " + node.dump());
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+std::vector<KerasLayer> parse_keras_layers(const json& model_config, const std::string& file) {
+  if (!model_config.is_object() || !model_config.contains("class_name") || !model_config["class_name"].is_string() ||
+      !model_config.contains("config")) {
+    throw FormatError(file, "the Keras model config is not {\"class_name\": ..., \"config\": ...}");
+  }
+  const std::string model_class = model_config["class_name"].get<std::string>();
+  const json& config = model_config["config"];
+  const json* layers = nullptr;
+  if (config.is_array()) {
+    layers = &config;  // Keras < 2.2.3 Sequential: the config is the layer list
+  } else if (config.is_object() && config.contains("layers") && config["layers"].is_array()) {
+    layers = &config["layers"];
+  } else {
+    throw FormatError(file, "the Keras " + model_class + " config has no \"layers\" list");
+  }
+  const bool sequential = model_class == "Sequential";
+  std::vector<KerasLayer> out;
+  for (size_t i = 0; i < layers->size(); ++i) {
+    const json& entry = (*layers)[i];
+    if (!entry.is_object() || !entry.contains("class_name") || !entry["class_name"].is_string() ||
+        !entry.contains("config") || !entry["config"].is_object()) {
+      throw FormatError(file, "Keras layer " + std::to_string(i) + " is not {\"class_name\": ..., \"config\": {...}}");
+    }
+    KerasLayer layer;
+    layer.class_name = entry["class_name"].get<std::string>();
+    layer.config = entry["config"];
+    if (entry.contains("name") && entry["name"].is_string()) {
+      layer.name = entry["name"].get<std::string>();
+    } else if (layer.config.contains("name") && layer.config["name"].is_string()) {
+      layer.name = layer.config["name"].get<std::string>();
+    }
+    if (layer.name.empty()) {
+      throw FormatError(file, "Keras layer " + std::to_string(i) + " (" + layer.class_name + ") has no name");
+    }
+    if (sequential) {
+      if (!out.empty()) layer.inbound.push_back(out.back().name);
+    } else {
+      layer.inbound = parse_inbound(entry.contains("inbound_nodes") ? entry["inbound_nodes"] : json(), file, layer.name);
+    }
+    out.push_back(std::move(layer));
+  }
+  return out;
+}
+
+NamedTensors KerasModel::named_weights() const {
+  NamedTensors out;
+  for (const auto& layer : weights) out.insert(out.end(), layer.tensors.begin(), layer.tensors.end());
+  return out;
+}
+
+const KerasLayer* KerasModel::find_layer(const std::string& name) const {
+  for (const auto& layer : layers) {
+    if (layer.name == name) return &layer;
+  }
+  return nullptr;
+}
+
+KerasModel read_keras_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw FormatError(path, "no such file or not readable");
+  char first = 0;
+  while (in.get(first) && std::isspace(static_cast<unsigned char>(first))) {
+  }
+  // JSON is a TF.js model.json; everything else goes to the HDF5 reader, which checks the signature.
+  if (first == '{') return read_tfjs_model(path);
+  return read_keras_h5(path);
+}
+
+// ---- loading ---------------------------------------------------------------------------------------
+
+namespace {
+
+const keras::NameMap& require_name_map(const std::string& arch) {
+  const keras::NameMap* map = keras::find_name_map(arch);
+  if (map) return *map;
+  std::string known;
+  for (const auto& m : keras::name_maps()) known += (known.empty() ? "" : ", ") + m.arch;
+  throw SpecError("graft has no Keras / TF.js name map for architecture '" + arch + "'; maps exist for: " + known);
+}
+
+bool under_prefix(const std::string& name, const std::vector<std::string>& prefixes) {
+  for (const std::string& prefix : prefixes) {
+    if (name == prefix || (name.size() > prefix.size() && name.compare(0, prefix.size(), prefix) == 0 &&
+                           name[prefix.size()] == '.')) {
+      return true;
+    }
+  }
+  return false;
+}
+
+// The misfits between converted tensors and the model, each told in Keras terms.
+std::string describe_misfits(BackboneImpl& model, const keras::Converted& converted,
+                             const std::vector<std::string>& skip, const keras::NameMap& map) {
+  std::map<std::string, std::vector<int64_t>> model_shapes;
+  for (const auto& [name, tensor] : state_dict(model)) model_shapes[name] = tensor.sizes().vec();
+  std::set<std::string> in_file;
+  std::ostringstream out;
+  size_t problems = 0;
+  for (const auto& [name, tensor] : converted.tensors) {
+    in_file.insert(name);
+    if (under_prefix(name, skip)) continue;
+    const auto it = model_shapes.find(name);
+    const auto origin = converted.origin.find(name);
+    if (it == model_shapes.end()) {
+      ++problems;
+      if (origin == converted.origin.end()) {
+        out << "  layer '" << name.substr(0, name.rfind('/')) << "': weight '" << name << "' "
+            << shape_str(tensor.sizes().vec()) << " is not in the " << map.arch << " name map\n";
+      } else {
+        out << "  layer '" << origin->second.layer << "': weight '" << origin->second.keras_name << "' has no place in "
+            << model.arch() << " ('" << name << "' does not exist)\n";
+      }
+      continue;
+    }
+    if (it->second != tensor.sizes().vec()) {
+      ++problems;
+      if (origin != converted.origin.end()) {
+        const auto& o = origin->second;
+        const std::string short_name = keras::short_weight_name(o.keras_name);
+        out << "  layer '" << o.layer << "' (" << keras::keras_class_name(o.kind) << "): weight '" << o.keras_name
+            << "' has shape " << shape_str(o.keras_shape) << ", the model expects "
+            << shape_str(keras::to_keras_shape(o.kind, short_name, it->second)) << " (graft '" << name << "' "
+            << shape_str(it->second) << ")\n";
+      } else {
+        out << "  '" << name << "' has shape " << shape_str(tensor.sizes().vec()) << ", the model expects "
+            << shape_str(it->second) << "\n";
+      }
+    }
+  }
+  for (const auto& [name, shape] : model_shapes) {
+    if (in_file.count(name) || under_prefix(name, skip)) continue;
+    ++problems;
+    out << "  '" << name << "' " << shape_str(shape) << " of the model is not in the file\n";
+  }
+  return problems == 0 ? "" : out.str();
+}
+
+void apply_batchnorm_configs(BackboneImpl& model, const KerasModel& keras, const keras::NameMap& map) {
+  if (keras.layers.empty()) return;
+  auto modules = model.named_modules("", /*include_self=*/false);
+  for (const auto& [layer_name, target] : keras::expand(map)) {
+    if (target.kind != keras::LayerKind::kBatchNorm) continue;
+    const KerasLayer* layer = keras.find_layer(layer_name);
+    const auto* module = modules.find(target.module);
+    if (!layer || !module) continue;
+    auto* bn = dynamic_cast<torch::nn::BatchNorm2dImpl*>(module->get());
+    if (!bn) continue;
+    // Keras: moving = moving * momentum + batch * (1 - momentum); PyTorch weighs the batch by its momentum.
+    if (layer->config.contains("epsilon") && layer->config["epsilon"].is_number()) {
+      bn->options.eps(layer->config["epsilon"].get<double>());
+    }
+    if (layer->config.contains("momentum") && layer->config["momentum"].is_number()) {
+      bn->options.momentum(1.0 - layer->config["momentum"].get<double>());
+    }
+  }
+}
+
+}  // namespace
+
+NamedTensors keras_to_graft(const BackboneImpl& model, const KerasModel& keras) {
+  return keras::convert(keras, require_name_map(model.arch())).tensors;
+}
+
+LoadReport load_keras_weights(BackboneImpl& model, const KerasModel& keras, const WeightsOptions& options) {
+  const keras::NameMap& map = require_name_map(model.arch());
+  const keras::Converted converted = keras::convert(keras, map);
+  const std::string head = head_module_name(model);
+  std::vector<std::string> skip;
+  if (options.skip_classifier) {
+    if (!head.empty()) skip.push_back(head);
+  } else if (!head.empty() && !model.has_custom_head()) {
+    // A file fine-tuned to another class count loads into a build of the default count.
+    for (const auto& [name, tensor] : converted.tensors) {
+      if (name == head + ".weight" && tensor.dim() >= 2 && tensor.size(0) != model.num_classes()) {
+        model.reset_classifier(tensor.size(0));
+      }
+    }
+  }
+  if (options.strict) {
+    const std::string misfits = describe_misfits(model, converted, skip, map);
+    if (!misfits.empty()) {
+      throw Error(keras.source + ": the weights do not fit " + model.arch() + " (nothing was loaded):\n" + misfits +
+                  "hint: a file of another architecture or width (alpha) does not fit; pass strict=false / "
+                  "--no-strict to load what fits");
+    }
+  }
+  LoadOptions load;
+  load.strict = false;
+  load.skip_prefixes = skip;
+  load.source_name = keras.source;
+  LoadReport report = load_state_dict(model, converted.tensors, load);
+  apply_batchnorm_configs(model, keras, map);
+  return report;
+}
+
+LoadReport load_tfjs_weights(BackboneImpl& model, const std::string& model_json, const WeightsOptions& options) {
+  return load_keras_weights(model, read_tfjs_model(model_json), options);
+}
+
+LoadReport load_keras_h5_weights(BackboneImpl& model, const std::string& path, const WeightsOptions& options) {
+  return load_keras_weights(model, read_keras_h5(path), options);
+}
+
+}  // namespace graft

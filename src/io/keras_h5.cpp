@@ -1,0 +1,244 @@
+// Keras .h5 reader through libhdf5's C API (HDF5 1.10+). Mirrors Keras 2.x
+// keras/saving/legacy/hdf5_format.py: load_weights_from_hdf5_group (layer_names, then each layer's
+// weight_names, in that order) and load_attributes_from_hdf5_group (attributes too big for an object
+// header are split into name0, name1, ...).
+#include "graft/keras_h5.h"
+
+#include <hdf5.h>
+
+#include <cstring>
+#include <filesystem>
+#include <mutex>
+
+#include "graft/errors.h"
+
+namespace graft {
+namespace {
+
+// Owns an HDF5 identifier; closes it with the matching H5?close.
+class Handle {
+ public:
+  Handle(hid_t id, herr_t (*close)(hid_t)) : id_(id), close_(close) {}
+  ~Handle() {
+    if (id_ >= 0) close_(id_);
+  }
+  Handle(const Handle&) = delete;
+  Handle& operator=(const Handle&) = delete;
+  Handle(Handle&& other) noexcept : id_(other.id_), close_(other.close_) { other.id_ = -1; }
+  hid_t get() const { return id_; }
+  bool valid() const { return id_ >= 0; }
+
+ private:
+  hid_t id_;
+  herr_t (*close_)(hid_t);
+};
+
+// A dataset's element count above which graft refuses to allocate (16 GiB of float32).
+constexpr hsize_t kMaxDatasetElements = hsize_t{1} << 32;
+
+// libhdf5 (Debian's serial build) is not thread-safe: one reader at a time.
+std::mutex& hdf5_mutex() {
+  static std::mutex mutex;
+  return mutex;
+}
+
+// "/model_weights" + "conv1" -> "/model_weights/conv1"; the root is "/".
+std::string join(const std::string& group, const std::string& name) {
+  return group == "/" ? "/" + name : group + "/" + name;
+}
+
+bool attribute_exists(hid_t object, const std::string& name) {
+  return H5Aexists(object, name.c_str()) > 0;
+}
+
+// Reads a string attribute (scalar or 1-D; variable- or fixed-length). An empty attribute of any type
+// (Keras writes weightless layers' weight_names as an empty float array) gives an empty list.
+std::vector<std::string> read_string_attribute(hid_t object, const std::string& name, const std::string& file,
+                                               const std::string& where) {
+  const std::string at = "attribute '" + name + "' of " + where;
+  Handle attribute(H5Aopen(object, name.c_str(), H5P_DEFAULT), H5Aclose);
+  if (!attribute.valid()) throw FormatError(file, at + " is missing");
+  Handle type(H5Aget_type(attribute.get()), H5Tclose);
+  Handle space(H5Aget_space(attribute.get()), H5Sclose);
+  if (!type.valid() || !space.valid()) throw FormatError(file, at + " cannot be read");
+  const hssize_t count = H5Sget_simple_extent_npoints(space.get());
+  if (count < 0) throw FormatError(file, at + " has an unreadable shape");
+  if (count == 0) return {};
+  if (H5Sget_simple_extent_ndims(space.get()) > 1) throw FormatError(file, at + " has more than one dimension");
+  if (H5Tget_class(type.get()) != H5T_STRING) throw FormatError(file, at + " is not a string or list of strings");
+
+  std::vector<std::string> out;
+  if (H5Tis_variable_str(type.get()) > 0) {
+    Handle memory(H5Tcopy(H5T_C_S1), H5Tclose);
+    H5Tset_size(memory.get(), H5T_VARIABLE);
+    H5Tset_cset(memory.get(), H5Tget_cset(type.get()));
+    std::vector<char*> strings(static_cast<size_t>(count), nullptr);
+    if (H5Aread(attribute.get(), memory.get(), strings.data()) < 0) throw FormatError(file, at + " cannot be read");
+    for (char* s : strings) {
+      out.emplace_back(s ? s : "");
+      if (s) H5free_memory(s);
+    }
+  } else {
+    const size_t size = H5Tget_size(type.get());
+    if (size == 0) throw FormatError(file, at + " has a zero string size");
+    Handle memory(H5Tcopy(H5T_C_S1), H5Tclose);
+    H5Tset_size(memory.get(), size);
+    H5Tset_cset(memory.get(), H5Tget_cset(type.get()));
+    H5Tset_strpad(memory.get(), H5T_STR_NULLPAD);
+    std::vector<char> buffer(size * static_cast<size_t>(count), '\0');
+    if (H5Aread(attribute.get(), memory.get(), buffer.data()) < 0) throw FormatError(file, at + " cannot be read");
+    for (hssize_t i = 0; i < count; ++i) {
+      const char* begin = buffer.data() + static_cast<size_t>(i) * size;
+      out.emplace_back(begin, strnlen(begin, size));
+    }
+  }
+  return out;
+}
+
+// Keras splits a list attribute that would overflow the 64 KiB object header into name0, name1, ...
+std::vector<std::string> read_string_list(hid_t object, const std::string& name, const std::string& file,
+                                          const std::string& where) {
+  if (attribute_exists(object, name)) return read_string_attribute(object, name, file, where);
+  std::vector<std::string> out;
+  for (int chunk = 0; attribute_exists(object, name + std::to_string(chunk)); ++chunk) {
+    auto part = read_string_attribute(object, name + std::to_string(chunk), file, where);
+    out.insert(out.end(), part.begin(), part.end());
+  }
+  if (out.empty() && !attribute_exists(object, name + "0")) {
+    throw FormatError(file, "attribute '" + name + "' of " + where + " is missing");
+  }
+  return out;
+}
+
+std::string read_optional_string(hid_t object, const std::string& name, const std::string& file,
+                                 const std::string& where) {
+  if (!attribute_exists(object, name)) return "";
+  const auto values = read_string_attribute(object, name, file, where);
+  return values.empty() ? "" : values.front();
+}
+
+// A float dataset as a float32 tensor of its shape; HDF5 converts float16/float64 on read.
+torch::Tensor read_float_dataset(hid_t group, const std::string& name, const std::string& path,
+                                 const std::string& file, const std::string& layer) {
+  Handle dataset(H5Dopen2(group, name.c_str(), H5P_DEFAULT), H5Dclose);
+  if (!dataset.valid()) {
+    throw FormatError(file, "dataset '" + path + "' is missing",
+                      "listed in weight_names of layer '" + layer + "'");
+  }
+  Handle type(H5Dget_type(dataset.get()), H5Tclose);
+  Handle space(H5Dget_space(dataset.get()), H5Sclose);
+  if (!type.valid() || !space.valid()) throw FormatError(file, "dataset '" + path + "' cannot be read");
+  if (H5Tget_class(type.get()) != H5T_FLOAT) {
+    throw FormatError(file, "dataset '" + path + "' is not floating point (HDF5 type class " +
+                                std::to_string(static_cast<int>(H5Tget_class(type.get()))) + ")",
+                      "Keras weights are float32");
+  }
+  const int rank = H5Sget_simple_extent_ndims(space.get());
+  if (rank < 0 || rank > 8) {
+    throw FormatError(file, "dataset '" + path + "' has rank " + std::to_string(rank) + "; weights have 0 to 8 dims");
+  }
+  std::vector<hsize_t> dims(static_cast<size_t>(rank));
+  if (rank > 0 && H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr) < 0) {
+    throw FormatError(file, "dataset '" + path + "' has an unreadable shape");
+  }
+  std::vector<int64_t> shape;
+  hsize_t count = 1;
+  for (hsize_t d : dims) {
+    if (d != 0 && count > kMaxDatasetElements / d) {
+      throw FormatError(file, "dataset '" + path + "' claims more than 2^32 elements");
+    }
+    count *= d;
+    shape.push_back(static_cast<int64_t>(d));
+  }
+  // Without filters (compression) the stored bytes must cover the shape; a short one is a damaged file.
+  Handle plist(H5Dget_create_plist(dataset.get()), H5Pclose);
+  const size_t element = H5Tget_size(type.get());
+  if (plist.valid() && H5Pget_nfilters(plist.get()) == 0 && count > 0) {
+    const hsize_t stored = H5Dget_storage_size(dataset.get());
+    if (stored != 0 && stored < count * element) {
+      throw FormatError(file, "dataset '" + path + "' stores " + std::to_string(stored) + " bytes, its shape " +
+                                  shape_str(shape) + " needs " + std::to_string(count * element));
+    }
+  }
+  torch::Tensor out = torch::empty(shape, torch::kFloat32);
+  if (count > 0 &&
+      H5Dread(dataset.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data_ptr<float>()) < 0) {
+    throw FormatError(file, "dataset '" + path + "' cannot be read", "the file may be truncated or damaged");
+  }
+  return out;
+}
+
+}  // namespace
+
+KerasModel read_keras_h5(const std::string& path) {
+  const std::string& file = path;
+  std::error_code error;
+  if (!std::filesystem::is_regular_file(path, error)) throw FormatError(file, "no such file");
+
+  std::lock_guard<std::mutex> lock(hdf5_mutex());
+  // HDF5 prints its error stack to stderr by default; graft reports through exceptions instead.
+  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+  if (H5Fis_hdf5(path.c_str()) <= 0) {
+    throw FormatError(file, "not an HDF5 file", "a Keras .h5 file starts with the HDF5 signature");
+  }
+  Handle handle(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
+  if (!handle.valid()) throw FormatError(file, "cannot be opened by libhdf5 (truncated or damaged?)");
+  const hid_t root = handle.get();
+
+  KerasModel model;
+  model.source = path;
+  std::string weights_path;
+  if (attribute_exists(root, "model_config")) {
+    model.format = "keras-h5";
+    const std::string config = read_optional_string(root, "model_config", file, "/");
+    try {
+      model.model_config = nlohmann::json::parse(config);
+    } catch (const nlohmann::json::parse_error& e) {
+      throw FormatError(file, std::string("attribute 'model_config' of / is not valid JSON: ") + e.what());
+    }
+    model.layers = parse_keras_layers(model.model_config, file);
+    if (H5Lexists(root, "model_weights", H5P_DEFAULT) <= 0) {
+      throw FormatError(file, "has a model_config but no group '/model_weights'",
+                        "a model saved without weights cannot be loaded");
+    }
+    weights_path = "/model_weights";
+  } else if (attribute_exists(root, "layer_names") || attribute_exists(root, "layer_names0")) {
+    model.format = "keras-h5-weights";
+    weights_path = "/";
+  } else {
+    const bool keras3 = H5Lexists(root, "layers", H5P_DEFAULT) > 0 || H5Lexists(root, "vars", H5P_DEFAULT) > 0;
+    throw FormatError(file,
+                      "neither a Keras model file (attribute model_config + group model_weights) nor a Keras "
+                      "weights file (attribute layer_names)",
+                      keras3 ? "this looks like a Keras 3 .weights.h5, which graft does not read; save with "
+                               "Keras 2 / tf.keras (model.save('x.h5'))"
+                             : "");
+  }
+
+  Handle weights(H5Gopen2(root, weights_path.c_str(), H5P_DEFAULT), H5Gclose);
+  if (!weights.valid()) throw FormatError(file, "group '" + weights_path + "' cannot be opened");
+  model.keras_version = read_optional_string(root, "keras_version", file, "/");
+  if (model.keras_version.empty()) {
+    model.keras_version = read_optional_string(weights.get(), "keras_version", file, weights_path);
+  }
+
+  const std::vector<std::string> layer_names = read_string_list(weights.get(), "layer_names", file, weights_path);
+  for (const std::string& layer : layer_names) {
+    const std::string layer_path = join(weights_path, layer);
+    Handle group(H5Gopen2(weights.get(), layer.c_str(), H5P_DEFAULT), H5Gclose);
+    if (!group.valid()) {
+      throw FormatError(file, "group '" + layer_path + "' is missing", "listed in layer_names of " + weights_path);
+    }
+    const std::vector<std::string> weight_names = read_string_list(group.get(), "weight_names", file, layer_path);
+    if (weight_names.empty()) continue;
+    KerasLayerWeights layer_weights{layer, {}};
+    for (const std::string& weight : weight_names) {
+      layer_weights.tensors.emplace_back(
+          weight, read_float_dataset(group.get(), weight, join(layer_path, weight), file, layer));
+    }
+    model.weights.push_back(std::move(layer_weights));
+  }
+  return model;
+}
+
+}  // namespace graft
