@@ -4,6 +4,8 @@
 #include "graft/registry.h"
 
 #include "graft/errors.h"
+#include "models/darknet.h"
+#include "models/mobilenet_v1.h"
 #include "models/mobilenet_v2.h"
 #include "models/resnet.h"
 #include "models/vgg.h"
@@ -52,6 +54,39 @@ std::vector<ModelEntry> build_table() {
                    mobilenet_v2,
                    {torchvision_in1k("tv_in1k", "torchvision:mobilenet_v2 IMAGENET1K_V1 (convert to safetensors)",
                                      tv)}});
+  // Keras / TF.js imports (graft/keras.h): weights in foreign formats, loaded through name maps.
+  {
+    PretrainedCfg ml5;
+    ml5.tag = "ml5";
+    ml5.source = "ml5: github.com/ml5js/ml5-data-and-models models/darknetclassifier/darknettiny/model.json";
+    ml5.file_format = "tfjs-layers";
+    ml5.mean = {0.0, 0.0, 0.0};  // ml5 feeds pixel / 255, no normalisation
+    ml5.std = {1.0, 1.0, 1.0};
+    ml5.crop_pct = 1.0;  // the whole image, resized (bilinear, align_corners=true) to 224
+    ml5.labels = "imagenet-1k-darknet";  // darknet's own class order (kit fox, English setter, ...)
+    ml5.license = "MIT (ml5)";
+    ml5.description = "ml5 Tiny Darknet ImageNet classifier (TF.js layers model; outputs logits)";
+    table.push_back({"darknet_tiny", "darknet", "Tiny Darknet (darknet tiny.cfg), ml5 TF.js layout", darknet_tiny,
+                     {ml5}});
+  }
+  auto add_mobilenet_v1 = [&](const std::string& arch, const std::string& alpha, const std::string& file,
+                              std::function<Backbone(int64_t)> build) {
+    PretrainedCfg keras;
+    keras.tag = "keras";
+    keras.source = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet/" + file;
+    keras.file_format = "keras-h5";
+    keras.mean = {0.5, 0.5, 0.5};  // Keras mobilenet.preprocess_input: x / 127.5 - 1
+    keras.std = {0.5, 0.5, 0.5};
+    keras.crop_pct = 1.0;
+    keras.license = "Apache-2.0 (Keras Applications)";
+    keras.description = "Keras Applications ImageNet weights, alpha " + alpha;
+    table.push_back({arch, "mobilenet", "MobileNet v1 (Howard et al. 2017), alpha " + alpha + ", Keras layout",
+                     std::move(build), {keras}});
+  };
+  add_mobilenet_v1("mobilenet_v1_025", "0.25", "mobilenet_2_5_224_tf.h5", mobilenet_v1_025);
+  add_mobilenet_v1("mobilenet_v1_050", "0.5", "mobilenet_5_0_224_tf.h5", mobilenet_v1_050);
+  add_mobilenet_v1("mobilenet_v1_075", "0.75", "mobilenet_7_5_224_tf.h5", mobilenet_v1_075);
+  add_mobilenet_v1("mobilenet_v1_100", "1.0", "mobilenet_1_0_224_tf.h5", mobilenet_v1_100);
   return table;
 }
 

@@ -1,0 +1,137 @@
+// Tiny Darknet as ml5's TF.js layers model (see darknet.h). Initialisation follows Keras' defaults
+// (glorot_uniform kernels, zero bias, BatchNorm 1/0), since the reference weights were trained in darknet
+// and only the layer structure comes from Keras.
+#include "models/darknet.h"
+
+#include "graft/errors.h"
+#include "graft/transfer.h"
+
+namespace graft {
+namespace {
+
+namespace nn = torch::nn;
+
+void init_conv(nn::Conv2dImpl& conv) {
+  torch::NoGradGuard no_grad;
+  nn::init::xavier_uniform_(conv.weight);
+  if (conv.bias.defined()) nn::init::zeros_(conv.bias);
+}
+
+nn::Conv2d make_classifier(int64_t in_channels, int64_t num_classes) {
+  nn::Conv2d conv(nn::Conv2dOptions(in_channels, num_classes, /*kernel_size=*/1).bias(true));
+  init_conv(*conv);
+  return conv;
+}
+
+}  // namespace
+
+DarknetConfig DarknetConfig::darknet_tiny() {
+  using K = DarknetLayer::Kind;
+  DarknetConfig config;
+  // clang-format off
+  config.layers = {
+      {K::kConv, 16, 3},  {K::kMaxPool},
+      {K::kConv, 32, 3},  {K::kMaxPool},
+      {K::kConv, 16, 1},  {K::kConv, 128, 3}, {K::kConv, 16, 1}, {K::kConv, 128, 3}, {K::kMaxPool},
+      {K::kConv, 32, 1},  {K::kConv, 256, 3}, {K::kConv, 32, 1}, {K::kConv, 256, 3}, {K::kMaxPool},
+      {K::kConv, 64, 1},  {K::kConv, 512, 3}, {K::kConv, 64, 1}, {K::kConv, 512, 3}, {K::kConv, 128, 1},
+  };
+  // clang-format on
+  return config;
+}
+
+DarknetImpl::DarknetImpl(const DarknetConfig& config, int64_t num_classes)
+    : BackboneImpl(config.arch), config_(config) {
+  if (num_classes < 0) {
+    throw Error(config.arch + ": num_classes must be >= 0 (0 gives a model that returns pre-logits), got " +
+                std::to_string(num_classes));
+  }
+  int64_t channels = 3;
+  for (const DarknetLayer& layer : config.layers) {
+    if (layer.kind != DarknetLayer::Kind::kConv) continue;
+    const std::string index = std::to_string(convs.size() + 1);
+    convs.push_back(register_module(
+        "conv2d_" + index,
+        Conv2dSame(nn::Conv2dOptions(channels, layer.filters, layer.kernel).bias(false))));
+    norms.push_back(register_module(
+        "batch_normalization_" + index,
+        nn::BatchNorm2d(nn::BatchNorm2dOptions(layer.filters).eps(config.bn_eps).momentum(config.bn_momentum))));
+    channels = layer.filters;
+  }
+  if (convs.empty()) throw Error(config.arch + ": the layer table has no convolution");
+  num_features_ = channels;
+  classifier_name_ = "conv2d_" + std::to_string(convs.size() + 1);
+  if (num_classes > 0) {
+    classifier = register_module(classifier_name_, make_classifier(num_features_, num_classes));
+  } else {
+    register_module(classifier_name_, nn::Identity());
+  }
+  for (auto& conv : convs) init_conv(*conv);
+}
+
+std::vector<ForwardStep> DarknetImpl::feature_steps() {
+  std::vector<ForwardStep> steps;
+  size_t conv = 0, pool = 0;
+  const double slope = config_.leaky_slope;
+  for (const DarknetLayer& layer : config_.layers) {
+    if (layer.kind == DarknetLayer::Kind::kMaxPool) {
+      ++pool;
+      steps.push_back({"max_pooling2d_" + std::to_string(pool), "MaxPool2d",
+                       [](const torch::Tensor& x) { return max_pool2d_same(x, {2, 2}, {2, 2}); }});  // (N, C, H/2, W/2)
+      continue;
+    }
+    const std::string index = std::to_string(conv + 1);
+    steps.push_back({"conv2d_" + index, "Conv2dSame",
+                     [m = convs[conv].ptr()](const torch::Tensor& x) { return m->forward(x); }});
+    steps.push_back({"batch_normalization_" + index, "BatchNorm2d",
+                     [m = norms[conv].ptr()](const torch::Tensor& x) { return m->forward(x); }});
+    steps.push_back({"leaky_re_lu_" + index, "LeakyReLU",
+                     [slope](const torch::Tensor& x) { return torch::leaky_relu(x, slope); }});
+    ++conv;
+  }
+  return steps;  // (N, 3, H, W) -> (N, 128, H/16, W/16)
+}
+
+std::vector<ForwardStep> DarknetImpl::classifier_steps(bool pre_logits) {
+  std::vector<ForwardStep> steps;
+  steps.push_back({"global_average_pooling2d_1", "GlobalAvgPool2d",
+                   [](const torch::Tensor& x) { return x.mean({2, 3}); }});  // (N, 128)
+  if (pre_logits) return steps;
+  if (classifier) {
+    steps.push_back({classifier_name_, "Conv2d", [m = classifier.ptr()](const torch::Tensor& x) {
+                       // A 1x1 conv on the pooled vector: (N, 128) -> (N, 128, 1, 1) -> (N, classes).
+                       return m->forward(x.view({x.size(0), x.size(1), 1, 1})).flatten(1);
+                     }});
+  } else {
+    steps.push_back({classifier_name_, "Identity", [](const torch::Tensor& x) { return x; }});
+  }
+  return steps;
+}
+
+void DarknetImpl::reset_classifier(int64_t num_classes) {
+  if (num_classes < 0) {
+    throw Error(arch() + ": reset_classifier(" + std::to_string(num_classes) +
+                "): the number of classes must be >= 0 (0 removes the classifier)");
+  }
+  clear_custom_head();
+  if (num_classes == 0) {
+    classifier = nullptr;
+    replace_module(classifier_name_, nn::Identity());
+    return;
+  }
+  classifier = make_classifier(num_features_, num_classes);
+  // Follow the model to its device and dtype, so a reset after .to(cuda) still runs.
+  classifier->to(convs.front()->weight.device(), convs.front()->weight.scalar_type());
+  replace_module(classifier_name_, classifier);
+}
+
+int64_t DarknetImpl::num_classes() const {
+  if (has_custom_head()) return custom_head()->out_features();
+  return classifier ? classifier->options.out_channels() : num_features_;
+}
+
+Backbone darknet_tiny(int64_t num_classes) {
+  return std::make_shared<DarknetImpl>(DarknetConfig::darknet_tiny(), num_classes);
+}
+
+}  // namespace graft
