@@ -27,5 +27,6 @@ void add_info_command(CLI::App& app);
 void add_models_command(CLI::App& app);
 void add_summary_command(CLI::App& app);
 void add_forward_command(CLI::App& app);
+void add_convert_command(CLI::App& app);
 
 }  // namespace graft::cli

@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
   graft::cli::add_models_command(app);
   graft::cli::add_summary_command(app);
   graft::cli::add_forward_command(app);
+  graft::cli::add_convert_command(app);
 
   app.parse_complete_callback([&] { graft::set_threads(threads); });
   try {

@@ -338,51 +338,87 @@ bool under_prefix(const std::string& name, const std::vector<std::string>& prefi
   return false;
 }
 
-// The misfits between converted tensors and the model, each told in Keras terms.
+// Appends at most kMaxLines of `lines`, then how many were left out.
+void append_capped(std::ostringstream& out, const std::vector<std::string>& lines, const char* what) {
+  constexpr size_t kMaxLines = 12;
+  for (size_t i = 0; i < lines.size() && i < kMaxLines; ++i) out << "  " << lines[i] << "\n";
+  if (lines.size() > kMaxLines) out << "  ... and " << lines.size() - kMaxLines << " more " << what << "\n";
+}
+
+// The misfits between converted tensors and the model, each told in Keras terms: shape mismatches
+// (Keras layer, weight, both shapes in Keras layout), file layers the map does not know, model tensors
+// the file lacks. Empty when everything fits.
 std::string describe_misfits(BackboneImpl& model, const keras::Converted& converted,
                              const std::vector<std::string>& skip, const keras::NameMap& map) {
   std::map<std::string, std::vector<int64_t>> model_shapes;
   for (const auto& [name, tensor] : state_dict(model)) model_shapes[name] = tensor.sizes().vec();
   std::set<std::string> in_file;
-  std::ostringstream out;
-  size_t problems = 0;
+  std::vector<std::string> mismatched, unmapped, missing;
+  std::vector<std::string> unmapped_layers;  // in file order, once each
+  // One line per Keras layer for shape mismatches (a BatchNorm's four vectors differ together).
+  std::map<std::string, size_t> mismatch_line;  // layer -> its line in `mismatched`
+  std::map<std::string, size_t> more_mismatches;
   for (const auto& [name, tensor] : converted.tensors) {
     in_file.insert(name);
     if (under_prefix(name, skip)) continue;
     const auto it = model_shapes.find(name);
     const auto origin = converted.origin.find(name);
+    std::ostringstream line;
     if (it == model_shapes.end()) {
-      ++problems;
       if (origin == converted.origin.end()) {
-        out << "  layer '" << name.substr(0, name.rfind('/')) << "': weight '" << name << "' "
-            << shape_str(tensor.sizes().vec()) << " is not in the " << map.arch << " name map\n";
+        const std::string layer = name.substr(0, name.rfind('/'));
+        if (std::find(unmapped_layers.begin(), unmapped_layers.end(), layer) == unmapped_layers.end()) {
+          unmapped_layers.push_back(layer);
+        }
+        line << "layer '" << layer << "': weight '" << name << "' " << shape_str(tensor.sizes().vec())
+             << " is not in the " << map.arch << " name map";
       } else {
-        out << "  layer '" << origin->second.layer << "': weight '" << origin->second.keras_name << "' has no place in "
-            << model.arch() << " ('" << name << "' does not exist)\n";
+        line << "layer '" << origin->second.layer << "': weight '" << origin->second.keras_name << "' has no place in "
+             << model.arch() << " ('" << name << "' does not exist)";
       }
-      continue;
-    }
-    if (it->second != tensor.sizes().vec()) {
-      ++problems;
+      unmapped.push_back(line.str());
+    } else if (it->second != tensor.sizes().vec()) {
       if (origin != converted.origin.end()) {
         const auto& o = origin->second;
+        if (mismatch_line.count(o.layer)) {
+          ++more_mismatches[o.layer];
+          continue;
+        }
+        mismatch_line[o.layer] = mismatched.size();
         const std::string short_name = keras::short_weight_name(o.keras_name);
-        out << "  layer '" << o.layer << "' (" << keras::keras_class_name(o.kind) << "): weight '" << o.keras_name
-            << "' has shape " << shape_str(o.keras_shape) << ", the model expects "
-            << shape_str(keras::to_keras_shape(o.kind, short_name, it->second)) << " (graft '" << name << "' "
-            << shape_str(it->second) << ")\n";
+        line << "layer '" << o.layer << "' (" << keras::keras_class_name(o.kind) << "): weight '" << o.keras_name
+             << "' has shape " << shape_str(o.keras_shape) << ", the model expects "
+             << shape_str(keras::to_keras_shape(o.kind, short_name, it->second)) << " (graft '" << name << "' "
+             << shape_str(it->second) << ")";
       } else {
-        out << "  '" << name << "' has shape " << shape_str(tensor.sizes().vec()) << ", the model expects "
-            << shape_str(it->second) << "\n";
+        line << "'" << name << "' has shape " << shape_str(tensor.sizes().vec()) << ", the model expects "
+             << shape_str(it->second);
       }
+      mismatched.push_back(line.str());
     }
   }
   for (const auto& [name, shape] : model_shapes) {
     if (in_file.count(name) || under_prefix(name, skip)) continue;
-    ++problems;
-    out << "  '" << name << "' " << shape_str(shape) << " of the model is not in the file\n";
+    missing.push_back("'" + name + "' " + shape_str(shape) + " of the model is not in the file");
   }
-  return problems == 0 ? "" : out.str();
+  if (mismatched.empty() && unmapped.empty() && missing.empty()) return "";
+  for (const auto& [layer, count] : more_mismatches) {
+    mismatched[mismatch_line[layer]] +=
+        " (and " + std::to_string(count) + " more weight" + (count > 1 ? "s" : "") + " of this layer)";
+  }
+
+  std::ostringstream out;
+  if (converted.origin.empty() && !unmapped_layers.empty()) {
+    // Nothing in the file is known to the map: say so once instead of listing every tensor.
+    out << "  none of the file's " << unmapped_layers.size() << " layers with weights is in the " << map.arch
+        << " name map (" << unmapped_layers.front() << (unmapped_layers.size() > 1 ? ", " + unmapped_layers[1] : "")
+        << ", ...): the file holds another architecture\n";
+  } else {
+    append_capped(out, unmapped, "weights not in the model");
+  }
+  append_capped(out, mismatched, "shape mismatches");
+  append_capped(out, missing, "model tensors missing from the file");
+  return out.str();
 }
 
 void apply_batchnorm_configs(BackboneImpl& model, const KerasModel& keras, const keras::NameMap& map) {
