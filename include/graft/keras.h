@@ -4,7 +4,6 @@
 // that renames ("conv1/kernel:0" -> "conv1.weight") and re-lays out (HWIO -> OIHW) every tensor.
 #pragma once
 #include <nlohmann/json.hpp>
-
 #include <string>
 #include <vector>
 
@@ -29,11 +28,11 @@ struct KerasLayerWeights {
 };
 
 struct KerasModel {
-  std::string source;         // the file read (model.json or .h5)
-  std::string format;         // "tfjs-layers", "keras-h5" (full model) or "keras-h5-weights" (weights only)
-  std::string keras_version;  // as recorded in the file, "" when absent
-  nlohmann::json model_config;      // {"class_name": ..., "config": ...}; null for a weights-only file
-  std::vector<KerasLayer> layers;   // the topology in model order; empty for a weights-only file
+  std::string source;           // the file read (model.json or .h5)
+  std::string format;           // "tfjs-layers", "keras-h5" (full model) or "keras-h5-weights" (weights only)
+  std::string keras_version;    // as recorded in the file, "" when absent
+  nlohmann::json model_config;  // {"class_name": ..., "config": ...}; null for a weights-only file
+  std::vector<KerasLayer> layers;          // the topology in model order; empty for a weights-only file
   std::vector<KerasLayerWeights> weights;  // layers that own weights, in file order
 
   // Every tensor with its Keras name, in file order.
@@ -61,9 +60,12 @@ NamedTensors keras_to_graft(const BackboneImpl& model, const KerasModel& keras);
 // has another class count, the classifier is reset to it (as load_weights does). Strict loading throws
 // graft::Error listing each misfit by Keras layer and weight name with both shapes (the file's, in Keras
 // layout, and the model's, in Keras layout too) before anything is copied.
-LoadReport load_keras_weights(BackboneImpl& model, const KerasModel& keras, const WeightsOptions& options = {});
+LoadReport load_keras_weights(BackboneImpl& model, const KerasModel& keras,
+                              const WeightsOptions& options = {});
 // read_keras_file() + load_keras_weights(), for the two source formats.
-LoadReport load_tfjs_weights(BackboneImpl& model, const std::string& model_json, const WeightsOptions& options = {});
-LoadReport load_keras_h5_weights(BackboneImpl& model, const std::string& path, const WeightsOptions& options = {});
+LoadReport load_tfjs_weights(BackboneImpl& model, const std::string& model_json,
+                             const WeightsOptions& options = {});
+LoadReport load_keras_h5_weights(BackboneImpl& model, const std::string& path,
+                                 const WeightsOptions& options = {});
 
 }  // namespace graft

@@ -27,7 +27,8 @@ void add_convert_command(CLI::App& app) {
   command->add_option("--to", args->output, "output safetensors file")->required();
   command->add_option("--model", args->model, "architecture the weights are for, e.g. mobilenet_v1_025.keras")
       ->required();
-  command->add_flag("!--no-strict", args->strict, "write what fits even when names or shapes do not all match");
+  command->add_flag("!--no-strict", args->strict,
+                    "write what fits even when names or shapes do not all match");
   command->callback([args] {
     Backbone model = create_model(args->model);
     const KerasModel keras = read_keras_file(args->input);
@@ -45,9 +46,9 @@ void add_convert_command(CLI::App& app) {
                        {"source_format", keras.format},
                        {"keras_version", keras.keras_version}});
     std::cout << "converted " << args->input << " (" << keras.format
-              << (keras.keras_version.empty() ? "" : ", Keras " + keras.keras_version) << ") -> " << args->output
-              << ": " << tensors.size() << " tensors, " << values << " values, " << model->arch() << " with "
-              << model->num_classes() << " classes\n";
+              << (keras.keras_version.empty() ? "" : ", Keras " + keras.keras_version) << ") -> "
+              << args->output << ": " << tensors.size() << " tensors, " << values << " values, "
+              << model->arch() << " with " << model->num_classes() << " classes\n";
   });
 }
 

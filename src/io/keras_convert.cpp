@@ -6,6 +6,8 @@
 
 #include <torch/nn/modules/batchnorm.h>
 
+#include <algorithm>
+#include <cctype>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -71,9 +73,9 @@ std::string substitute(const std::string& pattern, int index) {
 }
 
 bool is_kernel(LayerKind kind, const std::string& short_name) {
-  return (kind == LayerKind::kConv2D || kind == LayerKind::kDense) ? short_name == "kernel"
-                                                                    : (kind == LayerKind::kDepthwiseConv2D &&
-                                                                       short_name == "depthwise_kernel");
+  return (kind == LayerKind::kConv2D || kind == LayerKind::kDense)
+             ? short_name == "kernel"
+             : (kind == LayerKind::kDepthwiseConv2D && short_name == "depthwise_kernel");
 }
 
 }  // namespace
@@ -145,14 +147,15 @@ torch::Tensor to_graft_layout(LayerKind kind, const std::string& short_name, con
     case LayerKind::kDepthwiseConv2D:
       if (keras.dim() != 4) break;
       // (H, W, C, M) -> (C, M, H, W) -> (C * M, 1, H, W): output channel c * M + m, as TF orders them.
-      return keras.permute({2, 3, 0, 1}).reshape({keras.size(2) * keras.size(3), 1, keras.size(0), keras.size(1)});
+      return keras.permute({2, 3, 0, 1})
+          .reshape({keras.size(2) * keras.size(3), 1, keras.size(0), keras.size(1)});
     case LayerKind::kDense:
       if (keras.dim() != 2) break;
       return keras.t().contiguous();  // (in, out) -> (out, in)
     case LayerKind::kBatchNorm:
       break;
   }
-  const char* expected = kind == LayerKind::kDense ? "(in, out)"
+  const char* expected = kind == LayerKind::kDense             ? "(in, out)"
                          : kind == LayerKind::kDepthwiseConv2D ? "(H, W, channels, multiplier)"
                                                                : "(H, W, in, out)";
   throw Error(what + ": a " + keras_class_name(kind) + " kernel is " + expected + ", got shape " +
@@ -179,17 +182,19 @@ Converted convert(const KerasModel& keras, const NameMap& map) {
       continue;
     }
     const LayerTarget& t = target->second;
-    if (const KerasLayer* topo = keras.find_layer(layer.layer); topo && topo->class_name != keras_class_name(t.kind)) {
-      throw Error(keras.source + ": layer '" + layer.layer + "' is a " + topo->class_name + " in the file, but the " +
-                  map.arch + " name map makes it a " + keras_class_name(t.kind) + " ('" + t.module +
-                  "'): the file is another architecture");
+    if (const KerasLayer* topo = keras.find_layer(layer.layer);
+        topo && topo->class_name != keras_class_name(t.kind)) {
+      throw Error(keras.source + ": layer '" + layer.layer + "' is a " + topo->class_name +
+                  " in the file, but the " + map.arch + " name map makes it a " + keras_class_name(t.kind) +
+                  " ('" + t.module + "'): the file is another architecture");
     }
     for (const auto& [name, tensor] : layer.tensors) {
       const std::string short_name = short_weight_name(name);
       const std::string graft_name = graft_weight_name(t.kind, short_name);
       const std::string what = keras.source + ": layer '" + layer.layer + "' (" + keras_class_name(t.kind) +
                                "), weight '" + name + "'";
-      if (graft_name.empty()) throw Error(what + ": a " + std::string(keras_class_name(t.kind)) + " has no such weight");
+      if (graft_name.empty())
+        throw Error(what + ": a " + std::string(keras_class_name(t.kind)) + " has no such weight");
       const std::string full = t.module + "." + graft_name;
       out.tensors.emplace_back(full, to_graft_layout(t.kind, short_name, tensor, what));
       out.origin[full] = Origin{layer.layer, name, tensor.sizes().vec(), t.kind};
@@ -214,8 +219,8 @@ using nlohmann::json;
 // anywhere inside (lists of) arguments.
 void collect_keras_history(const json& value, std::vector<std::string>& out) {
   if (value.is_object()) {
-    if (value.contains("keras_history") && value["keras_history"].is_array() && !value["keras_history"].empty() &&
-        value["keras_history"][0].is_string()) {
+    if (value.contains("keras_history") && value["keras_history"].is_array() &&
+        !value["keras_history"].empty() && value["keras_history"][0].is_string()) {
       out.push_back(value["keras_history"][0].get<std::string>());
       return;
     }
@@ -249,8 +254,8 @@ std::vector<std::string> parse_inbound(const json& nodes, const std::string& fil
 }  // namespace
 
 std::vector<KerasLayer> parse_keras_layers(const json& model_config, const std::string& file) {
-  if (!model_config.is_object() || !model_config.contains("class_name") || !model_config["class_name"].is_string() ||
-      !model_config.contains("config")) {
+  if (!model_config.is_object() || !model_config.contains("class_name") ||
+      !model_config["class_name"].is_string() || !model_config.contains("config")) {
     throw FormatError(file, "the Keras model config is not {\"class_name\": ..., \"config\": ...}");
   }
   const std::string model_class = model_config["class_name"].get<std::string>();
@@ -269,7 +274,8 @@ std::vector<KerasLayer> parse_keras_layers(const json& model_config, const std::
     const json& entry = (*layers)[i];
     if (!entry.is_object() || !entry.contains("class_name") || !entry["class_name"].is_string() ||
         !entry.contains("config") || !entry["config"].is_object()) {
-      throw FormatError(file, "Keras layer " + std::to_string(i) + " is not {\"class_name\": ..., \"config\": {...}}");
+      throw FormatError(
+          file, "Keras layer " + std::to_string(i) + " is not {\"class_name\": ..., \"config\": {...}}");
     }
     KerasLayer layer;
     layer.class_name = entry["class_name"].get<std::string>();
@@ -285,7 +291,8 @@ std::vector<KerasLayer> parse_keras_layers(const json& model_config, const std::
     if (sequential) {
       if (!out.empty()) layer.inbound.push_back(out.back().name);
     } else {
-      layer.inbound = parse_inbound(entry.contains("inbound_nodes") ? entry["inbound_nodes"] : json(), file, layer.name);
+      layer.inbound =
+          parse_inbound(entry.contains("inbound_nodes") ? entry["inbound_nodes"] : json(), file, layer.name);
     }
     out.push_back(std::move(layer));
   }
@@ -325,7 +332,8 @@ const keras::NameMap& require_name_map(const std::string& arch) {
   if (map) return *map;
   std::string known;
   for (const auto& m : keras::name_maps()) known += (known.empty() ? "" : ", ") + m.arch;
-  throw SpecError("graft has no Keras / TF.js name map for architecture '" + arch + "'; maps exist for: " + known);
+  throw SpecError("graft has no Keras / TF.js name map for architecture '" + arch +
+                  "'; maps exist for: " + known);
 }
 
 bool under_prefix(const std::string& name, const std::vector<std::string>& prefixes) {
@@ -373,8 +381,8 @@ std::string describe_misfits(BackboneImpl& model, const keras::Converted& conver
         line << "layer '" << layer << "': weight '" << name << "' " << shape_str(tensor.sizes().vec())
              << " is not in the " << map.arch << " name map";
       } else {
-        line << "layer '" << origin->second.layer << "': weight '" << origin->second.keras_name << "' has no place in "
-             << model.arch() << " ('" << name << "' does not exist)";
+        line << "layer '" << origin->second.layer << "': weight '" << origin->second.keras_name
+             << "' has no place in " << model.arch() << " ('" << name << "' does not exist)";
       }
       unmapped.push_back(line.str());
     } else if (it->second != tensor.sizes().vec()) {
@@ -386,10 +394,10 @@ std::string describe_misfits(BackboneImpl& model, const keras::Converted& conver
         }
         mismatch_line[o.layer] = mismatched.size();
         const std::string short_name = keras::short_weight_name(o.keras_name);
-        line << "layer '" << o.layer << "' (" << keras::keras_class_name(o.kind) << "): weight '" << o.keras_name
-             << "' has shape " << shape_str(o.keras_shape) << ", the model expects "
-             << shape_str(keras::to_keras_shape(o.kind, short_name, it->second)) << " (graft '" << name << "' "
-             << shape_str(it->second) << ")";
+        line << "layer '" << o.layer << "' (" << keras::keras_class_name(o.kind) << "): weight '"
+             << o.keras_name << "' has shape " << shape_str(o.keras_shape) << ", the model expects "
+             << shape_str(keras::to_keras_shape(o.kind, short_name, it->second)) << " (graft '" << name
+             << "' " << shape_str(it->second) << ")";
       } else {
         line << "'" << name << "' has shape " << shape_str(tensor.sizes().vec()) << ", the model expects "
              << shape_str(it->second);
@@ -411,7 +419,8 @@ std::string describe_misfits(BackboneImpl& model, const keras::Converted& conver
   if (converted.origin.empty() && !unmapped_layers.empty()) {
     // Nothing in the file is known to the map: say so once instead of listing every tensor.
     out << "  none of the file's " << unmapped_layers.size() << " layers with weights is in the " << map.arch
-        << " name map (" << unmapped_layers.front() << (unmapped_layers.size() > 1 ? ", " + unmapped_layers[1] : "")
+        << " name map (" << unmapped_layers.front()
+        << (unmapped_layers.size() > 1 ? ", " + unmapped_layers[1] : "")
         << ", ...): the file holds another architecture\n";
   } else {
     append_capped(out, unmapped, "weights not in the model");
@@ -465,7 +474,8 @@ LoadReport load_keras_weights(BackboneImpl& model, const KerasModel& keras, cons
   if (options.strict) {
     const std::string misfits = describe_misfits(model, converted, skip, map);
     if (!misfits.empty()) {
-      throw Error(keras.source + ": the weights do not fit " + model.arch() + " (nothing was loaded):\n" + misfits +
+      throw Error(keras.source + ": the weights do not fit " + model.arch() + " (nothing was loaded):\n" +
+                  misfits +
                   "hint: a file of another architecture or width (alpha) does not fit; pass strict=false / "
                   "--no-strict to load what fits");
     }
@@ -479,11 +489,13 @@ LoadReport load_keras_weights(BackboneImpl& model, const KerasModel& keras, cons
   return report;
 }
 
-LoadReport load_tfjs_weights(BackboneImpl& model, const std::string& model_json, const WeightsOptions& options) {
+LoadReport load_tfjs_weights(BackboneImpl& model, const std::string& model_json,
+                             const WeightsOptions& options) {
   return load_keras_weights(model, read_tfjs_model(model_json), options);
 }
 
-LoadReport load_keras_h5_weights(BackboneImpl& model, const std::string& path, const WeightsOptions& options) {
+LoadReport load_keras_h5_weights(BackboneImpl& model, const std::string& path,
+                                 const WeightsOptions& options) {
   return load_keras_weights(model, read_keras_h5(path), options);
 }
 

@@ -33,7 +33,8 @@ struct NameMapRule {
 };
 
 struct NameMap {
-  std::string arch;  // architecture the map serves: exact arch, or family prefix ("mobilenet_v1" serves mobilenet_v1_025)
+  std::string arch;  // architecture the map serves: exact arch, or family prefix ("mobilenet_v1" serves
+                     // mobilenet_v1_025)
   std::vector<NameMapRule> rules;
 };
 
@@ -64,8 +65,8 @@ std::vector<int64_t> to_keras_shape(LayerKind kind, const std::string& short_nam
 
 // Where a converted tensor came from, for messages.
 struct Origin {
-  std::string layer;        // Keras layer
-  std::string keras_name;   // "conv1/kernel:0"
+  std::string layer;       // Keras layer
+  std::string keras_name;  // "conv1/kernel:0"
   std::vector<int64_t> keras_shape;
   LayerKind kind;
 };

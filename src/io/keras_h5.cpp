@@ -64,8 +64,10 @@ std::vector<std::string> read_string_attribute(hid_t object, const std::string& 
   const hssize_t count = H5Sget_simple_extent_npoints(space.get());
   if (count < 0) throw FormatError(file, at + " has an unreadable shape");
   if (count == 0) return {};
-  if (H5Sget_simple_extent_ndims(space.get()) > 1) throw FormatError(file, at + " has more than one dimension");
-  if (H5Tget_class(type.get()) != H5T_STRING) throw FormatError(file, at + " is not a string or list of strings");
+  if (H5Sget_simple_extent_ndims(space.get()) > 1)
+    throw FormatError(file, at + " has more than one dimension");
+  if (H5Tget_class(type.get()) != H5T_STRING)
+    throw FormatError(file, at + " is not a string or list of strings");
 
   std::vector<std::string> out;
   if (H5Tis_variable_str(type.get()) > 0) {
@@ -73,7 +75,8 @@ std::vector<std::string> read_string_attribute(hid_t object, const std::string& 
     H5Tset_size(memory.get(), H5T_VARIABLE);
     H5Tset_cset(memory.get(), H5Tget_cset(type.get()));
     std::vector<char*> strings(static_cast<size_t>(count), nullptr);
-    if (H5Aread(attribute.get(), memory.get(), strings.data()) < 0) throw FormatError(file, at + " cannot be read");
+    if (H5Aread(attribute.get(), memory.get(), strings.data()) < 0)
+      throw FormatError(file, at + " cannot be read");
     for (char* s : strings) {
       out.emplace_back(s ? s : "");
       if (s) H5free_memory(s);
@@ -86,7 +89,8 @@ std::vector<std::string> read_string_attribute(hid_t object, const std::string& 
     H5Tset_cset(memory.get(), H5Tget_cset(type.get()));
     H5Tset_strpad(memory.get(), H5T_STR_NULLPAD);
     std::vector<char> buffer(size * static_cast<size_t>(count), '\0');
-    if (H5Aread(attribute.get(), memory.get(), buffer.data()) < 0) throw FormatError(file, at + " cannot be read");
+    if (H5Aread(attribute.get(), memory.get(), buffer.data()) < 0)
+      throw FormatError(file, at + " cannot be read");
     for (hssize_t i = 0; i < count; ++i) {
       const char* begin = buffer.data() + static_cast<size_t>(i) * size;
       out.emplace_back(begin, strnlen(begin, size));
@@ -129,13 +133,15 @@ torch::Tensor read_float_dataset(hid_t group, const std::string& name, const std
   Handle space(H5Dget_space(dataset.get()), H5Sclose);
   if (!type.valid() || !space.valid()) throw FormatError(file, "dataset '" + path + "' cannot be read");
   if (H5Tget_class(type.get()) != H5T_FLOAT) {
-    throw FormatError(file, "dataset '" + path + "' is not floating point (HDF5 type class " +
-                                std::to_string(static_cast<int>(H5Tget_class(type.get()))) + ")",
+    throw FormatError(file,
+                      "dataset '" + path + "' is not floating point (HDF5 type class " +
+                          std::to_string(static_cast<int>(H5Tget_class(type.get()))) + ")",
                       "Keras weights are float32");
   }
   const int rank = H5Sget_simple_extent_ndims(space.get());
   if (rank < 0 || rank > 8) {
-    throw FormatError(file, "dataset '" + path + "' has rank " + std::to_string(rank) + "; weights have 0 to 8 dims");
+    throw FormatError(
+        file, "dataset '" + path + "' has rank " + std::to_string(rank) + "; weights have 0 to 8 dims");
   }
   std::vector<hsize_t> dims(static_cast<size_t>(rank));
   if (rank > 0 && H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr) < 0) {
@@ -156,8 +162,9 @@ torch::Tensor read_float_dataset(hid_t group, const std::string& name, const std
   if (plist.valid() && H5Pget_nfilters(plist.get()) == 0 && count > 0) {
     const hsize_t stored = H5Dget_storage_size(dataset.get());
     if (stored != 0 && stored < count * element) {
-      throw FormatError(file, "dataset '" + path + "' stores " + std::to_string(stored) + " bytes, its shape " +
-                                  shape_str(shape) + " needs " + std::to_string(count * element));
+      throw FormatError(file, "dataset '" + path + "' stores " + std::to_string(stored) +
+                                  " bytes, its shape " + shape_str(shape) + " needs " +
+                                  std::to_string(count * element));
     }
   }
   torch::Tensor out = torch::empty(shape, torch::kFloat32);
@@ -206,7 +213,8 @@ KerasModel read_keras_h5(const std::string& path) {
     model.format = "keras-h5-weights";
     weights_path = "/";
   } else {
-    const bool keras3 = H5Lexists(root, "layers", H5P_DEFAULT) > 0 || H5Lexists(root, "vars", H5P_DEFAULT) > 0;
+    const bool keras3 =
+        H5Lexists(root, "layers", H5P_DEFAULT) > 0 || H5Lexists(root, "vars", H5P_DEFAULT) > 0;
     throw FormatError(file,
                       "neither a Keras model file (attribute model_config + group model_weights) nor a Keras "
                       "weights file (attribute layer_names)",
@@ -222,14 +230,17 @@ KerasModel read_keras_h5(const std::string& path) {
     model.keras_version = read_optional_string(weights.get(), "keras_version", file, weights_path);
   }
 
-  const std::vector<std::string> layer_names = read_string_list(weights.get(), "layer_names", file, weights_path);
+  const std::vector<std::string> layer_names =
+      read_string_list(weights.get(), "layer_names", file, weights_path);
   for (const std::string& layer : layer_names) {
     const std::string layer_path = join(weights_path, layer);
     Handle group(H5Gopen2(weights.get(), layer.c_str(), H5P_DEFAULT), H5Gclose);
     if (!group.valid()) {
-      throw FormatError(file, "group '" + layer_path + "' is missing", "listed in layer_names of " + weights_path);
+      throw FormatError(file, "group '" + layer_path + "' is missing",
+                        "listed in layer_names of " + weights_path);
     }
-    const std::vector<std::string> weight_names = read_string_list(group.get(), "weight_names", file, layer_path);
+    const std::vector<std::string> weight_names =
+        read_string_list(group.get(), "weight_names", file, layer_path);
     if (weight_names.empty()) continue;
     KerasLayerWeights layer_weights{layer, {}};
     for (const std::string& weight : weight_names) {

@@ -4,10 +4,12 @@
 // v * scale + min computed in double and stored as float32; float16 widened exactly).
 #include "graft/tfjs.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <limits>
 #include <set>
 #include <sstream>
@@ -21,7 +23,7 @@ namespace {
 
 using nlohmann::json;
 
-constexpr uintmax_t kMaxModelJsonBytes = 64u << 20;        // the topology; real ones are < 1 MiB
+constexpr uintmax_t kMaxModelJsonBytes = 64u << 20;       // the topology; real ones are < 1 MiB
 constexpr int64_t kMaxWeightElements = int64_t{1} << 36;  // per tensor; guards the shape product
 
 // Bytes per element of a dtype as stored in a shard; 0 when TF.js has no such weight dtype.
@@ -37,7 +39,8 @@ double finite_number(const json& object, const char* key, const std::string& whe
     throw FormatError(where, std::string("quantization needs a number '") + key + "'");
   }
   const double value = object[key].get<double>();
-  if (!std::isfinite(value)) throw FormatError(where, std::string("quantization '") + key + "' is not finite");
+  if (!std::isfinite(value))
+    throw FormatError(where, std::string("quantization '") + key + "' is not finite");
   return value;
 }
 
@@ -98,7 +101,8 @@ WeightSpec parse_weight_spec(const json& entry, const std::string& where) {
                         "TF.js quantizes to uint8, uint16 or float16");
     }
     if (q.contains("original_dtype") && q["original_dtype"] != "float32") {
-      throw FormatError(at, "quantization original_dtype " + q["original_dtype"].dump() + " is not supported");
+      throw FormatError(at,
+                        "quantization original_dtype " + q["original_dtype"].dump() + " is not supported");
     }
   }
   return spec;
@@ -202,8 +206,8 @@ void check_group_bytes(const Group& group, const std::string& model_json) {
     }
     const tfjs::WeightSpec& spec = group.weights[first_short];
     std::ostringstream what;
-    what << "expected " << needed - before_last << " bytes for '" << spec.name
-         << "'" << (first_short + 1 < group.weights.size() ? " and the weights after it" : "") << ", file has "
+    what << "expected " << needed - before_last << " bytes for '" << spec.name << "'"
+         << (first_short + 1 < group.weights.size() ? " and the weights after it" : "") << ", file has "
          << group.sizes.back();
     std::ostringstream hint;
     hint << "truncated: weight group " << group.index << " of " << model_json << " needs " << needed
@@ -226,8 +230,10 @@ std::vector<uint8_t> read_group_bytes(const Group& group) {
   size_t offset = 0;
   for (size_t i = 0; i < group.paths.size(); ++i) {
     std::ifstream in(group.paths[i], std::ios::binary);
-    if (!in.read(reinterpret_cast<char*>(bytes.data() + offset), static_cast<std::streamsize>(group.sizes[i]))) {
-      throw FormatError(group.paths[i], "cannot be read (" + std::to_string(group.sizes[i]) + " bytes expected)");
+    if (!in.read(reinterpret_cast<char*>(bytes.data() + offset),
+                 static_cast<std::streamsize>(group.sizes[i]))) {
+      throw FormatError(group.paths[i],
+                        "cannot be read (" + std::to_string(group.sizes[i]) + " bytes expected)");
     }
     offset += static_cast<size_t>(group.sizes[i]);
   }
@@ -259,7 +265,8 @@ KerasModel read_tfjs_model(const std::string& model_json) {
   }
   const json& topology = root["modelTopology"];
   if (topology.contains("node")) {
-    throw FormatError(file, "modelTopology is a TensorFlow graph (it has \"node\"); graft reads layers models only");
+    throw FormatError(
+        file, "modelTopology is a TensorFlow graph (it has \"node\"); graft reads layers models only");
   }
 
   KerasModel model;
@@ -295,7 +302,8 @@ KerasModel read_tfjs_model(const std::string& model_json) {
     if (!entry.contains("paths") || !entry["paths"].is_array() || entry["paths"].empty()) {
       throw FormatError(where, "no \"paths\" list of shard files");
     }
-    if (!entry.contains("weights") || !entry["weights"].is_array()) throw FormatError(where, "no \"weights\" list");
+    if (!entry.contains("weights") || !entry["weights"].is_array())
+      throw FormatError(where, "no \"weights\" list");
     for (const json& weight : entry["weights"]) {
       group.weights.push_back(tfjs::parse_weight_spec(weight, where));
       if (!seen.insert(group.weights.back().name).second) {
@@ -313,9 +321,10 @@ KerasModel read_tfjs_model(const std::string& model_json) {
       const std::string shard = (folder / name).string();
       std::error_code error;
       if (!fs::is_regular_file(shard, error)) {
-        throw FormatError(shard, "missing", "model.json lists it in weight group " + std::to_string(group.index) +
-                                                " (first weight '" +
-                                                (group.weights.empty() ? "" : group.weights.front().name) + "')");
+        throw FormatError(shard, "missing",
+                          "model.json lists it in weight group " + std::to_string(group.index) +
+                              " (first weight '" + (group.weights.empty() ? "" : group.weights.front().name) +
+                              "')");
       }
       group.sizes.push_back(fs::file_size(shard, error));
       if (error) throw FormatError(shard, "cannot read its size: " + error.message());

@@ -1,10 +1,10 @@
 // Internals of the TF.js reader, exposed for unit tests: one manifest entry and its decoding.
 #pragma once
-#include <nlohmann/json.hpp>
 #include <torch/types.h>
 
 #include <cstddef>
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -15,7 +15,8 @@ struct WeightSpec {
   std::string name;            // "conv2d_1/kernel"
   std::vector<int64_t> shape;  // Keras layout, e.g. HWIO
   std::string dtype;           // logical dtype: "float32" (also "int32", "bool", read as float32)
-  std::string stored_dtype;    // bytes in the shard: dtype, or the quantization dtype ("uint8", "uint16", "float16")
+  std::string
+      stored_dtype;  // bytes in the shard: dtype, or the quantization dtype ("uint8", "uint16", "float16")
   double min = 0.0, scale = 1.0;  // affine dequantisation for uint8 / uint16
 
   int64_t numel() const;

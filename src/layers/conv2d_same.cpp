@@ -43,7 +43,8 @@ bool any_padding(const std::array<int64_t, 4>& pads) {
 
 torch::Tensor pad_with(const torch::Tensor& x, const std::array<int64_t, 4>& pads, double value) {
   if (!any_padding(pads)) return x;
-  return F::pad(x, F::PadFuncOptions({pads[0], pads[1], pads[2], pads[3]}).mode(torch::kConstant).value(value));
+  return F::pad(x,
+                F::PadFuncOptions({pads[0], pads[1], pads[2], pads[3]}).mode(torch::kConstant).value(value));
 }
 
 }  // namespace
@@ -63,11 +64,13 @@ torch::Tensor max_pool2d_same(const torch::Tensor& x, std::array<int64_t, 2> ker
 torch::Tensor avg_pool2d_same(const torch::Tensor& x, std::array<int64_t, 2> kernel,
                               std::array<int64_t, 2> stride) {
   const auto pads = same_pads(x, kernel, stride, {1, 1});
-  const torch::Tensor sums = torch::avg_pool2d(pad_with(x, pads, 0.0), {kernel[0], kernel[1]}, {stride[0], stride[1]});
+  const torch::Tensor sums =
+      torch::avg_pool2d(pad_with(x, pads, 0.0), {kernel[0], kernel[1]}, {stride[0], stride[1]});
   if (!any_padding(pads)) return sums;
   // Fraction of each window that is real input: (1, 1, H', W'), broadcast over N and C.
   const torch::Tensor ones = torch::ones({1, 1, x.size(2), x.size(3)}, x.options());
-  const torch::Tensor real = torch::avg_pool2d(pad_with(ones, pads, 0.0), {kernel[0], kernel[1]}, {stride[0], stride[1]});
+  const torch::Tensor real =
+      torch::avg_pool2d(pad_with(ones, pads, 0.0), {kernel[0], kernel[1]}, {stride[0], stride[1]});
   return sums / real;
 }
 
@@ -91,12 +94,12 @@ torch::Tensor Conv2dSameImpl::forward(const torch::Tensor& x) {
 
 std::shared_ptr<torch::nn::Module> Conv2dSameImpl::clone(const c10::optional<torch::Device>& device) const {
   torch::NoGradGuard no_grad;
-  auto copy = std::make_shared<Conv2dSameImpl>(torch::nn::Conv2dOptions(options.in_channels(), options.out_channels(),
-                                                                        options.kernel_size())
-                                                    .stride(options.stride())
-                                                    .dilation(options.dilation())
-                                                    .groups(options.groups())
-                                                    .bias(options.bias()));
+  auto copy = std::make_shared<Conv2dSameImpl>(
+      torch::nn::Conv2dOptions(options.in_channels(), options.out_channels(), options.kernel_size())
+          .stride(options.stride())
+          .dilation(options.dilation())
+          .groups(options.groups())
+          .bias(options.bias()));
   const auto copy_tensor = [&](const torch::Tensor& from, torch::Tensor& to) {
     if (!from.defined()) return;
     to.set_data(device && from.device() != *device ? from.to(*device) : from.clone());
@@ -112,8 +115,8 @@ void Conv2dSameImpl::pretty_print(std::ostream& stream) const {
   const auto& kernel = *options.kernel_size();
   const auto& stride = *options.stride();
   stream << "graft::Conv2dSame(" << options.in_channels() << ", " << options.out_channels()
-         << ", kernel_size=[" << kernel[0] << ", " << kernel[1] << "], stride=[" << stride[0] << ", " << stride[1]
-         << "], padding=same";
+         << ", kernel_size=[" << kernel[0] << ", " << kernel[1] << "], stride=[" << stride[0] << ", "
+         << stride[1] << "], padding=same";
   if (options.groups() != 1) stream << ", groups=" << options.groups();
   if (!options.bias()) stream << ", bias=false";
   stream << ")";

@@ -30,11 +30,13 @@ torch::Tensor pad_same(const torch::Tensor& x, std::array<int64_t, 2> kernel, st
 
 // Keras MaxPooling2D(pool_size=kernel, strides=stride, padding="same"): (N, C, H, W) -> (N, C, ceil(H/s),
 // ceil(W/s)). Padded cells are -inf, so they never win.
-torch::Tensor max_pool2d_same(const torch::Tensor& x, std::array<int64_t, 2> kernel, std::array<int64_t, 2> stride);
+torch::Tensor max_pool2d_same(const torch::Tensor& x, std::array<int64_t, 2> kernel,
+                              std::array<int64_t, 2> stride);
 
 // Keras AveragePooling2D(padding="same"): the mean over the window's cells that lie inside the input,
 // i.e. padded cells are excluded from both sum and count (TF's behaviour; count_include_pad=False).
-torch::Tensor avg_pool2d_same(const torch::Tensor& x, std::array<int64_t, 2> kernel, std::array<int64_t, 2> stride);
+torch::Tensor avg_pool2d_same(const torch::Tensor& x, std::array<int64_t, 2> kernel,
+                              std::array<int64_t, 2> stride);
 
 // A Conv2d whose padding is TF "same", computed from each input's size (timm's Conv2dSame). It is a
 // torch::nn::Conv2dImpl, so parameters are named "weight" / "bias" and code that initialises or inspects

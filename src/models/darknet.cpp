@@ -51,11 +51,11 @@ DarknetImpl::DarknetImpl(const DarknetConfig& config, int64_t num_classes)
     if (layer.kind != DarknetLayer::Kind::kConv) continue;
     const std::string index = std::to_string(convs.size() + 1);
     convs.push_back(register_module(
-        "conv2d_" + index,
-        Conv2dSame(nn::Conv2dOptions(channels, layer.filters, layer.kernel).bias(false))));
+        "conv2d_" + index, Conv2dSame(nn::Conv2dOptions(channels, layer.filters, layer.kernel).bias(false))));
     norms.push_back(register_module(
         "batch_normalization_" + index,
-        nn::BatchNorm2d(nn::BatchNorm2dOptions(layer.filters).eps(config.bn_eps).momentum(config.bn_momentum))));
+        nn::BatchNorm2d(
+            nn::BatchNorm2dOptions(layer.filters).eps(config.bn_eps).momentum(config.bn_momentum))));
     channels = layer.filters;
   }
   if (convs.empty()) throw Error(config.arch + ": the layer table has no convolution");
@@ -76,8 +76,9 @@ std::vector<ForwardStep> DarknetImpl::feature_steps() {
   for (const DarknetLayer& layer : config_.layers) {
     if (layer.kind == DarknetLayer::Kind::kMaxPool) {
       ++pool;
-      steps.push_back({"max_pooling2d_" + std::to_string(pool), "MaxPool2d",
-                       [](const torch::Tensor& x) { return max_pool2d_same(x, {2, 2}, {2, 2}); }});  // (N, C, H/2, W/2)
+      steps.push_back({"max_pooling2d_" + std::to_string(pool), "MaxPool2d", [](const torch::Tensor& x) {
+                         return max_pool2d_same(x, {2, 2}, {2, 2});
+                       }});  // (N, C, H/2, W/2)
       continue;
     }
     const std::string index = std::to_string(conv + 1);
@@ -94,8 +95,9 @@ std::vector<ForwardStep> DarknetImpl::feature_steps() {
 
 std::vector<ForwardStep> DarknetImpl::classifier_steps(bool pre_logits) {
   std::vector<ForwardStep> steps;
-  steps.push_back({"global_average_pooling2d_1", "GlobalAvgPool2d",
-                   [](const torch::Tensor& x) { return x.mean({2, 3}); }});  // (N, 128)
+  steps.push_back({"global_average_pooling2d_1", "GlobalAvgPool2d", [](const torch::Tensor& x) {
+                     return x.mean({2, 3});
+                   }});  // (N, 128)
   if (pre_logits) return steps;
   if (classifier) {
     steps.push_back({classifier_name_, "Conv2d", [m = classifier.ptr()](const torch::Tensor& x) {

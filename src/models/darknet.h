@@ -54,9 +54,9 @@ class DarknetImpl : public BackboneImpl {
 
   const DarknetConfig& config() const { return config_; }
 
-  std::vector<Conv2dSame> convs;                  // conv2d_1 .. conv2d_15
-  std::vector<torch::nn::BatchNorm2d> norms;      // batch_normalization_1 .. 15
-  torch::nn::Conv2d classifier{nullptr};          // conv2d_16; null when reset to 0 classes
+  std::vector<Conv2dSame> convs;              // conv2d_1 .. conv2d_15
+  std::vector<torch::nn::BatchNorm2d> norms;  // batch_normalization_1 .. 15
+  torch::nn::Conv2d classifier{nullptr};      // conv2d_16; null when reset to 0 classes
 
  private:
   DarknetConfig config_;

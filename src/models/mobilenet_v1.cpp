@@ -38,8 +38,9 @@ int64_t scaled(int64_t filters, double alpha) {
 MobileNetV1Config MobileNetV1Config::mobilenet_v1(double alpha) {
   const int hundredths = static_cast<int>(std::lround(alpha * 100));
   if (hundredths != 25 && hundredths != 50 && hundredths != 75 && hundredths != 100) {
-    throw Error("mobilenet_v1: alpha must be 0.25, 0.5, 0.75 or 1.0 (the widths with ImageNet weights), got " +
-                std::to_string(alpha));
+    throw Error(
+        "mobilenet_v1: alpha must be 0.25, 0.5, 0.75 or 1.0 (the widths with ImageNet weights), got " +
+        std::to_string(alpha));
   }
   MobileNetV1Config config;
   config.alpha = hundredths / 100.0;
@@ -64,17 +65,18 @@ MobileNetV1Impl::MobileNetV1Impl(const MobileNetV1Config& config, int64_t num_cl
   for (size_t i = 0; i < config.blocks.size(); ++i) {
     const DepthwiseBlockSetting& block = config.blocks[i];
     if (block.stride != 1 && block.stride != 2) {
-      throw Error(config.arch + ": block " + std::to_string(i + 1) + " has stride " + std::to_string(block.stride) +
-                  "; Keras' MobileNet uses 1 or 2");
+      throw Error(config.arch + ": block " + std::to_string(i + 1) + " has stride " +
+                  std::to_string(block.stride) + "; Keras' MobileNet uses 1 or 2");
     }
     const std::string id = std::to_string(i + 1);
     const int64_t depthwise = channels * config.depth_multiplier;
-    // Stride 1: "same" for a 3x3 window is one cell each side. Stride 2: conv_pad_i pads, the conv is "valid".
+    // Stride 1: "same" for a 3x3 window is one cell each side. Stride 2: conv_pad_i pads, the conv is
+    // "valid".
     conv_dw.push_back(register_module("conv_dw_" + id, nn::Conv2d(nn::Conv2dOptions(channels, depthwise, 3)
-                                                                       .stride(block.stride)
-                                                                       .padding(block.stride == 1 ? 1 : 0)
-                                                                       .groups(channels)
-                                                                       .bias(false))));
+                                                                      .stride(block.stride)
+                                                                      .padding(block.stride == 1 ? 1 : 0)
+                                                                      .groups(channels)
+                                                                      .bias(false))));
     conv_dw_bn.push_back(register_module("conv_dw_" + id + "_bn", batch_norm(depthwise)));
     const int64_t pointwise = scaled(block.filters, config.alpha);
     conv_pw.push_back(
@@ -97,8 +99,10 @@ MobileNetV1Impl::MobileNetV1Impl(const MobileNetV1Config& config, int64_t num_cl
 std::vector<ForwardStep> MobileNetV1Impl::feature_steps() {
   std::vector<ForwardStep> steps;
   const auto relu6 = [](const torch::Tensor& x) { return torch::clamp(x, 0.0, 6.0); };
-  steps.push_back({"conv1", "Conv2dSame", [m = conv1.ptr()](const torch::Tensor& x) { return m->forward(x); }});
-  steps.push_back({"conv1_bn", "BatchNorm2d", [m = conv1_bn.ptr()](const torch::Tensor& x) { return m->forward(x); }});
+  steps.push_back(
+      {"conv1", "Conv2dSame", [m = conv1.ptr()](const torch::Tensor& x) { return m->forward(x); }});
+  steps.push_back(
+      {"conv1_bn", "BatchNorm2d", [m = conv1_bn.ptr()](const torch::Tensor& x) { return m->forward(x); }});
   steps.push_back({"conv1_relu", "ReLU6", relu6});  // (N, 32a, H/2, W/2)
   for (size_t i = 0; i < conv_dw.size(); ++i) {
     const std::string id = std::to_string(i + 1);
@@ -113,7 +117,8 @@ std::vector<ForwardStep> MobileNetV1Impl::feature_steps() {
     steps.push_back({"conv_dw_" + id + "_bn", "BatchNorm2d",
                      [m = conv_dw_bn[i].ptr()](const torch::Tensor& x) { return m->forward(x); }});
     steps.push_back({"conv_dw_" + id + "_relu", "ReLU6", relu6});
-    steps.push_back({"conv_pw_" + id, "Conv2d", [m = conv_pw[i].ptr()](const torch::Tensor& x) { return m->forward(x); }});
+    steps.push_back({"conv_pw_" + id, "Conv2d",
+                     [m = conv_pw[i].ptr()](const torch::Tensor& x) { return m->forward(x); }});
     steps.push_back({"conv_pw_" + id + "_bn", "BatchNorm2d",
                      [m = conv_pw_bn[i].ptr()](const torch::Tensor& x) { return m->forward(x); }});
     steps.push_back({"conv_pw_" + id + "_relu", "ReLU6", relu6});
@@ -123,13 +128,16 @@ std::vector<ForwardStep> MobileNetV1Impl::feature_steps() {
 
 std::vector<ForwardStep> MobileNetV1Impl::classifier_steps(bool pre_logits) {
   std::vector<ForwardStep> steps;
-  steps.push_back({"global_average_pooling2d", "GlobalAvgPool2d",
-                   [](const torch::Tensor& x) { return x.mean({2, 3}); }});  // (N, C)
-  steps.push_back({"dropout", "Dropout", [m = dropout.ptr()](const torch::Tensor& x) { return m->forward(x); }});
+  steps.push_back({"global_average_pooling2d", "GlobalAvgPool2d", [](const torch::Tensor& x) {
+                     return x.mean({2, 3});
+                   }});  // (N, C)
+  steps.push_back(
+      {"dropout", "Dropout", [m = dropout.ptr()](const torch::Tensor& x) { return m->forward(x); }});
   if (pre_logits) return steps;
   if (conv_preds) {
     steps.push_back({"conv_preds", "Conv2d", [m = conv_preds.ptr()](const torch::Tensor& x) {
-                       // Keras keeps the pooled map (N, 1, 1, C); conv_preds then reshape_2 give (N, classes).
+                       // Keras keeps the pooled map (N, 1, 1, C); conv_preds then reshape_2 give (N,
+                       // classes).
                        return m->forward(x.view({x.size(0), x.size(1), 1, 1})).flatten(1);
                      }});
   } else {

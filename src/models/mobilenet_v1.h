@@ -30,12 +30,12 @@ struct DepthwiseBlockSetting {
 
 struct MobileNetV1Config {
   std::string arch = "mobilenet_v1_100";
-  double alpha = 1.0;             // width multiplier: every width is int(width * alpha), as Keras rounds
-  int64_t depth_multiplier = 1;   // depthwise channel multiplier
-  int64_t stem_filters = 32;      // conv1, before alpha
-  double dropout = 1e-3;          // Keras' default rate before conv_preds
-  double bn_eps = 1e-3;           // Keras' BatchNormalization default
-  double bn_momentum = 0.01;      // PyTorch convention: Keras' momentum 0.99
+  double alpha = 1.0;            // width multiplier: every width is int(width * alpha), as Keras rounds
+  int64_t depth_multiplier = 1;  // depthwise channel multiplier
+  int64_t stem_filters = 32;     // conv1, before alpha
+  double dropout = 1e-3;         // Keras' default rate before conv_preds
+  double bn_eps = 1e-3;          // Keras' BatchNormalization default
+  double bn_momentum = 0.01;     // PyTorch convention: Keras' momentum 0.99
   // clang-format off
   std::vector<DepthwiseBlockSetting> blocks{
       // filters, stride   (block ids 1..13)
@@ -68,7 +68,7 @@ class MobileNetV1Impl : public BackboneImpl {
 
   Conv2dSame conv1{nullptr};
   torch::nn::BatchNorm2d conv1_bn{nullptr};
-  std::vector<torch::nn::Conv2d> conv_dw, conv_pw;        // conv_dw_1 .. 13, conv_pw_1 .. 13
+  std::vector<torch::nn::Conv2d> conv_dw, conv_pw;  // conv_dw_1 .. 13, conv_pw_1 .. 13
   std::vector<torch::nn::BatchNorm2d> conv_dw_bn, conv_pw_bn;
   torch::nn::Dropout dropout{nullptr};
   torch::nn::Conv2d conv_preds{nullptr};  // null when reset to 0 classes

@@ -12,7 +12,6 @@
 // weights-only .h5 layout (written here with libhdf5, as old Keras writes it), and the name-map tables.
 #include <gtest/gtest.h>
 #include <hdf5.h>
-
 #include <unistd.h>
 
 #include <cmath>
@@ -48,8 +47,8 @@ std::string weights_dir(const std::string& name) {
   return std::string(GRAFT_SHARED_DIR) + "/weights/" + name;
 }
 
-#define REQUIRE_FILE(path)                                                     \
-  do {                                                                         \
+#define REQUIRE_FILE(path)                                                    \
+  do {                                                                        \
     if (!fs::exists(path)) GTEST_SKIP() << "reference file absent: " << path; \
   } while (0)
 
@@ -164,21 +163,22 @@ TEST_P(KerasGolden, MatchesTfjsReference) {
     const int64_t got = top1[i].item<int64_t>(), expected = ref_top1[i].item<int64_t>();
     std::cout << "[ golden   ]   image " << i << ": " << labels[static_cast<size_t>(got)] << " "
               << probabilities[i][got].item<float>() << "\n";
-    EXPECT_EQ(got, expected) << c.name << " image " << i << ": graft says '" << labels[static_cast<size_t>(got)]
-                             << "', TF.js says '" << labels[static_cast<size_t>(expected)] << "'";
+    EXPECT_EQ(got, expected) << c.name << " image " << i << ": graft says '"
+                             << labels[static_cast<size_t>(got)] << "', TF.js says '"
+                             << labels[static_cast<size_t>(expected)] << "'";
   }
 }
 
 INSTANTIATE_TEST_SUITE_P(
     Reference, KerasGolden,
-    ::testing::Values(GoldenCase{"tiny_darknet_tfjs", "darknet_tiny.ml5", "tiny_darknet_tfjs/model.json",
-                                 "tiny_darknet_tfjs/reference", "tiny_darknet_tfjs/labels.txt", false},
-                      GoldenCase{"tiny_darknet_tfjs_float16", "darknet_tiny.ml5",
-                                 "tiny_darknet_tfjs_float16/model.json", "tiny_darknet_tfjs_float16/reference",
-                                 "tiny_darknet_tfjs/labels.txt", false},
-                      GoldenCase{"mobilenet_v1_025_keras", "mobilenet_v1_025.keras",
-                                 "mobilenet_v1_025_keras/mobilenet_v1_0.25_224.h5",
-                                 "mobilenet_v1_025_keras/reference", "mobilenet_v1_025_keras/labels.txt", true}),
+    ::testing::Values(
+        GoldenCase{"tiny_darknet_tfjs", "darknet_tiny.ml5", "tiny_darknet_tfjs/model.json",
+                   "tiny_darknet_tfjs/reference", "tiny_darknet_tfjs/labels.txt", false},
+        GoldenCase{"tiny_darknet_tfjs_float16", "darknet_tiny.ml5", "tiny_darknet_tfjs_float16/model.json",
+                   "tiny_darknet_tfjs_float16/reference", "tiny_darknet_tfjs/labels.txt", false},
+        GoldenCase{"mobilenet_v1_025_keras", "mobilenet_v1_025.keras",
+                   "mobilenet_v1_025_keras/mobilenet_v1_0.25_224.h5", "mobilenet_v1_025_keras/reference",
+                   "mobilenet_v1_025_keras/labels.txt", true}),
     [](const ::testing::TestParamInfo<GoldenCase>& info) { return std::string(info.param.name); });
 
 // ---- TF.js reader -----------------------------------------------------------------------------------
@@ -228,7 +228,8 @@ TEST(Tfjs, HalfToFloatIsExact) {
   EXPECT_TRUE(std::signbit(tfjs::half_to_float(0x8000)));
   for (uint32_t bits = 0; bits < 0x10000; ++bits) {  // agrees with torch's conversion everywhere but NaN
     const uint16_t h = static_cast<uint16_t>(bits);
-    const float expected = torch::from_blob(const_cast<uint16_t*>(&h), {1}, torch::kHalf).to(torch::kFloat32).item<float>();
+    const float expected =
+        torch::from_blob(const_cast<uint16_t*>(&h), {1}, torch::kHalf).to(torch::kFloat32).item<float>();
     const float got = tfjs::half_to_float(h);
     if (std::isnan(expected)) {
       ASSERT_TRUE(std::isnan(got)) << bits;
@@ -249,7 +250,8 @@ void write_model_json(const std::string& path, const json& weights_entries,
          {{"name", "tiny"},
           {"layers",
            {{{"class_name", "Conv2D"},
-             {"config", {{"name", "conv2d_1"}, {"filters", 8}, {"kernel_size", {3, 3}}, {"use_bias", false}}}}}}}},
+             {"config",
+              {{"name", "conv2d_1"}, {"filters", 8}, {"kernel_size", {3, 3}}, {"use_bias", false}}}}}}}},
         {"keras_version", "2.15.0"}}},
       {"weightsManifest", {{{"paths", paths}, {"weights", weights_entries}}}},
   };
@@ -259,16 +261,21 @@ void write_model_json(const std::string& path, const json& weights_entries,
 TEST(Tfjs, DequantizesUint8Uint16AndFloat16) {
   TempDir dir;
   const json entries = {
-      {{"name", "a/kernel"}, {"shape", {2, 2}}, {"dtype", "float32"},
+      {{"name", "a/kernel"},
+       {"shape", {2, 2}},
+       {"dtype", "float32"},
        {"quantization", {{"dtype", "uint8"}, {"min", -1.0}, {"scale", 0.5}}}},
-      {{"name", "a/bias"}, {"shape", {2}}, {"dtype", "float32"},
-       {"quantization", {{"dtype", "uint16"}, {"min", 0.25}, {"scale", 0.001}, {"original_dtype", "float32"}}}},
+      {{"name", "a/bias"},
+       {"shape", {2}},
+       {"dtype", "float32"},
+       {"quantization",
+        {{"dtype", "uint16"}, {"min", 0.25}, {"scale", 0.001}, {"original_dtype", "float32"}}}},
       {{"name", "b/gamma"}, {"shape", {3}}, {"dtype", "float32"}, {"quantization", {{"dtype", "float16"}}}},
       {{"name", "b/beta"}, {"shape", {1}}, {"dtype", "float32"}},
   };
   write_model_json(dir.file("model.json"), entries);
-  std::vector<uint8_t> shard{0, 1, 2, 255};                   // uint8: v * 0.5 - 1
-  for (uint16_t v : {uint16_t{0}, uint16_t{60000}}) {         // uint16: v * 0.001 + 0.25
+  std::vector<uint8_t> shard{0, 1, 2, 255};            // uint8: v * 0.5 - 1
+  for (uint16_t v : {uint16_t{0}, uint16_t{60000}}) {  // uint16: v * 0.001 + 0.25
     shard.push_back(static_cast<uint8_t>(v & 0xff));
     shard.push_back(static_cast<uint8_t>(v >> 8));
   }
@@ -288,7 +295,8 @@ TEST(Tfjs, DequantizesUint8Uint16AndFloat16) {
   const NamedTensors w = model.named_weights();
   EXPECT_TRUE(torch::equal(w[0].second, torch::tensor({-1.0f, -0.5f, 0.0f, 126.5f}).view({2, 2})));
   EXPECT_FLOAT_EQ(w[1].second[0].item<float>(), 0.25f);
-  EXPECT_EQ(w[1].second[1].item<float>(), static_cast<float>(60000 * 0.001 + 0.25));  // double math, then float
+  EXPECT_EQ(w[1].second[1].item<float>(),
+            static_cast<float>(60000 * 0.001 + 0.25));  // double math, then float
   EXPECT_TRUE(torch::equal(w[2].second, torch::tensor({1.0f, -2.0f, 0.333251953125f})));
   EXPECT_EQ(w[3].second.item<float>(), 3.5f);
   // Sequential: each layer is fed by the one before (here the only one, by none).
@@ -326,9 +334,10 @@ TEST(Tfjs, TruncatedRealShardNamesFirstWeightThatDoesNotFit) {
   fs::permissions(dir.file("group3-shard1of1"), fs::perms::owner_all, fs::perm_options::add);
   fs::resize_file(dir.file("group3-shard1of1"), 600);
   const std::string message = error_of([&] { read_tfjs_model(dir.file("model.json")); });
-  EXPECT_NE(message.find("group3-shard1of1: expected 1024 bytes for 'batch_normalization_11/moving_mean' and the "
-                         "weights after it, file has 600"),
-            std::string::npos)
+  EXPECT_NE(
+      message.find("group3-shard1of1: expected 1024 bytes for 'batch_normalization_11/moving_mean' and the "
+                   "weights after it, file has 600"),
+      std::string::npos)
       << message;
   fs::remove(dir.file("group7-shard1of1"));
   fs::resize_file(dir.file("group3-shard1of1"), 1024);
@@ -353,7 +362,9 @@ TEST(Tfjs, BadManifestsNameTheFileAndWeight) {
   write_text(path, R"({"weightsManifest": []})");
   EXPECT_NE(message().find("no \"modelTopology\""), std::string::npos) << message();
 
-  write_model_json(path, {{{"name", "conv2d_1/kernel"}, {"shape", {3, 3}}, {"dtype", "float32"},
+  write_model_json(path, {{{"name", "conv2d_1/kernel"},
+                           {"shape", {3, 3}},
+                           {"dtype", "float32"},
                            {"quantization", {{"dtype", "int4"}}}}});
   EXPECT_NE(message().find("weight 'conv2d_1/kernel': unknown quantization dtype 'int4'"), std::string::npos)
       << message();
@@ -367,7 +378,9 @@ TEST(Tfjs, BadManifestsNameTheFileAndWeight) {
             std::string::npos)
       << message();
 
-  write_model_json(path, {{{"name", "conv2d_1/kernel"}, {"shape", {2}}, {"dtype", "float32"},
+  write_model_json(path, {{{"name", "conv2d_1/kernel"},
+                           {"shape", {2}},
+                           {"dtype", "float32"},
                            {"quantization", {{"dtype", "uint8"}, {"scale", 0.1}}}}});
   EXPECT_NE(message().find("weight 'conv2d_1/kernel': quantization needs a number 'min'"), std::string::npos)
       << message();
@@ -387,7 +400,10 @@ TEST(Keras, ParsesKeras3InboundNodes) {
       {"class_name", "Functional"},
       {"config",
        {{"layers",
-         {{{"class_name", "InputLayer"}, {"name", "input"}, {"config", {{"name", "input"}}}, {"inbound_nodes", json::array()}},
+         {{{"class_name", "InputLayer"},
+           {"name", "input"},
+           {"config", {{"name", "input"}}},
+           {"inbound_nodes", json::array()}},
           {{"class_name", "Add"},
            {"name", "add"},
            {"config", {{"name", "add"}}},
@@ -446,7 +462,8 @@ void write_string_list(hid_t object, const char* name, const std::vector<std::st
   size_t width = 1;
   for (const auto& v : values) width = std::max(width, v.size());
   std::vector<char> buffer(width * values.size(), '\0');
-  for (size_t i = 0; i < values.size(); ++i) std::memcpy(buffer.data() + i * width, values[i].data(), values[i].size());
+  for (size_t i = 0; i < values.size(); ++i)
+    std::memcpy(buffer.data() + i * width, values[i].data(), values[i].size());
   const hid_t type = H5Tcopy(H5T_C_S1);
   H5Tset_size(type, width);
   H5Tset_strpad(type, H5T_STR_NULLPAD);
@@ -459,8 +476,8 @@ void write_string_list(hid_t object, const char* name, const std::vector<std::st
   H5Tclose(type);
 }
 
-void write_weights_only_h5(const std::string& path, const KerasModel& model, const std::string& extra_layer = "",
-                           hid_t dataset_type = H5T_IEEE_F32LE) {
+void write_weights_only_h5(const std::string& path, const KerasModel& model,
+                           const std::string& extra_layer = "", hid_t dataset_type = H5T_IEEE_F32LE) {
   const hid_t file = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
   std::vector<std::string> layer_names;
   for (const auto& layer : model.weights) layer_names.push_back(layer.layer);
@@ -476,8 +493,10 @@ void write_weights_only_h5(const std::string& path, const KerasModel& model, con
       names.push_back(name);
       std::vector<hsize_t> dims(tensor.sizes().begin(), tensor.sizes().end());
       const hid_t space = H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr);
-      const hid_t dataset = H5Dcreate2(group, name.c_str(), dataset_type, space, link_plist, H5P_DEFAULT, H5P_DEFAULT);
-      const torch::Tensor data = dataset_type == H5T_IEEE_F32LE ? tensor.contiguous() : tensor.to(torch::kInt32).contiguous();
+      const hid_t dataset =
+          H5Dcreate2(group, name.c_str(), dataset_type, space, link_plist, H5P_DEFAULT, H5P_DEFAULT);
+      const torch::Tensor data =
+          dataset_type == H5T_IEEE_F32LE ? tensor.contiguous() : tensor.to(torch::kInt32).contiguous();
       H5Dwrite(dataset, dataset_type == H5T_IEEE_F32LE ? H5T_NATIVE_FLOAT : H5T_NATIVE_INT, H5S_ALL, H5S_ALL,
                H5P_DEFAULT, data.data_ptr());
       H5Dclose(dataset);
@@ -536,7 +555,8 @@ TEST(KerasH5, DamagedFilesNameFileAndDataset) {
 
   write_weights_only_h5(dir.file("missing.h5"), small, "conv_ghost");
   const std::string missing = error_of([&] { read_keras_h5(dir.file("missing.h5")); });
-  EXPECT_NE(missing.find("missing.h5: dataset '/conv_ghost/conv_ghost/kernel:0' is missing"), std::string::npos)
+  EXPECT_NE(missing.find("missing.h5: dataset '/conv_ghost/conv_ghost/kernel:0' is missing"),
+            std::string::npos)
       << missing;
 
   write_weights_only_h5(dir.file("ints.h5"), small, "", H5T_STD_I32LE);
@@ -567,7 +587,8 @@ TEST(KerasNameMap, TablesCoverEveryModelTensor) {
     const char* model;
     size_t layers;  // Keras layers with weights the map names
   };
-  for (const Case& c : {Case{"darknet_tiny", 31}, Case{"mobilenet_v1_025", 55}, Case{"mobilenet_v1_100", 55}}) {
+  for (const Case& c :
+       {Case{"darknet_tiny", 31}, Case{"mobilenet_v1_025", 55}, Case{"mobilenet_v1_100", 55}}) {
     Backbone model = create_model(c.model);
     const keras::NameMap* map = keras::find_name_map(model->arch());
     ASSERT_NE(map, nullptr) << c.model;
@@ -577,9 +598,12 @@ TEST(KerasNameMap, TablesCoverEveryModelTensor) {
     auto modules = model->named_modules("", /*include_self=*/false);
     std::set<std::string> covered;
     for (const auto& [keras_name, target] : expanded) {
-      ASSERT_NE(modules.find(target.module), nullptr) << c.model << ": map names missing module " << target.module;
-      for (const auto& item : modules[target.module]->named_parameters()) covered.insert(target.module + "." + item.key());
-      for (const auto& item : modules[target.module]->named_buffers()) covered.insert(target.module + "." + item.key());
+      ASSERT_NE(modules.find(target.module), nullptr)
+          << c.model << ": map names missing module " << target.module;
+      for (const auto& item : modules[target.module]->named_parameters())
+        covered.insert(target.module + "." + item.key());
+      for (const auto& item : modules[target.module]->named_buffers())
+        covered.insert(target.module + "." + item.key());
     }
     for (const auto& [name, tensor] : state_dict(*model)) {
       EXPECT_TRUE(covered.count(name)) << c.model << ": '" << name << "' has no Keras name";
@@ -615,7 +639,8 @@ TEST(KerasNameMap, WeightNamesAndLayouts) {
   ASSERT_EQ(oihw.sizes(), torch::IntArrayRef({5, 4, 2, 3}));
   EXPECT_EQ(oihw[4][3][1][2].item<float>(), hwio[1][2][3][4].item<float>());
   EXPECT_EQ(oihw[0][1][1][0].item<float>(), hwio[1][0][1][0].item<float>());
-  EXPECT_EQ(keras::to_keras_shape(LayerKind::kConv2D, "kernel", {5, 4, 2, 3}), (std::vector<int64_t>{2, 3, 4, 5}));
+  EXPECT_EQ(keras::to_keras_shape(LayerKind::kConv2D, "kernel", {5, 4, 2, 3}),
+            (std::vector<int64_t>{2, 3, 4, 5}));
   // DepthwiseConv2D, multiplier 2: k[h][w][c][m] is output channel c * 2 + m.
   const auto hwcm = torch::arange(3 * 3 * 4 * 2, torch::kFloat32).view({3, 3, 4, 2});
   const auto dw = keras::to_graft_layout(LayerKind::kDepthwiseConv2D, "depthwise_kernel", hwcm, "test");
@@ -632,12 +657,15 @@ TEST(KerasNameMap, WeightNamesAndLayouts) {
     }
   }
   // Dense: (in, out) -> (out, in).
-  const auto dense = keras::to_graft_layout(LayerKind::kDense, "kernel", torch::arange(6.0).view({2, 3}), "test");
+  const auto dense =
+      keras::to_graft_layout(LayerKind::kDense, "kernel", torch::arange(6.0).view({2, 3}), "test");
   EXPECT_TRUE(torch::equal(dense, torch::arange(6.0).view({2, 3}).t()));
   // Wrong ranks are refused with the layer named.
-  const std::string message =
-      error_of([] { keras::to_graft_layout(LayerKind::kConv2D, "kernel", torch::zeros({3, 3}), "file: layer 'x'"); });
-  EXPECT_NE(message.find("file: layer 'x': a Conv2D kernel is (H, W, in, out), got shape [3, 3]"), std::string::npos)
+  const std::string message = error_of([] {
+    keras::to_graft_layout(LayerKind::kConv2D, "kernel", torch::zeros({3, 3}), "file: layer 'x'");
+  });
+  EXPECT_NE(message.find("file: layer 'x': a Conv2D kernel is (H, W, in, out), got shape [3, 3]"),
+            std::string::npos)
       << message;
 }
 
@@ -647,14 +675,16 @@ TEST(KerasLoad, WrongWidthNamesLayerAndBothShapes) {
   Backbone model = create_model("mobilenet_v1_050");
   const auto before = state_dict(*model).front().second.clone();
   const std::string message = error_of([&] { load_keras_h5_weights(*model, path); });
-  EXPECT_NE(message.find("the weights do not fit mobilenet_v1_050 (nothing was loaded)"), std::string::npos) << message;
+  EXPECT_NE(message.find("the weights do not fit mobilenet_v1_050 (nothing was loaded)"), std::string::npos)
+      << message;
   EXPECT_NE(message.find("layer 'conv1' (Conv2D): weight 'conv1/kernel:0' has shape [3, 3, 3, 8], the model "
                          "expects [3, 3, 3, 16] (graft 'conv1.weight' [16, 3, 3, 3])"),
             std::string::npos)
       << message;
-  EXPECT_NE(message.find("layer 'conv_dw_2' (DepthwiseConv2D): weight 'conv_dw_2/depthwise_kernel:0' has shape "
-                         "[3, 3, 16, 1], the model expects [3, 3, 32, 1]"),
-            std::string::npos)
+  EXPECT_NE(
+      message.find("layer 'conv_dw_2' (DepthwiseConv2D): weight 'conv_dw_2/depthwise_kernel:0' has shape "
+                   "[3, 3, 16, 1], the model expects [3, 3, 32, 1]"),
+      std::string::npos)
       << message;
   EXPECT_TRUE(torch::equal(state_dict(*model).front().second, before)) << "strict failure must not copy";
 
@@ -671,15 +701,18 @@ TEST(KerasLoad, OtherArchitectureFileIsRefused) {
   REQUIRE_FILE(path);
   Backbone model = create_model("mobilenet_v1_025");
   const std::string message = error_of([&] { load_tfjs_weights(*model, path); });
-  EXPECT_NE(message.find("none of the file's 31 layers with weights is in the mobilenet_v1 name map "
-                         "(batch_normalization_1, batch_normalization_10, ...): the file holds another architecture"),
+  EXPECT_NE(message.find(
+                "none of the file's 31 layers with weights is in the mobilenet_v1 name map "
+                "(batch_normalization_1, batch_normalization_10, ...): the file holds another architecture"),
             std::string::npos)
       << message;
   EXPECT_NE(message.find("more model tensors missing from the file"), std::string::npos) << message;
-  EXPECT_NE(message.find("'conv1.weight' [8, 3, 3, 3] of the model is not in the file"), std::string::npos) << message;
+  EXPECT_NE(message.find("'conv1.weight' [8, 3, 3, 3] of the model is not in the file"), std::string::npos)
+      << message;
   Backbone resnet = create_model("resnet18");
   const std::string no_map = error_of([&] { load_tfjs_weights(*resnet, path); });
-  EXPECT_NE(no_map.find("no Keras / TF.js name map for architecture 'resnet18'"), std::string::npos) << no_map;
+  EXPECT_NE(no_map.find("no Keras / TF.js name map for architecture 'resnet18'"), std::string::npos)
+      << no_map;
 }
 
 TEST(KerasLoad, TopologyKindMustMatchTheMap) {
@@ -695,8 +728,9 @@ TEST(KerasLoad, TopologyKindMustMatchTheMap) {
   write_bytes(dir.file("group1-shard1of1"), zeros.data(), zeros.size() * sizeof(float));
   Backbone net = create_model("mobilenet_v1_025");
   const std::string message = error_of([&] { load_tfjs_weights(*net, dir.file("model.json")); });
-  EXPECT_NE(message.find("layer 'conv1' is a Dense in the file, but the mobilenet_v1 name map makes it a Conv2D"),
-            std::string::npos)
+  EXPECT_NE(
+      message.find("layer 'conv1' is a Dense in the file, but the mobilenet_v1 name map makes it a Conv2D"),
+      std::string::npos)
       << message;
 }
 
@@ -739,8 +773,9 @@ TEST(KerasModels, TransferInterface) {
     int64_t features;
     int64_t feature_hw;  // at 224
   };
-  for (const Case& c : {Case{"darknet_tiny", "conv2d_16", 128, 14}, Case{"mobilenet_v1_025", "conv_preds", 256, 7},
-                        Case{"mobilenet_v1_075", "conv_preds", 768, 7}}) {
+  for (const Case& c :
+       {Case{"darknet_tiny", "conv2d_16", 128, 14}, Case{"mobilenet_v1_025", "conv_preds", 256, 7},
+        Case{"mobilenet_v1_075", "conv_preds", 768, 7}}) {
     Backbone model = create_model(c.name);
     model->eval();
     torch::NoGradGuard no_grad;
@@ -764,7 +799,8 @@ TEST(KerasModels, TransferInterface) {
   Backbone darknet = create_model("darknet_tiny");
   darknet->eval();
   torch::NoGradGuard no_grad;
-  EXPECT_EQ(darknet->forward_features(torch::randn({1, 3, 101, 99})).sizes(), torch::IntArrayRef({1, 128, 7, 7}));
+  EXPECT_EQ(darknet->forward_features(torch::randn({1, 3, 101, 99})).sizes(),
+            torch::IntArrayRef({1, 128, 7, 7}));
   EXPECT_THROW(MobileNetV1Config::mobilenet_v1(0.3), Error);
 }
 

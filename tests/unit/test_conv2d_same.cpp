@@ -14,13 +14,13 @@ TEST(Conv2dSame, PaddingAmounts) {
   // (in, kernel, stride, dilation) -> (before, after)
   EXPECT_EQ(same_padding(224, 3, 2), Pads(0, 1));  // total = 111*2 + 3 - 224 = 1: TF pads bottom/right only
   EXPECT_EQ(same_padding(224, 3, 1), Pads(1, 1));
-  EXPECT_EQ(same_padding(225, 3, 2), Pads(1, 1));  // total = 112*2 + 3 - 225 = 2
-  EXPECT_EQ(same_padding(5, 2, 2), Pads(0, 1));    // total = 2*2 + 2 - 5 = 1
-  EXPECT_EQ(same_padding(6, 2, 2), Pads(0, 0));    // even input, 2x2/2 pool: no padding
-  EXPECT_EQ(same_padding(7, 1, 2), Pads(0, 0));    // 1x1 never pads
-  EXPECT_EQ(same_padding(4, 4, 1), Pads(1, 2));    // total 3: the odd cell after
+  EXPECT_EQ(same_padding(225, 3, 2), Pads(1, 1));    // total = 112*2 + 3 - 225 = 2
+  EXPECT_EQ(same_padding(5, 2, 2), Pads(0, 1));      // total = 2*2 + 2 - 5 = 1
+  EXPECT_EQ(same_padding(6, 2, 2), Pads(0, 0));      // even input, 2x2/2 pool: no padding
+  EXPECT_EQ(same_padding(7, 1, 2), Pads(0, 0));      // 1x1 never pads
+  EXPECT_EQ(same_padding(4, 4, 1), Pads(1, 2));      // total 3: the odd cell after
   EXPECT_EQ(same_padding(10, 3, 1, 2), Pads(2, 2));  // effective kernel 5
-  EXPECT_EQ(same_padding(1, 3, 2), Pads(1, 1));    // total = 0 + 3 - 1 = 2
+  EXPECT_EQ(same_padding(1, 3, 2), Pads(1, 1));      // total = 0 + 3 - 1 = 2
   EXPECT_THROW(same_padding(4, 0, 1), Error);
 }
 
@@ -103,7 +103,8 @@ TEST(Conv2dSame, MaxPoolNeverPicksPadding) {
   EXPECT_FLOAT_EQ(y[0][0][1][0].item<float>(), -8);
   EXPECT_FLOAT_EQ(y[0][0][1][1].item<float>(), -10);
   // 2x2/2 on an odd size: ceil(5 / 2) = 3 outputs per side, the last window one cell wide.
-  EXPECT_EQ(max_pool2d_same(torch::zeros({1, 1, 5, 5}), {2, 2}, {2, 2}).sizes(), torch::IntArrayRef({1, 1, 3, 3}));
+  EXPECT_EQ(max_pool2d_same(torch::zeros({1, 1, 5, 5}), {2, 2}, {2, 2}).sizes(),
+            torch::IntArrayRef({1, 1, 3, 3}));
 }
 
 TEST(Conv2dSame, AvgPoolExcludesPadding) {
