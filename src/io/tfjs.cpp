@@ -137,6 +137,7 @@ torch::Tensor decode_weight(const uint8_t* data, const WeightSpec& spec) {
   torch::Tensor out = torch::empty(spec.shape, torch::kFloat32);
   float* values = out.data_ptr<float>();
   const int64_t n = spec.numel();
+  if (n == 0) return out;  // an empty weight may sit at the end of an empty buffer
   // Shards are little-endian, as is every machine graft runs on (x86-64, aarch64).
   if (spec.stored_dtype == "float32") {
     std::memcpy(values, data, static_cast<size_t>(n) * sizeof(float));
