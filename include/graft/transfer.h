@@ -41,6 +41,10 @@ class HeadImpl : public torch::nn::Module {
   // in_channels: channels of the feature map; feature_hw: its spatial size (needed for flatten).
   HeadImpl(const HeadSpec& spec, int64_t in_channels, std::array<int64_t, 2> feature_hw);
   torch::Tensor forward(const torch::Tensor& features);  // (N, C, H, W) -> (N, out_features())
+  // The pooling alone, (N, C, H, W) -> (N, D): what a feature cache stores.
+  torch::Tensor pool(const torch::Tensor& features) const;
+  // The layers after the pooling, (N, D) -> (N, out_features()): trains on cached features.
+  torch::Tensor forward_pooled(const torch::Tensor& pooled);
   // Steps for the summary: pooling, then each layer, names relative to the head.
   std::vector<ForwardStep> steps(bool pre_logits);
   int64_t out_features() const { return out_features_; }

@@ -28,5 +28,9 @@ void add_models_command(CLI::App& app);
 void add_summary_command(CLI::App& app);
 void add_forward_command(CLI::App& app);
 void add_convert_command(CLI::App& app);
+void add_train_command(CLI::App& app);
+void add_eval_command(CLI::App& app);
+void add_predict_command(CLI::App& app);
+void add_features_command(CLI::App& app);
 
 }  // namespace graft::cli

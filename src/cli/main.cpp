@@ -19,6 +19,10 @@ int main(int argc, char** argv) {
   graft::cli::add_summary_command(app);
   graft::cli::add_forward_command(app);
   graft::cli::add_convert_command(app);
+  graft::cli::add_train_command(app);
+  graft::cli::add_eval_command(app);
+  graft::cli::add_predict_command(app);
+  graft::cli::add_features_command(app);
 
   app.parse_complete_callback([&] { graft::set_threads(threads); });
   try {

@@ -174,17 +174,12 @@ HeadImpl::HeadImpl(const HeadSpec& spec, int64_t in_channels, std::array<int64_t
 
 std::vector<ForwardStep> HeadImpl::steps(bool pre_logits) {
   std::vector<ForwardStep> steps;
-  switch (spec_.pooling) {
-    case Pooling::kAvg:
-      steps.push_back({"pool", "GlobalAvgPool", [](const torch::Tensor& x) { return x.mean({2, 3}); }});
-      break;
-    case Pooling::kMax:
-      steps.push_back({"pool", "GlobalMaxPool", [](const torch::Tensor& x) { return x.amax({2, 3}); }});
-      break;
-    case Pooling::kFlatten:
-      steps.push_back({"flatten", "Flatten", [](const torch::Tensor& x) { return x.flatten(1); }});
-      break;
-    case Pooling::kNone: break;
+  if (spec_.pooling != Pooling::kNone) {
+    const std::string name = spec_.pooling == Pooling::kFlatten ? "flatten" : "pool";
+    const std::string type = spec_.pooling == Pooling::kAvg   ? "GlobalAvgPool"
+                             : spec_.pooling == Pooling::kMax ? "GlobalMaxPool"
+                                                              : "Flatten";
+    steps.push_back({name, type, [this](const torch::Tensor& x) { return pool(x); }});
   }
   // pre_logits stops before the last dense layer (dropping whatever follows it).
   size_t end = layers_.size();
@@ -197,5 +192,21 @@ std::vector<ForwardStep> HeadImpl::steps(bool pre_logits) {
 }
 
 torch::Tensor HeadImpl::forward(const torch::Tensor& features) { return run_steps(steps(false), features); }
+
+torch::Tensor HeadImpl::pool(const torch::Tensor& features) const {
+  switch (spec_.pooling) {
+    case Pooling::kAvg: return features.mean({2, 3});
+    case Pooling::kMax: return features.amax({2, 3});
+    case Pooling::kFlatten: return features.flatten(1);
+    case Pooling::kNone: break;
+  }
+  return features;
+}
+
+torch::Tensor HeadImpl::forward_pooled(const torch::Tensor& pooled) {
+  torch::Tensor x = pooled;
+  for (const auto& layer : layers_) x = layer.second(x);
+  return x;
+}
 
 }  // namespace graft

@@ -5,6 +5,7 @@
 #include <set>
 
 #include "graft/errors.h"
+#include "graft/registry.h"
 #include "graft/transfer.h"
 
 namespace graft {
@@ -178,6 +179,40 @@ TEST(Freeze, UntilAndGlobs) {
   EXPECT_THROW(apply_freeze(model, "until:layer9"), SpecError);
   EXPECT_THROW(apply_freeze(model, "nothing*"), SpecError);
   EXPECT_THROW(apply_freeze(model, "last:x"), SpecError);
+}
+
+// The same guarantees on a zoo model: ResNet-18 with a new head and `freeze all`.
+TEST(Freeze, ZooModelFrozenBackboneOnlyHeadMovesAndBatchNormStatisticsStay) {
+  Backbone model = create_model("resnet18");
+  model->set_head(HeadSpec::parse("avg,dense:16:relu,dense:4"));
+  apply_freeze(*model, "all");
+  auto before = snapshot(*model);
+  std::vector<torch::Tensor> trainable;
+  for (auto& p : model->parameters()) {
+    if (p.requires_grad()) trainable.push_back(p);
+  }
+  ASSERT_EQ(trainable.size(), 4u);  // fc.0.{weight,bias}, fc.1.{weight,bias}
+  torch::optim::SGD optimizer(trainable, torch::optim::SGDOptions(0.1).momentum(0.9));
+  model->train();
+  torch::manual_seed(1);
+  auto loss = torch::nn::functional::cross_entropy(model->forward(torch::randn({4, 3, 32, 32})),
+                                                   torch::tensor({0, 1, 2, 3}, torch::kLong));
+  loss.backward();
+  optimizer.step();
+  std::set<std::string> changed;
+  for (const auto& [name, value] : snapshot(*model)) {
+    if (!torch::equal(value, before[name])) changed.insert(name);
+  }
+  EXPECT_EQ(changed, (std::set<std::string>{"fc.0.weight", "fc.0.bias", "fc.1.weight", "fc.1.bias"}));
+  // last:2 on ResNet-18: layer4.1's conv2 and bn2 (then the head) are all that learn.
+  model->reset_classifier(4);
+  apply_freeze(*model, "last:2");
+  std::vector<std::string> trainable_names;
+  for (const auto& p : model->named_parameters()) {
+    if (p.value().requires_grad()) trainable_names.push_back(p.key());
+  }
+  EXPECT_EQ(trainable_names, (std::vector<std::string>{"layer4.1.conv2.weight", "layer4.1.bn2.weight",
+                                                        "layer4.1.bn2.bias", "fc.weight", "fc.bias"}));
 }
 
 }  // namespace

@@ -1,0 +1,74 @@
+// The classic Keras transfer-learning recipe, through graft's C++ API:
+//   base = ResNet50(weights="imagenet", include_top=False); base.trainable = False
+//   model = Sequential([base, Flatten(), Dense(512, activation="relu"), Dense(10)])
+//   model.fit(...)                                   # stage 1: the new head only
+//   for layer in base.layers[-N:]: layer.trainable = True
+//   model.compile(optimizer=Adam(1e-5)); model.fit(...)  # stage 2: the top of the backbone, low rate
+//
+// Usage: football_players DATA_DIR [WEIGHTS.safetensors] [RUN_DIR]
+//   DATA_DIR holds one folder per player (DATA_DIR/<player>/*.jpg), or train/ + val/.
+//   WEIGHTS: ResNet-50 weights with torchvision names (e.g. timm's resnet50.tv_in1k model.safetensors).
+#include <iostream>
+
+#include "graft/data.h"
+#include "graft/image_task.h"
+#include "graft/registry.h"
+#include "graft/trainer.h"
+#include "graft/transfer.h"
+
+int main(int argc, char** argv) try {
+  if (argc < 2) {
+    std::cerr << "usage: football_players DATA_DIR [WEIGHTS.safetensors] [RUN_DIR]\n";
+    return 2;
+  }
+  const std::string data_dir = argv[1];
+  const std::string weights = argc > 2 ? argv[2] : "";
+  const std::string run_dir = argc > 3 ? argv[3] : "football_run";
+
+  // 1. The pretrained backbone, its top cut off.
+  graft::Backbone model = graft::create_model("resnet50.tv_in1k");
+  if (!weights.empty()) graft::load_weights(*model, weights, {/*strict=*/true, /*skip_classifier=*/true});
+
+  // 2. The data: images resized and normalised the way the weights were trained.
+  const graft::Preprocessing pre = graft::Preprocessing::from_cfg(model->default_cfg());
+  graft::ImageData data = graft::open_image_data(data_dir, graft::transform_for(pre, /*train=*/true),
+                                                 graft::transform_for(pre, /*train=*/false),
+                                                 /*val_split=*/0.2, /*seed=*/42, /*limit=*/0);
+  const auto classes = static_cast<int64_t>(data.classes.size());
+
+  // 3. A new head (Flatten, Dense(512, relu), Dense(classes)), and the backbone frozen.
+  model->set_head(graft::HeadSpec::parse("flatten,dense:512:relu,dense:" + std::to_string(classes)));
+  graft::apply_freeze(*model, "all");
+
+  graft::LoaderOptions loader_options;
+  loader_options.batch_size = 16;
+  graft::DataLoader train_loader(data.train, loader_options);
+  loader_options.shuffle = false;
+  graft::DataLoader val_loader(data.val, loader_options);
+  graft::LoaderBatchSource train(train_loader), val(val_loader);
+
+  // 4. Stage 1: train the head.
+  graft::TrainConfig config;
+  config.epochs = 5;
+  config.optimizer.name = "adam";
+  config.optimizer.lr = 1e-3;
+  config.out_dir = run_dir + "/stage1";
+  config.class_names = data.classes;
+  graft::Trainer stage1(model, [&](const torch::Tensor& x) { return model->forward(x); }, config);
+  stage1.fit(train, &val);
+
+  // 5. Stage 2: unfreeze the last 10 layers of the backbone and continue at a low rate.
+  graft::apply_freeze(*model, "last:10");
+  config.epochs = 5;
+  config.optimizer.lr = 1e-5;
+  config.out_dir = run_dir + "/stage2";
+  graft::Trainer stage2(model, [&](const torch::Tensor& x) { return model->forward(x); }, config);
+  graft::TrainHistory history = stage2.fit(train, &val);
+
+  const auto& last = history.epochs.back();
+  std::cout << "validation accuracy after fine-tuning: " << last.val_accuracy.value_or(0.0) << "\n";
+  return 0;
+} catch (const std::exception& e) {
+  std::cerr << "football_players: " << e.what() << "\n";
+  return 1;
+}

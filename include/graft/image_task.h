@@ -1,0 +1,99 @@
+// Image classification by transfer learning, end to end: data -> pretrained backbone + new head ->
+// strategy (feature extraction, fine-tuning, two-stage) -> trainer -> run directory; and the uses of a
+// run directory (evaluate, predict, features). The CLI's train/eval/predict/features call these.
+#pragma once
+#include <iosfwd>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "graft/data.h"
+#include "graft/model.h"
+#include "graft/run.h"
+#include "graft/trainer.h"
+
+namespace graft {
+
+struct ImageTrainOptions {
+  std::string model;    // ARCH[.TAG]
+  std::string weights;  // safetensors with reference names; empty: random initialisation (warned)
+  std::string data;     // image folder (class subfolders, or train/ + val/), or a folder of IDX files
+  std::string out;      // run directory
+  std::string head;     // head spec; empty: "avg,dense:C". A head without a final dense gets dense:C.
+  std::string strategy = "fine-tune";  // feature-extract | fine-tune | two-stage
+  std::string freeze;                  // fine-tune / two-stage stage 2; empty: none
+  int64_t stage1_epochs = 0;           // two-stage: epochs of head-only training (0: half the epochs)
+  double backbone_lr_mult = 0.1;       // fine-tune: backbone rate = lr * this
+  bool bn_train_frozen = false;
+  double val_split = 0.2;  // used when data has no train/ + val/ folders
+  bool validate = true;    // false: no validation pass (benchmarks, or no held-out data wanted)
+  int64_t batch_size = 32;
+  int64_t image_size = 0;  // 0: the model's pretrained input size
+  bool augment = true;     // random resized crop + flip on training images (never for feature-extract's cache)
+  double rotation = 0.0;
+  double jitter = 0.0;
+  int workers = 0;         // decoding threads; 0: cores
+  size_t limit = 0;        // IDX data: keep this many training images (and limit/4 validation), seeded
+  TrainConfig train;       // epochs, optimiser, schedule, loss, early stopping, seed, device, resume
+};
+
+struct ImageTrainResult {
+  TrainHistory history;
+  std::optional<Metrics> val_metrics;  // final model on the validation data
+  double feature_cache_seconds = 0.0;  // feature-extract: time to compute the cached features
+  size_t skipped_files = 0;
+};
+
+// Runs the whole recipe and writes the run directory. Prints the resolved configuration first.
+ImageTrainResult train_image_classifier(const ImageTrainOptions& options, std::ostream& log);
+
+// The resolved configuration as JSON (what train prints and stores in graft.json's "training").
+nlohmann::json to_json(const ImageTrainOptions& options);
+// Fills options from a JSON config file's object (same keys as to_json); unknown keys are an error.
+void apply_json(ImageTrainOptions& options, const nlohmann::json& config, const std::string& file);
+
+// Pooled features (global pooling of forward_features, or the custom head's pooling) of every sample the
+// loader serves, in eval mode without autograd: what feature extraction caches and `graft features` writes.
+struct FeatureSet {
+  torch::Tensor features;  // (N, D) float32
+  torch::Tensor labels;    // (N) int64
+  std::vector<std::string> ids;
+};
+FeatureSet extract_features(BackboneImpl& model, DataLoader& loader, torch::Device device, std::ostream& log,
+                            const std::string& label = "features");
+
+// A DataLoader as the Trainer's batch source.
+class LoaderBatchSource : public BatchSource {
+ public:
+  explicit LoaderBatchSource(DataLoader& loader) : loader_(loader) {}
+  size_t num_batches() override { return loader_.num_batches(); }
+  void start_epoch(int64_t epoch) override { loader_.start_epoch(epoch); }
+  std::optional<std::pair<torch::Tensor, torch::Tensor>> next() override;
+
+ private:
+  DataLoader& loader_;
+};
+
+// The transform of a run's (or a model's) preprocessing, eval or train.
+TransformConfig transform_for(const Preprocessing& preprocessing, bool train);
+
+// Datasets from a data argument: an image folder or an IDX folder. val may be null (no validation).
+struct ImageData {
+  std::shared_ptr<Dataset> train, val;
+  std::vector<std::string> classes;
+};
+ImageData open_image_data(const std::string& data, const TransformConfig& train_transform,
+                          const TransformConfig& eval_transform, double val_split, uint64_t seed, size_t limit);
+// Every image of a data folder for evaluation, with the run's class names imposed.
+std::shared_ptr<Dataset> open_eval_data(const std::string& data, const std::vector<std::string>& classes,
+                                        const TransformConfig& transform, size_t limit);
+
+// Top-k predictions of one image.
+struct Prediction {
+  std::string path;
+  std::vector<std::pair<std::string, double>> top;  // (label, probability), best first
+};
+std::vector<Prediction> predict_images(LoadedRun& run, const std::vector<std::string>& paths, int64_t top_k,
+                                       torch::Device device);
+
+}  // namespace graft

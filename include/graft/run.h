@@ -1,0 +1,50 @@
+// The run directory: what training leaves behind and all that `graft predict` needs.
+//   model.safetensors  weights with reference names (torchvision/Hugging Face), head under its name
+//   graft.json         architecture, head spec, freeze spec, class names, preprocessing, training
+//                      configuration, versions
+//   metrics.csv, training_curves.svg, confusion_matrix.svg, checkpoints/  (written by the Trainer)
+#pragma once
+#include <nlohmann/json_fwd.hpp>
+
+#include <array>
+#include <string>
+#include <vector>
+
+#include "graft/model.h"
+
+namespace graft {
+
+struct Preprocessing {
+  int64_t size = 224;  // square input
+  double crop_pct = 0.875;
+  std::array<double, 3> mean{0.485, 0.456, 0.406};
+  std::array<double, 3> std{0.229, 0.224, 0.225};
+  std::string interpolation = "bilinear";
+  static Preprocessing from_cfg(const PretrainedCfg& cfg);
+};
+
+struct RunSpec {
+  std::string task = "image-classify";
+  std::string model;   // ARCH[.TAG] as given to the registry
+  std::string head;    // head spec; empty: the reference classifier (reset to classes.size())
+  std::string freeze;  // the freeze spec in force at the end of training (informational)
+  std::vector<std::string> classes;
+  Preprocessing preprocessing;
+  std::string data;  // where the training data came from (informational)
+};
+
+// Writes model.safetensors and graft.json into dir (created if needed), each atomically.
+// `training` is the resolved training configuration, stored as is.
+void save_run(const std::string& dir, BackboneImpl& model, const RunSpec& spec, const nlohmann::json& training);
+
+bool is_run_dir(const std::string& path);  // holds a graft.json
+
+struct LoadedRun {
+  Backbone model;  // in eval mode, weights loaded strictly
+  RunSpec spec;
+  std::string dir;
+};
+// Throws graft::FormatError naming the file and the field for a malformed graft.json.
+LoadedRun load_run(const std::string& dir);
+
+}  // namespace graft

@@ -1,0 +1,99 @@
+// `graft train`: transfer learning on an image folder (or IDX files) into a run directory.
+#include <fstream>
+#include <iostream>
+
+#include "cli/commands.h"
+#include "graft/errors.h"
+#include "graft/image_task.h"
+#include "graft/runtime.h"
+
+namespace graft::cli {
+
+void add_train_command(CLI::App& app) {
+  auto* command = app.add_subcommand("train", "train a new head (and optionally the backbone's top) on your images");
+  auto o = std::make_shared<ImageTrainOptions>();
+  auto config_file = std::make_shared<std::string>();
+  auto device = std::make_shared<std::string>("auto");
+  auto weight_decay = std::make_shared<double>(-1.0);
+  command->add_option("--config", *config_file, "JSON file of options (keys as printed at start); flags override")
+      ->check(CLI::ExistingFile);
+  command->add_option("--model", o->model, "architecture or ARCH.TAG, e.g. mobilenet_v2");
+  command->add_option("--weights", o->weights, "pretrained weights (safetensors, reference names)");
+  command->add_option("--data", o->data, "image folder: DATA/<class>/*.jpg, or DATA/train + DATA/val; or IDX files");
+  command->add_option("--out", o->out, "run directory to write");
+  command->add_option("--head", o->head, "head spec, e.g. avg,dropout:0.2,dense:512:relu (dense:C appended)");
+  command->add_option("--strategy", o->strategy, "feature-extract | fine-tune | two-stage");
+  command->add_option("--freeze", o->freeze, "fine-tune / two-stage stage 2: all, none, last:N, until:NAME, globs");
+  command->add_option("--stage1-epochs", o->stage1_epochs, "two-stage: head-only epochs (default: half)");
+  command->add_option("--backbone-lr-mult", o->backbone_lr_mult, "backbone learning rate = lr x this");
+  command->add_flag("--bn-train-frozen", o->bn_train_frozen, "frozen BatchNorm layers update running statistics");
+  command->add_option("--val-split", o->val_split, "validation fraction when DATA has no val/ folder");
+  command->add_flag("!--no-val", o->validate, "skip validation (no held-out data is evaluated)");
+  command->add_option("--batch-size", o->batch_size, "images per batch");
+  command->add_option("--image-size", o->image_size, "input size (default: the model's)");
+  command->add_flag("!--no-augment", o->augment, "no random crop/flip on training images");
+  command->add_option("--rotation", o->rotation, "training: random rotation up to this many degrees");
+  command->add_option("--jitter", o->jitter, "training: colour jitter strength");
+  command->add_option("--workers", o->workers, "decoding threads (default: cores)");
+  command->add_option("--limit", o->limit, "IDX data: training images to use (validation: a quarter)");
+  command->add_option("--epochs", o->train.epochs, "epochs");
+  command->add_option("--optimizer", o->train.optimizer.name, "sgd | adam | adamw");
+  command->add_option("--lr", o->train.optimizer.lr, "learning rate of the head");
+  command->add_option("--momentum", o->train.optimizer.momentum, "sgd momentum");
+  command->add_option("--weight-decay", *weight_decay, "weight decay (default: the optimiser's)");
+  command->add_option("--schedule", o->train.schedule.name, "constant | step | cosine | linear");
+  command->add_option("--warmup-steps", o->train.schedule.warmup_steps, "linear warm-up steps");
+  command->add_option("--step-size", o->train.schedule.step_size, "step schedule: epochs per decay");
+  command->add_option("--gamma", o->train.schedule.gamma, "step schedule: decay factor");
+  command->add_option("--label-smoothing", o->train.label_smoothing, "cross-entropy label smoothing");
+  command->add_option("--class-weights", o->train.class_weights, "cross-entropy class weights, one per class")
+      ->delimiter(',');
+  command->add_option("--grad-clip", o->train.grad_clip, "clip the global gradient norm (0: off)");
+  command->add_option("--seed", o->train.seed, "random seed (runs repeat exactly on CPU)");
+  command->add_flag("--early-stopping", o->train.early_stopping.enabled, "stop when the monitored metric stalls");
+  command->add_option("--monitor", o->train.early_stopping.monitor, "val_loss | val_accuracy | ... (best checkpoint)");
+  command->add_option("--patience", o->train.early_stopping.patience, "early stopping patience (epochs)");
+  command->add_option("--min-delta", o->train.early_stopping.min_delta, "smallest change that counts");
+  command->add_flag("--resume", o->train.resume, "continue the run in --out from its last checkpoint");
+  command->add_option("--device", *device, "auto, cpu or cuda[:N]");
+
+  command->callback([command, o, config_file, device, weight_decay] {
+    ImageTrainOptions options;
+    if (!config_file->empty()) {
+      std::ifstream in(*config_file);
+      nlohmann::json config;
+      try {
+        config = nlohmann::json::parse(in);
+      } catch (const nlohmann::json::exception& e) {
+        throw FormatError(*config_file, std::string("invalid JSON: ") + e.what());
+      }
+      apply_json(options, config, *config_file);
+    }
+    // Flags given on the command line override the file.
+    nlohmann::json flags = to_json(*o), given;
+    for (const auto& opt : command->get_options()) {
+      if (opt->count() == 0 || opt->get_lnames().empty()) continue;
+      std::string key = opt->get_lnames().front();
+      for (auto& c : key) c = c == '-' ? '_' : c;
+      if (key == "no_augment") key = "augment";
+      if (key == "no_val") key = "validate";
+      if (flags.contains(key)) given[key] = flags[key];
+    }
+    if (given.contains("weight_decay") || *weight_decay >= 0) given["weight_decay"] = *weight_decay;
+    given.erase("config");
+    apply_json(options, given, "command line");
+    for (const auto& [name, value] : {std::pair<const char*, const std::string*>{"--model", &options.model},
+                                      {"--data", &options.data},
+                                      {"--out", &options.out}}) {
+      if (value->empty()) throw Error(std::string(name) + " is required (on the command line or in --config)");
+    }
+    options.train.resume = o->train.resume;
+    options.train.device = parse_device(*device);
+    ImageTrainResult result = train_image_classifier(options, std::cout);
+    if (result.val_metrics) {
+      std::cout << "final validation accuracy: " << result.val_metrics->accuracy << "\n";
+    }
+  });
+}
+
+}  // namespace graft::cli

@@ -1,0 +1,120 @@
+// Saving and loading run directories (model.safetensors + graft.json).
+#include "graft/run.h"
+
+#include <filesystem>
+#include <fstream>
+
+#include "graft/errors.h"
+#include "graft/registry.h"
+#include "graft/trainer.h"
+#include "graft/transfer.h"
+#include "graft/weights.h"
+
+namespace graft {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+Preprocessing Preprocessing::from_cfg(const PretrainedCfg& cfg) {
+  Preprocessing p;
+  p.size = cfg.input_size.size() == 3 ? cfg.input_size[1] : 224;
+  p.crop_pct = cfg.crop_pct;
+  p.mean = cfg.mean;
+  p.std = cfg.std;
+  p.interpolation = cfg.interpolation;
+  return p;
+}
+
+void save_run(const std::string& dir, BackboneImpl& model, const RunSpec& spec, const json& training) {
+  fs::create_directories(dir);
+  json doc;
+  doc["format"] = "graft-run";
+  doc["format_version"] = 1;
+  doc["graft_version"] = GRAFT_VERSION;
+  doc["libtorch_version"] = TORCH_VERSION;
+  doc["task"] = spec.task;
+  doc["model"] = spec.model;
+  doc["arch"] = model.arch();
+  doc["head"] = spec.head;
+  doc["freeze"] = spec.freeze;
+  doc["classes"] = spec.classes;
+  doc["num_classes"] = spec.classes.size();
+  doc["preprocessing"] = {{"size", spec.preprocessing.size},
+                          {"crop_pct", spec.preprocessing.crop_pct},
+                          {"mean", spec.preprocessing.mean},
+                          {"std", spec.preprocessing.std},
+                          {"interpolation", spec.preprocessing.interpolation}};
+  doc["data"] = spec.data;
+  doc["training"] = training;
+  doc["weights"] = "model.safetensors";
+  // Weights first: a graft.json only ever names a complete weights file.
+  write_safetensors((fs::path(dir) / "model.safetensors").string(), state_dict(model),
+                    {{"format", "pt"}, {"producer", "graft " GRAFT_VERSION}, {"arch", model.arch()}});
+  write_file_atomic((fs::path(dir) / "graft.json").string(), doc.dump(2) + "\n");
+}
+
+bool is_run_dir(const std::string& path) { return fs::is_regular_file(fs::path(path) / "graft.json"); }
+
+namespace {
+
+template <typename T>
+T field(const json& doc, const std::string& key, const std::string& file) {
+  if (!doc.contains(key)) throw FormatError(file, "missing field '" + key + "'");
+  try {
+    return doc.at(key).get<T>();
+  } catch (const json::exception& e) {
+    throw FormatError(file, "field '" + key + "' has the wrong type (" + doc.at(key).type_name() + ")");
+  }
+}
+
+}  // namespace
+
+LoadedRun load_run(const std::string& dir) {
+  const std::string file = (fs::path(dir) / "graft.json").string();
+  std::ifstream in(file);
+  if (!in) throw Error(dir + ": not a graft run directory (no graft.json); train one with `graft train`");
+  json doc;
+  try {
+    doc = json::parse(in);
+  } catch (const json::exception& e) {
+    throw FormatError(file, std::string("invalid JSON: ") + e.what());
+  }
+  if (!doc.is_object()) throw FormatError(file, "expected a JSON object");
+  LoadedRun run;
+  run.dir = dir;
+  run.spec.task = field<std::string>(doc, "task", file);
+  if (run.spec.task != "image-classify") {
+    throw FormatError(file, "task '" + run.spec.task + "' is not supported by this command (expected image-classify)");
+  }
+  run.spec.model = field<std::string>(doc, "model", file);
+  run.spec.head = field<std::string>(doc, "head", file);
+  run.spec.freeze = doc.value("freeze", "");
+  run.spec.classes = field<std::vector<std::string>>(doc, "classes", file);
+  run.spec.data = doc.value("data", "");
+  if (run.spec.classes.empty()) throw FormatError(file, "field 'classes' is empty");
+  const json pre = field<json>(doc, "preprocessing", file);
+  run.spec.preprocessing.size = field<int64_t>(pre, "size", file);
+  run.spec.preprocessing.crop_pct = field<double>(pre, "crop_pct", file);
+  run.spec.preprocessing.mean = field<std::array<double, 3>>(pre, "mean", file);
+  run.spec.preprocessing.std = field<std::array<double, 3>>(pre, "std", file);
+  run.spec.preprocessing.interpolation = pre.value("interpolation", "bilinear");
+  if (run.spec.preprocessing.size <= 0 || run.spec.preprocessing.size > 4096 ||
+      !(run.spec.preprocessing.crop_pct > 0.0 && run.spec.preprocessing.crop_pct <= 1.0)) {
+    throw FormatError(file, "preprocessing size must be in 1..4096 and crop_pct in (0, 1]");
+  }
+  const int64_t classes = static_cast<int64_t>(run.spec.classes.size());
+  run.model = create_model(run.spec.model, classes);
+  if (!run.spec.head.empty()) run.model->set_head(HeadSpec::parse(run.spec.head),
+                                                  {run.spec.preprocessing.size, run.spec.preprocessing.size});
+  LoadOptions options;
+  options.source_name = (fs::path(dir) / "model.safetensors").string();
+  load_safetensors(*run.model, options.source_name, options);
+  if (run.model->num_classes() != classes) {
+    throw FormatError(file, "the model outputs " + std::to_string(run.model->num_classes()) + " classes but " +
+                                std::to_string(classes) + " class names are listed");
+  }
+  run.model->eval();
+  return run;
+}
+
+}  // namespace graft

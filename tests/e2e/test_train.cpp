@@ -1,0 +1,130 @@
+// Transfer learning through the CLI on real data: train, eval, predict, features, on Fashion-MNIST (Debian's
+// dataset-fashion-mnist, real IDX files) and on cats_vs_dogs_small (real JPEGs in ../shared/data).
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+
+#include "graft/data.h"
+#include "graft/weights.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+
+struct Run {
+  int status = -1;
+  std::string output;
+};
+
+Run graft(const std::string& args) {
+  Run run;
+  const std::string command = std::string(GRAFT_BINARY) + " " + args + " 2>&1";
+  FILE* pipe = popen(command.c_str(), "r");
+  if (!pipe) return run;
+  std::array<char, 4096> buffer;
+  size_t n;
+  while ((n = fread(buffer.data(), 1, buffer.size(), pipe)) > 0) run.output.append(buffer.data(), n);
+  const int status = pclose(pipe);
+  run.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return run;
+}
+
+double number_after(const std::string& text, const std::string& label) {
+  std::smatch match;
+  if (!std::regex_search(text, match, std::regex(label + " *([0-9.]+)"))) return -1.0;
+  return std::stod(match[1].str());
+}
+
+fs::path fresh_dir(const std::string& name) {
+  auto dir = fs::temp_directory_path() / ("graft_e2e_" + name + "_" + std::to_string(getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+
+const std::string kFashion = graft::kFashionMnistDir;
+const std::string kCats = std::string(GRAFT_SHARED_DIR) + "/data/cats_vs_dogs_small";
+
+// A ResNet-18 trained from scratch on 2,000 real Fashion-MNIST images at 32 px: a working pipeline clears
+// 65% on held-out images after 3 epochs; shuffled labels, wrong normalisation or a broken loader stay
+// near 10%.
+TEST(TrainE2E, FashionMnistFineTuneEvalPredict) {
+  auto dir = fresh_dir("fashion");
+  const std::string run = (dir / "run").string();
+  auto train = graft("train --model resnet18 --data " + kFashion + " --limit 2000 --image-size 32 --no-augment "
+                     "--epochs 3 --batch-size 64 --optimizer adam --lr 0.002 --out " + run);
+  ASSERT_EQ(train.status, 0) << train.output;
+  const double accuracy = number_after(train.output, "final validation accuracy:");
+  std::cout << "[e2e] fashion-mnist resnet18 32px 3 epochs: val accuracy " << accuracy << "\n";
+  EXPECT_GT(accuracy, 0.65) << train.output;
+  for (const char* file : {"model.safetensors", "graft.json", "metrics.csv", "training_curves.svg",
+                           "confusion_matrix.svg"}) {
+    EXPECT_TRUE(fs::exists(fs::path(run) / file)) << file;
+  }
+  EXPECT_TRUE(train.output.find("randomly initialised") != std::string::npos ||
+              train.output.find("random initialisation") != std::string::npos) << train.output;
+
+  auto eval = graft("eval " + run + " --data " + kFashion + " --limit 500");
+  ASSERT_EQ(eval.status, 0) << eval.output;
+  EXPECT_GT(number_after(eval.output, "accuracy:"), 0.6) << eval.output;
+  EXPECT_NE(eval.output.find("Ankle boot"), std::string::npos) << eval.output;
+
+  std::filesystem::remove_all(dir);
+}
+
+// cats_vs_dogs_small: 600 training JPEGs, 200 test JPEGs, a ResNet-18 from scratch, two-stage recipe;
+// then predict on real files (text and --json) and extract features.
+TEST(TrainE2E, CatsVsDogsTwoStagePredictFeatures) {
+  auto dir = fresh_dir("cats");
+  const std::string run = (dir / "run").string();
+  auto train = graft("train --model resnet18 --data " + kCats + " --image-size 64 --epochs 4 --strategy two-stage "
+                     "--stage1-epochs 1 --batch-size 32 --optimizer adam --lr 0.001 --backbone-lr-mult 0.5 --out " + run);
+  ASSERT_EQ(train.status, 0) << train.output;
+  EXPECT_NE(train.output.find("two-stage: stage 2 from epoch 2"), std::string::npos) << train.output;
+  const double accuracy = number_after(train.output, "final validation accuracy:");
+  std::cout << "[e2e] cats_vs_dogs resnet18 64px two-stage: val accuracy " << accuracy << "\n";
+  EXPECT_GT(accuracy, 0.5) << train.output;
+
+  const std::string cat = kCats + "/test/cats/cat_test.1.jpg", dog = kCats + "/test/dogs/dog_test.4.jpg";
+  auto predict = graft("predict " + run + " " + cat + " " + dog + " --top-k 2");
+  ASSERT_EQ(predict.status, 0) << predict.output;
+  EXPECT_NE(predict.output.find("cats"), std::string::npos) << predict.output;
+  auto json = graft("predict " + run + " " + cat + " --json");
+  ASSERT_EQ(json.status, 0) << json.output;
+  auto doc = nlohmann::json::parse(json.output.substr(json.output.find('[')));
+  ASSERT_EQ(doc.size(), 1u);
+  ASSERT_EQ(doc[0]["top"].size(), 2u);
+  const double p0 = doc[0]["top"][0]["probability"], p1 = doc[0]["top"][1]["probability"];
+  EXPECT_NEAR(p0 + p1, 1.0, 1e-5);
+  EXPECT_GE(p0, p1);
+
+  const std::string features = (dir / "features.safetensors").string();
+  auto extract = graft("features " + run + " --data " + kCats + " --out " + features);
+  ASSERT_EQ(extract.status, 0) << extract.output;
+  graft::SafeTensorsReader reader(features);
+  EXPECT_EQ(reader.info("features").shape, (std::vector<int64_t>{200, 512}));
+  EXPECT_EQ(reader.info("labels").shape, (std::vector<int64_t>{200}));
+  EXPECT_NE(reader.metadata().at("ids").find("cat_test.1.jpg"), std::string::npos);
+
+  auto missing = graft("predict " + (dir / "nope").string() + " " + cat);
+  EXPECT_EQ(missing.status, 1);
+  EXPECT_NE(missing.output.find("not a graft run directory"), std::string::npos) << missing.output;
+  std::filesystem::remove_all(dir);
+}
+
+// Feature extraction caches the backbone's pooled features after the first pass.
+TEST(TrainE2E, FeatureExtractCachesFeatures) {
+  auto dir = fresh_dir("fx");
+  const std::string run = (dir / "run").string();
+  auto train = graft("train --model mobilenet_v2 --data " + kFashion + " --limit 400 --image-size 32 "
+                     "--strategy feature-extract --epochs 3 --batch-size 50 --lr 0.01 --out " + run);
+  ASSERT_EQ(train.status, 0) << train.output;
+  EXPECT_NE(train.output.find("feature cache: 400 x 1280"), std::string::npos) << train.output;
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
