@@ -113,7 +113,7 @@ std::shared_ptr<Dataset> open_eval_data(const std::string& data, const std::vect
 
 FeatureSet extract_features(BackboneImpl& model, DataLoader& loader, torch::Device device, std::ostream& log,
                             const std::string& label) {
-  c10::InferenceMode inference;
+  std::optional<c10::InferenceMode> inference(std::in_place);
   const bool was_training = model.is_training();
   model.eval();
   model.to(device);
@@ -134,7 +134,8 @@ FeatureSet extract_features(BackboneImpl& model, DataLoader& loader, torch::Devi
   bar.finish(label + ": " + std::to_string(samples) + " images");
   model.train(was_training);
   if (features.empty()) throw Error(label + ": no image could be read");
-  // Clone out of inference mode so the cache can feed autograd (the head's training).
+  // Copy out of inference mode: inference tensors cannot be saved for the head's backward pass.
+  inference.reset();
   set.features = torch::cat(features).clone();
   set.labels = torch::cat(labels).clone();
   return set;

@@ -87,7 +87,8 @@ TEST(TrainE2E, CatsVsDogsTwoStagePredictFeatures) {
   EXPECT_NE(train.output.find("two-stage: stage 2 from epoch 2"), std::string::npos) << train.output;
   const double accuracy = number_after(train.output, "final validation accuracy:");
   std::cout << "[e2e] cats_vs_dogs resnet18 64px two-stage: val accuracy " << accuracy << "\n";
-  EXPECT_GT(accuracy, 0.5) << train.output;
+  // Chance is 0.5 (200 images: a broken pipeline stays within 0.5 +- 0.035); this seeded run reaches 0.635.
+  EXPECT_GT(accuracy, 0.58) << train.output;
 
   const std::string cat = kCats + "/test/cats/cat_test.1.jpg", dog = kCats + "/test/dogs/dog_test.4.jpg";
   auto predict = graft("predict " + run + " " + cat + " " + dog + " --top-k 2");
