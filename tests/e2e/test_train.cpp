@@ -117,14 +117,35 @@ TEST(TrainE2E, CatsVsDogsTwoStagePredictFeatures) {
   std::filesystem::remove_all(dir);
 }
 
-// Feature extraction caches the backbone's pooled features after the first pass.
-TEST(TrainE2E, FeatureExtractCachesFeatures) {
+// Feature extraction caches the backbone's pooled features after the first pass; options come from a JSON
+// config file with command-line flags overriding it, and the resolved configuration is saved.
+TEST(TrainE2E, FeatureExtractFromConfigFileCachesFeatures) {
   auto dir = fresh_dir("fx");
   const std::string run = (dir / "run").string();
-  auto train = graft("train --model mobilenet_v2 --data " + kFashion + " --limit 400 --image-size 32 "
-                     "--strategy feature-extract --epochs 3 --batch-size 50 --lr 0.01 --out " + run);
+  const std::string config = (dir / "run.json").string();
+  std::ofstream(config) << R"({"model": "mobilenet_v2", "data": ")" << kFashion
+                        << R"(", "limit": 400, "image_size": 32, "strategy": "feature-extract",
+                              "epochs": 5, "batch_size": 50, "lr": 0.01, "optimizer": "sgd"})";
+  auto train = graft("train --config " + config + " --epochs 3 --out " + run);
   ASSERT_EQ(train.status, 0) << train.output;
   EXPECT_NE(train.output.find("feature cache: 400 x 1280"), std::string::npos) << train.output;
+  std::ifstream saved(fs::path(run) / "graft.json");
+  auto doc = nlohmann::json::parse(saved);
+  EXPECT_EQ(doc["training"]["epochs"], 3);  // the flag wins over the file's 5
+  EXPECT_EQ(doc["training"]["optimizer"], "sgd");  // from the file
+  EXPECT_EQ(doc["training"]["strategy"], "feature-extract");
+  EXPECT_EQ(doc["freeze"], "all");
+  EXPECT_EQ(doc["classes"].size(), 10u);
+  std::ifstream csv(fs::path(run) / "metrics.csv");
+  std::string line;
+  int rows = 0;
+  while (std::getline(csv, line)) ++rows;
+  EXPECT_EQ(rows, 4);  // header + 3 epochs
+
+  std::ofstream(config) << R"({"model": "mobilenet_v2", "epochz": 3})";
+  auto typo = graft("train --config " + config + " --data " + kFashion + " --out " + run);
+  EXPECT_EQ(typo.status, 1);
+  EXPECT_NE(typo.output.find("unknown option 'epochz'"), std::string::npos) << typo.output;
   std::filesystem::remove_all(dir);
 }
 
