@@ -3,6 +3,8 @@
 // and only the layer structure comes from Keras.
 #include "models/darknet.h"
 
+#include "models/common.h"
+
 #include "graft/errors.h"
 #include "graft/transfer.h"
 
@@ -42,10 +44,7 @@ DarknetConfig DarknetConfig::darknet_tiny() {
 
 DarknetImpl::DarknetImpl(const DarknetConfig& config, int64_t num_classes)
     : BackboneImpl(config.arch), config_(config) {
-  if (num_classes < 0) {
-    throw Error(config.arch + ": num_classes must be >= 0 (0 gives a model that returns pre-logits), got " +
-                std::to_string(num_classes));
-  }
+  check_num_classes(config.arch, num_classes);
   int64_t channels = 3;
   for (const DarknetLayer& layer : config.layers) {
     if (layer.kind != DarknetLayer::Kind::kConv) continue;
@@ -111,10 +110,7 @@ std::vector<ForwardStep> DarknetImpl::classifier_steps(bool pre_logits) {
 }
 
 void DarknetImpl::reset_classifier(int64_t num_classes) {
-  if (num_classes < 0) {
-    throw Error(arch() + ": reset_classifier(" + std::to_string(num_classes) +
-                "): the number of classes must be >= 0 (0 removes the classifier)");
-  }
+  check_num_classes(arch() + ": reset_classifier", num_classes);
   clear_custom_head();
   if (num_classes == 0) {
     classifier = nullptr;

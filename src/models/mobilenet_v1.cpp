@@ -3,6 +3,8 @@
 // Initialisation follows Keras' defaults: glorot_uniform kernels, zero bias, BatchNorm 1/0.
 #include "models/mobilenet_v1.h"
 
+#include "models/common.h"
+
 #include <torch/nn/functional/padding.h>
 
 #include <cmath>
@@ -50,10 +52,7 @@ MobileNetV1Config MobileNetV1Config::mobilenet_v1(double alpha) {
 
 MobileNetV1Impl::MobileNetV1Impl(const MobileNetV1Config& config, int64_t num_classes)
     : BackboneImpl(config.arch), config_(config) {
-  if (num_classes < 0) {
-    throw Error(config.arch + ": num_classes must be >= 0 (0 gives a model that returns pre-logits), got " +
-                std::to_string(num_classes));
-  }
+  check_num_classes(config.arch, num_classes);
   if (config.depth_multiplier < 1) throw Error(config.arch + ": depth_multiplier must be >= 1");
   const auto batch_norm = [&](int64_t channels) {
     return nn::BatchNorm2d(nn::BatchNorm2dOptions(channels).eps(config.bn_eps).momentum(config.bn_momentum));
@@ -147,10 +146,7 @@ std::vector<ForwardStep> MobileNetV1Impl::classifier_steps(bool pre_logits) {
 }
 
 void MobileNetV1Impl::reset_classifier(int64_t num_classes) {
-  if (num_classes < 0) {
-    throw Error(arch() + ": reset_classifier(" + std::to_string(num_classes) +
-                "): the number of classes must be >= 0 (0 removes the classifier)");
-  }
+  check_num_classes(arch() + ": reset_classifier", num_classes);
   clear_custom_head();
   if (num_classes == 0) {
     conv_preds = nullptr;

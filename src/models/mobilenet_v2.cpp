@@ -4,6 +4,8 @@
 // BN 1/0, Linear normal(0, 0.01) with zero bias.
 #include "models/mobilenet_v2.h"
 
+#include "models/common.h"
+
 #include <cmath>
 
 #include "graft/errors.h"
@@ -13,16 +15,6 @@ namespace graft {
 namespace {
 
 namespace nn = torch::nn;
-
-void init_linear(nn::LinearImpl& linear) {
-  torch::NoGradGuard no_grad;
-  nn::init::normal_(linear.weight, /*mean=*/0, /*std=*/0.01);
-  nn::init::zeros_(linear.bias);
-}
-
-torch::Tensor run_any(nn::AnyModule& module, const torch::Tensor& x) {
-  return module.forward(x);
-}
 
 }  // namespace
 
@@ -71,10 +63,7 @@ torch::Tensor InvertedResidualImpl::forward(const torch::Tensor& x) {
 MobileNetV2Impl::MobileNetV2Impl(const MobileNetV2Config& config, int64_t num_classes)
     : BackboneImpl(config.arch), config_(config) {
   using mobilenetv2::make_divisible;
-  if (num_classes < 0) {
-    throw Error(config.arch + ": num_classes must be >= 0 (0 gives a model that returns pre-logits), got " +
-                std::to_string(num_classes));
-  }
+  check_num_classes(config.arch, num_classes);
   if (config.setting.empty()) throw Error(config.arch + ": the inverted residual setting is empty");
   int64_t input_channel = make_divisible(config.input_channel * config.width_mult, config.round_nearest);
   last_channel_ =
@@ -113,20 +102,13 @@ MobileNetV2Impl::MobileNetV2Impl(const MobileNetV2Config& config, int64_t num_cl
       nn::init::ones_(bn->weight);
       nn::init::zeros_(bn->bias);
     } else if (auto* linear = module->as<nn::Linear>()) {
-      init_linear(*linear);
+      init_linear_normal(*linear);
     }
   }
 }
 
 std::vector<ForwardStep> MobileNetV2Impl::feature_steps() {
-  std::vector<ForwardStep> steps;
-  size_t i = 0;
-  for (auto& layer : *features) {
-    steps.push_back({"features." + std::to_string(i), feature_types_[i],
-                     [m = layer](const torch::Tensor& x) mutable { return run_any(m, x); }});
-    ++i;
-  }
-  return steps;  // (N, 3, H, W) -> (N, 1280, H/32, W/32)
+  return sequential_steps(features, "features", feature_types_);  // (N, 3, H, W) -> (N, 1280, H/32, W/32)
 }
 
 std::vector<ForwardStep> MobileNetV2Impl::classifier_steps(bool pre_logits) {
@@ -136,35 +118,18 @@ std::vector<ForwardStep> MobileNetV2Impl::classifier_steps(bool pre_logits) {
                      return torch::adaptive_avg_pool2d(x, {1, 1});  // (N, 1280, 1, 1)
                    }});
   steps.push_back({"flatten", "Flatten", [](const torch::Tensor& x) { return x.flatten(1); }});  // (N, 1280)
-  steps.push_back({"classifier.0", "Dropout",
-                   [m = *classifier->begin()](const torch::Tensor& x) mutable { return run_any(m, x); }});
-  if (pre_logits) return steps;
-  steps.push_back(
-      {"classifier.1", num_classes_ > 0 ? "Linear" : "Identity",
-       [m = *(classifier->begin() + 1)](const torch::Tensor& x) mutable { return run_any(m, x); }});
+  auto head = sequential_steps(classifier, "classifier", {"Dropout", num_classes_ > 0 ? "Linear" : "Identity"}, 0,
+                               pre_logits ? 1 : 2);
+  steps.insert(steps.end(), head.begin(), head.end());
   return steps;
 }
 
 void MobileNetV2Impl::reset_classifier(int64_t num_classes) {
-  if (num_classes < 0) {
-    throw Error(arch() + ": reset_classifier(" + std::to_string(num_classes) +
-                "): the number of classes must be >= 0 (0 removes the classifier)");
-  }
+  check_num_classes(arch() + ": reset_classifier", num_classes);
   clear_custom_head();
   // A Sequential cannot swap one element: a new one around the same Dropout, under the same name.
-  nn::Sequential head;
-  head->push_back(*classifier->begin());
-  if (num_classes > 0) {
-    nn::Linear last(last_channel_, num_classes);
-    init_linear(*last);
-    const torch::Tensor reference = features->ptr(0)->parameters().front();
-    last->to(reference.device(), reference.scalar_type());
-    head->push_back(last);
-  } else {
-    head->push_back(nn::Identity());
-  }
-  replace_module("classifier", head);
-  classifier = head;
+  classifier = replace_module("classifier", with_new_last_linear(classifier, last_channel_, num_classes,
+                                                                 features->ptr(0)->parameters().front()));
   num_classes_ = num_classes;
 }
 

@@ -3,6 +3,8 @@
 // the initialisation (kaiming normal fan_out on convolutions, BN weight 1 bias 0, default Linear).
 #include "models/resnet.h"
 
+#include "models/common.h"
+
 #include "graft/errors.h"
 #include "graft/transfer.h"
 
@@ -79,10 +81,7 @@ torch::Tensor BottleneckImpl::forward(const torch::Tensor& x) {
 
 ResNetImpl::ResNetImpl(const ResNetConfig& config, int64_t num_classes)
     : BackboneImpl(config.arch), config_(config) {
-  if (num_classes < 0) {
-    throw Error(config.arch + ": num_classes must be >= 0 (0 gives a model that returns pre-logits), got " +
-                std::to_string(num_classes));
-  }
+  check_num_classes(config.arch, num_classes);
   conv1 = register_module(
       "conv1", nn::Conv2d(nn::Conv2dOptions(3, 64, /*kernel_size=*/7).stride(2).padding(3).bias(false)));
   bn1 = register_module("bn1", nn::BatchNorm2d(64));
@@ -164,10 +163,7 @@ std::vector<ForwardStep> ResNetImpl::classifier_steps(bool pre_logits) {
 }
 
 void ResNetImpl::reset_classifier(int64_t num_classes) {
-  if (num_classes < 0) {
-    throw Error(arch() + ": reset_classifier(" + std::to_string(num_classes) +
-                "): the number of classes must be >= 0 (0 removes the classifier)");
-  }
+  check_num_classes(arch() + ": reset_classifier", num_classes);
   clear_custom_head();
   if (num_classes == 0) {
     fc = nullptr;

@@ -4,6 +4,8 @@
 // (kaiming normal fan_out convs, zero biases, BN 1/0, Linear normal(0, 0.01)).
 #include "models/vgg.h"
 
+#include "models/common.h"
+
 #include "graft/errors.h"
 #include "graft/transfer.h"
 
@@ -13,17 +15,6 @@ namespace {
 namespace nn = torch::nn;
 
 constexpr int64_t kHidden = 4096;  // width of the two hidden classifier layers
-
-// VGG's Linear init; also used for the layer reset_classifier creates.
-void init_linear(nn::LinearImpl& linear) {
-  torch::NoGradGuard no_grad;
-  nn::init::normal_(linear.weight, /*mean=*/0, /*std=*/0.01);
-  nn::init::zeros_(linear.bias);
-}
-
-torch::Tensor run_any(nn::AnyModule& module, const torch::Tensor& x) {
-  return module.forward(x);
-}
 
 }  // namespace
 
@@ -38,10 +29,7 @@ std::vector<int64_t> VGGConfig::cfg_e() {
 }
 
 VGGImpl::VGGImpl(const VGGConfig& config, int64_t num_classes) : BackboneImpl(config.arch), config_(config) {
-  if (num_classes < 0) {
-    throw Error(config.arch + ": num_classes must be >= 0 (0 gives a model that returns pre-logits), got " +
-                std::to_string(num_classes));
-  }
+  check_num_classes(config.arch, num_classes);
   // ReLUs are not in place (torchvision's are): each features.N is a step whose output callers may keep.
   nn::Sequential layers;
   int64_t in_channels = 3;
@@ -83,20 +71,13 @@ VGGImpl::VGGImpl(const VGGConfig& config, int64_t num_classes) : BackboneImpl(co
       nn::init::ones_(bn->weight);
       nn::init::zeros_(bn->bias);
     } else if (auto* linear = module->as<nn::Linear>()) {
-      init_linear(*linear);
+      init_linear_normal(*linear);
     }
   }
 }
 
 std::vector<ForwardStep> VGGImpl::feature_steps() {
-  std::vector<ForwardStep> steps;
-  size_t i = 0;
-  for (auto& layer : *features) {
-    steps.push_back({"features." + std::to_string(i), feature_types_[i],
-                     [m = layer](const torch::Tensor& x) mutable { return run_any(m, x); }});
-    ++i;
-  }
-  return steps;  // (N, 3, H, W) -> (N, 512, H/32, W/32)
+  return sequential_steps(features, "features", feature_types_);  // (N, 3, H, W) -> (N, 512, H/32, W/32)
 }
 
 std::vector<ForwardStep> VGGImpl::classifier_steps(bool pre_logits) {
@@ -106,37 +87,21 @@ std::vector<ForwardStep> VGGImpl::classifier_steps(bool pre_logits) {
   steps.push_back({"avgpool", "AdaptiveAvgPool2d",
                    [m = avgpool.ptr()](const torch::Tensor& x) { return m->forward(x); }});
   steps.push_back({"flatten", "Flatten", [](const torch::Tensor& x) { return x.flatten(1); }});  // (N, 25088)
-  const size_t count = pre_logits ? classifier->size() - 1 : classifier->size();
-  for (size_t i = 0; i < count; ++i) {
-    const std::string type = i < 6 ? kTypes[i] : (num_classes_ > 0 ? "Linear" : "Identity");
-    steps.push_back(
-        {"classifier." + std::to_string(i), type,
-         [m = *(classifier->begin() + i)](const torch::Tensor& x) mutable { return run_any(m, x); }});
-  }
+  std::vector<std::string> types(kTypes, kTypes + 6);
+  types.push_back(num_classes_ > 0 ? "Linear" : "Identity");
+  auto head = sequential_steps(classifier, "classifier", types, 0, pre_logits ? classifier->size() - 1 : classifier->size());
+  steps.insert(steps.end(), head.begin(), head.end());
   return steps;
 }
 
 void VGGImpl::reset_classifier(int64_t num_classes) {
-  if (num_classes < 0) {
-    throw Error(arch() + ": reset_classifier(" + std::to_string(num_classes) +
-                "): the number of classes must be >= 0 (0 removes the classifier)");
-  }
+  check_num_classes(arch() + ": reset_classifier", num_classes);
   clear_custom_head();
   // A Sequential cannot swap one element, so a new one is built around the same classifier.0..5
   // (their weights are kept) and registered under the same name.
-  nn::Sequential head;
-  for (size_t i = 0; i + 1 < classifier->size(); ++i) head->push_back(*(classifier->begin() + i));
-  if (num_classes > 0) {
-    nn::Linear last(kHidden, num_classes);
-    init_linear(*last);
-    const torch::Tensor reference = classifier->ptr<nn::LinearImpl>(0)->weight;
-    last->to(reference.device(), reference.scalar_type());
-    head->push_back(last);
-  } else {
-    head->push_back(nn::Identity());
-  }
-  replace_module("classifier", head);
-  classifier = head;
+  classifier = replace_module(
+      "classifier", with_new_last_linear(classifier, kHidden, num_classes,
+                                         classifier->ptr<nn::LinearImpl>(0)->weight));
   num_classes_ = num_classes;
 }
 

@@ -2,6 +2,8 @@
 // equal torchvision's, `forward` against torchvision's outputs, and clear errors on bad input.
 #include <gtest/gtest.h>
 
+#include "e2e/run_graft.h"
+
 #include <array>
 #include <cstdio>
 #include <filesystem>
@@ -12,32 +14,11 @@
 
 namespace {
 
-struct Run {
-  int status = -1;
-  std::string output;  // stdout + stderr
-};
-
-Run graft(const std::string& args) {
-  Run run;
-  const std::string command = std::string(GRAFT_BINARY) + " " + args + " 2>&1";
-  FILE* pipe = popen(command.c_str(), "r");
-  if (!pipe) return run;
-  std::array<char, 4096> buffer;
-  size_t n;
-  while ((n = fread(buffer.data(), 1, buffer.size(), pipe)) > 0) run.output.append(buffer.data(), n);
-  const int status = pclose(pipe);
-  run.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return run;
-}
+using graft::testing::graft;
+using graft::testing::fresh_dir;
 
 bool contains(const std::string& haystack, const std::string& needle) {
   return haystack.find(needle) != std::string::npos;
-}
-
-std::filesystem::path temp_dir(const std::string& name) {
-  auto dir = std::filesystem::temp_directory_path() / ("graft_cli_" + name + "_" + std::to_string(getpid()));
-  std::filesystem::create_directories(dir);
-  return dir;
 }
 
 TEST(Cli, HelpVersionInfo) {
@@ -127,7 +108,7 @@ TEST(Cli, ClearErrorsOnBadInput) {
   EXPECT_EQ(freeze.status, 1);
   EXPECT_TRUE(contains(freeze.output, "no layer named 'layer9'")) << freeze.output;
 
-  auto dir = temp_dir("bad");
+  auto dir = fresh_dir("bad");
   const auto bad = (dir / "broken.safetensors").string();
   std::ofstream(bad, std::ios::binary) << "\x10\x00\x00";  // shorter than the 8-byte header length
   auto corrupt = graft("summary resnet18 --weights " + bad);
@@ -148,7 +129,7 @@ TEST(Cli, ClearErrorsOnBadInput) {
 // `graft forward` reproduces torchvision's outputs from the golden files (tests/models/make_golden.py).
 TEST(Cli, ForwardMatchesTorchvision) {
   const std::string golden = GRAFT_GOLDEN_DIR;
-  auto dir = temp_dir("forward");
+  auto dir = fresh_dir("forward");
   for (const std::string arch : {"resnet18", "mobilenet_v2"}) {
     const std::string out = (dir / (arch + ".out.safetensors")).string();
     auto run = graft("forward " + arch + " --weights " + golden + "/" + arch + ".weights.safetensors --inputs " +

@@ -1,0 +1,49 @@
+// Shared pieces of the architecture files (see common.h).
+#include "models/common.h"
+
+#include "graft/errors.h"
+
+namespace graft {
+
+namespace nn = torch::nn;
+
+void check_num_classes(const std::string& where, int64_t num_classes) {
+  if (num_classes < 0) {
+    throw Error(where + ": the number of classes must be >= 0 (0 removes the classifier and the model returns "
+                        "pre-logits), got " + std::to_string(num_classes));
+  }
+}
+
+std::vector<ForwardStep> sequential_steps(const nn::Sequential& seq, const std::string& prefix,
+                                          const std::vector<std::string>& types, size_t begin, size_t end) {
+  std::vector<ForwardStep> steps;
+  end = std::min(end, seq->size());
+  for (size_t i = begin; i < end; ++i) {
+    steps.push_back({prefix + "." + std::to_string(i), i < types.size() ? types[i] : "Module",
+                     [m = *(seq->begin() + i)](const torch::Tensor& x) mutable { return m.forward(x); }});
+  }
+  return steps;
+}
+
+void init_linear_normal(nn::LinearImpl& linear) {
+  torch::NoGradGuard no_grad;
+  nn::init::normal_(linear.weight, /*mean=*/0, /*std=*/0.01);
+  nn::init::zeros_(linear.bias);
+}
+
+nn::Sequential with_new_last_linear(const nn::Sequential& seq, int64_t in_features, int64_t num_classes,
+                                    const torch::Tensor& like) {
+  nn::Sequential out;
+  for (size_t i = 0; i + 1 < seq->size(); ++i) out->push_back(*(seq->begin() + i));
+  if (num_classes > 0) {
+    nn::Linear last(in_features, num_classes);
+    init_linear_normal(*last);
+    last->to(like.device(), like.scalar_type());
+    out->push_back(last);
+  } else {
+    out->push_back(nn::Identity());
+  }
+  return out;
+}
+
+}  // namespace graft

@@ -1,0 +1,34 @@
+// Small pieces every image architecture file shares: class-count checks, step lists over a Sequential,
+// and the "replace the last classifier layer" surgery that libtorch's Sequential cannot do in place.
+#pragma once
+#include <torch/nn/modules/container/any.h>
+#include <torch/nn/modules/container/sequential.h>
+#include <torch/nn/modules/linear.h>
+
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "graft/model.h"
+
+namespace graft {
+
+// Throws graft::Error unless num_classes >= 0 (0: no classifier, the model returns pre-logits).
+// `where` names the call, e.g. "vgg16" or "vgg16: reset_classifier(-1)".
+void check_num_classes(const std::string& where, int64_t num_classes);
+
+// One step per child [begin, end) of `seq`, named "<prefix>.<index>" and typed types[index].
+std::vector<ForwardStep> sequential_steps(const torch::nn::Sequential& seq, const std::string& prefix,
+                                          const std::vector<std::string>& types, size_t begin = 0,
+                                          size_t end = std::numeric_limits<size_t>::max());
+
+// torchvision's classifier Linear init for VGG and MobileNetV2: weight ~ N(0, 0.01), bias 0.
+void init_linear_normal(torch::nn::LinearImpl& linear);
+
+// A copy of `seq` whose last child is a fresh Linear(in_features, num_classes) (Identity for 0) on the
+// device and dtype of `like`; the other children are shared, so their weights are kept.
+torch::nn::Sequential with_new_last_linear(const torch::nn::Sequential& seq, int64_t in_features,
+                                           int64_t num_classes, const torch::Tensor& like);
+
+}  // namespace graft
