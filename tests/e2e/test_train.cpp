@@ -2,6 +2,8 @@
 // dataset-fashion-mnist, real IDX files) and on cats_vs_dogs_small (real JPEGs in ../shared/data).
 #include <gtest/gtest.h>
 
+#include "e2e/run_graft.h"
+
 #include <array>
 #include <cstdio>
 #include <filesystem>
@@ -15,35 +17,13 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct Run {
-  int status = -1;
-  std::string output;
-};
-
-Run graft(const std::string& args) {
-  Run run;
-  const std::string command = std::string(GRAFT_BINARY) + " " + args + " 2>&1";
-  FILE* pipe = popen(command.c_str(), "r");
-  if (!pipe) return run;
-  std::array<char, 4096> buffer;
-  size_t n;
-  while ((n = fread(buffer.data(), 1, buffer.size(), pipe)) > 0) run.output.append(buffer.data(), n);
-  const int status = pclose(pipe);
-  run.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return run;
-}
+using graft::testing::graft;
+using graft::testing::fresh_dir;
 
 double number_after(const std::string& text, const std::string& label) {
   std::smatch match;
   if (!std::regex_search(text, match, std::regex(label + " *([0-9.]+)"))) return -1.0;
   return std::stod(match[1].str());
-}
-
-fs::path fresh_dir(const std::string& name) {
-  auto dir = fs::temp_directory_path() / ("graft_e2e_" + name + "_" + std::to_string(getpid()));
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
 }
 
 const std::string kFashion = graft::kFashionMnistDir;
@@ -146,6 +126,28 @@ TEST(TrainE2E, FeatureExtractFromConfigFileCachesFeatures) {
   auto typo = graft("train --config " + config + " --data " + kFashion + " --out " + run);
   EXPECT_EQ(typo.status, 1);
   EXPECT_NE(typo.output.find("unknown option 'epochz'"), std::string::npos) << typo.output;
+  std::filesystem::remove_all(dir);
+}
+
+// `--resume` after a stopped run gives the same weights as the run that never stopped.
+TEST(TrainE2E, ResumeMatchesAnUninterruptedRun) {
+  auto dir = fresh_dir("resume");
+  const std::string common = "train --model resnet18 --data " + kFashion +
+                             " --limit 300 --image-size 32 --batch-size 50 --optimizer sgd --lr 0.05 --seed 7 ";
+  const std::string whole = (dir / "whole").string(), stopped = (dir / "stopped").string();
+  auto a = graft(common + "--epochs 3 --out " + whole);
+  ASSERT_EQ(a.status, 0) << a.output;
+  auto b = graft(common + "--epochs 2 --out " + stopped);
+  ASSERT_EQ(b.status, 0) << b.output;
+  auto c = graft(common + "--epochs 3 --resume --out " + stopped);
+  ASSERT_EQ(c.status, 0) << c.output;
+  EXPECT_EQ(c.output.find("epoch 1/3  loss"), std::string::npos) << "epoch 1 ran again:\n" << c.output;
+  graft::SafeTensorsReader x(whole + "/checkpoints/last/model.safetensors");
+  graft::SafeTensorsReader y(stopped + "/checkpoints/last/model.safetensors");
+  ASSERT_EQ(x.tensors().size(), y.tensors().size());
+  for (const auto& info : x.tensors()) {
+    EXPECT_TRUE(torch::equal(x.load(info.name), y.load(info.name))) << info.name;
+  }
   std::filesystem::remove_all(dir);
 }
 
