@@ -164,4 +164,23 @@ TEST(Cli, ForwardMatchesTorchvision) {
   std::filesystem::remove_all(dir);
 }
 
+// --weights takes the Keras formats too: the ml5 Tiny Darknet straight from its TF.js model.json gives
+// TF.js's own logits on the reference images (shared/weights/tiny_darknet_tfjs/reference).
+TEST(Cli, ForwardTakesTfjsWeightsDirectly) {
+  const std::string weights = std::string(GRAFT_SHARED_DIR) + "/weights/tiny_darknet_tfjs";
+  graft::SafeTensorsReader reference(weights + "/reference/reference.safetensors");
+  auto dir = fresh_dir("tfjs");
+  const std::string inputs = (dir / "in.safetensors").string(), out = (dir / "out.safetensors").string();
+  graft::write_safetensors(inputs, {{"pixel_values", reference.load("input").permute({0, 3, 1, 2}).contiguous()}});
+  for (const std::string& source : {weights, weights + "/model.json"}) {
+    auto run = graft("forward darknet_tiny.ml5 --weights " + source + " --inputs " + inputs + " --out " + out);
+    ASSERT_EQ(run.status, 0) << run.output;
+    graft::SafeTensorsReader got(out);
+    const double diff = (got.load("logits") - reference.load("output")).abs().max().item<double>();
+    std::cout << "[forward] darknet_tiny.ml5 from " << source << " logits max|diff|=" << diff << "\n";
+    EXPECT_LE(diff, 1e-4);
+  }
+  std::filesystem::remove_all(dir);
+}
+
 }  // namespace
