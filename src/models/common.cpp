@@ -31,6 +31,18 @@ void init_linear_normal(nn::LinearImpl& linear) {
   nn::init::zeros_(linear.bias);
 }
 
+void init_conv_xavier(nn::Conv2dImpl& conv) {
+  torch::NoGradGuard no_grad;
+  nn::init::xavier_uniform_(conv.weight);
+  if (conv.bias.defined()) nn::init::zeros_(conv.bias);
+}
+
+nn::Conv2d make_conv_classifier(int64_t in_channels, int64_t num_classes) {
+  nn::Conv2d conv(nn::Conv2dOptions(in_channels, num_classes, /*kernel_size=*/1).bias(true));
+  init_conv_xavier(*conv);
+  return conv;
+}
+
 nn::Sequential with_new_last_linear(const nn::Sequential& seq, int64_t in_features, int64_t num_classes,
                                     const torch::Tensor& like) {
   nn::Sequential out;

@@ -3,6 +3,7 @@
 #pragma once
 #include <torch/nn/modules/container/any.h>
 #include <torch/nn/modules/container/sequential.h>
+#include <torch/nn/modules/conv.h>
 #include <torch/nn/modules/linear.h>
 
 #include <cstdint>
@@ -25,6 +26,11 @@ std::vector<ForwardStep> sequential_steps(const torch::nn::Sequential& seq, cons
 
 // torchvision's classifier Linear init for VGG and MobileNetV2: weight ~ N(0, 0.01), bias 0.
 void init_linear_normal(torch::nn::LinearImpl& linear);
+
+// Keras' default init for the ports from Keras/TF.js: glorot (Xavier) uniform kernel, zero bias.
+void init_conv_xavier(torch::nn::Conv2dImpl& conv);
+// The 1x1 convolution those ports classify with (Keras' "conv_preds"), freshly initialised.
+torch::nn::Conv2d make_conv_classifier(int64_t in_channels, int64_t num_classes);
 
 // A copy of `seq` whose last child is a fresh Linear(in_features, num_classes) (Identity for 0) on the
 // device and dtype of `like`; the other children are shared, so their weights are kept.

@@ -13,18 +13,6 @@ namespace {
 
 namespace nn = torch::nn;
 
-void init_conv(nn::Conv2dImpl& conv) {
-  torch::NoGradGuard no_grad;
-  nn::init::xavier_uniform_(conv.weight);
-  if (conv.bias.defined()) nn::init::zeros_(conv.bias);
-}
-
-nn::Conv2d make_classifier(int64_t in_channels, int64_t num_classes) {
-  nn::Conv2d conv(nn::Conv2dOptions(in_channels, num_classes, /*kernel_size=*/1).bias(true));
-  init_conv(*conv);
-  return conv;
-}
-
 }  // namespace
 
 DarknetConfig DarknetConfig::darknet_tiny() {
@@ -61,11 +49,11 @@ DarknetImpl::DarknetImpl(const DarknetConfig& config, int64_t num_classes)
   num_features_ = channels;
   classifier_name_ = "conv2d_" + std::to_string(convs.size() + 1);
   if (num_classes > 0) {
-    classifier = register_module(classifier_name_, make_classifier(num_features_, num_classes));
+    classifier = register_module(classifier_name_, make_conv_classifier(num_features_, num_classes));
   } else {
     register_module(classifier_name_, nn::Identity());
   }
-  for (auto& conv : convs) init_conv(*conv);
+  for (auto& conv : convs) init_conv_xavier(*conv);
 }
 
 std::vector<ForwardStep> DarknetImpl::feature_steps() {
@@ -117,7 +105,7 @@ void DarknetImpl::reset_classifier(int64_t num_classes) {
     replace_module(classifier_name_, nn::Identity());
     return;
   }
-  classifier = make_classifier(num_features_, num_classes);
+  classifier = make_conv_classifier(num_features_, num_classes);
   // Follow the model to its device and dtype, so a reset after .to(cuda) still runs.
   classifier->to(convs.front()->weight.device(), convs.front()->weight.scalar_type());
   replace_module(classifier_name_, classifier);

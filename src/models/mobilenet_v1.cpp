@@ -18,18 +18,6 @@ namespace {
 namespace nn = torch::nn;
 namespace F = torch::nn::functional;
 
-void init_conv(nn::Conv2dImpl& conv) {
-  torch::NoGradGuard no_grad;
-  nn::init::xavier_uniform_(conv.weight);
-  if (conv.bias.defined()) nn::init::zeros_(conv.bias);
-}
-
-nn::Conv2d make_classifier(int64_t in_channels, int64_t num_classes) {
-  nn::Conv2d conv(nn::Conv2dOptions(in_channels, num_classes, /*kernel_size=*/1).bias(true));
-  init_conv(*conv);
-  return conv;
-}
-
 // Keras: filters = int(filters * alpha), truncation toward zero.
 int64_t scaled(int64_t filters, double alpha) {
   return static_cast<int64_t>(static_cast<double>(filters) * alpha);
@@ -86,13 +74,13 @@ MobileNetV1Impl::MobileNetV1Impl(const MobileNetV1Config& config, int64_t num_cl
   num_features_ = channels;
   dropout = register_module("dropout", nn::Dropout(config.dropout));
   if (num_classes > 0) {
-    conv_preds = register_module("conv_preds", make_classifier(num_features_, num_classes));
+    conv_preds = register_module("conv_preds", make_conv_classifier(num_features_, num_classes));
   } else {
     register_module("conv_preds", nn::Identity());
   }
-  init_conv(*conv1);
-  for (auto& conv : conv_dw) init_conv(*conv);
-  for (auto& conv : conv_pw) init_conv(*conv);
+  init_conv_xavier(*conv1);
+  for (auto& conv : conv_dw) init_conv_xavier(*conv);
+  for (auto& conv : conv_pw) init_conv_xavier(*conv);
 }
 
 std::vector<ForwardStep> MobileNetV1Impl::feature_steps() {
@@ -153,7 +141,7 @@ void MobileNetV1Impl::reset_classifier(int64_t num_classes) {
     replace_module("conv_preds", nn::Identity());
     return;
   }
-  conv_preds = make_classifier(num_features_, num_classes);
+  conv_preds = make_conv_classifier(num_features_, num_classes);
   // Follow the model to its device and dtype, so a reset after .to(cuda) still runs.
   conv_preds->to(conv1->weight.device(), conv1->weight.scalar_type());
   replace_module("conv_preds", conv_preds);
