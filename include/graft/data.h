@@ -102,6 +102,9 @@ void adjust_saturation(PlanarImage& image, double factor);  // blend with the pe
 // ColorJitter(brightness=s, contrast=s, saturation=s): factors uniform in [max(0, 1-s), 1+s], applied in
 // a random order.
 void color_jitter(PlanarImage& image, double strength, std::mt19937_64& rng);
+// Bilinear resize with align_corners=True on float planes (TF.js resizeBilinear(x, size, true); torch
+// interpolate(mode="bilinear", align_corners=True)): no rounding to 8 bits.
+PlanarImage resize_align_corners(const PlanarImage& image, int out_width, int out_height);
 void normalize(PlanarImage& image, const std::array<double, 3>& mean, const std::array<double, 3>& std);
 torch::Tensor planar_to_tensor(const PlanarImage& image);  // (3, H, W) float32
 
@@ -117,6 +120,9 @@ struct TransformConfig {
   double jitter = 0;            // train only: brightness/contrast/saturation strength
   double scale_min = 0.08;      // train only: RandomResizedCrop's smallest area fraction
   bool antialias = true;        // false: plain bilinear (TF/Keras-style preprocessing)
+  // eval: no crop; the whole image, as float pixels / 255, resized to size x size by bilinear
+  // interpolation with aligned corners (TF.js resizeBilinear(alignCorners=true), as nsfwjs feeds it)
+  bool align_corners = false;
   bool dct_scaling = true;      // let JPEGs decode at 1/2..1/8 when large enough (see decode_min_side)
 };
 

@@ -13,6 +13,7 @@
 
 namespace graft {
 
+class BackboneImpl;
 class HeadImpl;
 struct HeadSpec;
 
@@ -31,6 +32,15 @@ struct PretrainedCfg {
   std::string labels = "imagenet-1k";  // label set name (see labels.h)
   std::string license;                 // licence of the weights
   std::string description;             // one line: what these weights are
+  // The build these weights need when it differs from the architecture's own (Keras' padding and
+  // BatchNorm epsilon for a Keras port, say); empty: the registry entry's builder.
+  std::function<std::shared_ptr<BackboneImpl>(int64_t num_classes)> build;
+  std::string head;  // head spec the weights come with (nsfwjs: "avg,dense:256:relu,..."); empty: the
+                     // architecture's own classifier
+  // Weights graft fetches itself: a safetensors file (graft names) under cache_dir(), and the command
+  // that puts it there. Empty when graft cannot fetch them.
+  std::string cache_file;  // e.g. "nsfwjs-4.4.0/mobilenet_v2.safetensors"
+  std::string fetch_command;  // e.g. "scripts/fetch-weights nsfwjs"
 };
 
 // One named step of a forward pass. Backbones describe their forward as a list of steps so that the

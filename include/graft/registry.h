@@ -29,10 +29,17 @@ const ModelEntry& find_model(const std::string& arch);
 
 // Builds the architecture with the tag's config (or the default tag's) attached. No weights are
 // loaded: random initialisation, as torchvision's constructors give. num_classes < 0 means the tag's.
+// A tag with its own head (PretrainedCfg::head) gets that head when num_classes < 0.
 Backbone create_model(const std::string& name, int64_t num_classes = -1);
+
+// Where fetched weights live: $GRAFT_CACHE, else $XDG_CACHE_HOME/graft, else ~/.cache/graft.
+std::string cache_dir();
+// The cached weights file of a tag (cache_dir() / cfg.cache_file); "" when graft cannot fetch the tag.
+std::string pretrained_file(const PretrainedCfg& cfg);
 
 }  // namespace graft
 
+// Weights loading needs LoadReport (graft/weights.h), which is heavier than the table above.
 #include "graft/weights.h"
 
 namespace graft {
@@ -46,5 +53,9 @@ struct WeightsOptions {
 // has another number of classes than the model, the classifier is reset to the file's count first (a
 // fine-tuned 10-class file loads into a 1000-class build). Returns the report; strict throws on misfit.
 LoadReport load_weights(BackboneImpl& model, const std::string& path, const WeightsOptions& options = {});
+
+// Loads the weights of the model's tag from the cache (timm's pretrained=True). Throws graft::Error
+// saying how to fetch them when the file is absent, or that the tag has no fetchable weights.
+LoadReport load_pretrained(BackboneImpl& model, const WeightsOptions& options = {});
 
 }  // namespace graft

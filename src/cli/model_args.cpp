@@ -31,6 +31,13 @@ Backbone build_model(const ModelArgs& args) {
     options.skip_classifier = !args.head.empty() || args.num_classes >= 0;
     LoadReport report = load_weights(*model, args.weights, options);
     if (!report.ok()) std::cerr << "graft: warning: " << report.to_string() << "\n";
+  } else if (!ModelName::parse(args.model).tag.empty() && !model->default_cfg().cache_file.empty()) {
+    // ARCH.TAG names weights graft fetches itself: load them from the cache (or say how to fetch).
+    WeightsOptions options;
+    options.strict = args.strict;
+    options.skip_classifier = !args.head.empty() || args.num_classes >= 0;
+    LoadReport report = load_pretrained(*model, options);
+    if (!report.ok()) std::cerr << "graft: warning: " << report.to_string() << "\n";
   } else {
     std::cerr << "graft: warning: no --weights for " << args.model
               << ": the model is randomly initialised (pretrained source: " << model->default_cfg().source

@@ -252,7 +252,9 @@ PlanarImage to_planar(const Image& image) {
   const size_t count = size_t(image.width) * image.height;
   out.data.resize(count * 3);
   for (size_t i = 0; i < count; ++i) {
-    for (size_t c = 0; c < 3; ++c) out.data[c * count + i] = image.rgb[i * 3 + c] * (1.0f / 255.0f);
+    // Division, as torchvision's to_tensor (div(255)) and TF.js (x.div(255)) do: multiplying by 1/255 is
+    // off by an ulp for some values.
+    for (size_t c = 0; c < 3; ++c) out.data[c * count + i] = static_cast<float>(image.rgb[i * 3 + c]) / 255.0f;
   }
   return out;
 }
@@ -318,8 +320,49 @@ torch::Tensor planar_to_tensor(const PlanarImage& image) {
   return tensor;
 }
 
+PlanarImage resize_align_corners(const PlanarImage& image, int out_width, int out_height) {
+  if (image.width <= 0 || image.height <= 0 || out_width <= 0 || out_height <= 0) {
+    throw Error("resize_align_corners: empty image or output (" + std::to_string(image.width) + "x" +
+                std::to_string(image.height) + " -> " + std::to_string(out_width) + "x" +
+                std::to_string(out_height) + ")");
+  }
+  // tfjs-backend-cpu ResizeBilinear: with align_corners the corner pixels map onto each other, scale =
+  // (in - 1) / (out - 1); interpolate along x on the two rows, then along y.
+  const auto scale = [](int in, int out) { return out > 1 ? double(in - 1) / double(out - 1) : double(in); };
+  const double scale_y = scale(image.height, out_height), scale_x = scale(image.width, out_width);
+  PlanarImage out;
+  out.width = out_width;
+  out.height = out_height;
+  out.data.resize(size_t(out_width) * out_height * 3);
+  const size_t in_plane = size_t(image.width) * image.height, out_plane = size_t(out_width) * out_height;
+  for (int y = 0; y < out_height; ++y) {
+    const double fy = scale_y * y;
+    const int y0 = static_cast<int>(std::floor(fy));
+    const int y1 = std::min(image.height - 1, static_cast<int>(std::ceil(fy)));
+    const double wy = fy - y0;
+    for (int x = 0; x < out_width; ++x) {
+      const double fx = scale_x * x;
+      const int x0 = static_cast<int>(std::floor(fx));
+      const int x1 = std::min(image.width - 1, static_cast<int>(std::ceil(fx)));
+      const double wx = fx - x0;
+      for (size_t c = 0; c < 3; ++c) {
+        const float* plane = image.data.data() + c * in_plane;
+        const double top_left = plane[size_t(y0) * image.width + x0], top_right = plane[size_t(y0) * image.width + x1];
+        const double bottom_left = plane[size_t(y1) * image.width + x0];
+        const double bottom_right = plane[size_t(y1) * image.width + x1];
+        const double top = top_left + (top_right - top_left) * wx;
+        const double bottom = bottom_left + (bottom_right - bottom_left) * wx;
+        out.data[c * out_plane + size_t(y) * out_width + x] = static_cast<float>(top + (bottom - top) * wy);
+      }
+    }
+  }
+  return out;
+}
+
 int decode_min_side(const TransformConfig& config) {
   if (!config.dct_scaling) return 0;
+  // TF.js-style preprocessing resizes the full decode; a DCT-scaled decode would not match it.
+  if (config.align_corners && !config.train) return 0;
   if (config.train) {
     return static_cast<int>(std::ceil(config.size / std::sqrt(std::max(config.scale_min, 1e-3))));
   }
@@ -330,6 +373,13 @@ torch::Tensor transform_image(const Image& image, const TransformConfig& config,
   if (config.size <= 0) throw Error("transform: size must be positive, got " + std::to_string(config.size));
   if (image.width <= 0 || image.height <= 0) throw Error("transform: empty image");
   const int size = static_cast<int>(config.size);
+  if (config.align_corners && !config.train) {
+    // nsfwjs / TF.js: pixels / 255, then the whole image resized (unless already size x size), no crop.
+    PlanarImage planar = to_planar(image);
+    if (image.width != size || image.height != size) planar = resize_align_corners(planar, size, size);
+    normalize(planar, config.mean, config.std);
+    return planar_to_tensor(planar);
+  }
   Image out;
   if (config.train) {
     const CropBox box = random_resized_crop_box(image.width, image.height, rng, config.scale_min, 1.0);

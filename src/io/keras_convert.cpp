@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <filesystem>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -40,6 +41,30 @@ const std::vector<NameMap>& name_maps() {
            {"conv_pw_%d", "conv_pw_%d", LayerKind::kConv2D, 1, 13},
            {"conv_pw_%d_bn", "conv_pw_%d_bn", LayerKind::kBatchNorm, 1, 13},
            {"conv_preds", "conv_preds", LayerKind::kConv2D},
+       }},
+      // Keras applications' MobileNetV2 (keras/applications/mobilenet_v2.py) into torchvision's names:
+      // Keras block_i is torchvision features.(i + 1); expanded_conv (block 0) has no expansion.
+      {"mobilenet_v2",
+       {
+           {"Conv1", "features.0.0", LayerKind::kConv2D},
+           {"bn_Conv1", "features.0.1", LayerKind::kBatchNorm},
+           {"expanded_conv_depthwise", "features.1.conv.0.0", LayerKind::kDepthwiseConv2D},
+           {"expanded_conv_depthwise_BN", "features.1.conv.0.1", LayerKind::kBatchNorm},
+           {"expanded_conv_project", "features.1.conv.1", LayerKind::kConv2D},
+           {"expanded_conv_project_BN", "features.1.conv.2", LayerKind::kBatchNorm},
+           {"block_%d_expand", "features.%d.conv.0.0", LayerKind::kConv2D, 1, 16, 1},
+           {"block_%d_expand_BN", "features.%d.conv.0.1", LayerKind::kBatchNorm, 1, 16, 1},
+           {"block_%d_depthwise", "features.%d.conv.1.0", LayerKind::kDepthwiseConv2D, 1, 16, 1},
+           {"block_%d_depthwise_BN", "features.%d.conv.1.1", LayerKind::kBatchNorm, 1, 16, 1},
+           {"block_%d_project", "features.%d.conv.2", LayerKind::kConv2D, 1, 16, 1},
+           {"block_%d_project_BN", "features.%d.conv.3", LayerKind::kBatchNorm, 1, 16, 1},
+           {"Conv_1", "features.18.0", LayerKind::kConv2D},
+           {"Conv_1_bn", "features.18.1", LayerKind::kBatchNorm},
+           {"Logits", "classifier.1", LayerKind::kDense},
+           // nsfwjs' head (tag mobilenet_v2.nsfwjs: avg, dense 256, dropout, dense 128, dropout, dense 5).
+           {"dense_1", "classifier.0", LayerKind::kDense, 0, 0, 0, true},
+           {"dense_2", "classifier.2", LayerKind::kDense, 0, 0, 0, true},
+           {"dense_3", "classifier.4", LayerKind::kDense, 0, 0, 0, true},
        }},
   };
   return maps;
@@ -109,7 +134,7 @@ std::map<std::string, LayerTarget> expand(const NameMap& map) {
     const int last = indexed ? rule.last : 0;
     for (int i = first; i <= last; ++i) {
       const std::string keras = substitute(rule.keras, i);
-      if (!out.emplace(keras, LayerTarget{substitute(rule.graft, i), rule.kind}).second) {
+      if (!out.emplace(keras, LayerTarget{substitute(rule.graft, i + rule.offset), rule.kind, rule.custom_head}).second) {
         throw Error("Keras name map '" + map.arch + "': layer '" + keras + "' appears twice");
       }
     }
@@ -313,13 +338,23 @@ const KerasLayer* KerasModel::find_layer(const std::string& name) const {
 }
 
 KerasModel read_keras_file(const std::string& path) {
+  if (std::filesystem::is_directory(path)) {
+    // A TF.js model folder: model.json, or model.min.js as npm packages such as nsfwjs bundle it.
+    for (const char* name : {"model.json", "model.min.js"}) {
+      const std::string file = (std::filesystem::path(path) / name).string();
+      if (std::filesystem::is_regular_file(file)) return read_tfjs_model(file);
+    }
+    throw FormatError(path, "a folder without model.json or model.min.js", "expected a TF.js model folder");
+  }
   std::ifstream in(path, std::ios::binary);
   if (!in) throw FormatError(path, "no such file or not readable");
   char first = 0;
   while (in.get(first) && std::isspace(static_cast<unsigned char>(first))) {
   }
-  // JSON is a TF.js model.json; everything else goes to the HDF5 reader, which checks the signature.
+  // JSON is a TF.js model.json, a .js file one bundled as JavaScript (npm nsfwjs' model.min.js);
+  // everything else goes to the HDF5 reader, which checks the signature.
   if (first == '{') return read_tfjs_model(path);
+  if (path.size() > 3 && path.compare(path.size() - 3, 3, ".js") == 0) return read_tfjs_model(path);
   return read_keras_h5(path);
 }
 

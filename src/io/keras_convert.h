@@ -30,6 +30,8 @@ struct NameMapRule {
   std::string graft;  // graft module path (pattern): "conv_dw_%d"
   LayerKind kind;
   int first = 0, last = 0;  // index range of %d; unused when the names have none
+  int offset = 0;           // graft index = Keras index + offset (Keras block_1 is torchvision features.2)
+  bool custom_head = false;  // a layer of a tag's own head (nsfwjs' dense_1..3): absent from other builds
 };
 
 struct NameMap {
@@ -46,6 +48,7 @@ const NameMap* find_name_map(const std::string& arch);
 struct LayerTarget {
   std::string module;  // graft module path
   LayerKind kind;
+  bool custom_head = false;  // see NameMapRule
 };
 // The rules expanded: Keras layer name -> graft module and kind. Throws Error on a duplicate Keras name.
 std::map<std::string, LayerTarget> expand(const NameMap& map);

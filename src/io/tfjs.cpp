@@ -15,6 +15,7 @@
 #include <sstream>
 
 #include "graft/errors.h"
+#include "io/js_bundle.h"
 #include "io/tfjs.h"
 
 namespace graft {
@@ -187,6 +188,10 @@ struct Group {
   size_t index = 0;  // 1-based, as tfjs-converter numbers groupN-shardMofK
   std::vector<std::string> paths;
   std::vector<uintmax_t> sizes;
+  // Shards shipped as JavaScript bundles (nsfwjs' group1-shard1of1.min.js) are unwrapped when listed;
+  // empty for plain binary shards, which are read when the group is decoded.
+  std::vector<std::vector<uint8_t>> unwrapped;
+  std::vector<bool> bundled;
   std::vector<tfjs::WeightSpec> weights;
 };
 
@@ -230,6 +235,11 @@ std::vector<uint8_t> read_group_bytes(const Group& group) {
   std::vector<uint8_t> bytes(static_cast<size_t>(total));
   size_t offset = 0;
   for (size_t i = 0; i < group.paths.size(); ++i) {
+    if (group.bundled[i]) {
+      std::copy(group.unwrapped[i].begin(), group.unwrapped[i].end(), bytes.begin() + static_cast<ptrdiff_t>(offset));
+      offset += group.unwrapped[i].size();
+      continue;
+    }
     std::ifstream in(group.paths[i], std::ios::binary);
     if (!in.read(reinterpret_cast<char*>(bytes.data() + offset),
                  static_cast<std::streamsize>(group.sizes[i]))) {
@@ -239,6 +249,10 @@ std::vector<uint8_t> read_group_bytes(const Group& group) {
     offset += static_cast<size_t>(group.sizes[i]);
   }
   return bytes;
+}
+
+bool is_bundle(const std::string& path) {
+  return path.size() >= 3 && path.compare(path.size() - 3, 3, ".js") == 0;
 }
 
 std::string layer_of(const std::string& weight_name) {
@@ -251,10 +265,14 @@ std::string layer_of(const std::string& weight_name) {
 KerasModel read_tfjs_model(const std::string& model_json) {
   const std::string& file = model_json;
   json root;
-  try {
-    root = json::parse(read_text(file));
-  } catch (const json::parse_error& e) {
-    throw FormatError(file, std::string("not valid JSON: ") + e.what());
+  if (is_bundle(file)) {
+    root = js::read_bundled_json(file);  // model.min.js: model.json as a JavaScript literal
+  } else {
+    try {
+      root = json::parse(read_text(file));
+    } catch (const json::parse_error& e) {
+      throw FormatError(file, std::string("not valid JSON: ") + e.what());
+    }
   }
   if (!root.is_object()) throw FormatError(file, "not a TF.js model: the JSON is not an object");
   if (root.contains("format") && root["format"] == "graph-model") {
@@ -319,14 +337,24 @@ KerasModel read_tfjs_model(const std::string& model_json) {
       if (name.find("://") != std::string::npos || fs::path(name).is_absolute()) {
         throw FormatError(where, "shard path '" + name + "' is not relative to model.json's folder");
       }
-      const std::string shard = (folder / name).string();
+      std::string shard = (folder / name).string();
       std::error_code error;
+      const std::string bundle = shard + ".min.js";
+      if (!fs::exists(shard, error) && fs::is_regular_file(bundle, error)) {
+        group.unwrapped.push_back(js::read_bundled_bytes(bundle));
+        group.bundled.push_back(true);
+        group.sizes.push_back(group.unwrapped.back().size());
+        group.paths.push_back(bundle);
+        continue;
+      }
       if (!fs::is_regular_file(shard, error)) {
         throw FormatError(shard, "missing",
                           "model.json lists it in weight group " + std::to_string(group.index) +
                               " (first weight '" + (group.weights.empty() ? "" : group.weights.front().name) +
                               "')");
       }
+      group.unwrapped.emplace_back();
+      group.bundled.push_back(false);
       group.sizes.push_back(fs::file_size(shard, error));
       if (error) throw FormatError(shard, "cannot read its size: " + error.message());
       group.paths.push_back(shard);

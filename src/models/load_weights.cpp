@@ -2,6 +2,7 @@
 // architecture's name map, the Keras formats (.h5, TF.js model.json).
 #include <filesystem>
 
+#include "graft/errors.h"
 #include "graft/keras.h"
 #include "graft/registry.h"
 #include "graft/transfer.h"
@@ -17,11 +18,8 @@ bool ends_with(const std::string& text, const std::string& suffix) {
 
 LoadReport load_weights(BackboneImpl& model, const std::string& path, const WeightsOptions& options) {
   // A TF.js model folder, its model.json, or a Keras .h5: read by its format, mapped by the architecture.
-  const std::string model_json = (std::filesystem::path(path) / "model.json").string();
-  if (std::filesystem::is_directory(path) && std::filesystem::is_regular_file(model_json)) {
-    return load_keras_weights(model, read_keras_file(model_json), options);
-  }
-  if (ends_with(path, ".json") || ends_with(path, ".h5") || ends_with(path, ".hdf5")) {
+  if (std::filesystem::is_directory(path)) return load_keras_weights(model, read_keras_file(path), options);
+  if (ends_with(path, ".json") || ends_with(path, ".js") || ends_with(path, ".h5") || ends_with(path, ".hdf5")) {
     return load_keras_weights(model, read_keras_file(path), options);
   }
   const std::string head = head_module_name(model);
@@ -39,6 +37,21 @@ LoadReport load_weights(BackboneImpl& model, const std::string& path, const Weig
     }
   }
   return load_safetensors(model, path, load);
+}
+
+LoadReport load_pretrained(BackboneImpl& model, const WeightsOptions& options) {
+  const PretrainedCfg& cfg = model.default_cfg();
+  const std::string name = model.arch() + "." + cfg.tag;
+  const std::string file = pretrained_file(cfg);
+  if (file.empty()) {
+    throw Error(name + ": graft cannot fetch these weights itself (source: " + cfg.source +
+                "); pass them with --weights FILE");
+  }
+  if (!std::filesystem::is_regular_file(file)) {
+    throw Error(name + ": pretrained weights not found at " + file + "; fetch them once with `" +
+                cfg.fetch_command + "` (source: " + cfg.source + "), or pass --weights FILE");
+  }
+  return load_weights(model, file, options);
 }
 
 }  // namespace graft

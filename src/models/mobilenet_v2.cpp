@@ -10,6 +10,7 @@
 
 #include "graft/errors.h"
 #include "graft/transfer.h"
+#include "layers/conv2d_same.h"
 
 namespace graft {
 namespace {
@@ -27,19 +28,29 @@ int64_t make_divisible(double v, int64_t divisor) {
   return rounded;
 }
 
+nn::BatchNorm2d batch_norm(int64_t channels, const LayerStyle& style) {
+  return nn::BatchNorm2d(nn::BatchNorm2dOptions(channels).eps(style.bn_eps).momentum(style.bn_momentum));
+}
+
 Conv2dNormActivationImpl::Conv2dNormActivationImpl(int64_t in_channels, int64_t out_channels,
-                                                   int64_t kernel_size, int64_t stride, int64_t groups) {
+                                                   int64_t kernel_size, int64_t stride, int64_t groups,
+                                                   const LayerStyle& style) {
   // No conv bias: the BatchNorm right after it has one.
-  push_back(nn::Conv2d(nn::Conv2dOptions(in_channels, out_channels, kernel_size)
-                           .stride(stride)
-                           .padding((kernel_size - 1) / 2)
-                           .groups(groups)
-                           .bias(false)));
-  push_back(nn::BatchNorm2d(out_channels));
+  auto options =
+      nn::Conv2dOptions(in_channels, out_channels, kernel_size).stride(stride).groups(groups).bias(false);
+  if (style.tf_same_padding && stride > 1) {
+    // Keras pads (0, 1) for stride 2 on even sizes (ZeroPadding2D + "valid"); symmetric padding would
+    // shift every window by a pixel.
+    push_back(Conv2dSame(options));
+  } else {
+    push_back(nn::Conv2d(options.padding((kernel_size - 1) / 2)));
+  }
+  push_back(batch_norm(out_channels, style));
   push_back(nn::ReLU6(nn::ReLU6Options().inplace(true)));  // overwrites only the BN output it owns
 }
 
-InvertedResidualImpl::InvertedResidualImpl(int64_t inp, int64_t oup, int64_t stride, int64_t expand_ratio)
+InvertedResidualImpl::InvertedResidualImpl(int64_t inp, int64_t oup, int64_t stride, int64_t expand_ratio,
+                                           const LayerStyle& style)
     : use_res_connect(stride == 1 && inp == oup) {
   if (stride != 1 && stride != 2) {
     throw Error("InvertedResidual: stride must be 1 or 2, got " + std::to_string(stride));
@@ -47,10 +58,12 @@ InvertedResidualImpl::InvertedResidualImpl(int64_t inp, int64_t oup, int64_t str
   const int64_t hidden = inp * expand_ratio;
   nn::Sequential layers;
   // Expand (pw), filter each channel (dw, carries the stride), project back with no activation (pw-linear).
-  if (expand_ratio != 1) layers->push_back(Conv2dNormActivation(inp, hidden, /*kernel_size=*/1));
-  layers->push_back(Conv2dNormActivation(hidden, hidden, /*kernel_size=*/3, stride, /*groups=*/hidden));
+  if (expand_ratio != 1) {
+    layers->push_back(Conv2dNormActivation(inp, hidden, /*kernel_size=*/1, /*stride=*/1, /*groups=*/1, style));
+  }
+  layers->push_back(Conv2dNormActivation(hidden, hidden, /*kernel_size=*/3, stride, /*groups=*/hidden, style));
   layers->push_back(nn::Conv2d(nn::Conv2dOptions(hidden, oup, /*kernel_size=*/1).bias(false)));
-  layers->push_back(nn::BatchNorm2d(oup));
+  layers->push_back(batch_norm(oup, style));
   conv = register_module("conv", layers);
 }
 
@@ -69,19 +82,22 @@ MobileNetV2Impl::MobileNetV2Impl(const MobileNetV2Config& config, int64_t num_cl
   last_channel_ =
       make_divisible(config.last_channel * std::max(1.0, config.width_mult), config.round_nearest);
 
+  const mobilenetv2::LayerStyle style{config.tf_same_padding, config.bn_eps, config.bn_momentum};
   nn::Sequential layers;
-  layers->push_back(mobilenetv2::Conv2dNormActivation(3, input_channel, /*kernel_size=*/3, /*stride=*/2));
+  layers->push_back(
+      mobilenetv2::Conv2dNormActivation(3, input_channel, /*kernel_size=*/3, /*stride=*/2, /*groups=*/1, style));
   feature_types_.push_back("Conv2dNormActivation");
   for (const auto& stage : config.setting) {
     const int64_t output_channel = make_divisible(stage.channels * config.width_mult, config.round_nearest);
     for (int64_t i = 0; i < stage.repeats; ++i) {
       layers->push_back(mobilenetv2::InvertedResidual(input_channel, output_channel,
-                                                      i == 0 ? stage.stride : 1, stage.expand_ratio));
+                                                      i == 0 ? stage.stride : 1, stage.expand_ratio, style));
       feature_types_.push_back("InvertedResidual");
       input_channel = output_channel;
     }
   }
-  layers->push_back(mobilenetv2::Conv2dNormActivation(input_channel, last_channel_, /*kernel_size=*/1));
+  layers->push_back(mobilenetv2::Conv2dNormActivation(input_channel, last_channel_, /*kernel_size=*/1,
+                                                      /*stride=*/1, /*groups=*/1, style));
   feature_types_.push_back("Conv2dNormActivation");
   features = register_module("features", layers);
 
@@ -140,6 +156,10 @@ int64_t MobileNetV2Impl::num_classes() const {
 
 Backbone mobilenet_v2(int64_t num_classes) {
   return std::make_shared<MobileNetV2Impl>(MobileNetV2Config::mobilenet_v2(), num_classes);
+}
+
+Backbone mobilenet_v2_keras(int64_t num_classes) {
+  return std::make_shared<MobileNetV2Impl>(MobileNetV2Config::keras(), num_classes);
 }
 
 }  // namespace graft

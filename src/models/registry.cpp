@@ -3,7 +3,11 @@
 // never loads, so tags point at safetensors copies with identical names where one exists (timm's).
 #include "graft/registry.h"
 
+#include <cstdlib>
+#include <filesystem>
+
 #include "graft/errors.h"
+#include "graft/transfer.h"
 #include "models/darknet.h"
 #include "models/mobilenet_v1.h"
 #include "models/mobilenet_v2.h"
@@ -20,6 +24,26 @@ PretrainedCfg torchvision_in1k(const std::string& tag, const std::string& source
   cfg.source = source;
   cfg.license = "BSD-3-Clause (torchvision)";
   cfg.description = what;
+  return cfg;
+}
+
+// npm nsfwjs@4.4.0 (MIT, Infinite Red): TF.js layers models that scripts/fetch-weights unwraps and converts.
+// Their preprocessing (nsfwjs infer): pixels / 255, bilinear resize with align_corners of the whole image.
+PretrainedCfg nsfwjs_cfg(const std::string& model, int64_t size) {
+  PretrainedCfg cfg;
+  cfg.tag = "nsfwjs";
+  cfg.source = "npm:nsfwjs@4.4.0 package/dist/models/" + model + " (TF.js layers model bundled as .min.js)";
+  cfg.file_format = "tfjs-layers";
+  cfg.input_size = {3, size, size};
+  cfg.mean = {0.0, 0.0, 0.0};
+  cfg.std = {1.0, 1.0, 1.0};
+  cfg.crop_pct = 1.0;
+  cfg.interpolation = "bilinear-align-corners";
+  cfg.num_classes = 5;
+  cfg.labels = "nsfwjs";  // Drawing, Hentai, Neutral, Porn, Sexy
+  cfg.license = "MIT (nsfwjs, Infinite Red)";
+  cfg.cache_file = "nsfwjs-4.4.0/" + model + ".safetensors";
+  cfg.fetch_command = "scripts/fetch-weights nsfwjs";
   return cfg;
 }
 
@@ -50,10 +74,19 @@ std::vector<ModelEntry> build_table() {
   add_vgg("vgg16_bn", vgg16_bn, "VGG-16 with batch normalisation");
   add_vgg("vgg19", vgg19, "VGG-19, configuration E");
   add_vgg("vgg19_bn", vgg19_bn, "VGG-19 with batch normalisation");
-  table.push_back({"mobilenet_v2", "mobilenet", "MobileNetV2 (Sandler et al. 2018), torchvision layout",
-                   mobilenet_v2,
-                   {torchvision_in1k("tv_in1k", "torchvision:mobilenet_v2 IMAGENET1K_V1 (convert to safetensors)",
-                                     tv)}});
+  {
+    // nsfwjs' MobileNetV2 is Keras' (TF padding, BN eps 1e-3) with its own 5-class head; torchvision
+    // names, loaded through the Keras name map.
+    PretrainedCfg nsfwjs = nsfwjs_cfg("mobilenet_v2", 224);
+    nsfwjs.build = mobilenet_v2_keras;
+    nsfwjs.head = "avg,dense:256:relu,dropout:0.5,dense:128:relu,dropout:0.25,dense:5";
+    nsfwjs.description = "nsfwjs 4.4.0 MobileNetV2 (Keras 2.2.4, uint8-quantised TF.js), 5 classes";
+    table.push_back({"mobilenet_v2", "mobilenet", "MobileNetV2 (Sandler et al. 2018), torchvision layout",
+                     mobilenet_v2,
+                     {torchvision_in1k("tv_in1k",
+                                       "torchvision:mobilenet_v2 IMAGENET1K_V1 (convert to safetensors)", tv),
+                      nsfwjs}});
+  }
   // Keras / TF.js imports (graft/keras.h): weights in foreign formats, loaded through name maps.
   {
     PretrainedCfg ml5;
@@ -155,9 +188,34 @@ Backbone create_model(const std::string& name, int64_t num_classes) {
                       "'; its tags are: " + known);
     }
   }
-  Backbone model = entry.build(num_classes < 0 ? cfg->num_classes : num_classes);
-  model->set_default_cfg(*cfg);
+  const auto& build = cfg->build ? cfg->build : entry.build;
+  Backbone model;
+  if (!cfg->head.empty() && num_classes < 0) {
+    model = build(0);  // the tag's head replaces the architecture's classifier
+    model->set_default_cfg(*cfg);
+    model->set_head(HeadSpec::parse(cfg->head));
+  } else {
+    model = build(num_classes < 0 ? cfg->num_classes : num_classes);
+    model->set_default_cfg(*cfg);
+  }
   return model;
+}
+
+std::string cache_dir() {
+  const char* graft = std::getenv("GRAFT_CACHE");
+  if (graft && *graft) return graft;
+  const char* xdg = std::getenv("XDG_CACHE_HOME");
+  if (xdg && *xdg) return (std::filesystem::path(xdg) / "graft").string();
+  const char* home = std::getenv("HOME");
+  if (!home || !*home) {
+    throw Error("cannot find the weights cache: none of GRAFT_CACHE, XDG_CACHE_HOME or HOME is set");
+  }
+  return (std::filesystem::path(home) / ".cache" / "graft").string();
+}
+
+std::string pretrained_file(const PretrainedCfg& cfg) {
+  if (cfg.cache_file.empty()) return "";
+  return (std::filesystem::path(cache_dir()) / cfg.cache_file).string();
 }
 
 }  // namespace graft

@@ -76,6 +76,7 @@ TransformConfig transform_for(const Preprocessing& preprocessing, bool train) {
   t.mean = preprocessing.mean;
   t.std = preprocessing.std;
   t.train = train;
+  t.align_corners = preprocessing.interpolation == "bilinear-align-corners";
   return t;
 }
 
@@ -279,6 +280,12 @@ ImageTrainResult train_image_classifier(const ImageTrainOptions& options, std::o
     w.skip_classifier = true;  // the head is replaced
     LoadReport report = load_weights(*model, options.weights, w);
     log << "weights: " << report.loaded.size() << " tensors from " << options.weights << "\n";
+  } else if (!ModelName::parse(options.model).tag.empty() && !model->default_cfg().cache_file.empty()) {
+    WeightsOptions w;
+    w.skip_classifier = true;
+    LoadReport report = load_pretrained(*model, w);
+    log << "weights: " << report.loaded.size() << " tensors from " << pretrained_file(model->default_cfg())
+        << "\n";
   } else {
     log << "graft: warning: no --weights: " << options.model
         << " starts from random initialisation (pretrained source: " << model->default_cfg().source << ")\n";
