@@ -29,7 +29,8 @@ class ProgressBar {
   ProgressBar(const ProgressBar&) = delete;
   ProgressBar& operator=(const ProgressBar&) = delete;
 
-  // After batch `done` (1-based) with `samples` samples seen so far and the running loss/accuracy.
+  // After batch `done` (1-based) with `samples` samples seen so far and the running loss/accuracy
+  // (loss NaN: a pass that has none, e.g. feature extraction; neither is shown).
   void update(int64_t done, int64_t samples, double loss, double accuracy);
   // Ends the pass: on a terminal the bar line is replaced by `summary`; elsewhere `summary` is printed
   // on its own line. An empty summary just ends the bar's line.

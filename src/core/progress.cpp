@@ -74,8 +74,10 @@ std::string ProgressBar::render(int64_t done, int64_t samples, double loss, doub
                                 : -1.0;
     line << "  ETA " << format_duration(eta);
   }
-  std::snprintf(buffer, sizeof buffer, "  loss %.4f acc %.3f", loss, accuracy);
-  line << buffer;
+  if (!std::isnan(loss)) {  // NaN: a pass without a loss (feature extraction)
+    std::snprintf(buffer, sizeof buffer, "  loss %.4f acc %.3f", loss, accuracy);
+    line << buffer;
+  }
   return line.str();
 }
 

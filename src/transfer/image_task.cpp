@@ -3,6 +3,7 @@
 // Trainer, and the uses of a finished run (evaluate, predict, features).
 #include "graft/image_task.h"
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -130,7 +131,7 @@ FeatureSet extract_features(BackboneImpl& model, DataLoader& loader, torch::Devi
     labels.push_back(batch->labels);
     set.ids.insert(set.ids.end(), batch->ids.begin(), batch->ids.end());
     samples += batch->labels.size(0);
-    bar.update(++done, samples, 0.0, 0.0);
+    bar.update(++done, samples, std::nan(""), 0.0);
   }
   bar.finish(label + ": " + std::to_string(samples) + " images");
   model.train(was_training);

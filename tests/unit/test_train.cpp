@@ -882,6 +882,11 @@ TEST(Progress, RenderShowsBarCountsSpeedEtaLossAccuracy) {
       << text;
   EXPECT_EQ(format_duration(21), "00:21");
   EXPECT_EQ(format_duration(3723), "1:02:03");
+  // A pass without a loss (feature extraction) shows neither loss nor accuracy.
+  const std::string features = bar.render(12, 384, std::nan(""), 0.0, 4.5);
+  EXPECT_NE(features.find("ETA 00:11"), std::string::npos) << features;
+  EXPECT_EQ(features.find("loss"), std::string::npos) << features;
+  EXPECT_EQ(features.find("acc"), std::string::npos) << features;
 }
 
 TEST(Progress, LogModePrintsAtMostEveryTenPercent) {
