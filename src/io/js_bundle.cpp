@@ -41,10 +41,12 @@ class LiteralParser {
       return text_[pos_ - 1] == '0';  // !0 is true, !1 is false
     }
     if (c == '-' || c == '+' || c == '.' || (c >= '0' && c <= '9')) return number();
+    const size_t begin = pos_;
     const std::string word = identifier();
     if (word == "true") return true;
     if (word == "false") return false;
     if (word == "null" || word == "undefined") return nullptr;
+    pos_ = begin;  // report where the offending token starts
     fail(word.empty() ? std::string("unexpected character '") + c + "'"
                       : "'" + word + "' is not a literal (graft never evaluates JavaScript)");
   }

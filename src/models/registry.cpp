@@ -65,6 +65,23 @@ std::vector<ModelEntry> build_table() {
     v2.crop_pct = 224.0 / 232.0;
     table[2].tags.push_back(v2);
   }
+  {
+    // Keras applications' ResNet50 ("v1"; keras/applications/resnet.py): its own build, torchvision names.
+    PretrainedCfg keras;
+    keras.tag = "keras";
+    keras.source =
+        "https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
+        "resnet50_weights_tf_dim_ordering_tf_kernels.h5";
+    keras.file_format = "keras-h5";
+    // 'caffe' preprocessing: BGR (the model flips the channels itself), ImageNet means subtracted from
+    // 0..255 pixels, no scaling. On graft's [0, 1] pixels: mean / 255 and std 1 / 255.
+    keras.mean = {123.68 / 255, 116.779 / 255, 103.939 / 255};
+    keras.std = {1.0 / 255, 1.0 / 255, 1.0 / 255};
+    keras.license = "MIT (Keras Applications; weights from Kaiming He's release)";
+    keras.description = "Keras Applications ImageNet ResNet50 (v1: stride on the 1x1, biased convolutions)";
+    keras.build = resnet50_keras;
+    table[2].tags.push_back(keras);
+  }
   auto add_vgg = [&](const std::string& arch, std::function<Backbone(int64_t)> build, const std::string& what) {
     table.push_back({arch, "vgg", what, std::move(build),
                      {torchvision_in1k("tv_in1k", "torchvision:" + arch + " IMAGENET1K_V1 (convert to safetensors)",

@@ -13,19 +13,23 @@ namespace {
 
 namespace nn = torch::nn;
 
-nn::Conv2d conv3x3(int64_t in, int64_t out, int64_t stride) {
-  return nn::Conv2d(nn::Conv2dOptions(in, out, /*kernel_size=*/3).stride(stride).padding(1).bias(false));
+nn::Conv2d conv3x3(int64_t in, int64_t out, int64_t stride, bool bias = false) {
+  return nn::Conv2d(nn::Conv2dOptions(in, out, /*kernel_size=*/3).stride(stride).padding(1).bias(bias));
 }
 
-nn::Conv2d conv1x1(int64_t in, int64_t out, int64_t stride = 1) {
-  return nn::Conv2d(nn::Conv2dOptions(in, out, /*kernel_size=*/1).stride(stride).bias(false));
+nn::Conv2d conv1x1(int64_t in, int64_t out, int64_t stride = 1, bool bias = false) {
+  return nn::Conv2d(nn::Conv2dOptions(in, out, /*kernel_size=*/1).stride(stride).bias(bias));
+}
+
+nn::BatchNorm2d batch_norm(int64_t channels, const ResNetConfig& config) {
+  return nn::BatchNorm2d(nn::BatchNorm2dOptions(channels).eps(config.bn_eps).momentum(config.bn_momentum));
 }
 
 // The shortcut projection torchvision adds when a block changes stride or width: "downsample.0" (conv)
 // and "downsample.1" (BN). Null when the identity shortcut fits.
-nn::Sequential make_downsample(int64_t inplanes, int64_t outplanes, int64_t stride) {
+nn::Sequential make_downsample(int64_t inplanes, int64_t outplanes, int64_t stride, const ResNetConfig& config = {}) {
   if (stride == 1 && inplanes == outplanes) return nullptr;
-  return nn::Sequential(conv1x1(inplanes, outplanes, stride), nn::BatchNorm2d(outplanes));
+  return nn::Sequential(conv1x1(inplanes, outplanes, stride, config.conv_bias), batch_norm(outplanes, config));
 }
 
 // Blocks use an in-place ReLU as torchvision does: it only ever overwrites tensors the block owns.
@@ -55,16 +59,18 @@ torch::Tensor BasicBlockImpl::forward(const torch::Tensor& x) {
   return relu(out);
 }
 
-BottleneckImpl::BottleneckImpl(int64_t inplanes, int64_t planes, int64_t stride) {
+BottleneckImpl::BottleneckImpl(int64_t inplanes, int64_t planes, int64_t stride, const ResNetConfig& config) {
   const int64_t outplanes = planes * 4;
-  conv1 = register_module("conv1", conv1x1(inplanes, planes));
-  bn1 = register_module("bn1", nn::BatchNorm2d(planes));
-  conv2 = register_module("conv2", conv3x3(planes, planes, stride));  // v1.5: the stride sits here
-  bn2 = register_module("bn2", nn::BatchNorm2d(planes));
-  conv3 = register_module("conv3", conv1x1(planes, outplanes));
-  bn3 = register_module("bn3", nn::BatchNorm2d(outplanes));
+  const bool bias = config.conv_bias;
+  // v1.5 (torchvision) strides the 3x3; v1 (Keras) the first 1x1, which then skips 3 of 4 pixels.
+  conv1 = register_module("conv1", conv1x1(inplanes, planes, config.stride_in_1x1 ? stride : 1, bias));
+  bn1 = register_module("bn1", batch_norm(planes, config));
+  conv2 = register_module("conv2", conv3x3(planes, planes, config.stride_in_1x1 ? 1 : stride, bias));
+  bn2 = register_module("bn2", batch_norm(planes, config));
+  conv3 = register_module("conv3", conv1x1(planes, outplanes, 1, bias));
+  bn3 = register_module("bn3", batch_norm(outplanes, config));
   relu = register_module("relu", inplace_relu());
-  if (auto shortcut = make_downsample(inplanes, outplanes, stride)) {
+  if (auto shortcut = make_downsample(inplanes, outplanes, stride, config)) {
     downsample = register_module("downsample", shortcut);
   }
 }
@@ -82,9 +88,11 @@ torch::Tensor BottleneckImpl::forward(const torch::Tensor& x) {
 ResNetImpl::ResNetImpl(const ResNetConfig& config, int64_t num_classes)
     : BackboneImpl(config.arch), config_(config) {
   check_num_classes(config.arch, num_classes);
-  conv1 = register_module(
-      "conv1", nn::Conv2d(nn::Conv2dOptions(3, 64, /*kernel_size=*/7).stride(2).padding(3).bias(false)));
-  bn1 = register_module("bn1", nn::BatchNorm2d(64));
+  conv1 = register_module("conv1", nn::Conv2d(nn::Conv2dOptions(3, 64, /*kernel_size=*/7)
+                                                  .stride(2)
+                                                  .padding(3)
+                                                  .bias(config.conv_bias)));
+  bn1 = register_module("bn1", batch_norm(64, config));
   relu = register_module("relu", inplace_relu());
   maxpool = register_module("maxpool", nn::MaxPool2d(nn::MaxPool2dOptions(3).stride(2).padding(1)));
 
@@ -96,7 +104,7 @@ ResNetImpl::ResNetImpl(const ResNetConfig& config, int64_t num_classes)
     for (int64_t i = 0; i < config.layers[stage]; ++i) {
       const int64_t block_stride = i == 0 ? stride : 1;
       if (config.bottleneck) {
-        layer->push_back(resnet::Bottleneck(inplanes, planes, block_stride));
+        layer->push_back(resnet::Bottleneck(inplanes, planes, block_stride, config));
       } else {
         layer->push_back(resnet::BasicBlock(inplanes, planes, block_stride));
       }
@@ -115,6 +123,7 @@ ResNetImpl::ResNetImpl(const ResNetConfig& config, int64_t num_classes)
   for (auto& module : modules(/*include_self=*/false)) {
     if (auto* conv = module->as<nn::Conv2d>()) {
       nn::init::kaiming_normal_(conv->weight, /*a=*/0, torch::kFanOut, torch::kReLU);
+      if (conv->bias.defined()) nn::init::zeros_(conv->bias);  // Keras' build: bias initialiser zeros
     } else if (auto* bn = module->as<nn::BatchNorm2d>()) {
       nn::init::ones_(bn->weight);
       nn::init::zeros_(bn->bias);
@@ -124,6 +133,9 @@ ResNetImpl::ResNetImpl(const ResNetConfig& config, int64_t num_classes)
 
 std::vector<ForwardStep> ResNetImpl::feature_steps() {
   std::vector<ForwardStep> steps;
+  if (config_.bgr_input) {
+    steps.push_back({"bgr", "ChannelFlip", [](const torch::Tensor& x) { return x.flip({1}); }});  // RGB -> BGR
+  }
   steps.push_back({"conv1", "Conv2d", [m = conv1.ptr()](const torch::Tensor& x) { return m->forward(x); }});
   steps.push_back({"bn1", "BatchNorm2d", [m = bn1.ptr()](const torch::Tensor& x) { return m->forward(x); }});
   // Not in place: callers may keep each step's output (summary, feature taps).
@@ -195,6 +207,9 @@ Backbone resnet101(int64_t num_classes) {
 }
 Backbone resnet152(int64_t num_classes) {
   return std::make_shared<ResNetImpl>(ResNetConfig::resnet152(), num_classes);
+}
+Backbone resnet50_keras(int64_t num_classes) {
+  return std::make_shared<ResNetImpl>(ResNetConfig::resnet50_keras(), num_classes);
 }
 
 }  // namespace graft

@@ -24,6 +24,16 @@ struct ResNetConfig {
   bool bottleneck = false;          // Bottleneck (1x1-3x3-1x1, expansion 4) or BasicBlock (3x3-3x3)
   std::array<int64_t, 4> layers{};  // blocks in layer1..layer4, e.g. {3, 4, 6, 3}
 
+  // Keras' ResNet50 (keras/applications/resnet.py, "v1"): the stride sits on the first 1x1 convolution,
+  // every convolution has a bias, BatchNorm eps is 1.001e-5 (momentum 0.99, i.e. 0.01 here), and the
+  // weights were trained on BGR input ('caffe' preprocessing), so the first step reverses the channels.
+  // Names stay torchvision's; the Keras name map (keras_convert.cpp) renames.
+  bool stride_in_1x1 = false;
+  bool conv_bias = false;
+  double bn_eps = 1e-5;
+  double bn_momentum = 0.1;
+  bool bgr_input = false;
+
   int64_t expansion() const { return bottleneck ? 4 : 1; }
 
   static ResNetConfig resnet18() { return {"resnet18", false, {2, 2, 2, 2}}; }
@@ -31,6 +41,15 @@ struct ResNetConfig {
   static ResNetConfig resnet50() { return {"resnet50", true, {3, 4, 6, 3}}; }
   static ResNetConfig resnet101() { return {"resnet101", true, {3, 4, 23, 3}}; }
   static ResNetConfig resnet152() { return {"resnet152", true, {3, 8, 36, 3}}; }
+  static ResNetConfig resnet50_keras() {
+    ResNetConfig config = resnet50();
+    config.stride_in_1x1 = true;
+    config.conv_bias = true;
+    config.bn_eps = 1.001e-5;
+    config.bn_momentum = 0.01;
+    config.bgr_input = true;
+    return config;
+  }
 };
 
 // The blocks have a namespace of their own: video ResNets and others define blocks of the same names.
@@ -50,10 +69,11 @@ class BasicBlockImpl : public torch::nn::Module {
 };
 TORCH_MODULE(BasicBlock);
 
-// 1x1 reduce, 3x3 (carries the stride), 1x1 expand x4, plus the shortcut (ResNet-50/101/152).
+// 1x1 reduce, 3x3 (carries the stride; the 1x1 does in Keras' v1), 1x1 expand x4, plus the shortcut
+// (ResNet-50/101/152). `config` supplies the v1 / Keras switches.
 class BottleneckImpl : public torch::nn::Module {
  public:
-  BottleneckImpl(int64_t inplanes, int64_t planes, int64_t stride);
+  BottleneckImpl(int64_t inplanes, int64_t planes, int64_t stride, const ResNetConfig& config = {});
   torch::Tensor forward(const torch::Tensor& x);  // (N, inplanes, H, W) -> (N, 4 * planes, H/s, W/s)
 
   torch::nn::Conv2d conv1{nullptr}, conv2{nullptr}, conv3{nullptr};
@@ -96,5 +116,6 @@ Backbone resnet34(int64_t num_classes);
 Backbone resnet50(int64_t num_classes);
 Backbone resnet101(int64_t num_classes);
 Backbone resnet152(int64_t num_classes);
+Backbone resnet50_keras(int64_t num_classes);  // ResNetConfig::resnet50_keras(), for Keras weights
 
 }  // namespace graft

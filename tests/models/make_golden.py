@@ -39,6 +39,7 @@ ARCHS = {
     "vgg19": 2019,
     "vgg19_bn": 2119,
     "mobilenet_v2": 3002,
+    "resnet50_keras": 5050,
 }
 
 # torch dtype -> safetensors dtype
@@ -89,6 +90,42 @@ def write_safetensors(path, tensors, metadata=None):
     os.replace(tmp, path)
 
 
+class KerasResNet50(torchvision.models.ResNet):
+    """Keras applications' ResNet50 (keras/applications/resnet.py: ResNet50, stack1, block1), built from
+    torchvision's modules so the names are torchvision's: the stride of a block sits on its first 1x1
+    convolution (v1), every convolution has a bias, BatchNorm eps is 1.001e-5, and the network reads BGR
+    (the weights were trained with 'caffe' preprocessing), i.e. it flips the channels of its input."""
+
+    def __init__(self):
+        super().__init__(torchvision.models.resnet.Bottleneck, [3, 4, 6, 3])
+        for module in list(self.modules()):
+            for name, child in list(module.named_children()):
+                if isinstance(child, torch.nn.Conv2d):
+                    conv = torch.nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size,
+                                           child.stride, child.padding, bias=True)
+                    with torch.no_grad():
+                        conv.weight.copy_(child.weight)
+                        conv.bias.uniform_(-0.1, 0.1)
+                    setattr(module, name, conv)
+                elif isinstance(child, torch.nn.BatchNorm2d):
+                    child.eps = 1.001e-5
+        for block in self.modules():
+            if isinstance(block, torchvision.models.resnet.Bottleneck):
+                block.conv1.stride, block.conv2.stride = block.conv2.stride, (1, 1)
+
+    def forward(self, x):
+        return super().forward(x.flip(1))
+
+
+BUILDERS = {"resnet50_keras": KerasResNet50}
+
+
+def build(arch):
+    if arch in BUILDERS:
+        return BUILDERS[arch]()
+    return getattr(torchvision.models, arch)(weights=None, num_classes=1000)
+
+
 def residual_branch_ends(model):
     """The BatchNorm that closes each residual branch (torchvision's zero_init_residual targets)."""
     from torchvision.models.mobilenetv2 import InvertedResidual
@@ -132,6 +169,8 @@ def randomise_batchnorm(model, size):
 @torch.no_grad()
 def feature_map(arch, model, x):
     if arch.startswith("resnet"):
+        if isinstance(model, KerasResNet50):
+            x = x.flip(1)
         x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
         return model.layer4(model.layer3(model.layer2(model.layer1(x))))
     return model.features(x)  # vgg*, mobilenet_v2
@@ -159,7 +198,7 @@ def make(arch, size, out):
             return
     start = time.time()
     torch.manual_seed(ARCHS[arch])
-    model = getattr(torchvision.models, arch)(weights=None, num_classes=1000)
+    model = build(arch)
     randomise_batchnorm(model, size)
     model.eval()
     x = torch.randn(2, 3, size, size)

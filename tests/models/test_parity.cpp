@@ -47,6 +47,7 @@ const ArchCase kArchs[] = {
     {"vgg19", vgg19, "classifier.6", 4096},
     {"vgg19_bn", vgg19_bn, "classifier.6", 4096},
     {"mobilenet_v2", mobilenet_v2, "classifier.1", 1280},
+    {"resnet50_keras", resnet50_keras, "fc", 2048},  // Keras' v1 build (make_golden.py KerasResNet50)
 };
 
 std::string golden_dir() {
@@ -139,7 +140,7 @@ TEST_P(ModelZoo, TransferInterface) {
   std::set<std::string> module_names;
   for (const auto& item : model->named_modules()) module_names.insert(item.key());
   for (const auto& step : model->all_steps()) {
-    const bool label = step.name == "flatten" || step.name == "avgpool";
+    const bool label = step.name == "flatten" || step.name == "avgpool" || step.name == "bgr";
     EXPECT_TRUE(label || module_names.count(step.name))
         << c.arch << ": step '" << step.name << "' (" << step.type << ") names no module";
   }
