@@ -262,8 +262,9 @@ std::string layer_of(const std::string& weight_name) {
 
 }  // namespace
 
-KerasModel read_tfjs_model(const std::string& model_json) {
-  const std::string& file = model_json;
+namespace tfjs {
+
+nlohmann::json read_model_json(const std::string& file) {
   json root;
   if (is_bundle(file)) {
     root = js::read_bundled_json(file);  // model.min.js: model.json as a JavaScript literal
@@ -275,37 +276,14 @@ KerasModel read_tfjs_model(const std::string& model_json) {
     }
   }
   if (!root.is_object()) throw FormatError(file, "not a TF.js model: the JSON is not an object");
-  if (root.contains("format") && root["format"] == "graph-model") {
-    throw FormatError(file, "a TF.js graph model (format \"graph-model\"); graft reads layers models only",
-                      "graph models hold a TensorFlow GraphDef, not a Keras topology");
-  }
-  if (!root.contains("modelTopology") || !root["modelTopology"].is_object()) {
-    throw FormatError(file, "no \"modelTopology\" object: not a TF.js layers model");
-  }
-  const json& topology = root["modelTopology"];
-  if (topology.contains("node")) {
-    throw FormatError(
-        file, "modelTopology is a TensorFlow graph (it has \"node\"); graft reads layers models only");
-  }
+  return root;
+}
 
-  KerasModel model;
-  model.source = file;
-  model.format = "tfjs-layers";
-  if (topology.contains("keras_version") && topology["keras_version"].is_string()) {
-    model.keras_version = topology["keras_version"].get<std::string>();
-  }
-  if (topology.contains("model_config")) {
-    model.model_config = topology["model_config"];
-  } else if (topology.contains("class_name") && topology.contains("config")) {
-    model.model_config = topology;
-  } else {
-    throw FormatError(file, "modelTopology has neither \"model_config\" nor \"class_name\" + \"config\"");
-  }
-  model.layers = parse_keras_layers(model.model_config, file);
-
+NamedTensors read_manifest_weights(const json& root, const std::string& file) {
+  NamedTensors weights;
   if (!root.contains("weightsManifest")) {
     throw FormatError(file, "no \"weightsManifest\": the file lists no weights",
-                      "a layers model needs weightsManifest: [{\"paths\": [...], \"weights\": [...]}]");
+                      "a model.json needs weightsManifest: [{\"paths\": [...], \"weights\": [...]}]");
   }
   const json& manifest = root["weightsManifest"];
   if (!manifest.is_array()) throw FormatError(file, "\"weightsManifest\" is not an array");
@@ -363,17 +341,56 @@ KerasModel read_tfjs_model(const std::string& model_json) {
     const std::vector<uint8_t> bytes = read_group_bytes(group);
     size_t offset = 0;
     for (const auto& spec : group.weights) {
-      torch::Tensor value = tfjs::decode_weight(bytes.data() + offset, spec);
+      weights.emplace_back(spec.name, tfjs::decode_weight(bytes.data() + offset, spec));
       offset += spec.stored_bytes();
-      const std::string layer = layer_of(spec.name);
-      auto it = std::find_if(model.weights.begin(), model.weights.end(),
-                             [&](const KerasLayerWeights& w) { return w.layer == layer; });
-      if (it == model.weights.end()) {
-        model.weights.push_back({layer, {}});
-        it = std::prev(model.weights.end());
-      }
-      it->tensors.emplace_back(spec.name, std::move(value));
     }
+  }
+  return weights;
+}
+
+}  // namespace tfjs
+
+KerasModel read_tfjs_model(const std::string& model_json) {
+  const std::string& file = model_json;
+  const json root = tfjs::read_model_json(file);
+  if (root.contains("format") && root["format"] == "graph-model") {
+    throw FormatError(file, "a TF.js graph model (format \"graph-model\"), not a layers model",
+                      "graph models hold a TensorFlow GraphDef, not a Keras topology: read them with "
+                      "graft::TfjsGraphModel (graft forward --weights takes them)");
+  }
+  if (!root.contains("modelTopology") || !root["modelTopology"].is_object()) {
+    throw FormatError(file, "no \"modelTopology\" object: not a TF.js layers model");
+  }
+  const json& topology = root["modelTopology"];
+  if (topology.contains("node")) {
+    throw FormatError(
+        file, "modelTopology is a TensorFlow graph (it has \"node\"); graft reads layers models only");
+  }
+
+  KerasModel model;
+  model.source = file;
+  model.format = "tfjs-layers";
+  if (topology.contains("keras_version") && topology["keras_version"].is_string()) {
+    model.keras_version = topology["keras_version"].get<std::string>();
+  }
+  if (topology.contains("model_config")) {
+    model.model_config = topology["model_config"];
+  } else if (topology.contains("class_name") && topology.contains("config")) {
+    model.model_config = topology;
+  } else {
+    throw FormatError(file, "modelTopology has neither \"model_config\" nor \"class_name\" + \"config\"");
+  }
+  model.layers = parse_keras_layers(model.model_config, file);
+
+  for (auto& [name, value] : tfjs::read_manifest_weights(root, file)) {
+    const std::string layer = layer_of(name);
+    auto it = std::find_if(model.weights.begin(), model.weights.end(),
+                           [&](const KerasLayerWeights& w) { return w.layer == layer; });
+    if (it == model.weights.end()) {
+      model.weights.push_back({layer, {}});
+      it = std::prev(model.weights.end());
+    }
+    it->tensors.emplace_back(name, std::move(value));
   }
   return model;
 }

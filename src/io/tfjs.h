@@ -29,6 +29,13 @@ WeightSpec parse_weight_spec(const nlohmann::json& entry, const std::string& whe
 // Decodes stored_bytes() bytes at `data` into a float32 tensor of spec.shape.
 torch::Tensor decode_weight(const uint8_t* data, const WeightSpec& spec);
 
+// model.json (or a JavaScript-bundled model.min.js) parsed; throws FormatError naming the file.
+nlohmann::json read_model_json(const std::string& file);
+// Every weight of root's weightsManifest, read from the shards next to `file` and dequantised, in
+// manifest order (float32, Keras / TF layout).
+std::vector<std::pair<std::string, torch::Tensor>> read_manifest_weights(const nlohmann::json& root,
+                                                                         const std::string& file);
+
 // IEEE-754 binary16 -> binary32, exact (subnormals, infinities and NaN included).
 float half_to_float(uint16_t half);
 

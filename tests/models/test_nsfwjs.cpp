@@ -19,8 +19,10 @@
 #include <random>
 
 #include "graft/data.h"
+#include "graft/errors.h"
 #include "graft/registry.h"
 #include "graft/run.h"
+#include "graft/tfjs_graph.h"
 #include "graft/transfer.h"
 #include "graft/weights.h"
 
@@ -136,6 +138,36 @@ TEST_P(NsfwjsGolden, PreprocessingMatchesTfjs) {
   for (int64_t i = 0; i < 4; ++i) {
     EXPECT_EQ(got.output[i].argmax().item<int64_t>(), ref_output[i].argmax().item<int64_t>()) << kImages[i];
   }
+}
+
+// nsfwjs' mobilenet_v2_mid is a TF.js graph model (TF-Hub MobileNetV2 1.4 + Dense, BatchNorm folded into
+// _FusedConv2D): graft's graph interpreter runs it from the same bundle.
+TEST(NsfwjsGraph, MobileNetV2MidMatchesTfjs) {
+  ASSERT_TRUE(fs::is_directory(bundle_dir("mobilenet_v2_mid")))
+      << bundle_dir("mobilenet_v2_mid") << " is missing: run scripts/fetch-weights nsfwjs (scripts/test does)";
+  const TfjsGraphModel graph(bundle_dir("mobilenet_v2_mid"));
+  EXPECT_EQ(graph.inputs(), std::vector<std::string>{"input"});
+  EXPECT_EQ(graph.outputs(), std::vector<std::string>{"Identity"});
+  const std::string features = "StatefulPartitionedCall/sequential/keras_layer/StatefulPartitionedCall/"
+                               "StatefulPartitionedCall/StatefulPartitionedCall/predict/feature_vector/SpatialSqueeze";
+  const std::string logits = "StatefulPartitionedCall/sequential/dense/BiasAdd";
+  const SafeTensorsReader reference(reference_file("mobilenet_v2_mid"));
+  auto got = graph.run(reference.load("input"), {"Identity", features, logits});
+  const double d_output = max_abs_diff(got["Identity"], reference.load("output"));
+  const double d_features = max_abs_diff(got[features], reference.load("features"));
+  const double d_logits = max_abs_diff(got[logits], reference.load("logits"));
+  std::cout << "[ golden   ] mobilenet_v2_mid (graph model): max |diff| features " << d_features << ", logits "
+            << d_logits << ", output " << d_output << "\n";
+  EXPECT_LE(d_features, kFeatureTolerance);
+  EXPECT_LE(d_logits, kFeatureTolerance);
+  EXPECT_LE(d_output, kProbabilityTolerance);
+  const torch::Tensor ref_output = reference.load("output");
+  for (int64_t i = 0; i < 4; ++i) {
+    const int64_t top1 = got["Identity"][i].argmax().item<int64_t>();
+    const int64_t expected = ref_output[i].argmax().item<int64_t>();
+    EXPECT_EQ(top1, expected) << kImages[i] << ": graft says " << kClasses[top1] << ", TF.js says " << kClasses[expected];
+  }
+  EXPECT_THROW(graph.run(reference.load("input"), {"no/such/node"}), Error);
 }
 
 INSTANTIATE_TEST_SUITE_P(Nsfwjs, NsfwjsGolden, ::testing::Values("mobilenet_v2"),
