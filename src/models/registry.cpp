@@ -9,6 +9,7 @@
 #include "graft/errors.h"
 #include "graft/transfer.h"
 #include "models/darknet.h"
+#include "models/efficientnet.h"
 #include "models/mobilenet_v1.h"
 #include "models/mobilenet_v2.h"
 #include "models/resnet.h"
@@ -103,6 +104,17 @@ std::vector<ModelEntry> build_table() {
                      {torchvision_in1k("tv_in1k",
                                        "torchvision:mobilenet_v2 IMAGENET1K_V1 (convert to safetensors)", tv),
                       nsfwjs}});
+  }
+  {
+    // torchvision's names; timm's efficientnet_b0 is another module tree (conv_stem, blocks.N.M, conv_head).
+    // torchvision evaluates these weights at resize 256 (bicubic), centre crop 224.
+    PretrainedCfg b0 =
+        torchvision_in1k("tv_in1k", "torchvision:efficientnet_b0 IMAGENET1K_V1 (convert to safetensors)",
+                         tv + " (ported from timm)");
+    b0.interpolation = "bicubic";
+    b0.crop_pct = 224.0 / 256.0;
+    table.push_back({"efficientnet_b0", "efficientnet", "EfficientNet-B0 (Tan & Le 2019), torchvision layout",
+                     efficientnet_b0, {b0}});
   }
   // Keras / TF.js imports (graft/keras.h): weights in foreign formats, loaded through name maps.
   {

@@ -42,7 +42,7 @@ TEST(Cli, ModelsListsEveryArchitectureAndFilters) {
   EXPECT_EQ(all.status, 0);
   for (const char* name : {"resnet18.tv_in1k", "resnet34.tv_in1k", "resnet50.tv_in1k", "resnet101.tv_in1k",
                            "resnet152.tv_in1k", "vgg16.tv_in1k", "vgg16_bn.tv_in1k", "vgg19.tv_in1k",
-                           "vgg19_bn.tv_in1k", "mobilenet_v2.tv_in1k"}) {
+                           "vgg19_bn.tv_in1k", "mobilenet_v2.tv_in1k", "efficientnet_b0.tv_in1k"}) {
     EXPECT_TRUE(contains(all.output, name)) << name;
   }
   auto vgg = graft("models vgg");
@@ -62,7 +62,7 @@ TEST(Cli, SummaryTotalsEqualTorchvisionParameterCounts) {
       {"resnet18", "11,689,512"}, {"resnet34", "21,797,672"},  {"resnet50", "25,557,032"},
       {"resnet101", "44,549,160"}, {"resnet152", "60,192,808"}, {"vgg16", "138,357,544"},
       {"vgg16_bn", "138,365,992"}, {"vgg19", "143,667,240"},    {"vgg19_bn", "143,678,248"},
-      {"mobilenet_v2", "3,504,872"}};
+      {"mobilenet_v2", "3,504,872"}, {"efficientnet_b0", "5,288,548"}};
   for (const auto& [arch, count] : expected) {
     auto run = graft("summary " + arch + " --input 64");
     ASSERT_EQ(run.status, 0) << arch << ": " << run.output;

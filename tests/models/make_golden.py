@@ -4,19 +4,23 @@
 For each architecture this writes, into --out:
   <arch>.weights.safetensors  the full state_dict (num_batches_tracked included, as int64)
   <arch>.io.safetensors       pixel_values (2, 3, N, N), logits (2, 1000), features (2, C): the
-                              forward_features map averaged over H, W; __metadata__ carries num_params
+                              forward_features map averaged over H, W; __metadata__ carries num_params.
+                              For TRAIN_MODE_ARCHS also train_logits: the logits in train mode right
+                              after torch.manual_seed(train_seed) (__metadata__), which fixes the
+                              stochastic depth and dropout masks
   <arch>.stamp                what the files were made from; an arch whose stamp matches is skipped
 
 BatchNorm is made non-trivial (torchvision's init is weight 1, bias 0, mean 0, var 1): weight and bias
 are drawn at random, then the running statistics are measured on a calibration batch in train mode (so
 activations keep a realistic scale through 150 layers) and perturbed, so the test exercises every BN
-tensor. Reference: torchvision/models/{resnet,vgg,mobilenetv2}.py (torchvision 0.14).
+tensor. Reference: torchvision/models/{resnet,vgg,mobilenetv2,efficientnet}.py (torchvision 0.14).
 
 Run with Debian's python (python3-torch 1.13, python3-torchvision 0.14):
   /usr/bin/python3 tests/models/make_golden.py --out build/golden --size 64 [--archs resnet50,vgg16]
 Set GRAFT_ACCEPT=1 to regenerate even when the stamps match.
 """
 import argparse
+import copy
 import hashlib
 import json
 import os
@@ -40,7 +44,12 @@ ARCHS = {
     "vgg19_bn": 2119,
     "mobilenet_v2": 3002,
     "resnet50_keras": 5050,
+    "efficientnet_b0": 4000,
 }
+
+# Architectures whose training-mode forward draws random numbers (stochastic depth, dropout) in an
+# order graft must reproduce: their io file also holds train_logits.
+TRAIN_MODE_ARCHS = {"efficientnet_b0"}
 
 # torch dtype -> safetensors dtype
 DTYPES = {
@@ -128,6 +137,7 @@ def build(arch):
 
 def residual_branch_ends(model):
     """The BatchNorm that closes each residual branch (torchvision's zero_init_residual targets)."""
+    from torchvision.models.efficientnet import MBConv
     from torchvision.models.mobilenetv2 import InvertedResidual
     from torchvision.models.resnet import BasicBlock, Bottleneck
 
@@ -139,6 +149,8 @@ def residual_branch_ends(model):
             ends.add(m.bn2)
         elif isinstance(m, InvertedResidual) and m.use_res_connect:
             ends.add(m.conv[-1])
+        elif isinstance(m, MBConv) and m.use_res_connect:
+            ends.add(m.block[-1][1])  # the projection's Conv2dNormActivation: conv, BN (no activation)
     return ends
 
 
@@ -173,7 +185,7 @@ def feature_map(arch, model, x):
             x = x.flip(1)
         x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
         return model.layer4(model.layer3(model.layer2(model.layer1(x))))
-    return model.features(x)  # vgg*, mobilenet_v2
+    return model.features(x)  # vgg*, mobilenet_v2, efficientnet_*
 
 
 def stamp_text(arch, size):
@@ -205,13 +217,20 @@ def make(arch, size, out):
     with torch.no_grad():
         logits = model(x)
         features = feature_map(arch, model, x).mean((2, 3))
+    io = {"pixel_values": x, "logits": logits, "features": features}
+    meta = {"arch": arch, "size": size, "torchvision": torchvision.__version__}
+    if arch in TRAIN_MODE_ARCHS:
+        # On a copy: a train-mode pass updates the running statistics that the weights file must hold.
+        training = copy.deepcopy(model).train()
+        meta["train_seed"] = ARCHS[arch] + 1
+        torch.manual_seed(meta["train_seed"])
+        with torch.no_grad():
+            io["train_logits"] = training(x)
     num_params = sum(p.numel() for p in model.parameters())
     if os.path.exists(stamp_path):
         os.remove(stamp_path)  # a half-written set must never look current
     write_safetensors(paths[0], model.state_dict())
-    write_safetensors(paths[1], {"pixel_values": x, "logits": logits, "features": features},
-                      {"arch": arch, "num_params": num_params, "size": size,
-                       "torchvision": torchvision.__version__})
+    write_safetensors(paths[1], io, {**meta, "num_params": num_params})
     with open(stamp_path, "w") as f:
         f.write(stamp)
     print(f"[golden] {arch}: {size}px, {num_params} params, logits |max|={logits.abs().max():.3g}, "

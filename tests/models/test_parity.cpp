@@ -1,8 +1,9 @@
-// Golden parity of the image model zoo (ResNet-18..152, VGG-16/19 with and without BN, MobileNetV2)
-// against torchvision 0.14: tests/models/make_golden.py writes random-initialised torchvision weights,
-// an input and its logits/features; each graft model loads the weights strictly by their torchvision
-// names and must reproduce both outputs within float32 tolerance. A second test checks the transfer
-// interface (steps, reset_classifier) on every architecture.
+// Golden parity of the image model zoo (ResNet-18..152, VGG-16/19 with and without BN, MobileNetV2,
+// EfficientNet-B0) against torchvision 0.14: tests/models/make_golden.py writes random-initialised
+// torchvision weights, an input and its logits/features; each graft model loads the weights strictly by their
+// torchvision names and must reproduce both outputs within float32 tolerance; where the references include
+// train-mode logits (stochastic depth), the same seed must draw the same masks. A second test checks the
+// transfer interface (steps, reset_classifier) on every architecture.
 //
 // The golden folder is the compiled-in GRAFT_GOLDEN_DIR unless the environment variable GRAFT_GOLDEN_DIR
 // names another one (e.g. references made with --size 224).
@@ -16,6 +17,7 @@
 
 #include "graft/model.h"
 #include "graft/weights.h"
+#include "models/efficientnet.h"
 #include "models/mobilenet_v2.h"
 #include "models/resnet.h"
 #include "models/vgg.h"
@@ -48,6 +50,7 @@ const ArchCase kArchs[] = {
     {"vgg19_bn", vgg19_bn, "classifier.6", 4096},
     {"mobilenet_v2", mobilenet_v2, "classifier.1", 1280},
     {"resnet50_keras", resnet50_keras, "fc", 2048},  // Keras' v1 build (make_golden.py KerasResNet50)
+    {"efficientnet_b0", efficientnet_b0, "classifier.1", 1280},
 };
 
 std::string golden_dir() {
@@ -126,6 +129,19 @@ TEST_P(ModelZoo, MatchesTorchvision) {
             << " features max|diff|=" << features_diff.max << std::endl;
   EXPECT_LE(logits_diff.max, kTolerance) << describe(c.arch, "logits", logits, logits_diff);
   EXPECT_LE(features_diff.max, kTolerance) << describe(c.arch, "features", features, features_diff);
+
+  // Train mode draws stochastic depth and dropout masks from torch's generator in torchvision's order, so
+  // the same seed gives the same logits (BatchNorm on batch statistics). Last: it moves the running stats.
+  if (!io.contains("train_logits")) return;
+  const auto seed = io.metadata().find("train_seed");
+  ASSERT_NE(seed, io.metadata().end()) << io_path << ": train_logits without train_seed in __metadata__";
+  model->train();
+  torch::manual_seed(std::stoull(seed->second));
+  const torch::Tensor train_logits = model->forward(x);
+  const Diff train_diff = compare(train_logits, io.load("train_logits"));
+  std::cout << "[parity] " << c.arch << " (" << x.size(2)
+            << "px) train-mode logits max|diff|=" << train_diff.max << std::endl;
+  EXPECT_LE(train_diff.max, kTolerance) << describe(c.arch, "train-mode logits", train_logits, train_diff);
 }
 
 // Steps name real modules, the head can be cut (pre-logits) and replaced, and replacing it keeps
