@@ -34,10 +34,15 @@ ModelSummary summarize(BackboneImpl& model, std::array<int64_t, 2> input_hw) {
   summary.total_params = count_parameters(model);
   summary.trainable_params = count_parameters(model, "", /*trainable_only=*/true);
   bool any_frozen_bn = false;
-  for (const auto& module : model.modules(/*include_self=*/false)) {
+  for (const auto& item : model.named_modules("", /*include_self=*/false)) {
+    const auto& module = item.value();
     if (dynamic_cast<torch::nn::BatchNorm2dImpl*>(module.get()) ||
         dynamic_cast<torch::nn::BatchNorm1dImpl*>(module.get())) {
-      for (const auto& p : module->parameters(false)) any_frozen_bn = any_frozen_bn || !p.requires_grad();
+      for (const auto& p : module->named_parameters(false)) {
+        // A fixed weight (Keras BatchNormalization without gamma) is no frozen layer.
+        if (model.is_fixed_parameter(item.key() + "." + p.key())) continue;
+        any_frozen_bn = any_frozen_bn || !p.value().requires_grad();
+      }
     }
   }
   if (any_frozen_bn) {
