@@ -9,6 +9,7 @@
 #include "graft/errors.h"
 #include "graft/transfer.h"
 #include "models/darknet.h"
+#include "models/inception_v3.h"
 #include "models/mobilenet_v1.h"
 #include "models/mobilenet_v2.h"
 #include "models/resnet.h"
@@ -86,6 +87,20 @@ std::vector<ModelEntry> build_table() {
                      {torchvision_in1k("tv_in1k",
                                        "torchvision:mobilenet_v2 IMAGENET1K_V1 (convert to safetensors)", tv),
                       nsfwjs}});
+  }
+  {
+    // torchvision's IMAGENET1K_V1 (ported from TensorFlow): resize 342, centre crop 299, bilinear. Its state
+    // dict carries AuxLogits.* and the weights expect transform_input, so the tag builds both
+    // (inception_v3_torchvision_pretrained) and the file loads strictly. It is the default tag, so
+    // create_model("inception_v3") builds them too; the builder inception_v3() has neither, as
+    // torchvision's inception_v3(weights=None, aux_logits=False).
+    PretrainedCfg tv_in1k = torchvision_in1k(
+        "tv_in1k", "torchvision:inception_v3 IMAGENET1K_V1 (convert to safetensors; has AuxLogits.*)", tv);
+    tv_in1k.input_size = {3, 299, 299};
+    tv_in1k.crop_pct = 299.0 / 342.0;
+    tv_in1k.build = inception_v3_torchvision_pretrained;
+    const std::string what = "Inception-v3 (Szegedy et al. 2015), torchvision layout";
+    table.push_back({"inception_v3", "inception", what, inception_v3, {tv_in1k}});
   }
   // Keras / TF.js imports (graft/keras.h): weights in foreign formats, loaded through name maps.
   {

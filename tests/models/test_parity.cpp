@@ -1,6 +1,6 @@
-// Golden parity of the image model zoo (ResNet-18..152, VGG-16/19 with and without BN, MobileNetV2)
-// against torchvision 0.14: tests/models/make_golden.py writes random-initialised torchvision weights,
-// an input and its logits/features; each graft model loads the weights strictly by their torchvision
+// Golden parity of the image model zoo (ResNet-18..152, VGG-16/19 with and without BN, MobileNetV2,
+// InceptionV3) against torchvision 0.14: tests/models/make_golden.py writes random-initialised torchvision
+// weights, an input and its logits/features; each graft model loads the weights strictly by their torchvision
 // names and must reproduce both outputs within float32 tolerance. A second test checks the transfer
 // interface (steps, reset_classifier) on every architecture.
 //
@@ -16,6 +16,7 @@
 
 #include "graft/model.h"
 #include "graft/weights.h"
+#include "models/inception_v3.h"
 #include "models/mobilenet_v2.h"
 #include "models/resnet.h"
 #include "models/vgg.h"
@@ -30,6 +31,7 @@ struct ArchCase {
   Backbone (*build)(int64_t num_classes);
   const char* last_layer;  // the Linear reset_classifier replaces
   int64_t pre_logits;      // width of forward_head(.., pre_logits=true)
+  int64_t input_size = 64;  // of the TransferInterface check (InceptionV3 needs >= 75 px)
 };
 
 void PrintTo(const ArchCase& c, std::ostream* os) {
@@ -47,6 +49,7 @@ const ArchCase kArchs[] = {
     {"vgg19", vgg19, "classifier.6", 4096},
     {"vgg19_bn", vgg19_bn, "classifier.6", 4096},
     {"mobilenet_v2", mobilenet_v2, "classifier.1", 1280},
+    {"inception_v3", inception_v3, "fc", 2048, 96},
 };
 
 std::string golden_dir() {
@@ -134,7 +137,7 @@ TEST_P(ModelZoo, TransferInterface) {
   Backbone model = c.build(10);
   model->eval();
   torch::NoGradGuard no_grad;
-  const torch::Tensor x = torch::randn({1, 3, 64, 64});
+  const torch::Tensor x = torch::randn({1, 3, c.input_size, c.input_size});
 
   std::set<std::string> module_names;
   for (const auto& item : model->named_modules()) module_names.insert(item.key());
