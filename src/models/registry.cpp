@@ -99,8 +99,14 @@ std::vector<ModelEntry> build_table() {
     tv_in1k.input_size = {3, 299, 299};
     tv_in1k.crop_pct = 299.0 / 342.0;
     tv_in1k.build = inception_v3_torchvision_pretrained;
+    // nsfwjs' InceptionV3 is Keras' (BatchNorm without gamma, average pools that exclude padding) with its
+    // own 5-class head; torchvision names, loaded through the Keras name map.
+    PretrainedCfg nsfwjs = nsfwjs_cfg("inception_v3", 299);
+    nsfwjs.build = inception_v3_keras;
+    nsfwjs.head = "avg,dense:256:relu,dropout:0.5,dense:128:relu,dropout:0.25,dense:5";
+    nsfwjs.description = "nsfwjs 4.4.0 InceptionV3 (Keras 2.2.4, uint8-quantised TF.js), 5 classes";
     const std::string what = "Inception-v3 (Szegedy et al. 2015), torchvision layout";
-    table.push_back({"inception_v3", "inception", what, inception_v3, {tv_in1k}});
+    table.push_back({"inception_v3", "inception", what, inception_v3, {tv_in1k, nsfwjs}});
   }
   // Keras / TF.js imports (graft/keras.h): weights in foreign formats, loaded through name maps.
   {

@@ -138,8 +138,10 @@ TEST_P(NsfwjsGolden, PreprocessingMatchesTfjs) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Nsfwjs, NsfwjsGolden, ::testing::Values("mobilenet_v2"),
-                         [](const ::testing::TestParamInfo<const char*>& info) { return std::string(info.param); });
+INSTANTIATE_TEST_SUITE_P(Nsfwjs, NsfwjsGolden, ::testing::Values("mobilenet_v2", "inception_v3"),
+                         [](const ::testing::TestParamInfo<const char*>& info) {
+                           return std::string(info.param);
+                         });
 
 }  // namespace
 }  // namespace graft
