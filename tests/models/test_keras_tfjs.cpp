@@ -27,6 +27,7 @@
 #include "graft/keras.h"
 #include "graft/keras_h5.h"
 #include "graft/registry.h"
+#include "graft/summary.h"
 #include "graft/tfjs.h"
 #include "graft/transfer.h"
 #include "graft/weights.h"
@@ -712,6 +713,21 @@ TEST(KerasNameMap, InceptionV3KerasBatchNormWeightIsFixed) {
   EXPECT_FALSE(params[gamma].requires_grad());
   EXPECT_TRUE(params["Mixed_5b.branch1x1.bn.bias"].requires_grad());
   EXPECT_TRUE(torch::equal(params[gamma], torch::ones({64})));
+  // The summary counts a block whose only untrainable weights are fixed ones as trainable, and says why
+  // the non-trainable count is not 0.
+  const ModelSummary summary = summarize(*model, {96, 96});
+  for (const SummaryRow& row : summary.rows) {
+    if (row.name == "Mixed_5b") {
+      EXPECT_EQ(row.fixed_params, 64 + 48 + 64 + 64 + 96 + 96 + 32);
+    }
+    EXPECT_EQ(row.trainable_params, row.params - row.fixed_params) << row.name;
+  }
+  EXPECT_EQ(summary.total_params - summary.trainable_params, 17216);  // the 94 BatchNorms' widths
+  ASSERT_FALSE(summary.notes.empty());
+  EXPECT_NE(summary.notes.front().find("17,216 of the non-trainable params are BatchNorm weights held fixed"),
+            std::string::npos)
+      << summary.notes.front();
+  EXPECT_EQ(summary.to_string().find("partial"), std::string::npos);
   // The torchvision build trains its gammas.
   Backbone torchvision = inception_v3(5);
   EXPECT_FALSE(torchvision->is_fixed_parameter(gamma));
