@@ -8,6 +8,7 @@
 #include <array>
 #include <functional>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -94,11 +95,19 @@ class BackboneImpl : public torch::nn::Module {
   bool frozen_bn_trains() const { return frozen_bn_trains_; }
   void train(bool on = true) override;
 
+  // Parameters that stand for constants of the reference model rather than weights: Keras'
+  // BatchNormalization(scale=False) has no gamma, and graft keeps that BatchNorm's weight at 1. A fixed
+  // parameter has requires_grad false and keeps it whatever a freeze spec says (apply_freeze).
+  bool is_fixed_parameter(const std::string& name) const { return fixed_parameters_.count(name) > 0; }
+
   const std::string& arch() const { return arch_; }
   const PretrainedCfg& default_cfg() const { return cfg_; }
   void set_default_cfg(PretrainedCfg cfg) { cfg_ = std::move(cfg); }
 
  protected:
+  // Marks the parameter `name` (as named_parameters() names it) fixed and sets its requires_grad false.
+  // Throws graft::Error when the model has no such parameter.
+  void fix_parameter(const std::string& name);
   // Drops the custom head and puts the reference classifier back under classifier_name().
   void clear_custom_head();
 
@@ -108,6 +117,7 @@ class BackboneImpl : public torch::nn::Module {
   std::shared_ptr<HeadImpl> head_;
   std::shared_ptr<torch::nn::Module> reference_classifier_;  // what the custom head displaced
   bool frozen_bn_trains_ = false;
+  std::set<std::string> fixed_parameters_;
 };
 
 using Backbone = std::shared_ptr<BackboneImpl>;

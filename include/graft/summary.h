@@ -15,6 +15,7 @@ struct SummaryRow {
   std::vector<int64_t> output_shape;  // without the batch dimension
   int64_t params = 0;
   int64_t trainable_params = 0;
+  int64_t fixed_params = 0;  // constants that never train (BackboneImpl::is_fixed_parameter), in params
 };
 
 struct ModelSummary {

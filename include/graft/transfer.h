@@ -66,6 +66,7 @@ class HeadImpl : public torch::nn::Module {
 struct FreezeReport {
   int64_t frozen_parameters = 0;     // tensors
   int64_t trainable_parameters = 0;  // tensors
+  int64_t fixed_parameters = 0;      // tensors that never train (BackboneImpl::is_fixed_parameter)
   std::vector<std::string> frozen_layers;
 };
 

@@ -23,6 +23,67 @@ namespace keras {
 
 // ---- name maps: data ----------------------------------------------------------------------------
 
+namespace {
+
+// Keras applications' InceptionV3 (keras/applications/inception_v3.py) in torchvision's names. Keras
+// names layers by creation order, one conv2d_i / batch_normalization_i pair per conv2d_bn, and each block
+// creates its convolutions in torchvision's branch order, so a block's n-th BasicConv2d (from 0) is
+// conv2d_(first + n). The shapes check this table: a row off by one fails to load with both shapes.
+struct InceptionBlockNames {
+  const char* module;              // torchvision block ("" for the stem's BasicConv2d modules)
+  int first;                       // Keras index of its first conv2d_bn
+  std::vector<const char*> convs;  // its BasicConv2d children in creation order
+};
+
+std::vector<NameMapRule> inception_v3_rules() {
+  const std::vector<const char*> a{"branch1x1",      "branch5x5_1",    "branch5x5_2", "branch3x3dbl_1",
+                                   "branch3x3dbl_2", "branch3x3dbl_3", "branch_pool"};
+  const std::vector<const char*> b{"branch3x3", "branch3x3dbl_1", "branch3x3dbl_2", "branch3x3dbl_3"};
+  const std::vector<const char*> c{"branch1x1",      "branch7x7_1",    "branch7x7_2",    "branch7x7_3",
+                                   "branch7x7dbl_1", "branch7x7dbl_2", "branch7x7dbl_3", "branch7x7dbl_4",
+                                   "branch7x7dbl_5", "branch_pool"};
+  const std::vector<const char*> d{"branch3x3_1",   "branch3x3_2",   "branch7x7x3_1",
+                                   "branch7x7x3_2", "branch7x7x3_3", "branch7x7x3_4"};
+  const std::vector<const char*> e{"branch1x1",       "branch3x3_1",     "branch3x3_2a",
+                                   "branch3x3_2b",    "branch3x3dbl_1",  "branch3x3dbl_2",
+                                   "branch3x3dbl_3a", "branch3x3dbl_3b", "branch_pool"};
+  // clang-format off
+  const std::vector<InceptionBlockNames> blocks{
+      // block      first  convs       Keras
+      {"",           1, {"Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "Conv2d_3b_1x1", "Conv2d_4a_3x3"}},
+      {"Mixed_5b",   6, a},        // mixed0
+      {"Mixed_5c",  13, a},        // mixed1
+      {"Mixed_5d",  20, a},        // mixed2
+      {"Mixed_6a",  27, b},        // mixed3
+      {"Mixed_6b",  31, c},        // mixed4
+      {"Mixed_6c",  41, c},        // mixed5
+      {"Mixed_6d",  51, c},        // mixed6
+      {"Mixed_6e",  61, c},        // mixed7
+      {"Mixed_7a",  71, d},        // mixed8
+      {"Mixed_7b",  77, e},        // mixed9
+      {"Mixed_7c",  86, e},        // mixed10; its last conv is conv2d_94
+  };
+  // clang-format on
+  std::vector<NameMapRule> rules;
+  for (const InceptionBlockNames& block : blocks) {
+    for (size_t n = 0; n < block.convs.size(); ++n) {
+      const std::string index = std::to_string(block.first + static_cast<int>(n));
+      const std::string path =
+          *block.module ? std::string(block.module) + "." + block.convs[n] : block.convs[n];
+      rules.push_back({"conv2d_" + index, path + ".conv", LayerKind::kConv2D});
+      rules.push_back({"batch_normalization_" + index, path + ".bn", LayerKind::kBatchNorm});
+    }
+  }
+  rules.push_back({"predictions", "fc", LayerKind::kDense});
+  // nsfwjs' head (tag inception_v3.nsfwjs: avg, dense 256, dropout, dense 128, dropout, dense 5).
+  rules.push_back({"dense_1", "fc.0", LayerKind::kDense, 0, 0, 0, true});
+  rules.push_back({"dense_2", "fc.2", LayerKind::kDense, 0, 0, 0, true});
+  rules.push_back({"dense_3", "fc.4", LayerKind::kDense, 0, 0, 0, true});
+  return rules;
+}
+
+}  // namespace
+
 const std::vector<NameMap>& name_maps() {
   static const std::vector<NameMap> maps{
       // ml5's Tiny Darknet (Keras 2.1.6 automatic names). The graft model uses the same names.
@@ -106,6 +167,7 @@ const std::vector<NameMap>& name_maps() {
            {"dense_2", "classifier.2", LayerKind::kDense, 0, 0, 0, true},
            {"dense_3", "classifier.4", LayerKind::kDense, 0, 0, 0, true},
        }},
+      {"inception_v3", inception_v3_rules()},
   };
   return maps;
 }
@@ -141,6 +203,32 @@ bool is_kernel(LayerKind kind, const std::string& short_name) {
   return (kind == LayerKind::kConv2D || kind == LayerKind::kDense)
              ? short_name == "kernel"
              : (kind == LayerKind::kDepthwiseConv2D && short_name == "depthwise_kernel");
+}
+
+// A Keras BatchNormalization saves gamma only with scale=True and beta only with center=True (Keras'
+// InceptionV3 has scale=False): the one it lacks is the identity, gamma 1 or beta 0, which graft's
+// BatchNorm holds as weight / bias. When the topology says the layer has it, the file is incomplete
+// instead: nothing is filled in, and strict loading names the missing tensor.
+void add_missing_affine(const KerasModel& keras, const KerasLayerWeights& layer, const std::string& module,
+                        Converted& out) {
+  std::map<std::string, torch::Tensor> present;
+  for (const auto& [name, tensor] : layer.tensors) present[short_weight_name(name)] = tensor;
+  const auto stats = present.find("moving_mean");
+  if (stats == present.end()) return;  // no size to give them; the strict check names what is missing
+  const KerasLayer* topo = keras.find_layer(layer.layer);
+  struct Affine {
+    const char* keras;   // Keras weight
+    const char* option;  // Keras config flag that creates it
+    const char* graft;   // graft tensor
+    double identity;
+  };
+  for (const Affine& a : {Affine{"gamma", "scale", "weight", 1.0}, Affine{"beta", "center", "bias", 0.0}}) {
+    if (present.count(a.keras)) continue;
+    // Without a topology (a weights-only .h5) the saved weights are the only declaration there is.
+    const bool declared = topo && (!topo->config.contains(a.option) || topo->config.at(a.option) != false);
+    if (declared) continue;
+    out.tensors.emplace_back(module + "." + a.graft, torch::full_like(stats->second, a.identity));
+  }
 }
 
 }  // namespace
@@ -265,6 +353,7 @@ Converted convert(const KerasModel& keras, const NameMap& map) {
       out.origin[full] = Origin{layer.layer, name, tensor.sizes().vec(), t.kind};
     }
     if (t.kind == LayerKind::kBatchNorm) {
+      add_missing_affine(keras, layer, t.module, out);
       // PyTorch counts batches seen in training; Keras does not. 0 is what a fresh BatchNorm holds.
       out.tensors.emplace_back(t.module + ".num_batches_tracked", torch::zeros({}, torch::kLong));
     }

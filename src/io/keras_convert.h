@@ -7,7 +7,8 @@
 //   DepthwiseConv2D     depthwise_kernel (H, W, C, M) -> weight (C * M, 1, H, W);   bias -> bias
 //   Dense               kernel (in, out)              -> weight (out, in);            bias -> bias
 //   BatchNormalization  gamma, beta, moving_mean, moving_variance -> weight, bias, running_mean, running_var
-//                       (+ num_batches_tracked = 0, which Keras does not keep)
+//                       (+ num_batches_tracked = 0, which Keras does not keep; a gamma or beta the
+//                       layer lacks, scale=False or center=False, becomes weight 1 or bias 0)
 #pragma once
 #include <torch/types.h>
 
@@ -40,7 +41,8 @@ struct NameMap {
   std::vector<NameMapRule> rules;
 };
 
-// Every Keras name map graft ships (tiny Darknet of ml5, Keras applications' MobileNet v1).
+// Every Keras name map graft ships (tiny Darknet of ml5, Keras applications' MobileNet v1, MobileNetV2 and
+// InceptionV3 in torchvision's names).
 const std::vector<NameMap>& name_maps();
 // The map serving `arch`: equal to map.arch, or starting with map.arch + "_"; nullptr when none.
 const NameMap* find_name_map(const std::string& arch);

@@ -67,6 +67,15 @@ void BackboneImpl::clear_custom_head() {
   reference_classifier_ = nullptr;
 }
 
+void BackboneImpl::fix_parameter(const std::string& name) {
+  auto params = named_parameters(/*recurse=*/true);
+  if (!params.contains(name)) {
+    throw Error(arch_ + ": fix_parameter('" + name + "'): the model has no such parameter");
+  }
+  params[name].set_requires_grad(false);
+  fixed_parameters_.insert(name);
+}
+
 void BackboneImpl::train(bool on) {
   torch::nn::Module::train(on);
   if (!on || frozen_bn_trains_) return;

@@ -10,6 +10,7 @@
 #include "graft/transfer.h"
 #include "models/darknet.h"
 #include "models/efficientnet.h"
+#include "models/inception_v3.h"
 #include "models/mobilenet_v1.h"
 #include "models/mobilenet_v2.h"
 #include "models/resnet.h"
@@ -115,6 +116,26 @@ std::vector<ModelEntry> build_table() {
     b0.crop_pct = 224.0 / 256.0;
     table.push_back({"efficientnet_b0", "efficientnet", "EfficientNet-B0 (Tan & Le 2019), torchvision layout",
                      efficientnet_b0, {b0}});
+  }
+  {
+    // torchvision's IMAGENET1K_V1 (ported from TensorFlow): resize 342, centre crop 299, bilinear. Its state
+    // dict carries AuxLogits.* and the weights expect transform_input, so the tag builds both
+    // (inception_v3_torchvision_pretrained) and the file loads strictly. It is the default tag, so
+    // create_model("inception_v3") builds them too; the builder inception_v3() has neither, as
+    // torchvision's inception_v3(weights=None, aux_logits=False).
+    PretrainedCfg tv_in1k = torchvision_in1k(
+        "tv_in1k", "torchvision:inception_v3 IMAGENET1K_V1 (convert to safetensors; has AuxLogits.*)", tv);
+    tv_in1k.input_size = {3, 299, 299};
+    tv_in1k.crop_pct = 299.0 / 342.0;
+    tv_in1k.build = inception_v3_torchvision_pretrained;
+    // nsfwjs' InceptionV3 is Keras' (BatchNorm without gamma, average pools that exclude padding) with its
+    // own 5-class head; torchvision names, loaded through the Keras name map.
+    PretrainedCfg nsfwjs = nsfwjs_cfg("inception_v3", 299);
+    nsfwjs.build = inception_v3_keras;
+    nsfwjs.head = "avg,dense:256:relu,dropout:0.5,dense:128:relu,dropout:0.25,dense:5";
+    nsfwjs.description = "nsfwjs 4.4.0 InceptionV3 (Keras 2.2.4, uint8-quantised TF.js), 5 classes";
+    const std::string what = "Inception-v3 (Szegedy et al. 2015), torchvision layout";
+    table.push_back({"inception_v3", "inception", what, inception_v3, {tv_in1k, nsfwjs}});
   }
   // Keras / TF.js imports (graft/keras.h): weights in foreign formats, loaded through name maps.
   {

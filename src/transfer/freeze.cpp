@@ -122,6 +122,11 @@ FreezeReport apply_freeze(BackboneImpl& model, const std::string& spec) {
       }
       for (const auto& glob : globs) frozen = frozen || glob_match(glob, name);
     }
+    if (model.is_fixed_parameter(name)) {  // a constant of the architecture, never trained
+      item.value().set_requires_grad(false);
+      report.fixed_parameters += 1;
+      continue;
+    }
     item.value().set_requires_grad(!frozen);
     (frozen ? report.frozen_parameters : report.trainable_parameters) += 1;
   }

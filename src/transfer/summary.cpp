@@ -15,6 +15,21 @@ std::string format_count(int64_t n) {
   return (n < 0 ? "-" : "") + out;
 }
 
+namespace {
+
+// Elements of the fixed parameters named `prefix` or under `prefix.` (all of them for "").
+int64_t count_fixed(BackboneImpl& model, const std::string& prefix) {
+  int64_t total = 0;
+  for (const auto& item : model.named_parameters(/*recurse=*/true)) {
+    const std::string& name = item.key();
+    if (!prefix.empty() && name != prefix && name.rfind(prefix + ".", 0) != 0) continue;
+    if (model.is_fixed_parameter(name)) total += item.value().numel();
+  }
+  return total;
+}
+
+}  // namespace
+
 ModelSummary summarize(BackboneImpl& model, std::array<int64_t, 2> input_hw) {
   if (input_hw[0] <= 0) input_hw = {model.default_cfg().input_size[1], model.default_cfg().input_size[2]};
   ModelSummary summary;
@@ -27,6 +42,7 @@ ModelSummary summarize(BackboneImpl& model, std::array<int64_t, 2> input_hw) {
     x = step.fn(x);
     SummaryRow row{step.name, step.type, {}, count_parameters(model, step.name),
                    count_parameters(model, step.name, /*trainable_only=*/true)};
+    row.fixed_params = count_fixed(model, step.name);
     for (int64_t d = 1; d < x.dim(); ++d) row.output_shape.push_back(x.size(d));
     summary.rows.push_back(std::move(row));
   }
@@ -34,11 +50,21 @@ ModelSummary summarize(BackboneImpl& model, std::array<int64_t, 2> input_hw) {
   summary.total_params = count_parameters(model);
   summary.trainable_params = count_parameters(model, "", /*trainable_only=*/true);
   bool any_frozen_bn = false;
-  for (const auto& module : model.modules(/*include_self=*/false)) {
+  for (const auto& item : model.named_modules("", /*include_self=*/false)) {
+    const auto& module = item.value();
     if (dynamic_cast<torch::nn::BatchNorm2dImpl*>(module.get()) ||
         dynamic_cast<torch::nn::BatchNorm1dImpl*>(module.get())) {
-      for (const auto& p : module->parameters(false)) any_frozen_bn = any_frozen_bn || !p.requires_grad();
+      for (const auto& p : module->named_parameters(false)) {
+        // A fixed weight (Keras BatchNormalization without gamma) is no frozen layer.
+        if (model.is_fixed_parameter(item.key() + "." + p.key())) continue;
+        any_frozen_bn = any_frozen_bn || !p.value().requires_grad();
+      }
     }
+  }
+  if (const int64_t fixed = count_fixed(model, ""); fixed > 0) {
+    summary.notes.push_back("BatchNorm: " + format_count(fixed) +
+                            " of the non-trainable params are BatchNorm weights held fixed (Keras' "
+                            "BatchNormalization without gamma, i.e. 1)");
   }
   if (any_frozen_bn) {
     summary.notes.push_back(model.frozen_bn_trains()
@@ -65,10 +91,10 @@ std::string ModelSummary::to_string() const {
       << std::setw(14) << "Param #" << "Trainable\n";
   out << std::string(width, '=') << "\n";
   for (const auto& row : rows) {
-    const std::string trainable = row.params == 0                       ? "-"
-                                  : row.trainable_params == row.params ? "Y"
-                                  : row.trainable_params == 0          ? "N"
-                                                                       : "partial";
+    const std::string trainable = row.params == 0                                         ? "-"
+                                  : row.trainable_params == row.params - row.fixed_params ? "Y"
+                                  : row.trainable_params == 0                             ? "N"
+                                                                                          : "partial";
     out << std::left << std::setw(name_width) << (" " + row.name + " (" + row.type + ")") << std::setw(24)
         << shape(row.output_shape) << std::setw(14) << format_count(row.params) << trainable << "\n";
   }

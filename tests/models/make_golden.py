@@ -13,7 +13,9 @@ For each architecture this writes, into --out:
 BatchNorm is made non-trivial (torchvision's init is weight 1, bias 0, mean 0, var 1): weight and bias
 are drawn at random, then the running statistics are measured on a calibration batch in train mode (so
 activations keep a realistic scale through 150 layers) and perturbed, so the test exercises every BN
-tensor. Reference: torchvision/models/{resnet,vgg,mobilenetv2,efficientnet}.py (torchvision 0.14).
+tensor. Reference: torchvision/models/{resnet,vgg,mobilenetv2,efficientnet,inception}.py (torchvision 0.14).
+InceptionV3 is built as graft's plain inception_v3 is: aux_logits=False, transform_input=False, torchvision's
+init_weights=True, and is made at max(--size, MIN_SIZE) px (128 at the default 64: it needs >= 75).
 
 Run with Debian's python (python3-torch 1.13, python3-torchvision 0.14):
   /usr/bin/python3 tests/models/make_golden.py --out build/golden --size 64 [--archs resnet50,vgg16]
@@ -45,11 +47,32 @@ ARCHS = {
     "mobilenet_v2": 3002,
     "resnet50_keras": 5050,
     "efficientnet_b0": 4000,
+    "inception_v3": 4003,
 }
 
 # Architectures whose training-mode forward draws random numbers (stochastic depth, dropout) in an
 # order graft must reproduce: their io file also holds train_logits.
 TRAIN_MODE_ARCHS = {"efficientnet_b0"}
+
+# Smallest input an arch is tested at, whatever --size says. InceptionV3 needs >= 75 px (torchvision's
+# min_size); at 128 its last grid is still 2 x 2, so the final pooling averages more than one cell.
+MIN_SIZE = {
+    "inception_v3": 128,
+}
+
+# BatchNorm randomisation ranges (see randomise_batchnorm) that differ from the default. InceptionV3 runs
+# up to 47 BatchNorms deep in eval mode, and every BN that enlarges its channel beyond the calibrated scale
+# (gamma > 1, running variance scaled below the measured one) compounds: with the default ranges its
+# features reach ~200 and float32 rounding alone (torch float32 vs float64) differs by 6e-4. Ranges that
+# only shrink keep them ~20 and that rounding noise ~4e-5, as a trained network's would be.
+BN_RANGES = {
+    "inception_v3": {"gamma": (0.5, 1.0), "var_scale": (1.0, 1.4)},
+}
+
+# Feature extractor of the archs without a `features` module: their blocks in forward order.
+INCEPTION_V3_FEATURES = ["Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1",
+                         "Conv2d_4a_3x3", "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b",
+                         "Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c"]
 
 # torch dtype -> safetensors dtype
 DTYPES = {
@@ -155,7 +178,7 @@ def residual_branch_ends(model):
 
 
 @torch.no_grad()
-def randomise_batchnorm(model, size):
+def randomise_batchnorm(model, size, gamma=(0.5, 1.5), var_scale=(0.7, 1.4)):
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     if not bns:
         return
@@ -164,7 +187,7 @@ def randomise_batchnorm(model, size):
     # with 1 vs 2 threads differs by 1e-3 there) would exceed the test's 1e-4 tolerance.
     ends = residual_branch_ends(model)
     for bn in bns:
-        bn.weight.uniform_(0.1, 0.4) if bn in ends else bn.weight.uniform_(0.5, 1.5)
+        bn.weight.uniform_(0.1, 0.4) if bn in ends else bn.weight.uniform_(*gamma)
         bn.bias.uniform_(-0.5, 0.5)
         bn.momentum = 1.0  # the next train-mode pass overwrites the running stats with its batch stats
     model.train()
@@ -172,7 +195,7 @@ def randomise_batchnorm(model, size):
     for bn in bns:
         std = bn.running_var.sqrt()
         bn.running_mean.add_(0.2 * std * torch.randn_like(std))
-        bn.running_var.mul_(torch.empty_like(std).uniform_(0.7, 1.4))
+        bn.running_var.mul_(torch.empty_like(std).uniform_(*var_scale))
         bn.momentum = 0.1
         bn.num_batches_tracked.fill_(int(torch.randint(1, 100000, ()).item()))
     model.eval()
@@ -185,6 +208,10 @@ def feature_map(arch, model, x):
             x = x.flip(1)
         x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
         return model.layer4(model.layer3(model.layer2(model.layer1(x))))
+    if arch == "inception_v3":
+        for name in INCEPTION_V3_FEATURES:
+            x = getattr(model, name)(x)
+        return x
     return model.features(x)  # vgg*, mobilenet_v2, efficientnet_*
 
 
@@ -210,8 +237,12 @@ def make(arch, size, out):
             return
     start = time.time()
     torch.manual_seed(ARCHS[arch])
-    model = build(arch)
-    randomise_batchnorm(model, size)
+    if arch == "inception_v3":
+        model = torchvision.models.inception_v3(weights=None, num_classes=1000, aux_logits=False,
+                                                transform_input=False, init_weights=True)
+    else:
+        model = build(arch)
+    randomise_batchnorm(model, size, **BN_RANGES.get(arch, {}))
     model.eval()
     x = torch.randn(2, 3, size, size)
     with torch.no_grad():
@@ -252,7 +283,7 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     for arch in archs:
-        make(arch, args.size, args.out)
+        make(arch, max(args.size, MIN_SIZE.get(arch, 0)), args.out)
 
 
 if __name__ == "__main__":

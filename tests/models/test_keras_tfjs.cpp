@@ -19,6 +19,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <sstream>
 
@@ -26,13 +27,16 @@
 #include "graft/keras.h"
 #include "graft/keras_h5.h"
 #include "graft/registry.h"
+#include "graft/summary.h"
 #include "graft/tfjs.h"
 #include "graft/transfer.h"
 #include "graft/weights.h"
 #include "io/keras_convert.h"
 #include "io/tfjs.h"
 #include "models/darknet.h"
+#include "models/inception_v3.h"
 #include "models/mobilenet_v1.h"
+#include "models/mobilenet_v2.h"
 
 namespace graft {
 namespace {
@@ -636,24 +640,37 @@ TEST(KerasH5, DamagedFilesNameFileAndDataset) {
 
 TEST(KerasNameMap, TablesCoverEveryModelTensor) {
   struct Case {
-    const char* model;
+    const char* model;  // registry name
+    std::function<Backbone()> build;
     size_t layers;  // Keras layers with weights the map names
   };
-  for (const Case& c :
-       {Case{"darknet_tiny", 31}, Case{"mobilenet_v1_025", 55}, Case{"mobilenet_v1_100", 55},
-        Case{"resnet50.keras", 107}, Case{"mobilenet_v2.nsfwjs", 108}, Case{"mobilenet_v2", 108}}) {
-    Backbone model = create_model(c.model);
+  auto registry = [](const char* name) { return [name] { return create_model(name); }; };
+  const Case cases[] = {
+      {"darknet_tiny", registry("darknet_tiny"), 31},
+      {"mobilenet_v1_025", registry("mobilenet_v1_025"), 55},
+      {"mobilenet_v1_100", registry("mobilenet_v1_100"), 55},
+      {"resnet50.keras", registry("resnet50.keras"), 107},
+      // Keras applications' builds (classifier "Logits" / "predictions"), then the nsfwjs tags, whose
+      // custom head replaces it: 2 + 4 + 16 * 6 + 2 + 1 + 3 nsfwjs Dense and 94 * 2 + 1 + 3.
+      {"mobilenet_v2 (Keras build)", [] { return mobilenet_v2_keras(1000); }, 108},
+      {"mobilenet_v2.nsfwjs", registry("mobilenet_v2.nsfwjs"), 108},
+      {"inception_v3 (Keras build)", [] { return inception_v3_keras(1000); }, 192},
+      {"inception_v3.nsfwjs", registry("inception_v3.nsfwjs"), 192},
+  };
+  for (const Case& c : cases) {
+    Backbone model = c.build();
     const keras::NameMap* map = keras::find_name_map(model->arch());
     ASSERT_NE(map, nullptr) << c.model;
     const auto expanded = keras::expand(*map);
     EXPECT_EQ(expanded.size(), c.layers) << c.model;
-    // Every module the map names exists, and every model tensor is some map entry's.
+    // Every module the map names exists, and every model tensor is some map entry's. A tag's own head
+    // (custom_head rows) exists only in that tag's build.
     auto modules = model->named_modules("", /*include_self=*/false);
     std::set<std::string> covered;
     for (const auto& [keras_name, target] : expanded) {
-      if (target.custom_head && !modules.find(target.module)) continue;  // another tag's head
+      if (target.custom_head && !model->has_custom_head() && modules.find(target.module) == nullptr) continue;
       ASSERT_NE(modules.find(target.module), nullptr)
-          << c.model << ": map names missing module " << target.module;
+          << c.model << ": map names missing module " << target.module << " (Keras '" << keras_name << "')";
       for (const auto& item : modules[target.module]->named_parameters())
         covered.insert(target.module + "." + item.key());
       for (const auto& item : modules[target.module]->named_buffers())
@@ -674,6 +691,101 @@ TEST(KerasNameMap, TablesCoverEveryModelTensor) {
   const auto mobilenet = keras::expand(*keras::find_name_map("mobilenet_v1_025"));
   EXPECT_EQ(mobilenet.at("conv_dw_13").kind, keras::LayerKind::kDepthwiseConv2D);
   EXPECT_EQ(mobilenet.at("conv_pw_7_bn").module, "conv_pw_7_bn");
+}
+
+TEST(KerasNameMap, InceptionV3RowsFollowKerasCreationOrder) {
+  const auto inception = keras::expand(*keras::find_name_map("inception_v3"));
+  EXPECT_EQ(inception.at("conv2d_1").module, "Conv2d_1a_3x3.conv");
+  EXPECT_EQ(inception.at("batch_normalization_5").module, "Conv2d_4a_3x3.bn");
+  EXPECT_EQ(inception.at("conv2d_12").module, "Mixed_5b.branch_pool.conv");  // mixed0's average-pool branch
+  EXPECT_EQ(inception.at("conv2d_27").module, "Mixed_6a.branch3x3.conv");
+  EXPECT_EQ(inception.at("conv2d_34").module, "Mixed_6b.branch7x7_3.conv");
+  EXPECT_EQ(inception.at("conv2d_76").module, "Mixed_7a.branch7x7x3_4.conv");
+  EXPECT_EQ(inception.at("conv2d_80").module, "Mixed_7b.branch3x3_2b.conv");
+  EXPECT_EQ(inception.at("batch_normalization_94").module, "Mixed_7c.branch_pool.bn");
+  EXPECT_EQ(inception.at("batch_normalization_94").kind, keras::LayerKind::kBatchNorm);
+  EXPECT_EQ(inception.count("conv2d_95"), 0u);
+  EXPECT_EQ(inception.at("predictions").module, "fc");
+  EXPECT_TRUE(inception.at("dense_2").custom_head);
+  EXPECT_EQ(inception.at("dense_2").module, "fc.2");
+}
+
+// Keras' InceptionV3 BatchNormalization has scale=False: no gamma in the file, and graft's BN weight is 1.
+TEST(KerasNameMap, BatchNormWithoutGammaOrBetaIsTheIdentity) {
+  const keras::NameMap& map = *keras::find_name_map("inception_v3");
+  auto make = [](bool with_beta) {
+    KerasModel keras;
+    keras.source = "test.h5";
+    KerasLayerWeights bn{"batch_normalization_1", {}};
+    if (with_beta) bn.tensors.emplace_back("batch_normalization_1/beta:0", torch::full({32}, 0.5));
+    bn.tensors.emplace_back("batch_normalization_1/moving_mean:0", torch::full({32}, 0.25));
+    bn.tensors.emplace_back("batch_normalization_1/moving_variance:0", torch::full({32}, 2.0));
+    keras.weights.push_back(bn);
+    return keras;
+  };
+  auto find = [](const keras::Converted& converted, const std::string& name) {
+    for (const auto& [n, t] : converted.tensors)
+      if (n == name) return t;
+    return torch::Tensor();
+  };
+  // Weights only (no topology): the saved weights are the declaration.
+  const keras::Converted weights_only = keras::convert(make(true), map);
+  const torch::Tensor gamma = find(weights_only, "Conv2d_1a_3x3.bn.weight");
+  ASSERT_TRUE(gamma.defined()) << "gamma not filled in";
+  EXPECT_TRUE(torch::equal(gamma, torch::ones({32})));
+  EXPECT_TRUE(torch::equal(find(weights_only, "Conv2d_1a_3x3.bn.bias"), torch::full({32}, 0.5)));
+  // center=False as well: beta is 0.
+  const keras::Converted no_beta = keras::convert(make(false), map);
+  EXPECT_TRUE(torch::equal(find(no_beta, "Conv2d_1a_3x3.bn.bias"), torch::zeros({32})));
+
+  // A topology that says scale=False agrees; one that keeps scale (Keras' default) makes the file
+  // incomplete: nothing is filled in, and strict loading reports the missing weight.
+  KerasModel scale_false = make(true);
+  scale_false.layers.push_back({"batch_normalization_1",
+                                "BatchNormalization",
+                                json{{"name", "batch_normalization_1"}, {"scale", false}, {"epsilon", 0.001}},
+                                {"conv2d_1"}});
+  EXPECT_TRUE(
+      torch::equal(find(keras::convert(scale_false, map), "Conv2d_1a_3x3.bn.weight"), torch::ones({32})));
+  KerasModel scale_default = scale_false;
+  scale_default.layers.front().config.erase("scale");
+  const keras::Converted incomplete = keras::convert(scale_default, map);
+  EXPECT_FALSE(find(incomplete, "Conv2d_1a_3x3.bn.weight").defined());
+  EXPECT_TRUE(find(incomplete, "Conv2d_1a_3x3.bn.running_var").defined());
+}
+
+// The Keras build keeps every BatchNorm weight at 1, untrainable, whatever a freeze spec says.
+TEST(KerasNameMap, InceptionV3KerasBatchNormWeightIsFixed) {
+  Backbone model = inception_v3_keras(5);
+  const std::string gamma = "Mixed_5b.branch1x1.bn.weight";
+  EXPECT_TRUE(model->is_fixed_parameter(gamma));
+  EXPECT_FALSE(model->is_fixed_parameter("Mixed_5b.branch1x1.bn.bias"));
+  const FreezeReport report = apply_freeze(*model, "none");
+  EXPECT_EQ(report.fixed_parameters, 94);
+  EXPECT_EQ(report.frozen_parameters, 0);
+  auto params = model->named_parameters();
+  EXPECT_FALSE(params[gamma].requires_grad());
+  EXPECT_TRUE(params["Mixed_5b.branch1x1.bn.bias"].requires_grad());
+  EXPECT_TRUE(torch::equal(params[gamma], torch::ones({64})));
+  // The summary counts a block whose only untrainable weights are fixed ones as trainable, and says why
+  // the non-trainable count is not 0.
+  const ModelSummary summary = summarize(*model, {96, 96});
+  for (const SummaryRow& row : summary.rows) {
+    if (row.name == "Mixed_5b") {
+      EXPECT_EQ(row.fixed_params, 64 + 48 + 64 + 64 + 96 + 96 + 32);
+    }
+    EXPECT_EQ(row.trainable_params, row.params - row.fixed_params) << row.name;
+  }
+  EXPECT_EQ(summary.total_params - summary.trainable_params, 17216);  // the 94 BatchNorms' widths
+  ASSERT_FALSE(summary.notes.empty());
+  EXPECT_NE(summary.notes.front().find("17,216 of the non-trainable params are BatchNorm weights held fixed"),
+            std::string::npos)
+      << summary.notes.front();
+  EXPECT_EQ(summary.to_string().find("partial"), std::string::npos);
+  // The torchvision build trains its gammas.
+  Backbone torchvision = inception_v3(5);
+  EXPECT_FALSE(torchvision->is_fixed_parameter(gamma));
+  EXPECT_TRUE(torchvision->named_parameters()[gamma].requires_grad());
 }
 
 TEST(KerasNameMap, WeightNamesAndLayouts) {

@@ -170,8 +170,10 @@ TEST(NsfwjsGraph, MobileNetV2MidMatchesTfjs) {
   EXPECT_THROW(graph.run(reference.load("input"), {"no/such/node"}), Error);
 }
 
-INSTANTIATE_TEST_SUITE_P(Nsfwjs, NsfwjsGolden, ::testing::Values("mobilenet_v2"),
-                         [](const ::testing::TestParamInfo<const char*>& info) { return std::string(info.param); });
+INSTANTIATE_TEST_SUITE_P(Nsfwjs, NsfwjsGolden, ::testing::Values("mobilenet_v2", "inception_v3"),
+                         [](const ::testing::TestParamInfo<const char*>& info) {
+                           return std::string(info.param);
+                         });
 
 }  // namespace
 }  // namespace graft

@@ -1,5 +1,5 @@
 // Golden parity of the image model zoo (ResNet-18..152, VGG-16/19 with and without BN, MobileNetV2,
-// EfficientNet-B0) against torchvision 0.14: tests/models/make_golden.py writes random-initialised
+// EfficientNet-B0, InceptionV3) against torchvision 0.14: tests/models/make_golden.py writes random-initialised
 // torchvision weights, an input and its logits/features; each graft model loads the weights strictly by their
 // torchvision names and must reproduce both outputs within float32 tolerance; where the references include
 // train-mode logits (stochastic depth), the same seed must draw the same masks. A second test checks the
@@ -18,6 +18,7 @@
 #include "graft/model.h"
 #include "graft/weights.h"
 #include "models/efficientnet.h"
+#include "models/inception_v3.h"
 #include "models/mobilenet_v2.h"
 #include "models/resnet.h"
 #include "models/vgg.h"
@@ -32,6 +33,7 @@ struct ArchCase {
   Backbone (*build)(int64_t num_classes);
   const char* last_layer;  // the Linear reset_classifier replaces
   int64_t pre_logits;      // width of forward_head(.., pre_logits=true)
+  int64_t input_size = 64;  // of the TransferInterface check (InceptionV3 needs >= 75 px)
 };
 
 void PrintTo(const ArchCase& c, std::ostream* os) {
@@ -51,6 +53,7 @@ const ArchCase kArchs[] = {
     {"mobilenet_v2", mobilenet_v2, "classifier.1", 1280},
     {"resnet50_keras", resnet50_keras, "fc", 2048},  // Keras' v1 build (make_golden.py KerasResNet50)
     {"efficientnet_b0", efficientnet_b0, "classifier.1", 1280},
+    {"inception_v3", inception_v3, "fc", 2048, 96},
 };
 
 std::string golden_dir() {
@@ -151,7 +154,7 @@ TEST_P(ModelZoo, TransferInterface) {
   Backbone model = c.build(10);
   model->eval();
   torch::NoGradGuard no_grad;
-  const torch::Tensor x = torch::randn({1, 3, 64, 64});
+  const torch::Tensor x = torch::randn({1, 3, c.input_size, c.input_size});
 
   std::set<std::string> module_names;
   for (const auto& item : model->named_modules()) module_names.insert(item.key());
