@@ -228,10 +228,6 @@ void truncate_pair(Encoding& first, Encoding* second, size_t max_length, Truncat
 void pad_to(Encoding& e, size_t length, const Tokenizer& tokenizer, bool left) {
   if (e.size() >= length) return;
   const auto pad = tokenizer.pad_id();
-  if (!pad) {
-    throw Error(tokenizer.source() + ": padding needs a pad token and this tokenizer has none (GPT-2 has " +
-                "none: call set_pad_token(\"<|endoftext|>\") or pad yourself)");
-  }
   const size_t n = length - e.size();
   const std::string& token = tokenizer.id_to_token(*pad);
   const auto grow = [&](auto& v, auto value) { v.insert(left ? v.begin() : v.end(), n, value); };
@@ -248,7 +244,13 @@ size_t round_up(size_t length, size_t multiple) {
   return multiple == 0 ? length : (length + multiple - 1) / multiple * multiple;
 }
 
-void check_options(const EncodeOptions& options, const std::string& source) {
+void check_options(const EncodeOptions& options, const Tokenizer& tokenizer) {
+  const std::string& source = tokenizer.source();
+  // Refused whether or not this batch happens to need padding, so that code does not work by luck.
+  if (options.padding != Padding::kNone && !tokenizer.pad_id()) {
+    throw Error(source + ": padding needs a pad token and this tokenizer has none (GPT-2 has none: call " +
+                "set_pad_token(\"<|endoftext|>\") first, or pad yourself)");
+  }
   if ((options.truncation != Truncation::kNone || options.padding == Padding::kMaxLength) &&
       options.max_length == 0) {
     throw Error(source + ": truncation and padding to max_length need EncodeOptions::max_length > 0");
@@ -367,13 +369,13 @@ Encoding Tokenizer::finish(Encoding first, std::optional<Encoding> second,
 }
 
 Encoding Tokenizer::encode(std::string_view text, const EncodeOptions& options) const {
-  check_options(options, source());
+  check_options(options, *this);
   return finish(encode_one(text, 0), std::nullopt, options);
 }
 
 Encoding Tokenizer::encode_pair(std::string_view first, std::string_view second,
                                 const EncodeOptions& options) const {
-  check_options(options, source());
+  check_options(options, *this);
   return finish(encode_one(first, 0), encode_one(second, 1), options);
 }
 
@@ -400,7 +402,7 @@ std::vector<Encoding> encode_many(size_t n, size_t total_bytes, const EncodeOpti
 
 std::vector<Encoding> Tokenizer::encode_batch(const std::vector<std::string>& texts,
                                               const EncodeOptions& options) const {
-  check_options(options, source());
+  check_options(options, *this);
   size_t bytes = 0;
   for (const auto& t : texts) bytes += t.size();
   return encode_many(texts.size(), bytes, options, *this,
@@ -409,7 +411,7 @@ std::vector<Encoding> Tokenizer::encode_batch(const std::vector<std::string>& te
 
 std::vector<Encoding> Tokenizer::encode_pair_batch(
     const std::vector<std::pair<std::string, std::string>>& pairs, const EncodeOptions& options) const {
-  check_options(options, source());
+  check_options(options, *this);
   size_t bytes = 0;
   for (const auto& [a, b] : pairs) bytes += a.size() + b.size();
   return encode_many(pairs.size(), bytes, options, *this, [&](size_t i, const EncodeOptions& o) {

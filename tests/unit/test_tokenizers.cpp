@@ -404,6 +404,7 @@ TEST(TokenizerPadding, Gpt2HasNoPadTokenUntilOneIsChosen) {
   EncodeOptions o;
   o.padding = Padding::kLongest;
   EXPECT_THROW(gpt2->encode_batch({"Hello, world!", "Hello"}, o), Error);
+  EXPECT_THROW(gpt2->encode_batch({"Hello", "Hello"}, o), Error);  // even when nothing needs padding
   gpt2->set_pad_token("<|endoftext|>");
   const auto batch = gpt2->encode_batch({"Hello, world!", "Hello"}, o);
   EXPECT_EQ(batch[1].ids, (std::vector<int64_t>{15496, 50256, 50256, 50256}));
