@@ -411,7 +411,8 @@ std::unique_ptr<Tokenizer::Core> read_bpe_files(const std::string& vocab_json, c
   auto core = std::make_unique<Tokenizer::Core>();
   core->source = vocab_json;
   core->set_vocab(vocab_from_json_file(vocab_json));
-  for (const char* name : {"<|endoftext|>"}) {
+  // GPT-2's one special token, and RoBERTa's, which ships the same two files.
+  for (const char* name : {"<|endoftext|>", "<s>", "</s>", "<pad>", "<unk>", "<mask>"}) {
     if (auto id = core->find(name)) core->add_token(AddedToken{name, *id});
   }
 
