@@ -12,6 +12,7 @@
 
 #include "graft/errors.h"
 #include "graft/tokenizer.h"
+#include "graft/tokenizer_tensors.h"
 
 namespace graft {
 namespace {
@@ -397,6 +398,21 @@ TEST_F(Tokenizers, PaddingToMaxLengthAndToTheLongestOfABatch) {
   EncodeOptions missing;
   missing.padding = Padding::kMaxLength;
   EXPECT_THROW(bert_txt_->encode("a", missing), Error);
+}
+
+TEST_F(Tokenizers, PaddedBatchAsTensors) {
+  EncodeOptions longest;
+  longest.padding = Padding::kLongest;
+  const EncodedBatch t = to_tensors(bert_txt_->encode_batch({"hello", "how are you"}, longest));
+  EXPECT_EQ(t.input_ids.sizes(), (std::vector<int64_t>{2, 5}));
+  EXPECT_EQ(t.input_ids.scalar_type(), torch::kLong);
+  EXPECT_TRUE(torch::equal(
+      t.input_ids,
+      torch::tensor({101, 7592, 102, 0, 0, 101, 2129, 2024, 2017, 102}, torch::kLong).view({2, 5})));
+  EXPECT_TRUE(torch::equal(t.attention_mask,
+                           torch::tensor({1, 1, 1, 0, 0, 1, 1, 1, 1, 1}, torch::kLong).view({2, 5})));
+  EXPECT_EQ(t.token_type_ids.sum().item<int64_t>(), 0);
+  EXPECT_THROW(to_tensors(bert_txt_->encode_batch({"hello", "how are you"})), Error);  // not padded
 }
 
 TEST(TokenizerPadding, Gpt2HasNoPadTokenUntilOneIsChosen) {
