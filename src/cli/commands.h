@@ -32,5 +32,6 @@ void add_train_command(CLI::App& app);
 void add_eval_command(CLI::App& app);
 void add_predict_command(CLI::App& app);
 void add_features_command(CLI::App& app);
+void add_tokenize_command(CLI::App& app);
 
 }  // namespace graft::cli

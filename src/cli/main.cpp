@@ -23,6 +23,7 @@ int main(int argc, char** argv) {
   graft::cli::add_eval_command(app);
   graft::cli::add_predict_command(app);
   graft::cli::add_features_command(app);
+  graft::cli::add_tokenize_command(app);
 
   app.parse_complete_callback([&] { graft::set_threads(threads); });
   try {

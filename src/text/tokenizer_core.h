@@ -1,0 +1,116 @@
+// What every tokenizer shares, whatever its model: the vocabulary, the added tokens that are split out of
+// the text before the model sees it, the post-processing template ([CLS] $A [SEP]) and the special token
+// ids. Built by the loaders (wordpiece.cpp, byte_bpe.cpp, tokenizer_json.cpp), used by tokenizer.cpp.
+#pragma once
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "graft/tokenizer.h"
+
+namespace graft {
+
+// Ids above this are refused before anything is allocated (the largest real vocabularies hold ~256 K).
+constexpr int64_t kMaxVocabSize = int64_t{1} << 24;
+// Vocabulary and merge files above this are refused before they are read.
+constexpr uintmax_t kMaxTokenizerFileBytes = uintmax_t{1} << 30;
+
+// A token matched literally in the raw text, as Hugging Face's AddedToken.
+struct AddedToken {
+  std::string content;
+  int64_t id = 0;
+  bool special = true;       // skipped by decode(skip_special_tokens = true)
+  bool lstrip = false;       // the match swallows whitespace on its left
+  bool rstrip = false;       // ... and on its right
+  bool single_word = false;  // only when not inside a word
+};
+
+// One item of a post-processing template: a text ($A, $B) or special tokens, with a token type id.
+struct TemplatePiece {
+  int sequence = -1;  // 0 = $A, 1 = $B, -1 = special tokens
+  std::vector<int64_t> ids;
+  std::vector<std::string> tokens;
+  int64_t type_id = 0;
+};
+
+struct Tokenizer::Core {
+  std::string source;                            // file the tokenizer came from, for messages
+  std::vector<std::string> vocab;                // id -> token; "" for ids no token uses
+  std::vector<uint8_t> special;                  // id -> 1 for special tokens
+  std::unordered_map<std::string, int64_t> ids;  // token -> id
+  std::vector<AddedToken> added;                 // longest first after finalize()
+  std::array<bool, 256> added_first_byte{};      // bytes that can start an added token
+  // Templates; an empty list means "$A" (single) and "$A $B:1" (pair) with nothing added.
+  std::vector<TemplatePiece> single_template, pair_template;
+  std::optional<int64_t> pad, unk, cls, sep, mask, bos, eos;
+
+  // Sets the vocabulary from token -> id; ids must be < kMaxVocabSize (checked by the caller, who knows the
+  // file and line) and unique.
+  void set_vocab(std::vector<std::string> id_to_token);
+  // Registers a token that is split out of the text whole; it joins the vocabulary if it is new.
+  void add_token(const AddedToken& token);
+  // Sorts the added tokens longest first and indexes their first bytes; call once, after add_token.
+  void finalize();
+
+  std::optional<int64_t> find(std::string_view token) const;
+  bool is_special(int64_t id) const { return id >= 0 && size_t(id) < special.size() && special[id]; }
+  // Number of special tokens the template adds to one text (pair = false) or two.
+  size_t added_by_template(bool pair) const;
+  // The BERT template over existing [CLS]/[SEP] ids: [CLS] $A [SEP] / [CLS] $A [SEP] $B:1 [SEP]:1.
+  void use_bert_template(int64_t cls_id, int64_t sep_id);
+  // Looks up the usual special token names ([PAD] or <pad>, ...) for the ids not set yet.
+  void guess_special_ids();
+};
+
+// Where a merge rule came from: merges.txt line (1-based) or index in tokenizer.json's model.merges.
+struct MergeRule {
+  std::string left, right;
+  size_t line = 0;
+};
+
+// The fields of a model directory's tokenizer_config.json that graft reads.
+struct TokenizerConfig {
+  std::optional<bool> do_lower_case, strip_accents, tokenize_chinese_chars;
+  std::vector<std::pair<std::string, std::string>> special_tokens;  // ("pad", "[PAD]"), ("eos", "</s>")
+  void apply(WordPieceTokenizer::Options& options) const;
+  // Sets the special ids named here (tokens missing from the vocabulary are ignored, as transformers does
+  // for unused entries).
+  void apply(Tokenizer::Core& core) const;
+};
+// Reads tokenizer_config.json; throws FormatError when it is not a JSON object.
+TokenizerConfig read_tokenizer_config(const std::string& path);
+
+// The halves of the file loaders: the vocabulary and added tokens (wordpiece.cpp, byte_bpe.cpp) ...
+std::unique_ptr<Tokenizer::Core> read_vocab_txt(const std::string& path);
+std::unique_ptr<Tokenizer::Core> read_bpe_files(const std::string& vocab_json, const std::string& merges_txt,
+                                                std::vector<MergeRule>& merges);
+// ... and the tokenizers built around a finished core; both set the special ids not set yet and
+// finalize() the core. merges are in rank order; merges_source and location_word ("line",
+// "model.merges entry") place a bad merge in messages.
+std::unique_ptr<WordPieceTokenizer> make_wordpiece(std::unique_ptr<Tokenizer::Core> core,
+                                                   const WordPieceTokenizer::Options& options);
+std::unique_ptr<ByteBpeTokenizer> make_byte_bpe(std::unique_ptr<Tokenizer::Core> core,
+                                                const std::vector<MergeRule>& merges,
+                                                const std::string& merges_source,
+                                                const std::string& location_word,
+                                                const ByteBpeTokenizer::Options& options);
+// tokenizer.json, with tokenizer_config.json's settings over it when given (tokenizer_json.cpp).
+std::unique_ptr<Tokenizer> read_tokenizer_json(const std::string& path, const TokenizerConfig* config);
+
+// A vocabulary given as a JSON object token -> id (vocab.json, encoder.json, tokenizer.json's model.vocab)
+// as id -> token. `field` names the object in messages ("" for a whole file). Throws FormatError for
+// anything but an object of distinct integer ids in [0, kMaxVocabSize).
+std::vector<std::string> vocab_from_json(const nlohmann::json& object, const std::string& source,
+                                         const std::string& field);
+std::vector<std::string> vocab_from_json_file(const std::string& path);
+
+// The whole file, after checking it exists and is at most kMaxTokenizerFileBytes. Throws graft::Error.
+std::string read_tokenizer_file(const std::string& path);
+
+}  // namespace graft
