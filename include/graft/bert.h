@@ -18,6 +18,10 @@ namespace graft {
 
 // A batch of token sequences. Only input_ids is required.
 struct TextInputs {
+  TextInputs() = default;
+  // model->forward({ids, mask}) and model->forward(ids) read as Hugging Face's model(ids, mask).
+  TextInputs(torch::Tensor ids, torch::Tensor mask = {})  // NOLINT(google-explicit-constructor)
+      : input_ids(std::move(ids)), attention_mask(std::move(mask)) {}
   torch::Tensor input_ids;       // (B, T) int64 token ids
   torch::Tensor attention_mask;  // (B, T) 1 = attend, 0 = padding; undefined: all ones
   torch::Tensor token_type_ids;  // (B, T) segment ids; undefined: zeros

@@ -24,8 +24,10 @@ using PastKeyValues = std::vector<LayerKeyValue>;  // one per layer; empty: noth
 
 struct CausalLMInputs {
   CausalLMInputs() = default;
-  CausalLMInputs(torch::Tensor ids) : input_ids(std::move(ids)) {}  // NOLINT: implicit, model(ids) reads well
-  torch::Tensor input_ids;                                          // (B, T) new tokens
+  // model->forward({ids, mask}) and model->forward(ids) read as Hugging Face's model(ids, mask).
+  CausalLMInputs(torch::Tensor ids, torch::Tensor mask = {})  // NOLINT(google-explicit-constructor)
+      : input_ids(std::move(ids)), attention_mask(std::move(mask)) {}
+  torch::Tensor input_ids;        // (B, T) new tokens
   torch::Tensor attention_mask;   // (B, T_past + T) 1 = attend, 0 = padding; undefined: all ones
   torch::Tensor position_ids;     // (B, T) or (1, T); undefined: T_past .. T_past + T - 1
   torch::Tensor token_type_ids;   // (B, T), embedded with wte as Hugging Face does; undefined: none

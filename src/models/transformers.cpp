@@ -552,8 +552,11 @@ HfModel load_hf_model(const std::string& path, const HfLoadOptions& options) {
 
   // Hugging Face's transfer case: another class than the checkpoint's, or a new number of labels. The new
   // head starts fresh; the checkpoint's own head (tensors outside the base model) is skipped.
-  int64_t checkpoint_labels = -1;
-  if (root.contains("id2label") && root["id2label"].is_object()) checkpoint_labels = root["id2label"].size();
+  // The checkpoint's label count as PretrainedConfig reads it: id2label, else num_labels, else 2.
+  HfCommonConfig checkpoint;
+  checkpoint.set_num_labels(2);
+  read_common(ConfigReader(root, out.config_path), checkpoint, arch->model_type);
+  const int64_t checkpoint_labels = checkpoint.num_labels();
   const bool new_labels = options.num_labels >= 0 && options.num_labels != checkpoint_labels;
   const bool transfer = (!checkpoint_class.empty() && checkpoint_class != arch->name) || new_labels;
   LoadOptions load;

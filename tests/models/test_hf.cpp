@@ -20,6 +20,7 @@
 
 #include "graft/bert.h"
 #include "graft/gpt2.h"
+#include "graft/summary.h"
 #include "graft/transfer.h"
 #include "graft/transformers.h"
 #include "graft/vit.h"
@@ -307,6 +308,42 @@ TEST(HfBert, FolderWithoutModelTypeOrWeightsIsExplained) {
   fs::remove_all(dir);
 }
 
+// Hugging Face's choice of loss: problem_type, else regression for one label, cross-entropy for integer
+// labels, binary cross-entropy for float labels. Values by hand.
+TEST(HfBert, ClassificationLossFollowsProblemType) {
+  const torch::Tensor one = torch::tensor({{0.5f}, {1.5f}});
+  EXPECT_NEAR(hf_classification_loss(one, torch::tensor({1.0f, 1.0f}), "").item<double>(), 0.25, 1e-7);
+  const torch::Tensor two = torch::tensor({{0.0f, 0.0f}, {0.0f, std::log(3.0f)}});
+  // Row 0: -log(1/2); row 1 (p = 3/4 for label 1): -log(3/4).
+  const double ce = (std::log(2.0) - std::log(0.75)) / 2;
+  EXPECT_NEAR(hf_classification_loss(two, torch::tensor({0, 1}), "").item<double>(), ce, 1e-6);
+  EXPECT_NEAR(
+      hf_classification_loss(two, torch::tensor({0, 1}), "single_label_classification").item<double>(), ce,
+      1e-6);
+  // Float labels: binary cross-entropy per logit, mean; logit 0 costs log 2 whatever the label.
+  const double bce = (3 * std::log(2.0) + std::log(1.0 + 1.0 / 3.0)) / 4;
+  EXPECT_NEAR(hf_classification_loss(two, torch::tensor({{1.0f, 0.0f}, {0.0f, 1.0f}}), "").item<double>(),
+              bce, 1e-6);
+  EXPECT_NEAR(
+      hf_classification_loss(two, torch::tensor({{1.0f, 0.0f}, {0.0f, 1.0f}}), "regression").item<double>(),
+      (1.0 + std::pow(std::log(3.0) - 1.0, 2)) / 4, 1e-6);
+}
+
+// The forward({ids, mask}) shorthand is Hugging Face's model(input_ids, attention_mask).
+TEST(HfBert, ShorthandInputs) {
+  HfLoadOptions encoder_only;
+  encoder_only.architecture = "BertModel";
+  auto model = load_fixture("bert", encoder_only).as<BertModelImpl>();
+  const auto io = read_map(fixture_dir("bert") + "/expected.safetensors");
+  model->eval();
+  torch::NoGradGuard no_grad;
+  const EncoderOutput padded = model->forward({io.at("input_ids"), io.at("attention_mask")});
+  TextInputs full = bert_inputs(io);
+  full.token_type_ids = torch::zeros_like(io.at("input_ids"));  // what an absent token_type_ids means
+  EXPECT_TRUE(torch::equal(padded.last_hidden_state, model->forward(full).last_hidden_state));
+  EXPECT_TRUE(padded.hidden_states.empty());
+}
+
 // Freezing on a text model: one optimiser step moves exactly the trainable parameters.
 std::set<std::string> moved_by_one_step(BertForSequenceClassificationImpl& model,
                                         const std::map<std::string, torch::Tensor>& io) {
@@ -542,6 +579,12 @@ TEST(HfVit, ImageBackboneInterface) {
     EXPECT_EQ(p.value().requires_grad(), !frozen) << p.key();
   }
   EXPECT_EQ(report.frozen_parameters, 4 + 2 * 16);
+
+  const ModelSummary summary = summarize(*model);
+  EXPECT_EQ(summary.total_params, 27939);
+  EXPECT_EQ(summary.rows.front().name, "vit.embeddings");
+  EXPECT_EQ(summary.rows.front().output_shape, (std::vector<int64_t>{17, 32}));
+  EXPECT_NE(summary.to_string().find("vit.encoder.layer.2"), std::string::npos) << summary.to_string();
 
   model->set_head(HeadSpec::parse("avg,dense:16:relu,dense:4"));
   EXPECT_EQ(model->forward(pixels).sizes(), torch::IntArrayRef({2, 4}));
