@@ -430,20 +430,26 @@ torch::Tensor hf_classification_loss(const torch::Tensor& logits, const torch::T
 
 LoadReport load_hf_weights(torch::nn::Module& model, const std::string& file, const std::string& base_prefix,
                            const LoadOptions& options) {
-  NamedTensors source = read_safetensors(file);
+  const SafeTensorsReader reader(file);
   std::set<std::string> model_names;
   for (const auto& item : state_dict(model)) model_names.insert(item.first);
   bool model_has_prefix = false, file_has_prefix = false;
   for (const auto& name : model_names)
     model_has_prefix = model_has_prefix || starts_with_module(name, base_prefix);
-  for (const auto& item : source)
-    file_has_prefix = file_has_prefix || starts_with_module(item.first, base_prefix);
+  for (const auto& info : reader.tensors())
+    file_has_prefix = file_has_prefix || starts_with_module(info.name, base_prefix);
+  auto skipped_on_purpose = [&](const std::string& name) {
+    for (const auto& prefix : options.skip_prefixes) {
+      if (name == prefix || starts_with_module(name, prefix)) return true;
+    }
+    return false;
+  };
 
   std::vector<std::string> skipped;
   NamedTensors renamed;
-  renamed.reserve(source.size());
-  for (auto& [original, tensor] : source) {
-    std::string name = original;
+  renamed.reserve(reader.tensors().size());
+  for (const TensorInfo& info : reader.tensors()) {
+    std::string name = info.name;
     // Old TensorFlow-converted checkpoints name LayerNorm parameters gamma and beta.
     if (ends_with(name, ".gamma")) name = name.substr(0, name.size() - 6) + ".weight";
     if (ends_with(name, ".beta")) name = name.substr(0, name.size() - 5) + ".bias";
@@ -453,22 +459,24 @@ LoadReport load_hf_weights(torch::nn::Module& model, const std::string& file, co
       if (model_names.count(base_prefix + "." + name)) name = base_prefix + "." + name;
     } else if (file_has_prefix && !model_has_prefix) {
       if (!starts_with_module(name, base_prefix)) {  // the checkpoint's head: the base model has none
-        skipped.push_back(original);
+        skipped.push_back(info.name);
         continue;
       }
       name = name.substr(base_prefix.size() + 1);
     }
-    if (model_names.count(name) == 0) {
-      if (is_non_persistent_buffer(name)) {
-        skipped.push_back(original);
-        continue;
-      }
-      // The LM head tied to the input embeddings: the model reads wte itself.
-      if (name == "lm_head.weight") {
-        skipped.push_back(original);
-        continue;
-      }
+    const bool in_model = model_names.count(name) != 0;
+    // Buffers Hugging Face no longer saves, and the LM head tied to the input embeddings (the model
+    // reads wte itself): dropped without reading them.
+    if (!in_model && (is_non_persistent_buffer(name) || name == "lm_head.weight")) {
+      skipped.push_back(info.name);
+      continue;
     }
+    // Only tensors that will be copied are read; the others enter the report by name and shape, held by
+    // a placeholder that owns no memory.
+    const torch::ScalarType dtype = safetensors_scalar_type(info.dtype);
+    torch::Tensor tensor = in_model && !skipped_on_purpose(name)
+                               ? reader.load(info.name)
+                               : torch::zeros({}, torch::TensorOptions().dtype(dtype)).expand(info.shape);
     renamed.emplace_back(std::move(name), std::move(tensor));
   }
   LoadOptions load = options;
