@@ -15,8 +15,9 @@ namespace {
 
 namespace nn = torch::nn;
 
-// _init_weights: Linear and Conv2d weights ~ trunc_normal(0, initializer_range) (cut at +-2, absolute, as
-// nn.init.trunc_normal_'s defaults), biases 0, LayerNorm 1 and 0.
+// _init_weights: Linear and Conv2d weights ~ trunc_normal(0, initializer_range) cut at +-2 (absolute, as
+// nn.init.trunc_normal_'s defaults: 100 std away at 0.02, so a clamp stands in for the resampling), biases
+// 0, LayerNorm 1 and 0.
 void init_vit_weights(nn::Module& root, double std) {
   torch::NoGradGuard no_grad;
   // modules(include_self) needs the root in a shared_ptr, which it is not yet inside a constructor.
