@@ -83,6 +83,13 @@ std::vector<std::string> backbone_layers(BackboneImpl& model);
 // malformed spec or a NAME/GLOB that matches nothing. Re-applies the BatchNorm policy.
 FreezeReport apply_freeze(BackboneImpl& model, const std::string& spec);
 
+// The same on any module (a text model such as BertForSequenceClassification): layers are the modules
+// that own parameters directly, in registration order; `head` names the module no spec freezes
+// ("classifier"; "" for none). E.g. "until:bert.encoder.layer.10" freezes the embeddings and layers 0-9,
+// "bert.embeddings.*" the embeddings alone.
+FreezeReport apply_freeze(torch::nn::Module& model, const std::string& spec, const std::string& head);
+std::vector<std::string> module_layers(const torch::nn::Module& model, const std::string& head);
+
 // Simple shell-style glob match (* ? [abc]); exposed for tests.
 bool glob_match(const std::string& pattern, const std::string& text);
 

@@ -1,13 +1,103 @@
 // `graft forward MODEL --weights W --inputs IN.safetensors --out OUT.safetensors`: runs the model in
-// eval mode on named inputs and writes named outputs; the generic tool behind parity checks.
+// eval mode on named inputs and writes named outputs; the generic tool behind parity checks. MODEL may
+// also be a Hugging Face model folder (config.json + model.safetensors: BERT, GPT-2, ViT), fed with
+// input_ids / attention_mask / token_type_ids or pixel_values.
+#include <filesystem>
 #include <iostream>
 
 #include "cli/commands.h"
+#include "graft/bert.h"
 #include "graft/errors.h"
+#include "graft/gpt2.h"
 #include "graft/runtime.h"
+#include "graft/transformers.h"
+#include "graft/vit.h"
 #include "graft/weights.h"
 
 namespace graft::cli {
+namespace {
+
+std::string tensor_names(const SafeTensorsReader& reader) {
+  std::string names;
+  for (const auto& t : reader.tensors()) names += (names.empty() ? "" : ", ") + t.name;
+  return names.empty() ? "none" : names;
+}
+
+// An optional (B, T) integer input; undefined when absent.
+torch::Tensor token_input(const SafeTensorsReader& reader, const std::string& name, bool required,
+                          torch::Device device) {
+  if (!reader.contains(name)) {
+    if (required) {
+      throw Error(reader.path() + ": no tensor named '" + name + "' (found: " + tensor_names(reader) +
+                  "); expected (batch, length) int64 token ids");
+    }
+    return {};
+  }
+  torch::Tensor t = reader.load(name);
+  if (t.dim() != 2) throw ShapeMismatch(reader.path(), name, {-1, -1}, t.sizes().vec());
+  return t.to(device, torch::kLong);
+}
+
+// Runs a Hugging Face model folder: every output the model computes, under Hugging Face's names.
+NamedTensors forward_hf(const std::string& dir, bool strict, const SafeTensorsReader& reader,
+                        torch::Device device) {
+  HfLoadOptions options;
+  options.strict = strict;
+  HfModel hf = load_hf_model(dir, options);
+  if (!hf.report.ok()) std::cerr << "graft: warning: " << hf.report.to_string() << "\n";
+  hf.module->to(device);
+  hf.module->eval();
+  torch::NoGradGuard no_grad;
+  NamedTensors out;
+  auto add = [&](const char* name, const torch::Tensor& t) {
+    if (t.defined()) out.emplace_back(name, t.cpu());
+  };
+  if (hf.model_type == "bert") {
+    TextInputs inputs;
+    inputs.input_ids = token_input(reader, "input_ids", true, device);
+    inputs.attention_mask = token_input(reader, "attention_mask", false, device);
+    inputs.token_type_ids = token_input(reader, "token_type_ids", false, device);
+    if (auto model = std::dynamic_pointer_cast<BertForSequenceClassificationImpl>(hf.module)) {
+      ClassifierOutput result = model->forward(inputs);
+      add("logits", result.logits);
+      add("last_hidden_state", result.base.last_hidden_state);
+      add("pooler_output", result.base.pooler_output);
+    } else {
+      EncoderOutput result = hf.as<BertModelImpl>()->forward(inputs);
+      add("last_hidden_state", result.last_hidden_state);
+      add("pooler_output", result.pooler_output);
+    }
+  } else if (hf.model_type == "gpt2") {
+    CausalLMInputs inputs;
+    inputs.input_ids = token_input(reader, "input_ids", true, device);
+    inputs.attention_mask = token_input(reader, "attention_mask", false, device);
+    if (auto model = std::dynamic_pointer_cast<GPT2LMHeadModelImpl>(hf.module)) {
+      CausalLMOutput result = model->forward(inputs);
+      add("logits", result.logits);
+      add("last_hidden_state", result.last_hidden_state);
+    } else {
+      add("last_hidden_state", hf.as<GPT2ModelImpl>()->forward(inputs).last_hidden_state);
+    }
+  } else {
+    if (!reader.contains("pixel_values")) {
+      throw Error(reader.path() + ": no tensor named 'pixel_values' (found: " + tensor_names(reader) +
+                  "); expected (N, C, H, W) float32 pixels as the model's image processor makes them");
+    }
+    const torch::Tensor pixels = reader.load("pixel_values").to(device, torch::kFloat32);
+    if (auto model = std::dynamic_pointer_cast<ViTForImageClassificationImpl>(hf.module)) {
+      ClassifierOutput result = model->forward(pixels, torch::Tensor());
+      add("logits", result.logits);
+      add("last_hidden_state", result.base.last_hidden_state);
+    } else {
+      EncoderOutput result = hf.as<ViTModelImpl>()->forward(pixels);
+      add("last_hidden_state", result.last_hidden_state);
+      add("pooler_output", result.pooler_output);
+    }
+  }
+  return out;
+}
+
+}  // namespace
 
 void add_forward_command(CLI::App& app) {
   auto* command = app.add_subcommand("forward", "run a model on tensors from a safetensors file");
@@ -16,12 +106,29 @@ void add_forward_command(CLI::App& app) {
   auto out = std::make_shared<std::string>();
   auto device = std::make_shared<std::string>("cpu");
   args->add_to(*command, /*with_freeze=*/false);
-  command->add_option("--inputs", *inputs, "safetensors file holding pixel_values (N, 3, H, W), normalised")
+  command
+      ->add_option("--inputs", *inputs,
+                   "safetensors file holding pixel_values (N, 3, H, W), normalised; for a Hugging Face "
+                   "text model folder input_ids (and optionally attention_mask, token_type_ids)")
       ->required()
       ->check(CLI::ExistingFile);
-  command->add_option("--out", *out, "safetensors file to write: logits, features (pooled)")->required();
+  command
+      ->add_option("--out", *out,
+                   "safetensors file to write: logits, features (pooled); for a Hugging Face model folder "
+                   "logits, last_hidden_state, pooler_output (what the model computes)")
+      ->required();
   command->add_option("--device", *device, "auto, cpu or cuda[:N]");
   command->callback([args, inputs, out, device] {
+    if (std::filesystem::is_regular_file(std::filesystem::path(args->model) / "config.json")) {
+      const SafeTensorsReader reader(*inputs);
+      const NamedTensors outputs = forward_hf(args->model, args->strict, reader, parse_device(*device));
+      write_safetensors(*out, outputs, {{"model", args->model}, {"producer", "graft " GRAFT_VERSION}});
+      std::cout << "wrote " << *out << ":";
+      for (const auto& [name, tensor] : outputs)
+        std::cout << " " << name << " " << shape_str(tensor.sizes().vec());
+      std::cout << "\n";
+      return;
+    }
     Backbone model = build_model(*args);
     const torch::Device dev = parse_device(*device);
     SafeTensorsReader reader(*inputs);

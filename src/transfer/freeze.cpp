@@ -36,7 +36,10 @@ bool glob_match(const std::string& pattern, const std::string& text) {
 }
 
 std::vector<std::string> backbone_layers(BackboneImpl& model) {
-  const std::string head = head_module_name(model);
+  return module_layers(model, head_module_name(model));
+}
+
+std::vector<std::string> module_layers(const torch::nn::Module& model, const std::string& head) {
   std::vector<std::string> layers;
   // Parameters held by the model itself (ViT's cls_token) form the first layer, named "".
   if (!model.parameters(/*recurse=*/false).empty()) layers.push_back("");
@@ -49,8 +52,13 @@ std::vector<std::string> backbone_layers(BackboneImpl& model) {
 }
 
 FreezeReport apply_freeze(BackboneImpl& model, const std::string& spec) {
-  const std::string head = head_module_name(model);
-  const std::vector<std::string> layers = backbone_layers(model);
+  FreezeReport report = apply_freeze(static_cast<torch::nn::Module&>(model), spec, head_module_name(model));
+  model.train(model.is_training());  // re-apply the BatchNorm policy to the new frozen set
+  return report;
+}
+
+FreezeReport apply_freeze(torch::nn::Module& model, const std::string& spec, const std::string& head) {
+  const std::vector<std::string> layers = module_layers(model, head);
   auto params = model.named_parameters(/*recurse=*/true);
 
   std::vector<bool> layer_frozen(layers.size(), false);
@@ -130,7 +138,6 @@ FreezeReport apply_freeze(BackboneImpl& model, const std::string& spec) {
     item.value().set_requires_grad(!frozen);
     (frozen ? report.frozen_parameters : report.trainable_parameters) += 1;
   }
-  model.train(model.is_training());  // re-apply the BatchNorm policy to the new frozen set
   return report;
 }
 

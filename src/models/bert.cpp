@@ -1,0 +1,250 @@
+// BERT (Devlin et al. 2018, arXiv:1810.04805), a port of Hugging Face transformers v4.31
+// src/transformers/models/bert/modeling_bert.py: BertEmbeddings, BertSelfAttention (absolute positions,
+// no cross-attention, no cache), BertSelfOutput, BertIntermediate, BertOutput, BertLayer, BertPooler,
+// BertModel and BertForSequenceClassification, with the same operations in the same order so float32
+// results agree with Hugging Face's to rounding. Fresh weights follow BertPreTrainedModel._init_weights.
+#include "graft/bert.h"
+
+#include <cmath>
+#include <limits>
+
+namespace graft {
+namespace {
+
+namespace nn = torch::nn;
+
+void check_divisible(const BertConfig& config) {
+  if (config.hidden_size <= 0 || config.num_attention_heads <= 0 ||
+      config.hidden_size % config.num_attention_heads != 0) {
+    throw Error("BertConfig: hidden_size (" + std::to_string(config.hidden_size) +
+                ") must be a positive multiple of num_attention_heads (" +
+                std::to_string(config.num_attention_heads) + ")");
+  }
+}
+
+// _init_weights: Linear and Embedding weights ~ N(0, initializer_range), biases 0, the padding row 0,
+// LayerNorm 1 and 0.
+void init_bert_weights(nn::Module& root, double std) {
+  torch::NoGradGuard no_grad;
+  // modules(include_self) needs the root in a shared_ptr, which it is not yet inside a constructor.
+  std::vector<nn::Module*> all{&root};
+  for (auto& child : root.modules(/*include_self=*/false)) all.push_back(child.get());
+  for (nn::Module* module : all) {
+    if (auto* linear = module->as<nn::Linear>()) {
+      linear->weight.normal_(0, std);
+      if (linear->bias.defined()) linear->bias.zero_();
+    } else if (auto* embedding = module->as<nn::Embedding>()) {
+      embedding->weight.normal_(0, std);
+      if (embedding->options.padding_idx()) embedding->weight[*embedding->options.padding_idx()].zero_();
+    } else if (auto* norm = module->as<nn::LayerNorm>()) {
+      norm->weight.fill_(1);
+      norm->bias.zero_();
+    }
+  }
+}
+
+}  // namespace
+
+torch::Tensor extended_attention_mask(const torch::Tensor& attention_mask, torch::ScalarType dtype) {
+  // (B, T) -> (B, 1, 1, T): broadcast over heads and query positions.
+  torch::Tensor mask = attention_mask.unsqueeze(1).unsqueeze(2).to(dtype);
+  double lowest = 0;  // torch.finfo(dtype).min
+  AT_DISPATCH_FLOATING_TYPES_AND2(torch::kHalf, torch::kBFloat16, dtype, "extended_attention_mask", [&] {
+    lowest = static_cast<double>(std::numeric_limits<scalar_t>::lowest());
+  });
+  return (1.0 - mask) * lowest;
+}
+
+BertEmbeddingsImpl::BertEmbeddingsImpl(const BertConfig& config) {
+  nn::EmbeddingOptions word_options(config.vocab_size, config.hidden_size);
+  if (config.pad_token_id) word_options.padding_idx(*config.pad_token_id);
+  word_embeddings = register_module("word_embeddings", nn::Embedding(word_options));
+  position_embeddings = register_module("position_embeddings",
+                                        nn::Embedding(config.max_position_embeddings, config.hidden_size));
+  token_type_embeddings =
+      register_module("token_type_embeddings", nn::Embedding(config.type_vocab_size, config.hidden_size));
+  LayerNorm = register_module(
+      "LayerNorm", nn::LayerNorm(nn::LayerNormOptions({config.hidden_size}).eps(config.layer_norm_eps)));
+  dropout = register_module("dropout", nn::Dropout(config.hidden_dropout_prob));
+}
+
+torch::Tensor BertEmbeddingsImpl::forward(const torch::Tensor& input_ids, torch::Tensor token_type_ids,
+                                          torch::Tensor position_ids) {
+  const int64_t seq_length = input_ids.size(1);
+  const int64_t max_positions = position_embeddings->options.num_embeddings();
+  if (!position_ids.defined()) {
+    if (seq_length > max_positions) {
+      throw Error("BertModel: " + std::to_string(seq_length) + " tokens, but max_position_embeddings is " +
+                  std::to_string(max_positions) + "; truncate the input");
+    }
+    position_ids = torch::arange(seq_length, input_ids.options()).unsqueeze(0);  // (1, T)
+  }
+  if (!token_type_ids.defined()) token_type_ids = torch::zeros_like(input_ids);
+  torch::Tensor embeddings = word_embeddings(input_ids) + token_type_embeddings(token_type_ids);  // (B, T, C)
+  embeddings = embeddings + position_embeddings(position_ids);
+  return dropout(LayerNorm(embeddings));
+}
+
+BertSelfAttentionImpl::BertSelfAttentionImpl(const BertConfig& config) {
+  check_divisible(config);
+  num_attention_heads = config.num_attention_heads;
+  attention_head_size = config.hidden_size / config.num_attention_heads;
+  query = register_module("query", nn::Linear(config.hidden_size, config.hidden_size));
+  key = register_module("key", nn::Linear(config.hidden_size, config.hidden_size));
+  value = register_module("value", nn::Linear(config.hidden_size, config.hidden_size));
+  dropout = register_module("dropout", nn::Dropout(config.attention_probs_dropout_prob));
+}
+
+torch::Tensor BertSelfAttentionImpl::forward(const torch::Tensor& hidden_states,
+                                             const torch::Tensor& attention_mask) {
+  const int64_t batch = hidden_states.size(0), length = hidden_states.size(1);
+  // (B, T, C) -> (B, heads, T, head_size)
+  auto split_heads = [&](const torch::Tensor& x) {
+    return x.view({batch, length, num_attention_heads, attention_head_size}).permute({0, 2, 1, 3});
+  };
+  torch::Tensor q = split_heads(query(hidden_states));
+  torch::Tensor k = split_heads(key(hidden_states));
+  torch::Tensor v = split_heads(value(hidden_states));
+  torch::Tensor scores = torch::matmul(q, k.transpose(-1, -2));  // (B, heads, T, T)
+  scores = scores / std::sqrt(static_cast<double>(attention_head_size));
+  if (attention_mask.defined()) scores = scores + attention_mask;
+  torch::Tensor probs = dropout(torch::softmax(scores, -1));
+  torch::Tensor context = torch::matmul(probs, v).permute({0, 2, 1, 3}).contiguous();  // (B, T, heads, d)
+  return context.view({batch, length, num_attention_heads * attention_head_size});
+}
+
+BertSelfOutputImpl::BertSelfOutputImpl(const BertConfig& config) {
+  dense = register_module("dense", nn::Linear(config.hidden_size, config.hidden_size));
+  LayerNorm = register_module(
+      "LayerNorm", nn::LayerNorm(nn::LayerNormOptions({config.hidden_size}).eps(config.layer_norm_eps)));
+  dropout = register_module("dropout", nn::Dropout(config.hidden_dropout_prob));
+}
+
+torch::Tensor BertSelfOutputImpl::forward(const torch::Tensor& hidden_states,
+                                          const torch::Tensor& input_tensor) {
+  return LayerNorm(dropout(dense(hidden_states)) + input_tensor);
+}
+
+BertAttentionImpl::BertAttentionImpl(const BertConfig& config) {
+  self = register_module("self", BertSelfAttention(config));
+  output = register_module("output", BertSelfOutput(config));
+}
+
+torch::Tensor BertAttentionImpl::forward(const torch::Tensor& hidden_states,
+                                         const torch::Tensor& attention_mask) {
+  return output(self(hidden_states, attention_mask), hidden_states);
+}
+
+BertIntermediateImpl::BertIntermediateImpl(const BertConfig& config) {
+  dense = register_module("dense", nn::Linear(config.hidden_size, config.intermediate_size));
+  act = hf_activation(config.hidden_act, "BertConfig.hidden_act");
+}
+
+torch::Tensor BertIntermediateImpl::forward(const torch::Tensor& hidden_states) {
+  return act(dense(hidden_states));
+}
+
+BertOutputImpl::BertOutputImpl(const BertConfig& config) {
+  dense = register_module("dense", nn::Linear(config.intermediate_size, config.hidden_size));
+  LayerNorm = register_module(
+      "LayerNorm", nn::LayerNorm(nn::LayerNormOptions({config.hidden_size}).eps(config.layer_norm_eps)));
+  dropout = register_module("dropout", nn::Dropout(config.hidden_dropout_prob));
+}
+
+torch::Tensor BertOutputImpl::forward(const torch::Tensor& hidden_states, const torch::Tensor& input_tensor) {
+  return LayerNorm(dropout(dense(hidden_states)) + input_tensor);
+}
+
+BertLayerImpl::BertLayerImpl(const BertConfig& config) {
+  attention = register_module("attention", BertAttention(config));
+  intermediate = register_module("intermediate", BertIntermediate(config));
+  output = register_module("output", BertOutput(config));
+}
+
+torch::Tensor BertLayerImpl::forward(const torch::Tensor& hidden_states,
+                                     const torch::Tensor& attention_mask) {
+  torch::Tensor attention_output = attention(hidden_states, attention_mask);
+  return output(intermediate(attention_output), attention_output);
+}
+
+BertPoolerImpl::BertPoolerImpl(const BertConfig& config) {
+  dense = register_module("dense", nn::Linear(config.hidden_size, config.hidden_size));
+}
+
+torch::Tensor BertPoolerImpl::forward(const torch::Tensor& hidden_states) {
+  return torch::tanh(dense(hidden_states.select(1, 0)));  // the [CLS] token
+}
+
+BertEncoderImpl::BertEncoderImpl(const BertConfig& config) {
+  layer = register_module("layer", nn::ModuleList());
+  for (int64_t i = 0; i < config.num_hidden_layers; ++i) layer->push_back(BertLayer(config));
+}
+
+BertModelImpl::BertModelImpl(const BertConfig& config, bool add_pooling_layer) : config_(config) {
+  check_divisible(config);
+  embeddings = register_module("embeddings", BertEmbeddings(config));
+  encoder = register_module("encoder", BertEncoder(config));
+  if (add_pooling_layer) pooler = register_module("pooler", BertPooler(config));
+  init_bert_weights(*this, config.initializer_range);
+}
+
+EncoderOutput BertModelImpl::forward(const TextInputs& inputs) {
+  const torch::Tensor& input_ids = inputs.input_ids;
+  if (!input_ids.defined() || input_ids.dim() != 2) {
+    throw Error("BertModel: input_ids must be a (batch, length) tensor of token ids, got " +
+                (input_ids.defined() ? shape_str(input_ids.sizes().vec()) : std::string("none")));
+  }
+  for (const auto* named : {&inputs.attention_mask, &inputs.token_type_ids}) {
+    if (named->defined() && named->sizes() != input_ids.sizes()) {
+      throw ShapeMismatch("BertModel", named == &inputs.attention_mask ? "attention_mask" : "token_type_ids",
+                          input_ids.sizes().vec(), named->sizes().vec());
+    }
+  }
+  const torch::ScalarType dtype = embeddings->word_embeddings->weight.scalar_type();
+  torch::Tensor mask = inputs.attention_mask.defined() ? inputs.attention_mask : torch::ones_like(input_ids);
+  torch::Tensor additive_mask = extended_attention_mask(mask, dtype);  // (B, 1, 1, T)
+
+  EncoderOutput out;
+  const bool keep = inputs.output_hidden_states || config_.output_hidden_states;
+  torch::Tensor hidden = embeddings(input_ids, inputs.token_type_ids, inputs.position_ids);  // (B, T, C)
+  for (const auto& module : *encoder->layer) {
+    if (keep) out.hidden_states.push_back(hidden);
+    hidden = module->as<BertLayerImpl>()->forward(hidden, additive_mask);
+  }
+  if (keep) out.hidden_states.push_back(hidden);
+  out.last_hidden_state = hidden;
+  if (pooler) out.pooler_output = pooler(hidden);
+  return out;
+}
+
+BertForSequenceClassificationImpl::BertForSequenceClassificationImpl(const BertConfig& config)
+    : config_(config) {
+  bert = register_module("bert", BertModel(config));
+  dropout =
+      register_module("dropout", nn::Dropout(config.classifier_dropout.value_or(config.hidden_dropout_prob)));
+  classifier = register_module("classifier", nn::Linear(config.hidden_size, config.num_labels()));
+  init_bert_weights(*classifier, config.initializer_range);
+}
+
+ClassifierOutput BertForSequenceClassificationImpl::forward(const TextInputs& inputs) {
+  ClassifierOutput out;
+  out.base = bert(inputs);
+  out.logits = classifier(dropout(out.base.pooler_output));  // (B, num_labels)
+  if (inputs.labels.defined())
+    out.loss = hf_classification_loss(out.logits, inputs.labels, config_.problem_type);
+  return out;
+}
+
+void BertForSequenceClassificationImpl::reset_classifier(int64_t num_labels) {
+  if (num_labels <= 0) {
+    throw Error("BertForSequenceClassification: num_labels must be >= 1, got " + std::to_string(num_labels));
+  }
+  const torch::Tensor like = classifier->weight;
+  classifier = replace_module("classifier", nn::Linear(config_.hidden_size, num_labels));
+  init_bert_weights(*classifier, config_.initializer_range);
+  classifier->to(like.device(), like.scalar_type());
+  config_.id2label.clear();
+  config_.set_num_labels(num_labels);
+}
+
+}  // namespace graft

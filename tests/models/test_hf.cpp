@@ -1,0 +1,599 @@
+// Golden parity of graft's BERT, GPT-2 and ViT against Hugging Face transformers v4.31
+// (BertForSequenceClassification, GPT2LMHeadModel, ViTForImageClassification): shared/fixtures/hf holds
+// tiny configs, their weights, inputs and every output (logits, loss, hidden_states.i, last_hidden_state,
+// pooler_output), and the parameters and gradients after one torch.optim.AdamW step. Each model loads
+// config.json + model.safetensors strictly by Hugging Face's names and must reproduce every tensor within
+// float32 tolerance; each comparison prints its largest difference and a failure names the tensor.
+// Further tests: the GPT-2 key/value cache, Hugging Face's loading variants (tied lm_head present or not,
+// base model <-> model with head, a new head), config.json errors, ViT as an image backbone, and freezing.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+
+#include "graft/bert.h"
+#include "graft/gpt2.h"
+#include "graft/summary.h"
+#include "graft/transfer.h"
+#include "graft/transformers.h"
+#include "graft/vit.h"
+#include "graft/weights.h"
+
+namespace graft {
+namespace {
+
+namespace fs = std::filesystem;
+
+// float32 against float32 of the same operations: the fixture README expects about 1e-5 relative;
+// float32 vs float64 of the reference itself differs by ~1e-6 (stats.json). A tensor passes when
+// max |got - expected| <= kRelTolerance * max |expected| + kAbsTolerance.
+constexpr double kRelTolerance = 1e-5;
+constexpr double kAbsTolerance = 1e-7;
+
+std::string fixture_dir(const std::string& model) {
+  return std::string(GRAFT_SHARED_DIR) + "/fixtures/hf/" + model;
+}
+
+std::map<std::string, torch::Tensor> read_map(const std::string& path) {
+  std::map<std::string, torch::Tensor> out;
+  for (auto& [name, tensor] : read_safetensors(path)) out[name] = tensor;
+  return out;
+}
+
+// Largest absolute difference; the check; a message naming the tensor, shape, place and both values.
+struct Comparison {
+  double max_abs = 0, scale = 0;
+  bool ok = false;
+  std::string message;
+};
+
+Comparison compare(const std::string& model, const std::string& name, const torch::Tensor& got,
+                   const torch::Tensor& expected) {
+  Comparison c;
+  std::ostringstream out;
+  if (!got.defined() || got.sizes() != expected.sizes()) {
+    out << model << ": " << name << " has shape "
+        << (got.defined() ? shape_str(got.sizes().vec()) : "undefined") << ", Hugging Face's is "
+        << shape_str(expected.sizes().vec());
+    c.message = out.str();
+    return c;
+  }
+  const torch::Tensor g = got.detach().to(torch::kDouble).flatten(),
+                      e = expected.to(torch::kDouble).flatten();
+  const torch::Tensor delta = (g - e).abs();
+  const int64_t at = delta.argmax().item<int64_t>();
+  c.max_abs = delta[at].item<double>();
+  c.scale = e.abs().max().item<double>();
+  const double tolerance = kRelTolerance * c.scale + kAbsTolerance;
+  c.ok = c.max_abs <= tolerance;
+  out << model << ": " << name << " max |diff| " << std::setprecision(3) << c.max_abs << " (max |expected| "
+      << c.scale << ", tolerance " << tolerance << ") at flat index " << at << " of "
+      << shape_str(got.sizes().vec()) << ": got " << std::setprecision(9) << g[at].item<double>()
+      << ", expected " << e[at].item<double>();
+  c.message = out.str();
+  return c;
+}
+
+// Compares and prints one line per tensor (the report's numbers).
+void expect_close(const std::string& model, const std::string& name, const torch::Tensor& got,
+                  const torch::Tensor& expected) {
+  const Comparison c = compare(model, name, got, expected);
+  std::cout << "[hf parity] " << model << " " << std::left << std::setw(58) << name << " max|diff| "
+            << std::scientific << std::setprecision(2) << c.max_abs << std::defaultfloat << "\n";
+  EXPECT_TRUE(c.ok) << c.message;
+}
+
+HfModel load_fixture(const std::string& model, HfLoadOptions options = {}) {
+  HfModel loaded = load_hf_model(fixture_dir(model), options);
+  EXPECT_TRUE(loaded.report.ok()) << loaded.report.to_string();
+  return loaded;
+}
+
+torch::optim::AdamW fixture_adamw(std::vector<torch::Tensor> params) {
+  // The fixture's optimiser: one group, weight decay on every parameter.
+  return torch::optim::AdamW(
+      std::move(params),
+      torch::optim::AdamWOptions(1e-3).betas(std::make_tuple(0.9, 0.999)).eps(1e-8).weight_decay(0.01));
+}
+
+// One AdamW step from the fixture weights: loss, the gradients of the three stored parameters, the updated
+// parameters. `forward_loss` runs the model in eval mode and returns its loss.
+void check_adamw_step(const std::string& model_name, torch::nn::Module& model,
+                      const std::function<torch::Tensor()>& forward_loss) {
+  const auto expected = read_map(fixture_dir(model_name) + "/expected_after_step.safetensors");
+  model.eval();  // dropout off, as the fixture
+  auto optimizer = fixture_adamw(model.parameters());
+  optimizer.zero_grad();
+  torch::Tensor loss = forward_loss();
+  loss.backward();
+  auto params = model.named_parameters();
+  std::map<std::string, torch::Tensor> grads;
+  for (const auto& [name, tensor] : expected) {
+    if (name.rfind("grad.", 0) != 0) continue;
+    const std::string param = name.substr(5);
+    ASSERT_TRUE(params.contains(param)) << model_name << ": the model has no parameter " << param;
+    ASSERT_TRUE(params[param].grad().defined()) << model_name << ": " << param << " got no gradient";
+    grads[param] = params[param].grad().clone();
+  }
+  optimizer.step();
+  expect_close(model_name, "loss (step)", loss, expected.at("loss"));
+  for (const auto& [param, grad] : grads)
+    expect_close(model_name, "grad." + param, grad, expected.at("grad." + param));
+  for (const auto& [name, tensor] : expected) {
+    if (name.rfind("grad.", 0) == 0 || name == "loss") continue;
+    ASSERT_TRUE(params.contains(name)) << model_name << ": the model has no parameter " << name;
+    expect_close(model_name, name + " (after step)", params[name], tensor);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// BERT
+
+TextInputs bert_inputs(const std::map<std::string, torch::Tensor>& io) {
+  TextInputs inputs;
+  inputs.input_ids = io.at("input_ids");
+  inputs.attention_mask = io.at("attention_mask");
+  inputs.token_type_ids = io.at("token_type_ids");
+  inputs.labels = io.at("labels");
+  inputs.output_hidden_states = true;
+  return inputs;
+}
+
+TEST(HfBert, ForwardMatchesTransformers) {
+  HfModel loaded = load_fixture("bert");
+  ASSERT_EQ(loaded.architecture, "BertForSequenceClassification");
+  auto model = loaded.as<BertForSequenceClassificationImpl>();
+  EXPECT_EQ(count_parameters(*model), 47362);  // stats.json params
+  EXPECT_EQ(model->config().num_labels(), 2);
+  EXPECT_EQ(model->config().hidden_act, "gelu");
+  const auto io = read_map(fixture_dir("bert") + "/expected.safetensors");
+  model->eval();
+  torch::NoGradGuard no_grad;
+  const ClassifierOutput out = model->forward(bert_inputs(io));
+  ASSERT_EQ(out.base.hidden_states.size(), 4u);
+  for (size_t i = 0; i < out.base.hidden_states.size(); ++i) {
+    const std::string name = "hidden_states." + std::to_string(i);
+    expect_close("bert", name, out.base.hidden_states[i], io.at(name));
+  }
+  expect_close("bert", "last_hidden_state", out.base.last_hidden_state, io.at("last_hidden_state"));
+  expect_close("bert", "pooler_output", out.base.pooler_output, io.at("pooler_output"));
+  expect_close("bert", "logits", out.logits, io.at("logits"));
+  expect_close("bert", "loss", out.loss, io.at("loss"));
+}
+
+TEST(HfBert, AdamWStepMatchesTransformers) {
+  auto model = load_fixture("bert").as<BertForSequenceClassificationImpl>();
+  const auto io = read_map(fixture_dir("bert") + "/expected.safetensors");
+  check_adamw_step("bert", *model, [&] { return model->forward(bert_inputs(io)).loss; });
+}
+
+// The base model from the classification checkpoint: "bert." is dropped, the classifier skipped.
+TEST(HfBert, BaseModelLoadsFromCheckpointWithHead) {
+  HfLoadOptions options;
+  options.architecture = "BertModel";
+  HfModel loaded = load_hf_model(fixture_dir("bert"), options);
+  EXPECT_TRUE(loaded.report.ok()) << loaded.report.to_string();
+  EXPECT_EQ(loaded.report.skipped, (std::vector<std::string>{"classifier.bias", "classifier.weight"}));
+  auto model = loaded.as<BertModelImpl>();
+  const auto io = read_map(fixture_dir("bert") + "/expected.safetensors");
+  model->eval();
+  torch::NoGradGuard no_grad;
+  const EncoderOutput out = model->forward(bert_inputs(io));
+  expect_close("bert base", "last_hidden_state", out.last_hidden_state, io.at("last_hidden_state"));
+  expect_close("bert base", "pooler_output", out.pooler_output, io.at("pooler_output"));
+  EXPECT_THROW(loaded.as<BertForSequenceClassificationImpl>(), Error);
+}
+
+// A base-model file (names without "bert.") into a model with a head, as from_pretrained: the prefix is
+// added, the new classifier is reported missing (strict) or kept fresh when asked for.
+TEST(HfBert, BaseCheckpointLoadsIntoModelWithHead) {
+  const fs::path dir = fs::temp_directory_path() / ("graft_hf_bert_base_" + std::to_string(getpid()));
+  fs::create_directories(dir);
+  fs::copy_file(fixture_dir("bert") + "/config.json", dir / "config.json",
+                fs::copy_options::overwrite_existing);
+  NamedTensors base;
+  for (auto& [name, tensor] : read_safetensors(fixture_dir("bert") + "/model.safetensors")) {
+    if (name.rfind("bert.", 0) == 0) base.emplace_back(name.substr(5), tensor);
+  }
+  write_safetensors((dir / "model.safetensors").string(), base);
+
+  try {
+    load_hf_model(dir.string());
+    ADD_FAILURE() << "strict loading without classifier weights should throw";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("classifier.weight [2, 32]"), std::string::npos) << e.what();
+  }
+  HfLoadOptions options;
+  options.num_labels = 5;  // a new head: Hugging Face's fine-tuning start
+  HfModel loaded = load_hf_model(dir.string(), options);
+  EXPECT_TRUE(loaded.report.ok()) << loaded.report.to_string();
+  auto model = loaded.as<BertForSequenceClassificationImpl>();
+  EXPECT_EQ(model->classifier->weight.sizes(), torch::IntArrayRef({5, 32}));
+  EXPECT_EQ(model->config().id2label.back(), "LABEL_4");
+  const auto io = read_map(fixture_dir("bert") + "/expected.safetensors");
+  model->eval();
+  torch::NoGradGuard no_grad;
+  expect_close("bert new head", "pooler_output", model->forward(bert_inputs(io)).base.pooler_output,
+               io.at("pooler_output"));
+  fs::remove_all(dir);
+}
+
+TEST(HfBert, LoadReportNamesMismatchedShapes) {
+  nlohmann::json config = read_json_file(fixture_dir("bert") + "/config.json");
+  config["intermediate_size"] = 48;
+  BertForSequenceClassification model(BertConfig::from_json(config));
+  try {
+    load_hf_weights(*model, fixture_dir("bert") + "/model.safetensors", "bert");
+    ADD_FAILURE() << "a wrong intermediate_size should not load";
+  } catch (const Error& e) {
+    const std::string message = e.what();
+    EXPECT_NE(
+        message.find(
+            "bert.encoder.layer.0.intermediate.dense.weight: model expects [48, 32], source has [64, 32]"),
+        std::string::npos)
+        << message;
+  }
+  LoadOptions relaxed;
+  relaxed.strict = false;
+  const LoadReport report =
+      load_hf_weights(*model, fixture_dir("bert") + "/model.safetensors", "bert", relaxed);
+  EXPECT_EQ(report.mismatched.size(), 9u);  // 3 layers x (intermediate weight, bias, output weight)
+}
+
+TEST(HfBert, ConfigErrorsNameFileAndKey) {
+  const std::string source = "some/config.json";
+  nlohmann::json config = read_json_file(fixture_dir("bert") + "/config.json");
+  auto message_of = [&](const nlohmann::json& j) -> std::string {
+    try {
+      BertConfig::from_json(j, source);
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "";
+  };
+  nlohmann::json bad = config;
+  bad["hidden_size"] = "large";
+  EXPECT_NE(message_of(bad).find("some/config.json: key 'hidden_size' must be an integer"), std::string::npos)
+      << message_of(bad);
+  bad = config;
+  bad["hidden_act"] = "gelu_42";
+  EXPECT_NE(message_of(bad).find("'hidden_act'"), std::string::npos) << message_of(bad);
+  EXPECT_NE(message_of(bad).find("gelu_42"), std::string::npos) << message_of(bad);
+  bad = config;
+  bad["num_attention_heads"] = 5;
+  EXPECT_NE(message_of(bad).find("'hidden_size' (32) must be a multiple of 'num_attention_heads' (5)"),
+            std::string::npos)
+      << message_of(bad);
+  bad = config;
+  bad["position_embedding_type"] = "relative_key";
+  EXPECT_NE(message_of(bad).find("position_embedding_type"), std::string::npos) << message_of(bad);
+  bad = config;
+  bad["model_type"] = "roberta";
+  EXPECT_NE(message_of(bad).find("model_type"), std::string::npos) << message_of(bad);
+
+  // Keys save_pretrained omits take BertConfig's defaults.
+  nlohmann::json sparse = {{"model_type", "bert"}, {"hidden_size", 64}, {"num_attention_heads", 4}};
+  const BertConfig parsed = BertConfig::from_json(sparse, source);
+  EXPECT_EQ(parsed.vocab_size, 30522);
+  EXPECT_EQ(parsed.num_hidden_layers, 12);
+  EXPECT_EQ(parsed.num_labels(), 2);
+  EXPECT_DOUBLE_EQ(parsed.layer_norm_eps, 1e-12);
+}
+
+TEST(HfBert, FolderWithoutModelTypeOrWeightsIsExplained) {
+  const fs::path dir = fs::temp_directory_path() / ("graft_hf_bad_" + std::to_string(getpid()));
+  fs::create_directories(dir);
+  try {
+    load_hf_model(dir.string());
+    ADD_FAILURE() << "an empty folder should not load";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("no model.safetensors"), std::string::npos) << e.what();
+  }
+  fs::copy_file(fixture_dir("bert") + "/model.safetensors", dir / "model.safetensors");
+  std::ofstream(dir / "config.json") << R"({"hidden_size": 32})";
+  try {
+    load_hf_model(dir.string());
+    ADD_FAILURE() << "a config.json without model_type or architectures should not load";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("config.json: key 'model_type' is missing"), std::string::npos)
+        << e.what();
+  }
+  fs::remove_all(dir);
+}
+
+// Hugging Face's choice of loss: problem_type, else regression for one label, cross-entropy for integer
+// labels, binary cross-entropy for float labels. Values by hand.
+TEST(HfBert, ClassificationLossFollowsProblemType) {
+  const torch::Tensor one = torch::tensor({{0.5f}, {1.5f}});
+  EXPECT_NEAR(hf_classification_loss(one, torch::tensor({1.0f, 1.0f}), "").item<double>(), 0.25, 1e-7);
+  const torch::Tensor two = torch::tensor({{0.0f, 0.0f}, {0.0f, std::log(3.0f)}});
+  // Row 0: -log(1/2); row 1 (p = 3/4 for label 1): -log(3/4).
+  const double ce = (std::log(2.0) - std::log(0.75)) / 2;
+  EXPECT_NEAR(hf_classification_loss(two, torch::tensor({0, 1}), "").item<double>(), ce, 1e-6);
+  EXPECT_NEAR(
+      hf_classification_loss(two, torch::tensor({0, 1}), "single_label_classification").item<double>(), ce,
+      1e-6);
+  // Float labels: binary cross-entropy per logit, mean; logit 0 costs log 2 whatever the label.
+  const double bce = (3 * std::log(2.0) + std::log(1.0 + 1.0 / 3.0)) / 4;
+  EXPECT_NEAR(hf_classification_loss(two, torch::tensor({{1.0f, 0.0f}, {0.0f, 1.0f}}), "").item<double>(),
+              bce, 1e-6);
+  EXPECT_NEAR(
+      hf_classification_loss(two, torch::tensor({{1.0f, 0.0f}, {0.0f, 1.0f}}), "regression").item<double>(),
+      (1.0 + std::pow(std::log(3.0) - 1.0, 2)) / 4, 1e-6);
+}
+
+// The forward({ids, mask}) shorthand is Hugging Face's model(input_ids, attention_mask).
+TEST(HfBert, ShorthandInputs) {
+  HfLoadOptions encoder_only;
+  encoder_only.architecture = "BertModel";
+  auto model = load_fixture("bert", encoder_only).as<BertModelImpl>();
+  const auto io = read_map(fixture_dir("bert") + "/expected.safetensors");
+  model->eval();
+  torch::NoGradGuard no_grad;
+  const EncoderOutput padded = model->forward({io.at("input_ids"), io.at("attention_mask")});
+  TextInputs full = bert_inputs(io);
+  full.token_type_ids = torch::zeros_like(io.at("input_ids"));  // what an absent token_type_ids means
+  EXPECT_TRUE(torch::equal(padded.last_hidden_state, model->forward(full).last_hidden_state));
+  EXPECT_TRUE(padded.hidden_states.empty());
+}
+
+// Freezing on a text model: one optimiser step moves exactly the trainable parameters.
+std::set<std::string> moved_by_one_step(BertForSequenceClassificationImpl& model,
+                                        const std::map<std::string, torch::Tensor>& io) {
+  std::map<std::string, torch::Tensor> before;
+  for (const auto& p : model.named_parameters()) before[p.key()] = p.value().detach().clone();
+  std::vector<torch::Tensor> trainable;
+  for (const auto& p : model.parameters()) {
+    if (p.requires_grad()) trainable.push_back(p);
+  }
+  model.train();
+  torch::manual_seed(0);
+  auto optimizer = fixture_adamw(trainable);
+  optimizer.zero_grad();
+  model.forward(bert_inputs(io)).loss.backward();
+  optimizer.step();
+  std::set<std::string> moved;
+  for (const auto& p : model.named_parameters()) {
+    if (!torch::equal(p.value(), before[p.key()])) moved.insert(p.key());
+  }
+  return moved;
+}
+
+TEST(HfBert, FreezeSpecsOnTextModel) {
+  const auto io = read_map(fixture_dir("bert") + "/expected.safetensors");
+  {
+    auto model = load_fixture("bert").as<BertForSequenceClassificationImpl>();
+    const FreezeReport report = apply_freeze(*model, "bert.embeddings.*", "classifier");
+    EXPECT_EQ(report.frozen_parameters, 5);  // three embedding tables, LayerNorm weight and bias
+    for (const auto& name : moved_by_one_step(*model, io)) {
+      EXPECT_NE(name.rfind("bert.embeddings.", 0), 0u) << name << " is frozen but moved";
+    }
+    for (const auto& p : model->named_parameters()) {
+      EXPECT_EQ(p.value().requires_grad(), p.key().rfind("bert.embeddings.", 0) != 0) << p.key();
+    }
+  }
+  {
+    auto model = load_fixture("bert").as<BertForSequenceClassificationImpl>();
+    const FreezeReport report = apply_freeze(*model, "until:bert.encoder.layer.1", "classifier");
+    const auto moved = moved_by_one_step(*model, io);
+    for (const auto& p : model->named_parameters()) {
+      const std::string& name = p.key();
+      const bool frozen =
+          name.rfind("bert.embeddings.", 0) == 0 || name.rfind("bert.encoder.layer.0.", 0) == 0;
+      EXPECT_EQ(p.value().requires_grad(), !frozen) << name;
+      if (frozen) {
+        EXPECT_EQ(moved.count(name), 0u) << name << " is frozen but moved";
+      }
+    }
+    // Layer 1 and 2, the pooler and the classifier train (the unused word embeddings would not move anyway).
+    for (const char* name :
+         {"bert.encoder.layer.1.attention.self.query.weight", "bert.encoder.layer.2.output.dense.bias",
+          "bert.pooler.dense.weight", "classifier.weight"}) {
+      EXPECT_EQ(moved.count(name), 1u) << name << " is trainable but did not move";
+    }
+    EXPECT_EQ(report.frozen_parameters, 5 + 16);
+    EXPECT_THROW(apply_freeze(*model, "until:bert.encoder.layer.7", "classifier"), SpecError);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// GPT-2
+
+TEST(HfGpt2, ForwardMatchesTransformers) {
+  HfModel loaded = load_fixture("gpt2");
+  ASSERT_EQ(loaded.architecture, "GPT2LMHeadModel");
+  // The fixture holds lm_head.weight (tied, same data as wte): read as the tied head, not loaded twice.
+  EXPECT_EQ(loaded.report.skipped, std::vector<std::string>{"lm_head.weight"});
+  auto model = loaded.as<GPT2LMHeadModelImpl>();
+  EXPECT_EQ(count_parameters(*model), 58656);  // stats.json params: wte counted once
+  EXPECT_TRUE(model->lm_head_weight().is_same(model->transformer->wte->weight));
+  const auto io = read_map(fixture_dir("gpt2") + "/expected.safetensors");
+  model->eval();
+  torch::NoGradGuard no_grad;
+  CausalLMInputs inputs;
+  inputs.input_ids = io.at("input_ids");
+  inputs.labels = io.at("labels");
+  inputs.output_hidden_states = true;
+  const CausalLMOutput out = model->forward(inputs);
+  ASSERT_EQ(out.hidden_states.size(), 4u);
+  for (size_t i = 0; i < out.hidden_states.size(); ++i) {
+    const std::string name = "hidden_states." + std::to_string(i);
+    expect_close("gpt2", name, out.hidden_states[i], io.at(name));
+  }
+  expect_close("gpt2", "logits", out.logits, io.at("logits"));
+  expect_close("gpt2", "loss", out.loss, io.at("loss"));
+}
+
+TEST(HfGpt2, AdamWStepMatchesTransformers) {
+  auto model = load_fixture("gpt2").as<GPT2LMHeadModelImpl>();
+  const auto io = read_map(fixture_dir("gpt2") + "/expected.safetensors");
+  check_adamw_step("gpt2", *model, [&] {
+    CausalLMInputs inputs;
+    inputs.input_ids = io.at("input_ids");
+    inputs.labels = io.at("labels");
+    return model->forward(inputs).loss;
+  });
+}
+
+// save_pretrained's form: no lm_head.weight, and a GPT2Model file (no "transformer." prefix) with the old
+// attention buffers h.N.attn.bias / masked_bias, as the hub's gpt2 checkpoint.
+TEST(HfGpt2, LoadsWithoutLmHeadAndFromBaseCheckpoint) {
+  const auto io = read_map(fixture_dir("gpt2") + "/expected.safetensors");
+  const fs::path dir = fs::temp_directory_path() / ("graft_hf_gpt2_" + std::to_string(getpid()));
+  fs::create_directories(dir);
+  fs::copy_file(fixture_dir("gpt2") + "/config.json", dir / "config.json",
+                fs::copy_options::overwrite_existing);
+  NamedTensors without_head, base;
+  for (auto& [name, tensor] : read_safetensors(fixture_dir("gpt2") + "/model.safetensors")) {
+    if (name == "lm_head.weight") continue;
+    without_head.emplace_back(name, tensor);
+    base.emplace_back(name.substr(std::string("transformer.").size()), tensor);
+  }
+  for (int layer = 0; layer < 3; ++layer) {
+    base.emplace_back("h." + std::to_string(layer) + ".attn.bias", torch::ones({1, 1, 40, 40}).tril());
+    base.emplace_back("h." + std::to_string(layer) + ".attn.masked_bias", torch::tensor(-1e4));
+  }
+  for (const auto& tensors : {without_head, base}) {
+    write_safetensors((dir / "model.safetensors").string(), tensors);
+    HfModel loaded = load_hf_model(dir.string());
+    EXPECT_TRUE(loaded.report.ok()) << loaded.report.to_string();
+    auto model = loaded.as<GPT2LMHeadModelImpl>();
+    model->eval();
+    torch::NoGradGuard no_grad;
+    expect_close("gpt2 variant", "logits", model->forward(io.at("input_ids")).logits, io.at("logits"));
+  }
+  fs::remove_all(dir);
+}
+
+// Generation is not quadratic: feeding tokens one at a time with the cache gives the full pass's logits.
+TEST(HfGpt2, KeyValueCacheMatchesFullForward) {
+  auto model = load_fixture("gpt2").as<GPT2LMHeadModelImpl>();
+  const auto io = read_map(fixture_dir("gpt2") + "/expected.safetensors");
+  model->eval();
+  torch::NoGradGuard no_grad;
+  const torch::Tensor ids = io.at("input_ids");  // (3, 9)
+  const torch::Tensor full = model->forward(ids).logits;
+
+  // Prompt of 5 with the cache, then 4 single tokens.
+  CausalLMInputs step;
+  step.input_ids = ids.narrow(1, 0, 5);
+  step.use_cache = true;
+  CausalLMOutput out = model->forward(step);
+  ASSERT_EQ(out.present.size(), 3u);
+  EXPECT_EQ(out.present[0].key.sizes(), torch::IntArrayRef({3, 2, 5, 16}));
+  expect_close("gpt2 cache", "logits[:, :5]", out.logits, full.narrow(1, 0, 5));
+  for (int64_t t = 5; t < ids.size(1); ++t) {
+    step.input_ids = ids.narrow(1, t, 1);
+    step.past_key_values = out.present;
+    out = model->forward(step);
+    expect_close("gpt2 cache", "logits[:, " + std::to_string(t) + "]", out.logits.select(1, 0),
+                 full.select(1, t));
+  }
+  EXPECT_EQ(out.present[2].value.size(2), ids.size(1));
+  expect_close("gpt2 cache", "last token logits", out.logits.select(1, 0), io.at("logits").select(1, -1));
+
+  // A padding mask over past + new tokens: left-padded row 0 with position ids that skip the pads gives
+  // the unpadded row's logits.
+  const torch::Tensor row = ids.narrow(0, 0, 1).narrow(1, 0, 6);  // (1, 6)
+  const torch::Tensor padded = torch::cat({torch::zeros({1, 3}, row.options()), row}, 1);
+  CausalLMInputs masked;
+  masked.input_ids = padded;
+  masked.attention_mask =
+      torch::cat({torch::zeros({1, 3}, row.options()), torch::ones({1, 6}, row.options())}, 1);
+  masked.position_ids =
+      torch::cat({torch::zeros({1, 3}, row.options()), torch::arange(6, row.options()).unsqueeze(0)}, 1);
+  expect_close("gpt2 padding", "logits (left-padded)", model->forward(masked).logits.narrow(1, 3, 6),
+               full.narrow(0, 0, 1).narrow(1, 0, 6));
+
+  const torch::Tensor greedy = model->generate(ids.narrow(1, 0, 4), {/*max_new_tokens=*/5});
+  ASSERT_EQ(greedy.sizes(), torch::IntArrayRef({3, 9}));
+  // Greedy with the cache picks what the full forward of the result argmaxes.
+  const torch::Tensor check = model->forward(greedy).logits.narrow(1, 3, 5).argmax(-1);
+  EXPECT_TRUE(torch::equal(check, greedy.narrow(1, 4, 5)));
+}
+
+// ---------------------------------------------------------------------------------------------------
+// ViT
+
+TEST(HfVit, ForwardMatchesTransformers) {
+  HfModel loaded = load_fixture("vit");
+  ASSERT_EQ(loaded.architecture, "ViTForImageClassification");
+  auto model = loaded.as<ViTForImageClassificationImpl>();
+  EXPECT_EQ(count_parameters(*model), 27939);
+  const auto io = read_map(fixture_dir("vit") + "/expected.safetensors");
+  model->eval();
+  torch::NoGradGuard no_grad;
+  const ClassifierOutput out =
+      model->forward(io.at("pixel_values"), io.at("labels"), /*output_hidden_states=*/true);
+  ASSERT_EQ(out.base.hidden_states.size(), 4u);
+  for (size_t i = 0; i < out.base.hidden_states.size(); ++i) {
+    const std::string name = "hidden_states." + std::to_string(i);
+    expect_close("vit", name, out.base.hidden_states[i], io.at(name));
+  }
+  expect_close("vit", "last_hidden_state", out.base.last_hidden_state, io.at("last_hidden_state"));
+  expect_close("vit", "logits", out.logits, io.at("logits"));
+  expect_close("vit", "loss", out.loss, io.at("loss"));
+  // The backbone path (steps, as graft's image tools run it) gives the same logits.
+  expect_close("vit", "logits (backbone forward)", model->forward(io.at("pixel_values")), io.at("logits"));
+}
+
+TEST(HfVit, AdamWStepMatchesTransformers) {
+  auto model = load_fixture("vit").as<ViTForImageClassificationImpl>();
+  const auto io = read_map(fixture_dir("vit") + "/expected.safetensors");
+  check_adamw_step("vit", *model,
+                   [&] { return model->forward(io.at("pixel_values"), io.at("labels")).loss; });
+}
+
+TEST(HfVit, ImageBackboneInterface) {
+  auto model = load_fixture("vit").as<ViTForImageClassificationImpl>();
+  const auto io = read_map(fixture_dir("vit") + "/expected.safetensors");
+  const torch::Tensor pixels = io.at("pixel_values");
+  model->eval();
+  {
+    torch::NoGradGuard no_grad;
+    const torch::Tensor features = model->forward_features(pixels);
+    EXPECT_EQ(features.sizes(), torch::IntArrayRef({2, 32, 1, 1}));
+    expect_close("vit backbone", "forward_features ([CLS] after layernorm)", features.flatten(1),
+                 io.at("last_hidden_state").select(1, 0));
+    EXPECT_EQ(model->forward_head(features, /*pre_logits=*/true).sizes(), torch::IntArrayRef({2, 32}));
+    std::set<std::string> modules;
+    for (const auto& item : model->named_modules()) modules.insert(item.key());
+    for (const auto& step : model->all_steps()) {
+      EXPECT_TRUE(step.name == "cls_token" || step.name == "flatten" || modules.count(step.name))
+          << step.name;
+    }
+  }
+  EXPECT_EQ(head_module_name(*model), "classifier");
+  const FreezeReport report = apply_freeze(*model, "until:vit.encoder.layer.2");
+  for (const auto& p : model->named_parameters()) {
+    const bool frozen = p.key().rfind("vit.embeddings.", 0) == 0 ||
+                        p.key().rfind("vit.encoder.layer.0.", 0) == 0 ||
+                        p.key().rfind("vit.encoder.layer.1.", 0) == 0;
+    EXPECT_EQ(p.value().requires_grad(), !frozen) << p.key();
+  }
+  EXPECT_EQ(report.frozen_parameters, 4 + 2 * 16);
+
+  const ModelSummary summary = summarize(*model);
+  EXPECT_EQ(summary.total_params, 27939);
+  EXPECT_EQ(summary.rows.front().name, "vit.embeddings");
+  EXPECT_EQ(summary.rows.front().output_shape, (std::vector<int64_t>{17, 32}));
+  EXPECT_NE(summary.to_string().find("vit.encoder.layer.2"), std::string::npos) << summary.to_string();
+
+  model->set_head(HeadSpec::parse("avg,dense:16:relu,dense:4"));
+  EXPECT_EQ(model->forward(pixels).sizes(), torch::IntArrayRef({2, 4}));
+  EXPECT_EQ(model->forward(pixels, torch::tensor({0, 3})).loss.dim(), 0);
+  model->reset_classifier(7);
+  EXPECT_EQ(model->num_classes(), 7);
+  EXPECT_EQ(model->forward(pixels).sizes(), torch::IntArrayRef({2, 7}));
+  EXPECT_THROW(model->forward(torch::zeros({1, 3, 32, 32})), ShapeMismatch);
+}
+
+}  // namespace
+}  // namespace graft
