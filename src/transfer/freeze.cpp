@@ -112,6 +112,8 @@ FreezeReport apply_freeze(torch::nn::Module& model, const std::string& spec, con
     }
   }
 
+  // Only backbones declare fixed parameters (Keras BatchNorm without gamma); text models have none.
+  const auto* backbone = dynamic_cast<const BackboneImpl*>(&model);
   FreezeReport report;
   for (size_t i = 0; i < layers.size(); ++i) {
     if (layer_frozen[i]) report.frozen_layers.push_back(layers[i]);
@@ -130,7 +132,7 @@ FreezeReport apply_freeze(torch::nn::Module& model, const std::string& spec, con
       }
       for (const auto& glob : globs) frozen = frozen || glob_match(glob, name);
     }
-    if (model.is_fixed_parameter(name)) {  // a constant of the architecture, never trained
+    if (backbone && backbone->is_fixed_parameter(name)) {  // a constant of the architecture, never trained
       item.value().set_requires_grad(false);
       report.fixed_parameters += 1;
       continue;
