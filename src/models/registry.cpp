@@ -100,11 +100,23 @@ std::vector<ModelEntry> build_table() {
     nsfwjs.build = mobilenet_v2_keras;
     nsfwjs.head = "avg,dense:256:relu,dropout:0.5,dense:128:relu,dropout:0.25,dense:5";
     nsfwjs.description = "nsfwjs 4.4.0 MobileNetV2 (Keras 2.2.4, uint8-quantised TF.js), 5 classes";
+    // Keras applications' own ImageNet weights (.h5) load into the same Keras build.
+    PretrainedCfg keras;
+    keras.tag = "keras";
+    keras.source =
+        "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"
+        "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5";
+    keras.file_format = "keras-h5";
+    keras.mean = {0.5, 0.5, 0.5};  // Keras mobilenet_v2.preprocess_input: x / 127.5 - 1
+    keras.std = {0.5, 0.5, 0.5};
+    keras.license = "Apache-2.0 (Keras Applications)";
+    keras.description = "Keras Applications ImageNet weights, alpha 1.0 (Keras build: TF padding, BN eps 1e-3)";
+    keras.build = mobilenet_v2_keras;
     table.push_back({"mobilenet_v2", "mobilenet", "MobileNetV2 (Sandler et al. 2018), torchvision layout",
                      mobilenet_v2,
                      {torchvision_in1k("tv_in1k",
                                        "torchvision:mobilenet_v2 IMAGENET1K_V1 (convert to safetensors)", tv),
-                      nsfwjs}});
+                      nsfwjs, keras}});
   }
   {
     // torchvision's names; timm's efficientnet_b0 is another module tree (conv_stem, blocks.N.M, conv_head).

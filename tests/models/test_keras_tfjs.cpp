@@ -654,6 +654,7 @@ TEST(KerasNameMap, TablesCoverEveryModelTensor) {
       // custom head replaces it: 2 + 4 + 16 * 6 + 2 + 1 + 3 nsfwjs Dense and 94 * 2 + 1 + 3.
       {"mobilenet_v2 (Keras build)", [] { return mobilenet_v2_keras(1000); }, 108},
       {"mobilenet_v2.nsfwjs", registry("mobilenet_v2.nsfwjs"), 108},
+      {"mobilenet_v2.keras", registry("mobilenet_v2.keras"), 108},
       {"inception_v3 (Keras build)", [] { return inception_v3_keras(1000); }, 192},
       {"inception_v3.nsfwjs", registry("inception_v3.nsfwjs"), 192},
   };
