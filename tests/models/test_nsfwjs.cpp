@@ -20,6 +20,7 @@
 
 #include "graft/data.h"
 #include "graft/errors.h"
+#include "graft/image_task.h"
 #include "graft/registry.h"
 #include "graft/run.h"
 #include "graft/tfjs_graph.h"
@@ -101,12 +102,9 @@ TEST_P(NsfwjsGolden, PreprocessingMatchesTfjs) {
   Backbone model = create_model(name + ".nsfwjs");
   const Preprocessing pre = Preprocessing::from_cfg(model->default_cfg());
   EXPECT_EQ(pre.interpolation, "bilinear-align-corners");
-  TransformConfig config;
-  config.size = pre.size;
-  config.crop_pct = pre.crop_pct;
-  config.mean = pre.mean;
-  config.std = pre.std;
-  config.align_corners = true;
+  // The pipeline's own eval transform for this tag (what train / eval / predict use).
+  const TransformConfig config = transform_for(pre, /*train=*/false);
+  EXPECT_TRUE(config.align_corners);
   std::mt19937_64 rng(0);
 
   const std::string images = std::string(GRAFT_SHARED_DIR) + "/weights/reference_images/";
