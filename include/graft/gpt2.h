@@ -10,6 +10,8 @@
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/modules/normalization.h>
 
+#include <functional>
+#include <optional>
 #include <vector>
 
 #include "graft/transformers.h"
@@ -114,11 +116,20 @@ class GPT2ModelImpl : public torch::nn::Module {
 };
 TORCH_MODULE(GPT2Model);
 
+// Decoding as Hugging Face's generate() does it with its logits processors, in its order: repetition
+// penalty, then (sampling only) temperature, top-k, top-p.
 struct GenerateOptions {
   int64_t max_new_tokens = 20;
-  double temperature = 0.0;   // 0: greedy; > 0: sample from softmax(logits / temperature)
-  int64_t top_k = 0;          // sample among the k most likely tokens only (0: all)
-  int64_t eos_token_id = -1;  // stop a sequence once it emits this token (-1: never)
+  double temperature = 0.0;         // 0: greedy; > 0: sample from softmax(logits / temperature)
+  int64_t top_k = 0;                // sample among the k most likely tokens only (0: all)
+  double top_p = 1.0;               // nucleus: the smallest set of tokens whose probability reaches top_p
+  double repetition_penalty = 1.0;  // CTRL's: scores of tokens already in the sequence / p (x p when < 0)
+  int64_t eos_token_id = -1;        // stop a sequence once it emits this token (-1: never)
+  // Sampling draws from a generator seeded with this, so a seed gives the same text on every run;
+  // unset: torch's global generator.
+  std::optional<uint64_t> seed;
+  // Called after each step with the new tokens (B); returning false stops (streaming output, stop strings).
+  std::function<bool(const torch::Tensor& next)> on_token;
 };
 
 // GPT2Model + the LM head (tied to wte, or untied when config tie_word_embeddings is false, then holding
@@ -130,6 +141,7 @@ class GPT2LMHeadModelImpl : public torch::nn::Module {
 
   // Autoregressive continuation of (B, T) prompts with the key/value cache: each new token costs one
   // one-token forward. Returns (B, T + new) ids; sequences that hit eos_token_id are padded with it.
+  // Throws graft::Error when T + max_new_tokens exceeds n_positions or an option is out of range.
   torch::Tensor generate(const torch::Tensor& input_ids, const GenerateOptions& options = {});
 
   const GPT2Config& config() const { return transformer->config(); }

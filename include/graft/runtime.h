@@ -9,6 +9,13 @@ namespace graft {
 // Sets libtorch's intra-op threads; 0 means the machine's cores (std::thread::hardware_concurrency).
 void set_threads(int threads);
 
+// Keeps memory that tensors free inside the process for the next allocation instead of unmapping it
+// (glibc: no mmap for large blocks, trim above 512 MiB). A training step frees and re-allocates the same
+// large buffers (a language model's logits are hundreds of MB); with glibc's defaults each one is a fresh
+// mmap whose pages the kernel zeroes again, which doubled the step time of a small GPT-2 here. Costs a
+// higher resident peak. No effect with other C libraries.
+void retain_freed_memory();
+
 // "auto" (CUDA when available, else CPU), "cpu", "cuda", "cuda:N". Throws graft::Error when CUDA is asked
 // for and this libtorch has none.
 torch::Device parse_device(const std::string& text);

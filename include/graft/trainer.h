@@ -44,6 +44,7 @@ struct ParamGroup {
   std::vector<torch::Tensor> params;
   double lr_mult = 1.0;
   std::string name;  // for messages and checkpoints: "backbone", "head"
+  bool no_weight_decay = false;  // biases and LayerNorm weights, as Hugging Face's Trainer groups them
 };
 
 // A libtorch optimiser plus what schedules need: each group's base rate (lr * lr_mult).
@@ -52,6 +53,7 @@ struct GroupedOptimizer {
   std::vector<double> base_lrs;          // one per optimiser param group
   std::vector<std::string> group_names;  // one per optimiser param group
   std::vector<double> lr_mults;          // one per optimiser param group
+  std::vector<bool> no_weight_decay;     // one per optimiser param group
   OptimizerConfig config;
 };
 
@@ -116,11 +118,16 @@ void set_lr(GroupedOptimizer& optimizer, const LrSchedule& schedule, int64_t ste
 torch::Tensor classification_loss(const torch::Tensor& logits, const torch::Tensor& labels,
                                   double label_smoothing = 0.0, const torch::Tensor& class_weights = {});
 
+// Mean next-token cross-entropy of a causal language model, as Hugging Face's GPT2LMHeadModel computes it:
+// logits (N, T, V) at position t predict labels[:, t + 1]; labels equal to -100 (padding) are left out.
+torch::Tensor causal_lm_loss(const torch::Tensor& logits, const torch::Tensor& labels);
+
 // ---------------------------------------------------------------------------------------------------
 // Metrics (src/train/metrics.cpp)
 
 struct Metrics {
-  int64_t samples = 0;
+  int64_t samples = 0;                          // examples, or predicted tokens for token-level metrics
+  bool token_level = false;                     // causal LM: accuracy of next-token predictions, no classes
   int64_t num_classes = 0;
   double loss = 0.0;                            // mean over samples
   double accuracy = 0.0;                        // top-1
@@ -129,6 +136,7 @@ struct Metrics {
   std::vector<double> precision, recall, f1;    // per class; 0 where undefined
   std::vector<int64_t> support;                 // true samples per class
   double macro_f1 = 0.0;
+  double perplexity() const;  // exp(loss): the language-model figure
 };
 
 // Accumulates predictions over batches.
@@ -138,6 +146,9 @@ class MetricsAccumulator {
   explicit MetricsAccumulator(int64_t num_classes = 0);
   // logits (N, C), labels (N) int64, batch_loss: the batch's mean loss (weighted by N here).
   void add(const torch::Tensor& logits, const torch::Tensor& labels, double batch_loss);
+  // Causal LM: logits (N, T, V), labels (N, T) with -100 for padding, batch_loss the mean over the counted
+  // (shifted, unpadded) tokens; samples count those tokens. An accumulator takes one kind of batch only.
+  void add_tokens(const torch::Tensor& logits, const torch::Tensor& labels, double batch_loss);
   int64_t samples() const { return samples_; }
   double mean_loss() const { return samples_ ? loss_sum_ / static_cast<double>(samples_) : 0.0; }
   double accuracy() const {
@@ -147,6 +158,7 @@ class MetricsAccumulator {
 
  private:
   int64_t num_classes_ = 0;
+  bool token_level_ = false;
   int64_t samples_ = 0;
   int64_t correct_ = 0;
   int64_t correct_top5_ = 0;
@@ -175,7 +187,8 @@ class BatchSource {
   virtual void set_seed(uint64_t /*seed*/) {}
 };
 
-// Batches from tensors in memory (precomputed features, tests): inputs (N, ...), labels (N).
+// Batches from tensors in memory (precomputed features, token ids, tests): inputs (N, ...), labels (N)
+// or, per token, (N, T).
 // Shuffles per epoch with its own generator seeded by (seed, epoch); torch's global RNG is untouched.
 class TensorBatchSource : public BatchSource {
  public:
@@ -284,6 +297,7 @@ struct TrainerState {
     std::string name;
     double lr_mult = 1.0;
     std::vector<std::string> params;
+    bool no_weight_decay = false;
   };
   std::vector<Group> groups;
   std::vector<std::string> trainable;  // names of parameters with requires_grad at save time
@@ -349,6 +363,9 @@ struct TrainConfig {
   bool progress = true;                  // progress bars on `log` (epoch summaries are always printed)
   std::ostream* log = nullptr;           // nullptr: std::cerr
   std::string sample_unit = "img";       // progress bar speed unit ("img/s", "seq/s")
+  // classify: inputs -> logits (N, C), labels (N), classification_loss and class metrics;
+  // causal-lm: inputs -> logits (N, T, V), labels (N, T), causal_lm_loss, token accuracy and perplexity.
+  std::string objective = "classify";
 };
 
 class Trainer {
@@ -382,6 +399,10 @@ class Trainer {
 
  private:
   EpochResult run_epoch(BatchSource& train, BatchSource* val, int64_t epoch_index);
+  bool causal_lm() const { return config_.objective == "causal-lm"; }
+  torch::Tensor loss_of(const torch::Tensor& logits, const torch::Tensor& labels) const;
+  void accumulate(MetricsAccumulator& accumulator, const torch::Tensor& logits, const torch::Tensor& labels,
+                  double loss) const;
   // One pass without gradients; the bar (if any) is left open for the caller's summary.
   Metrics run_eval(BatchSource& source, const std::string& label, std::unique_ptr<ProgressBar>* bar);
   void restore_from_checkpoint();

@@ -170,6 +170,10 @@ struct HfLoadOptions {
 // gamma/beta of old checkpoints are read as weight/bias, and a tied lm_head.weight may be present or not.
 HfModel load_hf_model(const std::string& path, const HfLoadOptions& options = {});
 
+// A model built from a config.json alone, with Hugging Face's initialisation (training from scratch);
+// options.strict and the weights are not used.
+HfModel build_hf_model(const std::string& config_path, const HfLoadOptions& options = {});
+
 // Loads a Hugging Face safetensors file into an already built model with the same name handling.
 // base_prefix: Hugging Face's base_model_prefix of the model class ("bert", "transformer", "vit");
 // skip_prefixes: module names left as initialised (a new head), reported as skipped.

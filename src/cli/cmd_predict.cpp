@@ -1,26 +1,69 @@
-// `graft predict RUN_DIR IMAGE...`: top-k labels with probabilities (text or --json).
+// `graft predict RUN_DIR IMAGE...` (or --text / --input for a text run): top-k labels with probabilities.
+#include <filesystem>
+#include <fstream>
 #include <iomanip>
 #include <iostream>
 
 #include "cli/commands.h"
+#include "graft/errors.h"
 #include "graft/image_task.h"
+#include "graft/text_task.h"
 #include "graft/runtime.h"
 
 namespace graft::cli {
 
 void add_predict_command(CLI::App& app) {
-  auto* command = app.add_subcommand("predict", "classify images with a run directory");
+  auto* command = app.add_subcommand("predict", "classify images (or texts) with a run directory");
   auto run_dir = std::make_shared<std::string>();
   auto images = std::make_shared<std::vector<std::string>>();
   auto top_k = std::make_shared<int64_t>(5);
   auto as_json = std::make_shared<bool>(false);
   auto device = std::make_shared<std::string>("auto");
   command->add_option("run", *run_dir, "run directory written by graft train")->required();
-  command->add_option("images", *images, "image files (JPEG, PNG)")->required()->check(CLI::ExistingFile);
+  auto texts = std::make_shared<std::vector<std::string>>();
+  auto input = std::make_shared<std::string>();
+  command->add_option("images", *images, "image files (JPEG, PNG)");
+  command->add_option("--text", *texts, "text run: a text to classify (repeatable)");
+  command->add_option("--input", *input, "text run: a file of texts to classify, one per line")
+      ->check(CLI::ExistingFile);
   command->add_option("--top-k", *top_k, "labels per image");
   command->add_flag("--json", *as_json, "one JSON document on stdout");
   command->add_option("--device", *device, "auto, cpu or cuda[:N]");
-  command->callback([run_dir, images, top_k, as_json, device] {
+  command->callback([run_dir, images, top_k, as_json, device, texts, input] {
+    if (is_text_run(*run_dir)) {
+      std::vector<std::string> all = *texts;
+      if (!input->empty()) {
+        std::ifstream in(*input);
+        std::string line;
+        while (std::getline(in, line)) {
+          if (!line.empty() && line.back() == '\r') line.pop_back();
+          if (!line.empty()) all.push_back(line);
+        }
+      }
+      if (!images->empty()) throw Error(*run_dir + " classifies text: give --text \"...\" or --input FILE, not files");
+      if (all.empty()) throw Error("nothing to classify: give --text \"...\" or --input FILE");
+      TextRun run = load_text_run(*run_dir);
+      const auto predictions = predict_texts(run, all, *top_k, parse_device(*device));
+      if (*as_json) {
+        nlohmann::json out = nlohmann::json::array();
+        for (const auto& p : predictions) {
+          nlohmann::json top = nlohmann::json::array();
+          for (const auto& [label, prob] : p.top) top.push_back({{"label", label}, {"probability", prob}});
+          out.push_back({{"text", p.text}, {"top", top}});
+        }
+        std::cout << out.dump(2) << "\n";
+        return;
+      }
+      for (const auto& p : predictions) {
+        std::cout << p.text << "\n";
+        for (const auto& [label, prob] : p.top)
+          std::cout << "  " << std::fixed << std::setprecision(4) << prob << "  " << label << "\n";
+      }
+      return;
+    }
+    if (images->empty()) throw Error("no images given: graft predict RUN_DIR IMAGE...");
+    for (const auto& image : *images)
+      if (!std::filesystem::is_regular_file(image)) throw Error(image + ": no such file");
     LoadedRun run = load_run(*run_dir);
     auto predictions = predict_images(run, *images, *top_k, parse_device(*device));
     if (*as_json) {

@@ -6,6 +6,7 @@
 #include "graft/errors.h"
 #include "graft/image_task.h"
 #include "graft/runtime.h"
+#include "graft/text_task.h"
 
 namespace graft::cli {
 
@@ -15,10 +16,14 @@ void add_train_command(CLI::App& app) {
   auto config_file = std::make_shared<std::string>();
   auto device = std::make_shared<std::string>("auto");
   auto weight_decay = std::make_shared<double>(-1.0);
+  auto task = std::make_shared<std::string>("image-classify");
+  auto text = std::make_shared<TextTrainOptions>();
   command->add_option("--config", *config_file, "JSON file of options (keys as printed at start); flags override")
       ->check(CLI::ExistingFile);
-  command->add_option("--model", o->model, "architecture or ARCH.TAG, e.g. mobilenet_v2");
-  command->add_option("--weights", o->weights, "pretrained weights (safetensors, reference names)");
+  command->add_option("--task", *task, "image-classify | text-classify | causal-lm");
+  command->add_option("--model", o->model, "architecture or ARCH.TAG, e.g. mobilenet_v2; text: bert, gpt2");
+  command->add_option("--weights", o->weights,
+                      "pretrained weights (safetensors, reference names); text: a Hugging Face folder or run dir");
   command->add_option("--data", o->data, "image folder: DATA/<class>/*.jpg, or DATA/train + DATA/val; or IDX files");
   command->add_option("--out", o->out, "run directory to write");
   command->add_option("--head", o->head, "head spec, e.g. avg,dropout:0.2,dense:512:relu (dense:C appended)");
@@ -56,8 +61,68 @@ void add_train_command(CLI::App& app) {
   command->add_option("--min-delta", o->train.early_stopping.min_delta, "smallest change that counts");
   command->add_flag("--resume", o->train.resume, "continue the run in --out from its last checkpoint");
   command->add_option("--device", *device, "auto, cpu or cuda[:N]");
+  auto* text_group = command->add_option_group("text", "text-classify and causal-lm");
+  text_group->add_option("--model-config", text->model_config, "config.json of a new model trained from scratch");
+  text_group->add_option("--tokenizer", text->tokenizer, "tokenizer file or folder (default: the weights' folder)");
+  text_group->add_option("--val-data", text->val_data, "validation data (default: --val-split of --data)");
+  text_group->add_option("--format", text->columns.format, "auto | csv | tsv | jsonl | txt");
+  text_group->add_option("--text-column", text->columns.text, "column or JSON key of the text (number without header)");
+  text_group->add_option("--text-pair-column", text->columns.text_pair, "column of a second text (sentence pairs)");
+  text_group->add_option("--label-column", text->columns.label, "column or JSON key of the label");
+  text_group->add_flag("!--no-header", text->columns.header, "csv/tsv: the first row is data; columns by number");
+  text_group->add_option("--max-length", text->max_length, "text-classify: tokens per example (truncated)");
+  text_group->add_option("--block-size", text->block_size, "causal-lm: tokens per training block");
+  text_group->add_flag("--line-by-line", text->line_by_line, "causal-lm: one example per line, not packed blocks");
+  text_group->add_option("--warmup-ratio", text->warmup_ratio, "warm-up steps as a fraction of all steps");
 
-  command->callback([command, o, config_file, device, weight_decay] {
+  command->callback([command, o, config_file, device, weight_decay, task, text] {
+    if (*task == "text-classify" || *task == "causal-lm") {
+      if (!config_file->empty()) throw Error("--config is read for image tasks only; give text options as flags");
+      TextTrainOptions options = *text;
+      options.task = *task;
+      options.model = o->model;
+      options.weights = o->weights;
+      options.data = o->data;
+      options.out = o->out;
+      options.freeze = o->freeze;
+      // Flags given override the text recipe's defaults (AdamW 5e-5, linear decay, 3 epochs).
+      auto given = [&](const char* name) { return command->get_option(name)->count() > 0; };
+      if (given("--val-split")) options.val_split = o->val_split;
+      options.validate = o->validate;
+      if (given("--batch-size")) options.batch_size = o->batch_size;
+      if (given("--epochs")) options.train.epochs = o->train.epochs;
+      if (given("--optimizer")) options.train.optimizer.name = o->train.optimizer.name;
+      if (given("--lr")) options.train.optimizer.lr = o->train.optimizer.lr;
+      if (given("--momentum")) options.train.optimizer.momentum = o->train.optimizer.momentum;
+      if (*weight_decay >= 0) options.train.optimizer.weight_decay = *weight_decay;
+      if (given("--schedule")) options.train.schedule.name = o->train.schedule.name;
+      if (given("--warmup-steps")) options.train.schedule.warmup_steps = o->train.schedule.warmup_steps;
+      if (given("--label-smoothing")) options.train.label_smoothing = o->train.label_smoothing;
+      if (given("--grad-clip")) options.train.grad_clip = o->train.grad_clip;
+      if (given("--seed")) options.train.seed = o->train.seed;
+      options.train.early_stopping = o->train.early_stopping;
+      options.train.resume = o->train.resume;
+      options.train.device = parse_device(*device);
+      for (const char* image_only : {"--head", "--strategy", "--stage1-epochs", "--backbone-lr-mult", "--image-size",
+                                     "--rotation", "--jitter", "--workers", "--limit", "--class-weights"}) {
+        if (given(image_only)) throw Error(std::string(image_only) + " is an image option; --task " + *task + " does not take it");
+      }
+      TextTrainResult result = train_text_model(options, std::cout);
+      if (result.val_metrics) {
+        if (options.task == "causal-lm")
+          std::cout << "final validation perplexity: " << result.val_metrics->perplexity() << "\n";
+        else
+          std::cout << "final validation accuracy: " << result.val_metrics->accuracy << "\n";
+      }
+      return;
+    }
+    if (*task != "image-classify") throw Error("--task " + *task + ": expected image-classify, text-classify or causal-lm");
+    for (const char* text_only : {"--model-config", "--tokenizer", "--val-data", "--format", "--text-column",
+                                  "--text-pair-column", "--label-column", "--no-header", "--max-length",
+                                  "--block-size", "--line-by-line", "--warmup-ratio"}) {
+      if (command->get_option(text_only)->count() > 0)
+        throw Error(std::string(text_only) + " is a text option; add --task text-classify or --task causal-lm");
+    }
     ImageTrainOptions options;
     if (!config_file->empty()) {
       std::ifstream in(*config_file);
@@ -77,6 +142,7 @@ void add_train_command(CLI::App& app) {
       for (auto& c : key) c = c == '-' ? '_' : c;
       if (key == "no_augment") key = "augment";
       if (key == "no_val") key = "validate";
+      if (key == "task") continue;
       if (flags.contains(key)) given[key] = flags[key];
     }
     if (given.contains("weight_decay") || *weight_decay >= 0) given["weight_decay"] = *weight_decay;

@@ -24,8 +24,14 @@ int main(int argc, char** argv) {
   graft::cli::add_predict_command(app);
   graft::cli::add_features_command(app);
   graft::cli::add_tokenize_command(app);
+  graft::cli::add_generate_command(app);
+  graft::cli::add_chat_command(app);
+  graft::cli::add_export_command(app);
 
-  app.parse_complete_callback([&] { graft::set_threads(threads); });
+  app.parse_complete_callback([&] {
+    graft::set_threads(threads);
+    graft::retain_freed_memory();
+  });
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,6 +1,8 @@
 // Runtime settings and the `graft info` report.
 #include "graft/runtime.h"
 
+#include <malloc.h>
+
 #include <dlfcn.h>
 
 #include <fstream>
@@ -10,6 +12,13 @@
 #include "graft/errors.h"
 
 namespace graft {
+
+void retain_freed_memory() {
+#ifdef __GLIBC__
+  mallopt(M_MMAP_MAX, 0);
+  mallopt(M_TRIM_THRESHOLD, 512 << 20);
+#endif
+}
 
 void set_threads(int threads) {
   if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));

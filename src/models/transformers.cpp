@@ -486,6 +486,68 @@ LoadReport load_hf_weights(torch::nn::Module& model, const std::string& file, co
   return report;
 }
 
+namespace {
+
+// The class to build for a config.json: options.architecture, else architectures[0], else the base model of
+// model_type. *checkpoint_class receives architectures[0] ("" when absent).
+const HfArchitecture& choose_architecture(const json& root, const std::string& config_path,
+                                          const HfLoadOptions& options, std::string* checkpoint_class_out) {
+  // The checkpoint's class, and the class to build.
+  std::string checkpoint_class;
+  if (root.contains("architectures") && root["architectures"].is_array() && !root["architectures"].empty() &&
+      root["architectures"][0].is_string()) {
+    checkpoint_class = root["architectures"][0].get<std::string>();
+  }
+  std::string model_type;
+  if (root.contains("model_type") && root["model_type"].is_string())
+    model_type = root["model_type"].get<std::string>();
+  std::string wanted = options.architecture.empty() ? checkpoint_class : options.architecture;
+  const HfArchitecture* arch = nullptr;
+  for (const auto& a : architectures()) {
+    if (a.name == wanted) arch = &a;
+  }
+  if (!arch && options.architecture.empty() && checkpoint_class.empty()) {
+    // No class named: the base model of the model type.
+    for (const auto& a : architectures()) {
+      if (a.model_type == model_type && std::string(a.head).empty() && !arch) arch = &a;
+    }
+    if (!arch) {
+      throw FormatError(
+          config_path,
+          model_type.empty() ? "key 'model_type' is missing" : "key 'model_type' is \"" + model_type + "\"",
+          "graft builds " + known_architectures());
+    }
+  }
+  if (!arch) {
+    throw Error((options.architecture.empty() ? config_path + ": architectures[0] is '" + wanted + "'"
+                                              : "architecture '" + wanted + "'") +
+                ", which graft does not build; graft builds " + known_architectures() +
+                " (choose one with HfLoadOptions::architecture / --architecture to take this checkpoint's "
+                "base model)");
+  }
+  if (!model_type.empty() && model_type != arch->model_type) {
+    throw FormatError(config_path, "key 'model_type' is \"" + model_type + "\", but " + arch->name +
+                                           " is a \"" + arch->model_type + "\" model");
+  }
+  *checkpoint_class_out = checkpoint_class;
+  return *arch;
+}
+
+}  // namespace
+
+HfModel build_hf_model(const std::string& config_path, const HfLoadOptions& options) {
+  HfModel out;
+  out.config_path = config_path;
+  const json root = read_json_file(config_path);
+  if (!root.is_object()) throw FormatError(config_path, "expected a JSON object of configuration keys");
+  std::string checkpoint_class;
+  const HfArchitecture& arch = choose_architecture(root, config_path, options, &checkpoint_class);
+  out.model_type = arch.model_type;
+  out.architecture = arch.name;
+  out.module = arch.build(root, config_path, options.num_labels);
+  return out;
+}
+
 HfModel load_hf_model(const std::string& path, const HfLoadOptions& options) {
   HfModel out;
   if (fs::is_directory(path)) {
@@ -516,44 +578,8 @@ HfModel load_hf_model(const std::string& path, const HfLoadOptions& options) {
   }
   const json root = read_json_file(out.config_path);
   if (!root.is_object()) throw FormatError(out.config_path, "expected a JSON object of configuration keys");
-
-  // The checkpoint's class, and the class to build.
   std::string checkpoint_class;
-  if (root.contains("architectures") && root["architectures"].is_array() && !root["architectures"].empty() &&
-      root["architectures"][0].is_string()) {
-    checkpoint_class = root["architectures"][0].get<std::string>();
-  }
-  std::string model_type;
-  if (root.contains("model_type") && root["model_type"].is_string())
-    model_type = root["model_type"].get<std::string>();
-  std::string wanted = options.architecture.empty() ? checkpoint_class : options.architecture;
-  const HfArchitecture* arch = nullptr;
-  for (const auto& a : architectures()) {
-    if (a.name == wanted) arch = &a;
-  }
-  if (!arch && options.architecture.empty() && checkpoint_class.empty()) {
-    // No class named: the base model of the model type.
-    for (const auto& a : architectures()) {
-      if (a.model_type == model_type && std::string(a.head).empty() && !arch) arch = &a;
-    }
-    if (!arch) {
-      throw FormatError(
-          out.config_path,
-          model_type.empty() ? "key 'model_type' is missing" : "key 'model_type' is \"" + model_type + "\"",
-          "graft builds " + known_architectures());
-    }
-  }
-  if (!arch) {
-    throw Error((options.architecture.empty() ? out.config_path + ": architectures[0] is '" + wanted + "'"
-                                              : "architecture '" + wanted + "'") +
-                ", which graft does not build; graft builds " + known_architectures() +
-                " (choose one with HfLoadOptions::architecture / --architecture to take this checkpoint's "
-                "base model)");
-  }
-  if (!model_type.empty() && model_type != arch->model_type) {
-    throw FormatError(out.config_path, "key 'model_type' is \"" + model_type + "\", but " + arch->name +
-                                           " is a \"" + arch->model_type + "\" model");
-  }
+  const HfArchitecture* arch = &choose_architecture(root, out.config_path, options, &checkpoint_class);
   out.model_type = arch->model_type;
   out.architecture = arch->name;
   out.module = arch->build(root, out.config_path, options.num_labels);

@@ -174,7 +174,8 @@ OptimizerConfig optimizer_from_json(const json& j) {
 json state_to_json(const TrainerState& s) {
   json groups = json::array();
   for (const auto& g : s.groups)
-    groups.push_back({{"name", g.name}, {"lr_mult", g.lr_mult}, {"params", g.params}});
+    groups.push_back(
+        {{"name", g.name}, {"lr_mult", g.lr_mult}, {"params", g.params}, {"no_weight_decay", g.no_weight_decay}});
   json history = json::array();
   for (const auto& r : s.history) history.push_back(epoch_to_json(r));
   return json{{"format", "graft-checkpoint"},
@@ -219,7 +220,7 @@ TrainerState state_from_json(const json& j, const std::string& file) {
   s.optimizer = optimizer_from_json(j.at("optimizer"));
   for (const auto& g : j.at("groups"))
     s.groups.push_back({g.at("name").get<std::string>(), g.at("lr_mult").get<double>(),
-                        g.at("params").get<std::vector<std::string>>()});
+                        g.at("params").get<std::vector<std::string>>(), g.value("no_weight_decay", false)});
   s.trainable = j.at("trainable").get<std::vector<std::string>>();
   for (const auto& r : j.at("history")) s.history.push_back(epoch_from_json(r));
   return s;

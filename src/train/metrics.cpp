@@ -73,6 +73,7 @@ MetricsAccumulator::MetricsAccumulator(int64_t num_classes) : num_classes_(num_c
 void MetricsAccumulator::add(const torch::Tensor& logits_in, const torch::Tensor& labels_in,
                              double batch_loss) {
   check_batch(logits_in, labels_in, "metrics");
+  if (token_level_) throw Error("metrics: class-level batch given to a token-level accumulator");
   torch::NoGradGuard no_grad;
   if (num_classes_ == 0) {
     num_classes_ = logits_in.size(1);
@@ -101,9 +102,41 @@ void MetricsAccumulator::add(const torch::Tensor& logits_in, const torch::Tensor
   loss_sum_ += batch_loss * static_cast<double>(n);
 }
 
+torch::Tensor causal_lm_loss(const torch::Tensor& logits, const torch::Tensor& labels) {
+  if (logits.dim() != 3 || labels.dim() != 2 || logits.size(0) != labels.size(0) ||
+      logits.size(1) != labels.size(1)) {
+    throw Error("causal_lm_loss: expected logits (N, T, V) and labels (N, T), got logits " +
+                shape_str(logits.sizes().vec()) + " and labels " + shape_str(labels.sizes().vec()));
+  }
+  const int64_t vocab = logits.size(2);
+  const torch::Tensor shifted_logits = logits.narrow(1, 0, logits.size(1) - 1).reshape({-1, vocab});
+  const torch::Tensor shifted_labels = labels.narrow(1, 1, labels.size(1) - 1).reshape({-1}).to(torch::kLong);
+  return torch::nn::functional::cross_entropy(
+      shifted_logits, shifted_labels, torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-100));
+}
+
+double Metrics::perplexity() const { return std::exp(loss); }
+
+void MetricsAccumulator::add_tokens(const torch::Tensor& logits, const torch::Tensor& labels_in,
+                                    double batch_loss) {
+  if (num_classes_ != 0) throw Error("metrics: token-level batch given to a class-level accumulator");
+  token_level_ = true;
+  torch::NoGradGuard no_grad;
+  const int64_t steps = logits.size(1) - 1;
+  if (steps <= 0) return;
+  const torch::Tensor predicted = logits.detach().narrow(1, 0, steps).argmax(-1);
+  const torch::Tensor labels = labels_in.to(logits.device()).narrow(1, 1, steps);
+  const torch::Tensor counted = labels.ne(-100);
+  const int64_t n = counted.sum().item<int64_t>();
+  correct_ += (predicted.eq(labels) & counted).sum().item<int64_t>();
+  samples_ += n;
+  loss_sum_ += batch_loss * static_cast<double>(n);
+}
+
 Metrics MetricsAccumulator::result() const {
   Metrics m;
   m.samples = samples_;
+  m.token_level = token_level_;
   m.num_classes = num_classes_;
   m.loss = mean_loss();
   m.accuracy = accuracy();
@@ -131,6 +164,10 @@ Metrics MetricsAccumulator::result() const {
 }
 
 std::string metrics_report(const Metrics& m, const std::vector<std::string>& class_names) {
+  if (m.token_level) {
+    return "tokens " + std::to_string(m.samples) + "\nloss " + fixed(m.loss, 4) + "\nperplexity " +
+           fixed(m.perplexity(), 2) + "\nnext-token accuracy " + fixed(m.accuracy, 4) + "\n";
+  }
   const size_t c = static_cast<size_t>(m.num_classes);
   std::vector<std::string> names(c);
   size_t name_width = std::string("weighted avg").size();

@@ -76,7 +76,10 @@ GroupedOptimizer build_optimizer(const OptimizerConfig& config, const std::vecto
     }
     if (trainable.empty()) continue;  // wholly frozen group
     const double base_lr = config.lr * group.lr_mult;
-    torch_groups.emplace_back(std::move(trainable), group_options(config, base_lr));
+    OptimizerConfig group_config = config;
+    if (group.no_weight_decay) group_config.weight_decay = 0.0;
+    torch_groups.emplace_back(std::move(trainable), group_options(group_config, base_lr));
+    result.no_weight_decay.push_back(group.no_weight_decay);
     result.base_lrs.push_back(base_lr);
     result.lr_mults.push_back(group.lr_mult);
     result.group_names.push_back(group_name);

@@ -45,12 +45,13 @@ std::string csv_cell(const std::optional<double>& value, const char* pattern) {
   return value ? format(pattern, *value) : std::string();
 }
 
-std::string csv_row(const EpochResult& r) {
+std::string csv_row(const EpochResult& r, bool perplexity) {
   std::ostringstream row;
   row << r.epoch << ',' << format("%.6f", r.train_loss) << ',' << format("%.6f", r.train_accuracy) << ','
       << csv_cell(r.val_loss, "%.6f") << ',' << csv_cell(r.val_accuracy, "%.6f") << ','
-      << csv_cell(r.val_top5, "%.6f") << ',' << format("%.6g", r.lr) << ',' << format("%.3f", r.seconds)
-      << '\n';
+      << csv_cell(r.val_top5, "%.6f") << ',' << format("%.6g", r.lr) << ',' << format("%.3f", r.seconds);
+  if (perplexity) row << ',' << (r.val_loss ? format("%.4f", std::exp(*r.val_loss)) : std::string());
+  row << '\n';
   return row.str();
 }
 
@@ -70,13 +71,14 @@ void set_generator_state(torch::Device device, const std::vector<uint8_t>& bytes
   generator.set_state(state);
 }
 
-std::string epoch_summary(const EpochResult& r, int64_t epochs, const std::string& monitor) {
+std::string epoch_summary(const EpochResult& r, int64_t epochs, const std::string& monitor, bool perplexity) {
   std::ostringstream line;
   line << "epoch " << r.epoch << '/' << epochs << "  loss " << format("%.4f", r.train_loss) << " acc "
        << format("%.4f", r.train_accuracy);
   if (r.val_loss) line << "  val_loss " << format("%.4f", *r.val_loss);
   if (r.val_accuracy) line << " val_acc " << format("%.4f", *r.val_accuracy);
   if (r.val_top5) line << " val_top5 " << format("%.4f", *r.val_top5);
+  if (perplexity && r.val_loss) line << " val_ppl " << format("%.2f", std::exp(*r.val_loss));
   line << "  lr " << format("%.3g", r.lr) << "  " << format("%.1f", r.seconds) << 's';
   if (r.improved) line << "  (best " << monitor << ')';
   return line.str();
@@ -146,8 +148,8 @@ TensorBatchSource::TensorBatchSource(torch::Tensor inputs, torch::Tensor labels,
       drop_last_(drop_last) {
   if (!inputs_.defined() || inputs_.dim() < 1)
     throw Error("TensorBatchSource: inputs must be a tensor (N, ...)");
-  if (!labels_.defined() || labels_.dim() != 1 || labels_.size(0) != inputs_.size(0))
-    throw Error("TensorBatchSource: labels must be (N) with N = " + std::to_string(inputs_.size(0)));
+  if (!labels_.defined() || labels_.dim() < 1 || labels_.size(0) != inputs_.size(0))
+    throw Error("TensorBatchSource: labels must be (N) or (N, T) with N = " + std::to_string(inputs_.size(0)));
   if (c10::isFloatingType(labels_.scalar_type()))
     throw Error("TensorBatchSource: labels must be integer class indices");
   labels_ = labels_.to(torch::kLong);
@@ -199,6 +201,8 @@ Trainer::Trainer(std::shared_ptr<torch::nn::Module> model, Forward forward, Trai
       seed_(config_.seed) {
   if (!model_) throw Error("Trainer: no model");
   if (!forward_) throw Error("Trainer: no forward function");
+  if (config_.objective != "classify" && config_.objective != "causal-lm")
+    throw Error("Trainer: objective '" + config_.objective + "': expected classify or causal-lm");
   model_->to(config_.device);
   if (!config_.class_weights.empty())
     class_weights_ = torch::tensor(config_.class_weights, torch::kDouble).to(torch::kFloat);
@@ -268,7 +272,8 @@ TrainerState Trainer::capture_state() const {
   s.optimizer = optimizer_.config;
   const auto& torch_groups = optimizer_.optimizer->param_groups();
   for (size_t g = 0; g < torch_groups.size(); ++g) {
-    TrainerState::Group group{optimizer_.group_names[g], optimizer_.lr_mults[g], {}};
+    TrainerState::Group group{optimizer_.group_names[g], optimizer_.lr_mults[g], {},
+                              g < optimizer_.no_weight_decay.size() && optimizer_.no_weight_decay[g]};
     for (const auto& p : torch_groups[g].params()) group.params.push_back(param_name(p));
     s.groups.push_back(std::move(group));
   }
@@ -300,7 +305,7 @@ void Trainer::restore_from_checkpoint() {
   }
   std::vector<ParamGroup> groups;
   for (const auto& saved : state.groups) {
-    ParamGroup group{{}, saved.lr_mult, saved.name};
+    ParamGroup group{{}, saved.lr_mult, saved.name, saved.no_weight_decay};
     for (const auto& name : saved.params) {
       auto it = by_name.find(name);
       if (it == by_name.end())
@@ -332,17 +337,30 @@ void Trainer::restore_from_checkpoint() {
 }
 
 void Trainer::rewrite_metrics_csv() {
-  std::string text = std::string(kMetricsHeader) + "\n";
-  for (const auto& r : history_.epochs) text += csv_row(r);
+  std::string text = std::string(kMetricsHeader) + (causal_lm() ? ",val_perplexity" : "") + "\n";
+  for (const auto& r : history_.epochs) text += csv_row(r, causal_lm());
   write_file_atomic((fs::path(config_.out_dir) / "metrics.csv").string(), text);
 }
 
 void Trainer::append_metrics_csv(const EpochResult& result) {
   const std::string path = (fs::path(config_.out_dir) / "metrics.csv").string();
   std::ofstream out(path, std::ios::app);
-  out << csv_row(result);
+  out << csv_row(result, causal_lm());
   out.flush();
   if (!out) throw Error("cannot append to '" + path + "'");
+}
+
+torch::Tensor Trainer::loss_of(const torch::Tensor& logits, const torch::Tensor& labels) const {
+  if (causal_lm()) return causal_lm_loss(logits, labels);
+  return classification_loss(logits, labels, config_.label_smoothing, class_weights_);
+}
+
+void Trainer::accumulate(MetricsAccumulator& accumulator, const torch::Tensor& logits, const torch::Tensor& labels,
+                         double loss) const {
+  if (causal_lm())
+    accumulator.add_tokens(logits, labels, loss);
+  else
+    accumulator.add(logits, labels, loss);
 }
 
 Metrics Trainer::run_eval(BatchSource& source, const std::string& label, std::unique_ptr<ProgressBar>* bar) {
@@ -358,9 +376,8 @@ Metrics Trainer::run_eval(BatchSource& source, const std::string& label, std::un
     const torch::Tensor inputs = batch->first.to(config_.device);
     const torch::Tensor labels = batch->second.to(config_.device);
     const torch::Tensor logits = forward_(inputs);
-    const double loss =
-        classification_loss(logits, labels, config_.label_smoothing, class_weights_).item<double>();
-    accumulator.add(logits, labels, loss);
+    const double loss = loss_of(logits, labels).item<double>();
+    accumulate(accumulator, logits, labels, loss);
     ++done;
     if (bar && *bar)
       (*bar)->update(done, accumulator.samples(), accumulator.mean_loss(), accumulator.accuracy());
@@ -375,6 +392,7 @@ Metrics Trainer::evaluate(BatchSource& source, const std::string& label) {
   std::string summary =
       label + ": loss " + format("%.4f", metrics.loss) + " acc " + format("%.4f", metrics.accuracy);
   if (metrics.top5) summary += " top5 " + format("%.4f", *metrics.top5);
+  if (metrics.token_level) summary += " ppl " + format("%.2f", metrics.perplexity());
   summary += " (" + std::to_string(metrics.samples) + " samples)";
   if (bar) bar->finish(summary);
   return metrics;
@@ -399,7 +417,7 @@ EpochResult Trainer::run_epoch(BatchSource& train, BatchSource* val, int64_t epo
     set_lr(optimizer_, schedule_, global_step_);
     optimizer_.optimizer->zero_grad();
     const torch::Tensor logits = forward_(inputs);
-    const torch::Tensor loss = classification_loss(logits, labels, config_.label_smoothing, class_weights_);
+    const torch::Tensor loss = loss_of(logits, labels);
     const double loss_value = loss.item<double>();
     if (!std::isfinite(loss_value)) {
       if (bar) bar->finish("");
@@ -417,7 +435,7 @@ EpochResult Trainer::run_epoch(BatchSource& train, BatchSource* val, int64_t epo
     optimizer_.optimizer->step();
     ++global_step_;
     ++batches;
-    accumulator.add(logits.detach(), labels, loss_value);
+    accumulate(accumulator, logits.detach(), labels, loss_value);
     if (bar) bar->update(batches, accumulator.samples(), accumulator.mean_loss(), accumulator.accuracy());
   }
   if (batches == 0)
@@ -439,7 +457,7 @@ EpochResult Trainer::run_epoch(BatchSource& train, BatchSource* val, int64_t epo
   }
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   result.improved = early_stopping_.update(monitored_value(result, early_stopping_.config().monitor));
-  const std::string summary = epoch_summary(result, config_.epochs, early_stopping_.config().monitor);
+  const std::string summary = epoch_summary(result, config_.epochs, early_stopping_.config().monitor, causal_lm());
   // The summary replaces the last bar on a terminal; in logs it follows it.
   if (val_bar)
     val_bar->finish(summary);
@@ -529,7 +547,8 @@ TrainHistory Trainer::fit(BatchSource& train, BatchSource* val) {
       break;
     }
   }
-  if (writes && config_.write_plots && !history_.epochs.empty() && history_.epochs.back().val_metrics) {
+  if (writes && config_.write_plots && !history_.epochs.empty() && history_.epochs.back().val_metrics &&
+      !history_.epochs.back().val_metrics->token_level) {
     const Metrics& metrics = *history_.epochs.back().val_metrics;
     write_confusion_matrix_svg((fs::path(config_.out_dir) / "confusion_matrix.svg").string(), metrics,
                                config_.class_names);

@@ -6,6 +6,7 @@
 // float32 tolerance; each comparison prints its largest difference and a failure names the tensor.
 // Further tests: the GPT-2 key/value cache, Hugging Face's loading variants (tied lm_head present or not,
 // base model <-> model with head, a new head), config.json errors, ViT as an image backbone, and freezing.
+#include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -512,7 +513,9 @@ TEST(HfGpt2, KeyValueCacheMatchesFullForward) {
   expect_close("gpt2 padding", "logits (left-padded)", model->forward(masked).logits.narrow(1, 3, 6),
                full.narrow(0, 0, 1).narrow(1, 0, 6));
 
-  const torch::Tensor greedy = model->generate(ids.narrow(1, 0, 4), {/*max_new_tokens=*/5});
+  GenerateOptions five;
+  five.max_new_tokens = 5;
+  const torch::Tensor greedy = model->generate(ids.narrow(1, 0, 4), five);
   ASSERT_EQ(greedy.sizes(), torch::IntArrayRef({3, 9}));
   // Greedy with the cache picks what the full forward of the result argmaxes.
   const torch::Tensor check = model->forward(greedy).logits.narrow(1, 3, 5).argmax(-1);
@@ -593,6 +596,92 @@ TEST(HfVit, ImageBackboneInterface) {
   EXPECT_EQ(model->num_classes(), 7);
   EXPECT_EQ(model->forward(pixels).sizes(), torch::IntArrayRef({2, 7}));
   EXPECT_THROW(model->forward(torch::zeros({1, 3, 32, 32})), ShapeMismatch);
+}
+
+
+// Decoding options against a reference loop written from Hugging Face's logits processors
+// (RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper) over full
+// forward passes without the cache, drawing from an identically seeded generator.
+torch::Tensor reference_generate(GPT2LMHeadModelImpl& model, torch::Tensor ids, const GenerateOptions& o) {
+  torch::NoGradGuard no_grad;
+  std::optional<at::Generator> generator;
+  if (o.seed) generator = at::make_generator<at::CPUGeneratorImpl>(*o.seed);
+  for (int64_t step = 0; step < o.max_new_tokens; ++step) {
+    torch::Tensor scores = model.forward(ids).logits.select(1, -1).clone();  // (B, V)
+    for (int64_t b = 0; b < scores.size(0); ++b) {
+      std::set<int64_t> seen;
+      for (int64_t t = 0; t < ids.size(1); ++t) seen.insert(ids[b][t].item<int64_t>());
+      for (int64_t token : seen) {
+        const double v = scores[b][token].item<double>();
+        scores[b][token] = v < 0 ? v * o.repetition_penalty : v / o.repetition_penalty;
+      }
+    }
+    torch::Tensor next;
+    if (o.temperature <= 0) {
+      next = scores.argmax(-1);
+    } else {
+      scores = scores / o.temperature;
+      for (int64_t b = 0; b < scores.size(0); ++b) {
+        torch::Tensor row = scores[b];
+        if (o.top_k > 0) {
+          const double kth = std::get<0>(row.topk(o.top_k)).min().item<double>();
+          row.masked_fill_(row < kth, -INFINITY);
+        }
+        // Keep the most likely tokens until their probability reaches top_p (at least one).
+        auto [sorted, order] = row.sort(-1, /*descending=*/true);
+        const torch::Tensor probs = torch::softmax(sorted, -1);
+        double before = 0;
+        for (int64_t i = 0; i < row.size(0); ++i) {
+          if (before >= o.top_p && i > 0) row[order[i].item<int64_t>()] = -INFINITY;
+          before += probs[i].item<double>();
+        }
+      }
+      next = torch::multinomial(torch::softmax(scores, -1), 1, false, *generator).squeeze(-1);
+    }
+    ids = torch::cat({ids, next.unsqueeze(1)}, 1);
+  }
+  return ids;
+}
+
+TEST(HfGpt2, GenerateFollowsHuggingFaceProcessors) {
+  auto model = load_fixture("gpt2").as<GPT2LMHeadModelImpl>();
+  model->eval();
+  const auto io = read_map(fixture_dir("gpt2") + "/expected.safetensors");
+  const torch::Tensor prompt = io.at("input_ids").narrow(1, 0, 4);
+  GenerateOptions greedy;
+  greedy.max_new_tokens = 8;
+  greedy.repetition_penalty = 1.7;
+  const torch::Tensor got = model->generate(prompt, greedy);
+  EXPECT_TRUE(torch::equal(got, reference_generate(*model, prompt, greedy))) << got;
+  // The penalty changes the choice somewhere (else this test would not test it).
+  GenerateOptions plain = greedy;
+  plain.repetition_penalty = 1.0;
+  EXPECT_FALSE(torch::equal(got, model->generate(prompt, plain)));
+
+  GenerateOptions sample;
+  sample.max_new_tokens = 8;
+  sample.temperature = 0.8;
+  sample.top_k = 50;
+  sample.top_p = 0.9;
+  sample.repetition_penalty = 1.2;
+  sample.seed = 1234;
+  const torch::Tensor sampled = model->generate(prompt, sample);
+  EXPECT_TRUE(torch::equal(sampled, reference_generate(*model, prompt, sample))) << sampled;
+  EXPECT_TRUE(torch::equal(sampled, model->generate(prompt, sample)));  // the seed reproduces it
+  sample.seed = 99;
+  EXPECT_FALSE(torch::equal(sampled, model->generate(prompt, sample)));
+
+  // A stop callback ends generation early; the context limit is checked before any work.
+  GenerateOptions stop = greedy;
+  int calls = 0;
+  stop.on_token = [&calls](const torch::Tensor&) { return ++calls < 3; };
+  EXPECT_EQ(model->generate(prompt, stop).size(1), 4 + 3);
+  GenerateOptions too_long;
+  too_long.max_new_tokens = 40;
+  EXPECT_THROW(model->generate(prompt, too_long), Error);
+  too_long.max_new_tokens = 2;
+  too_long.top_p = 0;
+  EXPECT_THROW(model->generate(prompt, too_long), Error);
 }
 
 }  // namespace

@@ -1,0 +1,26 @@
+// `graft export RUN_DIR --format hf --out DIR`: a text run as a plain Hugging Face model folder.
+#include <iostream>
+
+#include "cli/commands.h"
+#include "graft/errors.h"
+#include "graft/text_task.h"
+
+namespace graft::cli {
+
+void add_export_command(CLI::App& app) {
+  auto* command = app.add_subcommand("export", "write a text run as a Hugging Face folder (from_pretrained loads it)");
+  auto run_dir = std::make_shared<std::string>();
+  auto format = std::make_shared<std::string>("hf");
+  auto out = std::make_shared<std::string>();
+  command->add_option("run", *run_dir, "text run directory written by graft train")->required();
+  command->add_option("--format", *format, "hf: config.json, model.safetensors and the tokenizer files");
+  command->add_option("--out", *out, "folder to create")->required();
+  command->callback([run_dir, format, out] {
+    if (*format != "hf") throw Error("--format " + *format + ": graft exports hf (Hugging Face folders)");
+    export_hf(*run_dir, *out);
+    std::cout << "exported " << *run_dir << " to " << *out
+              << " (load it in Python with AutoModel*.from_pretrained and AutoTokenizer.from_pretrained)\n";
+  });
+}
+
+}  // namespace graft::cli

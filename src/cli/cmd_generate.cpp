@@ -1,0 +1,97 @@
+// `graft generate RUN_DIR --prompt "..."` and `graft chat RUN_DIR`: text from a causal language model
+// (a causal-lm run directory or a Hugging Face GPT-2 folder), with the key/value cache.
+#include <unistd.h>
+
+#include <iostream>
+
+#include "cli/commands.h"
+#include "graft/errors.h"
+#include "graft/runtime.h"
+#include "graft/text_task.h"
+
+namespace graft::cli {
+namespace {
+
+struct DecodeArgs {
+  GenerateOptions options;
+  int64_t seed = -1;
+  std::string device = "auto";
+
+  DecodeArgs() { options.max_new_tokens = 50; }
+  void add_to(CLI::App& command) {
+    command.add_option("--max-new-tokens", options.max_new_tokens, "tokens to generate at most");
+    command.add_option("--temperature", options.temperature, "0: greedy; > 0: sample with this temperature");
+    command.add_option("--top-k", options.top_k, "sample among the k most likely tokens (0: all)");
+    command.add_option("--top-p", options.top_p, "nucleus sampling: smallest set with this probability");
+    command.add_option("--repetition-penalty", options.repetition_penalty, "> 1 discourages repeats (1: off)");
+    command.add_option("--seed", seed, "sampling seed: the same seed gives the same text (default: random)");
+    command.add_option("--device", device, "auto, cpu or cuda[:N]");
+  }
+  GenerateOptions resolved() const {
+    GenerateOptions o = options;
+    if (seed >= 0) o.seed = static_cast<uint64_t>(seed);
+    return o;
+  }
+};
+
+}  // namespace
+
+void add_generate_command(CLI::App& app) {
+  auto* command = app.add_subcommand("generate", "continue a prompt with a causal-lm run (or GPT-2 folder)");
+  auto run_dir = std::make_shared<std::string>();
+  auto prompt = std::make_shared<std::string>();
+  auto decode = std::make_shared<DecodeArgs>();
+  command->add_option("run", *run_dir, "causal-lm run directory or Hugging Face GPT-2 folder")->required();
+  command->add_option("--prompt", *prompt, "text to continue (empty: start from the beginning of text)");
+  decode->add_to(*command);
+  command->callback([run_dir, prompt, decode] {
+    TextRun run = load_text_run(*run_dir);
+    std::cout << *prompt << std::flush;
+    generate_text(run, *prompt, decode->resolved(), parse_device(decode->device), [](const std::string& piece) {
+      std::cout << piece << std::flush;
+      return true;
+    });
+    std::cout << "\n";
+  });
+}
+
+void add_chat_command(CLI::App& app) {
+  auto* command = app.add_subcommand("chat", "talk with a causal-lm run: one line in, one reply out, until EOF");
+  auto run_dir = std::make_shared<std::string>();
+  auto user = std::make_shared<std::string>("User: ");
+  auto bot = std::make_shared<std::string>("Bot: ");
+  auto decode = std::make_shared<DecodeArgs>();
+  command->add_option("run", *run_dir, "causal-lm run directory or Hugging Face GPT-2 folder")->required();
+  command->add_option("--user-prefix", *user, "written before each of your lines in the model's context");
+  command->add_option("--bot-prefix", *bot, "written before each reply; the reply ends at a newline");
+  decode->add_to(*command);
+  command->callback([run_dir, user, bot, decode] {
+    TextRun run = load_text_run(*run_dir);
+    const torch::Device device = parse_device(decode->device);
+    const bool interactive = isatty(STDIN_FILENO) != 0;
+    std::string history, line;
+    if (interactive) std::cerr << "chat with " << *run_dir << " (Ctrl-D ends)\n> " << std::flush;
+    while (std::getline(std::cin, line)) {
+      if (line.empty()) {
+        if (interactive) std::cerr << "> " << std::flush;
+        continue;
+      }
+      history += *user + line + "\n" + *bot;
+      std::string reply;
+      std::cout << *bot << std::flush;
+      // The reply streams until the model ends its line (or emits end-of-text).
+      generate_text(run, history, decode->resolved(), device, [&reply](const std::string& piece) {
+        const size_t newline = piece.find('\n');
+        const std::string shown = piece.substr(0, newline);
+        reply += shown;
+        std::cout << shown << std::flush;
+        return newline == std::string::npos;
+      });
+      std::cout << "\n" << std::flush;
+      history += reply + "\n";
+      if (interactive) std::cerr << "> " << std::flush;
+    }
+  });
+}
+
+}  // namespace graft::cli

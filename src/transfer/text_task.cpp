@@ -1,0 +1,761 @@
+// Text classification and causal language modelling end to end. See graft/text_task.h.
+#include "graft/text_task.h"
+
+#include <torch/nn/modules/normalization.h>
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <numeric>
+#include <random>
+#include <set>
+#include <sstream>
+
+#include "graft/bert.h"
+#include "graft/errors.h"
+#include "graft/transfer.h"
+#include "graft/transformers.h"
+#include "graft/weights.h"
+
+namespace graft {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+// Tokenizer files a Hugging Face folder may hold, copied into a run directory under the same names.
+// GPT-2's original encoder.json / vocab.bpe are written as vocab.json / merges.txt, the names
+// GPT2Tokenizer.from_pretrained looks for.
+const std::vector<std::pair<std::string, std::string>> kTokenizerFiles = {
+    {"tokenizer.json", "tokenizer.json"},     {"vocab.txt", "vocab.txt"},
+    {"vocab.json", "vocab.json"},             {"merges.txt", "merges.txt"},
+    {"encoder.json", "vocab.json"},           {"vocab.bpe", "merges.txt"},
+    {"tokenizer_config.json", "tokenizer_config.json"}, {"special_tokens_map.json", "special_tokens_map.json"},
+};
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(path + ": cannot open the file");
+  std::ostringstream contents;
+  contents << in.rdbuf();
+  return contents.str();
+}
+
+const char* model_class(const std::string& task) {
+  if (task == "text-classify") return "BertForSequenceClassification";
+  if (task == "causal-lm") return "GPT2LMHeadModel";
+  throw Error("task '" + task + "': expected text-classify or causal-lm");
+}
+
+void check_model_name(const std::string& model, const std::string& task) {
+  if (model.empty()) return;
+  const std::string wanted = model_class(task);
+  const std::string type = task == "text-classify" ? "bert" : "gpt2";
+  if (model != wanted && model != type) {
+    throw Error("--model " + model + " cannot do " + task + ": graft does " + task + " with " + wanted +
+                " (--model " + type + ")");
+  }
+}
+
+// The folder whose tokenizer goes with the model.
+std::string tokenizer_location(const TextTrainOptions& o) {
+  if (!o.tokenizer.empty()) return o.tokenizer;
+  const std::string from = !o.weights.empty() ? o.weights : o.model_config;
+  if (from.empty()) return "";
+  return fs::is_directory(from) ? from : fs::path(from).parent_path().string();
+}
+
+int64_t embedding_rows(torch::nn::Module& module) {
+  for (const auto& item : module.named_parameters(true)) {
+    const std::string& name = item.key();
+    if (name.size() >= 22 && name.compare(name.size() - 22, 22, "word_embeddings.weight") == 0)
+      return item.value().size(0);
+    if (name == "transformer.wte.weight" || name == "wte.weight") return item.value().size(0);
+  }
+  throw Error("the model has no word embedding matrix");
+}
+
+// The parameter groups of Hugging Face's Trainer: weight decay on weights, none on biases and LayerNorm.
+std::vector<ParamGroup> decay_groups(torch::nn::Module& module) {
+  std::set<const void*> no_decay;
+  for (const auto& item : module.named_modules()) {
+    const bool layer_norm = item.value()->as<torch::nn::LayerNormImpl>() != nullptr;
+    for (const auto& p : item.value()->named_parameters(/*recurse=*/false)) {
+      if (layer_norm || p.key() == "bias") no_decay.insert(p.value().unsafeGetTensorImpl());
+    }
+  }
+  ParamGroup decay{{}, 1.0, "decay"}, plain{{}, 1.0, "no_decay", true};
+  for (const auto& p : module.parameters(true)) {
+    (no_decay.count(p.unsafeGetTensorImpl()) ? plain : decay).params.push_back(p);
+  }
+  return {decay, plain};
+}
+
+// Batches of packed token tensors, each cut to its longest unpadded row (dynamic padding): inputs
+// (N, K, L) whose row 1 is the attention mask, labels (N) or (N, L).
+class TokenBatchSource : public BatchSource {
+ public:
+  TokenBatchSource(torch::Tensor inputs, torch::Tensor labels, int64_t batch_size, bool shuffle)
+      : inner_(std::move(inputs), std::move(labels), batch_size, shuffle) {}
+  size_t num_batches() override { return inner_.num_batches(); }
+  void start_epoch(int64_t epoch) override { inner_.start_epoch(epoch); }
+  void set_seed(uint64_t seed) override { inner_.set_seed(seed); }
+  std::optional<std::pair<torch::Tensor, torch::Tensor>> next() override {
+    auto batch = inner_.next();
+    if (!batch) return batch;
+    const int64_t used = std::max<int64_t>(1, batch->first.select(1, 1).sum(1).max().item<int64_t>());
+    if (used < batch->first.size(2)) {
+      batch->first = batch->first.narrow(2, 0, used);
+      if (batch->second.dim() == 2) batch->second = batch->second.narrow(1, 0, used);
+    }
+    return batch;
+  }
+
+ private:
+  TensorBatchSource inner_;
+};
+
+int64_t pad_id_of(const Tokenizer& tokenizer) {
+  if (auto id = tokenizer.pad_id()) return *id;
+  if (auto id = tokenizer.eos_id()) return *id;  // GPT-2 has no pad token: the tutorials pad with eos
+  return 0;
+}
+
+// Encodings packed as (N, K, L) rows of ids, mask, token types (K = 3) or ids, mask (K = 2), padded to
+// the longest with pad_id.
+torch::Tensor pack(const std::vector<Encoding>& encodings, int64_t pad_id, int64_t rows) {
+  size_t longest = 1;
+  for (const auto& e : encodings) longest = std::max(longest, e.size());
+  const int64_t n = static_cast<int64_t>(encodings.size()), length = static_cast<int64_t>(longest);
+  torch::Tensor out = torch::zeros({n, rows, length}, torch::kLong);
+  out.select(1, 0).fill_(pad_id);
+  auto a = out.accessor<int64_t, 3>();
+  for (int64_t i = 0; i < n; ++i) {
+    const Encoding& e = encodings[static_cast<size_t>(i)];
+    for (size_t t = 0; t < e.size(); ++t) {
+      const int64_t j = static_cast<int64_t>(t);
+      a[i][0][j] = e.ids[t];
+      a[i][1][j] = e.attention_mask.empty() ? 1 : e.attention_mask[t];
+      if (rows > 2) a[i][2][j] = e.token_type_ids.empty() ? 0 : e.token_type_ids[t];
+    }
+  }
+  return out;
+}
+
+void check_ids(const torch::Tensor& packed, int64_t vocab, const Tokenizer& tokenizer) {
+  if (packed.numel() == 0) return;
+  const int64_t top = packed.select(1, 0).max().item<int64_t>();
+  if (top >= vocab) {
+    throw Error("the tokenizer (" + tokenizer.source() + ") gives token id " + std::to_string(top) +
+                " but the model's vocabulary has " + std::to_string(vocab) +
+                " entries; the tokenizer does not belong to this model (name the right one with --tokenizer)");
+  }
+}
+
+struct ClassifyTensors {
+  torch::Tensor inputs, labels;
+};
+
+ClassifyTensors encode_examples(const Tokenizer& tokenizer, const std::vector<TextExample>& examples,
+                                const std::vector<std::string>& classes, int64_t max_length) {
+  std::map<std::string, int64_t> index;
+  for (size_t i = 0; i < classes.size(); ++i) index[classes[i]] = static_cast<int64_t>(i);
+  EncodeOptions options;
+  options.truncation = Truncation::kLongestFirst;
+  options.max_length = static_cast<size_t>(max_length);
+  std::vector<Encoding> encodings;
+  encodings.reserve(examples.size());
+  torch::Tensor labels = torch::empty({static_cast<int64_t>(examples.size())}, torch::kLong);
+  for (size_t i = 0; i < examples.size(); ++i) {
+    const TextExample& e = examples[i];
+    auto it = index.find(e.label);
+    if (it == index.end()) {
+      std::string known;
+      for (const auto& c : classes) known += (known.empty() ? "" : ", ") + c;
+      throw Error(e.where + ": label '" + e.label + "' is not one of the run's classes (" + known + ")");
+    }
+    labels[static_cast<int64_t>(i)] = it->second;
+    encodings.push_back(e.text_pair.empty() ? tokenizer.encode(e.text, options)
+                                            : tokenizer.encode_pair(e.text, e.text_pair, options));
+  }
+  return {pack(encodings, pad_id_of(tokenizer), 3), labels};
+}
+
+// Causal-LM examples: packed blocks (inputs (N, 2, block), labels = ids) or, line by line, one example
+// per document ending in eos, padded, with -100 labels on the padding.
+ClassifyTensors lm_tensors(const Tokenizer& tokenizer, const std::vector<std::string>& documents, int64_t block_size,
+                           bool line_by_line, const std::string& source) {
+  EncodeOptions options;
+  const std::optional<int64_t> eos = tokenizer.eos_id();
+  if (line_by_line) {
+    options.truncation = Truncation::kLongestFirst;
+    options.max_length = static_cast<size_t>(block_size - (eos ? 1 : 0));
+    std::vector<Encoding> encodings = tokenizer.encode_batch(documents, options);
+    for (auto& e : encodings) {
+      if (!eos) continue;
+      e.ids.push_back(*eos);
+      e.attention_mask.push_back(1);
+      if (!e.token_type_ids.empty()) e.token_type_ids.push_back(0);
+      e.tokens.push_back(tokenizer.id_to_token(*eos));
+    }
+    torch::Tensor inputs = pack(encodings, pad_id_of(tokenizer), 2);
+    torch::Tensor labels = inputs.select(1, 0).masked_fill(inputs.select(1, 1).eq(0), -100).contiguous();
+    return {inputs, labels};
+  }
+  std::vector<int64_t> ids;
+  const std::vector<Encoding> encodings = tokenizer.encode_batch(documents, options);
+  for (size_t d = 0; d < encodings.size(); ++d) {
+    ids.insert(ids.end(), encodings[d].ids.begin(), encodings[d].ids.end());
+    if (eos && encodings.size() > 1) ids.push_back(*eos);  // documents stay apart
+  }
+  const int64_t blocks = static_cast<int64_t>(ids.size()) / block_size;
+  if (blocks == 0) {
+    throw Error(source + ": the text has " + std::to_string(ids.size()) + " tokens, fewer than one block of " +
+                std::to_string(block_size) + " (lower --block-size or give more text)");
+  }
+  // The remainder after the last whole block is dropped, as Hugging Face's run_clm group_texts does.
+  torch::Tensor flat = torch::tensor(std::vector<int64_t>(ids.begin(), ids.begin() + blocks * block_size),
+                                     torch::kLong);
+  torch::Tensor block_ids = flat.view({blocks, block_size});
+  torch::Tensor inputs = torch::stack({block_ids, torch::ones_like(block_ids)}, 1);
+  return {inputs, block_ids.clone()};
+}
+
+std::pair<ClassifyTensors, ClassifyTensors> split_rows(const ClassifyTensors& all, double fraction, bool shuffle,
+                                                       uint64_t seed) {
+  const int64_t n = all.inputs.size(0);
+  int64_t val = static_cast<int64_t>(std::llround(static_cast<double>(n) * fraction));
+  val = std::clamp<int64_t>(val, fraction > 0 ? 1 : 0, n - 1);
+  torch::Tensor order;
+  if (shuffle) {
+    std::vector<int64_t> idx(static_cast<size_t>(n));
+    std::iota(idx.begin(), idx.end(), 0);
+    std::mt19937_64 rng(seed);
+    std::shuffle(idx.begin(), idx.end(), rng);
+    order = torch::tensor(idx, torch::kLong);
+  } else {
+    order = torch::arange(n, torch::kLong);  // text: the last part is validation, as nanoGPT splits
+  }
+  const torch::Tensor train_idx = order.narrow(0, 0, n - val), val_idx = order.narrow(0, n - val, val);
+  return {{all.inputs.index_select(0, train_idx), all.labels.index_select(0, train_idx)},
+          {all.inputs.index_select(0, val_idx), all.labels.index_select(0, val_idx)}};
+}
+
+Trainer::Forward forward_of(const std::shared_ptr<torch::nn::Module>& module, const std::string& task) {
+  if (task == "text-classify") {
+    auto model = std::dynamic_pointer_cast<BertForSequenceClassificationImpl>(module);
+    if (!model) throw Error("text-classify needs a BertForSequenceClassification");
+    return [model](const torch::Tensor& x) {
+      TextInputs inputs;
+      inputs.input_ids = x.select(1, 0);
+      inputs.attention_mask = x.select(1, 1);
+      inputs.token_type_ids = x.select(1, 2);
+      return model->forward(inputs).logits;
+    };
+  }
+  auto model = std::dynamic_pointer_cast<GPT2LMHeadModelImpl>(module);
+  if (!model) throw Error("causal-lm needs a GPT2LMHeadModel");
+  return [model](const torch::Tensor& x) { return model->forward({x.select(1, 0), x.select(1, 1)}).logits; };
+}
+
+int64_t context_length(const torch::nn::Module& module) {
+  if (auto bert = dynamic_cast<const BertForSequenceClassificationImpl*>(&module))
+    return bert->config().max_position_embeddings;
+  if (auto gpt2 = dynamic_cast<const GPT2LMHeadModelImpl*>(&module)) return gpt2->config().n_positions;
+  return 512;
+}
+
+// config.json of the trained model: the source's keys, with the class built and, for a classifier, its labels.
+json run_config(const std::string& source_config, const std::string& architecture,
+                const std::vector<std::string>& classes) {
+  json config = read_json_file(source_config);
+  config["architectures"] = json::array({architecture});
+  config["torch_dtype"] = "float32";
+  if (!classes.empty()) {
+    json id2label = json::object(), label2id = json::object();
+    for (size_t i = 0; i < classes.size(); ++i) {
+      id2label[std::to_string(i)] = classes[i];
+      label2id[classes[i]] = i;
+    }
+    config["id2label"] = id2label;
+    config["label2id"] = label2id;
+    config.erase("num_labels");
+    config["problem_type"] = "single_label_classification";
+  }
+  return config;
+}
+
+// Copies the tokenizer's files into dir under Hugging Face's names; returns the names written.
+std::vector<std::string> save_tokenizer_files(const std::string& location, const Tokenizer& tokenizer,
+                                              const std::string& dir) {
+  std::vector<std::string> written;
+  const bool folder = fs::is_directory(location);
+  const fs::path base = folder ? fs::path(location) : fs::path(location).parent_path();
+  auto copy = [&](const fs::path& from, const std::string& name) {
+    if (std::find(written.begin(), written.end(), name) != written.end()) return;
+    write_file_atomic((fs::path(dir) / name).string(), read_file(from.string()));
+    written.push_back(name);
+  };
+  if (folder) {
+    for (const auto& [from, to] : kTokenizerFiles)
+      if (fs::is_regular_file(base / from)) copy(base / from, to);
+  } else {
+    const std::string name = fs::path(location).filename().string();
+    const std::string ext = fs::path(location).extension().string();
+    if (tokenizer.kind() == "wordpiece" && ext == ".txt") {
+      copy(location, "vocab.txt");
+    } else if (ext == ".json" && tokenizer.kind() == "byte_bpe" && name != "tokenizer.json" &&
+               !fs::is_regular_file(base / "tokenizer.json")) {
+      copy(location, "vocab.json");
+      for (const char* merges : {"merges.txt", "vocab.bpe"})
+        if (fs::is_regular_file(base / merges)) copy(base / merges, "merges.txt");
+    } else {
+      copy(location, "tokenizer.json");
+    }
+    if (fs::is_regular_file(base / "tokenizer_config.json")) copy(base / "tokenizer_config.json", "tokenizer_config.json");
+  }
+  if (std::find(written.begin(), written.end(), "tokenizer_config.json") == written.end()) {
+    // The class and casing Python's AutoTokenizer needs to read the files as graft does.
+    json config;
+    if (tokenizer.kind() == "wordpiece") {
+      config["tokenizer_class"] = "BertTokenizer";
+      config["do_lower_case"] = dynamic_cast<const WordPieceTokenizer&>(tokenizer).options().lowercase;
+    } else {
+      config["tokenizer_class"] = "GPT2Tokenizer";
+    }
+    write_file_atomic((fs::path(dir) / "tokenizer_config.json").string(), config.dump(2) + "\n");
+    written.push_back("tokenizer_config.json");
+  }
+  return written;
+}
+
+// The tensors save_pretrained writes: a tied GPT-2 LM head is stored too, as a copy of wte (transformers
+// v4.31's safetensors files hold lm_head.weight; from_pretrained ties it again).
+NamedTensors hf_state_dict(torch::nn::Module& module) {
+  NamedTensors tensors = state_dict(module);
+  if (auto gpt2 = dynamic_cast<GPT2LMHeadModelImpl*>(&module); gpt2 && !gpt2->lm_head)
+    tensors.emplace_back("lm_head.weight", gpt2->lm_head_weight().detach().clone());
+  return tensors;
+}
+
+json columns_json(const TextColumns& c) {
+  return {{"format", c.format}, {"text", c.text}, {"text_pair", c.text_pair}, {"label", c.label}, {"header", c.header}};
+}
+
+TextColumns columns_from(const json& j) {
+  TextColumns c;
+  c.format = j.value("format", c.format);
+  c.text = j.value("text", c.text);
+  c.text_pair = j.value("text_pair", c.text_pair);
+  c.label = j.value("label", c.label);
+  c.header = j.value("header", c.header);
+  return c;
+}
+
+}  // namespace
+
+TextTrainOptions::TextTrainOptions() {
+  train.epochs = 3;
+  train.optimizer.name = "adamw";
+  train.optimizer.lr = 5e-5;
+  train.optimizer.weight_decay = 0.01;
+  train.schedule.name = "linear";
+  train.sample_unit = "seq";
+}
+
+json to_json(const TextTrainOptions& o) {
+  json j;
+  j["task"] = o.task;
+  j["model"] = o.model;
+  j["weights"] = o.weights;
+  j["model_config"] = o.model_config;
+  j["tokenizer"] = o.tokenizer;
+  j["data"] = o.data;
+  j["val_data"] = o.val_data;
+  j["out"] = o.out;
+  j["columns"] = columns_json(o.columns);
+  j["val_split"] = o.val_split;
+  j["validate"] = o.validate;
+  if (o.task == "text-classify") {
+    j["max_length"] = o.max_length;
+  } else {
+    j["block_size"] = o.block_size;
+    j["line_by_line"] = o.line_by_line;
+  }
+  j["freeze"] = o.freeze;
+  j["warmup_ratio"] = o.warmup_ratio;
+  j["batch_size"] = o.batch_size;
+  j["epochs"] = o.train.epochs;
+  j["optimizer"] = o.train.optimizer.name;
+  j["lr"] = o.train.optimizer.lr;
+  j["weight_decay"] = o.train.optimizer.weight_decay.value_or(-1.0);
+  j["schedule"] = o.train.schedule.name;
+  j["warmup_steps"] = o.train.schedule.warmup_steps;
+  j["grad_clip"] = o.train.grad_clip;
+  j["seed"] = o.train.seed;
+  j["device"] = o.train.device.str();
+  return j;
+}
+
+TextTrainResult train_text_model(const TextTrainOptions& o, std::ostream& log) {
+  const std::string architecture = model_class(o.task);
+  check_model_name(o.model, o.task);
+  if (o.data.empty()) throw Error("--data is required");
+  if (o.out.empty()) throw Error("--out is required");
+  if (o.batch_size <= 0) throw Error("--batch-size must be > 0, got " + std::to_string(o.batch_size));
+  if (!(o.val_split >= 0 && o.val_split < 1)) throw Error("--val-split must lie in [0, 1)");
+  if (!(o.warmup_ratio >= 0 && o.warmup_ratio <= 1)) throw Error("--warmup-ratio must lie in [0, 1]");
+  log << "graft train " << to_json(o).dump() << "\n";
+
+  // Tokenizer first: it is cheap and its errors are the commonest.
+  const std::string tokenizer_path = tokenizer_location(o);
+  if (tokenizer_path.empty())
+    throw Error("no tokenizer: give --weights (a Hugging Face folder with tokenizer files) or --tokenizer");
+  std::shared_ptr<Tokenizer> tokenizer = load_tokenizer(tokenizer_path);
+  const bool classify = o.task == "text-classify";
+
+  // Data.
+  std::vector<std::string> classes;
+  ClassifyTensors train_set, val_set;
+  if (classify) {
+    std::vector<TextExample> examples = read_text_examples(o.data, o.columns);
+    std::vector<TextExample> val_examples;
+    if (!o.val_data.empty()) val_examples = read_text_examples(o.val_data, o.columns);
+    classes = label_classes(examples);
+    if (classes.size() < 2)
+      throw Error(o.data + ": every example has the label '" + classes[0] + "'; classification needs two or more");
+    train_set = encode_examples(*tokenizer, examples, classes, o.max_length);
+    if (!val_examples.empty()) {
+      val_set = encode_examples(*tokenizer, val_examples, classes, o.max_length);
+    } else if (o.validate && o.val_split > 0) {
+      std::tie(train_set, val_set) = split_rows(train_set, o.val_split, true, o.train.seed);
+    }
+    log << "data: " << examples.size() << " examples, " << classes.size() << " classes";
+  } else {
+    const std::vector<std::string> docs = read_lm_documents(o.data, o.line_by_line, o.columns.text, o.columns.format);
+    train_set = lm_tensors(*tokenizer, docs, o.block_size, o.line_by_line, o.data);
+    if (!o.val_data.empty()) {
+      const auto val_docs = read_lm_documents(o.val_data, o.line_by_line, o.columns.text, o.columns.format);
+      val_set = lm_tensors(*tokenizer, val_docs, o.block_size, o.line_by_line, o.val_data);
+    } else if (o.validate && o.val_split > 0) {
+      if (train_set.inputs.size(0) < 2)
+        throw Error(o.data + ": one block of text cannot be split into training and validation data");
+      std::tie(train_set, val_set) = split_rows(train_set, o.val_split, o.line_by_line, o.train.seed);
+    }
+    log << "data: " << docs.size() << (o.line_by_line ? " lines" : " document(s)") << ", "
+        << (o.line_by_line ? "examples" : "blocks of " + std::to_string(o.block_size) + " tokens");
+  }
+  if (!o.validate) val_set = {};
+  log << ": " << train_set.inputs.size(0) << " train, " << (val_set.inputs.defined() ? val_set.inputs.size(0) : 0)
+      << " val\n";
+
+  // Model; a new head or a model from scratch is initialised from the run's seed, so runs repeat.
+  torch::manual_seed(o.train.seed);
+  HfLoadOptions load;
+  load.architecture = architecture;
+  load.num_labels = classify ? static_cast<int64_t>(classes.size()) : -1;
+  HfModel hf;
+  std::string source_config;
+  if (!o.weights.empty()) {
+    hf = load_hf_model(o.weights, load);
+    source_config = hf.config_path;
+    log << "weights: " << hf.weights_path << " (" << hf.report.loaded.size() << " tensors loaded";
+    if (!hf.report.skipped.empty()) log << ", " << hf.report.skipped.size() << " of another head skipped";
+    log << ")\n";
+  } else if (!o.model_config.empty()) {
+    hf = build_hf_model(o.model_config, load);
+    source_config = o.model_config;
+    log << "warning: no --weights: " << architecture << " from " << o.model_config
+        << " starts from random weights (training from scratch)\n";
+  } else {
+    throw Error("give --weights (a Hugging Face folder or run directory) or --model-config (config.json of a new model)");
+  }
+  std::shared_ptr<torch::nn::Module> module = hf.module;
+  const int64_t vocab = embedding_rows(*module);
+  check_ids(train_set.inputs, vocab, *tokenizer);
+  if (val_set.inputs.defined()) check_ids(val_set.inputs, vocab, *tokenizer);
+  const int64_t context = context_length(*module);
+  const int64_t length = classify ? o.max_length : o.block_size;
+  if (length > context) {
+    throw Error(std::string(classify ? "--max-length " : "--block-size ") + std::to_string(length) +
+                " exceeds the model's " + std::to_string(context) + " positions");
+  }
+  if (!o.freeze.empty()) {
+    const FreezeReport report = apply_freeze(*module, o.freeze, classify ? "classifier" : "");
+    log << "freeze '" << o.freeze << "': " << report.frozen_parameters << " tensors frozen, "
+        << report.trainable_parameters << " trainable\n";
+  }
+
+  TrainConfig config = o.train;
+  config.out_dir = o.out;
+  config.log = &log;
+  config.objective = classify ? "classify" : "causal-lm";
+  config.sample_unit = "seq";
+  config.class_names = classes;
+  config.param_groups = decay_groups(*module);
+  TokenBatchSource train_source(train_set.inputs, train_set.labels, o.batch_size, true);
+  std::unique_ptr<TokenBatchSource> val_source;
+  if (val_set.inputs.defined() && val_set.inputs.size(0) > 0)
+    val_source = std::make_unique<TokenBatchSource>(val_set.inputs, val_set.labels, o.batch_size, false);
+  if (config.schedule.warmup_steps == 0 && o.warmup_ratio > 0) {
+    const double steps = static_cast<double>(config.epochs) * static_cast<double>(train_source.num_batches());
+    config.schedule.warmup_steps = static_cast<int64_t>(std::ceil(o.warmup_ratio * steps));
+  }
+
+  TextTrainResult result;
+  result.train_examples = train_set.inputs.size(0);
+  result.val_examples = val_source ? val_set.inputs.size(0) : 0;
+  Trainer trainer(module, forward_of(module, o.task), config);
+  result.history = trainer.fit(train_source, val_source.get());
+  if (auto best = find_checkpoint((fs::path(o.out) / "checkpoints" / "best").string()))
+    load_checkpoint_model(*best, *module);
+  module->to(torch::kCPU);
+  module->eval();
+
+  if (val_source) {
+    TrainConfig eval_config;
+    eval_config.device = config.device;
+    eval_config.progress = config.progress;
+    eval_config.log = &log;
+    eval_config.objective = config.objective;
+    eval_config.sample_unit = "seq";
+    Trainer evaluator(module, forward_of(module, o.task), eval_config);
+    result.val_metrics = evaluator.evaluate(*val_source, "val");
+    module->to(torch::kCPU);
+    if (classify) {
+      write_confusion_matrix_svg((fs::path(o.out) / "confusion_matrix.svg").string(), *result.val_metrics, classes);
+    }
+    log << metrics_report(*result.val_metrics, classes);
+  }
+
+  // The run directory: a Hugging Face folder plus graft.json (written last: it names complete files).
+  write_safetensors((fs::path(o.out) / "model.safetensors").string(), hf_state_dict(*module),
+                    {{"format", "pt"}, {"producer", "graft " GRAFT_VERSION}});
+  write_file_atomic((fs::path(o.out) / "config.json").string(),
+                    run_config(source_config, architecture, classes).dump(2) + "\n");
+  const std::vector<std::string> tokenizer_files = save_tokenizer_files(tokenizer_path, *tokenizer, o.out);
+  json doc;
+  doc["format"] = "graft-run";
+  doc["format_version"] = 1;
+  doc["graft_version"] = GRAFT_VERSION;
+  doc["libtorch_version"] = TORCH_VERSION;
+  doc["task"] = o.task;
+  doc["model_type"] = hf.model_type;
+  doc["architecture"] = architecture;
+  doc["classes"] = classes;
+  doc["max_length"] = o.max_length;
+  doc["block_size"] = o.block_size;
+  doc["line_by_line"] = o.line_by_line;
+  doc["columns"] = columns_json(o.columns);
+  doc["freeze"] = o.freeze;
+  doc["data"] = o.data;
+  doc["weights"] = "model.safetensors";
+  doc["config"] = "config.json";
+  doc["tokenizer"] = tokenizer_files;
+  doc["training"] = to_json(o);
+  if (result.val_metrics) {
+    doc["val"] = {{"loss", result.val_metrics->loss}, {"accuracy", result.val_metrics->accuracy}};
+    if (!classify) doc["val"]["perplexity"] = result.val_metrics->perplexity();
+  }
+  write_file_atomic((fs::path(o.out) / "graft.json").string(), doc.dump(2) + "\n");
+  log << "run directory: " << o.out << " (Hugging Face files config.json, model.safetensors, tokenizer; graft.json, "
+      << "metrics.csv, training_curves.svg" << (classify && val_source ? ", confusion_matrix.svg" : "") << ")\n";
+  return result;
+}
+
+bool is_text_run(const std::string& dir) {
+  const fs::path file = fs::path(dir) / "graft.json";
+  if (!fs::is_regular_file(file)) return false;
+  try {
+    const json doc = read_json_file(file.string());
+    const std::string task = doc.value("task", "");
+    return task == "text-classify" || task == "causal-lm";
+  } catch (const Error&) {
+    return false;
+  }
+}
+
+TextRun load_text_run(const std::string& dir) {
+  TextRun run;
+  run.dir = dir;
+  if (!fs::is_directory(dir)) throw Error(dir + ": not a folder (expected a text run directory or Hugging Face folder)");
+  const fs::path graft_json = fs::path(dir) / "graft.json";
+  json doc;
+  if (fs::is_regular_file(graft_json)) {
+    doc = read_json_file(graft_json.string());
+    if (!doc.is_object()) throw FormatError(graft_json.string(), "expected a JSON object");
+    run.task = doc.value("task", "");
+    if (run.task != "text-classify" && run.task != "causal-lm") {
+      throw FormatError(graft_json.string(), "task '" + run.task + "' is not a text task",
+                        "expected text-classify or causal-lm");
+    }
+  }
+  HfModel hf = load_hf_model(dir);
+  if (run.task.empty()) {
+    if (hf.architecture == "BertForSequenceClassification") run.task = "text-classify";
+    else if (hf.architecture == "GPT2LMHeadModel") run.task = "causal-lm";
+    else throw Error(dir + ": a " + hf.architecture + " is neither a text classifier nor a language model");
+  }
+  if (hf.architecture != model_class(run.task)) {
+    throw FormatError(graft_json.string(), "task " + run.task + " but config.json builds " + hf.architecture);
+  }
+  run.model_type = hf.model_type;
+  run.architecture = hf.architecture;
+  run.module = hf.module;
+  run.module->eval();
+  run.tokenizer = load_tokenizer(dir);
+  run.max_length = doc.value("max_length", int64_t{128});
+  run.block_size = doc.value("block_size", int64_t{128});
+  run.line_by_line = doc.value("line_by_line", false);
+  if (doc.contains("columns") && doc["columns"].is_object()) run.columns = columns_from(doc["columns"]);
+  if (run.task == "text-classify") {
+    auto model = std::dynamic_pointer_cast<BertForSequenceClassificationImpl>(run.module);
+    run.classes = model->config().id2label;
+  }
+  return run;
+}
+
+Metrics evaluate_text(TextRun& run, const std::string& data, int64_t batch_size, torch::Device device,
+                      std::ostream& log) {
+  ClassifyTensors set;
+  if (run.task == "text-classify") {
+    set = encode_examples(*run.tokenizer, read_text_examples(data, run.columns), run.classes, run.max_length);
+  } else {
+    set = lm_tensors(*run.tokenizer, read_lm_documents(data, run.line_by_line, run.columns.text, run.columns.format),
+                     run.block_size, run.line_by_line, data);
+  }
+  check_ids(set.inputs, embedding_rows(*run.module), *run.tokenizer);
+  TokenBatchSource source(set.inputs, set.labels, batch_size, false);
+  TrainConfig config;
+  config.device = device;
+  config.log = &log;
+  config.objective = run.task == "text-classify" ? "classify" : "causal-lm";
+  config.sample_unit = "seq";
+  Trainer evaluator(run.module, forward_of(run.module, run.task), config);
+  Metrics metrics = evaluator.evaluate(source, "eval");
+  run.module->to(torch::kCPU);
+  return metrics;
+}
+
+std::vector<TextPrediction> predict_texts(TextRun& run, const std::vector<std::string>& texts, int64_t top_k,
+                                          torch::Device device) {
+  if (run.task != "text-classify") throw Error(run.dir + ": predict classifies text; this run is a " + run.task + " model (use graft generate)");
+  c10::InferenceMode inference;
+  run.module->to(device);
+  const Trainer::Forward forward = forward_of(run.module, run.task);
+  EncodeOptions options;
+  options.truncation = Truncation::kLongestFirst;
+  options.max_length = static_cast<size_t>(run.max_length);
+  std::vector<TextPrediction> out;
+  const int64_t k = std::clamp<int64_t>(top_k, 1, static_cast<int64_t>(run.classes.size()));
+  for (const std::string& text : texts) {
+    torch::Tensor packed = pack({run.tokenizer->encode(text, options)}, pad_id_of(*run.tokenizer), 3);
+    check_ids(packed, embedding_rows(*run.module), *run.tokenizer);
+    const torch::Tensor probs = torch::softmax(forward(packed.to(device)), -1).squeeze(0).cpu();
+    auto [values, indices] = probs.topk(k);
+    TextPrediction p;
+    p.text = text;
+    for (int64_t i = 0; i < k; ++i)
+      p.top.emplace_back(run.classes[static_cast<size_t>(indices[i].item<int64_t>())], values[i].item<double>());
+    out.push_back(std::move(p));
+  }
+  run.module->to(torch::kCPU);
+  return out;
+}
+
+namespace {
+
+// Length of the longest prefix of s that ends on a whole UTF-8 character (streamed text never shows half).
+size_t complete_utf8_prefix(const std::string& s) {
+  size_t end = s.size();
+  for (size_t back = 1; back <= 4 && back <= s.size(); ++back) {
+    const unsigned char c = static_cast<unsigned char>(s[s.size() - back]);
+    if ((c & 0xC0) == 0x80) continue;  // continuation byte
+    const size_t need = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 1;
+    if (need > back) end = s.size() - back;
+    break;
+  }
+  return end;
+}
+
+}  // namespace
+
+std::string generate_text(TextRun& run, const std::string& prompt, GenerateOptions options, torch::Device device,
+                          const std::function<bool(const std::string& piece)>& on_text) {
+  auto model = std::dynamic_pointer_cast<GPT2LMHeadModelImpl>(run.module);
+  if (!model) throw Error(run.dir + ": generate needs a language model; this run is a " + run.task + " model");
+  EncodeOptions encode;
+  encode.add_special_tokens = false;
+  std::vector<int64_t> ids = run.tokenizer->encode(prompt, encode).ids;
+  const std::optional<int64_t> eos = run.tokenizer->eos_id();
+  if (ids.empty()) ids.push_back(eos.value_or(model->config().bos_token_id));  // an empty prompt starts at bos
+  if (options.eos_token_id < 0 && eos) options.eos_token_id = *eos;
+  const int64_t positions = model->config().n_positions;
+  if (options.max_new_tokens >= positions) {
+    throw Error("--max-new-tokens " + std::to_string(options.max_new_tokens) + " leaves no room for the prompt in " +
+                std::to_string(positions) + " positions");
+  }
+  // A long prompt keeps its end: what the model sees last matters for what comes next.
+  const size_t room = static_cast<size_t>(positions - options.max_new_tokens);
+  if (ids.size() > room) ids.erase(ids.begin(), ids.end() - static_cast<std::ptrdiff_t>(room));
+  const int64_t vocab = embedding_rows(*model);
+  for (int64_t id : ids) {
+    if (id >= vocab) throw Error("the tokenizer gives id " + std::to_string(id) + " beyond the model's vocabulary");
+  }
+  model->to(device);
+  model->eval();
+  std::vector<int64_t> generated;
+  size_t shown = 0;
+  if (on_text) {
+    options.on_token = [&](const torch::Tensor& next) {
+      const int64_t id = next[0].item<int64_t>();
+      if (options.eos_token_id >= 0 && id == options.eos_token_id) return false;
+      generated.push_back(id);
+      const std::string text = run.tokenizer->decode(generated, true);
+      const size_t upto = complete_utf8_prefix(text);
+      if (upto <= shown) return true;
+      const std::string piece = text.substr(shown, upto - shown);
+      shown = upto;
+      return on_text(piece);
+    };
+  }
+  const torch::Tensor input = torch::tensor(ids, torch::kLong).unsqueeze(0).to(device);
+  const torch::Tensor sequences = model->generate(input, options).cpu();
+  model->to(torch::kCPU);
+  std::vector<int64_t> fresh;
+  for (int64_t t = input.size(1); t < sequences.size(1); ++t) {
+    const int64_t id = sequences[0][t].item<int64_t>();
+    if (options.eos_token_id >= 0 && id == options.eos_token_id) break;
+    fresh.push_back(id);
+  }
+  return run.tokenizer->decode(fresh, true);
+}
+
+void export_hf(const std::string& run_dir, const std::string& out_dir) {
+  if (!fs::is_regular_file(fs::path(run_dir) / "config.json") ||
+      !fs::is_regular_file(fs::path(run_dir) / "model.safetensors")) {
+    throw Error(run_dir + ": not a text run directory (expected config.json and model.safetensors from graft train "
+                          "--task text-classify or causal-lm)");
+  }
+  if (fs::exists(out_dir) && !(fs::is_directory(out_dir) && fs::is_empty(out_dir)))
+    throw Error(out_dir + ": already exists; export writes a new folder (remove it or choose another --out)");
+  std::vector<std::string> files = {"config.json", "model.safetensors"};
+  for (const auto& item : kTokenizerFiles)
+    if (fs::is_regular_file(fs::path(run_dir) / item.second) &&
+        std::find(files.begin(), files.end(), item.second) == files.end())
+      files.push_back(item.second);
+  // The folder is assembled beside its destination and renamed into place whole.
+  const fs::path target = fs::absolute(out_dir);
+  const fs::path temporary = target.parent_path() / (target.filename().string() + ".tmp-export");
+  fs::remove_all(temporary);
+  fs::create_directories(temporary);
+  for (const auto& name : files) fs::copy_file(fs::path(run_dir) / name, temporary / name);
+  if (fs::exists(target)) fs::remove(target);  // an empty folder
+  fs::rename(temporary, target);
+}
+
+}  // namespace graft
