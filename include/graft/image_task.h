@@ -17,6 +17,9 @@ namespace graft {
 struct ImageTrainOptions {
   std::string model;    // ARCH[.TAG]
   std::string weights;  // safetensors with reference names; empty: random initialisation (warned)
+  // An earlier image run directory to start from: its model, head and weights (the last classifier layer
+  // new when the class count differs). model and head default to the run's.
+  std::string init_from;
   std::string data;     // image folder (class subfolders, or train/ + val/), or a folder of IDX files
   std::string out;      // run directory
   std::string head;     // head spec; empty: "avg,dense:C". A head without a final dense gets dense:C.

@@ -6,6 +6,7 @@
 #include "graft/errors.h"
 #include "graft/image_task.h"
 #include "graft/text_task.h"
+#include "graft/video_task.h"
 #include "graft/runtime.h"
 
 namespace graft::cli {
@@ -26,6 +27,17 @@ void add_eval_command(CLI::App& app) {
   command->add_option("--confusion-svg", *svg, "write the confusion matrix picture here");
   command->add_option("--device", *device, "auto, cpu or cuda[:N]");
   command->callback([run_dir, data, device, batch, limit, svg] {
+    if (is_video_run(*run_dir)) {
+      VideoRun video = load_video_run(*run_dir);
+      const Metrics metrics = evaluate_video(video, *data, *batch, parse_device(*device), std::cerr);
+      std::cout << metrics_report(metrics, video.classes);
+      std::cout << "accuracy: " << metrics.accuracy << " on " << metrics.samples << " clips\n";
+      const std::string picture =
+          svg->empty() ? (std::filesystem::path(*run_dir) / "eval_confusion_matrix.svg").string() : *svg;
+      write_confusion_matrix_svg(picture, metrics, video.classes);
+      std::cout << "confusion matrix picture: " << picture << "\n";
+      return;
+    }
     if (is_text_run(*run_dir)) {
       TextRun text = load_text_run(*run_dir);
       const Metrics metrics = evaluate_text(text, *data, *batch, parse_device(*device), std::cerr);

@@ -8,9 +8,32 @@
 #include "graft/errors.h"
 #include "graft/image_task.h"
 #include "graft/text_task.h"
+#include "graft/video_task.h"
 #include "graft/runtime.h"
 
 namespace graft::cli {
+
+namespace {
+
+void print_predictions(const std::vector<Prediction>& predictions, bool as_json, const char* key) {
+  if (as_json) {
+    nlohmann::json out = nlohmann::json::array();
+    for (const auto& p : predictions) {
+      nlohmann::json top = nlohmann::json::array();
+      for (const auto& [label, prob] : p.top) top.push_back({{"label", label}, {"probability", prob}});
+      out.push_back({{key, p.path}, {"top", top}});
+    }
+    std::cout << out.dump(2) << "\n";
+    return;
+  }
+  for (const auto& p : predictions) {
+    std::cout << p.path << "\n";
+    for (const auto& [label, prob] : p.top)
+      std::cout << "  " << std::fixed << std::setprecision(4) << prob << "  " << label << "\n";
+  }
+}
+
+}  // namespace
 
 void add_predict_command(CLI::App& app) {
   auto* command = app.add_subcommand("predict", "classify images (or texts) with a run directory");
@@ -22,7 +45,7 @@ void add_predict_command(CLI::App& app) {
   command->add_option("run", *run_dir, "run directory written by graft train")->required();
   auto texts = std::make_shared<std::vector<std::string>>();
   auto input = std::make_shared<std::string>();
-  command->add_option("images", *images, "image files (JPEG, PNG)");
+  command->add_option("images", *images, "image files (JPEG, PNG); video runs: video files or frame folders");
   command->add_option("--text", *texts, "text run: a text to classify (repeatable)");
   command->add_option("--input", *input, "text run: a file of texts to classify, one per line")
       ->check(CLI::ExistingFile);
@@ -62,26 +85,18 @@ void add_predict_command(CLI::App& app) {
       return;
     }
     if (images->empty()) throw Error("no images given: graft predict RUN_DIR IMAGE...");
+    if (is_video_run(*run_dir)) {
+      VideoRun run = load_video_run(*run_dir);
+      for (const auto& clip : *images)
+        if (!std::filesystem::exists(clip)) throw Error(clip + ": no such video file or frame folder");
+      const auto predictions = predict_clips(run, *images, *top_k, parse_device(*device));
+      print_predictions(predictions, *as_json, "clip");
+      return;
+    }
     for (const auto& image : *images)
       if (!std::filesystem::is_regular_file(image)) throw Error(image + ": no such file");
     LoadedRun run = load_run(*run_dir);
-    auto predictions = predict_images(run, *images, *top_k, parse_device(*device));
-    if (*as_json) {
-      nlohmann::json out = nlohmann::json::array();
-      for (const auto& p : predictions) {
-        nlohmann::json top = nlohmann::json::array();
-        for (const auto& [label, prob] : p.top) top.push_back({{"label", label}, {"probability", prob}});
-        out.push_back({{"image", p.path}, {"top", top}});
-      }
-      std::cout << out.dump(2) << "\n";
-      return;
-    }
-    for (const auto& p : predictions) {
-      std::cout << p.path << "\n";
-      for (const auto& [label, prob] : p.top) {
-        std::cout << "  " << std::fixed << std::setprecision(4) << prob << "  " << label << "\n";
-      }
-    }
+    print_predictions(predict_images(run, *images, *top_k, parse_device(*device)), *as_json, "image");
   });
 }
 

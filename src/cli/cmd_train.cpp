@@ -7,6 +7,7 @@
 #include "graft/image_task.h"
 #include "graft/runtime.h"
 #include "graft/text_task.h"
+#include "graft/video_task.h"
 
 namespace graft::cli {
 
@@ -18,9 +19,12 @@ void add_train_command(CLI::App& app) {
   auto weight_decay = std::make_shared<double>(-1.0);
   auto task = std::make_shared<std::string>("image-classify");
   auto text = std::make_shared<TextTrainOptions>();
+  auto video = std::make_shared<VideoTrainOptions>();
+  auto init_from = std::make_shared<std::string>();
   command->add_option("--config", *config_file, "JSON file of options (keys as printed at start); flags override")
       ->check(CLI::ExistingFile);
-  command->add_option("--task", *task, "image-classify | text-classify | causal-lm");
+  command->add_option("--task", *task, "image-classify | text-classify | causal-lm | video-classify");
+  command->add_option("--init-from", *init_from, "start from the model of an earlier run directory (its weights; a new last layer when classes differ)");
   command->add_option("--model", o->model, "architecture or ARCH.TAG, e.g. mobilenet_v2; text: bert, gpt2");
   command->add_option("--weights", o->weights,
                       "pretrained weights (safetensors, reference names); text: a Hugging Face folder or run dir");
@@ -75,37 +79,77 @@ void add_train_command(CLI::App& app) {
   text_group->add_flag("--line-by-line", text->line_by_line, "causal-lm: one example per line, not packed blocks");
   text_group->add_option("--warmup-ratio", text->warmup_ratio, "warm-up steps as a fraction of all steps");
 
-  command->callback([command, o, config_file, device, weight_decay, task, text] {
+  auto* video_group = command->add_option_group("video", "video-classify");
+  video_group->add_option("--frames", video->frames, "frames sampled per clip");
+  video_group->add_option("--temporal", video->temporal, "over frame features: lstm:H, gru:H (:bi), avg");
+  video_group->add_flag("!--no-feature-cache", video->cache_features,
+                        "frozen backbone: run it on every epoch's frames instead of caching (for comparison)");
+
+  command->callback([command, o, config_file, device, weight_decay, task, text, video, init_from] {
+    auto flag_given = [&](const char* name) { return command->get_option(name)->count() > 0; };
+    if (*task == "video-classify") {
+      if (!config_file->empty()) throw Error("--config is read for image tasks only; give video options as flags");
+      VideoTrainOptions options = *video;
+      options.model = o->model;
+      options.weights = o->weights;
+      options.init_from = *init_from;
+      options.data = o->data;
+      options.out = o->out;
+      if (flag_given("--freeze")) options.freeze = o->freeze;
+      if (flag_given("--val-split")) options.val_split = o->val_split;
+      options.validate = o->validate;
+      options.augment = o->augment;
+      if (flag_given("--batch-size")) options.batch_size = o->batch_size;
+      if (flag_given("--image-size")) options.image_size = o->image_size;
+      if (flag_given("--workers")) options.workers = o->workers;
+      options.train = o->train;
+      if (*weight_decay >= 0) options.train.optimizer.weight_decay = *weight_decay;
+      options.train.resume = o->train.resume;
+      options.train.device = parse_device(*device);
+      for (const char* image_only : {"--head", "--strategy", "--stage1-epochs", "--backbone-lr-mult", "--limit"}) {
+        if (flag_given(image_only)) throw Error(std::string(image_only) + " is an image option; --task video-classify does not take it");
+      }
+      VideoTrainResult result = train_video_classifier(options, std::cout);
+      if (result.val_metrics) std::cout << "final validation accuracy: " << result.val_metrics->accuracy << "\n";
+      return;
+    }
+    for (const char* video_only : {"--frames", "--temporal", "--no-feature-cache"}) {
+      if (flag_given(video_only)) throw Error(std::string(video_only) + " is a video option; add --task video-classify");
+    }
     if (*task == "text-classify" || *task == "causal-lm") {
       if (!config_file->empty()) throw Error("--config is read for image tasks only; give text options as flags");
       TextTrainOptions options = *text;
       options.task = *task;
       options.model = o->model;
       options.weights = o->weights;
+      if (!init_from->empty()) {
+        // A text run directory is a Hugging Face folder: starting from it is loading its weights.
+        if (!options.weights.empty()) throw Error("give --weights or --init-from, not both");
+        options.weights = *init_from;
+      }
       options.data = o->data;
       options.out = o->out;
       options.freeze = o->freeze;
       // Flags given override the text recipe's defaults (AdamW 5e-5, linear decay, 3 epochs).
-      auto given = [&](const char* name) { return command->get_option(name)->count() > 0; };
-      if (given("--val-split")) options.val_split = o->val_split;
+      if (flag_given("--val-split")) options.val_split = o->val_split;
       options.validate = o->validate;
-      if (given("--batch-size")) options.batch_size = o->batch_size;
-      if (given("--epochs")) options.train.epochs = o->train.epochs;
-      if (given("--optimizer")) options.train.optimizer.name = o->train.optimizer.name;
-      if (given("--lr")) options.train.optimizer.lr = o->train.optimizer.lr;
-      if (given("--momentum")) options.train.optimizer.momentum = o->train.optimizer.momentum;
+      if (flag_given("--batch-size")) options.batch_size = o->batch_size;
+      if (flag_given("--epochs")) options.train.epochs = o->train.epochs;
+      if (flag_given("--optimizer")) options.train.optimizer.name = o->train.optimizer.name;
+      if (flag_given("--lr")) options.train.optimizer.lr = o->train.optimizer.lr;
+      if (flag_given("--momentum")) options.train.optimizer.momentum = o->train.optimizer.momentum;
       if (*weight_decay >= 0) options.train.optimizer.weight_decay = *weight_decay;
-      if (given("--schedule")) options.train.schedule.name = o->train.schedule.name;
-      if (given("--warmup-steps")) options.train.schedule.warmup_steps = o->train.schedule.warmup_steps;
-      if (given("--label-smoothing")) options.train.label_smoothing = o->train.label_smoothing;
-      if (given("--grad-clip")) options.train.grad_clip = o->train.grad_clip;
-      if (given("--seed")) options.train.seed = o->train.seed;
+      if (flag_given("--schedule")) options.train.schedule.name = o->train.schedule.name;
+      if (flag_given("--warmup-steps")) options.train.schedule.warmup_steps = o->train.schedule.warmup_steps;
+      if (flag_given("--label-smoothing")) options.train.label_smoothing = o->train.label_smoothing;
+      if (flag_given("--grad-clip")) options.train.grad_clip = o->train.grad_clip;
+      if (flag_given("--seed")) options.train.seed = o->train.seed;
       options.train.early_stopping = o->train.early_stopping;
       options.train.resume = o->train.resume;
       options.train.device = parse_device(*device);
       for (const char* image_only : {"--head", "--strategy", "--stage1-epochs", "--backbone-lr-mult", "--image-size",
                                      "--rotation", "--jitter", "--workers", "--limit", "--class-weights"}) {
-        if (given(image_only)) throw Error(std::string(image_only) + " is an image option; --task " + *task + " does not take it");
+        if (flag_given(image_only)) throw Error(std::string(image_only) + " is an image option; --task " + *task + " does not take it");
       }
       TextTrainResult result = train_text_model(options, std::cout);
       if (result.val_metrics) {
@@ -116,7 +160,8 @@ void add_train_command(CLI::App& app) {
       }
       return;
     }
-    if (*task != "image-classify") throw Error("--task " + *task + ": expected image-classify, text-classify or causal-lm");
+    if (*task != "image-classify")
+      throw Error("--task " + *task + ": expected image-classify, text-classify, causal-lm or video-classify");
     for (const char* text_only : {"--model-config", "--tokenizer", "--val-data", "--format", "--text-column",
                                   "--text-pair-column", "--label-column", "--no-header", "--max-length",
                                   "--block-size", "--line-by-line", "--warmup-ratio"}) {
@@ -142,16 +187,18 @@ void add_train_command(CLI::App& app) {
       for (auto& c : key) c = c == '-' ? '_' : c;
       if (key == "no_augment") key = "augment";
       if (key == "no_val") key = "validate";
-      if (key == "task") continue;
+      if (key == "task" || key == "init_from") continue;
       if (flags.contains(key)) given[key] = flags[key];
     }
     if (given.contains("weight_decay") || *weight_decay >= 0) given["weight_decay"] = *weight_decay;
     given.erase("config");
     apply_json(options, given, "command line");
+    if (!init_from->empty()) options.init_from = *init_from;
     for (const auto& [name, value] : {std::pair<const char*, const std::string*>{"--model", &options.model},
                                       {"--data", &options.data},
                                       {"--out", &options.out}}) {
-      if (value->empty()) throw Error(std::string(name) + " is required (on the command line or in --config)");
+      if (value->empty() && !(value == &options.model && !options.init_from.empty()))
+        throw Error(std::string(name) + " is required (on the command line or in --config)");
     }
     options.train.resume = o->train.resume;
     options.train.device = parse_device(*device);

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
 
 #include "graft/errors.h"
 #include "graft/progress.h"
@@ -148,6 +149,7 @@ json to_json(const ImageTrainOptions& o) {
   json j;
   j["model"] = o.model;
   j["weights"] = o.weights;
+  j["init_from"] = o.init_from;
   j["data"] = o.data;
   j["out"] = o.out;
   j["head"] = o.head;
@@ -207,6 +209,7 @@ void apply_json(ImageTrainOptions& o, const json& config, const std::string& fil
   TrainConfig& t = o.train;
   get("model", o.model);
   get("weights", o.weights);
+  get("init_from", o.init_from);
   get("data", o.data);
   get("out", o.out);
   get("head", o.head);
@@ -247,7 +250,8 @@ void apply_json(ImageTrainOptions& o, const json& config, const std::string& fil
   get("min_delta", t.early_stopping.min_delta);
 }
 
-ImageTrainResult train_image_classifier(const ImageTrainOptions& options, std::ostream& log) {
+ImageTrainResult train_image_classifier(const ImageTrainOptions& options_in, std::ostream& log) {
+  ImageTrainOptions options = options_in;  // --init-from fills model and head
   if (options.strategy != "feature-extract" && options.strategy != "fine-tune" && options.strategy != "two-stage") {
     throw SpecError("--strategy " + options.strategy + ": expected feature-extract, fine-tune or two-stage");
   }
@@ -261,6 +265,20 @@ ImageTrainResult train_image_classifier(const ImageTrainOptions& options, std::o
   // Initialisation of the model and the head draws from torch's generator: seed it first so that a run
   // repeats exactly.
   torch::manual_seed(options.train.seed);
+  std::optional<LoadedRun> previous;
+  if (!options_in.init_from.empty()) {
+    previous = load_run(options_in.init_from);
+    if (!options.weights.empty()) throw Error("give --weights or --init-from, not both");
+    if (options.model.empty()) options.model = previous->spec.model;
+    if (options.model != previous->spec.model)
+      throw Error("--init-from " + options_in.init_from + " holds a " + previous->spec.model + ", not a " + options.model);
+    if (options.head.empty() && !previous->spec.head.empty()) {
+      // The run's head without its last layer: resolve_head adds one for this data's classes.
+      HeadSpec head = HeadSpec::parse(previous->spec.head);
+      if (!head.layers.empty() && head.layers.back().kind == HeadLayerSpec::Kind::kDense) head.layers.pop_back();
+      options.head = head.to_string();
+    }
+  }
   // Model first (for its preprocessing), then data (for the class count), then the head.
   Backbone model = create_model(options.model);
   Preprocessing pre = Preprocessing::from_cfg(model->default_cfg());
@@ -276,7 +294,9 @@ ImageTrainResult train_image_classifier(const ImageTrainOptions& options, std::o
   log << "data: " << data.train->size() << " training, " << (data.val ? data.val->size() : 0)
       << " validation images, " << classes << " classes\n";
 
-  if (!options.weights.empty()) {
+  if (previous) {
+    // Set below, once the head exists.
+  } else if (!options.weights.empty()) {
     WeightsOptions w;
     w.skip_classifier = true;  // the head is replaced
     LoadReport report = load_weights(*model, options.weights, w);
@@ -293,6 +313,27 @@ ImageTrainResult train_image_classifier(const ImageTrainOptions& options, std::o
   }
   const std::string head = resolve_head(options.head, classes);
   model->set_head(HeadSpec::parse(head), {pre.size, pre.size});
+  if (previous) {
+    // Every tensor of the earlier run that fits; the last classifier layer when the classes differ does not.
+    NamedTensors fitting;
+    const NamedTensors current = state_dict(*model);
+    std::map<std::string, std::vector<int64_t>> shapes;
+    for (const auto& [name, tensor] : current) shapes[name] = tensor.sizes().vec();
+    std::vector<std::string> fresh;
+    for (auto& [name, tensor] : state_dict(*previous->model)) {
+      auto it = shapes.find(name);
+      if (it != shapes.end() && it->second == tensor.sizes().vec())
+        fitting.emplace_back(name, tensor);
+      else
+        fresh.push_back(name);
+    }
+    LoadOptions load;
+    load.strict = false;
+    load.source_name = options_in.init_from;
+    const LoadReport report = load_state_dict(*model, fitting, load);
+    log << "init from " << options_in.init_from << ": " << report.loaded.size() << " tensors"
+        << (fresh.empty() ? "" : "; new: " + std::to_string(fresh.size()) + " tensors of the last layer") << "\n";
+  }
   model->set_frozen_bn_trains(options.bn_train_frozen);
   const std::string stage2_freeze = options.freeze.empty() ? "none" : options.freeze;
   apply_freeze(*model, feature_extract || two_stage ? "all" : stage2_freeze);

@@ -53,6 +53,15 @@ TEST(TrainE2E, FashionMnistFineTuneEvalPredict) {
   EXPECT_GT(number_after(eval.output, "accuracy:"), 0.6) << eval.output;
   EXPECT_NE(eval.output.find("Ankle boot"), std::string::npos) << eval.output;
 
+  // A new run that starts from this one (--init-from): its model and weights, so one more epoch at a low
+  // rate begins where the first run ended instead of at chance.
+  auto again = graft("train --init-from " + run + " --data " + kFashion + " --limit 2000 --image-size 32 "
+                     "--no-augment --epochs 1 --batch-size 64 --optimizer adam --lr 0.0002 --out " +
+                     (dir / "again").string());
+  ASSERT_EQ(again.status, 0) << again.output;
+  EXPECT_NE(again.output.find("init from"), std::string::npos) << again.output;
+  EXPECT_GT(number_after(again.output, "final validation accuracy:"), accuracy - 0.05) << again.output;
+
   std::filesystem::remove_all(dir);
 }
 

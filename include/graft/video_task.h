@@ -1,0 +1,61 @@
+// Video classification by transfer learning, end to end: clip data -> an image backbone per frame with a
+// temporal model (ConvNet + LSTM), or a 3D CNN -> freezing by part -> trainer -> run directory; and the
+// uses of a run directory (evaluate, predict). With the backbone frozen, per-frame features are computed
+// once without autograd and cached, so epochs train the temporal model and the classifier only.
+#pragma once
+#include <iosfwd>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "graft/image_task.h"
+#include "graft/video.h"
+
+namespace graft {
+
+struct VideoTrainOptions {
+  std::string model;                  // image backbone ARCH[.TAG] (with `temporal`) or a 3D CNN (r3d_18, ...)
+  std::string weights;                // backbone weights (safetensors, reference names); empty: as the tag says
+  std::string temporal = "lstm:256";  // lstm:H | gru:H [:bi] [:layers=N] [:dropout=P] | avg; unused by 3D CNNs
+  std::string init_from;  // a video run directory to start from (its model; a new fc when the classes differ)
+  std::string data;       // root/<class>/<clip> (video files or frame folders), or root/train + root/val
+  std::string out;
+  // backbone | backbone,temporal | none | all | any freeze spec over the model's parameter names
+  std::string freeze = "backbone";
+  int64_t frames = 8;
+  int64_t image_size = 0;  // 0: the backbone's
+  double val_split = 0.2;
+  bool validate = true;
+  bool augment = true;  // random crop + flip per clip when the backbone trains
+  bool cache_features = true;  // frozen image backbone: per-frame features once (false: every epoch, to compare)
+  int64_t batch_size = 8;
+  int workers = 0;
+  TrainConfig train;
+};
+
+struct VideoTrainResult {
+  TrainHistory history;
+  std::optional<Metrics> val_metrics;
+  bool cached_features = false;
+  double feature_cache_seconds = 0.0;
+  size_t skipped_clips = 0;
+};
+
+VideoTrainResult train_video_classifier(const VideoTrainOptions& options, std::ostream& log);
+nlohmann::json to_json(const VideoTrainOptions& options);
+
+struct VideoRun {
+  std::string dir, model, temporal;
+  std::vector<std::string> classes;
+  ClipConfig clip;  // eval transform
+  std::shared_ptr<torch::nn::Module> module;
+  std::function<torch::Tensor(const torch::Tensor&)> forward;  // (N, T, 3, H, W) -> logits
+};
+bool is_video_run(const std::string& dir);
+VideoRun load_video_run(const std::string& dir);
+Metrics evaluate_video(VideoRun& run, const std::string& data, int64_t batch_size, torch::Device device,
+                       std::ostream& log);
+std::vector<Prediction> predict_clips(VideoRun& run, const std::vector<std::string>& paths, int64_t top_k,
+                                      torch::Device device);
+
+}  // namespace graft
