@@ -130,6 +130,33 @@ TEST(Head, ShapesAndNamesFollowTheSpec) {
   EXPECT_THROW(model.set_head(HeadSpec::parse("none,dense:3")), SpecError);
 }
 
+// Global pooling reduces every dim after the channels, so one head serves image maps (N, C, H, W) and
+// video maps (N, C, T, H, W).
+TEST(Head, GlobalPoolingReducesEveryDimAfterTheChannels) {
+  HeadImpl avg(HeadSpec::parse("avg"), /*in_channels=*/2, {0, 0});
+  HeadImpl max(HeadSpec::parse("max"), /*in_channels=*/2, {0, 0});
+  // Channel 0 holds 0..3, channel 1 holds 4..7, as a 2x2 image and as a 2-frame 1x2 clip.
+  const torch::Tensor image = torch::arange(8, torch::kFloat).view({1, 2, 2, 2});
+  const torch::Tensor clip = torch::arange(8, torch::kFloat).view({1, 2, 2, 1, 2});
+  const torch::Tensor means = torch::tensor({{1.5f, 5.5f}});
+  const torch::Tensor maxima = torch::tensor({{3.0f, 7.0f}});
+  EXPECT_TRUE(torch::equal(avg.forward(image), means));
+  EXPECT_TRUE(torch::equal(avg.forward(clip), means));
+  EXPECT_TRUE(torch::equal(max.forward(image), maxima));
+  EXPECT_TRUE(torch::equal(max.forward(clip), maxima));
+  // Image maps pool exactly as before: the same reduction, bit for bit.
+  const torch::Tensor map = torch::randn({3, 5, 7, 6});
+  EXPECT_TRUE(torch::equal(avg.pool(map), map.mean({2, 3})));
+  EXPECT_TRUE(torch::equal(max.pool(map), map.amax({2, 3})));
+  // Already pooled (N, C): nothing to pool over, and the error says so.
+  try {
+    avg.pool(torch::randn({3, 5}));
+    FAIL() << "expected graft::Error for a (3, 5) feature map";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("got shape"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Freeze, AllWithNewHeadTrainsOnlyTheHeadAndKeepsBatchNormStatistics) {
   TinyNetImpl model(3);
   model.set_head(HeadSpec::parse("avg,dense:6:relu,dense:3"));
