@@ -24,7 +24,7 @@ struct PretrainedCfg {
   std::string tag;                                  // e.g. "tv_in1k"
   std::string source;                               // e.g. "hf-hub:timm/resnet50.tv_in1k"
   std::string file_format = "safetensors";          // format of the file at `source`
-  std::vector<int64_t> input_size{3, 224, 224};     // (C, H, W)
+  std::vector<int64_t> input_size{3, 224, 224};     // (C, H, W); video weights: (C, T, H, W)
   std::array<double, 3> mean{0.485, 0.456, 0.406};  // per channel, on [0, 1] pixels
   std::array<double, 3> std{0.229, 0.224, 0.225};
   std::string interpolation = "bilinear";  // resize filter the weights were evaluated with
@@ -44,6 +44,15 @@ struct PretrainedCfg {
   std::string fetch_command;  // e.g. "scripts/fetch-weights nsfwjs"
 };
 
+// Video weights take clips: their input_size has four entries, (C, T, H, W).
+inline bool is_video_cfg(const PretrainedCfg& cfg) { return cfg.input_size.size() == 4; }
+// (H, W) of the input the weights take: the last two entries of input_size, image or video.
+// Throws graft::Error when input_size has neither 3 nor 4 entries.
+std::array<int64_t, 2> input_hw(const PretrainedCfg& cfg);
+// A zero batch of one input as the weights take it, (1, C, H, W) or (1, C, T, H, W) for video, at
+// `hw` where given (> 0) and at input_hw(cfg) otherwise: the probe of dry runs (summary, head sizing).
+torch::Tensor example_input(const PretrainedCfg& cfg, std::array<int64_t, 2> hw = {0, 0});
+
 // One named step of a forward pass. Backbones describe their forward as a list of steps so that the
 // same list drives forward(), the Keras-like summary and layer-wise freezing.
 struct ForwardStep {
@@ -58,7 +67,8 @@ class BackboneImpl : public torch::nn::Module {
  public:
   explicit BackboneImpl(std::string arch) : arch_(std::move(arch)) {}
 
-  // (N, 3, H, W) normalised pixels -> (N, num_features(), H', W') feature map.
+  // (N, 3, H, W) normalised pixels -> (N, num_features(), H', W') feature map; video backbones
+  // (is_video_cfg) take (N, 3, T, H, W) clips and return (N, num_features(), T', H', W').
   torch::Tensor forward_features(const torch::Tensor& x) { return run_steps(feature_steps(), x); }
   // Feature map -> logits; with pre_logits, the vector the last classifier layer consumes.
   torch::Tensor forward_head(const torch::Tensor& features, bool pre_logits = false);
@@ -81,7 +91,8 @@ class BackboneImpl : public torch::nn::Module {
 
   // Replace the whole reference head by a head built from a spec ("avg,dropout:0.2,dense:10");
   // it is registered under classifier_name(), so its weights are saved as "fc.1.weight" etc.
-  // input_hw is the input image size, needed when the spec flattens the feature map.
+  // input_hw is the input image size, needed when the spec flattens the feature map (a video
+  // backbone's clip length is its default_cfg()'s).
   void set_head(const HeadSpec& spec, std::array<int64_t, 2> input_hw = {0, 0});
   bool has_custom_head() const { return head_ != nullptr; }
   std::shared_ptr<HeadImpl> custom_head() const { return head_; }

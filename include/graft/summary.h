@@ -27,8 +27,9 @@ struct ModelSummary {
   std::string to_string() const;
 };
 
-// Runs one (1, 3, H, W) zero image through the model's steps in eval mode without autograd to record
-// output shapes; input_hw {0, 0} uses the model's default_cfg input size.
+// Runs one (1, 3, H, W) zero image (a video backbone: a (1, 3, T, H, W) clip, example_input) through the
+// model's steps in eval mode without autograd to record output shapes; input_hw {0, 0} uses the model's
+// default_cfg input size.
 ModelSummary summarize(BackboneImpl& model, std::array<int64_t, 2> input_hw = {0, 0});
 
 std::string format_count(int64_t n);  // 23528522 -> "23,528,522"

@@ -12,6 +12,21 @@ torch::Tensor run_steps(const std::vector<ForwardStep>& steps, torch::Tensor x) 
   return x;
 }
 
+std::array<int64_t, 2> input_hw(const PretrainedCfg& cfg) {
+  const auto& size = cfg.input_size;
+  if (size.size() != 3 && size.size() != 4) {
+    throw Error("pretrained cfg '" + cfg.tag + "': input_size has " + std::to_string(size.size()) +
+                " entries; expected (C, H, W) for images or (C, T, H, W) for video");
+  }
+  return {size[size.size() - 2], size[size.size() - 1]};
+}
+
+torch::Tensor example_input(const PretrainedCfg& cfg, std::array<int64_t, 2> hw) {
+  if (hw[0] <= 0 || hw[1] <= 0) hw = input_hw(cfg);
+  if (is_video_cfg(cfg)) return torch::zeros({1, cfg.input_size[0], cfg.input_size[1], hw[0], hw[1]});
+  return torch::zeros({1, cfg.input_size[0], hw[0], hw[1]});
+}
+
 torch::Tensor BackboneImpl::forward_head(const torch::Tensor& features, bool pre_logits) {
   if (head_) return run_steps(head_->steps(pre_logits), features);
   return run_steps(classifier_steps(pre_logits), features);
@@ -34,14 +49,16 @@ void BackboneImpl::set_head(const HeadSpec& spec, std::array<int64_t, 2> input_h
   std::array<int64_t, 2> feature_hw{0, 0};
   if (spec.pooling == Pooling::kFlatten || spec.pooling == Pooling::kNone) {
     // The feature map size depends on the input size: measure it with one dry run.
-    if (input_hw[0] <= 0) input_hw = {default_cfg().input_size[1], default_cfg().input_size[2]};
     torch::NoGradGuard no_grad;
     const bool was_training = is_training();
     eval();
-    auto probe = torch::zeros({1, 3, input_hw[0], input_hw[1]});
-    auto features = forward_features(probe);
+    auto features = forward_features(example_input(default_cfg(), input_hw));  // (1, C, [T',] H', W')
     train(was_training);
-    feature_hw = {features.size(2), features.size(3)};
+    // Flatten only needs the number of cells: a video map's T' folds into the rows.
+    feature_hw = {1, 1};
+    for (int64_t d = 2; d < features.dim(); ++d) {
+      feature_hw[d + 1 == features.dim() ? 1 : 0] *= features.size(d);
+    }
   }
   auto head = std::make_shared<HeadImpl>(spec, num_features(), feature_hw);
   const std::string name = classifier_name();

@@ -15,6 +15,7 @@
 #include "models/mobilenet_v2.h"
 #include "models/resnet.h"
 #include "models/vgg.h"
+#include "models/video_resnet.h"
 
 namespace graft {
 namespace {
@@ -46,6 +47,25 @@ PretrainedCfg nsfwjs_cfg(const std::string& model, int64_t size) {
   cfg.license = "MIT (nsfwjs, Infinite Red)";
   cfg.cache_file = "nsfwjs-4.4.0/" + model + ".safetensors";
   cfg.fetch_command = "scripts/fetch-weights nsfwjs";
+  return cfg;
+}
+
+// torchvision's Kinetics-400 video weights (R3D_18_Weights.KINETICS400_V1 etc.): 16-frame clips, each
+// frame resized to 128 x 171 (bilinear) and centre-cropped to 112 x 112; their own mean and std.
+// torchvision resizes to a fixed 128 x 171 whatever the aspect ratio; graft's "shorter side to
+// size / crop_pct" gives the same 128 x 171 on 4:3 video, hence crop_pct 112 / 128.
+PretrainedCfg torchvision_kinetics400(const std::string& weights, const std::string& what) {
+  PretrainedCfg cfg;
+  cfg.tag = "tv_k400";
+  cfg.source = "torchvision:" + weights + ".KINETICS400_V1 (convert to safetensors)";
+  cfg.input_size = {3, 16, 112, 112};  // (C, T, H, W)
+  cfg.mean = {0.43216, 0.394666, 0.37645};
+  cfg.std = {0.22803, 0.22145, 0.216989};
+  cfg.crop_pct = 112.0 / 128.0;
+  cfg.num_classes = 400;
+  cfg.labels = "kinetics-400";
+  cfg.license = "BSD-3-Clause (torchvision)";
+  cfg.description = what;
   return cfg;
 }
 
@@ -182,6 +202,17 @@ std::vector<ModelEntry> build_table() {
   add_mobilenet_v1("mobilenet_v1_050", "0.5", "mobilenet_5_0_224_tf.h5", mobilenet_v1_050);
   add_mobilenet_v1("mobilenet_v1_075", "0.75", "mobilenet_7_5_224_tf.h5", mobilenet_v1_075);
   add_mobilenet_v1("mobilenet_v1_100", "1.0", "mobilenet_1_0_224_tf.h5", mobilenet_v1_100);
+  // Video: (N, 3, T, H, W) clips.
+  const std::string k400 = "torchvision Kinetics-400 weights (16 x 112 x 112 clips)";
+  table.push_back({"r3d_18", "video_resnet",
+                   "R3D-18 (Tran et al. 2018), 3D ResNet-18 for video, torchvision layout", r3d_18,
+                   {torchvision_kinetics400("R3D_18_Weights", k400 + ", acc@1 63.2")}});
+  table.push_back({"mc3_18", "video_resnet",
+                   "MC3-18 (Tran et al. 2018), 3D convs in layer1 and 2D above, torchvision layout", mc3_18,
+                   {torchvision_kinetics400("MC3_18_Weights", k400 + ", acc@1 64.0")}});
+  table.push_back({"r2plus1d_18", "video_resnet",
+                   "R(2+1)D-18 (Tran et al. 2018), spatial then temporal convs, torchvision layout",
+                   r2plus1d_18, {torchvision_kinetics400("R2Plus1D_18_Weights", k400 + ", acc@1 67.5")}});
   return table;
 }
 

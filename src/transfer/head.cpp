@@ -47,6 +47,19 @@ torch::Tensor activate(const std::string& name, const torch::Tensor& x) {
   return x;
 }
 
+// Global pooling reduces every dim after the channels: {2, 3} of an image map (N, C, H, W), {2, 3, 4}
+// of a video map (N, C, T, H, W).
+std::vector<int64_t> global_pool_dims(const torch::Tensor& features, const HeadSpec& spec) {
+  if (features.dim() < 3) {
+    throw Error("head '" + spec.to_string() + "': global " + pooling_name(spec.pooling) +
+                " pooling needs a (N, C, ...) feature map with at least one spatial dim, got shape " +
+                shape_str(features.sizes().vec()));
+  }
+  std::vector<int64_t> dims;
+  for (int64_t d = 2; d < features.dim(); ++d) dims.push_back(d);
+  return dims;
+}
+
 }  // namespace
 
 std::string pooling_name(Pooling pooling) {
@@ -195,8 +208,8 @@ torch::Tensor HeadImpl::forward(const torch::Tensor& features) { return run_step
 
 torch::Tensor HeadImpl::pool(const torch::Tensor& features) const {
   switch (spec_.pooling) {
-    case Pooling::kAvg: return features.mean({2, 3});
-    case Pooling::kMax: return features.amax({2, 3});
+    case Pooling::kAvg: return features.mean(global_pool_dims(features, spec_));
+    case Pooling::kMax: return features.amax(global_pool_dims(features, spec_));
     case Pooling::kFlatten: return features.flatten(1);
     case Pooling::kNone: break;
   }

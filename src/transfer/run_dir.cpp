@@ -17,7 +17,8 @@ using nlohmann::json;
 
 Preprocessing Preprocessing::from_cfg(const PretrainedCfg& cfg) {
   Preprocessing p;
-  p.size = cfg.input_size.size() == 3 ? cfg.input_size[1] : 224;
+  // Images (C, H, W) and video (C, T, H, W) alike: the frame size is the last entry.
+  p.size = cfg.input_size.size() == 3 || cfg.input_size.size() == 4 ? cfg.input_size.back() : 224;
   p.crop_pct = cfg.crop_pct;
   p.mean = cfg.mean;
   p.std = cfg.std;

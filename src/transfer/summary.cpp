@@ -31,13 +31,13 @@ int64_t count_fixed(BackboneImpl& model, const std::string& prefix) {
 }  // namespace
 
 ModelSummary summarize(BackboneImpl& model, std::array<int64_t, 2> input_hw) {
-  if (input_hw[0] <= 0) input_hw = {model.default_cfg().input_size[1], model.default_cfg().input_size[2]};
   ModelSummary summary;
   summary.title = model.arch() + (model.has_custom_head() ? " (custom head)" : "");
   torch::NoGradGuard no_grad;
   const bool was_training = model.is_training();
   model.eval();
-  torch::Tensor x = torch::zeros({1, 3, input_hw[0], input_hw[1]});
+  // (1, 3, H, W); a video backbone's is a (1, 3, T, H, W) clip.
+  torch::Tensor x = example_input(model.default_cfg(), input_hw);
   for (const auto& step : model.all_steps()) {
     x = step.fn(x);
     SummaryRow row{step.name, step.type, {}, count_parameters(model, step.name),
@@ -53,7 +53,8 @@ ModelSummary summarize(BackboneImpl& model, std::array<int64_t, 2> input_hw) {
   for (const auto& item : model.named_modules("", /*include_self=*/false)) {
     const auto& module = item.value();
     if (dynamic_cast<torch::nn::BatchNorm2dImpl*>(module.get()) ||
-        dynamic_cast<torch::nn::BatchNorm1dImpl*>(module.get())) {
+        dynamic_cast<torch::nn::BatchNorm1dImpl*>(module.get()) ||
+        dynamic_cast<torch::nn::BatchNorm3dImpl*>(module.get())) {
       for (const auto& p : module->named_parameters(false)) {
         // A fixed weight (Keras BatchNormalization without gamma) is no frozen layer.
         if (model.is_fixed_parameter(item.key() + "." + p.key())) continue;

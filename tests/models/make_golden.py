@@ -1,10 +1,12 @@
 #!/usr/bin/python3
-"""Golden references for graft's image model zoo: torchvision 0.14 models, randomly initialised.
+"""Golden references for graft's image and video model zoo: torchvision 0.14 models, randomly initialised.
 
 For each architecture this writes, into --out:
   <arch>.weights.safetensors  the full state_dict (num_batches_tracked included, as int64)
   <arch>.io.safetensors       pixel_values (2, 3, N, N), logits (2, 1000), features (2, C): the
                               forward_features map averaged over H, W; __metadata__ carries num_params.
+                              Video archs (VIDEO_ARCHS): pixel_values (2, 3, 8, N/2, N/2) clips, logits
+                              (2, 400), features averaged over T, H, W
                               For TRAIN_MODE_ARCHS also train_logits: the logits in train mode right
                               after torch.manual_seed(train_seed) (__metadata__), which fixes the
                               stochastic depth and dropout masks
@@ -13,9 +15,12 @@ For each architecture this writes, into --out:
 BatchNorm is made non-trivial (torchvision's init is weight 1, bias 0, mean 0, var 1): weight and bias
 are drawn at random, then the running statistics are measured on a calibration batch in train mode (so
 activations keep a realistic scale through 150 layers) and perturbed, so the test exercises every BN
-tensor. Reference: torchvision/models/{resnet,vgg,mobilenetv2,efficientnet,inception}.py (torchvision 0.14).
+tensor. Reference: torchvision/models/{resnet,vgg,mobilenetv2,efficientnet,inception,video/resnet}.py
+(torchvision 0.14).
 InceptionV3 is built as graft's plain inception_v3 is: aux_logits=False, transform_input=False, torchvision's
 init_weights=True, and is made at max(--size, MIN_SIZE) px (128 at the default 64: it needs >= 75).
+The video ResNets (r3d_18, mc3_18, r2plus1d_18) take 8-frame clips at half of --size (32 px at the default
+64; at 224, 112 px, the frame size of their Kinetics weights): their cost grows with T x H x W.
 
 Run with Debian's python (python3-torch 1.13, python3-torchvision 0.14):
   /usr/bin/python3 tests/models/make_golden.py --out build/golden --size 64 [--archs resnet50,vgg16]
@@ -48,11 +53,19 @@ ARCHS = {
     "resnet50_keras": 5050,
     "efficientnet_b0": 4000,
     "inception_v3": 4003,
+    "r3d_18": 6018,
+    "mc3_18": 6118,
+    "r2plus1d_18": 6218,
 }
 
+# torchvision.models.video archs: they take (N, 3, T, H, W) clips and have Kinetics-400's 400 classes.
+VIDEO_ARCHS = {"r3d_18", "mc3_18", "r2plus1d_18"}
+VIDEO_FRAMES = 8  # r3d_18 and r2plus1d_18 stride time by 8 (to 1 frame); mc3_18 keeps all 8
+
 # Architectures whose training-mode forward draws random numbers (stochastic depth, dropout) in an
-# order graft must reproduce: their io file also holds train_logits.
-TRAIN_MODE_ARCHS = {"efficientnet_b0"}
+# order graft must reproduce, or is cheap enough to check anyway (the video ResNets: BatchNorm3d on batch
+# statistics): their io file also holds train_logits.
+TRAIN_MODE_ARCHS = {"efficientnet_b0"} | VIDEO_ARCHS
 
 # Smallest input an arch is tested at, whatever --size says. InceptionV3 needs >= 75 px (torchvision's
 # min_size); at 128 its last grid is still 2 x 2, so the final pooling averages more than one cell.
@@ -155,7 +168,21 @@ BUILDERS = {"resnet50_keras": KerasResNet50}
 def build(arch):
     if arch in BUILDERS:
         return BUILDERS[arch]()
+    if arch in VIDEO_ARCHS:
+        return getattr(torchvision.models.video, arch)(weights=None, num_classes=400)
     return getattr(torchvision.models, arch)(weights=None, num_classes=1000)
+
+
+def input_shape(arch, size, batch):
+    """(batch, 3, size, size), or for video (batch, 3, VIDEO_FRAMES, size // 2, size // 2)."""
+    if arch in VIDEO_ARCHS:
+        return (batch, 3, VIDEO_FRAMES, size // 2, size // 2)
+    return (batch, 3, size, size)
+
+
+def input_label(arch, size):
+    shape = input_shape(arch, size, 1)
+    return f"{shape[2]}x{shape[3]}px" if arch in VIDEO_ARCHS else f"{size}px"  # frames x px
 
 
 def residual_branch_ends(model):
@@ -163,6 +190,7 @@ def residual_branch_ends(model):
     from torchvision.models.efficientnet import MBConv
     from torchvision.models.mobilenetv2 import InvertedResidual
     from torchvision.models.resnet import BasicBlock, Bottleneck
+    from torchvision.models.video.resnet import BasicBlock as VideoBasicBlock
 
     ends = set()
     for m in model.modules():
@@ -170,6 +198,8 @@ def residual_branch_ends(model):
             ends.add(m.bn3)
         elif isinstance(m, BasicBlock):
             ends.add(m.bn2)
+        elif isinstance(m, VideoBasicBlock):
+            ends.add(m.conv2[1])  # conv2 = (conv, BN)
         elif isinstance(m, InvertedResidual) and m.use_res_connect:
             ends.add(m.conv[-1])
         elif isinstance(m, MBConv) and m.use_res_connect:
@@ -178,8 +208,8 @@ def residual_branch_ends(model):
 
 
 @torch.no_grad()
-def randomise_batchnorm(model, size, gamma=(0.5, 1.5), var_scale=(0.7, 1.4)):
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+def randomise_batchnorm(model, calibration_shape, gamma=(0.5, 1.5), var_scale=(0.7, 1.4)):
+    bns = [m for m in model.modules() if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d))]
     if not bns:
         return
     # Trained ResNets have small gammas where a residual branch ends. With gammas near 1 the residual
@@ -191,7 +221,7 @@ def randomise_batchnorm(model, size, gamma=(0.5, 1.5), var_scale=(0.7, 1.4)):
         bn.bias.uniform_(-0.5, 0.5)
         bn.momentum = 1.0  # the next train-mode pass overwrites the running stats with its batch stats
     model.train()
-    model(torch.randn(4, 3, size, size))
+    model(torch.randn(*calibration_shape))
     for bn in bns:
         std = bn.running_var.sqrt()
         bn.running_mean.add_(0.2 * std * torch.randn_like(std))
@@ -207,6 +237,9 @@ def feature_map(arch, model, x):
         if isinstance(model, KerasResNet50):
             x = x.flip(1)
         x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+        return model.layer4(model.layer3(model.layer2(model.layer1(x))))
+    if arch in VIDEO_ARCHS:
+        x = model.stem(x)
         return model.layer4(model.layer3(model.layer2(model.layer1(x))))
     if arch == "inception_v3":
         for name in INCEPTION_V3_FEATURES:
@@ -233,7 +266,7 @@ def make(arch, size, out):
     stamp = stamp_text(arch, size)
     if os.environ.get("GRAFT_ACCEPT") != "1" and all(os.path.exists(p) for p in paths):
         if os.path.exists(stamp_path) and read_text(stamp_path) == stamp:
-            print(f"[golden] {arch}: up to date ({size}px)", flush=True)
+            print(f"[golden] {arch}: up to date ({input_label(arch, size)})", flush=True)
             return
     start = time.time()
     torch.manual_seed(ARCHS[arch])
@@ -242,12 +275,13 @@ def make(arch, size, out):
                                                 transform_input=False, init_weights=True)
     else:
         model = build(arch)
-    randomise_batchnorm(model, size, **BN_RANGES.get(arch, {}))
+    randomise_batchnorm(model, input_shape(arch, size, 4), **BN_RANGES.get(arch, {}))
     model.eval()
-    x = torch.randn(2, 3, size, size)
+    x = torch.randn(*input_shape(arch, size, 2))
     with torch.no_grad():
         logits = model(x)
-        features = feature_map(arch, model, x).mean((2, 3))
+        fmap = feature_map(arch, model, x)
+        features = fmap.mean(tuple(range(2, fmap.dim())))  # over (H, W), video (T, H, W)
     io = {"pixel_values": x, "logits": logits, "features": features}
     meta = {"arch": arch, "size": size, "torchvision": torchvision.__version__}
     if arch in TRAIN_MODE_ARCHS:
@@ -264,7 +298,8 @@ def make(arch, size, out):
     write_safetensors(paths[1], io, {**meta, "num_params": num_params})
     with open(stamp_path, "w") as f:
         f.write(stamp)
-    print(f"[golden] {arch}: {size}px, {num_params} params, logits |max|={logits.abs().max():.3g}, "
+    print(f"[golden] {arch}: {input_label(arch, size)}, {num_params} params, "
+          f"logits |max|={logits.abs().max():.3g}, "
           f"features |max|={features.abs().max():.3g}, {time.time() - start:.1f}s", flush=True)
 
 

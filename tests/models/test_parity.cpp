@@ -1,9 +1,10 @@
-// Golden parity of the image model zoo (ResNet-18..152, VGG-16/19 with and without BN, MobileNetV2,
-// EfficientNet-B0, InceptionV3) against torchvision 0.14: tests/models/make_golden.py writes random-initialised
-// torchvision weights, an input and its logits/features; each graft model loads the weights strictly by their
-// torchvision names and must reproduce both outputs within float32 tolerance; where the references include
-// train-mode logits (stochastic depth), the same seed must draw the same masks. A second test checks the
-// transfer interface (steps, reset_classifier) on every architecture.
+// Golden parity of the model zoo against torchvision 0.14: images (ResNet-18..152, VGG-16/19 with and without
+// BN, MobileNetV2, EfficientNet-B0, InceptionV3) and video (R3D-18, MC3-18, R(2+1)D-18, on (N, 3, T, H, W)
+// clips). tests/models/make_golden.py writes random-initialised torchvision weights, an input and its
+// logits/features; each graft model loads the weights strictly by their torchvision names and must reproduce
+// both outputs within float32 tolerance; where the references include train-mode logits (stochastic depth;
+// BatchNorm on batch statistics), the same seed must draw the same masks. A second test checks the transfer
+// interface (steps, reset_classifier) on every architecture.
 //
 // The golden folder is the compiled-in GRAFT_GOLDEN_DIR unless the environment variable GRAFT_GOLDEN_DIR
 // names another one (e.g. references made with --size 224).
@@ -22,6 +23,7 @@
 #include "models/mobilenet_v2.h"
 #include "models/resnet.h"
 #include "models/vgg.h"
+#include "models/video_resnet.h"
 
 namespace graft {
 namespace {
@@ -31,9 +33,11 @@ constexpr double kTolerance = 1e-4;  // max |graft - torchvision| on logits and 
 struct ArchCase {
   const char* arch;
   Backbone (*build)(int64_t num_classes);
-  const char* last_layer;  // the Linear reset_classifier replaces
-  int64_t pre_logits;      // width of forward_head(.., pre_logits=true)
-  int64_t input_size = 64;  // of the TransferInterface check (InceptionV3 needs >= 75 px)
+  const char* last_layer;      // the Linear reset_classifier replaces
+  int64_t pre_logits;          // width of forward_head(.., pre_logits=true)
+  int64_t input_size = 64;     // of the TransferInterface check (InceptionV3 needs >= 75 px)
+  int64_t frames = 0;          // video archs: (N, 3, frames, H, W) clips; 0: images
+  int64_t num_classes = 1000;  // of the golden weights (Kinetics-400 for the video archs)
 };
 
 void PrintTo(const ArchCase& c, std::ostream* os) {
@@ -54,7 +58,23 @@ const ArchCase kArchs[] = {
     {"resnet50_keras", resnet50_keras, "fc", 2048},  // Keras' v1 build (make_golden.py KerasResNet50)
     {"efficientnet_b0", efficientnet_b0, "classifier.1", 1280},
     {"inception_v3", inception_v3, "fc", 2048, 96},
+    {"r3d_18", r3d_18, "fc", 512, 32, 8, 400},
+    {"mc3_18", mc3_18, "fc", 512, 32, 8, 400},
+    {"r2plus1d_18", r2plus1d_18, "fc", 512, 32, 8, 400},
 };
+
+// Mean over every dim after the channels: (N, C, H, W) or (N, C, T, H, W) -> (N, C).
+torch::Tensor global_mean(const torch::Tensor& map) {
+  std::vector<int64_t> dims;
+  for (int64_t d = 2; d < map.dim(); ++d) dims.push_back(d);
+  return map.mean(dims);
+}
+
+// "64px", or "8x32px" (frames x px) for a clip.
+std::string input_label(const torch::Tensor& x) {
+  const std::string px = std::to_string(x.size(-1)) + "px";
+  return x.dim() == 5 ? std::to_string(x.size(2)) + "x" + px : px;
+}
 
 std::string golden_dir() {
   const char* env = std::getenv("GRAFT_GOLDEN_DIR");
@@ -100,7 +120,7 @@ TEST_P(ModelZoo, MatchesTorchvision) {
         << GRAFT_SOURCE_DIR << "/tests/models/make_golden.py --out " << dir << "` (ctest does this itself)";
   }
 
-  Backbone model = c.build(1000);
+  Backbone model = c.build(c.num_classes);
   LoadReport report;
   try {
     report = load_safetensors(*model, weights_path);  // strict: every name and shape must match
@@ -117,9 +137,9 @@ TEST_P(ModelZoo, MatchesTorchvision) {
 
   model->eval();
   torch::NoGradGuard no_grad;
-  const torch::Tensor x = io.load("pixel_values");                         // (2, 3, N, N)
-  const torch::Tensor logits = model->forward(x);                          // (2, 1000)
-  const torch::Tensor features = model->forward_features(x).mean({2, 3});  // (2, num_features)
+  const torch::Tensor x = io.load("pixel_values");                         // (2, 3, [T,] N, N)
+  const torch::Tensor logits = model->forward(x);                          // (2, num_classes)
+  const torch::Tensor features = global_mean(model->forward_features(x));  // (2, num_features)
   const torch::Tensor expected_logits = io.load("logits");
   const torch::Tensor expected_features = io.load("features");
   ASSERT_EQ(logits.sizes(), expected_logits.sizes()) << c.arch << ": logits shape";
@@ -128,13 +148,14 @@ TEST_P(ModelZoo, MatchesTorchvision) {
 
   const Diff logits_diff = compare(logits, expected_logits);
   const Diff features_diff = compare(features, expected_features);
-  std::cout << "[parity] " << c.arch << " (" << x.size(2) << "px) logits max|diff|=" << logits_diff.max
+  std::cout << "[parity] " << c.arch << " (" << input_label(x) << ") logits max|diff|=" << logits_diff.max
             << " features max|diff|=" << features_diff.max << std::endl;
   EXPECT_LE(logits_diff.max, kTolerance) << describe(c.arch, "logits", logits, logits_diff);
   EXPECT_LE(features_diff.max, kTolerance) << describe(c.arch, "features", features, features_diff);
 
   // Train mode draws stochastic depth and dropout masks from torch's generator in torchvision's order, so
-  // the same seed gives the same logits (BatchNorm on batch statistics). Last: it moves the running stats.
+  // the same seed gives the same logits (BatchNorm on batch statistics; the video ResNets have no masks,
+  // only that). Last: it moves the running stats.
   if (!io.contains("train_logits")) return;
   const auto seed = io.metadata().find("train_seed");
   ASSERT_NE(seed, io.metadata().end()) << io_path << ": train_logits without train_seed in __metadata__";
@@ -142,8 +163,8 @@ TEST_P(ModelZoo, MatchesTorchvision) {
   torch::manual_seed(std::stoull(seed->second));
   const torch::Tensor train_logits = model->forward(x);
   const Diff train_diff = compare(train_logits, io.load("train_logits"));
-  std::cout << "[parity] " << c.arch << " (" << x.size(2)
-            << "px) train-mode logits max|diff|=" << train_diff.max << std::endl;
+  std::cout << "[parity] " << c.arch << " (" << input_label(x)
+            << ") train-mode logits max|diff|=" << train_diff.max << std::endl;
   EXPECT_LE(train_diff.max, kTolerance) << describe(c.arch, "train-mode logits", train_logits, train_diff);
 }
 
@@ -154,7 +175,8 @@ TEST_P(ModelZoo, TransferInterface) {
   Backbone model = c.build(10);
   model->eval();
   torch::NoGradGuard no_grad;
-  const torch::Tensor x = torch::randn({1, 3, c.input_size, c.input_size});
+  const torch::Tensor x = c.frames > 0 ? torch::randn({1, 3, c.frames, c.input_size, c.input_size})
+                                       : torch::randn({1, 3, c.input_size, c.input_size});
 
   std::set<std::string> module_names;
   for (const auto& item : model->named_modules()) module_names.insert(item.key());

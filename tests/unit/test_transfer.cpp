@@ -6,6 +6,8 @@
 
 #include "graft/errors.h"
 #include "graft/registry.h"
+#include "graft/run.h"
+#include "graft/summary.h"
 #include "graft/transfer.h"
 
 namespace graft {
@@ -128,6 +130,68 @@ TEST(Head, ShapesAndNamesFollowTheSpec) {
   EXPECT_FALSE(model.has_custom_head());
   EXPECT_EQ(snapshot(model).at("fc.weight").sizes(), torch::IntArrayRef({7, 8}));
   EXPECT_THROW(model.set_head(HeadSpec::parse("none,dense:3")), SpecError);
+}
+
+// Global pooling reduces every dim after the channels, so one head serves image maps (N, C, H, W) and
+// video maps (N, C, T, H, W).
+TEST(Head, GlobalPoolingReducesEveryDimAfterTheChannels) {
+  HeadImpl avg(HeadSpec::parse("avg"), /*in_channels=*/2, {0, 0});
+  HeadImpl max(HeadSpec::parse("max"), /*in_channels=*/2, {0, 0});
+  // Channel 0 holds 0..3, channel 1 holds 4..7, as a 2x2 image and as a 2-frame 1x2 clip.
+  const torch::Tensor image = torch::arange(8, torch::kFloat).view({1, 2, 2, 2});
+  const torch::Tensor clip = torch::arange(8, torch::kFloat).view({1, 2, 2, 1, 2});
+  const torch::Tensor means = torch::tensor({{1.5f, 5.5f}});
+  const torch::Tensor maxima = torch::tensor({{3.0f, 7.0f}});
+  EXPECT_TRUE(torch::equal(avg.forward(image), means));
+  EXPECT_TRUE(torch::equal(avg.forward(clip), means));
+  EXPECT_TRUE(torch::equal(max.forward(image), maxima));
+  EXPECT_TRUE(torch::equal(max.forward(clip), maxima));
+  // Image maps pool exactly as before: the same reduction, bit for bit.
+  const torch::Tensor map = torch::randn({3, 5, 7, 6});
+  EXPECT_TRUE(torch::equal(avg.pool(map), map.mean({2, 3})));
+  EXPECT_TRUE(torch::equal(max.pool(map), map.amax({2, 3})));
+  // Already pooled (N, C): nothing to pool over, and the error says so.
+  try {
+    avg.pool(torch::randn({3, 5}));
+    FAIL() << "expected graft::Error for a (3, 5) feature map";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("got shape"), std::string::npos) << e.what();
+  }
+}
+
+// A video backbone (input_size (C, T, H, W)) takes clips wherever a dry run builds an input: summary,
+// flatten heads; its preprocessing reads the frame size.
+TEST(Head, VideoBackboneSummaryAndHeadsTakeClips) {
+  Backbone model = create_model("r3d_18");
+  const PretrainedCfg& cfg = model->default_cfg();
+  ASSERT_TRUE(is_video_cfg(cfg));
+  EXPECT_EQ(input_hw(cfg), (std::array<int64_t, 2>{112, 112}));
+  EXPECT_EQ(example_input(cfg, {32, 32}).sizes(), torch::IntArrayRef({1, 3, 16, 32, 32}));
+  EXPECT_EQ(Preprocessing::from_cfg(cfg).size, 112);
+  EXPECT_FALSE(is_video_cfg(create_model("resnet18")->default_cfg()));
+
+  // 16 x 32 x 32 clip: the stem halves H, W; layer2..4 halve T, H, W.
+  ModelSummary summary = summarize(*model, {32, 32});
+  ASSERT_FALSE(summary.rows.empty());
+  EXPECT_EQ(summary.rows.front().name, "stem.0");
+  EXPECT_EQ(summary.rows.front().output_shape, (std::vector<int64_t>{64, 16, 16, 16}));
+  EXPECT_EQ(summary.rows.back().output_shape, (std::vector<int64_t>{400}));
+  EXPECT_EQ(summary.total_params, 33371472);  // torchvision's R3D_18_Weights num_params
+
+  model->eval();
+  torch::NoGradGuard no_grad;
+  model->set_head(HeadSpec::parse("avg,dense:5"));
+  EXPECT_EQ(model->forward(torch::randn({2, 3, 4, 32, 32})).sizes(), torch::IntArrayRef({2, 5}));
+  // flatten: 512 channels x (2 x 2 x 2) cells of a 16 x 32 x 32 clip's map.
+  model->set_head(HeadSpec::parse("flatten,dense:5"), {32, 32});
+  EXPECT_EQ(model->named_parameters()["fc.0.weight"].sizes(), torch::IntArrayRef({5, 512 * 8}));
+  EXPECT_EQ(model->forward(torch::randn({1, 3, 16, 32, 32})).sizes(), torch::IntArrayRef({1, 5}));
+
+  // Frozen BatchNorm3d counts as frozen BatchNorm in the summary's notes.
+  apply_freeze(*model, "all");
+  summary = summarize(*model, {32, 32});
+  ASSERT_FALSE(summary.notes.empty());
+  EXPECT_NE(summary.notes.back().find("frozen BatchNorm"), std::string::npos) << summary.notes.back();
 }
 
 TEST(Freeze, AllWithNewHeadTrainsOnlyTheHeadAndKeepsBatchNormStatistics) {
