@@ -54,6 +54,6 @@ class TimeDistributedClassifierImpl : public torch::nn::Module {
 TORCH_MODULE(TimeDistributedClassifier);
 
 // True for a backbone whose input is a clip (N, 3, T, H, W): its pretrained input_size has 4 entries.
-inline bool is_video_backbone(const BackboneImpl& model) { return model.default_cfg().input_size.size() == 4; }
+inline bool is_video_backbone(const BackboneImpl& model) { return is_video_cfg(model.default_cfg()); }
 
 }  // namespace graft

@@ -232,7 +232,8 @@ VideoTrainResult train_video_classifier(const VideoTrainOptions& input, std::ost
     result.skipped_clips += train_once.skipped_files();
     result.feature_cache_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     log << "feature cache: " << train_x.size(0) << " clips x " << train_x.size(1) << " frames x " << train_x.size(2)
-        << " computed in " << format_duration(result.feature_cache_seconds) << "; epochs train the temporal model "
+        << " computed in " << format_duration(result.feature_cache_seconds) << " (" << result.feature_cache_seconds
+        << " s); epochs train the temporal model "
         << "and the classifier only\n";
     TensorBatchSource train_source(train_x, train_y, o.batch_size, true);
     auto net = built.time_distributed;

@@ -168,6 +168,21 @@ TEST(VideoE2E, LstmReadsMotionOrderFrameAveragingCannot) {
   EXPECT_TRUE(torch::equal(before.load("temporal.weight_hh_l0"), after.load("temporal.weight_hh_l0")));
   EXPECT_FALSE(after.load("fc.weight").size(0) == before.load("fc.weight").size(0));
 
+  // A 3D CNN (torchvision's mc3_18) takes whole clips: train its top, evaluate and predict through the CLI.
+  auto cnn3d = graft("train --task video-classify --model mc3_18 --freeze until:layer4 --frames 8 --image-size 32 "
+                     "--data " + (dir / "clips").string() + " --epochs 1 --optimizer adam --lr 0.001 --batch-size 8 "
+                     "--out " + (dir / "mc3").string());
+  ASSERT_EQ(cnn3d.status, 0) << cnn3d.output;
+  EXPECT_NE(cnn3d.output.find("final validation accuracy:"), std::string::npos) << cnn3d.output;
+  EXPECT_NE(cnn3d.output.find("mc3_18"), std::string::npos) << cnn3d.output;
+  auto predict3d = graft("predict " + (dir / "mc3").string() + " --json " +
+                         (dir / "clips" / "val" / "grow" / "1.mkv").string());
+  ASSERT_EQ(predict3d.status, 0) << predict3d.output;
+  const auto top3d = nlohmann::json::parse(predict3d.output.substr(predict3d.output.find('[')))[0]["top"];
+  ASSERT_EQ(top3d.size(), 2u) << predict3d.output;
+  EXPECT_NEAR(top3d[0]["probability"].get<double>() + top3d[1]["probability"].get<double>(), 1.0, 1e-5);
+  EXPECT_NE(top3d[0]["label"], top3d[1]["label"]);
+
   auto bad = graft("train --task video-classify --model resnet18 --temporal lstm:x --data " +
                    (dir / "clips").string() + " --out " + (dir / "bad").string());
   EXPECT_NE(bad.status, 0);
