@@ -13,6 +13,7 @@ attention is matmul + softmax as in transformers 4.31.
   reference_text.py train-bert|train-gpt2 --steps N --warmup W --window S --batch B --seq T --threads K
       AdamW lr 1e-4 over one batch of random ids made once from the seed; a step is zero_grad, forward,
       loss, backward, optimizer step. steps_per_s: the median over windows of S steps after W warm-up.
+      --profile TRACE.json: torch.profiler's Chrome trace of the timed steps.
   reference_text.py tokenize --tiktoken-dir DIR --tokenizer DIR FILE --repeat N [--dump-ids PATH]
       OpenAI's tiktoken (installed into DIR by bench/text when a wheel is at hand) with the GPT-2 ranks
       built from the encoder.json + vocab.bpe in --tokenizer, over the same ~4 KB line-aligned chunks.
@@ -342,6 +343,9 @@ def train(a):
         if i == 0:
             first_loss = loss
     windows, done = [], 0
+    profiler = torch.profiler.profile() if a.profile else None  # operator profile of the timed steps
+    if profiler:
+        profiler.__enter__()
     while done < a.steps:
         count = min(a.window, a.steps - done)
         start = time.perf_counter()
@@ -349,6 +353,9 @@ def train(a):
             last_loss = step()
         windows.append(count / (time.perf_counter() - start))
         done += count
+    if profiler:
+        profiler.__exit__(None, None, None)
+        profiler.export_chrome_trace(a.profile)
     return dict(model=a.mode[len("train-"):], parameters=sum(p.numel() for p in model.parameters()),
                 batch=a.batch, seq=a.seq, threads=torch.get_num_threads(), steps=a.steps, warmup=a.warmup,
                 window_steps_per_s=windows, steps_per_s=statistics.median(windows),
@@ -428,6 +435,7 @@ def main():
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--profile", help="write a Chrome trace of the timed training steps here")
     p.add_argument("--tiktoken-dir")
     p.add_argument("--tokenizer")
     p.add_argument("--repeat", type=int, default=5)

@@ -8,11 +8,12 @@
 //       (empty merge cache) is reported apart; mb_per_s is the median of the N passes after it.
 //       batch_mb_per_s: the same chunks through encode_batch (graft's worker threads), median of N.
 //   graft_text_bench train-bert|train-gpt2 [--steps N] [--warmup W] [--window S] [--batch B] [--seq T]
-//                                          [--threads K] [--seed X]
+//                                          [--threads K] [--seed X] [--profile TRACE.json]
 //       BERT-tiny-sized BertForSequenceClassification or GPT-2-tiny-sized GPT2LMHeadModel in train mode
 //       (Hugging Face's default dropouts), AdamW lr 1e-4, one batch of random ids made once from the
 //       seed. A step is zero_grad + forward with labels (the model's own loss) + backward + AdamW step.
 //       W steps of warm-up, then N steps timed in windows of S; steps_per_s is the median window's.
+//       --profile writes libtorch's operator profile of the timed steps as a Chrome trace.
 //   graft_text_bench info
 //       graft::runtime_info(): versions, threads, BLAS, for the results' machine line.
 #include <algorithm>
@@ -24,6 +25,8 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#include <torch/csrc/autograd/profiler_legacy.h>
 
 #include "graft/bert.h"
 #include "graft/errors.h"
@@ -179,6 +182,7 @@ int tokenize(const Args& args) {
 
 struct TrainSettings {
   int64_t steps = 40, warmup = 5, window = 10, batch = 16, seq = 128, seed = 0;
+  std::string profile;  // Chrome trace of the timed steps; empty: none
 };
 
 // Times `step` (which returns the loss) as the header says and prints the JSON line.
@@ -192,6 +196,9 @@ int time_training(const std::string& name, torch::nn::Module& model, const Train
     if (i == 0) first_loss = loss;
   }
   std::vector<double> windows;
+  // --profile: libtorch's operator profiler over the timed steps, as a Chrome trace (slows them a little).
+  std::unique_ptr<torch::autograd::profiler::RecordProfile> profile;
+  if (!s.profile.empty()) profile = std::make_unique<torch::autograd::profiler::RecordProfile>(s.profile);
   for (int64_t done = 0; done < s.steps;) {
     const int64_t count = std::min(s.window, s.steps - done);
     const auto start = Clock::now();
@@ -199,6 +206,7 @@ int time_training(const std::string& name, torch::nn::Module& model, const Train
     windows.push_back(static_cast<double>(count) / seconds_since(start));
     done += count;
   }
+  profile.reset();  // writes the trace
   nlohmann::json json = {{"model", name},
                          {"parameters", parameters},
                          {"batch", s.batch},
@@ -215,7 +223,7 @@ int time_training(const std::string& name, torch::nn::Module& model, const Train
 }
 
 int train(const std::string& mode, const Args& args) {
-  args.allow({"--steps", "--warmup", "--window", "--batch", "--seq", "--threads", "--seed"});
+  args.allow({"--steps", "--warmup", "--window", "--batch", "--seq", "--threads", "--seed", "--profile"});
   TrainSettings s;
   s.steps = std::max<int64_t>(1, args.integer("--steps", s.steps));
   s.warmup = args.integer("--warmup", s.warmup);
@@ -223,6 +231,7 @@ int train(const std::string& mode, const Args& args) {
   s.batch = std::max<int64_t>(1, args.integer("--batch", s.batch));
   s.seq = std::max<int64_t>(2, args.integer("--seq", s.seq));
   s.seed = args.integer("--seed", s.seed);
+  s.profile = args.text("--profile", "");
   graft::set_threads(static_cast<int>(args.integer("--threads", 0)));
   torch::manual_seed(static_cast<uint64_t>(s.seed));
 
@@ -283,7 +292,7 @@ int main(int argc, char** argv) try {
   std::cerr << "usage: graft_text_bench tokenize --tokenizer DIR FILE [--repeat N] [--chunk BYTES] "
                "[--dump-ids PATH]\n"
                "       graft_text_bench train-bert|train-gpt2 [--steps N] [--warmup W] [--window S] "
-               "[--batch B] [--seq T] [--threads K] [--seed X]\n"
+               "[--batch B] [--seq T] [--threads K] [--seed X] [--profile TRACE.json]\n"
                "       graft_text_bench info\n";
   return 2;
 } catch (const std::exception& e) {
