@@ -330,16 +330,26 @@ def train(a):
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
-    def step():
+    phase_ms = {"zero_grad": [], "forward": [], "backward": [], "optimizer": []}
+
+    def step(record=True):
+        t0 = time.perf_counter()
         optimizer.zero_grad()
+        t1 = time.perf_counter()
         loss, _ = model(input_ids, labels)
+        t2 = time.perf_counter()
         loss.backward()
+        t3 = time.perf_counter()
         optimizer.step()
+        t4 = time.perf_counter()
+        if record:
+            for name, begin, end in zip(phase_ms, (t0, t1, t2, t3), (t1, t2, t3, t4)):
+                phase_ms[name].append((end - begin) * 1e3)
         return loss.item()
 
     first_loss = last_loss = 0.0
     for i in range(a.warmup):
-        loss = step()
+        loss = step(record=False)
         if i == 0:
             first_loss = loss
     windows, done = [], 0
@@ -359,6 +369,7 @@ def train(a):
     return dict(model=a.mode[len("train-"):], parameters=sum(p.numel() for p in model.parameters()),
                 batch=a.batch, seq=a.seq, threads=torch.get_num_threads(), steps=a.steps, warmup=a.warmup,
                 window_steps_per_s=windows, steps_per_s=statistics.median(windows),
+                phase_ms={name: statistics.median(ms) for name, ms in phase_ms.items()},
                 first_loss=first_loss, last_loss=last_loss)
 
 

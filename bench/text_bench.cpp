@@ -185,14 +185,34 @@ struct TrainSettings {
   std::string profile;  // Chrome trace of the timed steps; empty: none
 };
 
-// Times `step` (which returns the loss) as the header says and prints the JSON line.
-template <typename Step>
-int time_training(const std::string& name, torch::nn::Module& model, const TrainSettings& s, Step step) {
+// Times training steps as the header says and prints the JSON line. `forward` returns the loss; a step is
+// optimizer.zero_grad(), forward, backward, optimizer.step(), each phase timed too (phase_ms: medians).
+template <typename Forward>
+int time_training(const std::string& name, torch::nn::Module& model, torch::optim::Optimizer& optimizer,
+                  const TrainSettings& s, Forward forward) {
   int64_t parameters = 0;
   for (const auto& p : model.parameters()) parameters += p.numel();
+  std::vector<double> phase_ms[4];  // zero_grad, forward, backward, optimizer step
+  const auto step = [&](bool record) {
+    const auto t0 = Clock::now();
+    optimizer.zero_grad();
+    const auto t1 = Clock::now();
+    torch::Tensor loss = forward();
+    const auto t2 = Clock::now();
+    loss.backward();
+    const auto t3 = Clock::now();
+    optimizer.step();
+    const auto t4 = Clock::now();
+    if (record) {
+      const Clock::time_point marks[] = {t0, t1, t2, t3, t4};
+      for (int i = 0; i < 4; ++i)
+        phase_ms[i].push_back(std::chrono::duration<double, std::milli>(marks[i + 1] - marks[i]).count());
+    }
+    return loss.item<double>();
+  };
   double first_loss = 0, last_loss = 0;
   for (int64_t i = 0; i < s.warmup; ++i) {
-    const double loss = step();
+    const double loss = step(false);
     if (i == 0) first_loss = loss;
   }
   std::vector<double> windows;
@@ -202,7 +222,7 @@ int time_training(const std::string& name, torch::nn::Module& model, const Train
   for (int64_t done = 0; done < s.steps;) {
     const int64_t count = std::min(s.window, s.steps - done);
     const auto start = Clock::now();
-    for (int64_t i = 0; i < count; ++i) last_loss = step();
+    for (int64_t i = 0; i < count; ++i) last_loss = step(true);
     windows.push_back(static_cast<double>(count) / seconds_since(start));
     done += count;
   }
@@ -216,6 +236,11 @@ int time_training(const std::string& name, torch::nn::Module& model, const Train
                          {"warmup", s.warmup},
                          {"window_steps_per_s", windows},
                          {"steps_per_s", median(windows)},
+                         {"phase_ms",
+                          {{"zero_grad", median(phase_ms[0])},
+                           {"forward", median(phase_ms[1])},
+                           {"backward", median(phase_ms[2])},
+                           {"optimizer", median(phase_ms[3])}}},
                          {"first_loss", first_loss},
                          {"last_loss", last_loss}};
   std::cout << json.dump() << std::endl;
@@ -249,13 +274,7 @@ int train(const std::string& mode, const Args& args) {
     graft::TextInputs inputs(torch::randint(config.vocab_size, {s.batch, s.seq}, torch::kLong));
     inputs.labels = torch::randint(2, {s.batch}, torch::kLong);
     torch::optim::AdamW optimizer(model->parameters(), torch::optim::AdamWOptions(1e-4));
-    return time_training("bert", *model, s, [&] {
-      optimizer.zero_grad();
-      torch::Tensor loss = model->forward(inputs).loss;
-      loss.backward();
-      optimizer.step();
-      return loss.item<double>();
-    });
+    return time_training("bert", *model, optimizer, s, [&] { return model->forward(inputs).loss; });
   }
   // GPT-2 with n_embd 128, 2 layers, 2 heads, 256 positions; dropouts at GPT2Config's 0.1 defaults.
   graft::GPT2Config config;
@@ -270,13 +289,7 @@ int train(const std::string& mode, const Args& args) {
   graft::CausalLMInputs inputs(torch::randint(config.vocab_size, {s.batch, s.seq}, torch::kLong));
   inputs.labels = inputs.input_ids;
   torch::optim::AdamW optimizer(model->parameters(), torch::optim::AdamWOptions(1e-4));
-  return time_training("gpt2", *model, s, [&] {
-    optimizer.zero_grad();
-    torch::Tensor loss = model->forward(inputs).loss;
-    loss.backward();
-    optimizer.step();
-    return loss.item<double>();
-  });
+  return time_training("gpt2", *model, optimizer, s, [&] { return model->forward(inputs).loss; });
 }
 
 }  // namespace
