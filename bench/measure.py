@@ -5,6 +5,9 @@
       Runs COMMAND (which prints one JSON object), writes that object to OUT.json with "other_cores"
       added: the CPU that everything else on the machine used meanwhile, in cores (busy time in
       /proc/stat over the run, less the command's own user + system time, divided by the wall time).
+  measure.py wait-quiet SECONDS
+      Returns once other jobs have used under 0.15 cores for 6 s in a row (sampled every 2 s), or after
+      SECONDS; prints how long it waited to stderr when it had to.
   measure.py best OUT.json RUN.json...
       The run with the highest steps_per_s among those where other jobs used under 0.15 cores (among
       all of them when none was that quiet), with "runs" added: every run's steps_per_s and other_cores.
@@ -40,6 +43,27 @@ def run(out, command):
         json.dump(record, f)
 
 
+def wait_quiet(limit):
+    start, quiet_since = time.perf_counter(), None
+    while True:
+        before, t0 = busy_seconds(), time.perf_counter()
+        time.sleep(2)
+        cores = (busy_seconds() - before) / (time.perf_counter() - t0)
+        now = time.perf_counter()
+        if cores < QUIET:
+            quiet_since = quiet_since or t0
+            if now - quiet_since >= 6:
+                break
+        else:
+            quiet_since = None
+        if now - start >= limit:
+            print(f"measure.py: other jobs still use {cores:.2f} cores after {limit:.0f} s; going on",
+                  file=sys.stderr)
+            return
+    if now - start > 8:
+        print(f"measure.py: waited {now - start:.0f} s for other jobs to go quiet", file=sys.stderr)
+
+
 def best(out, paths):
     runs = [json.load(open(p)) for p in paths]
     quiet = [r for r in runs if r["other_cores"] < QUIET]
@@ -55,6 +79,8 @@ def best(out, paths):
 def main():
     if len(sys.argv) >= 5 and sys.argv[1] == "run" and sys.argv[3] == "--":
         run(sys.argv[2], sys.argv[4:])
+    elif len(sys.argv) == 3 and sys.argv[1] == "wait-quiet":
+        wait_quiet(float(sys.argv[2]))
     elif len(sys.argv) >= 4 and sys.argv[1] == "best":
         sys.exit(best(sys.argv[2], sys.argv[3:]))
     else:
