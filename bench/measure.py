@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""bench/text's helper for runs on a machine that other jobs may share.
+"""bench/text's and bench/vision's helper for runs on a machine that other jobs may share.
 
   measure.py run OUT.json -- COMMAND...
       Runs COMMAND (which prints one JSON object), writes that object to OUT.json with "other_cores"
@@ -9,7 +9,7 @@
       Returns once other jobs have used under 0.15 cores for 6 s in a row (sampled every 2 s), or after
       SECONDS; prints how long it waited to stderr when it had to.
   measure.py best OUT.json RUN.json...
-      The run with the highest steps_per_s among those where other jobs used under 0.15 cores (among
+      The run with the highest steps_per_s (or img_per_s, gflop_per_s) among those where other jobs used under 0.15 cores (among
       all of them when none was that quiet), with "runs" added: every run's steps_per_s and other_cores.
       Exit status 3 when no run was quiet.
 
@@ -67,9 +67,9 @@ def wait_quiet(limit):
 def best(out, paths):
     runs = [json.load(open(p)) for p in paths]
     quiet = [r for r in runs if r["other_cores"] < QUIET]
-    chosen = dict(max(quiet or runs, key=lambda r: r["steps_per_s"]))
-    chosen["runs"] = [{"steps_per_s": round(r["steps_per_s"], 3), "other_cores": round(r["other_cores"], 2)}
-                      for r in runs]
+    key = next(k for k in ("steps_per_s", "img_per_s", "gflop_per_s") if k in runs[0])
+    chosen = dict(max(quiet or runs, key=lambda r: r[key]))
+    chosen["runs"] = [{key: round(r[key], 3), "other_cores": round(r["other_cores"], 2)} for r in runs]
     chosen["quiet"] = bool(quiet)
     with open(out, "w") as f:
         json.dump(chosen, f)

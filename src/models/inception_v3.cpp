@@ -7,6 +7,7 @@
 
 #include "graft/transfer.h"
 #include "layers/conv2d_same.h"
+#include "layers/conv_bn.h"
 #include "models/common.h"
 
 namespace graft {
@@ -59,7 +60,7 @@ BasicConv2dImpl::BasicConv2dImpl(int64_t in_channels, int64_t out_channels, std:
 
 torch::Tensor BasicConv2dImpl::forward(const torch::Tensor& x) {
   // Not in place: the input of a block feeds several branches.
-  return torch::relu(bn->forward(conv->forward(x)));
+  return torch::relu(graft::conv_bn(*conv, *bn, x));
 }
 
 InceptionAImpl::InceptionAImpl(int64_t in_channels, int64_t pool_features, const LayerStyle& style)

@@ -68,7 +68,14 @@ InvertedResidualImpl::InvertedResidualImpl(int64_t inp, int64_t oup, int64_t str
 }
 
 torch::Tensor InvertedResidualImpl::forward(const torch::Tensor& x) {
-  return use_res_connect ? x + conv->forward(x) : conv->forward(x);
+  // conv.0 .. conv.(n-3) are Conv2dNormActivations; the last two the projection and its BatchNorm.
+  torch::Tensor out = x;
+  for (auto it = conv->begin(); it != conv->end() - 2; ++it) out = it->forward(out);
+  // Built so in the constructor: the casts cannot fail.
+  auto& projection = dynamic_cast<nn::Conv2dImpl&>(*conv->ptr(conv->size() - 2));
+  auto& bn = dynamic_cast<nn::BatchNorm2dImpl&>(*conv->ptr(conv->size() - 1));
+  out = conv_bn(projection, bn, out);
+  return use_res_connect ? x + out : out;
 }
 
 }  // namespace mobilenetv2

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "graft/model.h"
+#include "layers/conv_bn.h"
 
 namespace graft {
 
@@ -75,7 +76,8 @@ class Conv2dNormActivationImpl : public torch::nn::SequentialImpl {
  public:
   Conv2dNormActivationImpl(int64_t in_channels, int64_t out_channels, int64_t kernel_size, int64_t stride = 1,
                            int64_t groups = 1, const LayerStyle& style = {});
-  torch::Tensor forward(torch::Tensor x) { return torch::nn::SequentialImpl::forward(std::move(x)); }
+  // Conv, BatchNorm (folded into the conv where layers/conv_bn.h may), activation.
+  torch::Tensor forward(torch::Tensor x) { return conv_bn_sequential(*this, std::move(x)); }
 };
 TORCH_MODULE(Conv2dNormActivation);
 

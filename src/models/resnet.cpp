@@ -7,6 +7,7 @@
 
 #include "graft/errors.h"
 #include "graft/transfer.h"
+#include "layers/conv_bn.h"
 
 namespace graft {
 namespace {
@@ -53,9 +54,9 @@ BasicBlockImpl::BasicBlockImpl(int64_t inplanes, int64_t planes, int64_t stride)
 }
 
 torch::Tensor BasicBlockImpl::forward(const torch::Tensor& x) {
-  auto out = relu(bn1(conv1(x)));
-  out = bn2(conv2(out));
-  out += downsample ? downsample->forward(x) : x;
+  auto out = relu(conv_bn(*conv1, *bn1, x));
+  out = conv_bn(*conv2, *bn2, out);
+  out += downsample ? conv_bn_sequential(*downsample, x) : x;
   return relu(out);
 }
 
@@ -76,10 +77,10 @@ BottleneckImpl::BottleneckImpl(int64_t inplanes, int64_t planes, int64_t stride,
 }
 
 torch::Tensor BottleneckImpl::forward(const torch::Tensor& x) {
-  auto out = relu(bn1(conv1(x)));  // (N, planes, H, W)
-  out = relu(bn2(conv2(out)));     // (N, planes, H/s, W/s)
-  out = bn3(conv3(out));           // (N, 4 * planes, H/s, W/s)
-  out += downsample ? downsample->forward(x) : x;
+  auto out = relu(conv_bn(*conv1, *bn1, x));  // (N, planes, H, W)
+  out = relu(conv_bn(*conv2, *bn2, out));     // (N, planes, H/s, W/s)
+  out = conv_bn(*conv3, *bn3, out);           // (N, 4 * planes, H/s, W/s)
+  out += downsample ? conv_bn_sequential(*downsample, x) : x;
   return relu(out);
 }
 
@@ -136,8 +137,9 @@ std::vector<ForwardStep> ResNetImpl::feature_steps() {
   if (config_.bgr_input) {
     steps.push_back({"bgr", "ChannelFlip", [](const torch::Tensor& x) { return x.flip({1}); }});  // RGB -> BGR
   }
-  steps.push_back({"conv1", "Conv2d", [m = conv1.ptr()](const torch::Tensor& x) { return m->forward(x); }});
-  steps.push_back({"bn1", "BatchNorm2d", [m = bn1.ptr()](const torch::Tensor& x) { return m->forward(x); }});
+  auto [conv1_step, bn1_step] = conv_bn_steps(conv1.ptr(), bn1.ptr());
+  steps.push_back({"conv1", "Conv2d", conv1_step});
+  steps.push_back({"bn1", "BatchNorm2d", bn1_step});
   // Not in place: callers may keep each step's output (summary, feature taps).
   steps.push_back({"relu", "ReLU", [](const torch::Tensor& x) { return torch::relu(x); }});
   steps.push_back(

@@ -23,6 +23,7 @@
 #include <unordered_set>
 
 #include "graft/progress.h"
+#include "layers/conv_bn.h"
 
 namespace graft {
 namespace {
@@ -365,6 +366,7 @@ void Trainer::accumulate(MetricsAccumulator& accumulator, const torch::Tensor& l
 
 Metrics Trainer::run_eval(BatchSource& source, const std::string& label, std::unique_ptr<ProgressBar>* bar) {
   torch::NoGradGuard no_grad;
+  BatchNormFolding folding;  // eval mode: every frozen conv + BatchNorm pair runs as one convolution
   const bool was_training = model_->is_training();
   model_->eval();
   const int64_t total = static_cast<int64_t>(source.num_batches());
@@ -411,6 +413,9 @@ EpochResult Trainer::run_epoch(BatchSource& train, BatchSource* val, int64_t epo
         static_cast<int64_t>(train.num_batches()), log(), config_.sample_unit);
   MetricsAccumulator accumulator;
   int64_t batches = 0;
+  // Frozen conv + BatchNorm pairs (BatchNorm on running statistics) run as one convolution; the cache
+  // lives for the epoch, and pairs that train are recomputed each step as they are.
+  BatchNormFolding folding;
   while (auto batch = train.next()) {
     const torch::Tensor inputs = batch->first.to(config_.device);
     const torch::Tensor labels = batch->second.to(config_.device);

@@ -13,6 +13,7 @@
 #include "graft/progress.h"
 #include "graft/registry.h"
 #include "graft/transfer.h"
+#include "layers/conv_bn.h"
 
 namespace graft {
 
@@ -117,6 +118,7 @@ std::shared_ptr<Dataset> open_eval_data(const std::string& data, const std::vect
 FeatureSet extract_features(BackboneImpl& model, DataLoader& loader, torch::Device device, std::ostream& log,
                             const std::string& label) {
   std::optional<c10::InferenceMode> inference(std::in_place);
+  BatchNormFolding folding;  // the backbone is frozen: each conv + BatchNorm runs as one convolution
   const bool was_training = model.is_training();
   model.eval();
   model.to(device);
@@ -447,6 +449,7 @@ ImageTrainResult train_image_classifier(const ImageTrainOptions& options_in, std
 std::vector<Prediction> predict_images(LoadedRun& run, const std::vector<std::string>& paths, int64_t top_k,
                                        torch::Device device) {
   c10::InferenceMode inference;
+  BatchNormFolding folding;
   run.model->eval();
   run.model->to(device);
   const TransformConfig transform = transform_for(run.spec.preprocessing, false);

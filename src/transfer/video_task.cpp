@@ -18,6 +18,7 @@
 #include "graft/transformers.h"
 #include "graft/video_model.h"
 #include "graft/weights.h"
+#include "layers/conv_bn.h"
 
 namespace graft {
 namespace {
@@ -97,6 +98,7 @@ std::pair<torch::Tensor, torch::Tensor> cache_frame_features(TimeDistributedClas
                                                              torch::Device device, std::ostream& log,
                                                              const std::string& label) {
   std::optional<c10::InferenceMode> inference(std::in_place);
+  BatchNormFolding folding;  // frozen CNN: each conv + BatchNorm runs as one convolution
   model.eval();
   model.to(device);
   std::vector<torch::Tensor> features, labels;
@@ -371,6 +373,7 @@ Metrics evaluate_video(VideoRun& run, const std::string& data, int64_t batch_siz
 std::vector<Prediction> predict_clips(VideoRun& run, const std::vector<std::string>& paths, int64_t top_k,
                                       torch::Device device) {
   c10::InferenceMode inference;
+  BatchNormFolding folding;
   run.module->to(device);
   run.module->eval();
   std::vector<Prediction> out;

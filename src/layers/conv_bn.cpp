@@ -1,0 +1,125 @@
+#include "layers/conv_bn.h"
+
+#include <c10/core/InferenceMode.h>
+#include <torch/nn/modules/container/sequential.h>
+
+#include <atomic>
+
+namespace graft {
+namespace {
+
+thread_local BatchNormFolding* innermost = nullptr;
+std::atomic<bool> folding_enabled{true};
+
+bool needs_grad(const torch::Tensor& t) {
+  return t.defined() && t.requires_grad();
+}
+
+// The tensors a folded pair is computed from, in a fixed order (undefined ones included as such).
+std::vector<torch::Tensor> fold_sources(const torch::nn::Conv2dImpl& conv,
+                                        const torch::nn::BatchNorm2dImpl& bn) {
+  return {conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var};
+}
+
+}  // namespace
+
+BatchNormFolding::BatchNormFolding() : outer_(innermost) {
+  innermost = this;
+}
+
+BatchNormFolding::~BatchNormFolding() {
+  innermost = outer_;
+}
+
+BatchNormFolding* BatchNormFolding::active() {
+  return folding_enabled.load(std::memory_order_relaxed) ? innermost : nullptr;
+}
+
+void BatchNormFolding::set_enabled(bool enabled) {
+  folding_enabled.store(enabled, std::memory_order_relaxed);
+}
+
+bool BatchNormFolding::enabled() {
+  return folding_enabled.load(std::memory_order_relaxed);
+}
+
+const BatchNormFolding::Folded& BatchNormFolding::fold(torch::nn::Conv2dImpl& conv,
+                                                       torch::nn::BatchNorm2dImpl& bn) {
+  std::vector<torch::Tensor> sources = fold_sources(conv, bn);
+  auto it = cache_.find(&conv);
+  if (it != cache_.end()) {
+    const Folded& cached = it->second;
+    bool current = true;
+    for (size_t i = 0; i < sources.size() && current; ++i) {
+      current = sources[i].defined() == cached.sources[i].defined() &&
+                (!sources[i].defined() ||
+                 (sources[i].is_same(cached.sources[i]) && sources[i]._version() == cached.versions[i]));
+    }
+    if (current) return cached;
+  }
+  torch::NoGradGuard no_grad;
+  // Ordinary tensors even when first folded under InferenceMode: a scope may outlive that mode.
+  c10::InferenceMode not_inference(/*enabled=*/false);
+  // In double: the folded weights then differ from W * s by one float rounding, not two.
+  const auto opts = conv.weight.options().dtype(torch::kFloat64);
+  const int64_t out_channels = conv.weight.size(0);
+  const torch::Tensor gamma =
+      bn.weight.defined() ? bn.weight.to(torch::kFloat64) : torch::ones({out_channels}, opts);
+  const torch::Tensor beta =
+      bn.bias.defined() ? bn.bias.to(torch::kFloat64) : torch::zeros({out_channels}, opts);
+  const torch::Tensor bias =
+      conv.bias.defined() ? conv.bias.to(torch::kFloat64) : torch::zeros({out_channels}, opts);
+  const torch::Tensor scale = gamma / torch::sqrt(bn.running_var.to(torch::kFloat64) + bn.options.eps());
+  std::vector<int64_t> scale_shape(conv.weight.dim(), 1);
+  scale_shape[0] = out_channels;
+  Folded folded;
+  folded.weight = (conv.weight.to(torch::kFloat64) * scale.view(scale_shape))
+                      .to(conv.weight.scalar_type())
+                      .contiguous(torch::MemoryFormat::ChannelsLast);
+  folded.bias = ((bias - bn.running_mean.to(torch::kFloat64)) * scale + beta).to(conv.weight.scalar_type());
+  for (const auto& source : sources) folded.versions.push_back(source.defined() ? source._version() : 0);
+  folded.sources = std::move(sources);
+  return cache_[&conv] = std::move(folded);
+}
+
+bool can_fold(const torch::nn::Conv2dImpl& conv, const torch::nn::BatchNorm2dImpl& bn) {
+  if (bn.is_training() || !bn.options.track_running_stats() || !bn.running_mean.defined()) return false;
+  if (!c10::get_if<torch::ExpandingArray<2>>(&conv.options.padding())) return false;
+  if (!c10::get_if<torch::enumtype::kZeros>(&conv.options.padding_mode())) return false;
+  return !needs_grad(conv.weight) && !needs_grad(conv.bias) && !needs_grad(bn.weight) && !needs_grad(bn.bias);
+}
+
+torch::Tensor conv_bn(torch::nn::Conv2dImpl& conv, torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x) {
+  BatchNormFolding* scope = BatchNormFolding::active();
+  if (!scope || x.dim() != 4 || !can_fold(conv, bn)) return bn.forward(conv.forward(x));
+  const auto& folded = scope->fold(conv, bn);
+  const auto& padding = c10::get<torch::ExpandingArray<2>>(conv.options.padding());
+  return torch::conv2d(x.contiguous(torch::MemoryFormat::ChannelsLast), folded.weight, folded.bias,
+                       *conv.options.stride(), *padding, *conv.options.dilation(), conv.options.groups());
+}
+
+torch::Tensor conv_bn_sequential(torch::nn::SequentialImpl& seq, torch::Tensor x) {
+  auto* conv = seq.size() >= 2 ? dynamic_cast<torch::nn::Conv2dImpl*>(seq.ptr(0).get()) : nullptr;
+  auto* bn = seq.size() >= 2 ? dynamic_cast<torch::nn::BatchNorm2dImpl*>(seq.ptr(1).get()) : nullptr;
+  if (!conv || !bn) return seq.forward(std::move(x));  // e.g. a Keras port's Conv2dSame: no fold
+  x = conv_bn(*conv, *bn, x);
+  for (auto it = seq.begin() + 2; it != seq.end(); ++it) x = it->forward(x);
+  return x;
+}
+
+std::pair<StepFn, StepFn> conv_bn_steps(std::shared_ptr<torch::nn::Conv2dImpl> conv,
+                                        std::shared_ptr<torch::nn::BatchNorm2dImpl> bn) {
+  auto folds = [](const torch::nn::Conv2dImpl& c, const torch::nn::BatchNorm2dImpl& b,
+                  const torch::Tensor& x) {
+    return BatchNormFolding::active() && x.dim() == 4 && can_fold(c, b);
+  };
+  StepFn conv_step = [conv, bn, folds](const torch::Tensor& x) {
+    return folds(*conv, *bn, x) ? conv_bn(*conv, *bn, x) : conv->forward(x);
+  };
+  StepFn bn_step = [conv, bn, folds](const torch::Tensor& x) {
+    return folds(*conv, *bn, x) ? x : bn->forward(x);
+  };
+  return {std::move(conv_step), std::move(bn_step)};
+}
+
+}  // namespace graft
