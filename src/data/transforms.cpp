@@ -88,7 +88,12 @@ float gray_level(const float* r, const float* g, const float* b, size_t i) {
 
 }  // namespace
 
-Image resize(const Image& image, const CropBox& box, int out_width, int out_height, bool antialias) {
+namespace {
+
+// The pixels `window` (in output coordinates) of the resize of `box` to out_width x out_height: what
+// resizing and then cropping gives, without computing the pixels the crop would drop.
+Image resize_window(const Image& image, const CropBox& box, int out_width, int out_height, const CropBox& window,
+                    bool antialias) {
   check_box_inside(image, box);
   if (out_width <= 0 || out_height <= 0) {
     throw Error("resize: output size " + std::to_string(out_width) + "x" + std::to_string(out_height) +
@@ -96,13 +101,18 @@ Image resize(const Image& image, const CropBox& box, int out_width, int out_heig
   }
   const Taps horizontal = triangle_taps(box.left, box.width, out_width, antialias);
   const Taps vertical = triangle_taps(box.top, box.height, out_height, antialias);
+  const int x_end = window.left + window.width, y_end = window.top + window.height;
 
-  // Horizontal pass over the box's rows into floats: (box.height, out_width, 3).
-  std::vector<float> rows(size_t(box.height) * out_width * 3);
-  for (int y = 0; y < box.height; ++y) {
-    const uint8_t* src = &image.rgb[size_t(box.top + y) * image.width * 3];
-    float* dst = &rows[size_t(y) * out_width * 3];
-    for (int x = 0; x < out_width; ++x) {
+  // Horizontal pass into floats, (source rows, window.width, 3), over just the source rows the window's
+  // output rows read.
+  int row_first = vertical.first[window.top], row_end = row_first;
+  for (int y = window.top; y < y_end; ++y) row_end = std::max(row_end, vertical.first[y] + vertical.count[y]);
+  const size_t row_values = size_t(window.width) * 3;
+  std::vector<float> rows(size_t(row_end - row_first) * row_values);
+  for (int sy = row_first; sy < row_end; ++sy) {
+    const uint8_t* src = &image.rgb[size_t(sy) * image.width * 3];
+    float* dst = &rows[size_t(sy - row_first) * row_values];
+    for (int x = window.left; x < x_end; ++x, dst += 3) {
       const float* w = &horizontal.weights[size_t(x) * horizontal.max_taps];
       const uint8_t* p = src + size_t(horizontal.first[x]) * 3;
       float r = 0, g = 0, b = 0;
@@ -111,41 +121,72 @@ Image resize(const Image& image, const CropBox& box, int out_width, int out_heig
         g += w[k] * p[1];
         b += w[k] * p[2];
       }
-      dst[x * 3 + 0] = r, dst[x * 3 + 1] = g, dst[x * 3 + 2] = b;
+      dst[0] = r, dst[1] = g, dst[2] = b;
     }
   }
   // Vertical pass, rounded once to 8 bits.
   Image out;
-  out.width = out_width;
-  out.height = out_height;
-  out.rgb.resize(size_t(out_width) * out_height * 3);
-  const size_t row_values = size_t(out_width) * 3;
+  out.width = window.width;
+  out.height = window.height;
+  out.rgb.resize(size_t(window.width) * window.height * 3);
   std::vector<float> accumulator(row_values);
-  for (int y = 0; y < out_height; ++y) {
+  for (int y = window.top; y < y_end; ++y) {
     std::fill(accumulator.begin(), accumulator.end(), 0.0f);
     const float* w = &vertical.weights[size_t(y) * vertical.max_taps];
     for (int k = 0; k < vertical.count[y]; ++k) {
-      const float* src = &rows[size_t(vertical.first[y] - box.top + k) * row_values];
+      const float* src = &rows[size_t(vertical.first[y] - row_first + k) * row_values];
       for (size_t i = 0; i < row_values; ++i) accumulator[i] += w[k] * src[i];
     }
-    uint8_t* dst = &out.rgb[size_t(y) * row_values];
+    uint8_t* dst = &out.rgb[size_t(y - window.top) * row_values];
     for (size_t i = 0; i < row_values; ++i) dst[i] = to_u8(accumulator[i]);
   }
   return out;
+}
+
+// to_planar + normalize + planar_to_tensor in one pass, with the same float operations.
+torch::Tensor normalized_tensor(const Image& image, const std::array<double, 3>& mean,
+                                const std::array<double, 3>& std) {
+  const size_t count = size_t(image.width) * image.height;
+  auto tensor = torch::empty({3, image.height, image.width}, torch::kFloat32);
+  float* out = tensor.data_ptr<float>();
+  for (size_t c = 0; c < 3; ++c) {
+    if (std[c] == 0) throw Error("normalize: std[" + std::to_string(c) + "] is 0");
+    const float m = float(mean[c]), inv = float(1.0 / std[c]);
+    const uint8_t* in = image.rgb.data() + c;
+    float* plane = out + c * count;
+    for (size_t i = 0; i < count; ++i) plane[i] = (static_cast<float>(in[i * 3]) / 255.0f - m) * inv;
+  }
+  return tensor;
+}
+
+}  // namespace
+
+Image resize(const Image& image, const CropBox& box, int out_width, int out_height, bool antialias) {
+  return resize_window(image, box, out_width, out_height, CropBox{0, 0, out_width, out_height}, antialias);
 }
 
 Image resize(const Image& image, int out_width, int out_height, bool antialias) {
   return resize(image, CropBox{0, 0, image.width, image.height}, out_width, out_height, antialias);
 }
 
-Image resize_shorter_side(const Image& image, int shorter, bool antialias) {
+namespace {
+
+// (width, height) of resize_shorter_side(image, shorter).
+std::pair<int, int> shorter_side_size(const Image& image, int shorter) {
   if (shorter <= 0) throw Error("resize_shorter_side: size must be positive, got " + std::to_string(shorter));
   // torchvision _compute_resized_output_size: int(new_short * long / short), in double as Python does.
   const bool wide = image.width >= image.height;
   const int short_side = wide ? image.height : image.width;
   const int long_side = wide ? image.width : image.height;
   const int new_long = static_cast<int>(double(int64_t{shorter} * long_side) / short_side);
-  return wide ? resize(image, new_long, shorter, antialias) : resize(image, shorter, new_long, antialias);
+  return wide ? std::pair{new_long, shorter} : std::pair{shorter, new_long};
+}
+
+}  // namespace
+
+Image resize_shorter_side(const Image& image, int shorter, bool antialias) {
+  const auto [width, height] = shorter_side_size(image, shorter);
+  return resize(image, width, height, antialias);
 }
 
 CropBox center_crop_box(int width, int height, int crop_width, int crop_height) {
@@ -394,10 +435,19 @@ torch::Tensor transform_image(const Image& image, const TransformConfig& config,
     // timm: scale_size = math.floor(img_size / crop_pct) (224 / 0.875 = 256); the epsilon keeps exact
     // quotients from flooring one below.
     const int scale_size = static_cast<int>(std::floor(config.size / config.crop_pct + 1e-9));
-    out = center_crop(resize_shorter_side(image, scale_size, config.antialias), size, size);
+    const auto [resized_width, resized_height] = shorter_side_size(image, scale_size);
+    const CropBox crop = center_crop_box(resized_width, resized_height, size, size);
+    if (crop.left >= 0 && crop.top >= 0 && crop.left + size <= resized_width && crop.top + size <= resized_height) {
+      // Only the crop of the resized image: the same pixels as resize_shorter_side + center_crop.
+      out = resize_window(image, CropBox{0, 0, image.width, image.height}, resized_width, resized_height, crop,
+                          config.antialias);
+    } else {
+      out = center_crop(resize_shorter_side(image, scale_size, config.antialias), size, size);
+    }
   }
+  if (!(config.train && config.jitter > 0)) return normalized_tensor(out, config.mean, config.std);
   PlanarImage planar = to_planar(out);
-  if (config.train && config.jitter > 0) color_jitter(planar, config.jitter, rng);
+  color_jitter(planar, config.jitter, rng);
   normalize(planar, config.mean, config.std);
   return planar_to_tensor(planar);
 }
