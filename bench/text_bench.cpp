@@ -258,6 +258,7 @@ int train(const std::string& mode, const Args& args) {
   s.seed = args.integer("--seed", s.seed);
   s.profile = args.text("--profile", "");
   graft::set_threads(static_cast<int>(args.integer("--threads", 0)));
+  graft::retain_freed_memory();  // as the graft program does
   torch::manual_seed(static_cast<uint64_t>(s.seed));
 
   if (mode == "train-bert") {

@@ -11,7 +11,9 @@
 //       backward, step, inside a BatchNormFolding scope as graft's Trainer runs it. One warm-up step;
 //       img_per_s from the median step.
 //   graft_vision_bench matmul [--n 2048] [--reps 5]
-//       The practical fp32 peak: GFLOP/s of an n x n x n matrix product (median of --reps).
+//       The practical fp32 peak: GFLOP/s of an n x n x n matrix product through the BLAS and of a matrix
+//       product of about the same size through oneDNN (a 1x1 convolution), median of --reps each;
+//       gflop_per_s is the larger.
 //   graft_vision_bench pipeline --images LIST [--size 224] [--reps 3]
 //       The eval input pipeline on one thread: decode (DCT-scaled where it may) + resize the shorter
 //       side + centre crop + normalise into a (3, size, size) tensor, for every file LIST names; median
@@ -167,10 +169,22 @@ json matmul(const Args& args) {
     torch::mm(a, b);
     times.push_back(seconds_since(start));
   }
-  return {{"mode", "matmul"},
-          {"n", n},
-          {"gflop_per_s", 2.0 * n * n * n / median(times) / 1e9},
-          {"peak_rss_mb", peak_rss_mb()}};
+  const double blas = 2.0 * n * n * n / median(times) / 1e9;
+  // The same kind of product through oneDNN, which runs the convolutions: a 1x1 convolution over
+  // channels-last (32 x 32 x 32) x 1024 -> 1024 is a (32768 x 1024) x (1024 x 1024) matrix product.
+  const torch::Tensor x = torch::randn({32, 1024, 32, 32}).contiguous(torch::MemoryFormat::ChannelsLast);
+  const torch::Tensor w = torch::randn({1024, 1024, 1, 1}).contiguous(torch::MemoryFormat::ChannelsLast);
+  torch::conv2d(x, w);
+  times.clear();
+  for (int64_t i = 0; i < reps; ++i) {
+    const auto start = Clock::now();
+    torch::conv2d(x, w);
+    times.push_back(seconds_since(start));
+  }
+  const double onednn = 2.0 * 32768 * 1024 * 1024 / median(times) / 1e9;
+  return {{"mode", "matmul"},         {"n", n},
+          {"blas_gflop_per_s", blas}, {"onednn_gflop_per_s", onednn},
+          {"gflop_per_s", std::max(blas, onednn)}, {"peak_rss_mb", peak_rss_mb()}};
 }
 
 json pipeline(const Args& args) {

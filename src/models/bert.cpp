@@ -8,6 +8,8 @@
 #include <cmath>
 #include <limits>
 
+#include "layers/linear.h"
+
 namespace graft {
 namespace {
 
@@ -102,9 +104,9 @@ torch::Tensor BertSelfAttentionImpl::forward(const torch::Tensor& hidden_states,
   auto split_heads = [&](const torch::Tensor& x) {
     return x.view({batch, length, num_attention_heads, attention_head_size}).permute({0, 2, 1, 3});
   };
-  torch::Tensor q = split_heads(query(hidden_states));
-  torch::Tensor k = split_heads(key(hidden_states));
-  torch::Tensor v = split_heads(value(hidden_states));
+  torch::Tensor q = split_heads(linear(query, hidden_states));
+  torch::Tensor k = split_heads(linear(key, hidden_states));
+  torch::Tensor v = split_heads(linear(value, hidden_states));
   torch::Tensor scores = torch::matmul(q, k.transpose(-1, -2));  // (B, heads, T, T)
   scores = scores / std::sqrt(static_cast<double>(attention_head_size));
   if (attention_mask.defined()) scores = scores + attention_mask;
@@ -122,7 +124,7 @@ BertSelfOutputImpl::BertSelfOutputImpl(const BertConfig& config) {
 
 torch::Tensor BertSelfOutputImpl::forward(const torch::Tensor& hidden_states,
                                           const torch::Tensor& input_tensor) {
-  return LayerNorm(dropout(dense(hidden_states)) + input_tensor);
+  return LayerNorm(dropout(linear(dense, hidden_states)) + input_tensor);
 }
 
 BertAttentionImpl::BertAttentionImpl(const BertConfig& config) {
@@ -141,7 +143,7 @@ BertIntermediateImpl::BertIntermediateImpl(const BertConfig& config) {
 }
 
 torch::Tensor BertIntermediateImpl::forward(const torch::Tensor& hidden_states) {
-  return act(dense(hidden_states));
+  return act(linear(dense, hidden_states));
 }
 
 BertOutputImpl::BertOutputImpl(const BertConfig& config) {
@@ -152,7 +154,7 @@ BertOutputImpl::BertOutputImpl(const BertConfig& config) {
 }
 
 torch::Tensor BertOutputImpl::forward(const torch::Tensor& hidden_states, const torch::Tensor& input_tensor) {
-  return LayerNorm(dropout(dense(hidden_states)) + input_tensor);
+  return LayerNorm(dropout(linear(dense, hidden_states)) + input_tensor);
 }
 
 BertLayerImpl::BertLayerImpl(const BertConfig& config) {

@@ -8,6 +8,7 @@
 #include <cmath>
 
 #include "graft/transfer.h"
+#include "layers/linear.h"
 #include "models/common.h"
 
 namespace graft {
@@ -111,9 +112,9 @@ torch::Tensor ViTSelfAttentionImpl::forward(const torch::Tensor& hidden_states) 
   auto split_heads = [&](const torch::Tensor& x) {
     return x.view({batch, length, num_attention_heads, attention_head_size}).permute({0, 2, 1, 3});
   };
-  torch::Tensor q = split_heads(query(hidden_states));
-  torch::Tensor k = split_heads(key(hidden_states));
-  torch::Tensor v = split_heads(value(hidden_states));
+  torch::Tensor q = split_heads(linear(query, hidden_states));
+  torch::Tensor k = split_heads(linear(key, hidden_states));
+  torch::Tensor v = split_heads(linear(value, hidden_states));
   torch::Tensor scores =
       torch::matmul(q, k.transpose(-1, -2)) / std::sqrt(static_cast<double>(attention_head_size));
   torch::Tensor probs = dropout(torch::softmax(scores, -1));                           // (B, heads, T, T)
@@ -127,7 +128,7 @@ ViTSelfOutputImpl::ViTSelfOutputImpl(const ViTConfig& config) {
 }
 
 torch::Tensor ViTSelfOutputImpl::forward(const torch::Tensor& hidden_states) {
-  return dropout(dense(hidden_states));
+  return dropout(linear(dense, hidden_states));
 }
 
 ViTAttentionImpl::ViTAttentionImpl(const ViTConfig& config) {
@@ -145,7 +146,7 @@ ViTIntermediateImpl::ViTIntermediateImpl(const ViTConfig& config) {
 }
 
 torch::Tensor ViTIntermediateImpl::forward(const torch::Tensor& hidden_states) {
-  return act(dense(hidden_states));
+  return act(linear(dense, hidden_states));
 }
 
 ViTOutputImpl::ViTOutputImpl(const ViTConfig& config) {
@@ -154,7 +155,7 @@ ViTOutputImpl::ViTOutputImpl(const ViTConfig& config) {
 }
 
 torch::Tensor ViTOutputImpl::forward(const torch::Tensor& hidden_states, const torch::Tensor& input_tensor) {
-  return dropout(dense(hidden_states)) + input_tensor;
+  return dropout(linear(dense, hidden_states)) + input_tensor;
 }
 
 ViTLayerImpl::ViTLayerImpl(const ViTConfig& config) {
