@@ -22,6 +22,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "graft/files.h"
 #include "graft/progress.h"
 
 namespace graft {
@@ -342,12 +343,13 @@ void Trainer::rewrite_metrics_csv() {
   write_file_atomic((fs::path(config_.out_dir) / "metrics.csv").string(), text);
 }
 
+// metrics.csv is the header and one row per epoch of history_, which already ends with `result`: the
+// file is rewritten whole (atomically, a few hundred bytes an epoch) rather than appended to, so that a
+// kill or a full disk mid-append cannot leave half a row, and a write error names its reason.
 void Trainer::append_metrics_csv(const EpochResult& result) {
-  const std::string path = (fs::path(config_.out_dir) / "metrics.csv").string();
-  std::ofstream out(path, std::ios::app);
-  out << csv_row(result, causal_lm());
-  out.flush();
-  if (!out) throw Error("cannot append to '" + path + "'");
+  if (history_.epochs.empty() || history_.epochs.back().epoch != result.epoch)
+    throw Error("metrics.csv: epoch " + std::to_string(result.epoch) + " is not the last of the history");
+  rewrite_metrics_csv();
 }
 
 torch::Tensor Trainer::loss_of(const torch::Tensor& logits, const torch::Tensor& labels) const {
@@ -492,6 +494,7 @@ TrainHistory Trainer::fit(BatchSource& train, BatchSource* val) {
     std::error_code error;
     fs::create_directories(fs::path(config_.out_dir) / "checkpoints", error);
     if (error) throw Error("cannot create run directory '" + config_.out_dir + "': " + error.message());
+    remove_stale_temporaries(config_.out_dir);  // of an earlier run killed while writing metrics.csv, say
   }
   if (config_.resume) restore_from_checkpoint();
   if (!optimizer_.optimizer) optimizer_ = build_optimizer(optimizer_.config, pending_groups_);
