@@ -698,6 +698,85 @@ TEST(Trainer, NanLossStopsWithAMessageAndKeepsTheLastGoodCheckpoint) {
     EXPECT_TRUE(torch::isfinite(item.second).all().item<bool>()) << item.first;
 }
 
+TEST(Trainer, OverflowingWeightsWithAFiniteLossStopAndKeepTheLastGoodCheckpoint) {
+  // At a huge rate BatchNorm's running_var can overflow while the loss stays finite; here a buffer the
+  // loss never reads is set to inf during epoch 2. Epoch 2 must not become a checkpoint.
+  TempDir dir("overflow");
+  Data data;
+  std::ostringstream log;
+  torch::manual_seed(8);
+  TinyMlp model;
+  model->register_buffer("running_stat", torch::ones({3}));
+  TrainConfig config = base_config(log);
+  config.out_dir = dir.str();
+  auto poisoned = std::make_shared<bool>(false);
+  config.on_epoch_end.push_back([poisoned](Trainer&, EpochResult& r) { *poisoned = r.epoch == 1; });
+  Trainer trainer(
+      model.ptr(),
+      [model, poisoned](const torch::Tensor& x) mutable {
+        if (*poisoned) {
+          torch::NoGradGuard no_grad;
+          model->named_buffers()["running_stat"][1] = std::numeric_limits<float>::infinity();
+        }
+        return model->forward(x);
+      },
+      config);
+  try {
+    trainer.fit(*data.train, data.val.get());
+    FAIL() << "an inf buffer did not stop the run";
+  } catch (const NonFiniteLoss& e) {
+    const std::string message = e.what();
+    const std::string expected =
+        "buffer 'running_stat' is inf after epoch 2 (the weights overflowed, though the loss stayed finite); "
+        "lower --lr, enable --grad-clip, check the data (the last good checkpoint, epoch 1, is in " +
+        (dir / "checkpoints" / "last").string() + ")";
+    EXPECT_NE(message.find(expected), std::string::npos) << message;
+  }
+  const auto last = find_checkpoint((dir / "checkpoints/last").string());
+  ASSERT_TRUE(last.has_value());
+  EXPECT_EQ(read_trainer_state(*last).epoch, 1);
+  for (const auto& item : read_safetensors((fs::path(*last) / "model.safetensors").string()))
+    EXPECT_TRUE(torch::isfinite(item.second).all().item<bool>()) << item.first;
+}
+
+TEST(Trainer, ResumeRewritesBestWhenTheRunDiedBetweenLastAndBest) {
+  // A run killed after writing checkpoints/last of an improving epoch but before checkpoints/best: the
+  // resumed run must end with the uninterrupted run's best, not the older one left on disk.
+  TempDir whole("best_gap_whole"), parts("best_gap_parts"), older("best_gap_older");
+  Data data;
+  std::ostringstream log;
+  auto fit = [&](const std::string& out, int64_t epochs, bool resume) {
+    torch::manual_seed(21);
+    TinyMlp model;
+    TrainConfig config = base_config(log);
+    config.out_dir = out;
+    config.epochs = 4;
+    config.resume = resume;
+    config.on_epoch_end.push_back(
+        [epochs](Trainer&, EpochResult& r) { r.stop_requested = r.epoch == epochs; });
+    return make_trainer(model, config)->fit(*data.train, data.val.get());
+  };
+  const TrainHistory reference = fit(whole.str(), 4, false);
+  ASSERT_TRUE(reference.epochs[1].improved) << "the test needs epoch 2 to improve";
+  fit(older.str(), 1, false);
+  fit(parts.str(), 2, false);
+  // The state a kill between the two writes of epoch 2 leaves: best is epoch 1's.
+  fs::remove_all(parts / "checkpoints/best");
+  fs::copy(older / "checkpoints/best", parts / "checkpoints/best", fs::copy_options::recursive);
+  ASSERT_EQ(read_trainer_state((parts / "checkpoints/best").string()).epoch, 1);
+
+  fit(parts.str(), 4, true);
+  EXPECT_NE(log.str().find("checkpoints/best is older than epoch 2, the best so far"), std::string::npos)
+      << log.str();
+  const TrainerState best_whole = read_trainer_state((whole / "checkpoints/best").string());
+  const TrainerState best_parts = read_trainer_state((parts / "checkpoints/best").string());
+  EXPECT_EQ(best_parts.epoch, best_whole.epoch);
+  TinyMlp a, b;
+  load_checkpoint_model((whole / "checkpoints/best").string(), *a);
+  load_checkpoint_model((parts / "checkpoints/best").string(), *b);
+  expect_same_weights(*a, *b);
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Checkpoints
 
