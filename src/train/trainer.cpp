@@ -527,7 +527,14 @@ TrainHistory Trainer::fit(BatchSource& train, BatchSource* val) {
     std::error_code error;
     fs::create_directories(fs::path(config_.out_dir) / "checkpoints", error);
     if (error) throw Error("cannot create run directory '" + config_.out_dir + "': " + error.message());
-    remove_stale_temporaries(config_.out_dir);  // of an earlier run killed while writing metrics.csv, say
+    // Leftovers of an earlier run killed while writing: files (metrics.csv, model.safetensors) and checkpoint
+    // folders (checkpoints/best.tmp-*, which only the next improving epoch would otherwise clean up). They
+    // are never read; NAME.old-* folders stay, they may hold the only complete checkpoint.
+    remove_stale_temporaries(config_.out_dir);
+    for (const auto& entry : fs::directory_iterator(fs::path(config_.out_dir) / "checkpoints", error)) {
+      const std::string name = entry.path().filename().string();
+      if (name.rfind("last.tmp-", 0) == 0 || name.rfind("best.tmp-", 0) == 0) fs::remove_all(entry.path(), error);
+    }
   }
   if (config_.resume) restore_from_checkpoint();
   if (!optimizer_.optimizer) optimizer_ = build_optimizer(optimizer_.config, pending_groups_);
