@@ -33,6 +33,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -66,7 +67,11 @@ std::string errno_text() {
 void pause_for_test(const std::string& dir, int64_t epoch, const char* point) {
   static const char* const spec = std::getenv("GRAFT_TEST_PAUSE_IN_CHECKPOINT_WRITE");
   if (!spec) return;
-  if (spec == fs::path(dir).filename().string() + ":" + std::to_string(epoch) + ":" + point) ::raise(SIGSTOP);
+  const std::string here = fs::path(dir).filename().string() + ":" + std::to_string(epoch) + ":" + point;
+  if (spec != here) return;
+  // The line tells the test this stop is the hook's and not another process's SIGSTOP.
+  std::cerr << "graft: test hook: stopping in checkpoint write " << here << std::endl;
+  ::raise(SIGSTOP);
 }
 
 std::string parent_of(const std::string& path) {

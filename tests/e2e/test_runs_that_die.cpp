@@ -90,6 +90,8 @@ class Child {
     const rlimit limit{options.file_size_limit, options.file_size_limit};
     pid_ = ::fork();
     if (pid_ == 0) {
+      const int null = ::open("/dev/null", O_RDONLY);  // no terminal to read from (SIGTTIN)
+      if (null >= 0) ::dup2(null, STDIN_FILENO);
       ::dup2(fd, STDOUT_FILENO);
       ::dup2(fd, STDERR_FILENO);
       if (options.file_size_limit != RLIM_INFINITY) {
@@ -112,12 +114,24 @@ class Child {
   Child(const Child&) = delete;
   Child& operator=(const Child&) = delete;
 
-  // Until it exits, dies or stops itself; false after `timeout` (it is then still running).
-  bool wait(std::chrono::seconds timeout = kRunTimeout) {
+  // Until it exits, dies or, with stops_expected, stops itself at the hook (which says so on stderr); false
+  // after `timeout` (it is then still running). A SIGSTOP from elsewhere (on the shared test machine some
+  // other process stopped and continued graft processes: a child stopped by signal 19 without the hook
+  // in ~2 of 15 runs) is noted and continued.
+  bool wait(std::chrono::seconds timeout = kRunTimeout, bool stops_expected = false) {
     const auto deadline = Clock::now() + timeout;
     while (Clock::now() < deadline) {
       int status = 0;
       const pid_t r = ::waitpid(pid_, &status, WNOHANG | WUNTRACED);
+      if (r == pid_ && WIFSTOPPED(status) &&
+          !(stops_expected &&
+            output().find("graft: test hook: stopping in checkpoint write") != std::string::npos)) {
+        std::cout << "[die] the child was stopped by signal " << WSTOPSIG(status)
+                  << " (not by graft's hook); "
+                  << "continuing it\n";
+        ::kill(pid_, SIGCONT);
+        continue;
+      }
       if (r == pid_) {
         status_ = status;
         if (!WIFSTOPPED(status)) done_ = true;
@@ -165,9 +179,10 @@ class Child {
   bool killed_by_signal() const { return done_ && WIFSIGNALED(status_); }
   std::string output() const { return read_text(log_); }
   std::string describe() const {
-    std::string what = !done_               ? (WIFSTOPPED(status_) ? "stopped" : "running")
-                       : WIFEXITED(status_) ? "exited " + std::to_string(WEXITSTATUS(status_))
-                                            : "killed by signal " + std::to_string(WTERMSIG(status_));
+    std::string what =
+        !done_ ? (WIFSTOPPED(status_) ? "stopped by signal " + std::to_string(WSTOPSIG(status_)) : "running")
+        : WIFEXITED(status_) ? "exited " + std::to_string(WEXITSTATUS(status_))
+                             : "killed by signal " + std::to_string(WTERMSIG(status_));
     return what + "; output:\n" + output();
   }
 
@@ -233,7 +248,8 @@ void kill_inside_checkpoint_write(const fs::path& run, const fs::path& log, int 
   options.env.push_back("GRAFT_TEST_PAUSE_IN_CHECKPOINT_WRITE=" + point);
   if (fallback_renames) options.env.push_back("GRAFT_NO_RENAME_EXCHANGE=1");
   Child child(train_args(run.string(), epochs) + " --resume", log, options);
-  ASSERT_TRUE(child.wait()) << "no stop at " << point << " within the timeout: " << child.describe();
+  ASSERT_TRUE(child.wait(kRunTimeout, /*stops_expected=*/true))
+      << "no stop at " << point << " within the timeout: " << child.describe();
   ASSERT_TRUE(child.stopped()) << "the run did not reach " << point << ": " << child.describe();
   while_stopped();
   child.kill_now();
