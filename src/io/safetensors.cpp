@@ -1,4 +1,4 @@
-// The safetensors format: a validating, memory-mapped reader and an atomic writer.
+// The safetensors format: a validating, memory-mapped reader and an atomic writer (graft/files.h).
 // Format: https://github.com/huggingface/safetensors (README, "Format"). The writer lays files out like
 // the reference serializer (safetensors/src/tensor.rs, `prepare`, v0.4): header padded with spaces to a
 // multiple of 8 bytes, wider element types first, so every tensor's data is aligned to its element size
@@ -8,7 +8,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -19,6 +18,7 @@
 #include <unordered_set>
 
 #include "graft/errors.h"
+#include "graft/files.h"
 #include "graft/weights.h"
 
 namespace graft {
@@ -196,82 +196,6 @@ void check_no_overlap(const std::string& path, const std::vector<TensorInfo>& te
     if (k == 0 || current.end > tensors[furthest].end) furthest = order[k];
   }
 }
-
-// write(2) until done: it may write less than asked and be interrupted by signals.
-bool write_all(int fd, const void* data, size_t size) {
-  const auto* bytes = static_cast<const uint8_t*>(data);
-  constexpr size_t kChunk = 1u << 30;  // Linux writes at most ~2 GiB per call
-  while (size > 0) {
-    const ssize_t written = ::write(fd, bytes, std::min(size, kChunk));
-    if (written < 0) {
-      if (errno == EINTR) continue;
-      return false;
-    }
-    bytes += written;
-    size -= static_cast<size_t>(written);
-  }
-  return true;
-}
-
-// The temporary file of an atomic write: removed unless committed by renaming it over the target.
-class TempFile {
- public:
-  TempFile(const std::string& target) : target_(target) {
-    namespace fs = std::filesystem;
-    static std::atomic<uint64_t> counter{0};
-    const fs::path target_path(target);
-    const fs::path folder = target_path.has_parent_path() ? target_path.parent_path() : fs::path(".");
-    for (int attempt = 0; attempt < 100; ++attempt) {
-      path_ = (folder / ("." + target_path.filename().string() + ".tmp-" + std::to_string(::getpid()) + "-" +
-                         std::to_string(counter++)))
-                  .string();
-      // 0666 so the final file gets the usual umask-derived permissions, as a plain fopen would.
-      fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-      if (fd_ >= 0 || errno != EEXIST) break;
-    }
-    if (fd_ < 0) fail("cannot create the temporary file " + path_);
-  }
-  ~TempFile() {
-    if (fd_ >= 0) ::close(fd_);
-    if (!committed_) ::unlink(path_.c_str());
-  }
-  TempFile(const TempFile&) = delete;
-  TempFile& operator=(const TempFile&) = delete;
-
-  void write(const void* data, size_t size) {
-    if (!write_all(fd_, data, size)) fail("cannot write to the temporary file " + path_);
-  }
-
-  // fsync before rename: otherwise a crash can leave the new name pointing at an empty file.
-  void commit() {
-    if (::fsync(fd_) != 0) fail("cannot flush the temporary file " + path_ + " to disk");
-    const int fd = fd_;
-    fd_ = -1;
-    if (::close(fd) != 0) fail("cannot close the temporary file " + path_);
-    if (::rename(path_.c_str(), target_.c_str()) != 0)
-      fail("cannot rename the temporary file " + path_ + " to the target");
-    committed_ = true;
-    // Best effort: make the rename itself durable; the data is already safe.
-    const std::filesystem::path target_path(target_);
-    const std::string folder = target_path.has_parent_path() ? target_path.parent_path().string() : ".";
-    const int dir_fd = ::open(folder.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dir_fd >= 0) {
-      ::fsync(dir_fd);
-      ::close(dir_fd);
-    }
-  }
-
- private:
-  [[noreturn]] void fail(const std::string& what) const {
-    const int err = errno;
-    throw Error(target_ + ": cannot write safetensors file: " + what + ": " + errno_text(err) +
-                " (the existing file, if any, is unchanged)");
-  }
-
-  std::string target_, path_;
-  int fd_ = -1;
-  bool committed_ = false;
-};
 
 }  // namespace
 
@@ -480,7 +404,7 @@ void write_safetensors(const std::string& path, const NamedTensors& tensors,
     throw Error(path + ": the safetensors header would be " + std::to_string(header.size()) +
                 " bytes, more than the " + std::to_string(kMaxSafetensorsHeaderBytes) + " a reader accepts");
 
-  TempFile file(path);
+  AtomicFile file(path, "safetensors file");
   const uint64_t header_size = header.size();
   std::string prefix(8, '\0');
   std::memcpy(prefix.data(), &header_size, sizeof header_size);

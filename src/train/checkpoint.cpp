@@ -15,11 +15,13 @@
 //      Where the exchange is unsupported: rename(D, "D.old-XXXXXX"), then rename(tmp, D), then remove
 //      the old one. A crash between the two renames leaves no D but a complete D.old-*, which
 //      find_checkpoint() picks.
-//      (GRAFT_NO_RENAME_EXCHANGE=1 forces this path.)
+//      (GRAFT_NO_RENAME_EXCHANGE=1 forces this path. GRAFT_TEST_PAUSE_IN_CHECKPOINT_WRITE is a test-only
+//      hook that stops the process inside these steps; see pause_for_test.)
 //   3. fsync the parent folder so the renames are durable; remove stale D.tmp-* / D.old-* siblings.
 // Reading (find_checkpoint): D if it is complete (trainer.json parses and every file it names has the
 // recorded size), else the complete D.old-* with the highest epoch, else nothing.
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <torch/optim/optimizer.h>
 #include <torch/serialize.h>
@@ -31,9 +33,11 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "graft/files.h"
 #include "graft/trainer.h"
 #include "graft/weights.h"
 
@@ -49,19 +53,25 @@ constexpr const char* kStateFile = "trainer.json";
 constexpr int kFormatVersion = 1;
 
 std::string errno_text() {
-  return std::strerror(errno);
+  return file_error_text(errno);
 }
 
-// Makes a file's (or folder's) contents durable before a rename publishes it.
-void fsync_path(const std::string& path, bool directory) {
-  const int fd = ::open(path.c_str(), O_RDONLY | (directory ? O_DIRECTORY : 0));
-  if (fd < 0) throw Error("cannot open '" + path + "' to flush it: " + errno_text());
-  const int rc = ::fsync(fd);
-  const int saved = errno;
-  ::close(fd);
-  // Some file systems refuse fsync on folders (EINVAL); the data is then as durable as it gets.
-  if (rc != 0 && !(directory && saved == EINVAL))
-    throw Error("cannot flush '" + path + "' to disk: " + std::strerror(saved));
+// Test-only hook (tests/e2e/test_runs_that_die.cpp): with
+// GRAFT_TEST_PAUSE_IN_CHECKPOINT_WRITE=NAME:EPOCH:POINT the process stops itself (SIGSTOP) at POINT of
+// writing checkpoint NAME (last, best) of epoch EPOCH, so that a test can SIGKILL it exactly there. POINT:
+//   partial  model.safetensors is in the temporary folder, trainer.json is not
+//   whole    the temporary folder is complete and flushed, not yet renamed to NAME
+//   aside    (fallback scheme, GRAFT_NO_RENAME_EXCHANGE=1) the previous NAME is at NAME.old-*, the new one
+//            not yet renamed to NAME
+// SIGCONT lets it carry on as if nothing happened. Unset, as in every real run, it costs one getenv.
+void pause_for_test(const std::string& dir, int64_t epoch, const char* point) {
+  static const char* const spec = std::getenv("GRAFT_TEST_PAUSE_IN_CHECKPOINT_WRITE");
+  if (!spec) return;
+  const std::string here = fs::path(dir).filename().string() + ":" + std::to_string(epoch) + ":" + point;
+  if (spec != here) return;
+  // The line tells the test this stop is the hook's and not another process's SIGSTOP.
+  std::cerr << "graft: test hook: stopping in checkpoint write " << here << std::endl;
+  ::raise(SIGSTOP);
 }
 
 std::string parent_of(const std::string& path) {
@@ -253,37 +263,6 @@ std::optional<json> complete_state(const std::string& dir) {
 
 }  // namespace
 
-void write_file_atomic(const std::string& path, const std::string& contents) {
-  std::string temp = path + ".tmp-XXXXXX";
-  const int fd = ::mkstemp(temp.data());
-  if (fd < 0) throw Error("cannot create a temporary file next to '" + path + "': " + errno_text());
-  size_t written = 0;
-  while (written < contents.size()) {
-    const ssize_t n = ::write(fd, contents.data() + written, contents.size() - written);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      const std::string reason = errno_text();
-      ::close(fd);
-      ::unlink(temp.c_str());
-      throw Error("cannot write '" + temp + "': " + reason);
-    }
-    written += static_cast<size_t>(n);
-  }
-  // mkstemp creates 0600; a results file should be readable like any other.
-  ::fchmod(fd, 0644);
-  if (::fsync(fd) != 0 || ::close(fd) != 0) {
-    const std::string reason = errno_text();
-    ::unlink(temp.c_str());
-    throw Error("cannot flush '" + temp + "': " + reason);
-  }
-  if (::rename(temp.c_str(), path.c_str()) != 0) {
-    const std::string reason = errno_text();
-    ::unlink(temp.c_str());
-    throw Error("cannot rename '" + temp + "' to '" + path + "': " + reason);
-  }
-  fsync_path(parent_of(path), /*directory=*/true);
-}
-
 void save_checkpoint(const std::string& dir, const torch::nn::Module& model,
                      const torch::optim::Optimizer* optimizer, const TrainerState& state) {
   std::error_code error;
@@ -300,11 +279,21 @@ void save_checkpoint(const std::string& dir, const torch::nn::Module& model,
     write_safetensors(model_path, state_dict(model),
                       {{"format", "pt"}, {"graft_epoch", std::to_string(state.epoch)}});
     files[kModelFile] = fs::file_size(model_path);
+    pause_for_test(dir, state.epoch, "partial");
     if (optimizer) {
       const std::string optimizer_path = (fs::path(temp) / kOptimizerFile).string();
-      torch::save(*optimizer, optimizer_path);
-      fsync_path(optimizer_path, /*directory=*/false);
-      files[kOptimizerFile] = fs::file_size(optimizer_path);
+      // Serialised in memory, then written with checked writes. torch::save(optimizer, path) on a full disk
+      // reports "file write failed" without the reason, then its writer's destructor throws again and the
+      // process aborts (std::terminate, exit 134, seen with libtorch 1.13), leaving a stale temporary.
+      std::string bytes;
+      torch::serialize::OutputArchive archive;
+      optimizer->save(archive);
+      archive.save_to(std::function<size_t(const void*, size_t)>([&bytes](const void* data, size_t size) {
+        bytes.append(static_cast<const char*>(data), size);
+        return size;
+      }));
+      write_file_atomic(optimizer_path, bytes);
+      files[kOptimizerFile] = bytes.size();
     }
     json state_json = state_to_json(state);
     state_json["files"] = files;
@@ -312,8 +301,10 @@ void save_checkpoint(const std::string& dir, const torch::nn::Module& model,
     fsync_path(temp, /*directory=*/true);
   } catch (const std::exception& e) {
     remove_quietly(temp);
-    throw Error("cannot write checkpoint '" + dir + "': " + e.what());
+    throw Error("cannot write checkpoint '" + dir + "' (the previous one there, if any, is unchanged): " +
+                e.what());
   }
+  pause_for_test(dir, state.epoch, "whole");
 
   if (!fs::exists(dir, error)) {
     if (::rename(temp.c_str(), dir.c_str()) != 0) {
@@ -339,6 +330,7 @@ void save_checkpoint(const std::string& dir, const torch::nn::Module& model,
         remove_quietly(temp);
         throw Error("cannot move the previous checkpoint '" + dir + "' aside: " + reason);
       }
+      pause_for_test(dir, state.epoch, "aside");
       if (::rename(temp.c_str(), dir.c_str()) != 0) {
         const std::string reason = errno_text();
         throw Error("cannot move checkpoint '" + temp + "' to '" + dir + "': " + reason +

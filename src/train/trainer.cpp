@@ -22,6 +22,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "graft/files.h"
 #include "graft/progress.h"
 #include "layers/conv_bn.h"
 
@@ -83,6 +84,29 @@ std::string epoch_summary(const EpochResult& r, int64_t epochs, const std::strin
   line << "  lr " << format("%.3g", r.lr) << "  " << format("%.1f", r.seconds) << 's';
   if (r.improved) line << "  (best " << monitor << ')';
   return line.str();
+}
+
+// " (the last good checkpoint, epoch N, is in DIR)" when the run has one.
+std::string last_good_checkpoint_note(const TrainConfig& config, int64_t epochs_done,
+                                      const std::string& last_dir) {
+  if (config.out_dir.empty() || !config.save_checkpoints || epochs_done <= 0) return "";
+  return " (the last good checkpoint, epoch " + std::to_string(epochs_done) + ", is in " + last_dir + ")";
+}
+
+// The first parameter or buffer holding NaN or Inf, as "parameter 'name' is nan"; empty when all are finite.
+// The loss can stay finite while the weights overflow (at a huge rate BatchNorm's running_var goes to inf and
+// the network predicts a constant): such a state must not become a checkpoint.
+std::string first_non_finite(const torch::nn::Module& model) {
+  torch::NoGradGuard no_grad;
+  auto check = [](const char* kind, const std::string& name, const torch::Tensor& t) -> std::string {
+    if (!t.is_floating_point() || torch::isfinite(t).all().item<bool>()) return "";
+    return std::string(kind) + " '" + name + "' is " + (torch::isnan(t).any().item<bool>() ? "nan" : "inf");
+  };
+  for (const auto& item : model.named_parameters(/*recurse=*/true))
+    if (auto found = check("parameter", item.key(), item.value()); !found.empty()) return found;
+  for (const auto& item : model.named_buffers(/*recurse=*/true))
+    if (auto found = check("buffer", item.key(), item.value()); !found.empty()) return found;
+  return "";
 }
 
 }  // namespace
@@ -335,6 +359,19 @@ void Trainer::restore_from_checkpoint() {
   if (!config_.device.is_cpu() && !state.device_rng_state.empty() && state.rng_device == config_.device.str())
     set_generator_state(config_.device, state.device_rng_state);
   log() << "resumed from " << *found << " after epoch " << epochs_done_ << " (step " << global_step_ << ")\n";
+
+  // Killed between writing checkpoints/last and checkpoints/best of an improving epoch: last says that
+  // epoch is the best, best holds an older one (or none). Both were written from the same model, optimiser
+  // and state, all restored now, so best is rewritten from them as the finished epoch would have.
+  if (config_.save_checkpoints && state.has_best && state.best_epoch == state.epoch && state.epoch > 0) {
+    const std::string best_dir = checkpoint_dir("best");
+    const std::optional<std::string> best = find_checkpoint(best_dir);
+    if (!best || read_trainer_state(*best).epoch != state.epoch) {
+      log() << "resume: " << best_dir << " is older than epoch " << state.epoch
+            << ", the best so far (the run stopped while writing it); writing it again\n";
+      save_checkpoint(best_dir, *model_, optimizer_.optimizer.get(), state);
+    }
+  }
 }
 
 void Trainer::rewrite_metrics_csv() {
@@ -343,12 +380,13 @@ void Trainer::rewrite_metrics_csv() {
   write_file_atomic((fs::path(config_.out_dir) / "metrics.csv").string(), text);
 }
 
+// metrics.csv is the header and one row per epoch of history_, which already ends with `result`: the
+// file is rewritten whole (atomically, a few hundred bytes an epoch) rather than appended to, so that a
+// kill or a full disk mid-append cannot leave half a row, and a write error names its reason.
 void Trainer::append_metrics_csv(const EpochResult& result) {
-  const std::string path = (fs::path(config_.out_dir) / "metrics.csv").string();
-  std::ofstream out(path, std::ios::app);
-  out << csv_row(result, causal_lm());
-  out.flush();
-  if (!out) throw Error("cannot append to '" + path + "'");
+  if (history_.epochs.empty() || history_.epochs.back().epoch != result.epoch)
+    throw Error("metrics.csv: epoch " + std::to_string(result.epoch) + " is not the last of the history");
+  rewrite_metrics_csv();
 }
 
 torch::Tensor Trainer::loss_of(const torch::Tensor& logits, const torch::Tensor& labels) const {
@@ -430,10 +468,7 @@ EpochResult Trainer::run_epoch(BatchSource& train, BatchSource* val, int64_t epo
                             " at epoch " + std::to_string(result.epoch) + " step " +
                             std::to_string(global_step_ + 1) +
                             "; lower --lr, enable --grad-clip, check the data";
-      if (!config_.out_dir.empty() && config_.save_checkpoints && epochs_done_ > 0)
-        message += " (the last good checkpoint, epoch " + std::to_string(epochs_done_) + ", is in " +
-                   checkpoint_dir("last") + ")";
-      throw NonFiniteLoss(message);
+      throw NonFiniteLoss(message + last_good_checkpoint_note(config_, epochs_done_, checkpoint_dir("last")));
     }
     loss.backward();
     if (config_.grad_clip > 0) torch::nn::utils::clip_grad_norm_(trainable_params(), config_.grad_clip);
@@ -497,6 +532,14 @@ TrainHistory Trainer::fit(BatchSource& train, BatchSource* val) {
     std::error_code error;
     fs::create_directories(fs::path(config_.out_dir) / "checkpoints", error);
     if (error) throw Error("cannot create run directory '" + config_.out_dir + "': " + error.message());
+    // Leftovers of an earlier run killed while writing: files (metrics.csv, model.safetensors) and checkpoint
+    // folders (checkpoints/best.tmp-*, which only the next improving epoch would otherwise clean up). They
+    // are never read; NAME.old-* folders stay, they may hold the only complete checkpoint.
+    remove_stale_temporaries(config_.out_dir);
+    for (const auto& entry : fs::directory_iterator(fs::path(config_.out_dir) / "checkpoints", error)) {
+      const std::string name = entry.path().filename().string();
+      if (name.rfind("last.tmp-", 0) == 0 || name.rfind("best.tmp-", 0) == 0) fs::remove_all(entry.path(), error);
+    }
   }
   if (config_.resume) restore_from_checkpoint();
   if (!optimizer_.optimizer) optimizer_ = build_optimizer(optimizer_.config, pending_groups_);
@@ -515,6 +558,11 @@ TrainHistory Trainer::fit(BatchSource& train, BatchSource* val) {
           << " epochs; nothing to do\n";
   for (int64_t epoch_index = epochs_done_; epoch_index < config_.epochs; ++epoch_index) {
     EpochResult result = run_epoch(train, val, epoch_index);
+    if (const std::string broken = first_non_finite(*model_); !broken.empty())
+      throw NonFiniteLoss(broken + " after epoch " + std::to_string(result.epoch) +
+                          " (the weights overflowed, though the loss stayed finite); lower --lr, enable "
+                          "--grad-clip, check the data" +
+                          last_good_checkpoint_note(config_, epochs_done_, checkpoint_dir("last")));
     if (result.improved) {
       history_.best_epoch = result.epoch;
       history_.best_metric = early_stopping_.best();
@@ -552,6 +600,10 @@ TrainHistory Trainer::fit(BatchSource& train, BatchSource* val) {
       break;
     }
   }
+  // Again after the loop: a run killed after its last checkpoint but before the picture resumes with no
+  // epochs left to run.
+  if (writes && config_.write_plots && !history_.epochs.empty())
+    write_training_curves_svg((fs::path(config_.out_dir) / "training_curves.svg").string(), history_.epochs);
   if (writes && config_.write_plots && !history_.epochs.empty() && history_.epochs.back().val_metrics &&
       !history_.epochs.back().val_metrics->token_level) {
     const Metrics& metrics = *history_.epochs.back().val_metrics;

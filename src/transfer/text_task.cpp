@@ -17,6 +17,7 @@
 
 #include "graft/bert.h"
 #include "graft/errors.h"
+#include "graft/files.h"
 #include "graft/transfer.h"
 #include "graft/transformers.h"
 #include "graft/weights.h"
@@ -753,9 +754,22 @@ void export_hf(const std::string& run_dir, const std::string& out_dir) {
   const fs::path temporary = target.parent_path() / (target.filename().string() + ".tmp-export");
   fs::remove_all(temporary);
   fs::create_directories(temporary);
-  for (const auto& name : files) fs::copy_file(fs::path(run_dir) / name, temporary / name);
+  try {
+    // copy_file reports a full disk (filesystem_error naming both files); the fsyncs make the copies
+    // durable before the rename publishes them.
+    for (const auto& name : files) {
+      fs::copy_file(fs::path(run_dir) / name, temporary / name);
+      fsync_path((temporary / name).string(), /*directory=*/false);
+    }
+    fsync_path(temporary.string(), /*directory=*/true);
+  } catch (...) {  // a half-assembled folder is of no use
+    std::error_code ignored;
+    fs::remove_all(temporary, ignored);
+    throw;
+  }
   if (fs::exists(target)) fs::remove(target);  // an empty folder
   fs::rename(temporary, target);
+  fsync_path(target.parent_path().string(), /*directory=*/true);
 }
 
 }  // namespace graft

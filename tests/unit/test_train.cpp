@@ -3,14 +3,21 @@
 // are computed by hand (in the comments) or with plain scalar arithmetic, never with the code under test.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cmath>
+#include <cstring>
+#include <limits>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 
+#include "graft/files.h"
 #include "graft/progress.h"
 #include "graft/trainer.h"
 #include "graft/weights.h"
@@ -691,6 +698,85 @@ TEST(Trainer, NanLossStopsWithAMessageAndKeepsTheLastGoodCheckpoint) {
     EXPECT_TRUE(torch::isfinite(item.second).all().item<bool>()) << item.first;
 }
 
+TEST(Trainer, OverflowingWeightsWithAFiniteLossStopAndKeepTheLastGoodCheckpoint) {
+  // At a huge rate BatchNorm's running_var can overflow while the loss stays finite; here a buffer the
+  // loss never reads is set to inf during epoch 2. Epoch 2 must not become a checkpoint.
+  TempDir dir("overflow");
+  Data data;
+  std::ostringstream log;
+  torch::manual_seed(8);
+  TinyMlp model;
+  model->register_buffer("running_stat", torch::ones({3}));
+  TrainConfig config = base_config(log);
+  config.out_dir = dir.str();
+  auto poisoned = std::make_shared<bool>(false);
+  config.on_epoch_end.push_back([poisoned](Trainer&, EpochResult& r) { *poisoned = r.epoch == 1; });
+  Trainer trainer(
+      model.ptr(),
+      [model, poisoned](const torch::Tensor& x) mutable {
+        if (*poisoned) {
+          torch::NoGradGuard no_grad;
+          model->named_buffers()["running_stat"][1] = std::numeric_limits<float>::infinity();
+        }
+        return model->forward(x);
+      },
+      config);
+  try {
+    trainer.fit(*data.train, data.val.get());
+    FAIL() << "an inf buffer did not stop the run";
+  } catch (const NonFiniteLoss& e) {
+    const std::string message = e.what();
+    const std::string expected =
+        "buffer 'running_stat' is inf after epoch 2 (the weights overflowed, though the loss stayed finite); "
+        "lower --lr, enable --grad-clip, check the data (the last good checkpoint, epoch 1, is in " +
+        (dir / "checkpoints" / "last").string() + ")";
+    EXPECT_NE(message.find(expected), std::string::npos) << message;
+  }
+  const auto last = find_checkpoint((dir / "checkpoints/last").string());
+  ASSERT_TRUE(last.has_value());
+  EXPECT_EQ(read_trainer_state(*last).epoch, 1);
+  for (const auto& item : read_safetensors((fs::path(*last) / "model.safetensors").string()))
+    EXPECT_TRUE(torch::isfinite(item.second).all().item<bool>()) << item.first;
+}
+
+TEST(Trainer, ResumeRewritesBestWhenTheRunDiedBetweenLastAndBest) {
+  // A run killed after writing checkpoints/last of an improving epoch but before checkpoints/best: the
+  // resumed run must end with the uninterrupted run's best, not the older one left on disk.
+  TempDir whole("best_gap_whole"), parts("best_gap_parts"), older("best_gap_older");
+  Data data;
+  std::ostringstream log;
+  auto fit = [&](const std::string& out, int64_t epochs, bool resume) {
+    torch::manual_seed(21);
+    TinyMlp model;
+    TrainConfig config = base_config(log);
+    config.out_dir = out;
+    config.epochs = 4;
+    config.resume = resume;
+    config.on_epoch_end.push_back(
+        [epochs](Trainer&, EpochResult& r) { r.stop_requested = r.epoch == epochs; });
+    return make_trainer(model, config)->fit(*data.train, data.val.get());
+  };
+  const TrainHistory reference = fit(whole.str(), 4, false);
+  ASSERT_TRUE(reference.epochs[1].improved) << "the test needs epoch 2 to improve";
+  fit(older.str(), 1, false);
+  fit(parts.str(), 2, false);
+  // The state a kill between the two writes of epoch 2 leaves: best is epoch 1's.
+  fs::remove_all(parts / "checkpoints/best");
+  fs::copy(older / "checkpoints/best", parts / "checkpoints/best", fs::copy_options::recursive);
+  ASSERT_EQ(read_trainer_state((parts / "checkpoints/best").string()).epoch, 1);
+
+  fit(parts.str(), 4, true);
+  EXPECT_NE(log.str().find("checkpoints/best is older than epoch 2, the best so far"), std::string::npos)
+      << log.str();
+  const TrainerState best_whole = read_trainer_state((whole / "checkpoints/best").string());
+  const TrainerState best_parts = read_trainer_state((parts / "checkpoints/best").string());
+  EXPECT_EQ(best_parts.epoch, best_whole.epoch);
+  TinyMlp a, b;
+  load_checkpoint_model((whole / "checkpoints/best").string(), *a);
+  load_checkpoint_model((parts / "checkpoints/best").string(), *b);
+  expect_same_weights(*a, *b);
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Checkpoints
 
@@ -802,6 +888,98 @@ TEST(Checkpoint, ResumeFromAnIncompleteCheckpointIsAClearError) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("is incomplete"), std::string::npos) << e.what();
   }
+}
+
+// A full disk (a file-size limit standing in for it) while writing optimizer.pt, which libtorch
+// serialises: a clear error naming the file and the limit, the previous checkpoint untouched, no temporaries.
+TEST(Checkpoint, FullDiskWhileWritingTheOptimizerKeepsThePreviousCheckpoint) {
+  TempDir dir("ckpt_full");
+  torch::manual_seed(3);
+  auto model = torch::nn::Linear(64, 64);
+  OptimizerConfig c;
+  c.name = "adam";  // two moments per parameter: optimizer.pt is about twice model.safetensors
+  GroupedOptimizer opt = build_optimizer(c, {{model->parameters(), 1.0, "all"}});
+  model->forward(torch::randn({4, 64})).sum().backward();
+  opt.optimizer->step();
+  const std::string last = (dir / "last").string();
+  save_checkpoint(last, *model, opt.optimizer.get(), state_at(1));
+  const uintmax_t model_bytes = fs::file_size(fs::path(last) / "model.safetensors");
+  const uintmax_t optimizer_bytes = fs::file_size(fs::path(last) / "optimizer.pt");
+  ASSERT_GT(optimizer_bytes, model_bytes + 4096);
+  const std::string before = read_file(fs::path(last) / "optimizer.pt");
+
+  rlimit saved{};
+  ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &saved), 0);
+  const auto previous_handler = ::signal(SIGXFSZ, SIG_IGN);  // write() then fails with EFBIG
+  rlimit limited = saved;
+  limited.rlim_cur = (model_bytes + optimizer_bytes) / 2;
+  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &limited), 0);
+  std::string message;
+  try {
+    save_checkpoint(last, *model, opt.optimizer.get(), state_at(2));
+  } catch (const Error& e) {
+    message = e.what();
+  }
+  ::setrlimit(RLIMIT_FSIZE, &saved);
+  ::signal(SIGXFSZ, previous_handler);
+
+  ASSERT_FALSE(message.empty()) << "expected graft::Error from a write over the file size limit";
+  const std::string expected =
+      "cannot write checkpoint '" + last + "' (the previous one there, if any, is unchanged)";
+  EXPECT_NE(message.find(expected), std::string::npos) << message;
+  EXPECT_NE(message.find("/optimizer.pt: cannot write"), std::string::npos) << message;
+  EXPECT_NE(message.find("File too large (a file-size limit was reached"), std::string::npos) << message;
+  EXPECT_EQ(read_trainer_state(*find_checkpoint(last)).epoch, 1);
+  EXPECT_EQ(read_file(fs::path(last) / "optimizer.pt"), before);
+  int entries = 0;
+  for (const auto& entry : fs::directory_iterator(dir.str())) ++entries, (void)entry;
+  EXPECT_EQ(entries, 1) << "a temporary folder was left behind";
+}
+
+TEST(Files, ErrorTextSaysWhatToDoWhenTheDiskIsFull) {
+  EXPECT_EQ(file_error_text(ENOSPC), std::string(std::strerror(ENOSPC)) +
+                                         " (the disk or your quota is full: free space, or write the run "
+                                         "elsewhere with --out)");
+  EXPECT_NE(file_error_text(EFBIG).find("a file-size limit was reached"), std::string::npos);
+  EXPECT_EQ(file_error_text(EACCES), std::strerror(EACCES));
+}
+
+TEST(Files, WriteFileAtomicReplacesWholeAndNamesTheFileOnError) {
+  TempDir dir("files_atomic");
+  const std::string path = (dir / "metrics.csv").string();
+  write_file_atomic(path, "old\n");
+  write_file_atomic(path, "new\n");
+  EXPECT_EQ(read_file(path), "new\n");
+  try {
+    write_file_atomic((dir / "no_such_folder" / "x.txt").string(), "x");
+    FAIL() << "wrote into a missing folder";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find((dir / "no_such_folder" / "x.txt").string() +
+                                         ": cannot create the temporary file"),
+              std::string::npos)
+        << e.what();
+    EXPECT_NE(std::string(e.what()).find(std::strerror(ENOENT)), std::string::npos) << e.what();
+  }
+  int entries = 0;
+  for (const auto& entry : fs::directory_iterator(dir.str())) ++entries, (void)entry;
+  EXPECT_EQ(entries, 1) << "a temporary was left behind";
+}
+
+TEST(Files, StaleTemporariesOfDeadWritersAreRemovedOthersStay) {
+  TempDir dir("files_stale");
+  const pid_t dead = ::fork();
+  if (dead == 0) ::_exit(0);
+  ASSERT_GT(dead, 0);
+  ::waitpid(dead, nullptr, 0);
+  const std::vector<std::string> stale = {".metrics.csv.tmp-" + std::to_string(dead) + "-0"};
+  // Kept: this process's, init's (alive), and names that are not AtomicFile temporaries.
+  const std::vector<std::string> kept = {".metrics.csv.tmp-" + std::to_string(::getpid()) + "-3",
+                                         ".graft.json.tmp-1-0", "metrics.csv", ".hidden", "notes.tmp-12-0"};
+  for (const auto& name : stale) std::ofstream(dir / name) << "partial";
+  for (const auto& name : kept) std::ofstream(dir / name) << "x";
+  EXPECT_EQ(remove_stale_temporaries(dir.str()), 1);
+  for (const auto& name : stale) EXPECT_FALSE(fs::exists(dir / name)) << name;
+  for (const auto& name : kept) EXPECT_TRUE(fs::exists(dir / name)) << name;
 }
 
 TEST(Checkpoint, OptimizerStateRoundTrip) {
