@@ -51,16 +51,16 @@ inline FakeFile lfs_file(const std::string& content) {
 }
 
 struct FakeRepo {
-  std::string commit;                      // 40 hex digits
+  std::string commit;  // 40 hex digits
   std::vector<std::string> branches = {"main"};
-  std::map<std::string, FakeFile> files;   // rfilename -> file
-  std::vector<std::string> listed_only;    // names in the listing the repository cannot serve
+  std::map<std::string, FakeFile> files;  // rfilename -> file
+  std::vector<std::string> listed_only;   // names in the listing the repository cannot serve
 };
 
 struct FakeRequest {
   std::string method, path;
   std::map<std::string, std::string> headers;  // lower-case names
-  int status = 0;                               // what the fake answered
+  int status = 0;                              // what the fake answered
 };
 
 class FakeHub {
@@ -74,7 +74,8 @@ class FakeHub {
     address.sin_family = AF_INET;
     address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     address.sin_port = 0;  // any free port
-    if (::bind(listener_, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0 || ::listen(listener_, 16) != 0)
+    if (::bind(listener_, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0 ||
+        ::listen(listener_, 16) != 0)
       throw std::runtime_error("FakeHub: cannot listen on 127.0.0.1");
     socklen_t length = sizeof address;
     ::getsockname(listener_, reinterpret_cast<sockaddr*>(&address), &length);
@@ -117,7 +118,8 @@ class FakeHub {
   // Git's object id of a file kept in git: SHA-1 of "blob <size>\0<content>". The fake needs only a
   // stable 40-digit tag, so it takes the first 40 digits of a SHA-256 of the same bytes.
   static std::string git_etag(const std::string& content) {
-    return graft::sha256_hex("blob " + std::to_string(content.size()) + std::string(1, '\0') + content).substr(0, 40);
+    return graft::sha256_hex("blob " + std::to_string(content.size()) + std::string(1, '\0') + content)
+        .substr(0, 40);
   }
 
  private:
@@ -153,13 +155,20 @@ class FakeHub {
 
   static std::string reason(int status) {
     switch (status) {
-      case 200: return "OK";
-      case 206: return "Partial Content";
-      case 302: return "Found";
-      case 401: return "Unauthorized";
-      case 404: return "Not Found";
-      case 416: return "Range Not Satisfiable";
-      default: return "Status";
+      case 200:
+        return "OK";
+      case 206:
+        return "Partial Content";
+      case 302:
+        return "Found";
+      case 401:
+        return "Unauthorized";
+      case 404:
+        return "Not Found";
+      case 416:
+        return "Range Not Satisfiable";
+      default:
+        return "Status";
     }
   }
 
@@ -212,13 +221,15 @@ class FakeHub {
       seen.status = response.status;
       requests_.push_back(seen);
     }
-    const size_t length = response.content_length != std::string::npos ? response.content_length : response.body.size();
+    const size_t length =
+        response.content_length != std::string::npos ? response.content_length : response.body.size();
     std::string head = "HTTP/1.1 " + std::to_string(response.status) + " " + reason(response.status) + "\r\n";
     for (const auto& [name, value] : response.headers) head += name + ": " + value + "\r\n";
     head += "Content-Length: " + std::to_string(length) + "\r\nConnection: close\r\n\r\n";
     send_all(client, head);
     if (seen.method == "HEAD") return;
-    send_all(client, response.send_only == std::string::npos ? response.body : response.body.substr(0, response.send_only));
+    send_all(client, response.send_only == std::string::npos ? response.body
+                                                             : response.body.substr(0, response.send_only));
   }
 
   // Called with the lock held.
@@ -246,7 +257,8 @@ class FakeHub {
       const auto repo = repos_.find(id);
       if (repo == repos_.end()) return not_found("Repository not found");
       if (revision != repo->second.commit &&
-          std::find(repo->second.branches.begin(), repo->second.branches.end(), revision) == repo->second.branches.end())
+          std::find(repo->second.branches.begin(), repo->second.branches.end(), revision) ==
+              repo->second.branches.end())
         return not_found("Revision not found");
       nlohmann::json siblings = nlohmann::json::array();
       for (const auto& [name, file] : repo->second.files) {
@@ -278,7 +290,8 @@ class FakeHub {
     const auto repo = repos_.find(id);
     if (repo == repos_.end()) return not_found("Repository not found");
     if (revision != repo->second.commit &&
-        std::find(repo->second.branches.begin(), repo->second.branches.end(), revision) == repo->second.branches.end())
+        std::find(repo->second.branches.begin(), repo->second.branches.end(), revision) ==
+            repo->second.branches.end())
       return not_found("Revision not found");
     const auto file = repo->second.files.find(name);
     if (file == repo->second.files.end()) return not_found("Entry not found");

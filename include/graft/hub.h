@@ -25,19 +25,19 @@ namespace graft {
 
 struct HubOptions {
   std::string endpoint = "https://huggingface.co";  // HF_ENDPOINT; http:// is accepted (local mirrors)
-  std::string cache_dir;                             // HF_HUB_CACHE, else $HF_HOME/hub
-  std::string token;                                 // HF_TOKEN: sent as "Authorization: Bearer ..."
-  bool offline = false;                              // HF_HUB_OFFLINE=1: never touch the network
-  int attempts = 3;                   // per file: a dropped transfer is resumed (Range) this many times
-  double retry_delay_seconds = 1.0;   // before the 2nd attempt; doubles after each
-  std::ostream* log = &std::cerr;     // progress bars and per-file lines
+  std::string cache_dir;                            // HF_HUB_CACHE, else $HF_HOME/hub
+  std::string token;                                // HF_TOKEN: sent as "Authorization: Bearer ..."
+  bool offline = false;                             // HF_HUB_OFFLINE=1: never touch the network
+  int attempts = 3;                  // per file: a dropped transfer is resumed (Range) this many times
+  double retry_delay_seconds = 1.0;  // before the 2nd attempt; doubles after each
+  std::ostream* log = &std::cerr;    // progress bars and per-file lines
   // The options the environment gives (the variables above).
   static HubOptions from_environment();
 };
 
 // "ORG/NAME" (or a bare "NAME", e.g. gpt2) with an optional "@REVISION".
 struct HubRepo {
-  std::string id;                  // ORG/NAME
+  std::string id;                 // ORG/NAME
   std::string revision = "main";  // branch, tag or commit hash
   // Throws SpecError when `text` is not a valid repository id: characters [A-Za-z0-9._-], at most one
   // '/', no "--" or "..", no leading or trailing '.' or '-'.
@@ -54,20 +54,20 @@ bool looks_like_hub_repo(const std::string& value);
 void check_hub_file_name(const std::string& name);
 
 // Why graft does not take a file by default: "" when it does (config.json, *.safetensors, tokenizer
-// files, Keras *.h5, TF.js model.json), else a reason. Pickles get "pickle: ...". TF.js weight shards are
+// files, Keras *.h5, TF.js model.json), else a reason (pickles: "pickle (...)"). TF.js weight shards are
 // taken through their model.json's manifest, not by name.
 std::string hub_skip_reason(const std::string& name);
 bool is_pickle_file(const std::string& name);
 
 struct HubPullResult {
-  std::string repo;      // ORG/NAME
-  std::string revision;  // as asked
-  std::string commit;    // the commit the revision resolved to
-  std::string snapshot;  // <cache>/models--ORG--NAME/snapshots/<commit>
-  std::vector<std::string> files;                               // in the snapshot (relative names)
-  std::vector<std::pair<std::string, std::string>> skipped;     // (file, why)
-  int64_t downloaded_bytes = 0;                                 // 0: everything came from the cache
-  bool from_cache_only = false;                                 // offline, or the Hub was unreachable
+  std::string repo;                                          // ORG/NAME
+  std::string revision;                                      // as asked
+  std::string commit;                                        // the commit the revision resolved to
+  std::string snapshot;                                      // <cache>/models--ORG--NAME/snapshots/<commit>
+  std::vector<std::string> files;                            // in the snapshot (relative names)
+  std::vector<std::pair<std::string, std::string>> skipped;  // (file, why)
+  int64_t downloaded_bytes = 0;                              // 0: everything came from the cache
+  bool from_cache_only = false;                              // offline, or the Hub was unreachable
 };
 
 // Downloads `files` of repo@revision (empty: the files graft can use) into the cache and links them in
@@ -81,6 +81,7 @@ HubPullResult hub_pull(const HubRepo& repo, const std::vector<std::string>& file
 // that does not look like ORG/NAME[@REV], is returned as it is. Otherwise the repository is pulled (or,
 // with HF_HUB_OFFLINE=1, found in the cache) and the result is the snapshot's model.safetensors, else
 // its Keras .h5 (when there is exactly one), else its TF.js model.json, else the snapshot folder.
-std::string resolve_weights(const std::string& value, const HubOptions& options = HubOptions::from_environment());
+std::string resolve_weights(const std::string& value,
+                            const HubOptions& options = HubOptions::from_environment());
 
 }  // namespace graft

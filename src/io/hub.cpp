@@ -51,7 +51,8 @@ class HubConnectionError : public Error {
 };
 
 bool ends_with(const std::string& text, const std::string& suffix) {
-  return text.size() >= suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
+  return text.size() >= suffix.size() &&
+         text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 std::string lower(std::string text) {
@@ -294,8 +295,8 @@ class HttpClient {
         const auto found = state->response.headers.find("content-range");
         const std::string expected = "bytes " + std::to_string(state->offset) + "-";
         if (found == state->response.headers.end() || found->second.rfind(expected, 0) != 0) {
-          state->write_error = "the server answered the Range request from byte " + std::to_string(state->offset) +
-                               " with Content-Range '" +
+          state->write_error = "the server answered the Range request from byte " +
+                               std::to_string(state->offset) + " with Content-Range '" +
                                (found == state->response.headers.end() ? "" : found->second) + "'";
           return 0;
         }
@@ -393,7 +394,8 @@ void link_snapshot_file(const fs::path& snapshot, const std::string& name, const
 std::vector<std::string> snapshot_files(const fs::path& snapshot) {
   std::vector<std::string> files;
   for (const auto& entry : fs::recursive_directory_iterator(snapshot)) {
-    if (fs::is_regular_file(entry.path())) files.push_back(entry.path().lexically_relative(snapshot).string());
+    if (fs::is_regular_file(entry.path()))
+      files.push_back(entry.path().lexically_relative(snapshot).string());
   }
   std::sort(files.begin(), files.end());
   return files;
@@ -413,7 +415,8 @@ void check_etag(const std::string& etag, const std::string& url) {
                      std::all_of(etag.begin(), etag.end(), [](char c) {
                        return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.';
                      });
-  if (!plain) throw Error(url + ": the server's ETag '" + shorten(etag) + "' cannot name a cache file; refused");
+  if (!plain)
+    throw Error(url + ": the server's ETag '" + shorten(etag) + "' cannot name a cache file; refused");
 }
 
 fs::path cache_root(const HubOptions& options) {
@@ -436,7 +439,8 @@ std::optional<CachedSnapshot> find_cached_snapshot(const HubRepo& repo, const Hu
     const fs::path ref = folder / "refs" / repo.revision;
     if (!fs::is_regular_file(ref)) return std::nullopt;
     commit = trim(read_small_file(ref, 4096));
-    if (!is_hex(commit, 40)) throw FormatError(ref.string(), "expected a 40-digit commit hash, found '" + shorten(commit) + "'");
+    if (!is_hex(commit, 40))
+      throw FormatError(ref.string(), "expected a 40-digit commit hash, found '" + shorten(commit) + "'");
   }
   const fs::path snapshot = folder / "snapshots" / commit;
   if (!fs::is_directory(snapshot)) return std::nullopt;
@@ -464,10 +468,11 @@ HubPullResult pull_from_cache(const HubRepo& repo, const std::vector<std::string
   for (const auto& name : files) {
     check_hub_file_name(name);
     if (!fs::is_regular_file(cached->snapshot / name))
-      throw Error(repo.id + "@" + repo.revision + ": " + why + ", and " + name + " is not in the cached snapshot " +
-                  result.snapshot);
+      throw Error(repo.id + "@" + repo.revision + ": " + why + ", and " + name +
+                  " is not in the cached snapshot " + result.snapshot);
   }
-  if (result.files.empty()) throw Error(result.snapshot + ": the cached snapshot holds no files (" + why + ")");
+  if (result.files.empty())
+    throw Error(result.snapshot + ": the cached snapshot holds no files (" + why + ")");
   return result;
 }
 
@@ -532,8 +537,10 @@ class Puller {
     }
     for (const auto& name : wanted) {
       if (is_pickle_file(name) && !shards.count(name)) {
-        throw Error(name + ": refused: a pickle file (PyTorch .bin/.pt/.pth/.ckpt, .pkl) can run arbitrary code "
-                    "when loaded, and graft never downloads or loads one; take the repository's .safetensors");
+        throw Error(
+            name +
+            ": refused: a pickle file (PyTorch .bin/.pt/.pth/.ckpt, .pkl) can run arbitrary code "
+            "when loaded, and graft never downloads or loads one; take the repository's .safetensors");
       }
     }
     if (wanted.empty()) {
@@ -541,7 +548,8 @@ class Puller {
                   "); graft reads safetensors, Keras .h5 and TF.js model.json");
     }
     for (const auto& name : wanted) {
-      if (std::find(result.files.begin(), result.files.end(), name) == result.files.end()) fetch(name, result);
+      if (std::find(result.files.begin(), result.files.end(), name) == result.files.end())
+        fetch(name, result);
     }
     if (repo_.revision != commit_) write_file_atomic(folder_ / "refs" / repo_.revision, commit_);
     std::sort(result.files.begin(), result.files.end());
@@ -568,7 +576,8 @@ class Puller {
       throw FormatError(url, "expected a JSON object with \"sha\" (the commit) and \"siblings\"");
     commit = root["sha"].get<std::string>();
     if (!is_hex(commit, 40))
-      throw FormatError(url, "\"sha\" is '" + shorten(commit) + "', expected a 40-digit lowercase commit hash");
+      throw FormatError(url,
+                        "\"sha\" is '" + shorten(commit) + "', expected a 40-digit lowercase commit hash");
     if (!root.contains("siblings") || !root["siblings"].is_array())
       throw FormatError(url, "no \"siblings\" array (the repository's files)");
     for (const auto& entry : root["siblings"]) {
@@ -581,11 +590,14 @@ class Puller {
       } catch (const Error& e) {
         throw Error(url + ": the repository lists a file graft refuses to write: " + e.what());
       }
-      if (entry.contains("size") && entry["size"].is_number_integer()) sibling.size = entry["size"].get<int64_t>();
+      if (entry.contains("size") && entry["size"].is_number_integer())
+        sibling.size = entry["size"].get<int64_t>();
       if (entry.contains("lfs") && entry["lfs"].is_object()) {
         const json& lfs = entry["lfs"];
-        if (lfs.contains("sha256") && lfs["sha256"].is_string()) sibling.lfs_sha256 = lfs["sha256"].get<std::string>();
-        if (lfs.contains("size") && lfs["size"].is_number_integer()) sibling.size = lfs["size"].get<int64_t>();
+        if (lfs.contains("sha256") && lfs["sha256"].is_string())
+          sibling.lfs_sha256 = lfs["sha256"].get<std::string>();
+        if (lfs.contains("size") && lfs["size"].is_number_integer())
+          sibling.size = lfs["size"].get<int64_t>();
       }
       siblings_[sibling.name] = sibling;
     }
@@ -601,7 +613,8 @@ class Puller {
   }
 
   std::string resolve_url(const std::string& name) const {
-    return options_.endpoint + "/" + repo_.id + "/resolve/" + commit_ + "/" + url_quote(name, /*keep_slash=*/true);
+    return options_.endpoint + "/" + repo_.id + "/resolve/" + commit_ + "/" +
+           url_quote(name, /*keep_slash=*/true);
   }
 
   // HEAD: the file's ETag (X-Linked-Etag for LFS files, whose answer is a redirect to the CDN), size and
@@ -612,9 +625,9 @@ class Puller {
     for (int redirect = 0;; ++redirect) {
       response = http_.request("HEAD", url, kMaxErrorBodyBytes);
       const auto location = response.headers.find("location");
-      const bool relative_redirect = response.status >= 300 && response.status < 400 &&
-                                     location != response.headers.end() && location->second.rfind("/", 0) == 0 &&
-                                     location->second.rfind("//", 0) != 0;
+      const bool relative_redirect =
+          response.status >= 300 && response.status < 400 && location != response.headers.end() &&
+          location->second.rfind("/", 0) == 0 && location->second.rfind("//", 0) != 0;
       if (!relative_redirect || response.headers.count("x-linked-etag")) break;
       if (redirect == kMaxRelativeRedirects) throw Error(url + ": too many redirects");
       url = options_.endpoint + location->second;
@@ -630,9 +643,11 @@ class Puller {
     meta.commit = header("x-repo-commit");
     meta.etag = normalize_etag(!header("x-linked-etag").empty() ? header("x-linked-etag") : header("etag"));
     if (meta.etag.empty())
-      throw Error(url + ": the server sent no ETag (nor X-Linked-Etag); graft needs it to name and verify the file");
+      throw Error(
+          url + ": the server sent no ETag (nor X-Linked-Etag); graft needs it to name and verify the file");
     check_etag(meta.etag, url);
-    const std::string size = !header("x-linked-size").empty() ? header("x-linked-size") : header("content-length");
+    const std::string size =
+        !header("x-linked-size").empty() ? header("x-linked-size") : header("content-length");
     if (!size.empty()) {
       char* end = nullptr;
       const long long value = std::strtoll(size.c_str(), &end, 10);
@@ -641,8 +656,9 @@ class Puller {
       meta.size = value;
     }
     if (!meta.commit.empty() && meta.commit != commit_) {
-      throw Error(url + ": X-Repo-Commit is " + meta.commit + ", expected " + commit_ +
-                  " (the commit the revision listing gave); the repository changed during the pull: pull again");
+      throw Error(
+          url + ": X-Repo-Commit is " + meta.commit + ", expected " + commit_ +
+          " (the commit the revision listing gave); the repository changed during the pull: pull again");
     }
     return meta;
   }
@@ -663,7 +679,8 @@ class Puller {
     const fs::path blob = blobs / meta.etag;
     std::string how = "cached";
     std::error_code ec;
-    if (!fs::is_regular_file(blob) || (expected_size >= 0 && static_cast<int64_t>(fs::file_size(blob, ec)) != expected_size)) {
+    if (!fs::is_regular_file(blob) ||
+        (expected_size >= 0 && static_cast<int64_t>(fs::file_size(blob, ec)) != expected_size)) {
       how = download(url, name, blob, expected_size, expected_sha256, result);
     }
     const fs::path snapshot = folder_ / "snapshots" / commit_;
@@ -675,8 +692,8 @@ class Puller {
     return snapshot / name;
   }
 
-  std::string download(const std::string& url, const std::string& name, const fs::path& blob, int64_t expected_size,
-                       const std::string& expected_sha256, HubPullResult& result) {
+  std::string download(const std::string& url, const std::string& name, const fs::path& blob,
+                       int64_t expected_size, const std::string& expected_sha256, HubPullResult& result) {
     const fs::path partial = blob.string() + ".incomplete";
     bool resumed = false;
     double delay = options_.retry_delay_seconds;
@@ -722,13 +739,13 @@ class Puller {
         if (attempt < options_.attempts) continue;
       }
       if (got.code == CURLE_OK && got.status != 200 && got.status != 206) {
-        throw Error(url + ": HTTP " + std::to_string(got.status) + status_hint(got.status) + " while downloading " +
-                    name + (got.error_body.empty() ? "" : ": " + shorten(got.error_body)));
+        throw Error(url + ": HTTP " + std::to_string(got.status) + status_hint(got.status) +
+                    " while downloading " + name +
+                    (got.error_body.empty() ? "" : ": " + shorten(got.error_body)));
       }
       const int64_t have = static_cast<int64_t>(fs::file_size(partial));
       if (got.code != CURLE_OK || (expected_size >= 0 && have < expected_size)) {
-        const std::string why = got.code != CURLE_OK ? got.curl_error
-                                                     : url + ": the transfer ended early";
+        const std::string why = got.code != CURLE_OK ? got.curl_error : url + ": the transfer ended early";
         if (attempt < options_.attempts) {
           *options_.log << "graft: warning: " << why << "; " << have << " of "
                         << (expected_size >= 0 ? std::to_string(expected_size) : std::string("?"))
@@ -746,14 +763,16 @@ class Puller {
       if (expected_size >= 0 && have != expected_size) {
         fs::remove(partial);
         throw Error(url + ": " + name + " is " + std::to_string(have) + " bytes, expected " +
-                    std::to_string(expected_size) + " (Content-Length / X-Linked-Size); the download was discarded");
+                    std::to_string(expected_size) +
+                    " (Content-Length / X-Linked-Size); the download was discarded");
       }
       if (!expected_sha256.empty()) {
         const std::string actual = sha256_file(partial.string());
         if (actual != expected_sha256) {
           fs::remove(partial);
-          throw Error(url + ": " + name + " has SHA-256 " + actual + ", expected " + expected_sha256 +
-                      " (the Hub's ETag); the download was discarded and nothing was linked into the snapshot");
+          throw Error(
+              url + ": " + name + " has SHA-256 " + actual + ", expected " + expected_sha256 +
+              " (the Hub's ETag); the download was discarded and nothing was linked into the snapshot");
         }
       }
       fs::rename(partial, blob);
@@ -780,11 +799,12 @@ class Puller {
         throw FormatError(name, "a weightsManifest group without \"paths\"");
       for (const auto& path : group["paths"]) {
         if (!path.is_string()) throw FormatError(name, "a weightsManifest path that is not a string");
-        const std::string shard = folder.empty() ? path.get<std::string>() : folder + "/" + path.get<std::string>();
+        const std::string shard =
+            folder.empty() ? path.get<std::string>() : folder + "/" + path.get<std::string>();
         check_hub_file_name(shard);
         if (!siblings_.count(shard))
-          throw Error(name + " names the weight file " + shard + ", which " + repo_.id + " (commit " + commit_ +
-                      ") does not have");
+          throw Error(name + " names the weight file " + shard + ", which " + repo_.id + " (commit " +
+                      commit_ + ") does not have");
         shards.push_back(shard);
       }
     }
@@ -831,7 +851,8 @@ HubOptions HubOptions::from_environment() {
   if (options.token.empty() && !home.empty()) {  // `huggingface-cli login` stores it there
     const std::string path = !env("HF_TOKEN_PATH").empty() ? env("HF_TOKEN_PATH") : home + "/token";
     std::error_code ec;
-    if (fs::is_regular_file(path, ec) && fs::file_size(path, ec) < 4096) options.token = trim(read_small_file(path, 4096));
+    if (fs::is_regular_file(path, ec) && fs::file_size(path, ec) < 4096)
+      options.token = trim(read_small_file(path, 4096));
   }
   return options;
 }
@@ -853,11 +874,13 @@ HubRepo HubRepo::parse(const std::string& text) {
   const size_t slash = id.find('/');
   const bool ok = slash == std::string::npos
                       ? valid_repo_part(id)
-                      : id.find('/', slash + 1) == std::string::npos && valid_repo_part(id.substr(0, slash)) &&
-                            valid_repo_part(id.substr(slash + 1));
+                      : id.find('/', slash + 1) == std::string::npos &&
+                            valid_repo_part(id.substr(0, slash)) && valid_repo_part(id.substr(slash + 1));
   if (!ok) {
-    throw SpecError("'" + id + "' is not a Hugging Face repository id: expected ORG/NAME (letters, digits, '-', '_', '.'; "
-                    "no '--' or '..'), e.g. google-bert/bert-base-uncased");
+    throw SpecError(
+        "'" + id +
+        "' is not a Hugging Face repository id: expected ORG/NAME (letters, digits, '-', '_', '.'; "
+        "no '--' or '..'), e.g. google-bert/bert-base-uncased");
   }
   repo.id = id;
   return repo;
@@ -883,7 +906,8 @@ bool looks_like_hub_repo(const std::string& value) {
 
 void check_hub_file_name(const std::string& name) {
   auto refuse = [&](const std::string& why) {
-    throw Error("file name '" + shorten(name) + "' refused: " + why + " (it could be written outside the cache)");
+    throw Error("file name '" + shorten(name) + "' refused: " + why +
+                " (it could be written outside the cache)");
   };
   if (name.empty()) refuse("empty");
   if (name.size() > 1000) refuse("longer than 1000 bytes");
@@ -915,14 +939,15 @@ std::string hub_skip_reason(const std::string& name) {
            "downloads one; it reads the .safetensors";
   }
   if (name.find('/') != std::string::npos) return "in a subfolder: pass --files " + name + " to fetch it";
-  static const std::set<std::string> kNames = {"config.json",         "tokenizer.json", "vocab.txt",
-                                               "vocab.json",          "merges.txt",     "tokenizer_config.json",
-                                               "special_tokens_map.json", "model.json"};
+  static const std::set<std::string> kNames = {
+      "config.json",           "tokenizer.json",          "vocab.txt", "vocab.json", "merges.txt",
+      "tokenizer_config.json", "special_tokens_map.json", "model.json"};
   if (kNames.count(name) || ends_with(name, ".safetensors") || ends_with(name, ".h5")) return "";
   return "not a file graft reads: pass --files " + name + " to fetch it";
 }
 
-HubPullResult hub_pull(const HubRepo& repo, const std::vector<std::string>& files, const HubOptions& options) {
+HubPullResult hub_pull(const HubRepo& repo, const std::vector<std::string>& files,
+                       const HubOptions& options) {
   if (options.offline) return pull_from_cache(repo, files, options, "HF_HUB_OFFLINE is set");
   try {
     Puller puller(repo, options);
@@ -939,7 +964,13 @@ std::string resolve_weights(const std::string& value, const HubOptions& options)
   std::error_code ec;
   if (value.empty() || fs::exists(value, ec) || !looks_like_hub_repo(value)) return value;
   const HubRepo repo = HubRepo::parse(value);
-  const HubPullResult pulled = hub_pull(repo, {}, options);
+  HubPullResult pulled;
+  try {
+    pulled = hub_pull(repo, {}, options);
+  } catch (const Error& e) {
+    // A mistyped path looks like ORG/NAME too: say both readings.
+    throw Error(value + ": no such file or folder, and as a Hugging Face Hub repository: " + e.what());
+  }
   const fs::path snapshot = pulled.snapshot;
   if (fs::is_regular_file(snapshot / "model.safetensors")) return (snapshot / "model.safetensors").string();
   std::vector<std::string> h5;

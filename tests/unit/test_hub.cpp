@@ -53,15 +53,19 @@ TEST(Sha256, KnownVectors) {
   EXPECT_EQ(graft::sha256_hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
   EXPECT_EQ(graft::sha256_hex("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"),
             "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
-  EXPECT_EQ(graft::sha256_hex("abcdefghbcdefghicdefghijdefghijkefghijklfghijklmghijklmnhijklmnoijklmnopjklmnopqklmnopqr"
-                              "lmnopqrsmnopqrstnopqrstu"),
+  EXPECT_EQ(graft::sha256_hex(
+                "abcdefghbcdefghicdefghijdefghijkefghijklfghijklmghijklmnhijklmnoijklmnopjklmnopqklmnopqr"
+                "lmnopqrsmnopqrstnopqrstu"),
             "cf5b16a778af8380036ce59e7b0492370b249b11e8f07a51afac45037afee9d1");
   EXPECT_EQ(graft::sha256_hex(std::string(1000000, 'a')),
             "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
   // Padding edge cases: 55, 56 and 64 bytes (the length field fits, does not fit, a whole block).
-  EXPECT_EQ(graft::sha256_hex(std::string(55, 'a')), "9f4390f8d30c2dd92ec9f095b65e2b9ae9b0a925a5258e241c9f1e910f734318");
-  EXPECT_EQ(graft::sha256_hex(std::string(56, 'a')), "b35439a4ac6f0948b6d6f9e3c6af0f5f590ce20f1bde7090ef7970686ec6738a");
-  EXPECT_EQ(graft::sha256_hex(std::string(64, 'a')), "ffe054fe7ae0cb6dc65c3af9b61d5209f439851db43d0ba5997337df154668eb");
+  EXPECT_EQ(graft::sha256_hex(std::string(55, 'a')),
+            "9f4390f8d30c2dd92ec9f095b65e2b9ae9b0a925a5258e241c9f1e910f734318");
+  EXPECT_EQ(graft::sha256_hex(std::string(56, 'a')),
+            "b35439a4ac6f0948b6d6f9e3c6af0f5f590ce20f1bde7090ef7970686ec6738a");
+  EXPECT_EQ(graft::sha256_hex(std::string(64, 'a')),
+            "ffe054fe7ae0cb6dc65c3af9b61d5209f439851db43d0ba5997337df154668eb");
 }
 
 TEST(Sha256, IncrementalUpdatesAndFilesAgreeWithOneShot) {
@@ -69,7 +73,8 @@ TEST(Sha256, IncrementalUpdatesAndFilesAgreeWithOneShot) {
   const std::string expected = graft::sha256_hex(data);
   for (size_t chunk : {1, 3, 63, 64, 65, 1000}) {
     graft::Sha256 hash;
-    for (size_t i = 0; i < data.size(); i += chunk) hash.update(data.data() + i, std::min(chunk, data.size() - i));
+    for (size_t i = 0; i < data.size(); i += chunk)
+      hash.update(data.data() + i, std::min(chunk, data.size() - i));
     EXPECT_EQ(hash.hex_digest(), expected) << "chunk " << chunk;
   }
   const fs::path file = fs::temp_directory_path() / ("graft_sha_" + std::to_string(getpid()));
@@ -83,11 +88,12 @@ TEST(Sha256, IncrementalUpdatesAndFilesAgreeWithOneShot) {
 // Names
 
 TEST(HubNames, FileNamesThatEscapeTheCacheAreRefused) {
-  for (const std::string ok : {"config.json", "model.safetensors", "tfjs/model.json", "a.b/c-d_e.h5", "..a", "a.."})
+  for (const std::string ok :
+       {"config.json", "model.safetensors", "tfjs/model.json", "a.b/c-d_e.h5", "..a", "a.."})
     EXPECT_NO_THROW(graft::check_hub_file_name(ok)) << ok;
-  for (const std::string& bad : std::vector<std::string>{"", "..", "../x", "a/../../b", "a/..", "/etc/passwd",
-                                                         "a\\..\\b", "a//b", "./a", "a/./b", "a/", "a\nb",
-                                                         std::string(1001, 'a')}) {
+  for (const std::string& bad :
+       std::vector<std::string>{"", "..", "../x", "a/../../b", "a/..", "/etc/passwd", "a\\..\\b", "a//b",
+                                "./a", "a/./b", "a/", "a\nb", std::string(1001, 'a')}) {
     try {
       graft::check_hub_file_name(bad);
       ADD_FAILURE() << "accepted '" << bad << "'";
@@ -106,7 +112,8 @@ TEST(HubNames, RepositoryIdsAndFolders) {
   EXPECT_EQ(pinned.id, "org/name");
   EXPECT_EQ(pinned.revision, "v1.0");
   EXPECT_EQ(graft::HubRepo::parse("gpt2").folder_name(), "models--gpt2");
-  for (const std::string bad : {"a/b/c", "org/../x", "org/na--me", "-org/x", "org/x.", "org/x@", "org/x@../y", "o rg/x", "/x"})
+  for (const std::string bad :
+       {"a/b/c", "org/../x", "org/na--me", "-org/x", "org/x.", "org/x@", "org/x@../y", "o rg/x", "/x"})
     EXPECT_THROW(graft::HubRepo::parse(bad), graft::SpecError) << bad;
   EXPECT_TRUE(graft::looks_like_hub_repo("org/name"));
   EXPECT_TRUE(graft::looks_like_hub_repo("org/name@refs/pr/1"));
@@ -116,11 +123,13 @@ TEST(HubNames, RepositoryIdsAndFolders) {
 }
 
 TEST(HubNames, DefaultSelectionNeverTakesPickles) {
-  for (const std::string taken : {"config.json", "model.safetensors", "model-00001-of-00002.safetensors",
-                                  "tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer_config.json",
-                                  "special_tokens_map.json", "tf_model.h5", "model.json"})
+  for (const std::string taken :
+       {"config.json", "model.safetensors", "model-00001-of-00002.safetensors", "tokenizer.json", "vocab.txt",
+        "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json", "tf_model.h5",
+        "model.json"})
     EXPECT_EQ(graft::hub_skip_reason(taken), "") << taken;
-  for (const std::string pickle : {"pytorch_model.bin", "model.pt", "model.PTH", "last.ckpt", "x.pkl", "training_args.bin"}) {
+  for (const std::string pickle :
+       {"pytorch_model.bin", "model.pt", "model.PTH", "last.ckpt", "x.pkl", "training_args.bin"}) {
     EXPECT_TRUE(graft::is_pickle_file(pickle)) << pickle;
     EXPECT_TRUE(contains(graft::hub_skip_reason(pickle), "pickle")) << pickle;
   }
@@ -200,7 +209,8 @@ TEST_F(HubPull, LaysOutTheCacheAsHuggingfaceHubAndSkipsPickles) {
     if (name == "pytorch_model.bin") pickle_skipped = contains(why, "pickle");
   EXPECT_TRUE(pickle_skipped) << log_.str();
   EXPECT_TRUE(content_gets("pytorch_model").empty());
-  for (const auto& request : hub_.requests()) EXPECT_FALSE(contains(request.path, "pytorch_model.bin")) << request.path;
+  for (const auto& request : hub_.requests())
+    EXPECT_FALSE(contains(request.path, "pytorch_model.bin")) << request.path;
 
   const std::string sha = graft::sha256_hex(weights_);
   const fs::path snapshot = repo_folder() / "snapshots" / kCommit;
@@ -255,8 +265,10 @@ TEST_F(HubPull, AFailedPullKeepsThePartialFileAndTheNextPullResumesIt) {
     graft::hub_pull(graft::HubRepo::parse("org/model"), {}, options_);
     ADD_FAILURE() << "a dropped connection passed";
   } catch (const graft::Error& e) {
-    EXPECT_TRUE(contains(e.what(), hub_.endpoint() + "/org/model/resolve/" + kCommit + "/model.safetensors")) << e.what();
-    EXPECT_TRUE(contains(e.what(), std::to_string(part) + " of " + std::to_string(weights_.size()))) << e.what();
+    EXPECT_TRUE(contains(e.what(), hub_.endpoint() + "/org/model/resolve/" + kCommit + "/model.safetensors"))
+        << e.what();
+    EXPECT_TRUE(contains(e.what(), std::to_string(part) + " of " + std::to_string(weights_.size())))
+        << e.what();
     EXPECT_TRUE(contains(e.what(), "pull again to resume")) << e.what();
   }
   EXPECT_EQ(fs::file_size(repo_folder() / "blobs" / (sha + ".incomplete")), part);
@@ -276,7 +288,8 @@ TEST_F(HubPull, AFailedPullKeepsThePartialFileAndTheNextPullResumesIt) {
 
 TEST_F(HubPull, AWrongChecksumIsAClearErrorAndPublishesNothing) {
   const std::string claimed = graft::sha256_hex("something else");
-  hub_.edit_repo("org/model", [&](FakeRepo& repo) { repo.files["model.safetensors"].sha256_override = claimed; });
+  hub_.edit_repo("org/model",
+                 [&](FakeRepo& repo) { repo.files["model.safetensors"].sha256_override = claimed; });
   try {
     graft::hub_pull(graft::HubRepo::parse("org/model"), {"model.safetensors"}, options_);
     ADD_FAILURE() << "a corrupt file passed";
@@ -293,7 +306,8 @@ TEST_F(HubPull, AWrongChecksumIsAClearErrorAndPublishesNothing) {
 }
 
 TEST_F(HubPull, ListingsWithFileNamesThatEscapeTheCacheAreRefused) {
-  for (const std::string evil : {"../../evil.safetensors", "/tmp/evil.safetensors", "a\\..\\evil.safetensors"}) {
+  for (const std::string evil :
+       {"../../evil.safetensors", "/tmp/evil.safetensors", "a\\..\\evil.safetensors"}) {
     hub_.edit_repo("org/model", [&](FakeRepo& repo) { repo.listed_only = {evil}; });
     try {
       graft::hub_pull(graft::HubRepo::parse("org/model"), {}, options_);
@@ -344,7 +358,8 @@ TEST_F(HubPull, OfflineUsesTheCacheOnlyOrSaysWhatIsMissing) {
   EXPECT_EQ(cached.files, (std::vector<std::string>{"config.json", "model.safetensors"}));
   EXPECT_TRUE(hub_.requests().empty());
   EXPECT_EQ(graft::resolve_weights("org/model", options_), cached.snapshot + "/model.safetensors");
-  EXPECT_THROW(graft::hub_pull(graft::HubRepo::parse("org/model"), {"tokenizer.json"}, options_), graft::Error);
+  EXPECT_THROW(graft::hub_pull(graft::HubRepo::parse("org/model"), {"tokenizer.json"}, options_),
+               graft::Error);
   EXPECT_THROW(graft::resolve_weights("org/model@v1", options_), graft::Error);  // v1 never pulled
 }
 
@@ -418,13 +433,15 @@ TEST_F(HubPull, ExplicitFilesAreCheckedAndPicklesRefused) {
 TEST_F(HubPull, TfjsShardsComeThroughTheirManifest) {
   FakeRepo repo;
   repo.commit = kCommit;
-  repo.files["model.json"] = git_file(R"({"weightsManifest": [{"paths": ["group1-shard1of2.bin", "group1-shard2of2.bin"]}]})");
+  repo.files["model.json"] =
+      git_file(R"({"weightsManifest": [{"paths": ["group1-shard1of2.bin", "group1-shard2of2.bin"]}]})");
   repo.files["group1-shard1of2.bin"] = lfs_file("shard one");
   repo.files["group1-shard2of2.bin"] = lfs_file("shard two");
   repo.files["pytorch_model.bin"] = lfs_file("PICKLE");
   hub_.set_repo("org/tfjs", repo);
   const auto result = graft::hub_pull(graft::HubRepo::parse("org/tfjs"), {}, options_);
-  EXPECT_EQ(result.files, (std::vector<std::string>{"group1-shard1of2.bin", "group1-shard2of2.bin", "model.json"}));
+  EXPECT_EQ(result.files,
+            (std::vector<std::string>{"group1-shard1of2.bin", "group1-shard2of2.bin", "model.json"}));
   ASSERT_EQ(result.skipped.size(), 1u);
   EXPECT_EQ(result.skipped[0].first, "pytorch_model.bin");
   EXPECT_EQ(graft::resolve_weights("org/tfjs", options_), result.snapshot + "/model.json");
