@@ -8,6 +8,7 @@
 //       blobs/<etag>.incomplete       a download in progress, resumed with an HTTP Range request
 //       snapshots/<commit>/<file>     relative symlink to ../../blobs/<etag>
 //       refs/<revision>               the commit hash the revision (branch, tag) pointed to
+//   .locks/models--ORG--NAME/<etag>.lock   held (flock) while the blob is written
 // Endpoints (HF_ENDPOINT, default https://huggingface.co):
 //   GET  /api/models/ORG/NAME/revision/REV?blobs=true   {"sha": commit, "siblings": [{"rfilename": ..}]}
 //   HEAD /ORG/NAME/resolve/COMMIT/FILE   X-Repo-Commit, ETag or X-Linked-Etag, Content-Length or

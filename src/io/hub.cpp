@@ -6,6 +6,7 @@
 
 #include <curl/curl.h>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -678,10 +679,31 @@ class Puller {
     fs::create_directories(blobs);
     const fs::path blob = blobs / meta.etag;
     std::string how = "cached";
-    std::error_code ec;
-    if (!fs::is_regular_file(blob) ||
-        (expected_size >= 0 && static_cast<int64_t>(fs::file_size(blob, ec)) != expected_size)) {
-      how = download(url, name, blob, expected_size, expected_sha256, result);
+    auto complete = [&] {
+      std::error_code ec;
+      return fs::is_regular_file(blob) &&
+             (expected_size < 0 || static_cast<int64_t>(fs::file_size(blob, ec)) == expected_size);
+    };
+    if (!complete()) {
+      // One writer per blob: the lock file huggingface_hub takes (filelock uses flock on Unix), so a
+      // Python download of the same file and this one wait for each other.
+      const fs::path locks = cache_root(options_) / ".locks" / repo_.folder_name();
+      fs::create_directories(locks);
+      const fs::path lock_path = locks / (meta.etag + ".lock");
+      const int lock = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+      if (lock < 0) throw Error(lock_path.string() + ": cannot open the lock file: " + std::strerror(errno));
+      if (::flock(lock, LOCK_EX | LOCK_NB) != 0) {
+        *options_.log << "  " << name << ": another process is downloading it; waiting for "
+                      << lock_path.string() << "\n";
+        ::flock(lock, LOCK_EX);
+      }
+      try {
+        if (!complete()) how = download(url, name, blob, expected_size, expected_sha256, result);
+      } catch (...) {
+        ::close(lock);
+        throw;
+      }
+      ::close(lock);  // releases the lock
     }
     const fs::path snapshot = folder_ / "snapshots" / commit_;
     fs::create_directories(snapshot);

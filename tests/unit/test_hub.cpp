@@ -1,14 +1,19 @@
 // The Hugging Face Hub downloader (src/io/hub.cpp) against a local fake Hub (tests/fake_hub.h): cache
 // layout equal to huggingface_hub's, pickles never fetched, resumed downloads, checksum failures, file
 // names that escape the cache, offline mode, tokens; and SHA-256 against the FIPS 180-4 test vectors.
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <random>
 #include <sstream>
+#include <thread>
 
 #include "fake_hub.h"
 #include "graft/errors.h"
@@ -284,6 +289,26 @@ TEST_F(HubPull, AFailedPullKeepsThePartialFileAndTheNextPullResumesIt) {
   EXPECT_EQ(gets[0].headers.at("range"), "bytes=" + std::to_string(part) + "-");
   EXPECT_EQ(result.downloaded_bytes, static_cast<int64_t>(weights_.size() - part));
   EXPECT_FALSE(fs::exists(repo_folder() / "blobs" / (sha + ".incomplete")));
+}
+
+TEST_F(HubPull, WaitsForTheLockHuggingfaceHubTakesOnABlob) {
+  // Another downloader (huggingface_hub's filelock is flock on Unix) holds the blob's lock for a while.
+  const std::string sha = graft::sha256_hex(weights_);
+  const fs::path locks = cache_ / ".locks" / "models--org--model";
+  fs::create_directories(locks);
+  const int held = ::open((locks / (sha + ".lock")).c_str(), O_RDWR | O_CREAT, 0644);
+  ASSERT_EQ(::flock(held, LOCK_EX), 0);
+  std::thread release([held] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    ::close(held);
+  });
+  const auto start = std::chrono::steady_clock::now();
+  const auto result = graft::hub_pull(graft::HubRepo::parse("org/model"), {}, options_);
+  const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  release.join();
+  EXPECT_GE(waited, 0.25);
+  EXPECT_TRUE(contains(log_.str(), "another process is downloading it")) << log_.str();
+  EXPECT_EQ(read_file(fs::path(result.snapshot) / "model.safetensors"), weights_);
 }
 
 TEST_F(HubPull, AWrongChecksumIsAClearErrorAndPublishesNothing) {
