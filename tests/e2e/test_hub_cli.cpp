@@ -89,7 +89,7 @@ TEST_F(HubCli, PullThenForwardWithWeightsOrgName) {
   const std::string inputs = (home_ / "in.safetensors").string(), out = (home_ / "out.safetensors").string();
   graft::write_safetensors(inputs,
                            {{"pixel_values", reference.load("input").permute({0, 3, 1, 2}).contiguous()}});
-  for (const std::string& mode : {"HF_HUB_OFFLINE=1", "HF_HUB_OFFLINE=0"}) {
+  for (const std::string mode : {"HF_HUB_OFFLINE=1", "HF_HUB_OFFLINE=0"}) {
     hub_.clear_requests();
     auto run =
         graft("forward darknet_tiny.ml5 --weights test-org/tiny-darknet --inputs " + inputs + " --out " + out,
