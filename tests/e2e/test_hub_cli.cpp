@@ -131,7 +131,7 @@ TEST_F(HubCli, ClearErrors) {
   auto missing = graft("pull test-org/nothing-here", env());
   EXPECT_EQ(missing.status, 1);
   EXPECT_TRUE(
-      contains(missing.output, hub_.endpoint() + "/api/models/test-org/nothing-here/revision/main: HTTP 404"))
+      contains(missing.output, hub_.endpoint() + "/api/models/test-org/nothing-here/revision/main?blobs=true: HTTP 404"))
       << missing.output;
 
   auto escape = graft("pull test-org/tiny-darknet --files ../../../etc/passwd", env());
