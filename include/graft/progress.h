@@ -22,7 +22,9 @@ class ProgressBar {
   using Clock = std::chrono::steady_clock;
 
   // label: printed first ("epoch 3/10"); total: batches in the pass (0: unknown, no bar nor ETA);
-  // unit: what a sample is ("img" prints "img/s"); tty: force terminal or log mode (default: detect).
+  // unit: what a sample is ("img" prints "img/s"); "B" makes it a download bar whose `done`, `total` and
+  // `samples` are bytes ("[===>  ] 1.2 MiB / 4.0 MiB  3.1 MiB/s  ETA 00:01"); tty: force terminal or log
+  // mode (default: detect).
   ProgressBar(std::string label, int64_t total, std::ostream& out = std::cerr, std::string unit = "img",
               std::optional<bool> tty = std::nullopt);
   ~ProgressBar();

@@ -7,6 +7,7 @@
 #include "graft/image_task.h"
 #include "graft/registry.h"
 #include "graft/runtime.h"
+#include "graft/hub.h"
 #include "graft/weights.h"
 
 namespace graft::cli {
@@ -21,7 +22,8 @@ void add_features_command(CLI::App& app) {
   auto limit = std::make_shared<size_t>(0);
   auto device = std::make_shared<std::string>("auto");
   command->add_option("model", *source, "run directory, or ARCH[.TAG]")->required();
-  command->add_option("--weights", *weights, "weights for ARCH (safetensors)")->check(CLI::ExistingFile);
+  command->add_option("--weights", *weights, "weights for ARCH (safetensors, or a Hub repository ORG/NAME[@REV])")
+      ->check(weights_source());
   command->add_option("--data", *data, "image folder DATA/<class>/*.jpg, or IDX files")->required();
   command->add_option("--out", *out, "safetensors file: features (N, D), labels (N); file names in metadata")
       ->required();
@@ -44,7 +46,7 @@ void add_features_command(CLI::App& app) {
       if (weights->empty()) {
         std::cerr << "graft: warning: no --weights: features of a randomly initialised " << *source << "\n";
       } else {
-        load_weights(*model, *weights);
+        load_weights(*model, resolve_weights(*weights));
       }
       ImageData sets = open_image_data(*data, transform_for(pre, false), transform_for(pre, false), 0.0, 0, *limit);
       dataset = sets.train;

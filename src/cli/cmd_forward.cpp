@@ -9,6 +9,7 @@
 #include "graft/bert.h"
 #include "graft/errors.h"
 #include "graft/gpt2.h"
+#include "graft/hub.h"
 #include "graft/runtime.h"
 #include "graft/transformers.h"
 #include "graft/vit.h"
@@ -119,6 +120,16 @@ void add_forward_command(CLI::App& app) {
       ->required();
   command->add_option("--device", *device, "auto, cpu or cuda[:N]");
   command->callback([args, inputs, out, device] {
+    // MODEL may name a Hugging Face Hub repository (ORG/NAME[@REV]): its snapshot folder in the cache.
+    if (looks_like_hub_repo(args->model) && !std::filesystem::exists(args->model)) {
+      const std::filesystem::path resolved = resolve_weights(args->model);
+      const std::filesystem::path folder = std::filesystem::is_directory(resolved) ? resolved : resolved.parent_path();
+      if (!std::filesystem::is_regular_file(folder / "config.json")) {
+        throw Error(args->model + " (" + folder.string() + ") has no config.json, so it names no Hugging Face "
+                    "model: give the architecture as MODEL and the repository as --weights");
+      }
+      args->model = folder.string();
+    }
     if (std::filesystem::is_regular_file(std::filesystem::path(args->model) / "config.json")) {
       const SafeTensorsReader reader(*inputs);
       const NamedTensors outputs = forward_hf(args->model, args->strict, reader, parse_device(*device));

@@ -4,6 +4,7 @@
 
 #include "cli/commands.h"
 #include "graft/errors.h"
+#include "graft/hub.h"
 #include "graft/image_task.h"
 #include "graft/runtime.h"
 #include "graft/text_task.h"
@@ -27,7 +28,8 @@ void add_train_command(CLI::App& app) {
   command->add_option("--init-from", *init_from, "start from the model of an earlier run directory (its weights; a new last layer when classes differ)");
   command->add_option("--model", o->model, "architecture or ARCH.TAG, e.g. mobilenet_v2; text: bert, gpt2");
   command->add_option("--weights", o->weights,
-                      "pretrained weights (safetensors, reference names); text: a Hugging Face folder or run dir");
+                      "pretrained weights (safetensors, reference names); text: a Hugging Face folder or run dir; "
+                      "or a Hub repository ORG/NAME[@REV]");
   command->add_option("--data", o->data, "image folder: DATA/<class>/*.jpg, or DATA/train + DATA/val; or IDX files");
   command->add_option("--out", o->out, "run directory to write");
   command->add_option("--head", o->head, "head spec, e.g. avg,dropout:0.2,dense:512:relu (dense:C appended)");
@@ -91,7 +93,7 @@ void add_train_command(CLI::App& app) {
       if (!config_file->empty()) throw Error("--config is read for image tasks only; give video options as flags");
       VideoTrainOptions options = *video;
       options.model = o->model;
-      options.weights = o->weights;
+      options.weights = resolve_weights(o->weights);
       options.init_from = *init_from;
       options.data = o->data;
       options.out = o->out;
@@ -121,7 +123,7 @@ void add_train_command(CLI::App& app) {
       TextTrainOptions options = *text;
       options.task = *task;
       options.model = o->model;
-      options.weights = o->weights;
+      options.weights = resolve_weights(o->weights);
       if (!init_from->empty()) {
         // A text run directory is a Hugging Face folder: starting from it is loading its weights.
         if (!options.weights.empty()) throw Error("give --weights or --init-from, not both");
@@ -194,6 +196,7 @@ void add_train_command(CLI::App& app) {
     given.erase("config");
     apply_json(options, given, "command line");
     if (!init_from->empty()) options.init_from = *init_from;
+    options.weights = resolve_weights(options.weights);
     for (const auto& [name, value] : {std::pair<const char*, const std::string*>{"--model", &options.model},
                                       {"--data", &options.data},
                                       {"--out", &options.out}}) {

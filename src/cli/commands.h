@@ -11,7 +11,7 @@ namespace graft::cli {
 // Options every command that builds a model shares.
 struct ModelArgs {
   std::string model;           // ARCH[.TAG]
-  std::string weights;         // safetensors file with reference names
+  std::string weights;         // safetensors file with reference names, or a Hub repository ORG/NAME
   std::string head;            // head spec
   std::string freeze;          // freeze spec
   int64_t num_classes = -1;    // -1: the tag's
@@ -19,6 +19,10 @@ struct ModelArgs {
   bool bn_train_frozen = false;
   void add_to(CLI::App& command, bool with_freeze);
 };
+
+// What --weights accepts: an existing file or folder, or a Hugging Face Hub repository ORG/NAME[@REV]
+// (downloaded into the Hugging Face cache when used; graft/hub.h resolve_weights).
+CLI::Validator weights_source();
 
 // Builds the model, loads weights (or warns about random initialisation), applies head and freeze.
 Backbone build_model(const ModelArgs& args);
@@ -36,5 +40,6 @@ void add_tokenize_command(CLI::App& app);
 void add_generate_command(CLI::App& app);
 void add_chat_command(CLI::App& app);
 void add_export_command(CLI::App& app);
+void add_pull_command(CLI::App& app);
 
 }  // namespace graft::cli

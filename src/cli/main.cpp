@@ -27,6 +27,7 @@ int main(int argc, char** argv) {
   graft::cli::add_generate_command(app);
   graft::cli::add_chat_command(app);
   graft::cli::add_export_command(app);
+  graft::cli::add_pull_command(app);
 
   app.parse_complete_callback([&] {
     graft::set_threads(threads);

@@ -1,7 +1,9 @@
 // Model construction shared by every command: registry name, weights, head, freeze.
+#include <filesystem>
 #include <iostream>
 
 #include "cli/commands.h"
+#include "graft/hub.h"
 #include "graft/registry.h"
 #include "graft/transfer.h"
 
@@ -10,8 +12,9 @@ namespace graft::cli {
 void ModelArgs::add_to(CLI::App& command, bool with_freeze) {
   command.add_option("model", model, "architecture or ARCH.TAG, e.g. resnet50 or resnet50.tv_in1k")->required();
   command.add_option("--weights", weights,
-                     "weights: safetensors with reference (torchvision) names, a Keras .h5, or a TF.js model.json")
-      ->check(CLI::ExistingPath);
+                     "weights: safetensors with reference (torchvision) names, a Keras .h5, a TF.js model.json, "
+                     "or a Hugging Face Hub repository ORG/NAME[@REV]")
+      ->check(weights_source());
   command.add_option("--head", head, "new head spec, e.g. avg,dropout:0.2,dense:512:relu,dense:10");
   command.add_option("--num-classes", num_classes, "reset the classifier to this many classes");
   command.add_flag("!--no-strict", strict, "load weights even when names or shapes do not all match");
@@ -22,6 +25,16 @@ void ModelArgs::add_to(CLI::App& command, bool with_freeze) {
   }
 }
 
+CLI::Validator weights_source() {
+  return CLI::Validator(
+      [](std::string& value) -> std::string {
+        std::error_code ec;
+        if (std::filesystem::exists(value, ec) || looks_like_hub_repo(value)) return "";
+        return "no such file or folder: " + value + " (nor a Hugging Face repository ORG/NAME[@REV])";
+      },
+      "PATH|ORG/NAME[@REV]");
+}
+
 Backbone build_model(const ModelArgs& args) {
   Backbone model = create_model(args.model);
   if (!args.weights.empty()) {
@@ -29,7 +42,7 @@ Backbone build_model(const ModelArgs& args) {
     options.strict = args.strict;
     // A new head or class count replaces the classifier: its pretrained weights are not wanted.
     options.skip_classifier = !args.head.empty() || args.num_classes >= 0;
-    LoadReport report = load_weights(*model, args.weights, options);
+    LoadReport report = load_weights(*model, resolve_weights(args.weights), options);
     if (!report.ok()) std::cerr << "graft: warning: " << report.to_string() << "\n";
   } else if (!ModelName::parse(args.model).tag.empty() && !model->default_cfg().cache_file.empty()) {
     // ARCH.TAG names weights graft fetches itself: load them from the cache (or say how to fetch).

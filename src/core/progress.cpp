@@ -12,6 +12,24 @@ namespace {
 
 constexpr int kBarWidth = 24;
 constexpr double kTerminalRedrawSeconds = 0.1;  // ~10 Hz: faster redraws only cost time
+constexpr int64_t kUnknownTotalLogStep = 100;              // log mode, unknown total: a line per 100 batches
+constexpr int64_t kUnknownTotalLogStepBytes = 64ll << 20;  // ... or per 64 MiB downloaded
+
+// 1536 -> "1.5 KiB"; binary prefixes, one decimal.
+std::string format_bytes(double bytes) {
+  static const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int unit = 0;
+  while (bytes >= 1024.0 && unit < 4) {
+    bytes /= 1024.0;
+    ++unit;
+  }
+  char buffer[32];
+  if (unit == 0)
+    std::snprintf(buffer, sizeof buffer, "%.0f %s", bytes, kUnits[unit]);
+  else
+    std::snprintf(buffer, sizeof buffer, "%.1f %s", bytes, kUnits[unit]);
+  return buffer;
+}
 
 }  // namespace
 
@@ -53,6 +71,7 @@ ProgressBar::~ProgressBar() {
 std::string ProgressBar::render(int64_t done, int64_t samples, double loss, double accuracy,
                                 double elapsed_seconds) const {
   std::ostringstream line;
+  const bool bytes = unit_ == "B";  // a download: counts are bytes
   if (!label_.empty()) line << label_ << ' ';
   if (total_ > 0) {
     const double fraction = std::min(1.0, static_cast<double>(done) / static_cast<double>(total_));
@@ -60,13 +79,20 @@ std::string ProgressBar::render(int64_t done, int64_t samples, double loss, doub
     line << '[';
     for (int i = 0; i < kBarWidth; ++i)
       line << (i < filled ? '=' : (i == filled && done < total_ ? '>' : ' '));
-    line << "] " << done << '/' << total_ << " batches";
+    line << "] ";
+    if (bytes)
+      line << format_bytes(static_cast<double>(done)) << " / " << format_bytes(static_cast<double>(total_));
+    else
+      line << done << '/' << total_ << " batches";
   } else {
-    line << done << " batches";
+    line << (bytes ? format_bytes(static_cast<double>(done)) : std::to_string(done) + " batches");
   }
   char buffer[64];
   const double rate = elapsed_seconds > 0 ? static_cast<double>(samples) / elapsed_seconds : 0.0;
-  std::snprintf(buffer, sizeof buffer, "  %.1f %s/s", rate, unit_.c_str());
+  if (bytes)
+    std::snprintf(buffer, sizeof buffer, "  %s/s", format_bytes(rate).c_str());
+  else
+    std::snprintf(buffer, sizeof buffer, "  %.1f %s/s", rate, unit_.c_str());
   line << buffer;
   if (total_ > 0) {
     const double eta = done > 0 ? elapsed_seconds / static_cast<double>(done) *
@@ -95,7 +121,8 @@ void ProgressBar::update(int64_t done, int64_t samples, double loss, double accu
     out_ << '\r' << text << std::flush;
   } else {
     // Log mode: one line when a new tenth of the pass is reached (unknown total: every 100 batches).
-    const int64_t decile = total_ > 0 ? done * 10 / total_ : done / 100;
+    const int64_t step = unit_ == "B" ? kUnknownTotalLogStepBytes : kUnknownTotalLogStep;
+    const int64_t decile = total_ > 0 ? done * 10 / total_ : done / step;
     if (decile <= last_decile_) return;
     last_decile_ = decile;
     if (total_ > 0 && decile == 0) return;  // nothing worth a line before the first 10%
