@@ -136,11 +136,15 @@ TEST(UntrustedBombs, VocabJsonWithOneHugeId) {
 }
 
 TEST(UntrustedBombs, AddedTokenWithHugeId) {
-  const std::string doc =
-      R"({"added_tokens":[{"id":16000000,"content":"[X]","special":true}],)"
-      R"("model":{"type":"WordPiece","unk_token":"[UNK]","vocab":{"[UNK]":0,"a":1}}})";
-  expect_error_mentioning([&] { graft::fuzz::load_tokenizer_bytes(std::string("\x00", 1) + doc + "\n#%#\na"); },
-                          {"16000000"});
+  // The WordPiece seed with one added token moved to id 16,000,000 (under kMaxVocabSize, far past the
+  // 22-token vocabulary): it would size the id table to 16 M entries.
+  const std::string seed = read_bytes(fs::path(GRAFT_SOURCE_DIR) / "tests/fuzz/corpus/tokenizer/wordpiece_tokenizer_json");
+  const auto parts = graft::fuzz::split_parts(std::string_view(seed).substr(1), 2);
+  nlohmann::json doc = nlohmann::json::parse(parts[0]);
+  doc["added_tokens"][4]["id"] = 16000000;
+  expect_error_mentioning(
+      [&] { graft::fuzz::load_tokenizer_bytes(std::string("\x00", 1) + doc.dump() + "\n#%#\n[MASK] a"); },
+      {"tokenizer.json", "[MASK]", "16000000"});
 }
 
 TEST(UntrustedBombs, VocabTxtOverTheSizeLimit) {
