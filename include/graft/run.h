@@ -46,5 +46,7 @@ struct LoadedRun {
 };
 // Throws graft::FormatError naming the file and the field for a malformed graft.json.
 LoadedRun load_run(const std::string& dir);
+// Only the graft.json part of load_run (src/transfer/run_spec.cpp): validated, no model built.
+RunSpec read_run_spec(const std::string& graft_json);
 
 }  // namespace graft

@@ -157,14 +157,29 @@ torch::Tensor read_float_dataset(hid_t group, const std::string& name, const std
     shape.push_back(static_cast<int64_t>(d));
   }
   // Without filters (compression) the stored bytes must cover the shape; a short one is a damaged file.
+  // With filters (compression) a few stored bytes may claim gigabytes: refuse more than kMaxInflation
+  // times the stored size (float weights compress 1.1-2x; only a bomb or an all-zero tensor gets near).
+  // A dataset that stores nothing at all (HDF5 would return its fill value) is not a Keras weight either.
   Handle plist(H5Dget_create_plist(dataset.get()), H5Pclose);
   const size_t element = H5Tget_size(type.get());
-  if (plist.valid() && H5Pget_nfilters(plist.get()) == 0 && count > 0) {
+  if (count > 0) {
     const hsize_t stored = H5Dget_storage_size(dataset.get());
-    if (stored != 0 && stored < count * element) {
+    const hsize_t needed = count * element;
+    const bool filtered = !plist.valid() || H5Pget_nfilters(plist.get()) != 0;
+    if (stored == 0) {
+      throw FormatError(file, "dataset '" + path + "' has shape " + shape_str(shape) + " but stores no data",
+                        "the file is damaged or was written without its weights");
+    }
+    if (!filtered && stored < needed) {
       throw FormatError(file, "dataset '" + path + "' stores " + std::to_string(stored) +
-                                  " bytes, its shape " + shape_str(shape) + " needs " +
-                                  std::to_string(count * element));
+                                  " bytes, its shape " + shape_str(shape) + " needs " + std::to_string(needed));
+    }
+    constexpr hsize_t kMaxInflation = 1024;
+    if (filtered && needed / kMaxInflation > stored) {
+      throw FormatError(file, "dataset '" + path + "' stores " + std::to_string(stored) +
+                                  " compressed bytes for shape " + shape_str(shape) + " (" + std::to_string(needed) +
+                                  " bytes), more than " + std::to_string(kMaxInflation) + "x",
+                        "refused as a possible decompression bomb");
     }
   }
   torch::Tensor out = torch::empty(shape, torch::kFloat32);

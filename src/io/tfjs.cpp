@@ -315,6 +315,13 @@ NamedTensors read_manifest_weights(const json& root, const std::string& file) {
       if (name.find("://") != std::string::npos || fs::path(name).is_absolute()) {
         throw FormatError(where, "shard path '" + name + "' is not relative to model.json's folder");
       }
+      // An untrusted model.json must not read files outside its folder ("../../.ssh/id_rsa" as weights).
+      for (const fs::path& component : fs::path(name)) {
+        if (component == "..") {
+          throw FormatError(where, "shard path '" + name + "' leaves model.json's folder (it has '..')",
+                            "TF.js shards sit beside model.json");
+        }
+      }
       std::string shard = (folder / name).string();
       std::error_code error;
       const std::string bundle = shard + ".min.js";

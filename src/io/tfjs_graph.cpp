@@ -247,7 +247,10 @@ TfjsGraphModel::TfjsGraphModel(const std::string& path) : graph_(std::make_uniqu
     node.attr = entry.value("attr", json::object());
     if (!kSupportedOps.count(node.op)) g.fail(node, "op not supported by graft's graph interpreter");
     std::vector<std::string> inputs;
-    for (const json& input : entry.value("input", json::array())) {
+    const json input_list = entry.value("input", json::array());
+    if (!input_list.is_array()) g.fail(node, "\"input\" is not a list of node names");
+    for (const json& input : input_list) {
+      if (!input.is_string()) g.fail(node, "an input is not a node name: " + input.dump().substr(0, 80));
       std::string name = input.get<std::string>();
       if (!name.empty() && name[0] == '^') continue;  // a control dependency carries no data
       const size_t colon = name.rfind(':');

@@ -52,6 +52,11 @@ void Tokenizer::Core::add_token(const AddedToken& token) {
     throw Error(source + ": added token '" + token.content + "' has id " + std::to_string(token.id) +
                 ", expected 0 <= id < " + std::to_string(kMaxVocabSize));
   }
+  if (token.id >= static_cast<int64_t>(vocab.size()) + kMaxVocabIdGap) {
+    throw Error(source + ": added token '" + token.content + "' has id " + std::to_string(token.id) +
+                ", more than " + std::to_string(kMaxVocabIdGap) + " past the vocabulary's " +
+                std::to_string(vocab.size()) + " entries (ids must follow on from the vocabulary)");
+  }
   const auto id = static_cast<size_t>(token.id);
   if (id >= vocab.size()) {
     vocab.resize(id + 1);

@@ -18,6 +18,9 @@ namespace graft {
 
 // Ids above this are refused before anything is allocated (the largest real vocabularies hold ~256 K).
 constexpr int64_t kMaxVocabSize = int64_t{1} << 24;
+// The id table is sized by the largest id, so ids may run past the number of tokens listed by at most
+// this much: a 20-byte {"a": 16777215} must not allocate 16 M empty slots (real files have no gaps).
+constexpr int64_t kMaxVocabIdGap = int64_t{1} << 16;
 // Vocabulary and merge files above this are refused before they are read.
 constexpr uintmax_t kMaxTokenizerFileBytes = uintmax_t{1} << 30;
 

@@ -56,53 +56,13 @@ void save_run(const std::string& dir, BackboneImpl& model, const RunSpec& spec, 
 
 bool is_run_dir(const std::string& path) { return fs::is_regular_file(fs::path(path) / "graft.json"); }
 
-namespace {
-
-template <typename T>
-T field(const json& doc, const std::string& key, const std::string& file) {
-  if (!doc.contains(key)) throw FormatError(file, "missing field '" + key + "'");
-  try {
-    return doc.at(key).get<T>();
-  } catch (const json::exception& e) {
-    throw FormatError(file, "field '" + key + "' has the wrong type (" + doc.at(key).type_name() + ")");
-  }
-}
-
-}  // namespace
-
 LoadedRun load_run(const std::string& dir) {
   const std::string file = (fs::path(dir) / "graft.json").string();
-  std::ifstream in(file);
-  if (!in) throw Error(dir + ": not a graft run directory (no graft.json); train one with `graft train`");
-  json doc;
-  try {
-    doc = json::parse(in);
-  } catch (const json::exception& e) {
-    throw FormatError(file, std::string("invalid JSON: ") + e.what());
-  }
-  if (!doc.is_object()) throw FormatError(file, "expected a JSON object");
+  if (!fs::is_regular_file(file))
+    throw Error(dir + ": not a graft run directory (no graft.json); train one with `graft train`");
   LoadedRun run;
   run.dir = dir;
-  run.spec.task = field<std::string>(doc, "task", file);
-  if (run.spec.task != "image-classify") {
-    throw FormatError(file, "task '" + run.spec.task + "' is not supported by this command (expected image-classify)");
-  }
-  run.spec.model = field<std::string>(doc, "model", file);
-  run.spec.head = field<std::string>(doc, "head", file);
-  run.spec.freeze = doc.value("freeze", "");
-  run.spec.classes = field<std::vector<std::string>>(doc, "classes", file);
-  run.spec.data = doc.value("data", "");
-  if (run.spec.classes.empty()) throw FormatError(file, "field 'classes' is empty");
-  const json pre = field<json>(doc, "preprocessing", file);
-  run.spec.preprocessing.size = field<int64_t>(pre, "size", file);
-  run.spec.preprocessing.crop_pct = field<double>(pre, "crop_pct", file);
-  run.spec.preprocessing.mean = field<std::array<double, 3>>(pre, "mean", file);
-  run.spec.preprocessing.std = field<std::array<double, 3>>(pre, "std", file);
-  run.spec.preprocessing.interpolation = pre.value("interpolation", "bilinear");
-  if (run.spec.preprocessing.size <= 0 || run.spec.preprocessing.size > 4096 ||
-      !(run.spec.preprocessing.crop_pct > 0.0 && run.spec.preprocessing.crop_pct <= 1.0)) {
-    throw FormatError(file, "preprocessing size must be in 1..4096 and crop_pct in (0, 1]");
-  }
+  run.spec = read_run_spec(file);
   const int64_t classes = static_cast<int64_t>(run.spec.classes.size());
   run.model = create_model(run.spec.model, classes);
   if (!run.spec.head.empty()) run.model->set_head(HeadSpec::parse(run.spec.head),
