@@ -4,6 +4,10 @@
 #include <torch/nn/modules/container/sequential.h>
 
 #include <atomic>
+#include <string>
+#include <typeinfo>
+
+#include "graft/errors.h"
 
 namespace graft {
 namespace {
@@ -13,6 +17,12 @@ std::atomic<bool> folding_enabled{true};
 
 bool needs_grad(const torch::Tensor& t) {
   return t.defined() && t.requires_grad();
+}
+
+// Inference tensors (made under InferenceMode) keep no version counter; they cannot be updated in place
+// outside that mode either, so identity alone tells whether they changed.
+uint32_t version_of(const torch::Tensor& t) {
+  return t.defined() && !t.is_inference() ? t._version() : 0;
 }
 
 // The tensors a folded pair is computed from, in a fixed order (undefined ones included as such).
@@ -53,7 +63,7 @@ const BatchNormFolding::Folded& BatchNormFolding::fold(torch::nn::Conv2dImpl& co
     for (size_t i = 0; i < sources.size() && current; ++i) {
       current = sources[i].defined() == cached.sources[i].defined() &&
                 (!sources[i].defined() ||
-                 (sources[i].is_same(cached.sources[i]) && sources[i]._version() == cached.versions[i]));
+                 (sources[i].is_same(cached.sources[i]) && version_of(sources[i]) == cached.versions[i]));
     }
     if (current) return cached;
   }
@@ -77,7 +87,7 @@ const BatchNormFolding::Folded& BatchNormFolding::fold(torch::nn::Conv2dImpl& co
                       .to(conv.weight.scalar_type())
                       .contiguous(torch::MemoryFormat::ChannelsLast);
   folded.bias = ((bias - bn.running_mean.to(torch::kFloat64)) * scale + beta).to(conv.weight.scalar_type());
-  for (const auto& source : sources) folded.versions.push_back(source.defined() ? source._version() : 0);
+  for (const auto& source : sources) folded.versions.push_back(version_of(source));
   folded.sources = std::move(sources);
   return cache_[&conv] = std::move(folded);
 }
@@ -90,6 +100,10 @@ bool can_fold(const torch::nn::Conv2dImpl& conv, const torch::nn::BatchNorm2dImp
 }
 
 torch::Tensor conv_bn(torch::nn::Conv2dImpl& conv, torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x) {
+  if (typeid(conv) != typeid(torch::nn::Conv2dImpl)) {
+    throw Error(std::string("conv_bn: the convolution must be a plain Conv2d, got ") + typeid(conv).name() +
+                " (a subclass's own forward would be skipped)");
+  }
   BatchNormFolding* scope = BatchNormFolding::active();
   if (!scope || x.dim() != 4 || !can_fold(conv, bn)) return bn.forward(conv.forward(x));
   const auto& folded = scope->fold(conv, bn);
@@ -99,9 +113,13 @@ torch::Tensor conv_bn(torch::nn::Conv2dImpl& conv, torch::nn::BatchNorm2dImpl& b
 }
 
 torch::Tensor conv_bn_sequential(torch::nn::SequentialImpl& seq, torch::Tensor x) {
-  auto* conv = seq.size() >= 2 ? dynamic_cast<torch::nn::Conv2dImpl*>(seq.ptr(0).get()) : nullptr;
-  auto* bn = seq.size() >= 2 ? dynamic_cast<torch::nn::BatchNorm2dImpl*>(seq.ptr(1).get()) : nullptr;
-  if (!conv || !bn) return seq.forward(std::move(x));  // e.g. a Keras port's Conv2dSame: no fold
+  // Exactly a Conv2d: a subclass such as Conv2dSame (TF padding) has a forward of its own, which the
+  // Conv2dImpl& that conv_bn() takes would not call.
+  const bool pair = seq.size() >= 2 && typeid(*seq.ptr(0)) == typeid(torch::nn::Conv2dImpl) &&
+                    typeid(*seq.ptr(1)) == typeid(torch::nn::BatchNorm2dImpl);
+  if (!pair) return seq.forward(std::move(x));
+  auto* conv = dynamic_cast<torch::nn::Conv2dImpl*>(seq.ptr(0).get());
+  auto* bn = dynamic_cast<torch::nn::BatchNorm2dImpl*>(seq.ptr(1).get());
   x = conv_bn(*conv, *bn, x);
   for (auto it = seq.begin() + 2; it != seq.end(); ++it) x = it->forward(x);
   return x;

@@ -57,7 +57,8 @@ class BatchNormFolding {
 // statistics, no tensor of the pair requires a gradient, and the padding is explicit zeros.
 bool can_fold(const torch::nn::Conv2dImpl& conv, const torch::nn::BatchNorm2dImpl& bn);
 
-// bn(conv(x)); one folded convolution inside an active BatchNormFolding scope when can_fold().
+// bn(conv(x)); one folded convolution inside an active BatchNormFolding scope when can_fold(). `conv` must
+// be exactly a Conv2d (graft::Error otherwise): Conv2dImpl::forward is not virtual.
 torch::Tensor conv_bn(torch::nn::Conv2dImpl& conv, torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x);
 // A Sequential that starts with Conv2d, BatchNorm2d (ResNet's "downsample", torchvision's
 // Conv2dNormActivation): those two through conv_bn(), then the rest in order. Any other Sequential runs
