@@ -18,8 +18,11 @@
 #include <atomic>
 #include <cctype>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <mutex>
+#include <sstream>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 #include <string>
@@ -37,6 +40,18 @@ struct FakeFile {
   int drops = 0;                // the next `drops` content GETs send `drop_after` bytes and hang up
   size_t drop_after = 0;
 };
+
+inline bool contains(const std::string& haystack, const std::string& needle) {
+  return haystack.find(needle) != std::string::npos;
+}
+
+// The whole file, bytes as they are ("" when it cannot be opened).
+inline std::string read_file(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
 
 inline FakeFile git_file(const std::string& content) {
   FakeFile file;

@@ -19,19 +19,10 @@ using graft::testing::FakeHub;
 using graft::testing::FakeRepo;
 using graft::testing::fresh_dir;
 using graft::testing::graft;
+using graft::testing::contains;
+using graft::testing::read_file;
 
 const std::string kCommit = "fedcba9876543210fedcba9876543210fedcba98";
-
-bool contains(const std::string& haystack, const std::string& needle) {
-  return haystack.find(needle) != std::string::npos;
-}
-
-std::string read_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
 
 // shared/weights/tiny_darknet_tfjs as a Hub repository, plus a pickle that must never be fetched.
 FakeRepo darknet_repo() {

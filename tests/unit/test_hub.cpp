@@ -28,20 +28,11 @@ using graft::testing::FakeHub;
 using graft::testing::FakeRepo;
 using graft::testing::git_file;
 using graft::testing::lfs_file;
+using graft::testing::contains;
+using graft::testing::read_file;
 
 const std::string kCommit = "0123456789abcdef0123456789abcdef01234567";
 const std::string kCommit2 = "89abcdef0123456789abcdef0123456789abcdef";
-
-bool contains(const std::string& haystack, const std::string& needle) {
-  return haystack.find(needle) != std::string::npos;
-}
-
-std::string read_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
 
 std::string random_bytes(size_t size, unsigned seed) {
   std::mt19937 generator(seed);
