@@ -33,21 +33,13 @@
 #include "graft/gpt2.h"
 #include "graft/runtime.h"
 #include "graft/tokenizer.h"
+#include "timing.h"
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-double median(std::vector<double> values) {
-  if (values.empty()) return 0;
-  std::sort(values.begin(), values.end());
-  const size_t mid = values.size() / 2;
-  return values.size() % 2 ? values[mid] : (values[mid - 1] + values[mid]) / 2;
-}
+using graft::bench::Clock;
+using graft::bench::median;
+using graft::bench::seconds_since;
 
 // Command-line flags of the form --name VALUE after the mode; positional arguments kept in order.
 struct Args {

@@ -37,22 +37,14 @@
 #include "graft/runtime.h"
 #include "graft/transfer.h"
 #include "layers/conv_bn.h"
+#include "timing.h"
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using graft::bench::Clock;
+using graft::bench::median;
+using graft::bench::seconds_since;
 using nlohmann::json;
-
-double seconds_since(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-double median(std::vector<double> values) {
-  if (values.empty()) return 0;
-  std::sort(values.begin(), values.end());
-  const size_t mid = values.size() / 2;
-  return values.size() % 2 ? values[mid] : (values[mid - 1] + values[mid]) / 2;
-}
 
 double peak_rss_mb() {
   rusage usage{};
