@@ -9,15 +9,29 @@
 //
 // String attributes may be variable-length (h5py 3) or fixed-length byte strings (older h5py / Keras);
 // both are read. Weight order comes from weight_names, never from HDF5's alphabetical iteration order.
+//
+// libhdf5 is not safe on hostile files (tests/fuzz/README.md, "libhdf5": a segfault and an endless loop
+// on a corrupt global heap), so by default the file is read in a forked child process with a deadline and
+// a memory limit; the tensors come back through a pipe. A crash or hang there is a FormatError here.
 #pragma once
+#include <chrono>
 #include <string>
 
 #include "graft/keras.h"
 
 namespace graft {
 
+struct KerasH5Options {
+  // Read in a child process (the default). In-process reading is for the fuzzer, which needs libhdf5's
+  // code in its own address space to see coverage and sanitizer reports.
+  bool separate_process = true;
+  // How long the child may take; zero means 60 s plus 1 s per 20 MB of file.
+  std::chrono::milliseconds timeout{0};
+};
+
 // Reads every layer's weights as float32 tensors in Keras layout, and the topology when the file has one.
-// Throws FormatError naming the file and the HDF5 path (attribute or dataset) on anything malformed.
-KerasModel read_keras_h5(const std::string& path);
+// Throws FormatError naming the file and the HDF5 path (attribute or dataset) on anything malformed, and
+// on a reader process that crashed or ran past its deadline.
+KerasModel read_keras_h5(const std::string& path, const KerasH5Options& options = {});
 
 }  // namespace graft

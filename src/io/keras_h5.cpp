@@ -6,11 +6,16 @@
 
 #include <hdf5.h>
 
+#include <unistd.h>
+
+#include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <mutex>
 
 #include "graft/errors.h"
+#include "io/child_process.h"
 
 namespace graft {
 namespace {
@@ -33,10 +38,11 @@ class Handle {
   herr_t (*close_)(hid_t);
 };
 
-// A dataset's element count above which graft refuses to allocate (16 GiB of float32).
+// A dataset's element count above which graft refuses to allocate (16 GiB of float32), and its rank limit.
 constexpr hsize_t kMaxDatasetElements = hsize_t{1} << 32;
+constexpr int kMaxRank = 8;
 
-// libhdf5 (Debian's serial build) is not thread-safe: one reader at a time.
+// libhdf5 (Debian's serial build) is not thread-safe: one in-process reader at a time.
 std::mutex& hdf5_mutex() {
   static std::mutex mutex;
   return mutex;
@@ -121,9 +127,22 @@ std::string read_optional_string(hid_t object, const std::string& name, const st
   return values.empty() ? "" : values.front();
 }
 
-// A float dataset as a float32 tensor of its shape; HDF5 converts float16/float64 on read.
-torch::Tensor read_float_dataset(hid_t group, const std::string& name, const std::string& path,
-                                 const std::string& file, const std::string& layer) {
+// What the walk over a Keras .h5 file finds, in file order. The walk runs in a child process by default
+// (KerasStreamWriter forwards to the parent); in the same process the builder is the sink.
+class KerasH5Sink {
+ public:
+  virtual ~KerasH5Sink() = default;
+  virtual void header(const std::string& format, const std::string& keras_version,
+                      const std::string& model_config) = 0;
+  virtual void layer(const std::string& name) = 0;
+  // Where the float32 values of this weight go; filled before tensor_done().
+  virtual float* tensor(const std::string& name, const std::vector<int64_t>& shape) = 0;
+  virtual void tensor_done() = 0;
+};
+
+// Reads a float dataset into the sink; HDF5 converts float16/float64 on read.
+void read_float_dataset(hid_t group, const std::string& name, const std::string& path, const std::string& file,
+                        const std::string& layer, KerasH5Sink& sink) {
   Handle dataset(H5Dopen2(group, name.c_str(), H5P_DEFAULT), H5Dclose);
   if (!dataset.valid()) {
     throw FormatError(file, "dataset '" + path + "' is missing",
@@ -139,7 +158,7 @@ torch::Tensor read_float_dataset(hid_t group, const std::string& name, const std
                       "Keras weights are float32");
   }
   const int rank = H5Sget_simple_extent_ndims(space.get());
-  if (rank < 0 || rank > 8) {
+  if (rank < 0 || rank > kMaxRank) {
     throw FormatError(
         file, "dataset '" + path + "' has rank " + std::to_string(rank) + "; weights have 0 to 8 dims");
   }
@@ -182,50 +201,36 @@ torch::Tensor read_float_dataset(hid_t group, const std::string& name, const std
                         "refused as a possible decompression bomb");
     }
   }
-  torch::Tensor out = torch::empty(shape, torch::kFloat32);
-  if (count > 0 &&
-      H5Dread(dataset.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data_ptr<float>()) < 0) {
+  float* values = sink.tensor(name, shape);
+  if (count > 0 && H5Dread(dataset.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, values) < 0) {
     throw FormatError(file, "dataset '" + path + "' cannot be read", "the file may be truncated or damaged");
   }
-  return out;
+  sink.tensor_done();
 }
 
-}  // namespace
-
-KerasModel read_keras_h5(const std::string& path) {
-  const std::string& file = path;
-  std::error_code error;
-  if (!std::filesystem::is_regular_file(path, error)) throw FormatError(file, "no such file");
-
-  std::lock_guard<std::mutex> lock(hdf5_mutex());
+// The walk itself: the root's attributes, then each layer of layer_names and each weight of its
+// weight_names, in that order. The caller holds hdf5_mutex() or is a child process.
+void walk_keras_h5(const std::string& file, KerasH5Sink& sink) {
   // HDF5 prints its error stack to stderr by default; graft reports through exceptions instead.
   H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
-  if (H5Fis_hdf5(path.c_str()) <= 0) {
+  if (H5Fis_hdf5(file.c_str()) <= 0) {
     throw FormatError(file, "not an HDF5 file", "a Keras .h5 file starts with the HDF5 signature");
   }
-  Handle handle(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
+  Handle handle(H5Fopen(file.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
   if (!handle.valid()) throw FormatError(file, "cannot be opened by libhdf5 (truncated or damaged?)");
   const hid_t root = handle.get();
 
-  KerasModel model;
-  model.source = path;
-  std::string weights_path;
+  std::string format, model_config, weights_path;
   if (attribute_exists(root, "model_config")) {
-    model.format = "keras-h5";
-    const std::string config = read_optional_string(root, "model_config", file, "/");
-    try {
-      model.model_config = nlohmann::json::parse(config);
-    } catch (const nlohmann::json::parse_error& e) {
-      throw FormatError(file, std::string("attribute 'model_config' of / is not valid JSON: ") + e.what());
-    }
-    model.layers = parse_keras_layers(model.model_config, file);
+    format = "keras-h5";
+    model_config = read_optional_string(root, "model_config", file, "/");
     if (H5Lexists(root, "model_weights", H5P_DEFAULT) <= 0) {
       throw FormatError(file, "has a model_config but no group '/model_weights'",
                         "a model saved without weights cannot be loaded");
     }
     weights_path = "/model_weights";
   } else if (attribute_exists(root, "layer_names") || attribute_exists(root, "layer_names0")) {
-    model.format = "keras-h5-weights";
+    format = "keras-h5-weights";
     weights_path = "/";
   } else {
     const bool keras3 =
@@ -240,10 +245,9 @@ KerasModel read_keras_h5(const std::string& path) {
 
   Handle weights(H5Gopen2(root, weights_path.c_str(), H5P_DEFAULT), H5Gclose);
   if (!weights.valid()) throw FormatError(file, "group '" + weights_path + "' cannot be opened");
-  model.keras_version = read_optional_string(root, "keras_version", file, "/");
-  if (model.keras_version.empty()) {
-    model.keras_version = read_optional_string(weights.get(), "keras_version", file, weights_path);
-  }
+  std::string keras_version = read_optional_string(root, "keras_version", file, "/");
+  if (keras_version.empty()) keras_version = read_optional_string(weights.get(), "keras_version", file, weights_path);
+  sink.header(format, keras_version, model_config);
 
   const std::vector<std::string> layer_names =
       read_string_list(weights.get(), "layer_names", file, weights_path);
@@ -257,14 +261,200 @@ KerasModel read_keras_h5(const std::string& path) {
     const std::vector<std::string> weight_names =
         read_string_list(group.get(), "weight_names", file, layer_path);
     if (weight_names.empty()) continue;
-    KerasLayerWeights layer_weights{layer, {}};
+    sink.layer(layer);
     for (const std::string& weight : weight_names) {
-      layer_weights.tensors.emplace_back(
-          weight, read_float_dataset(group.get(), weight, join(layer_path, weight), file, layer));
+      read_float_dataset(group.get(), weight, join(layer_path, weight), file, layer, sink);
     }
-    model.weights.push_back(std::move(layer_weights));
   }
-  return model;
+}
+
+// Builds the KerasModel from the walk's events (in this process, or from the child's stream).
+class KerasModelBuilder : public KerasH5Sink {
+ public:
+  explicit KerasModelBuilder(const std::string& file) { model_.source = file; }
+  void header(const std::string& format, const std::string& keras_version,
+              const std::string& model_config) override {
+    model_.format = format;
+    model_.keras_version = keras_version;
+    if (format != "keras-h5") return;
+    try {
+      model_.model_config = nlohmann::json::parse(model_config);
+    } catch (const nlohmann::json::exception& e) {
+      throw FormatError(model_.source, std::string("attribute 'model_config' of / is not valid JSON: ") + e.what());
+    }
+    model_.layers = parse_keras_layers(model_.model_config, model_.source);
+  }
+  void layer(const std::string& name) override { model_.weights.push_back(KerasLayerWeights{name, {}}); }
+  float* tensor(const std::string& name, const std::vector<int64_t>& shape) override {
+    if (model_.weights.empty()) throw FormatError(model_.source, "weight '" + name + "' outside any layer");
+    auto& tensors = model_.weights.back().tensors;
+    tensors.emplace_back(name, torch::empty(shape, torch::kFloat32));
+    return tensors.back().second.data_ptr<float>();
+  }
+  void tensor_done() override {}
+  KerasModel take() { return std::move(model_); }
+
+ private:
+  KerasModel model_;
+};
+
+// The child's side: each event as a record [tag: 1 byte][length: 8 bytes][payload] on the pipe.
+namespace record {
+constexpr char kFormat = 'F', kVersion = 'V', kConfig = 'C', kLayer = 'L', kName = 'W', kShape = 'S',
+               kData = 'D', kError = 'E', kEnd = 'Z';
+constexpr uint64_t kMaxString = uint64_t{256} << 20;  // a model_config of 256 MiB is far past any real one
+}  // namespace record
+
+class KerasStreamWriter : public KerasH5Sink {
+ public:
+  explicit KerasStreamWriter(int fd) : fd_(fd) {}
+  void header(const std::string& format, const std::string& keras_version,
+              const std::string& model_config) override {
+    put(record::kFormat, format);
+    put(record::kVersion, keras_version);
+    put(record::kConfig, model_config);
+  }
+  void layer(const std::string& name) override { put(record::kLayer, name); }
+  float* tensor(const std::string& name, const std::vector<int64_t>& shape) override {
+    put(record::kName, name);
+    put(record::kShape, shape.data(), shape.size() * sizeof(int64_t));
+    int64_t count = 1;
+    for (int64_t d : shape) count *= d;
+    values_.assign(static_cast<size_t>(count), 0.0f);
+    return values_.data();
+  }
+  void tensor_done() override {
+    put(record::kData, values_.data(), values_.size() * sizeof(float));
+    values_ = {};
+  }
+  void put(char tag, const void* data, size_t n) {
+    const uint64_t length = n;
+    if (!detail::write_all(fd_, &tag, 1) || !detail::write_all(fd_, &length, sizeof length) ||
+        !detail::write_all(fd_, data, n)) {
+      _exit(2);  // the parent is gone or gave up on us
+    }
+  }
+  void put(char tag, const std::string& text) { put(tag, text.data(), text.size()); }
+
+ private:
+  int fd_;
+  std::vector<float> values_;
+};
+
+// The parent's side: replays the child's records into the builder, checking every length (a child
+// that libhdf5 let a hostile file take over must not be able to do more than fail the read).
+void replay_stream(detail::ChildProcess& child, const std::string& file, KerasModelBuilder& builder) {
+  const auto next = [&](uint64_t max_length, char* tag) {
+    uint64_t length = 0;
+    child.read_exact(tag, 1);
+    child.read_exact(&length, sizeof length);
+    if (length > max_length) {
+      throw FormatError(file, "the .h5 reader process sent a record of " + std::to_string(length) + " bytes");
+    }
+    return length;
+  };
+  const auto text = [&](uint64_t length) {
+    std::string out(length, '\0');
+    child.read_exact(out.data(), length);
+    return out;
+  };
+  std::string format, version, name;
+  std::vector<int64_t> shape;
+  for (;;) {
+    char tag = 0;
+    const uint64_t length = next(std::numeric_limits<uint64_t>::max(), &tag);
+    if (tag == record::kData) {
+      uint64_t count = 1;
+      for (int64_t d : shape) count *= static_cast<uint64_t>(d);
+      if (length != count * sizeof(float)) {
+        throw FormatError(file, "the .h5 reader process sent " + std::to_string(length) + " bytes for '" + name +
+                                    "' of shape " + shape_str(shape));
+      }
+      child.read_exact(builder.tensor(name, shape), length);
+      builder.tensor_done();
+      continue;
+    }
+    if (length > record::kMaxString) {
+      throw FormatError(file, "the .h5 reader process sent a record of " + std::to_string(length) + " bytes");
+    }
+    switch (tag) {
+      case record::kFormat: format = text(length); break;
+      case record::kVersion: version = text(length); break;
+      case record::kConfig: builder.header(format, version, text(length)); break;
+      case record::kLayer: builder.layer(text(length)); break;
+      case record::kName: name = text(length); break;
+      case record::kShape: {
+        if (length % sizeof(int64_t) != 0 || length / sizeof(int64_t) > kMaxRank) {
+          throw FormatError(file, "the .h5 reader process sent a shape of " + std::to_string(length) + " bytes");
+        }
+        shape.assign(length / sizeof(int64_t), 0);
+        child.read_exact(shape.data(), length);
+        uint64_t count = 1;
+        for (int64_t d : shape) {
+          if (d < 0 || (d != 0 && count > kMaxDatasetElements / static_cast<uint64_t>(d))) {
+            throw FormatError(file, "the .h5 reader process sent the bad shape " + shape_str(shape));
+          }
+          count *= static_cast<uint64_t>(d);
+        }
+        break;
+      }
+      case record::kError: throw FormatError(file, text(length));
+      case record::kEnd: child.finish(); return;
+      default:
+        throw FormatError(file, "the .h5 reader process sent an unknown record tag " + std::to_string(int(tag)));
+    }
+  }
+}
+
+// 60 s plus 1 s per 20 MB: a 550 MB VGG16 .h5 reads in a few seconds on any disk.
+std::chrono::milliseconds default_deadline(const std::string& path) {
+  std::error_code error;
+  const uintmax_t size = std::filesystem::file_size(path, error);
+  return std::chrono::milliseconds(60'000 + (error ? 0 : static_cast<int64_t>(size / 20'000)));
+}
+
+}  // namespace
+
+KerasModel read_keras_h5(const std::string& path, const KerasH5Options& options) {
+  const std::string& file = path;
+  std::error_code error;
+  if (!std::filesystem::is_regular_file(path, error)) throw FormatError(file, "no such file");
+  KerasModelBuilder builder(file);
+  if (!options.separate_process) {
+    std::lock_guard<std::mutex> lock(hdf5_mutex());  // libhdf5 (Debian's serial build) is not thread-safe
+    walk_keras_h5(file, builder);
+    return builder.take();
+  }
+
+  detail::ChildLimits limits;
+  limits.deadline = options.timeout.count() > 0 ? options.timeout : default_deadline(path);
+  const uintmax_t size = std::filesystem::file_size(path, error);
+  limits.extra_address_space = (uint64_t{4} << 30) + (error ? 0 : 4 * static_cast<uint64_t>(size));
+  const auto work = [&file](int fd) {
+    KerasStreamWriter writer(fd);
+    try {
+      walk_keras_h5(file, writer);
+    } catch (const FormatError& e) {
+      std::string what = e.what();
+      const std::string prefix = file + ": ";
+      if (what.compare(0, prefix.size(), prefix) == 0) what.erase(0, prefix.size());
+      writer.put(record::kError, what);
+      return;
+    } catch (const std::bad_alloc&) {
+      writer.put(record::kError, "libhdf5 ran out of memory reading the file (damaged sizes?)");
+      return;
+    }
+    writer.put(record::kEnd, "");
+  };
+  try {
+    detail::ChildProcess child(work, limits);
+    replay_stream(child, file, builder);
+  } catch (const detail::ChildFailed& failure) {
+    throw FormatError(file, std::string("libhdf5 ") + failure.what() + " while reading the file",
+                      "the file is damaged or was made to attack HDF5 readers; graft reads .h5 files in a "
+                      "separate process, so nothing else was affected");
+  }
+  return builder.take();
 }
 
 }  // namespace graft

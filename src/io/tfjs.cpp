@@ -271,7 +271,7 @@ nlohmann::json read_model_json(const std::string& file) {
   } else {
     try {
       root = json::parse(read_text(file));
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {
       throw FormatError(file, std::string("not valid JSON: ") + e.what());
     }
   }

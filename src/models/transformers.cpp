@@ -258,7 +258,7 @@ json read_json_file(const std::string& path) {
   if (!in) throw Error(path + ": cannot open the file");
   try {
     return json::parse(in);
-  } catch (const json::parse_error& error) {
+  } catch (const json::exception& error) {
     throw FormatError(path, std::string("not valid JSON: ") + error.what());
   }
 }

@@ -21,7 +21,7 @@ json parse_json_file(const std::string& path) {
   const std::string bytes = read_tokenizer_file(path);
   try {
     return json::parse(bytes);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
     throw FormatError(path, std::string("is not valid JSON: ") + e.what());
   }
 }

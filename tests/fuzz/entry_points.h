@@ -95,7 +95,10 @@ inline void read_tfjs_bytes(std::string_view bytes) {
 
 // Keras .h5: the whole file.
 inline void read_keras_h5_bytes(std::string_view bytes) {
-  (void)read_keras_h5(write_file(scratch_dir(), "fuzz.h5", bytes));
+  // In-process: the fuzzer needs libhdf5 in its own address space (coverage, sanitizer reports).
+  KerasH5Options options;
+  options.separate_process = false;
+  (void)read_keras_h5(write_file(scratch_dir(), "fuzz.h5", bytes), options);
 }
 
 // Images: JPEG/PNG bytes, decoded at full size and with DCT scaling, then made a tensor.

@@ -60,7 +60,9 @@ TEST_P(FoldedForward, EqualsTheUnfoldedModules) {
     same_padding += item.value()->as<Conv2dSame>() != nullptr;
   }
   EXPECT_EQ(pairs, batchnorms - same_padding);
-  if (GetParam() == "mobilenet_v2.keras") EXPECT_GT(same_padding, 0u);
+  if (GetParam() == "mobilenet_v2.keras") {
+    EXPECT_GT(same_padding, 0u);
+  }
   const double error = relative_error(folded, plain);
   std::cout << "[fold] " << GetParam() << ": " << pairs << " pairs folded, max relative error " << error
             << "\n";

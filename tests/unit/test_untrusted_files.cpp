@@ -200,3 +200,76 @@ TEST(UntrustedBombs, KerasH5DatasetThatStoresNothing) {
   expect_error_mentioning([&] { graft::fuzz::read_keras_h5_bytes(read_bytes(path)); },
                           {"kernel:0", "[65536, 32768]", "stores no data"});
 }
+
+// libhdf5 itself crashes or loops forever on some damaged files (tests/fuzz/known-libhdf5/, found by
+// fuzz_keras_h5). read_keras_h5 reads in a child process by default, so each must end in a FormatError
+// naming the file, and this process carries on.
+TEST(KerasH5ChildProcess, Libhdf5CrashesAndHangsBecomeFormatErrors) {
+  const fs::path root = fs::path(GRAFT_SOURCE_DIR) / "tests" / "fuzz" / "known-libhdf5";
+  graft::KerasH5Options options;
+  options.timeout = std::chrono::seconds(2);
+  // "crashed with signal 11" here, signal 6 under ASan (scripts/fuzz sets abort_on_error).
+  const std::map<std::string, std::string> expected = {
+      {"h5hg-read-segv", "libhdf5 crashed with signal"},
+      {"h5hg-deserialize-infinite-loop", "libhdf5 did not finish within 2 s"}};
+  size_t files = 0;
+  for (const auto& entry : fs::directory_iterator(root)) {
+    const std::string name = entry.path().filename().string();
+    SCOPED_TRACE(name);
+    try {
+      (void)graft::read_keras_h5(entry.path().string(), options);
+      ADD_FAILURE() << "loaded without an error";
+    } catch (const graft::FormatError& e) {
+      std::cout << "[h5 child] " << name << ": " << e.what() << "\n";
+      EXPECT_EQ(e.file(), entry.path().string());
+      if (expected.count(name)) {
+        EXPECT_NE(std::string(e.what()).find(expected.at(name)), std::string::npos) << e.what();
+      }
+    }
+    ++files;
+  }
+  EXPECT_GE(files, expected.size());
+}
+
+// The child's stream carries everything the in-process walk finds: the same tensors, bit for bit, the
+// same topology, and the same error message for a file it refuses.
+TEST(KerasH5ChildProcess, SameModelAsInProcessReading) {
+  graft::KerasH5Options in_process;
+  in_process.separate_process = false;
+  std::vector<fs::path> files;
+  for (const auto& entry : fs::directory_iterator(fs::path(GRAFT_SOURCE_DIR) / "tests/fuzz/corpus/keras_h5"))
+    files.push_back(entry.path());
+  for (const auto& entry : fs::directory_iterator(fs::path(GRAFT_SOURCE_DIR) / "tests/fuzz/regressions/keras_h5"))
+    if (entry.path().filename() != "README.md") files.push_back(entry.path());
+  size_t compared = 0;
+  for (const fs::path& path : files) {
+    SCOPED_TRACE(path.string());
+    std::string child_error, own_error;
+    graft::KerasModel child, own;
+    try {
+      child = graft::read_keras_h5(path.string());
+    } catch (const graft::Error& e) {
+      child_error = e.what();
+    }
+    try {
+      own = graft::read_keras_h5(path.string(), in_process);
+    } catch (const graft::Error& e) {
+      own_error = e.what();
+    }
+    EXPECT_EQ(child_error, own_error);
+    if (!own_error.empty()) continue;
+    EXPECT_EQ(child.format, own.format);
+    EXPECT_EQ(child.keras_version, own.keras_version);
+    EXPECT_EQ(child.model_config, own.model_config);
+    EXPECT_EQ(child.layers.size(), own.layers.size());
+    const graft::NamedTensors a = child.named_weights(), b = own.named_weights();
+    ASSERT_EQ(a.size(), b.size());
+    ASSERT_GT(a.size(), 0u);
+    for (size_t i = 0; i < a.size(); ++i) {
+      EXPECT_EQ(a[i].first, b[i].first);
+      EXPECT_TRUE(torch::equal(a[i].second, b[i].second)) << a[i].first;
+    }
+    ++compared;
+  }
+  EXPECT_GE(compared, 4u);  // the four seeds load
+}
