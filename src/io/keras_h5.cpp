@@ -6,13 +6,16 @@
 
 #include <hdf5.h>
 
+#include <fcntl.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <limits>
 #include <mutex>
+#include <optional>
 
 #include "graft/errors.h"
 #include "io/child_process.h"
@@ -135,8 +138,11 @@ class KerasH5Sink {
   virtual void header(const std::string& format, const std::string& keras_version,
                       const std::string& model_config) = 0;
   virtual void layer(const std::string& name) = 0;
-  // Where the float32 values of this weight go; filled before tensor_done().
-  virtual float* tensor(const std::string& name, const std::vector<int64_t>& shape) = 0;
+  // Where the float32 values of this weight go; filled before tensor_done(). file_offset is where the
+  // values lie in the file when they are stored plainly (contiguous native float32, no filter); a sink
+  // that returns nullptr reads them from there itself.
+  virtual float* tensor(const std::string& name, const std::vector<int64_t>& shape,
+                        std::optional<uint64_t> file_offset) = 0;
   virtual void tensor_done() = 0;
 };
 
@@ -201,8 +207,15 @@ void read_float_dataset(hid_t group, const std::string& name, const std::string&
                         "refused as a possible decompression bomb");
     }
   }
-  float* values = sink.tensor(name, shape);
-  if (count > 0 && H5Dread(dataset.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, values) < 0) {
+  std::optional<uint64_t> file_offset;
+  if (count > 0 && plist.valid() && H5Pget_layout(plist.get()) == H5D_CONTIGUOUS &&
+      H5Pget_nfilters(plist.get()) == 0 && H5Pget_external_count(plist.get()) == 0 &&
+      H5Tequal(type.get(), H5T_NATIVE_FLOAT) > 0) {
+    const haddr_t address = H5Dget_offset(dataset.get());
+    if (address != HADDR_UNDEF) file_offset = address;
+  }
+  float* values = sink.tensor(name, shape, file_offset);
+  if (values != nullptr && count > 0 && H5Dread(dataset.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, values) < 0) {
     throw FormatError(file, "dataset '" + path + "' cannot be read", "the file may be truncated or damaged");
   }
   sink.tensor_done();
@@ -285,7 +298,7 @@ class KerasModelBuilder : public KerasH5Sink {
     model_.layers = parse_keras_layers(model_.model_config, model_.source);
   }
   void layer(const std::string& name) override { model_.weights.push_back(KerasLayerWeights{name, {}}); }
-  float* tensor(const std::string& name, const std::vector<int64_t>& shape) override {
+  float* tensor(const std::string& name, const std::vector<int64_t>& shape, std::optional<uint64_t>) override {
     if (model_.weights.empty()) throw FormatError(model_.source, "weight '" + name + "' outside any layer");
     auto& tensors = model_.weights.back().tensors;
     tensors.emplace_back(name, torch::empty(shape, torch::kFloat32));
@@ -301,7 +314,7 @@ class KerasModelBuilder : public KerasH5Sink {
 // The child's side: each event as a record [tag: 1 byte][length: 8 bytes][payload] on the pipe.
 namespace record {
 constexpr char kFormat = 'F', kVersion = 'V', kConfig = 'C', kLayer = 'L', kName = 'W', kShape = 'S',
-               kData = 'D', kError = 'E', kEnd = 'Z';
+               kData = 'D', kOffset = 'O', kError = 'E', kEnd = 'Z';
 constexpr uint64_t kMaxString = uint64_t{256} << 20;  // a model_config of 256 MiB is far past any real one
 }  // namespace record
 
@@ -315,15 +328,24 @@ class KerasStreamWriter : public KerasH5Sink {
     put(record::kConfig, model_config);
   }
   void layer(const std::string& name) override { put(record::kLayer, name); }
-  float* tensor(const std::string& name, const std::vector<int64_t>& shape) override {
+  // Plainly stored values (Keras' usual case) go as their offset in the file: the parent reads them
+  // from there straight into the tensor, and 500 MB need not pass through the pipe.
+  float* tensor(const std::string& name, const std::vector<int64_t>& shape,
+                std::optional<uint64_t> file_offset) override {
     put(record::kName, name);
     put(record::kShape, shape.data(), shape.size() * sizeof(int64_t));
+    sent_as_offset_ = file_offset.has_value();
+    if (file_offset) {
+      put(record::kOffset, &*file_offset, sizeof(uint64_t));
+      return nullptr;
+    }
     int64_t count = 1;
     for (int64_t d : shape) count *= d;
     values_.assign(static_cast<size_t>(count), 0.0f);
     return values_.data();
   }
   void tensor_done() override {
+    if (sent_as_offset_) return;
     put(record::kData, values_.data(), values_.size() * sizeof(float));
     values_ = {};
   }
@@ -339,7 +361,39 @@ class KerasStreamWriter : public KerasH5Sink {
  private:
   int fd_;
   std::vector<float> values_;
+  bool sent_as_offset_ = false;
 };
+
+// Reads a plainly stored dataset's values from the file itself (the child sent where they lie).
+void read_at(const std::string& file, uint64_t offset, const std::vector<int64_t>& shape, const std::string& name,
+             float* values) {
+  uint64_t bytes = sizeof(float);
+  for (int64_t d : shape) bytes *= static_cast<uint64_t>(d);
+  std::error_code error;
+  const uintmax_t size = std::filesystem::file_size(file, error);
+  if (error || offset > size || bytes > size - offset) {
+    throw FormatError(file, "dataset '" + name + "' of shape " + shape_str(shape) + " lies at bytes " +
+                                std::to_string(offset) + "+" + std::to_string(bytes) + ", past the file's end (" +
+                                std::to_string(size) + " bytes)",
+                      "the file is truncated");
+  }
+  const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw FormatError(file, std::string("cannot open: ") + std::strerror(errno));
+  char* out = reinterpret_cast<char*>(values);
+  while (bytes > 0) {
+    const ssize_t got = ::pread(fd, out, bytes, static_cast<off_t>(offset));
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) {
+      const std::string why = got < 0 ? std::strerror(errno) : "unexpected end of file";
+      ::close(fd);
+      throw FormatError(file, "cannot read dataset '" + name + "': " + why);
+    }
+    out += got;
+    offset += static_cast<uint64_t>(got);
+    bytes -= static_cast<uint64_t>(got);
+  }
+  ::close(fd);
+}
 
 // The parent's side: replays the child's records into the builder, checking every length (a child
 // that libhdf5 let a hostile file take over must not be able to do more than fail the read).
@@ -370,7 +424,15 @@ void replay_stream(detail::ChildProcess& child, const std::string& file, KerasMo
         throw FormatError(file, "the .h5 reader process sent " + std::to_string(length) + " bytes for '" + name +
                                     "' of shape " + shape_str(shape));
       }
-      child.read_exact(builder.tensor(name, shape), length);
+      child.read_exact(builder.tensor(name, shape, std::nullopt), length);
+      builder.tensor_done();
+      continue;
+    }
+    if (tag == record::kOffset) {
+      uint64_t offset = 0;
+      if (length != sizeof offset) throw FormatError(file, "the .h5 reader process sent a bad offset record");
+      child.read_exact(&offset, sizeof offset);
+      read_at(file, offset, shape, name, builder.tensor(name, shape, offset));
       builder.tensor_done();
       continue;
     }

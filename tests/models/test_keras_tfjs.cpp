@@ -12,6 +12,7 @@
 // weights-only .h5 layout (written here with libhdf5, as old Keras writes it), and the name-map tables.
 #include <gtest/gtest.h>
 #include <hdf5.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -1003,6 +1004,24 @@ TEST(KerasConvertCli, H5ToSafetensorsLoadsByName) {
   std::string log;
   for (const auto& line : read_lines(dir.file("bad.txt"))) log += line + "\n";
   EXPECT_NE(log.find("layer 'conv1' (Conv2D)"), std::string::npos) << log;
+}
+
+// A .h5 that makes libhdf5 segfault (tests/fuzz/known-libhdf5/) ends graft convert with exit 1 and a
+// message naming the file; the child process took the crash, and the output from before is untouched.
+TEST(KerasConvertCli, Libhdf5CrashIsAnErrorNotACrash) {
+  if (!fs::exists(GRAFT_BINARY)) GTEST_SKIP() << "the graft binary is not built: " << GRAFT_BINARY;
+  const std::string hostile = std::string(GRAFT_SOURCE_DIR) + "/tests/fuzz/known-libhdf5/h5hg-read-segv";
+  TempDir dir;
+  const std::string out = dir.file("out.safetensors");
+  { std::ofstream(out) << "kept"; }
+  const std::string command = std::string(GRAFT_BINARY) + " convert '" + hostile + "' --to '" + out +
+                              "' --model mobilenet_v2.keras > '" + dir.file("log.txt") + "' 2>&1";
+  const int status = std::system(command.c_str());
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 1);
+  const std::string line = read_lines(dir.file("log.txt")).front();
+  EXPECT_NE(line.find(hostile + ": libhdf5 crashed with signal 11"), std::string::npos) << line;
+  EXPECT_EQ(read_lines(out).front(), "kept");
 }
 
 }  // namespace
