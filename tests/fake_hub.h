@@ -37,6 +37,7 @@ struct FakeFile {
   std::string content;
   bool lfs = false;             // served through the CDN redirect, ETag = SHA-256 of the content
   std::string sha256_override;  // LFS: announce this SHA-256 instead of the content's (a corrupt file)
+  std::string git_etag_override;  // kept in git: announce this blob id instead of the content's
   int drops = 0;                // the next `drops` content GETs send `drop_after` bytes and hang up
   size_t drop_after = 0;
 };
@@ -130,11 +131,10 @@ class FakeHub {
     requests_.clear();
   }
 
-  // Git's object id of a file kept in git: SHA-1 of "blob <size>\0<content>". The fake needs only a
-  // stable 40-digit tag, so it takes the first 40 digits of a SHA-256 of the same bytes.
-  static std::string git_etag(const std::string& content) {
-    return graft::sha256_hex("blob " + std::to_string(content.size()) + std::string(1, '\0') + content)
-        .substr(0, 40);
+  // Git's object id of a file kept in git, as the Hub sends it: SHA-1 of "blob <size>\0<content>"
+  // (git_etag_override announces another, a corrupt file).
+  static std::string git_etag(const FakeFile& file) {
+    return file.git_etag_override.empty() ? graft::git_blob_sha1(file.content) : file.git_etag_override;
   }
 
  private:
@@ -316,12 +316,12 @@ class FakeHub {
       response.headers.push_back({"Location", endpoint() + "/cdn/" + lfs_sha256(file->second)});
       response.headers.push_back({"X-Linked-Etag", "\"" + lfs_sha256(file->second) + "\""});
       response.headers.push_back({"X-Linked-Size", std::to_string(file->second.content.size())});
-      response.headers.push_back({"ETag", "\"" + git_etag(file->second.content) + "\""});
+      response.headers.push_back({"ETag", "\"" + git_etag(file->second) + "\""});
       return response;
     }
     Response body = content(request, file->second);
     body.headers.push_back({"X-Repo-Commit", repo->second.commit});
-    body.headers.push_back({"ETag", "\"" + git_etag(file->second.content) + "\""});
+    body.headers.push_back({"ETag", "\"" + git_etag(file->second) + "\""});
     return body;
   }
 

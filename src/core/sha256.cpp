@@ -1,6 +1,8 @@
-// SHA-256 after FIPS 180-4 (https://nvlpubs.nist.gov/nistpubs/FIPS/NIST.FIPS.180-4.pdf), section 6.2.
+// SHA-256 and SHA-1 after FIPS 180-4 (https://nvlpubs.nist.gov/nistpubs/FIPS/NIST.FIPS.180-4.pdf),
+// sections 6.2 and 6.1.
 #include "graft/sha256.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -25,11 +27,26 @@ inline uint32_t rotr(uint32_t x, int n) {
   return (x >> n) | (x << (32 - n));
 }
 
+inline uint32_t rotl(uint32_t x, int n) {
+  return (x << n) | (x >> (32 - n));
+}
+
+// Hashes a file's bytes in 1 MiB chunks; `what` names the hash in errors.
+template <class Hash>
+std::string hash_file(Hash& hash, std::ifstream& in, const std::string& path, const char* what) {
+  std::vector<char> chunk(1 << 20);
+  while (in) {
+    in.read(chunk.data(), static_cast<std::streamsize>(chunk.size()));
+    hash.update(chunk.data(), static_cast<size_t>(in.gcount()));
+  }
+  if (in.bad()) throw Error(path + ": read error while computing its " + what);
+  return hash.hex_digest();
+}
+
 }  // namespace
 
 Sha256::Sha256()
-    : state_{0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19} {
-}
+    : BlockHash({0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19}) {}
 
 void Sha256::compress(const uint8_t* block) {
   uint32_t w[64];
@@ -70,7 +87,47 @@ void Sha256::compress(const uint8_t* block) {
   state_[7] += h;
 }
 
-void Sha256::update(const void* data, size_t size) {
+// SHA-1, section 6.1.
+Sha1::Sha1() : BlockHash({0x67452301, 0xefcdab89, 0x98badcfe, 0x10325476, 0xc3d2e1f0}) {}
+
+void Sha1::compress(const uint8_t* block) {
+  uint32_t w[80];
+  for (int i = 0; i < 16; ++i) {
+    w[i] = (uint32_t(block[4 * i]) << 24) | (uint32_t(block[4 * i + 1]) << 16) |
+           (uint32_t(block[4 * i + 2]) << 8) | uint32_t(block[4 * i + 3]);
+  }
+  for (int i = 16; i < 80; ++i) w[i] = rotl(w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16], 1);
+  uint32_t a = state_[0], b = state_[1], c = state_[2], d = state_[3], e = state_[4];
+  for (int i = 0; i < 80; ++i) {
+    uint32_t f, k;
+    if (i < 20) {
+      f = (b & c) | (~b & d), k = 0x5a827999;
+    } else if (i < 40) {
+      f = b ^ c ^ d, k = 0x6ed9eba1;
+    } else if (i < 60) {
+      f = (b & c) | (b & d) | (c & d), k = 0x8f1bbcdc;
+    } else {
+      f = b ^ c ^ d, k = 0xca62c1d6;
+    }
+    const uint32_t t = rotl(a, 5) + f + e + k + w[i];
+    e = d;
+    d = c;
+    c = rotl(b, 30);
+    b = a;
+    a = t;
+  }
+  state_[0] += a;
+  state_[1] += b;
+  state_[2] += c;
+  state_[3] += d;
+  state_[4] += e;
+}
+
+namespace detail {
+
+template <class Hash, size_t kWords>
+void BlockHash<Hash, kWords>::update(const void* data, size_t size) {
+  auto& hash = static_cast<Hash&>(*this);
   const auto* bytes = static_cast<const uint8_t*>(data);
   length_ += size;
   if (buffered_ > 0) {
@@ -80,16 +137,16 @@ void Sha256::update(const void* data, size_t size) {
     bytes += take;
     size -= take;
     if (buffered_ < buffer_.size()) return;
-    compress(buffer_.data());
+    hash.compress(buffer_.data());
     buffered_ = 0;
   }
-  for (; size >= 64; size -= 64, bytes += 64) compress(bytes);
+  for (; size >= 64; size -= 64, bytes += 64) hash.compress(bytes);
   std::memcpy(buffer_.data(), bytes, size);
   buffered_ = size;
 }
 
-std::array<uint8_t, 32> Sha256::digest() {
-  // Padding: 0x80, zeros up to 56 mod 64, then the message length in bits, big-endian.
+template <class Hash, size_t kWords>
+std::array<uint8_t, 4 * kWords> BlockHash<Hash, kWords>::digest() {
   const uint64_t bits = length_ * 8;
   const uint8_t one = 0x80, zero = 0;
   update(&one, 1);
@@ -97,14 +154,15 @@ std::array<uint8_t, 32> Sha256::digest() {
   uint8_t length[8];
   for (int i = 0; i < 8; ++i) length[i] = static_cast<uint8_t>(bits >> (56 - 8 * i));
   update(length, 8);
-  std::array<uint8_t, 32> out;
-  for (int i = 0; i < 8; ++i) {
-    for (int j = 0; j < 4; ++j) out[4 * i + j] = static_cast<uint8_t>(state_[i] >> (24 - 8 * j));
+  std::array<uint8_t, 4 * kWords> out;
+  for (size_t i = 0; i < kWords; ++i) {
+    for (size_t j = 0; j < 4; ++j) out[4 * i + j] = static_cast<uint8_t>(state_[i] >> (24 - 8 * j));
   }
   return out;
 }
 
-std::string Sha256::hex_digest() {
+template <class Hash, size_t kWords>
+std::string BlockHash<Hash, kWords>::hex_digest() {
   static const char* kHex = "0123456789abcdef";
   std::string hex;
   for (uint8_t byte : digest()) {
@@ -113,6 +171,11 @@ std::string Sha256::hex_digest() {
   }
   return hex;
 }
+
+template class BlockHash<Sha256, 8>;
+template class BlockHash<Sha1, 5>;
+
+}  // namespace detail
 
 std::string sha256_hex(const std::string& data) {
   Sha256 hash;
@@ -124,13 +187,24 @@ std::string sha256_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(path + ": cannot open to compute its SHA-256");
   Sha256 hash;
-  std::vector<char> chunk(1 << 20);
-  while (in) {
-    in.read(chunk.data(), static_cast<std::streamsize>(chunk.size()));
-    hash.update(chunk.data(), static_cast<size_t>(in.gcount()));
-  }
-  if (in.bad()) throw Error(path + ": read error while computing its SHA-256");
+  return hash_file(hash, in, path, "SHA-256");
+}
+
+std::string git_blob_sha1(const std::string& content) {
+  Sha1 hash;
+  hash.update("blob " + std::to_string(content.size()) + std::string(1, '\0'));
+  hash.update(content);
   return hash.hex_digest();
+}
+
+std::string git_blob_sha1_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
+  if (!in) throw Error(path + ": cannot open to compute its git blob id");
+  const auto size = static_cast<uint64_t>(in.tellg());
+  in.seekg(0);
+  Sha1 hash;
+  hash.update("blob " + std::to_string(size) + std::string(1, '\0'));
+  return hash_file(hash, in, path, "git blob id");
 }
 
 }  // namespace graft

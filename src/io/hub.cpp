@@ -477,6 +477,12 @@ HubPullResult pull_from_cache(const HubRepo& repo, const std::vector<std::string
   return result;
 }
 
+// What a download must hash to: the Hub's ETag as a SHA-256 (LFS) or a git blob id (files kept in git).
+struct Checksum {
+  std::string kind;   // "SHA-256" or "git blob id"; "" when the server gave neither
+  std::string value;  // lowercase hex
+};
+
 struct Sibling {
   std::string name;
   std::string lfs_sha256;  // "" for files kept in git
@@ -669,10 +675,16 @@ class Puller {
     const FileMeta meta = head(name);
     const std::string url = resolve_url(name);
     const Sibling& sibling = siblings_.at(name);
-    // LFS: the ETag is the content's SHA-256 (the listing says so too). Files kept in git have the git
-    // blob SHA-1 as ETag: their size is checked.
-    std::string expected_sha256 = is_hex(meta.etag, 64) ? meta.etag : "";
-    if (expected_sha256.empty() && is_hex(sibling.lfs_sha256, 64)) expected_sha256 = sibling.lfs_sha256;
+    // LFS: the ETag is the content's SHA-256 (the listing says so too). Files kept in git have their git
+    // blob id as ETag: the SHA-1 of "blob <size>\0<content>".
+    Checksum expected;
+    if (is_hex(meta.etag, 64)) {
+      expected = {"SHA-256", meta.etag};
+    } else if (is_hex(sibling.lfs_sha256, 64)) {
+      expected = {"SHA-256", sibling.lfs_sha256};
+    } else if (is_hex(meta.etag, 40)) {
+      expected = {"git blob id", meta.etag};
+    }
     const int64_t expected_size = meta.size >= 0 ? meta.size : sibling.size;
 
     const fs::path blobs = folder_ / "blobs";
@@ -698,7 +710,7 @@ class Puller {
         ::flock(lock, LOCK_EX);
       }
       try {
-        if (!complete()) how = download(url, name, blob, expected_size, expected_sha256, result);
+        if (!complete()) how = download(url, name, blob, expected_size, expected, result);
       } catch (...) {
         ::close(lock);
         throw;
@@ -715,7 +727,7 @@ class Puller {
   }
 
   std::string download(const std::string& url, const std::string& name, const fs::path& blob,
-                       int64_t expected_size, const std::string& expected_sha256, HubPullResult& result) {
+                       int64_t expected_size, const Checksum& expected, HubPullResult& result) {
     const fs::path partial = blob.string() + ".incomplete";
     bool resumed = false;
     double delay = options_.retry_delay_seconds;
@@ -788,19 +800,20 @@ class Puller {
                     std::to_string(expected_size) +
                     " (Content-Length / X-Linked-Size); the download was discarded");
       }
-      if (!expected_sha256.empty()) {
-        const std::string actual = sha256_file(partial.string());
-        if (actual != expected_sha256) {
+      if (!expected.value.empty()) {
+        const std::string actual = expected.kind == "SHA-256" ? sha256_file(partial.string())
+                                                              : git_blob_sha1_file(partial.string());
+        if (actual != expected.value) {
           fs::remove(partial);
-          throw Error(
-              url + ": " + name + " has SHA-256 " + actual + ", expected " + expected_sha256 +
-              " (the Hub's ETag); the download was discarded and nothing was linked into the snapshot");
+          throw Error(url + ": " + name + " has " + expected.kind + " " + actual + ", expected " + expected.value +
+                      " (the Hub's ETag); the download was discarded and nothing was linked into the snapshot");
         }
       }
       fs::rename(partial, blob);
       fsync_path(blob.parent_path(), true);
       std::string how = resumed ? "downloaded (resumed)" : "downloaded";
-      return how + (expected_sha256.empty() ? ", size checked" : ", sha256 ok");
+      return how + (expected.value.empty() ? ", size checked"
+                                           : expected.kind == "SHA-256" ? ", sha256 ok" : ", git blob id ok");
     }
   }
 

@@ -80,6 +80,29 @@ TEST(Sha256, IncrementalUpdatesAndFilesAgreeWithOneShot) {
   EXPECT_THROW(graft::sha256_file("/nonexistent/file"), graft::Error);
 }
 
+// NIST's SHA-1 examples (FIPS 180-4 example set) and `git hash-object` for the blob ids.
+TEST(Sha1, KnownVectorsAndGitBlobIds) {
+  const auto sha1 = [](const std::string& data) {
+    graft::Sha1 hash;
+    hash.update(data);
+    return hash.hex_digest();
+  };
+  EXPECT_EQ(sha1(""), "da39a3ee5e6b4b0d3255bfef95601890afd80709");
+  EXPECT_EQ(sha1("abc"), "a9993e364706816aba3e25717850c26c9cd0d89d");
+  EXPECT_EQ(sha1("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"),
+            "84983e441c3bd26ebaae4aa1f95129e5e54670f1");
+  EXPECT_EQ(sha1(std::string(1000000, 'a')), "34aa973cd4c4daa4f61eeb2bdbad27316534016f");
+  // printf 'hello' | git hash-object --stdin, and the same for "" and 100000 'x'.
+  EXPECT_EQ(graft::git_blob_sha1("hello"), "b6fc4c620b67d95f953a5c1c1230aaab5db5a1b0");
+  EXPECT_EQ(graft::git_blob_sha1(""), "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391");
+  EXPECT_EQ(graft::git_blob_sha1(std::string(100000, 'x')), "56e0448612acbb706b96b7e8e46a210f15386a38");
+  const fs::path file = fs::temp_directory_path() / ("graft_sha1_" + std::to_string(getpid()));
+  std::ofstream(file, std::ios::binary) << std::string(100000, 'x');
+  EXPECT_EQ(graft::git_blob_sha1_file(file.string()), "56e0448612acbb706b96b7e8e46a210f15386a38");
+  fs::remove(file);
+  EXPECT_THROW(graft::git_blob_sha1_file("/nonexistent/file"), graft::Error);
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Names
 
@@ -216,7 +239,7 @@ TEST_F(HubPull, LaysOutTheCacheAsHuggingfaceHubAndSkipsPickles) {
   EXPECT_EQ(fs::read_symlink(snapshot / "model.safetensors"), fs::path("../../blobs") / sha);
   EXPECT_EQ(read_file(snapshot / "model.safetensors"), weights_);
   EXPECT_EQ(read_file(repo_folder() / "blobs" / sha), weights_);
-  const std::string config_etag = FakeHub::git_etag("{\"model_type\": \"bert\"}");
+  const std::string config_etag = graft::git_blob_sha1("{\"model_type\": \"bert\"}");
   EXPECT_EQ(fs::read_symlink(snapshot / "config.json"), fs::path("../../blobs") / config_etag);
   EXPECT_EQ(read_file(snapshot / "config.json"), "{\"model_type\": \"bert\"}");
   EXPECT_FALSE(fs::exists(repo_folder() / "blobs" / (sha + ".incomplete")));
@@ -319,6 +342,26 @@ TEST_F(HubPull, AWrongChecksumIsAClearErrorAndPublishesNothing) {
   EXPECT_FALSE(fs::exists(repo_folder() / "blobs" / (claimed + ".incomplete")));
   EXPECT_FALSE(fs::exists(repo_folder() / "snapshots" / kCommit / "model.safetensors"));
   EXPECT_FALSE(fs::exists(repo_folder() / "refs" / "main"));
+}
+
+TEST_F(HubPull, AFileKeptInGitIsCheckedAgainstItsGitBlobId) {
+  const std::string claimed = graft::git_blob_sha1("{\"model_type\": \"gpt2\"}");
+  hub_.edit_repo("org/model", [&](FakeRepo& repo) { repo.files["config.json"].git_etag_override = claimed; });
+  try {
+    graft::hub_pull(graft::HubRepo::parse("org/model"), {"config.json"}, options_);
+    ADD_FAILURE() << "a corrupt file passed";
+  } catch (const graft::Error& e) {
+    const std::string message = e.what();
+    EXPECT_TRUE(contains(message, "config.json has git blob id " +
+                                      graft::git_blob_sha1("{\"model_type\": \"bert\"}") + ", expected " + claimed))
+        << message;
+  }
+  EXPECT_FALSE(fs::exists(repo_folder() / "blobs" / claimed));
+  EXPECT_FALSE(fs::exists(repo_folder() / "snapshots" / kCommit / "config.json"));
+  // The true id passes, and the log says it was checked.
+  hub_.edit_repo("org/model", [&](FakeRepo& repo) { repo.files["config.json"].git_etag_override.clear(); });
+  graft::hub_pull(graft::HubRepo::parse("org/model"), {"config.json"}, options_);
+  EXPECT_TRUE(contains(log_.str(), "config.json  22 bytes  downloaded, git blob id ok")) << log_.str();
 }
 
 TEST_F(HubPull, ListingsWithFileNamesThatEscapeTheCacheAreRefused) {
