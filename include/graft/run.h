@@ -7,10 +7,12 @@
 #include <nlohmann/json_fwd.hpp>
 
 #include <array>
+#include <map>
 #include <string>
 #include <vector>
 
 #include "graft/model.h"
+#include "graft/weights.h"
 
 namespace graft {
 
@@ -31,11 +33,23 @@ struct RunSpec {
   std::vector<std::string> classes;
   Preprocessing preprocessing;
   std::string data;  // where the training data came from (informational)
+  std::string weights_save_id;  // ties graft.json to its model.safetensors; "" in older runs
 };
 
 // Writes model.safetensors and graft.json into dir (created if needed), each atomically.
 // `training` is the resolved training configuration, stored as is.
 void save_run(const std::string& dir, BackboneImpl& model, const RunSpec& spec, const nlohmann::json& training);
+
+// The two files of a run directory: the weights (model.safetensors), then graft.json, each written
+// atomically and tied by a random save id kept in both (safetensors metadata graft_save_id, graft.json
+// weights_save_id). A crash between the two writes then leaves a pair that check_run_weights refuses,
+// not new weights silently read with the old graft.json's classes and preprocessing.
+void write_run_files(const std::string& dir, const NamedTensors& weights, std::map<std::string, std::string> metadata,
+                     nlohmann::json doc);
+// Throws FormatError naming both files when graft.json's weights_save_id (absent in runs before it
+// existed: nothing to check) is not the save id of the weights file.
+void check_run_weights(const std::string& json_file, const std::string& weights_save_id,
+                       const std::string& weights_file);
 
 bool is_run_dir(const std::string& path);  // holds a graft.json
 

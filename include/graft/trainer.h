@@ -333,7 +333,8 @@ void write_confusion_matrix_svg(const std::string& path, const Metrics& metrics,
 // ---------------------------------------------------------------------------------------------------
 // Trainer (src/train/trainer.cpp)
 
-// The loss became NaN or infinite; the run stopped and checkpoints/last is the last good epoch.
+// The loss, or a weight or BatchNorm statistic after an epoch (they can overflow while the loss stays
+// finite), became NaN or infinite; the run stopped and checkpoints/last is the last good epoch.
 class NonFiniteLoss : public Error {
  public:
   using Error::Error;
@@ -378,7 +379,7 @@ class Trainer {
   ~Trainer();
 
   // Runs the remaining epochs (all, or those after checkpoints/last when resuming). Throws NonFiniteLoss
-  // when the loss becomes NaN/Inf, graft::Error on bad data or configuration. With resume, the returned
+  // when the loss or a weight becomes NaN/Inf, graft::Error on bad data or configuration. With resume, the returned
   // history's restored epochs carry no val_metrics.
   TrainHistory fit(BatchSource& train, BatchSource* val = nullptr);
   // Metrics of the model on a source, in eval mode without gradients.

@@ -1,8 +1,11 @@
 // Saving and loading run directories (model.safetensors + graft.json).
 #include "graft/run.h"
 
+#include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <random>
 
 #include "graft/errors.h"
 #include "graft/registry.h"
@@ -47,11 +50,38 @@ void save_run(const std::string& dir, BackboneImpl& model, const RunSpec& spec, 
                           {"interpolation", spec.preprocessing.interpolation}};
   doc["data"] = spec.data;
   doc["training"] = training;
+  write_run_files(dir, state_dict(model), {{"format", "pt"}, {"producer", "graft " GRAFT_VERSION}, {"arch", model.arch()}},
+                  std::move(doc));
+}
+
+void write_run_files(const std::string& dir, const NamedTensors& weights, std::map<std::string, std::string> metadata,
+                     json doc) {
+  std::random_device entropy;
+  std::mt19937_64 rng((uint64_t{entropy()} << 32) ^ entropy() ^
+                      static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()));
+  char id[17];
+  std::snprintf(id, sizeof id, "%016llx", static_cast<unsigned long long>(rng()));
+  metadata["graft_save_id"] = id;
   doc["weights"] = "model.safetensors";
+  doc["weights_save_id"] = id;
   // Weights first: a graft.json only ever names a complete weights file.
-  write_safetensors((fs::path(dir) / "model.safetensors").string(), state_dict(model),
-                    {{"format", "pt"}, {"producer", "graft " GRAFT_VERSION}, {"arch", model.arch()}});
+  write_safetensors((fs::path(dir) / "model.safetensors").string(), weights, metadata);
   write_file_atomic((fs::path(dir) / "graft.json").string(), doc.dump(2) + "\n");
+}
+
+void check_run_weights(const std::string& json_file, const std::string& weights_save_id,
+                       const std::string& weights_file) {
+  if (weights_save_id.empty()) return;
+  const SafeTensorsReader reader(weights_file);
+  const auto found = reader.metadata().find("graft_save_id");
+  const std::string actual = found == reader.metadata().end() ? "" : found->second;
+  if (actual != weights_save_id) {
+    throw FormatError(json_file,
+                      "names weights of save " + weights_save_id + " but " + weights_file + " is from " +
+                          (actual.empty() ? std::string("no graft save") : "save " + actual),
+                      "the last save was interrupted between its two files; train again, or take the weights "
+                      "from checkpoints/ (graft train --resume)");
+  }
 }
 
 bool is_run_dir(const std::string& path) { return fs::is_regular_file(fs::path(path) / "graft.json"); }
@@ -69,6 +99,7 @@ LoadedRun load_run(const std::string& dir) {
                                                   {run.spec.preprocessing.size, run.spec.preprocessing.size});
   LoadOptions options;
   options.source_name = (fs::path(dir) / "model.safetensors").string();
+  check_run_weights(file, run.spec.weights_save_id, options.source_name);
   load_safetensors(*run.model, options.source_name, options);
   if (run.model->num_classes() != classes) {
     throw FormatError(file, "the model outputs " + std::to_string(run.model->num_classes()) + " classes but " +

@@ -66,6 +66,7 @@ RunSpec read_run_spec(const std::string& file) {
   spec.freeze = string_or(doc, "freeze", "", file);
   spec.classes = field<std::vector<std::string>>(doc, "classes", file);
   spec.data = string_or(doc, "data", "", file);
+  spec.weights_save_id = string_or(doc, "weights_save_id", "", file);
   if (spec.classes.empty()) throw FormatError(file, "field 'classes' is empty");
   if (spec.classes.size() > kMaxClasses) {
     throw FormatError(file, "field 'classes' lists " + std::to_string(spec.classes.size()) +

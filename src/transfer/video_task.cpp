@@ -14,6 +14,7 @@
 #include "graft/errors.h"
 #include "graft/progress.h"
 #include "graft/registry.h"
+#include "graft/run.h"
 #include "graft/transfer.h"
 #include "graft/transformers.h"
 #include "graft/video_model.h"
@@ -276,10 +277,8 @@ VideoTrainResult train_video_classifier(const VideoTrainOptions& input, std::ost
   doc["freeze"] = freeze;
   doc["data"] = o.data;
   doc["training"] = to_json(o);
-  doc["weights"] = "model.safetensors";
-  write_safetensors((fs::path(o.out) / "model.safetensors").string(), state_dict(*built.module),
-                    {{"format", "pt"}, {"producer", "graft " GRAFT_VERSION}});
-  write_file_atomic((fs::path(o.out) / "graft.json").string(), doc.dump(2) + "\n");
+  write_run_files(o.out, state_dict(*built.module), {{"format", "pt"}, {"producer", "graft " GRAFT_VERSION}},
+                  std::move(doc));
 
   if (val_set) {
     VideoRun run = load_video_run(o.out);
@@ -310,9 +309,11 @@ VideoRun load_video_run(const std::string& dir) {
   if (doc.value("task", "") != "video-classify") throw FormatError(file, "task is not video-classify");
   VideoRun run;
   run.dir = dir;
+  std::string save_id;
   try {
     run.model = doc.at("model").get<std::string>();
     run.temporal = doc.value("temporal", "");
+    save_id = doc.value("weights_save_id", "");
     run.classes = doc.at("classes").get<std::vector<std::string>>();
     const json& pre = doc.at("preprocessing");
     run.clip.frames = pre.at("frames").get<int64_t>();
@@ -330,6 +331,7 @@ VideoRun load_video_run(const std::string& dir) {
                                  static_cast<int64_t>(run.classes.size()));
   LoadOptions load;
   load.source_name = (fs::path(dir) / "model.safetensors").string();
+  check_run_weights(file, save_id, load.source_name);
   load_safetensors(*built.module, load.source_name, load);
   built.module->eval();
   run.module = built.module;
