@@ -73,7 +73,8 @@ struct HubPullResult {
 
 // Downloads `files` of repo@revision (empty: the files graft can use) into the cache and links them in
 // the snapshot folder. Already downloaded blobs are not fetched again; partial ones are resumed. Each
-// file is verified (size; SHA-256 where the Hub gives one) before it is published under snapshots/.
+// file is verified (size; the ETag's SHA-256 for LFS files, its git blob id for files kept in git) before
+// it is published under snapshots/.
 // Offline (or with the Hub unreachable and a cached snapshot): the cached snapshot, or an error.
 HubPullResult hub_pull(const HubRepo& repo, const std::vector<std::string>& files = {},
                        const HubOptions& options = HubOptions::from_environment());
