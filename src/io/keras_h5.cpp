@@ -503,7 +503,10 @@ KerasModel read_keras_h5(const std::string& path, const KerasH5Options& options)
       writer.put(record::kError, what);
       return;
     } catch (const std::bad_alloc&) {
-      writer.put(record::kError, "libhdf5 ran out of memory reading the file (damaged sizes?)");
+      writer.put(record::kError, "reading it ran out of memory (damaged sizes?)");
+      return;
+    } catch (const std::exception& e) {
+      writer.put(record::kError, std::string("cannot be read: ") + e.what());
       return;
     }
     writer.put(record::kEnd, "");
