@@ -4,10 +4,9 @@
 //                      configuration, versions
 //   metrics.csv, training_curves.svg, confusion_matrix.svg, checkpoints/  (written by the Trainer)
 #pragma once
-#include <nlohmann/json_fwd.hpp>
-
 #include <array>
 #include <map>
+#include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <vector>
 
@@ -44,8 +43,8 @@ void save_run(const std::string& dir, BackboneImpl& model, const RunSpec& spec, 
 // atomically and tied by a random save id kept in both (safetensors metadata graft_save_id, graft.json
 // weights_save_id). A crash between the two writes then leaves a pair that check_run_weights refuses,
 // not new weights silently read with the old graft.json's classes and preprocessing.
-void write_run_files(const std::string& dir, const NamedTensors& weights, std::map<std::string, std::string> metadata,
-                     nlohmann::json doc);
+void write_run_files(const std::string& dir, const NamedTensors& weights,
+                     std::map<std::string, std::string> metadata, nlohmann::json doc);
 // Throws FormatError naming both files when graft.json's weights_save_id (absent in runs before it
 // existed: nothing to check) is not the save id of the weights file.
 void check_run_weights(const std::string& json_file, const std::string& weights_save_id,

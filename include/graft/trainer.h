@@ -379,8 +379,8 @@ class Trainer {
   ~Trainer();
 
   // Runs the remaining epochs (all, or those after checkpoints/last when resuming). Throws NonFiniteLoss
-  // when the loss or a weight becomes NaN/Inf, graft::Error on bad data or configuration. With resume, the returned
-  // history's restored epochs carry no val_metrics.
+  // when the loss or a weight becomes NaN/Inf, graft::Error on bad data or configuration. With resume, the
+  // returned history's restored epochs carry no val_metrics.
   TrainHistory fit(BatchSource& train, BatchSource* val = nullptr);
   // Metrics of the model on a source, in eval mode without gradients.
   Metrics evaluate(BatchSource& source, const std::string& label = "eval");

@@ -46,7 +46,8 @@ std::string hash_file(Hash& hash, std::ifstream& in, const std::string& path, co
 }  // namespace
 
 Sha256::Sha256()
-    : BlockHash({0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19}) {}
+    : BlockHash(
+          {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19}) {}
 
 void Sha256::compress(const uint8_t* block) {
   uint32_t w[64];

@@ -78,7 +78,8 @@ bool write_all(int fd, const void* data, size_t n) {
 ChildProcess::ChildProcess(const std::function<void(int)>& work, const ChildLimits& limits)
     : allowed_(limits.deadline) {
   int fds[2];
-  if (pipe2(fds, O_CLOEXEC) != 0) throw ChildFailed(std::string("cannot create a pipe: ") + std::strerror(errno));
+  if (pipe2(fds, O_CLOEXEC) != 0)
+    throw ChildFailed(std::string("cannot create a pipe: ") + std::strerror(errno));
   std::fflush(nullptr);  // buffered output would otherwise be written twice
   pid_ = fork();
   if (pid_ < 0) {
@@ -108,17 +109,19 @@ ChildProcess::~ChildProcess() {
 void ChildProcess::read_exact(void* data, size_t n) {
   char* p = static_cast<char*>(data);
   while (n > 0) {
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline_ -
-                                                                            std::chrono::steady_clock::now());
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline_ - std::chrono::steady_clock::now());
     if (left.count() <= 0) fail_on_deadline();
     pollfd wait_for{read_fd_, POLLIN, 0};
     const int ready = poll(&wait_for, 1, static_cast<int>(std::min<int64_t>(left.count(), 1'000'000)));
     if (ready < 0 && errno == EINTR) continue;
-    if (ready < 0) throw ChildFailed(std::string("cannot wait for the reader process: ") + std::strerror(errno));
+    if (ready < 0)
+      throw ChildFailed(std::string("cannot wait for the reader process: ") + std::strerror(errno));
     if (ready == 0) continue;  // the loop checks the deadline
     const ssize_t got = read(read_fd_, p, n);
     if (got < 0 && errno == EINTR) continue;
-    if (got < 0) throw ChildFailed(std::string("cannot read from the reader process: ") + std::strerror(errno));
+    if (got < 0)
+      throw ChildFailed(std::string("cannot read from the reader process: ") + std::strerror(errno));
     if (got == 0) fail_after_eof();
     p += got;
     n -= static_cast<size_t>(got);
@@ -131,14 +134,15 @@ void ChildProcess::finish() {
   if (got > 0) throw ChildFailed("the reader process wrote past the end of its stream");
   int status = 0;
   while (waitpid(pid_, &status, 0) < 0) {
-    if (errno != EINTR) throw ChildFailed(std::string("cannot reap the reader process: ") + std::strerror(errno));
+    if (errno != EINTR)
+      throw ChildFailed(std::string("cannot reap the reader process: ") + std::strerror(errno));
   }
   pid_ = -1;
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-    throw ChildFailed(WIFSIGNALED(status) ? "the reader process crashed after its last record (signal " +
-                                                std::to_string(WTERMSIG(status)) + ")"
-                                          : "the reader process exited with status " +
-                                                std::to_string(WEXITSTATUS(status)));
+    throw ChildFailed(WIFSIGNALED(status)
+                          ? "the reader process crashed after its last record (signal " +
+                                std::to_string(WTERMSIG(status)) + ")"
+                          : "the reader process exited with status " + std::to_string(WEXITSTATUS(status)));
   }
 }
 
@@ -147,7 +151,8 @@ void ChildProcess::fail_after_eof() {
   // The pipe closes when the child ends; give the kernel a moment to report its status.
   const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
   pid_t done = 0;
-  while ((done = waitpid(pid_, &status, WNOHANG)) == 0 && std::chrono::steady_clock::now() < until) usleep(1000);
+  while ((done = waitpid(pid_, &status, WNOHANG)) == 0 && std::chrono::steady_clock::now() < until)
+    usleep(1000);
   if (done != pid_) throw ChildFailed("the reader process closed its pipe early and did not exit");
   pid_ = -1;
   if (WIFSIGNALED(status)) {
@@ -164,7 +169,8 @@ void ChildProcess::fail_on_deadline() {
   while (waitpid(pid_, nullptr, 0) < 0 && errno == EINTR) {
   }
   pid_ = -1;
-  throw ChildFailed("did not finish within " + std::to_string(allowed_.count() / 1000) + " s and was stopped");
+  throw ChildFailed("did not finish within " + std::to_string(allowed_.count() / 1000) +
+                    " s and was stopped");
 }
 
 }  // namespace graft::detail

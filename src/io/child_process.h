@@ -25,7 +25,7 @@ class ChildFailed : public std::runtime_error {
 
 struct ChildLimits {
   std::chrono::milliseconds deadline{60'000};  // from the fork to the child's last byte
-  uint64_t extra_address_space = 0;           // bytes beyond the parent's at the fork; 0: no limit
+  uint64_t extra_address_space = 0;            // bytes beyond the parent's at the fork; 0: no limit
 };
 
 class ChildProcess {

@@ -801,19 +801,21 @@ class Puller {
                     " (Content-Length / X-Linked-Size); the download was discarded");
       }
       if (!expected.value.empty()) {
-        const std::string actual = expected.kind == "SHA-256" ? sha256_file(partial.string())
-                                                              : git_blob_sha1_file(partial.string());
+        const std::string actual =
+            expected.kind == "SHA-256" ? sha256_file(partial.string()) : git_blob_sha1_file(partial.string());
         if (actual != expected.value) {
           fs::remove(partial);
-          throw Error(url + ": " + name + " has " + expected.kind + " " + actual + ", expected " + expected.value +
-                      " (the Hub's ETag); the download was discarded and nothing was linked into the snapshot");
+          throw Error(
+              url + ": " + name + " has " + expected.kind + " " + actual + ", expected " + expected.value +
+              " (the Hub's ETag); the download was discarded and nothing was linked into the snapshot");
         }
       }
       fs::rename(partial, blob);
       fsync_path(blob.parent_path(), true);
       std::string how = resumed ? "downloaded (resumed)" : "downloaded";
-      return how + (expected.value.empty() ? ", size checked"
-                                           : expected.kind == "SHA-256" ? ", sha256 ok" : ", git blob id ok");
+      return how + (expected.value.empty()       ? ", size checked"
+                    : expected.kind == "SHA-256" ? ", sha256 ok"
+                                                 : ", git blob id ok");
     }
   }
 

@@ -4,9 +4,8 @@
 // header are split into name0, name1, ...).
 #include "graft/keras_h5.h"
 
-#include <hdf5.h>
-
 #include <fcntl.h>
+#include <hdf5.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -147,8 +146,8 @@ class KerasH5Sink {
 };
 
 // Reads a float dataset into the sink; HDF5 converts float16/float64 on read.
-void read_float_dataset(hid_t group, const std::string& name, const std::string& path, const std::string& file,
-                        const std::string& layer, KerasH5Sink& sink) {
+void read_float_dataset(hid_t group, const std::string& name, const std::string& path,
+                        const std::string& file, const std::string& layer, KerasH5Sink& sink) {
   Handle dataset(H5Dopen2(group, name.c_str(), H5P_DEFAULT), H5Dclose);
   if (!dataset.valid()) {
     throw FormatError(file, "dataset '" + path + "' is missing",
@@ -215,7 +214,8 @@ void read_float_dataset(hid_t group, const std::string& name, const std::string&
     if (address != HADDR_UNDEF) file_offset = address;
   }
   float* values = sink.tensor(name, shape, file_offset);
-  if (values != nullptr && count > 0 && H5Dread(dataset.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, values) < 0) {
+  if (values != nullptr && count > 0 &&
+      H5Dread(dataset.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, values) < 0) {
     throw FormatError(file, "dataset '" + path + "' cannot be read", "the file may be truncated or damaged");
   }
   sink.tensor_done();
@@ -259,7 +259,8 @@ void walk_keras_h5(const std::string& file, KerasH5Sink& sink) {
   Handle weights(H5Gopen2(root, weights_path.c_str(), H5P_DEFAULT), H5Gclose);
   if (!weights.valid()) throw FormatError(file, "group '" + weights_path + "' cannot be opened");
   std::string keras_version = read_optional_string(root, "keras_version", file, "/");
-  if (keras_version.empty()) keras_version = read_optional_string(weights.get(), "keras_version", file, weights_path);
+  if (keras_version.empty())
+    keras_version = read_optional_string(weights.get(), "keras_version", file, weights_path);
   sink.header(format, keras_version, model_config);
 
   const std::vector<std::string> layer_names =
@@ -293,12 +294,14 @@ class KerasModelBuilder : public KerasH5Sink {
     try {
       model_.model_config = nlohmann::json::parse(model_config);
     } catch (const nlohmann::json::exception& e) {
-      throw FormatError(model_.source, std::string("attribute 'model_config' of / is not valid JSON: ") + e.what());
+      throw FormatError(model_.source,
+                        std::string("attribute 'model_config' of / is not valid JSON: ") + e.what());
     }
     model_.layers = parse_keras_layers(model_.model_config, model_.source);
   }
   void layer(const std::string& name) override { model_.weights.push_back(KerasLayerWeights{name, {}}); }
-  float* tensor(const std::string& name, const std::vector<int64_t>& shape, std::optional<uint64_t>) override {
+  float* tensor(const std::string& name, const std::vector<int64_t>& shape,
+                std::optional<uint64_t>) override {
     if (model_.weights.empty()) throw FormatError(model_.source, "weight '" + name + "' outside any layer");
     auto& tensors = model_.weights.back().tensors;
     tensors.emplace_back(name, torch::empty(shape, torch::kFloat32));
@@ -365,16 +368,17 @@ class KerasStreamWriter : public KerasH5Sink {
 };
 
 // Reads a plainly stored dataset's values from the file itself (the child sent where they lie).
-void read_at(const std::string& file, uint64_t offset, const std::vector<int64_t>& shape, const std::string& name,
-             float* values) {
+void read_at(const std::string& file, uint64_t offset, const std::vector<int64_t>& shape,
+             const std::string& name, float* values) {
   uint64_t bytes = sizeof(float);
   for (int64_t d : shape) bytes *= static_cast<uint64_t>(d);
   std::error_code error;
   const uintmax_t size = std::filesystem::file_size(file, error);
   if (error || offset > size || bytes > size - offset) {
-    throw FormatError(file, "dataset '" + name + "' of shape " + shape_str(shape) + " lies at bytes " +
-                                std::to_string(offset) + "+" + std::to_string(bytes) + ", past the file's end (" +
-                                std::to_string(size) + " bytes)",
+    throw FormatError(file,
+                      "dataset '" + name + "' of shape " + shape_str(shape) + " lies at bytes " +
+                          std::to_string(offset) + "+" + std::to_string(bytes) + ", past the file's end (" +
+                          std::to_string(size) + " bytes)",
                       "the file is truncated");
   }
   const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
@@ -421,8 +425,8 @@ void replay_stream(detail::ChildProcess& child, const std::string& file, KerasMo
       uint64_t count = 1;
       for (int64_t d : shape) count *= static_cast<uint64_t>(d);
       if (length != count * sizeof(float)) {
-        throw FormatError(file, "the .h5 reader process sent " + std::to_string(length) + " bytes for '" + name +
-                                    "' of shape " + shape_str(shape));
+        throw FormatError(file, "the .h5 reader process sent " + std::to_string(length) + " bytes for '" +
+                                    name + "' of shape " + shape_str(shape));
       }
       child.read_exact(builder.tensor(name, shape, std::nullopt), length);
       builder.tensor_done();
@@ -440,14 +444,25 @@ void replay_stream(detail::ChildProcess& child, const std::string& file, KerasMo
       throw FormatError(file, "the .h5 reader process sent a record of " + std::to_string(length) + " bytes");
     }
     switch (tag) {
-      case record::kFormat: format = text(length); break;
-      case record::kVersion: version = text(length); break;
-      case record::kConfig: builder.header(format, version, text(length)); break;
-      case record::kLayer: builder.layer(text(length)); break;
-      case record::kName: name = text(length); break;
+      case record::kFormat:
+        format = text(length);
+        break;
+      case record::kVersion:
+        version = text(length);
+        break;
+      case record::kConfig:
+        builder.header(format, version, text(length));
+        break;
+      case record::kLayer:
+        builder.layer(text(length));
+        break;
+      case record::kName:
+        name = text(length);
+        break;
       case record::kShape: {
         if (length % sizeof(int64_t) != 0 || length / sizeof(int64_t) > kMaxRank) {
-          throw FormatError(file, "the .h5 reader process sent a shape of " + std::to_string(length) + " bytes");
+          throw FormatError(file,
+                            "the .h5 reader process sent a shape of " + std::to_string(length) + " bytes");
         }
         shape.assign(length / sizeof(int64_t), 0);
         child.read_exact(shape.data(), length);
@@ -460,10 +475,14 @@ void replay_stream(detail::ChildProcess& child, const std::string& file, KerasMo
         }
         break;
       }
-      case record::kError: throw FormatError(file, text(length));
-      case record::kEnd: child.finish(); return;
+      case record::kError:
+        throw FormatError(file, text(length));
+      case record::kEnd:
+        child.finish();
+        return;
       default:
-        throw FormatError(file, "the .h5 reader process sent an unknown record tag " + std::to_string(int(tag)));
+        throw FormatError(file,
+                          "the .h5 reader process sent an unknown record tag " + std::to_string(int(tag)));
     }
   }
 }

@@ -1,6 +1,4 @@
 // Saving and loading run directories (model.safetensors + graft.json).
-#include "graft/run.h"
-
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -9,6 +7,7 @@
 
 #include "graft/errors.h"
 #include "graft/registry.h"
+#include "graft/run.h"
 #include "graft/trainer.h"
 #include "graft/transfer.h"
 #include "graft/weights.h"
@@ -50,12 +49,13 @@ void save_run(const std::string& dir, BackboneImpl& model, const RunSpec& spec, 
                           {"interpolation", spec.preprocessing.interpolation}};
   doc["data"] = spec.data;
   doc["training"] = training;
-  write_run_files(dir, state_dict(model), {{"format", "pt"}, {"producer", "graft " GRAFT_VERSION}, {"arch", model.arch()}},
+  write_run_files(dir, state_dict(model),
+                  {{"format", "pt"}, {"producer", "graft " GRAFT_VERSION}, {"arch", model.arch()}},
                   std::move(doc));
 }
 
-void write_run_files(const std::string& dir, const NamedTensors& weights, std::map<std::string, std::string> metadata,
-                     json doc) {
+void write_run_files(const std::string& dir, const NamedTensors& weights,
+                     std::map<std::string, std::string> metadata, json doc) {
   std::random_device entropy;
   std::mt19937_64 rng((uint64_t{entropy()} << 32) ^ entropy() ^
                       static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()));

@@ -353,7 +353,8 @@ TEST_F(HubPull, AFileKeptInGitIsCheckedAgainstItsGitBlobId) {
   } catch (const graft::Error& e) {
     const std::string message = e.what();
     EXPECT_TRUE(contains(message, "config.json has git blob id " +
-                                      graft::git_blob_sha1("{\"model_type\": \"bert\"}") + ", expected " + claimed))
+                                      graft::git_blob_sha1("{\"model_type\": \"bert\"}") + ", expected " +
+                                      claimed))
         << message;
   }
   EXPECT_FALSE(fs::exists(repo_folder() / "blobs" / claimed));

@@ -48,13 +48,15 @@ TEST(RunDir, WeightsFromAnotherSaveAreRefusedNamingBothFiles) {
   EXPECT_NE(graft::load_run(second).spec.weights_save_id, loaded.spec.weights_save_id);
 
   // A second save into `first` that wrote its weights and died before graft.json.
-  fs::copy_file(second + "/model.safetensors", first + "/model.safetensors", fs::copy_options::overwrite_existing);
+  fs::copy_file(second + "/model.safetensors", first + "/model.safetensors",
+                fs::copy_options::overwrite_existing);
   try {
     graft::load_run(first);
     ADD_FAILURE() << "weights of another save were loaded";
   } catch (const graft::FormatError& e) {
     const std::string message = e.what();
-    EXPECT_NE(message.find(first + "/graft.json: names weights of save " + loaded.spec.weights_save_id), std::string::npos)
+    EXPECT_NE(message.find(first + "/graft.json: names weights of save " + loaded.spec.weights_save_id),
+              std::string::npos)
         << message;
     EXPECT_NE(message.find(first + "/model.safetensors is from save "), std::string::npos) << message;
     EXPECT_NE(message.find("interrupted"), std::string::npos) << message;

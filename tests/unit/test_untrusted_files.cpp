@@ -245,7 +245,8 @@ TEST(KerasH5ChildProcess, SameModelAsInProcessReading) {
   std::vector<fs::path> files;
   for (const auto& entry : fs::directory_iterator(fs::path(GRAFT_SOURCE_DIR) / "tests/fuzz/corpus/keras_h5"))
     files.push_back(entry.path());
-  for (const auto& entry : fs::directory_iterator(fs::path(GRAFT_SOURCE_DIR) / "tests/fuzz/regressions/keras_h5"))
+  for (const auto& entry :
+       fs::directory_iterator(fs::path(GRAFT_SOURCE_DIR) / "tests/fuzz/regressions/keras_h5"))
     if (entry.path().filename() != "README.md") files.push_back(entry.path());
   size_t compared = 0;
   for (const fs::path& path : files) {
