@@ -101,6 +101,15 @@ inline void read_keras_h5_bytes(std::string_view bytes) {
   (void)read_keras_h5(write_file(scratch_dir(), "fuzz.h5", bytes), options);
 }
 
+// Keras .h5 the way graft reads it for real: in a child process (2 s deadline), so that a libhdf5
+// crash or hang there is a FormatError here. A finding of this target is a crash, hang or escape in the
+// parent: the stream checks, the builder, parse_keras_layers.
+inline void read_keras_h5_child_bytes(std::string_view bytes) {
+  KerasH5Options options;
+  options.timeout = std::chrono::seconds(2);
+  (void)read_keras_h5(write_file(scratch_dir(), "fuzz-child.h5", bytes), options);
+}
+
 // Images: JPEG/PNG bytes, decoded at full size and with DCT scaling, then made a tensor.
 inline void decode_image_bytes(std::string_view bytes) {
   const auto* data = reinterpret_cast<const uint8_t*>(bytes.data());

@@ -22,7 +22,8 @@ namespace {
 const std::map<std::string, std::function<void(std::string_view)>>& entry_points() {
   static const std::map<std::string, std::function<void(std::string_view)>> entries = {
       {"safetensors", graft::fuzz::read_safetensors_bytes}, {"tfjs", graft::fuzz::read_tfjs_bytes},
-      {"keras_h5", graft::fuzz::read_keras_h5_bytes},       {"image", graft::fuzz::decode_image_bytes},
+      {"keras_h5", graft::fuzz::read_keras_h5_bytes},       {"keras_h5_child", graft::fuzz::read_keras_h5_child_bytes},
+      {"image", graft::fuzz::decode_image_bytes},
       {"tokenizer", graft::fuzz::load_tokenizer_bytes},     {"run_json", graft::fuzz::read_run_json_bytes}};
   return entries;
 }
