@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 
@@ -36,6 +37,9 @@ uint64_t mapped_bytes() {
 [[noreturn]] void run_child(const std::function<void(int)>& work, int write_fd, const ChildLimits& limits) {
   // Dies with the parent: a child looping inside a parser must not outlive a killed graft.
   prctl(PR_SET_PDEATHSIG, SIGKILL);
+  // A crash here is the parent's to report: the host program's crash handlers (a crash reporter, or
+  // libFuzzer's, which would write the input out as its own finding) must not run in the child.
+  for (const int signal : {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGTRAP}) std::signal(signal, SIG_DFL);
   const rlimit no_core{0, 0};
   setrlimit(RLIMIT_CORE, &no_core);
 #ifndef GRAFT_ASAN  // ASan reserves terabytes of shadow address space up front
