@@ -4,9 +4,10 @@
 //                      configuration, versions
 //   metrics.csv, training_curves.svg, confusion_matrix.svg, checkpoints/  (written by the Trainer)
 #pragma once
+#include <nlohmann/json_fwd.hpp>
+
 #include <array>
 #include <map>
-#include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <vector>
 

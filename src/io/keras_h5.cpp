@@ -4,8 +4,9 @@
 // header are split into name0, name1, ...).
 #include "graft/keras_h5.h"
 
-#include <fcntl.h>
 #include <hdf5.h>
+
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <cerrno>

@@ -1,4 +1,6 @@
 // Saving and loading run directories (model.safetensors + graft.json).
+#include "graft/run.h"
+
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -7,7 +9,6 @@
 
 #include "graft/errors.h"
 #include "graft/registry.h"
-#include "graft/run.h"
 #include "graft/trainer.h"
 #include "graft/transfer.h"
 #include "graft/weights.h"
