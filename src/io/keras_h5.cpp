@@ -7,13 +7,13 @@
 #include <hdf5.h>
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
-#include <limits>
 #include <mutex>
 #include <optional>
 
@@ -368,48 +368,63 @@ class KerasStreamWriter : public KerasH5Sink {
   bool sent_as_offset_ = false;
 };
 
-// Reads a plainly stored dataset's values from the file itself (the child sent where they lie).
-void read_at(const std::string& file, uint64_t offset, const std::vector<int64_t>& shape,
-             const std::string& name, float* values) {
-  uint64_t bytes = sizeof(float);
-  for (int64_t d : shape) bytes *= static_cast<uint64_t>(d);
-  std::error_code error;
-  const uintmax_t size = std::filesystem::file_size(file, error);
-  if (error || offset > size || bytes > size - offset) {
-    throw FormatError(file,
-                      "dataset '" + name + "' of shape " + shape_str(shape) + " lies at bytes " +
-                          std::to_string(offset) + "+" + std::to_string(bytes) + ", past the file's end (" +
-                          std::to_string(size) + " bytes)",
-                      "the file is truncated");
+// The .h5 file opened once by the parent, for the datasets the child sent as offsets.
+class RawFile {
+ public:
+  explicit RawFile(const std::string& file) : file_(file) {}
+  ~RawFile() {
+    if (fd_ >= 0) ::close(fd_);
   }
-  const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw FormatError(file, std::string("cannot open: ") + std::strerror(errno));
-  char* out = reinterpret_cast<char*>(values);
-  while (bytes > 0) {
-    const ssize_t got = ::pread(fd, out, bytes, static_cast<off_t>(offset));
-    if (got < 0 && errno == EINTR) continue;
-    if (got <= 0) {
-      const std::string why = got < 0 ? std::strerror(errno) : "unexpected end of file";
-      ::close(fd);
-      throw FormatError(file, "cannot read dataset '" + name + "': " + why);
+  RawFile(const RawFile&) = delete;
+  RawFile& operator=(const RawFile&) = delete;
+
+  // Reads a plainly stored dataset's values from where the child said they lie, inside the file.
+  void read(uint64_t offset, const std::vector<int64_t>& shape, const std::string& name, float* values) {
+    if (fd_ < 0) open();
+    uint64_t bytes = sizeof(float);
+    for (int64_t d : shape) bytes *= static_cast<uint64_t>(d);
+    if (offset > size_ || bytes > size_ - offset) {
+      throw FormatError(file_, "dataset '" + name + "' of shape " + shape_str(shape) + " lies at bytes " +
+                                   std::to_string(offset) + "+" + std::to_string(bytes) +
+                                   ", past the file's end (" + std::to_string(size_) + " bytes)",
+                        "the file is truncated");
     }
-    out += got;
-    offset += static_cast<uint64_t>(got);
-    bytes -= static_cast<uint64_t>(got);
+    char* out = reinterpret_cast<char*>(values);
+    while (bytes > 0) {
+      const ssize_t got = ::pread(fd_, out, bytes, static_cast<off_t>(offset));
+      if (got < 0 && errno == EINTR) continue;
+      if (got <= 0) {
+        throw FormatError(file_, "cannot read dataset '" + name +
+                                     "': " + (got < 0 ? std::strerror(errno) : "unexpected end of file"));
+      }
+      out += got;
+      offset += static_cast<uint64_t>(got);
+      bytes -= static_cast<uint64_t>(got);
+    }
   }
-  ::close(fd);
-}
+
+ private:
+  void open() {
+    fd_ = ::open(file_.c_str(), O_RDONLY | O_CLOEXEC);
+    struct stat info {};
+    if (fd_ < 0 || ::fstat(fd_, &info) != 0) {
+      throw FormatError(file_, std::string("cannot open: ") + std::strerror(errno));
+    }
+    size_ = static_cast<uint64_t>(info.st_size);
+  }
+
+  const std::string& file_;
+  int fd_ = -1;
+  uint64_t size_ = 0;
+};
 
 // The parent's side: replays the child's records into the builder, checking every length (a child
 // that libhdf5 let a hostile file take over must not be able to do more than fail the read).
 void replay_stream(detail::ChildProcess& child, const std::string& file, KerasModelBuilder& builder) {
-  const auto next = [&](uint64_t max_length, char* tag) {
+  const auto next = [&](char* tag) {
     uint64_t length = 0;
     child.read_exact(tag, 1);
     child.read_exact(&length, sizeof length);
-    if (length > max_length) {
-      throw FormatError(file, "the .h5 reader process sent a record of " + std::to_string(length) + " bytes");
-    }
     return length;
   };
   const auto text = [&](uint64_t length) {
@@ -417,11 +432,12 @@ void replay_stream(detail::ChildProcess& child, const std::string& file, KerasMo
     child.read_exact(out.data(), length);
     return out;
   };
+  RawFile raw(file);
   std::string format, version, name;
   std::vector<int64_t> shape;
   for (;;) {
     char tag = 0;
-    const uint64_t length = next(std::numeric_limits<uint64_t>::max(), &tag);
+    const uint64_t length = next(&tag);
     if (tag == record::kData) {
       uint64_t count = 1;
       for (int64_t d : shape) count *= static_cast<uint64_t>(d);
@@ -437,7 +453,7 @@ void replay_stream(detail::ChildProcess& child, const std::string& file, KerasMo
       uint64_t offset = 0;
       if (length != sizeof offset) throw FormatError(file, "the .h5 reader process sent a bad offset record");
       child.read_exact(&offset, sizeof offset);
-      read_at(file, offset, shape, name, builder.tensor(name, shape, offset));
+      raw.read(offset, shape, name, builder.tensor(name, shape, offset));
       builder.tensor_done();
       continue;
     }

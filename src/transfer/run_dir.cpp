@@ -1,7 +1,6 @@
 // Saving and loading run directories (model.safetensors + graft.json).
 #include "graft/run.h"
 
-#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -57,11 +56,10 @@ void save_run(const std::string& dir, BackboneImpl& model, const RunSpec& spec, 
 
 void write_run_files(const std::string& dir, const NamedTensors& weights,
                      std::map<std::string, std::string> metadata, json doc) {
-  std::random_device entropy;
-  std::mt19937_64 rng((uint64_t{entropy()} << 32) ^ entropy() ^
-                      static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()));
+  std::random_device entropy;  // the kernel's random numbers
   char id[17];
-  std::snprintf(id, sizeof id, "%016llx", static_cast<unsigned long long>(rng()));
+  const unsigned high = entropy(), low = entropy();
+  std::snprintf(id, sizeof id, "%08x%08x", high, low);
   metadata["graft_save_id"] = id;
   doc["weights"] = "model.safetensors";
   doc["weights_save_id"] = id;
