@@ -247,6 +247,18 @@ class FakeHub {
                                                              : response.body.substr(0, response.send_only));
   }
 
+  // The Hub's 404 message when `repo` (from repos_.find) is absent or lacks `revision` (its commit or
+  // one of its branches); nullptr when both are there.
+  const char* find_revision(std::map<std::string, FakeRepo>::const_iterator repo,
+                            const std::string& revision) const {
+    if (repo == repos_.end()) return "Repository not found";
+    const auto& branches = repo->second.branches;
+    if (revision != repo->second.commit &&
+        std::find(branches.begin(), branches.end(), revision) == branches.end())
+      return "Revision not found";
+    return nullptr;
+  }
+
   // Called with the lock held.
   Response route(const FakeRequest& request) {
     Response response;
@@ -270,11 +282,7 @@ class FakeHub {
       if (marker == std::string::npos) return not_found("no revision");
       const std::string id = rest.substr(0, marker), revision = url_decode(rest.substr(marker + 10));
       const auto repo = repos_.find(id);
-      if (repo == repos_.end()) return not_found("Repository not found");
-      if (revision != repo->second.commit &&
-          std::find(repo->second.branches.begin(), repo->second.branches.end(), revision) ==
-              repo->second.branches.end())
-        return not_found("Revision not found");
+      if (const char* missing = find_revision(repo, revision)) return not_found(missing);
       nlohmann::json siblings = nlohmann::json::array();
       for (const auto& [name, file] : repo->second.files) {
         nlohmann::json entry = {{"rfilename", name}, {"size", file.content.size()}};
@@ -303,11 +311,7 @@ class FakeHub {
     const size_t slash = rest.find('/');
     const std::string revision = url_decode(rest.substr(0, slash)), name = url_decode(rest.substr(slash + 1));
     const auto repo = repos_.find(id);
-    if (repo == repos_.end()) return not_found("Repository not found");
-    if (revision != repo->second.commit &&
-        std::find(repo->second.branches.begin(), repo->second.branches.end(), revision) ==
-            repo->second.branches.end())
-      return not_found("Revision not found");
+    if (const char* missing = find_revision(repo, revision)) return not_found(missing);
     const auto file = repo->second.files.find(name);
     if (file == repo->second.files.end()) return not_found("Entry not found");
     response.headers.push_back({"X-Repo-Commit", repo->second.commit});
