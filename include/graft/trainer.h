@@ -273,9 +273,10 @@ double monitored_value(const EpochResult& result, const std::string& monitor);
 // ---------------------------------------------------------------------------------------------------
 // Checkpoints (src/train/checkpoint.cpp)
 //
-// A checkpoint is a directory: model.safetensors (parameters and buffers), optimizer.pt (libtorch's
-// serialize archive) and trainer.json (everything else), written last and naming the other files with
-// their sizes. See checkpoint.cpp for why a crash at any moment leaves the previous one loadable.
+// A checkpoint is a directory: model.safetensors (parameters and buffers), optimizer.safetensors (the
+// optimiser's state by parameter name) and trainer.json (everything else), written last and naming the
+// other files with their sizes. Nothing in it is a pickle. See checkpoint.cpp for why a crash at any moment
+// leaves the previous one loadable.
 
 struct TrainerState {
   int64_t epoch = 0;        // epochs completed
@@ -304,7 +305,7 @@ struct TrainerState {
 };
 
 // Writes a complete checkpoint at `dir`, replacing an existing one only once the new one is whole.
-// optimizer may be null (no optimizer.pt).
+// optimizer may be null (no optimizer.safetensors).
 void save_checkpoint(const std::string& dir, const torch::nn::Module& model,
                      const torch::optim::Optimizer* optimizer, const TrainerState& state);
 
@@ -316,7 +317,10 @@ std::optional<std::string> find_checkpoint(const std::string& dir);
 // file and what is wrong.
 TrainerState read_trainer_state(const std::string& checkpoint_dir);
 void load_checkpoint_model(const std::string& checkpoint_dir, torch::nn::Module& model);
-void load_checkpoint_optimizer(const std::string& checkpoint_dir, torch::optim::Optimizer& optimizer);
+// The optimiser must have been built over `model`'s parameters with the saved groups; its state is
+// replaced by the file's, each tensor checked against its parameter's shape and dtype.
+void load_checkpoint_optimizer(const std::string& checkpoint_dir, const torch::nn::Module& model,
+                               torch::optim::Optimizer& optimizer);
 
 // Writes a whole file at once: temporary file in the same folder, fsync, rename over `path`.
 void write_file_atomic(const std::string& path, const std::string& contents);

@@ -2,7 +2,9 @@
 //
 // A checkpoint is a directory D (e.g. run/checkpoints/last) holding
 //   model.safetensors  parameters and buffers by dotted name (graft::write_safetensors)
-//   optimizer.pt       libtorch's serialize archive of the optimiser (torch::save; our own file)
+//   optimizer.safetensors  the optimiser's per-parameter state by parameter name ("fc.weight.exp_avg";
+//                      PyTorch's field names), so that no checkpoint holds a pickle (libtorch's
+//                      torch::save archive is TorchScript + pickle, and loading one can run its code)
 //   trainer.json       epoch, step, best metric, early-stopping counter, history, RNG state, optimiser
 //                      config and groups, and the size of every other file. Written last.
 //
@@ -20,11 +22,14 @@
 //   3. fsync the parent folder so the renames are durable; remove stale D.tmp-* / D.old-* siblings.
 // Reading (find_checkpoint): D if it is complete (trainer.json parses and every file it names has the
 // recorded size), else the complete D.old-* with the highest epoch, else nothing.
+#include <c10/util/string_utils.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <torch/optim/adam.h>
+#include <torch/optim/adamw.h>
 #include <torch/optim/optimizer.h>
-#include <torch/serialize.h>
+#include <torch/optim/sgd.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -36,6 +41,8 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <unordered_map>
+#include <unordered_set>
 
 #include "graft/files.h"
 #include "graft/trainer.h"
@@ -48,9 +55,10 @@ namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 constexpr const char* kModelFile = "model.safetensors";
-constexpr const char* kOptimizerFile = "optimizer.pt";
+constexpr const char* kOptimizerFile = "optimizer.safetensors";
+constexpr const char* kLegacyOptimizerFile = "optimizer.pt";  // format version 1: libtorch's archive
 constexpr const char* kStateFile = "trainer.json";
-constexpr int kFormatVersion = 1;
+constexpr int kFormatVersion = 2;
 
 std::string errno_text() {
   return file_error_text(errno);
@@ -261,6 +269,139 @@ std::optional<json> complete_state(const std::string& dir) {
   }
 }
 
+// --- Optimiser state as named tensors -------------------------------------------------------------
+// libtorch keys an optimiser's state by the address of the parameter's TensorImpl
+// (torch/optim/serialize.h); the file keys it by the parameter's name in the model, so that it loads
+// into a rebuilt model and optimiser. Fields as PyTorch names them: SGD momentum_buffer; Adam/AdamW
+// step (an int64 scalar), exp_avg, exp_avg_sq and, with amsgrad, max_exp_avg_sq.
+
+std::string state_key(const torch::Tensor& param) {
+  return c10::guts::to_string(param.unsafeGetTensorImpl());
+}
+
+std::string optimizer_kind(const torch::optim::Optimizer& optimizer) {
+  if (dynamic_cast<const torch::optim::SGD*>(&optimizer)) return "sgd";
+  if (dynamic_cast<const torch::optim::AdamW*>(&optimizer)) return "adamw";
+  if (dynamic_cast<const torch::optim::Adam*>(&optimizer)) return "adam";
+  throw Error("cannot checkpoint this optimiser: graft saves the state of SGD, Adam and AdamW only");
+}
+
+std::unordered_map<const void*, std::string> parameter_names(const torch::nn::Module& model) {
+  std::unordered_map<const void*, std::string> names;
+  for (const auto& item : model.named_parameters(/*recurse=*/true))
+    names.emplace(item.value().unsafeGetTensorImpl(), item.key());
+  return names;
+}
+
+template <typename AdamState>
+void add_adam_state(NamedTensors& out, const std::string& name, const AdamState& state) {
+  out.emplace_back(name + ".step", torch::tensor(state.step(), torch::kInt64));
+  out.emplace_back(name + ".exp_avg", state.exp_avg());
+  out.emplace_back(name + ".exp_avg_sq", state.exp_avg_sq());
+  if (state.max_exp_avg_sq().defined()) out.emplace_back(name + ".max_exp_avg_sq", state.max_exp_avg_sq());
+}
+
+NamedTensors optimizer_state_tensors(const torch::optim::Optimizer& optimizer,
+                                     const torch::nn::Module& model) {
+  const auto names = parameter_names(model);
+  NamedTensors out;
+  for (const auto& group : optimizer.param_groups()) {
+    for (const auto& param : group.params()) {
+      const auto found = optimizer.state().find(state_key(param));
+      if (found == optimizer.state().end()) continue;  // not stepped yet
+      const auto name = names.find(param.unsafeGetTensorImpl());
+      if (name == names.end())
+        throw Error("cannot checkpoint the optimiser: it trains a tensor of shape " +
+                    shape_str(param.sizes().vec()) + " that is not a parameter of the model");
+      const torch::optim::OptimizerParamState* state = found->second.get();
+      if (const auto* sgd = dynamic_cast<const torch::optim::SGDParamState*>(state)) {
+        if (sgd->momentum_buffer().defined())
+          out.emplace_back(name->second + ".momentum_buffer", sgd->momentum_buffer());
+      } else if (const auto* adam = dynamic_cast<const torch::optim::AdamParamState*>(state)) {
+        add_adam_state(out, name->second, *adam);
+      } else if (const auto* adamw = dynamic_cast<const torch::optim::AdamWParamState*>(state)) {
+        add_adam_state(out, name->second, *adamw);
+      } else {
+        throw Error("cannot checkpoint the optimiser state of parameter '" + name->second +
+                    "': graft saves the state of SGD, Adam and AdamW only");
+      }
+    }
+  }
+  return out;
+}
+
+// Reads the state of one parameter from optimizer.safetensors, checking it against the parameter.
+class OptimizerStateFile {
+ public:
+  explicit OptimizerStateFile(const std::string& path) : reader_(path) {}
+
+  const std::string& path() const { return reader_.path(); }
+  std::string metadata(const std::string& key) const {
+    const auto found = reader_.metadata().find(key);
+    return found == reader_.metadata().end() ? "" : found->second;
+  }
+
+  // "<name>.<field>" as a tensor shaped and typed like `param`, on its device; undefined when absent.
+  torch::Tensor like(const std::string& name, const char* field, const torch::Tensor& param) {
+    const std::string key = name + "." + field;
+    if (!reader_.contains(key)) return {};
+    used_.insert(key);
+    const TensorInfo& info = reader_.info(key);
+    if (info.shape != param.sizes().vec()) throw ShapeMismatch(path(), key, param.sizes().vec(), info.shape);
+    if (info.dtype != safetensors_dtype(param.scalar_type()))
+      throw FormatError(path(), "tensor '" + key + "' has dtype " + info.dtype + ", expected " +
+                                    safetensors_dtype(param.scalar_type()) + " (the parameter's)");
+    return reader_.load(key).to(param.device());
+  }
+
+  // "<name>.step", an int64 scalar >= 0; nullopt when absent.
+  std::optional<int64_t> step(const std::string& name) {
+    const std::string key = name + ".step";
+    if (!reader_.contains(key)) return std::nullopt;
+    used_.insert(key);
+    const TensorInfo& info = reader_.info(key);
+    if (info.dtype != "I64" || !info.shape.empty())
+      throw FormatError(path(), "tensor '" + key + "' has dtype " + info.dtype + " and shape " +
+                                    shape_str(info.shape) + ", expected an I64 scalar (shape [])");
+    const int64_t step = reader_.load(key).item<int64_t>();
+    if (step < 0)
+      throw FormatError(path(), "tensor '" + key + "' is " + std::to_string(step) + ", expected >= 0");
+    return step;
+  }
+
+  // Every tensor of the file was read: a leftover belongs to a parameter the optimiser does not train.
+  void expect_all_used() const {
+    for (const auto& info : reader_.tensors())
+      if (!used_.count(info.name))
+        throw FormatError(
+            path(), "tensor '" + info.name + "' is the state of no parameter this optimiser trains",
+            "the model or its trainable parameters differ from those the checkpoint was saved with");
+  }
+
+ private:
+  SafeTensorsReader reader_;
+  std::unordered_set<std::string> used_;
+};
+
+template <typename AdamState>
+std::unique_ptr<AdamState> read_adam_state(OptimizerStateFile& file, const std::string& name,
+                                           const torch::Tensor& param) {
+  const std::optional<int64_t> step = file.step(name);
+  torch::Tensor exp_avg = file.like(name, "exp_avg", param);
+  torch::Tensor exp_avg_sq = file.like(name, "exp_avg_sq", param);
+  torch::Tensor max_exp_avg_sq = file.like(name, "max_exp_avg_sq", param);
+  if (!step && !exp_avg.defined() && !exp_avg_sq.defined() && !max_exp_avg_sq.defined()) return nullptr;
+  if (!step || !exp_avg.defined() || !exp_avg_sq.defined())
+    throw FormatError(file.path(), "the state of parameter '" + name +
+                                       "' is incomplete: Adam needs step, exp_avg and exp_avg_sq together");
+  auto state = std::make_unique<AdamState>();
+  state->step(*step);
+  state->exp_avg(exp_avg);
+  state->exp_avg_sq(exp_avg_sq);
+  if (max_exp_avg_sq.defined()) state->max_exp_avg_sq(max_exp_avg_sq);
+  return state;
+}
+
 }  // namespace
 
 void save_checkpoint(const std::string& dir, const torch::nn::Module& model,
@@ -282,18 +423,9 @@ void save_checkpoint(const std::string& dir, const torch::nn::Module& model,
     pause_for_test(dir, state.epoch, "partial");
     if (optimizer) {
       const std::string optimizer_path = (fs::path(temp) / kOptimizerFile).string();
-      // Serialised in memory, then written with checked writes. torch::save(optimizer, path) on a full disk
-      // reports "file write failed" without the reason, then its writer's destructor throws again and the
-      // process aborts (std::terminate, exit 134, seen with libtorch 1.13), leaving a stale temporary.
-      std::string bytes;
-      torch::serialize::OutputArchive archive;
-      optimizer->save(archive);
-      archive.save_to(std::function<size_t(const void*, size_t)>([&bytes](const void* data, size_t size) {
-        bytes.append(static_cast<const char*>(data), size);
-        return size;
-      }));
-      write_file_atomic(optimizer_path, bytes);
-      files[kOptimizerFile] = bytes.size();
+      write_safetensors(optimizer_path, optimizer_state_tensors(*optimizer, model),
+                        {{"format", "graft-optimizer"}, {"optimizer", optimizer_kind(*optimizer)}});
+      files[kOptimizerFile] = fs::file_size(optimizer_path);
     }
     json state_json = state_to_json(state);
     state_json["files"] = files;
@@ -382,15 +514,49 @@ void load_checkpoint_model(const std::string& checkpoint_dir, torch::nn::Module&
   load_safetensors(model, path, options);
 }
 
-void load_checkpoint_optimizer(const std::string& checkpoint_dir, torch::optim::Optimizer& optimizer) {
+void load_checkpoint_optimizer(const std::string& checkpoint_dir, const torch::nn::Module& model,
+                               torch::optim::Optimizer& optimizer) {
   const std::string path = (fs::path(checkpoint_dir) / kOptimizerFile).string();
-  if (!fs::exists(path)) throw Error("checkpoint '" + checkpoint_dir + "' has no " + kOptimizerFile);
-  try {
-    torch::load(optimizer, path);
-  } catch (const c10::Error& e) {
-    throw FormatError(path, std::string("cannot restore the optimiser: ") + e.what_without_backtrace(),
-                      "the optimiser's groups differ from those the checkpoint was saved with");
+  if (!fs::exists(path)) {
+    if (fs::exists(fs::path(checkpoint_dir) / kLegacyOptimizerFile))
+      throw Error("cannot resume from checkpoint '" + checkpoint_dir + "': its optimiser state is in " +
+                  kLegacyOptimizerFile +
+                  ", the libtorch archive an earlier graft wrote; graft no longer loads such files (they are "
+                  "TorchScript and pickle, which can run code). Start the run again, or continue from its "
+                  "weights with --init-from");
+    throw Error("checkpoint '" + checkpoint_dir + "' has no " + kOptimizerFile);
   }
+  OptimizerStateFile file(path);
+  const std::string kind = optimizer_kind(optimizer);
+  const std::string saved_kind = file.metadata("optimizer");
+  if (saved_kind != kind)
+    throw FormatError(path, "holds the state of optimizer '" + saved_kind + "', expected '" + kind + "'",
+                      "resume with the optimizer the run was trained with");
+  const auto names = parameter_names(model);
+  optimizer.state().clear();
+  for (const auto& group : optimizer.param_groups()) {
+    for (const auto& param : group.params()) {
+      const auto name = names.find(param.unsafeGetTensorImpl());
+      if (name == names.end())
+        throw Error("cannot restore the optimiser from '" + path + "': it trains a tensor of shape " +
+                    shape_str(param.sizes().vec()) + " that is not a parameter of the model");
+      std::unique_ptr<torch::optim::OptimizerParamState> state;
+      if (kind == "sgd") {
+        torch::Tensor buffer = file.like(name->second, "momentum_buffer", param);
+        if (buffer.defined()) {
+          auto sgd = std::make_unique<torch::optim::SGDParamState>();
+          sgd->momentum_buffer(buffer);
+          state = std::move(sgd);
+        }
+      } else if (kind == "adam") {
+        state = read_adam_state<torch::optim::AdamParamState>(file, name->second, param);
+      } else {
+        state = read_adam_state<torch::optim::AdamWParamState>(file, name->second, param);
+      }
+      if (state) optimizer.state()[state_key(param)] = std::move(state);
+    }
+  }
+  file.expect_all_used();
 }
 
 }  // namespace graft

@@ -341,7 +341,7 @@ void Trainer::restore_from_checkpoint() {
     groups.push_back(std::move(group));
   }
   optimizer_ = build_optimizer(state.optimizer, groups);
-  load_checkpoint_optimizer(*found, *optimizer_.optimizer);
+  load_checkpoint_optimizer(*found, *model_, *optimizer_.optimizer);
 
   epochs_done_ = state.epoch;
   global_step_ = state.global_step;

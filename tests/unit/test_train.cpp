@@ -519,7 +519,7 @@ TEST(Trainer, TinyMlpLearnsSeparableBlobs) {
     EXPECT_EQ(line.rfind(std::to_string(rows) + ",", 0), 0u) << line;
   }
   EXPECT_EQ(rows, 8);
-  for (const char* file : {"checkpoints/last/model.safetensors", "checkpoints/last/optimizer.pt",
+  for (const char* file : {"checkpoints/last/model.safetensors", "checkpoints/last/optimizer.safetensors",
                            "checkpoints/last/trainer.json", "checkpoints/best/trainer.json",
                            "training_curves.svg", "confusion_matrix.svg", "val_report.txt"})
     EXPECT_TRUE(fs::exists(dir / file)) << file;
@@ -890,23 +890,23 @@ TEST(Checkpoint, ResumeFromAnIncompleteCheckpointIsAClearError) {
   }
 }
 
-// A full disk (a file-size limit standing in for it) while writing optimizer.pt, which libtorch
-// serialises: a clear error naming the file and the limit, the previous checkpoint untouched, no temporaries.
+// A full disk (a file-size limit standing in for it) while writing optimizer.safetensors, the second
+// file: a clear error naming the file and the limit, the previous checkpoint untouched, no temporaries.
 TEST(Checkpoint, FullDiskWhileWritingTheOptimizerKeepsThePreviousCheckpoint) {
   TempDir dir("ckpt_full");
   torch::manual_seed(3);
   auto model = torch::nn::Linear(64, 64);
   OptimizerConfig c;
-  c.name = "adam";  // two moments per parameter: optimizer.pt is about twice model.safetensors
+  c.name = "adam";  // two moments per parameter: optimizer.safetensors is about twice model.safetensors
   GroupedOptimizer opt = build_optimizer(c, {{model->parameters(), 1.0, "all"}});
   model->forward(torch::randn({4, 64})).sum().backward();
   opt.optimizer->step();
   const std::string last = (dir / "last").string();
   save_checkpoint(last, *model, opt.optimizer.get(), state_at(1));
   const uintmax_t model_bytes = fs::file_size(fs::path(last) / "model.safetensors");
-  const uintmax_t optimizer_bytes = fs::file_size(fs::path(last) / "optimizer.pt");
+  const uintmax_t optimizer_bytes = fs::file_size(fs::path(last) / "optimizer.safetensors");
   ASSERT_GT(optimizer_bytes, model_bytes + 4096);
-  const std::string before = read_file(fs::path(last) / "optimizer.pt");
+  const std::string before = read_file(fs::path(last) / "optimizer.safetensors");
 
   rlimit saved{};
   ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &saved), 0);
@@ -927,10 +927,10 @@ TEST(Checkpoint, FullDiskWhileWritingTheOptimizerKeepsThePreviousCheckpoint) {
   const std::string expected =
       "cannot write checkpoint '" + last + "' (the previous one there, if any, is unchanged)";
   EXPECT_NE(message.find(expected), std::string::npos) << message;
-  EXPECT_NE(message.find("/optimizer.pt: cannot write"), std::string::npos) << message;
+  EXPECT_NE(message.find("/optimizer.safetensors: cannot write"), std::string::npos) << message;
   EXPECT_NE(message.find("File too large (a file-size limit was reached"), std::string::npos) << message;
   EXPECT_EQ(read_trainer_state(*find_checkpoint(last)).epoch, 1);
-  EXPECT_EQ(read_file(fs::path(last) / "optimizer.pt"), before);
+  EXPECT_EQ(read_file(fs::path(last) / "optimizer.safetensors"), before);
   int entries = 0;
   for (const auto& entry : fs::directory_iterator(dir.str())) ++entries, (void)entry;
   EXPECT_EQ(entries, 1) << "a temporary folder was left behind";
@@ -982,28 +982,127 @@ TEST(Files, StaleTemporariesOfDeadWritersAreRemovedOthersStay) {
   for (const auto& name : kept) EXPECT_TRUE(fs::exists(dir / name)) << name;
 }
 
+namespace {
+// Two optimiser steps on a TinyMlp from fixed weights and inputs.
+void take_steps(TinyMlp& model, torch::optim::Optimizer& optimizer, int64_t steps, uint64_t seed) {
+  torch::manual_seed(seed);
+  for (int64_t i = 0; i < steps; ++i) {
+    optimizer.zero_grad();
+    model->forward(torch::randn({8, 2})).pow(2).sum().backward();
+    optimizer.step();
+  }
+}
+}  // namespace
+
+// Saved after two steps and restored into a fresh optimiser over a fresh model, the optimiser takes the
+// third step bit for bit as the one that never stopped, for each optimiser graft builds. The file holds
+// the state by parameter name, with PyTorch's field names.
 TEST(Checkpoint, OptimizerStateRoundTrip) {
-  TempDir dir("ckpt_optim");
-  torch::manual_seed(2);
-  TinyMlp model;
+  for (const char* name : {"sgd", "adam", "adamw"}) {
+    SCOPED_TRACE(name);
+    TempDir dir("ckpt_optim");
+    OptimizerConfig c;
+    c.name = name;
+    c.lr = 0.01;
+    torch::manual_seed(2);
+    TinyMlp model;
+    GroupedOptimizer opt = build_optimizer(c, {{model->parameters(), 1.0, "all"}});
+    take_steps(model, *opt.optimizer, 2, 11);
+    const std::string last = (dir / "last").string();
+    save_checkpoint(last, *model, opt.optimizer.get(), state_at(1));
+
+    SafeTensorsReader file(last + "/optimizer.safetensors");
+    EXPECT_EQ(file.metadata().at("optimizer"), name);
+    const std::vector<std::string> fields = c.name == "sgd"
+                                                ? std::vector<std::string>{"momentum_buffer"}
+                                                : std::vector<std::string>{"step", "exp_avg", "exp_avg_sq"};
+    EXPECT_EQ(file.tensors().size(), 4 * fields.size());
+    for (const char* param : {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"})
+      for (const auto& field : fields)
+        EXPECT_TRUE(file.contains(std::string(param) + "." + field)) << param << "." << field;
+    if (c.name != "sgd") {
+      EXPECT_EQ(file.load("fc2.bias.step").item<int64_t>(), 2);
+    }
+
+    TinyMlp restored;
+    load_checkpoint_model(last, *restored);
+    GroupedOptimizer fresh = build_optimizer(c, {{restored->parameters(), 1.0, "all"}});
+    load_checkpoint_optimizer(last, *restored, *fresh.optimizer);
+    take_steps(model, *opt.optimizer, 1, 12);
+    take_steps(restored, *fresh.optimizer, 1, 12);
+    expect_same_weights(*model, *restored);
+  }
+}
+
+// A damaged or foreign optimizer.safetensors is refused with the file and the tensor named; so is the
+// libtorch archive (optimizer.pt) that graft wrote before, which can carry code.
+TEST(Checkpoint, OptimizerStateThatDoesNotFitIsAClearError) {
+  TempDir dir("ckpt_optim_bad");
   OptimizerConfig c;
   c.name = "adam";
+  torch::manual_seed(2);
+  TinyMlp model;
   GroupedOptimizer opt = build_optimizer(c, {{model->parameters(), 1.0, "all"}});
-  model->forward(torch::randn({4, 2})).sum().backward();
-  opt.optimizer->step();
-  save_checkpoint((dir / "last").string(), *model, opt.optimizer.get(), state_at(1));
+  take_steps(model, *opt.optimizer, 1, 11);
+  const std::string last = (dir / "last").string();
+  const std::string path = last + "/optimizer.safetensors";
+  save_checkpoint(last, *model, opt.optimizer.get(), state_at(1));
+  const NamedTensors good = read_safetensors(path);
+  const std::map<std::string, std::string> adam_meta = {{"optimizer", "adam"}};
+
+  auto error_with = [&](const NamedTensors& tensors, const std::map<std::string, std::string>& metadata) {
+    write_safetensors(path, tensors, metadata);
+    GroupedOptimizer fresh = build_optimizer(c, {{model->parameters(), 1.0, "all"}});
+    try {
+      load_checkpoint_optimizer(last, *model, *fresh.optimizer);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  auto replaced = [&](const std::string& name, const torch::Tensor& tensor) {
+    NamedTensors out = good;
+    for (auto& [key, value] : out)
+      if (key == name) value = tensor;
+    return out;
+  };
+  auto expect_has = [](const std::string& message, const std::string& part) {
+    EXPECT_NE(message.find(part), std::string::npos) << "expected '" << part << "' in: " << message;
+  };
+
+  std::string message = error_with(replaced("fc1.weight.exp_avg", torch::zeros({3, 3})), adam_meta);
+  expect_has(message, path);
+  expect_has(message, "tensor 'fc1.weight.exp_avg' has shape [3, 3], expected [16, 2]");
+
+  message = error_with(replaced("fc1.bias.exp_avg_sq", torch::zeros({16}, torch::kFloat64)), adam_meta);
+  expect_has(message, "tensor 'fc1.bias.exp_avg_sq' has dtype F64, expected F32");
+
+  message = error_with(replaced("fc2.bias.step", torch::tensor({1.5})), adam_meta);
+  expect_has(message, "tensor 'fc2.bias.step' has dtype F32 and shape [1], expected an I64 scalar");
+
+  NamedTensors extra = good;
+  extra.emplace_back("fc3.weight.exp_avg", torch::zeros({2}));
+  message = error_with(extra, adam_meta);
+  expect_has(message, "tensor 'fc3.weight.exp_avg' is the state of no parameter this optimiser trains");
+
+  NamedTensors partial;
+  for (const auto& item : good)
+    if (item.first != "fc2.weight.exp_avg_sq") partial.push_back(item);
+  message = error_with(partial, adam_meta);
+  expect_has(message, "the state of parameter 'fc2.weight' is incomplete");
+
+  message = error_with(good, {{"optimizer", "sgd"}});
+  expect_has(message, "holds the state of optimizer 'sgd', expected 'adam'");
+
+  fs::remove(path);
+  { std::ofstream(last + "/optimizer.pt") << "PK"; }
   GroupedOptimizer fresh = build_optimizer(c, {{model->parameters(), 1.0, "all"}});
-  load_checkpoint_optimizer((dir / "last").string(), *fresh.optimizer);
-  const auto& a = opt.optimizer->state();
-  const auto& b = fresh.optimizer->state();
-  ASSERT_EQ(a.size(), b.size());
-  for (const auto& p : model->parameters()) {
-    const std::string key = c10::guts::to_string(p.unsafeGetTensorImpl());
-    const auto& sa = static_cast<const torch::optim::AdamParamState&>(*a.at(key));
-    const auto& sb = static_cast<const torch::optim::AdamParamState&>(*b.at(key));
-    EXPECT_EQ(sa.step(), sb.step());
-    EXPECT_TRUE(torch::equal(sa.exp_avg(), sb.exp_avg()));
-    EXPECT_TRUE(torch::equal(sa.exp_avg_sq(), sb.exp_avg_sq()));
+  try {
+    load_checkpoint_optimizer(last, *model, *fresh.optimizer);
+    FAIL() << "loaded a checkpoint without optimizer.safetensors";
+  } catch (const Error& e) {
+    expect_has(e.what(), "its optimiser state is in optimizer.pt");
+    expect_has(e.what(), "graft no longer loads such files");
   }
 }
 

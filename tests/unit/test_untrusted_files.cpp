@@ -281,3 +281,22 @@ TEST(KerasH5ChildProcess, SameModelAsInProcessReading) {
   }
   EXPECT_GE(compared, 4u);  // the four seeds load
 }
+
+// No format that can run code is loaded: nothing in graft calls libtorch's archive or TorchScript
+// loaders (torch::load, InputArchive, jit::load, the unpickler), which read pickle and TorchScript code.
+// Checkpoints keep the optimiser's state in safetensors (src/train/checkpoint.cpp).
+TEST(NoPickle, NoSourceFileCallsLibtorchsArchiveOrTorchScriptLoaders) {
+  const std::vector<std::string> loaders = {"torch::load(",  "InputArchive", "jit::load(",       "load_from(",
+                                            "jit::unpickle", "pickle_load(", "_load_for_mobile("};
+  int files = 0;
+  for (const char* folder : {"src", "include"}) {
+    for (const auto& entry : fs::recursive_directory_iterator(fs::path(GRAFT_SOURCE_DIR) / folder)) {
+      if (!entry.is_regular_file()) continue;
+      ++files;
+      const std::string text = read_bytes(entry.path());
+      for (const auto& loader : loaders)
+        EXPECT_EQ(text.find(loader), std::string::npos) << entry.path() << " calls " << loader;
+    }
+  }
+  EXPECT_GT(files, 50);
+}
