@@ -330,7 +330,8 @@ NamedTensors optimizer_state_tensors(const torch::optim::Optimizer& optimizer,
   return out;
 }
 
-// Reads the state of one parameter from optimizer.safetensors, checking it against the parameter.
+// optimizer.safetensors opened for reading: each parameter's state, checked against the parameter, and
+// whether every tensor of the file found its parameter.
 class OptimizerStateFile {
  public:
   explicit OptimizerStateFile(const std::string& path) : reader_(path) {}
@@ -533,7 +534,8 @@ void load_checkpoint_optimizer(const std::string& checkpoint_dir, const torch::n
     throw FormatError(path, "holds the state of optimizer '" + saved_kind + "', expected '" + kind + "'",
                       "resume with the optimizer the run was trained with");
   const auto names = parameter_names(model);
-  optimizer.state().clear();
+  // Read and checked whole before the optimiser's own state is touched.
+  std::vector<std::pair<std::string, std::unique_ptr<torch::optim::OptimizerParamState>>> states;
   for (const auto& group : optimizer.param_groups()) {
     for (const auto& param : group.params()) {
       const auto name = names.find(param.unsafeGetTensorImpl());
@@ -553,10 +555,12 @@ void load_checkpoint_optimizer(const std::string& checkpoint_dir, const torch::n
       } else {
         state = read_adam_state<torch::optim::AdamWParamState>(file, name->second, param);
       }
-      if (state) optimizer.state()[state_key(param)] = std::move(state);
+      if (state) states.emplace_back(state_key(param), std::move(state));
     }
   }
   file.expect_all_used();
+  optimizer.state().clear();
+  for (auto& [key, state] : states) optimizer.state()[key] = std::move(state);
 }
 
 }  // namespace graft
