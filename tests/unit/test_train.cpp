@@ -983,7 +983,7 @@ TEST(Files, StaleTemporariesOfDeadWritersAreRemovedOthersStay) {
 }
 
 namespace {
-// Two optimiser steps on a TinyMlp from fixed weights and inputs.
+// `steps` optimiser steps on a TinyMlp, on inputs (and dropout masks) drawn from `seed`.
 void take_steps(TinyMlp& model, torch::optim::Optimizer& optimizer, int64_t steps, uint64_t seed) {
   torch::manual_seed(seed);
   for (int64_t i = 0; i < steps; ++i) {
