@@ -67,6 +67,14 @@ void scale_lr(GroupedOptimizer& optimizer, double factor);
 // Current rate of each optimiser param group.
 std::vector<double> current_lrs(const GroupedOptimizer& optimizer);
 
+// The state libtorch keeps for `param` in `optimizer` (momentum buffer, Adam moments), nullptr before its
+// first step; and replacing it. libtorch keys it by the parameter's TensorImpl, as the address printed to a
+// string in 1.x and as the address itself in 2.x; these work with both.
+const torch::optim::OptimizerParamState* optimizer_param_state(const torch::optim::Optimizer& optimizer,
+                                                               const torch::Tensor& param);
+void set_optimizer_param_state(torch::optim::Optimizer& optimizer, const torch::Tensor& param,
+                               std::unique_ptr<torch::optim::OptimizerParamState> state);
+
 // ---------------------------------------------------------------------------------------------------
 // Learning-rate schedules (src/train/schedule.cpp). Steps are optimiser steps, counted from 0.
 

@@ -22,7 +22,6 @@
 //   3. fsync the parent folder so the renames are durable; remove stale D.tmp-* / D.old-* siblings.
 // Reading (find_checkpoint): D if it is complete (trainer.json parses and every file it names has the
 // recorded size), else the complete D.old-* with the highest epoch, else nothing.
-#include <c10/util/string_utils.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -270,14 +269,10 @@ std::optional<json> complete_state(const std::string& dir) {
 }
 
 // --- Optimiser state as named tensors -------------------------------------------------------------
-// libtorch keys an optimiser's state by the address of the parameter's TensorImpl
-// (torch/optim/serialize.h); the file keys it by the parameter's name in the model, so that it loads
-// into a rebuilt model and optimiser. Fields as PyTorch names them: SGD momentum_buffer; Adam/AdamW
-// step (an int64 scalar), exp_avg, exp_avg_sq and, with amsgrad, max_exp_avg_sq.
-
-std::string state_key(const torch::Tensor& param) {
-  return c10::guts::to_string(param.unsafeGetTensorImpl());
-}
+// libtorch keys an optimiser's state by the parameter's TensorImpl (optimizer_param_state, optim.cpp);
+// the file keys it by the parameter's name in the model, so that it loads into a rebuilt model and
+// optimiser. Fields as PyTorch names them: SGD momentum_buffer; Adam/AdamW step (an int64 scalar),
+// exp_avg, exp_avg_sq and, with amsgrad, max_exp_avg_sq.
 
 std::string optimizer_kind(const torch::optim::Optimizer& optimizer) {
   if (dynamic_cast<const torch::optim::SGD*>(&optimizer)) return "sgd";
@@ -307,13 +302,12 @@ NamedTensors optimizer_state_tensors(const torch::optim::Optimizer& optimizer,
   NamedTensors out;
   for (const auto& group : optimizer.param_groups()) {
     for (const auto& param : group.params()) {
-      const auto found = optimizer.state().find(state_key(param));
-      if (found == optimizer.state().end()) continue;  // not stepped yet
+      const torch::optim::OptimizerParamState* state = optimizer_param_state(optimizer, param);
+      if (!state) continue;  // not stepped yet
       const auto name = names.find(param.unsafeGetTensorImpl());
       if (name == names.end())
         throw Error("cannot checkpoint the optimiser: it trains a tensor of shape " +
                     shape_str(param.sizes().vec()) + " that is not a parameter of the model");
-      const torch::optim::OptimizerParamState* state = found->second.get();
       if (const auto* sgd = dynamic_cast<const torch::optim::SGDParamState*>(state)) {
         if (sgd->momentum_buffer().defined())
           out.emplace_back(name->second + ".momentum_buffer", sgd->momentum_buffer());
@@ -535,7 +529,7 @@ void load_checkpoint_optimizer(const std::string& checkpoint_dir, const torch::n
                       "resume with the optimizer the run was trained with");
   const auto names = parameter_names(model);
   // Read and checked whole before the optimiser's own state is touched.
-  std::vector<std::pair<std::string, std::unique_ptr<torch::optim::OptimizerParamState>>> states;
+  std::vector<std::pair<torch::Tensor, std::unique_ptr<torch::optim::OptimizerParamState>>> states;
   for (const auto& group : optimizer.param_groups()) {
     for (const auto& param : group.params()) {
       const auto name = names.find(param.unsafeGetTensorImpl());
@@ -555,12 +549,12 @@ void load_checkpoint_optimizer(const std::string& checkpoint_dir, const torch::n
       } else {
         state = read_adam_state<torch::optim::AdamWParamState>(file, name->second, param);
       }
-      if (state) states.emplace_back(state_key(param), std::move(state));
+      if (state) states.emplace_back(param, std::move(state));
     }
   }
   file.expect_all_used();
   optimizer.state().clear();
-  for (auto& [key, state] : states) optimizer.state()[key] = std::move(state);
+  for (auto& [param, state] : states) set_optimizer_param_state(optimizer, param, std::move(state));
 }
 
 }  // namespace graft

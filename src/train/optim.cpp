@@ -6,7 +6,9 @@
 #include <torch/optim/sgd.h>
 
 #include <sstream>
+#include <type_traits>
 #include <unordered_set>
+#include <utility>
 
 #include "graft/trainer.h"
 
@@ -30,6 +32,21 @@ std::unique_ptr<torch::optim::OptimizerOptions> group_options(const OptimizerCon
   auto options = std::make_unique<torch::optim::AdamWOptions>(lr);
   options->betas(betas).eps(config.eps).weight_decay(config.weight_decay.value_or(1e-2));
   return options;
+}
+
+using StateKey = std::decay_t<decltype(std::declval<const torch::optim::Optimizer&>().state())>::key_type;
+
+// libtorch 1.x: c10::guts::to_string(param.unsafeGetTensorImpl()) (torch/optim/serialize.h), which prints
+// the pointer to a stream; 2.x: the pointer. A template, so that only the branch for this libtorch compiles.
+template <typename Key = StateKey>
+Key state_key(const torch::Tensor& param) {
+  if constexpr (std::is_same_v<Key, std::string>) {
+    std::ostringstream out;
+    out << param.unsafeGetTensorImpl();
+    return out.str();
+  } else {
+    return param.unsafeGetTensorImpl();
+  }
 }
 
 void check_config(const OptimizerConfig& config) {
@@ -107,6 +124,17 @@ void scale_lr(GroupedOptimizer& optimizer, double factor) {
   auto& groups = optimizer.optimizer->param_groups();
   for (size_t i = 0; i < groups.size() && i < optimizer.base_lrs.size(); ++i)
     groups[i].options().set_lr(optimizer.base_lrs[i] * factor);
+}
+
+const torch::optim::OptimizerParamState* optimizer_param_state(const torch::optim::Optimizer& optimizer,
+                                                               const torch::Tensor& param) {
+  const auto found = optimizer.state().find(state_key(param));
+  return found == optimizer.state().end() ? nullptr : found->second.get();
+}
+
+void set_optimizer_param_state(torch::optim::Optimizer& optimizer, const torch::Tensor& param,
+                               std::unique_ptr<torch::optim::OptimizerParamState> state) {
+  optimizer.state()[state_key(param)] = std::move(state);
 }
 
 std::vector<double> current_lrs(const GroupedOptimizer& optimizer) {

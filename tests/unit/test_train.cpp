@@ -1051,9 +1051,12 @@ TEST(Checkpoint, OptimizerStateThatDoesNotFitIsAClearError) {
   const std::map<std::string, std::string> adam_meta = {{"optimizer", "adam"}};
 
   // Loads into the stepped optimiser, whose own state must survive a refused file untouched.
-  const std::string fc1_key = c10::guts::to_string(model->fc1->weight.unsafeGetTensorImpl());
-  const torch::Tensor fc1_exp_avg =
-      static_cast<const torch::optim::AdamParamState&>(*opt.optimizer->state().at(fc1_key)).exp_avg().clone();
+  auto fc1_state = [&]() -> const torch::optim::AdamParamState& {
+    const auto* state = optimizer_param_state(*opt.optimizer, model->fc1->weight);
+    if (!state) throw std::runtime_error("the optimiser holds no state for fc1.weight");
+    return dynamic_cast<const torch::optim::AdamParamState&>(*state);
+  };
+  const torch::Tensor fc1_exp_avg = fc1_state().exp_avg().clone();
   auto error_with = [&](const NamedTensors& tensors, const std::map<std::string, std::string>& metadata) {
     write_safetensors(path, tensors, metadata);
     std::string message = "no error";
@@ -1063,8 +1066,7 @@ TEST(Checkpoint, OptimizerStateThatDoesNotFitIsAClearError) {
       message = e.what();
     }
     EXPECT_EQ(opt.optimizer->state().size(), 4u) << message;
-    const auto& kept = static_cast<const torch::optim::AdamParamState&>(*opt.optimizer->state().at(fc1_key));
-    EXPECT_TRUE(torch::equal(kept.exp_avg(), fc1_exp_avg)) << message;
+    EXPECT_TRUE(torch::equal(fc1_state().exp_avg(), fc1_exp_avg)) << message;
     return message;
   };
   auto replaced = [&](const std::string& name, const torch::Tensor& tensor) {
