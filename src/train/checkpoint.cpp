@@ -281,12 +281,26 @@ std::string optimizer_kind(const torch::optim::Optimizer& optimizer) {
   throw Error("cannot checkpoint this optimiser: graft saves the state of SGD, Adam and AdamW only");
 }
 
-std::unordered_map<const void*, std::string> parameter_names(const torch::nn::Module& model) {
-  std::unordered_map<const void*, std::string> names;
-  for (const auto& item : model.named_parameters(/*recurse=*/true))
-    names.emplace(item.value().unsafeGetTensorImpl(), item.key());
-  return names;
-}
+// The model's parameter names by TensorImpl, for the tensors an optimiser holds.
+class ParameterNames {
+ public:
+  explicit ParameterNames(const torch::nn::Module& model) {
+    for (const auto& item : model.named_parameters(/*recurse=*/true))
+      names_.emplace(item.value().unsafeGetTensorImpl(), item.key());
+  }
+
+  // `doing` starts the message when the optimiser trains a tensor that is not the model's.
+  const std::string& of(const torch::Tensor& param, const std::string& doing) const {
+    const auto found = names_.find(param.unsafeGetTensorImpl());
+    if (found == names_.end())
+      throw Error(doing + ": the optimiser trains a tensor of shape " + shape_str(param.sizes().vec()) +
+                  " that is not a parameter of the model");
+    return found->second;
+  }
+
+ private:
+  std::unordered_map<const void*, std::string> names_;
+};
 
 template <typename AdamState>
 void add_adam_state(NamedTensors& out, const std::string& name, const AdamState& state) {
@@ -298,25 +312,22 @@ void add_adam_state(NamedTensors& out, const std::string& name, const AdamState&
 
 NamedTensors optimizer_state_tensors(const torch::optim::Optimizer& optimizer,
                                      const torch::nn::Module& model) {
-  const auto names = parameter_names(model);
+  const ParameterNames names(model);
   NamedTensors out;
   for (const auto& group : optimizer.param_groups()) {
     for (const auto& param : group.params()) {
       const torch::optim::OptimizerParamState* state = optimizer_param_state(optimizer, param);
       if (!state) continue;  // not stepped yet
-      const auto name = names.find(param.unsafeGetTensorImpl());
-      if (name == names.end())
-        throw Error("cannot checkpoint the optimiser: it trains a tensor of shape " +
-                    shape_str(param.sizes().vec()) + " that is not a parameter of the model");
+      const std::string& name = names.of(param, "cannot checkpoint the optimiser");
       if (const auto* sgd = dynamic_cast<const torch::optim::SGDParamState*>(state)) {
         if (sgd->momentum_buffer().defined())
-          out.emplace_back(name->second + ".momentum_buffer", sgd->momentum_buffer());
+          out.emplace_back(name + ".momentum_buffer", sgd->momentum_buffer());
       } else if (const auto* adam = dynamic_cast<const torch::optim::AdamParamState*>(state)) {
-        add_adam_state(out, name->second, *adam);
+        add_adam_state(out, name, *adam);
       } else if (const auto* adamw = dynamic_cast<const torch::optim::AdamWParamState*>(state)) {
-        add_adam_state(out, name->second, *adamw);
+        add_adam_state(out, name, *adamw);
       } else {
-        throw Error("cannot checkpoint the optimiser state of parameter '" + name->second +
+        throw Error("cannot checkpoint the optimiser state of parameter '" + name +
                     "': graft saves the state of SGD, Adam and AdamW only");
       }
     }
@@ -527,27 +538,25 @@ void load_checkpoint_optimizer(const std::string& checkpoint_dir, const torch::n
   if (saved_kind != kind)
     throw FormatError(path, "holds the state of optimizer '" + saved_kind + "', expected '" + kind + "'",
                       "resume with the optimizer the run was trained with");
-  const auto names = parameter_names(model);
+  const ParameterNames names(model);
+  const std::string restoring = "cannot restore the optimiser from '" + path + "'";
   // Read and checked whole before the optimiser's own state is touched.
   std::vector<std::pair<torch::Tensor, std::unique_ptr<torch::optim::OptimizerParamState>>> states;
   for (const auto& group : optimizer.param_groups()) {
     for (const auto& param : group.params()) {
-      const auto name = names.find(param.unsafeGetTensorImpl());
-      if (name == names.end())
-        throw Error("cannot restore the optimiser from '" + path + "': it trains a tensor of shape " +
-                    shape_str(param.sizes().vec()) + " that is not a parameter of the model");
+      const std::string& name = names.of(param, restoring);
       std::unique_ptr<torch::optim::OptimizerParamState> state;
       if (kind == "sgd") {
-        torch::Tensor buffer = file.like(name->second, "momentum_buffer", param);
+        torch::Tensor buffer = file.like(name, "momentum_buffer", param);
         if (buffer.defined()) {
           auto sgd = std::make_unique<torch::optim::SGDParamState>();
           sgd->momentum_buffer(buffer);
           state = std::move(sgd);
         }
       } else if (kind == "adam") {
-        state = read_adam_state<torch::optim::AdamParamState>(file, name->second, param);
+        state = read_adam_state<torch::optim::AdamParamState>(file, name, param);
       } else {
-        state = read_adam_state<torch::optim::AdamWParamState>(file, name->second, param);
+        state = read_adam_state<torch::optim::AdamWParamState>(file, name, param);
       }
       if (state) states.emplace_back(param, std::move(state));
     }

@@ -197,14 +197,12 @@ class Child {
 // every tensor of model.safetensors and of optimizer.safetensors. Returns its epoch.
 int64_t expect_loads(const std::string& checkpoint) {
   const graft::TrainerState state = graft::read_trainer_state(checkpoint);
-  const graft::NamedTensors tensors = graft::read_safetensors(checkpoint + "/model.safetensors");
-  EXPECT_GT(tensors.size(), 10u) << checkpoint;
-  for (const auto& [name, tensor] : tensors)
-    EXPECT_TRUE(torch::isfinite(tensor).all().item<bool>()) << checkpoint << ": " << name;
-  const graft::NamedTensors moments = graft::read_safetensors(checkpoint + "/optimizer.safetensors");
-  EXPECT_GT(moments.size(), 10u) << checkpoint;
-  for (const auto& [name, tensor] : moments)
-    EXPECT_TRUE(torch::isfinite(tensor).all().item<bool>()) << checkpoint << ": " << name;
+  for (const char* file : {"/model.safetensors", "/optimizer.safetensors"}) {
+    const graft::NamedTensors tensors = graft::read_safetensors(checkpoint + file);
+    EXPECT_GT(tensors.size(), 10u) << checkpoint << file;
+    for (const auto& [name, tensor] : tensors)
+      EXPECT_TRUE(torch::isfinite(tensor).all().item<bool>()) << checkpoint << file << ": " << name;
+  }
   return state.epoch;
 }
 
