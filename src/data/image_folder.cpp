@@ -10,6 +10,7 @@
 
 #include "graft/data.h"
 #include "graft/errors.h"
+#include "graft/strings.h"
 
 namespace graft {
 namespace {
@@ -65,6 +66,7 @@ std::vector<std::string> list_class_folders(const fs::path& root) {
     if (!is_hidden(it->path()) && is_folder(it->path())) names.push_back(it->path().filename().string());
   }
   if (error) throw Error(root.string() + ": cannot list folder: " + error.message());
+  for (const std::string& name : names) require_utf8(name, root.string(), "class folder");
   std::sort(names.begin(), names.end());
   return names;
 }
@@ -73,11 +75,6 @@ void require_folder(const std::string& root) {
   std::error_code error;
   if (!fs::exists(root, error)) throw Error(root + ": image folder does not exist");
   if (!is_folder(root)) throw Error(root + ": expected an image folder (root/<class>/<image>), found a file");
-}
-
-// Fisher-Yates with our own index draw, so a seed gives the same split on every standard library.
-void shuffle_indices(std::vector<size_t>& values, std::mt19937_64& rng) {
-  for (size_t i = values.size(); i > 1; --i) std::swap(values[i - 1], values[rng() % i]);
 }
 
 ImageList stratified_part(const ImageList& all, const std::vector<size_t>& indices) {
@@ -171,7 +168,7 @@ ImageSplits discover_image_splits(const std::string& root, double val_split, uin
     for (size_t i = 0; i < all.samples.size(); ++i) {
       if (all.samples[i].label == int64_t(label)) members.push_back(i);
     }
-    shuffle_indices(members, rng);
+    portable_shuffle(members, rng);
     const size_t wanted = static_cast<size_t>(std::llround(double(members.size()) * val_split));
     const size_t n_val = members.empty() ? 0 : std::min(wanted, members.size() - 1);
     val_indices.insert(val_indices.end(), members.begin(), members.begin() + n_val);

@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "graft/errors.h"
+#include "graft/strings.h"
 #include "graft/tokenizer.h"
 #include "text/unicode.h"
 
@@ -46,12 +47,6 @@ std::string read_whole_file(const std::string& path) {
   return contents;
 }
 
-std::string trim(const std::string& s) {
-  const char* space = " \t\r\n\f\v";
-  const size_t begin = s.find_first_not_of(space);
-  if (begin == std::string::npos) return "";
-  return s.substr(begin, s.find_last_not_of(space) - begin + 1);
-}
 
 std::string resolve_format(const std::string& path, const std::string& format) {
   if (format != "auto") {

@@ -5,17 +5,10 @@
 #include "graft/errors.h"
 #include "graft/keras.h"
 #include "graft/registry.h"
+#include "graft/strings.h"
 #include "graft/transfer.h"
 
 namespace graft {
-namespace {
-
-bool ends_with(const std::string& text, const std::string& suffix) {
-  return text.size() >= suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
-}  // namespace
-
 LoadReport load_weights(BackboneImpl& model, const std::string& path, const WeightsOptions& options) {
   // A TF.js model folder, its model.json, or a Keras .h5: read by its format, mapped by the architecture.
   if (std::filesystem::is_directory(path)) return load_keras_weights(model, read_keras_file(path), options);

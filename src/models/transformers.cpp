@@ -14,6 +14,7 @@
 
 #include "graft/bert.h"
 #include "graft/gpt2.h"
+#include "graft/strings.h"
 #include "graft/transfer.h"
 #include "graft/vit.h"
 
@@ -171,11 +172,6 @@ void check_heads(const ConfigReader& reader, int64_t hidden, const char* hidden_
                                            ") must be a multiple of '" + heads_key + "' (" +
                                            std::to_string(heads) + ")");
   }
-}
-
-bool ends_with(const std::string& text, const std::string& suffix) {
-  return text.size() >= suffix.size() &&
-         text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 bool starts_with_module(const std::string& name, const std::string& prefix) {

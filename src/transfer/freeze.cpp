@@ -3,30 +3,17 @@
 #include <fnmatch.h>
 
 #include "graft/errors.h"
+#include "graft/strings.h"
 #include "graft/transfer.h"
 
 namespace graft {
-namespace {
-
-bool has_prefix(const std::string& name, const std::string& prefix) {
-  if (prefix.empty()) return false;
-  return name == prefix || name.rfind(prefix + ".", 0) == 0;
-}
-
-std::string trim(const std::string& s) {
-  size_t b = s.find_first_not_of(" \t"), e = s.find_last_not_of(" \t");
-  return b == std::string::npos ? "" : s.substr(b, e - b + 1);
-}
-
-}  // namespace
-
 std::string head_module_name(BackboneImpl& model) {
   if (model.has_custom_head()) return model.classifier_name();
   auto steps = model.classifier_steps(false);
   if (steps.empty()) return "";
   const std::string& last = steps.back().name;
   for (const auto& item : model.named_parameters(true)) {
-    if (has_prefix(item.key(), last)) return last;
+    if (is_dotted_prefix(item.key(), last)) return last;
   }
   return "";
 }
@@ -45,7 +32,7 @@ std::vector<std::string> module_layers(const torch::nn::Module& model, const std
   if (!model.parameters(/*recurse=*/false).empty()) layers.push_back("");
   for (const auto& item : model.named_modules("", /*include_self=*/false)) {
     if (item.value()->parameters(/*recurse=*/false).empty()) continue;
-    if (has_prefix(item.key(), head)) continue;
+    if (is_dotted_prefix(item.key(), head)) continue;
     layers.push_back(item.key());
   }
   return layers;
@@ -89,7 +76,7 @@ FreezeReport apply_freeze(torch::nn::Module& model, const std::string& spec, con
       const std::string name = term.substr(6);
       size_t first = layers.size();
       for (size_t i = 0; i < layers.size(); ++i) {
-        if (has_prefix(layers[i], name)) {
+        if (is_dotted_prefix(layers[i], name)) {
           first = i;
           break;
         }
@@ -122,7 +109,7 @@ FreezeReport apply_freeze(torch::nn::Module& model, const std::string& spec, con
     const std::string& name = item.key();
     // The parameter's owning layer is the longest layer name that prefixes it.
     bool frozen = false;
-    if (!has_prefix(name, head)) {
+    if (!is_dotted_prefix(name, head)) {
       for (size_t i = 0; i < layers.size() && !frozen; ++i) {
         const std::string& layer = layers[i];
         const bool owns = layer.empty() ? name.find('.') == std::string::npos
