@@ -30,8 +30,10 @@
 #include <thread>
 
 #include "graft/errors.h"
+#include "graft/files.h"
 #include "graft/progress.h"
 #include "graft/sha256.h"
+#include "graft/strings.h"
 
 namespace graft {
 namespace fs = std::filesystem;
@@ -51,21 +53,9 @@ class HubConnectionError : public Error {
   using Error::Error;
 };
 
-bool ends_with(const std::string& text, const std::string& suffix) {
-  return text.size() >= suffix.size() &&
-         text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
 std::string lower(std::string text) {
   for (auto& c : text) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   return text;
-}
-
-std::string trim(const std::string& text) {
-  const size_t begin = text.find_first_not_of(" \t\r\n");
-  if (begin == std::string::npos) return "";
-  const size_t end = text.find_last_not_of(" \t\r\n");
-  return text.substr(begin, end - begin + 1);
 }
 
 bool is_hex(const std::string& text, size_t length) {
@@ -327,28 +317,6 @@ class HttpClient {
 // ---------------------------------------------------------------------------------------------------
 // Files: atomic writes, fsync, symlinks
 
-void fsync_path(const fs::path& path, bool directory) {
-  const int fd = ::open(path.c_str(), directory ? O_RDONLY | O_DIRECTORY : O_RDONLY);
-  if (fd < 0) return;
-  ::fsync(fd);
-  ::close(fd);
-}
-
-// Writes `content` to a temporary file beside `path`, fsyncs it and renames it over `path`.
-void write_file_atomic(const fs::path& path, const std::string& content) {
-  fs::create_directories(path.parent_path());
-  const fs::path temporary = path.string() + ".tmp-" + std::to_string(::getpid());
-  {
-    std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
-    out << content;
-    out.flush();
-    if (!out) throw Error(temporary.string() + ": cannot write");
-  }
-  fsync_path(temporary, false);
-  fs::rename(temporary, path);
-  fsync_path(path.parent_path(), true);
-}
-
 std::string read_small_file(const fs::path& path, size_t max_bytes) {
   std::error_code ec;
   const auto size = fs::file_size(path, ec);
@@ -558,7 +526,13 @@ class Puller {
       if (std::find(result.files.begin(), result.files.end(), name) == result.files.end())
         fetch(name, result);
     }
-    if (repo_.revision != commit_) write_file_atomic(folder_ / "refs" / repo_.revision, commit_);
+    if (repo_.revision != commit_) {
+      // Through core's writer: a unique temporary that a crash leaves for remove_stale_temporaries, every
+      // write and the fsync checked, nothing left behind on error.
+      const fs::path ref = folder_ / "refs" / repo_.revision;
+      fs::create_directories(ref.parent_path());
+      write_file_atomic(ref.string(), commit_);
+    }
     std::sort(result.files.begin(), result.files.end());
     return result;
   }
@@ -811,7 +785,7 @@ class Puller {
         }
       }
       fs::rename(partial, blob);
-      fsync_path(blob.parent_path(), true);
+      fsync_path(blob.parent_path().string(), true);
       std::string how = resumed ? "downloaded (resumed)" : "downloaded";
       return how + (expected.value.empty()       ? ", size checked"
                     : expected.kind == "SHA-256" ? ", sha256 ok"

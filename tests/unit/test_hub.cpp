@@ -523,3 +523,18 @@ TEST_F(HubPull, ResolveWeightsLeavesPathsAlone) {
 }
 
 }  // namespace
+
+// refs/<revision> goes through core's atomic writer: a failed write is an error naming the file and leaves
+// no temporary of its own behind (the hub's former writer threw a raw filesystem error and left one).
+TEST_F(HubPull, AFailedRefWriteIsAnErrorAndLeavesNoTemporary) {
+  fs::create_directories(repo_folder() / "refs" / "main" / "occupied");  // rename over it must fail
+  try {
+    graft::hub_pull(graft::HubRepo::parse("org/model"), {"config.json"}, options_);
+    ADD_FAILURE() << "a ref that cannot be written passed";
+  } catch (const graft::Error& e) {
+    EXPECT_TRUE(contains(e.what(), (repo_folder() / "refs" / "main").string())) << e.what();
+  }
+  std::vector<std::string> left;
+  for (const auto& entry : fs::directory_iterator(repo_folder() / "refs")) left.push_back(entry.path().filename().string());
+  EXPECT_EQ(left, std::vector<std::string>{"main"});
+}
