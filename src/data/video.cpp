@@ -14,6 +14,7 @@ extern "C" {
 #include <memory>
 
 #include "graft/errors.h"
+#include "graft/strings.h"
 
 namespace graft {
 namespace {
@@ -294,6 +295,7 @@ ClipList scan_clip_folder(const std::string& root) {
       list.classes.push_back(entry.path().filename().string());
   }
   std::sort(list.classes.begin(), list.classes.end());
+  for (const std::string& name : list.classes) require_utf8(name, root, "class folder");
   for (size_t label = 0; label < list.classes.size(); ++label) {
     std::vector<std::string> clips;
     for (const auto& entry : fs::directory_iterator(fs::path(root) / list.classes[label])) {
