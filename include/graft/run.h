@@ -36,6 +36,12 @@ struct RunSpec {
   std::string weights_save_id;  // ties graft.json to its model.safetensors; "" in older runs
 };
 
+// graft.json's "preprocessing" object for every task (video runs add "frames"), and back. The reader checks
+// what it reads: size in 1..4096, crop_pct in (0, 1], finite mean, finite std > 0; interpolation absent in
+// older runs means "bilinear". Errors are FormatErrors naming the file and the field.
+nlohmann::json preprocessing_json(const Preprocessing& preprocessing);
+Preprocessing read_preprocessing(const nlohmann::json& pre, const std::string& file);
+
 // Writes model.safetensors and graft.json into dir (created if needed), each atomically.
 // `training` is the resolved training configuration, stored as is.
 void save_run(const std::string& dir, BackboneImpl& model, const RunSpec& spec, const nlohmann::json& training);

@@ -341,6 +341,11 @@ void write_training_curves_svg(const std::string& path, const std::vector<EpochR
 // Heat map coloured by row-normalised counts (recall), the count in every cell, class names on both axes.
 void write_confusion_matrix_svg(const std::string& path, const Metrics& metrics,
                                 const std::vector<std::string>& class_names = {});
+// The final evaluation of a run's saved model on its validation data: val_report.txt and, for classes,
+// confusion_matrix.svg in out_dir (both from the same metrics, so they describe the model that was saved),
+// and the report on log.
+void write_val_report(const std::string& out_dir, const Metrics& metrics, const std::vector<std::string>& class_names,
+                      std::ostream& log);
 
 // ---------------------------------------------------------------------------------------------------
 // Trainer (src/train/trainer.cpp)
@@ -396,6 +401,11 @@ class Trainer {
   TrainHistory fit(BatchSource& train, BatchSource* val = nullptr);
   // Metrics of the model on a source, in eval mode without gradients.
   Metrics evaluate(BatchSource& source, const std::string& label = "eval");
+  // After fit(): puts the best epoch's weights (checkpoints/best, by the monitored metric) back into the
+  // model when a later epoch ran, and says so ("restored epoch 7 of 25: best val_loss 0.3100"); with no
+  // best checkpoint (no out_dir, checkpoints off) it keeps the last epoch and says that. Returns the epoch
+  // the model now holds.
+  int64_t restore_best();
 
   // Rebuilds the optimiser over new groups (e.g. after unfreezing the backbone in a callback),
   // optionally with new hyper-parameters; the schedule continues at the current step, scaling the new

@@ -615,4 +615,34 @@ TrainHistory Trainer::fit(BatchSource& train, BatchSource* val) {
   return history_;
 }
 
+void write_val_report(const std::string& out_dir, const Metrics& metrics, const std::vector<std::string>& class_names,
+                      std::ostream& log) {
+  const std::string report = metrics_report(metrics, class_names);
+  if (!metrics.token_level)
+    write_confusion_matrix_svg((fs::path(out_dir) / "confusion_matrix.svg").string(), metrics, class_names);
+  write_file_atomic((fs::path(out_dir) / "val_report.txt").string(), report);
+  log << report;
+}
+
+int64_t Trainer::restore_best() {
+  const int64_t last = epochs_done_;
+  const std::string monitor = early_stopping_.config().monitor;
+  const std::optional<std::string> best =
+      config_.out_dir.empty() || !config_.save_checkpoints ? std::nullopt : find_checkpoint(checkpoint_dir("best"));
+  if (!best || history_.best_epoch <= 0) {
+    if (last > 0) log() << "the saved model is the last epoch's (" << last << "): no best checkpoint by " << monitor << "\n";
+    return last;
+  }
+  if (history_.best_epoch == last) {
+    log() << "the saved model is the last epoch's (" << last << "), also the best by " << monitor << " ("
+          << format("%.4f", history_.best_metric) << ")\n";
+    return last;
+  }
+  load_checkpoint_model(*best, *model_);
+  log() << "restored epoch " << history_.best_epoch << " of " << last << ": best " << monitor << " "
+        << format("%.4f", history_.best_metric) << " (epochs " << history_.best_epoch + 1 << "-" << last
+        << " did not improve on it); the saved model and the final report are that epoch's\n";
+  return history_.best_epoch;
+}
+
 }  // namespace graft

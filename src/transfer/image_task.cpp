@@ -12,6 +12,7 @@
 #include "graft/errors.h"
 #include "graft/progress.h"
 #include "graft/registry.h"
+#include "graft/strings.h"
 #include "graft/transfer.h"
 #include "layers/conv_bn.h"
 
@@ -22,16 +23,12 @@ using nlohmann::json;
 
 namespace {
 
-bool has_prefix(const std::string& name, const std::string& prefix) {
-  return !prefix.empty() && (name == prefix || name.rfind(prefix + ".", 0) == 0);
-}
-
 // Parameters of the backbone and of the head, for discriminative learning rates.
 std::vector<ParamGroup> backbone_and_head_groups(BackboneImpl& model, double backbone_lr_mult) {
   const std::string head = head_module_name(model);
   ParamGroup backbone{{}, backbone_lr_mult, "backbone"}, top{{}, 1.0, "head"};
   for (const auto& item : model.named_parameters()) {
-    (has_prefix(item.key(), head) ? top : backbone).params.push_back(item.value());
+    (is_dotted_prefix(item.key(), head) ? top : backbone).params.push_back(item.value());
   }
   std::vector<ParamGroup> groups;
   for (auto* group : {&backbone, &top}) {
@@ -261,6 +258,16 @@ ImageTrainResult train_image_classifier(const ImageTrainOptions& options_in, std
   if (options.batch_size <= 0) throw Error("--batch-size must be positive, got " + std::to_string(options.batch_size));
   const bool feature_extract = options.strategy == "feature-extract";
   const bool two_stage = options.strategy == "two-stage";
+  // What feature extraction cannot honour is refused by name, not dropped: the whole backbone is frozen and
+  // its features are computed once from unaugmented images.
+  if (feature_extract && !options.freeze.empty())
+    throw SpecError("--freeze " + options.freeze +
+                    " does not apply to --strategy feature-extract, which freezes the whole backbone; use "
+                    "--strategy fine-tune (or two-stage) to choose what trains");
+  if (feature_extract && (options.rotation > 0 || options.jitter > 0))
+    throw SpecError(std::string(options.rotation > 0 ? "--rotation" : "--jitter") +
+                    " augments training images, but --strategy feature-extract computes their features once "
+                    "without augmentation; use --strategy fine-tune, or leave it out");
 
   log << "graft train: resolved configuration\n" << to_json(options).dump(2) << "\n";
 
@@ -283,8 +290,11 @@ ImageTrainResult train_image_classifier(const ImageTrainOptions& options_in, std
   }
   // Model first (for its preprocessing), then data (for the class count), then the head.
   Backbone model = create_model(options.model);
-  Preprocessing pre = Preprocessing::from_cfg(model->default_cfg());
+  // An earlier run's preprocessing goes with its weights (size, mean/std, interpolation) unless overridden.
+  Preprocessing pre = previous ? previous->spec.preprocessing : Preprocessing::from_cfg(model->default_cfg());
   if (options.image_size > 0) pre.size = options.image_size;
+  if (previous && options.image_size <= 0)
+    log << "image size " << pre.size << " px from --init-from " << options_in.init_from << " (--image-size overrides)\n";
   TransformConfig train_tf = transform_for(pre, /*train=*/options.augment && !feature_extract);
   train_tf.rotation_degrees = options.rotation;
   train_tf.jitter = options.jitter;
@@ -389,9 +399,7 @@ ImageTrainResult train_image_classifier(const ImageTrainOptions& options_in, std
     Trainer trainer(head_module, [head_module](const torch::Tensor& x) { return head_module->forward_pooled(x); },
                     config);
     result.history = trainer.fit(train_source, val_source.get());
-    if (auto best = find_checkpoint((fs::path(options.out) / "checkpoints" / "best").string())) {
-      load_checkpoint_model(*best, *head_module);
-    }
+    trainer.restore_best();
   } else {
     config.param_groups = backbone_and_head_groups(*model, two_stage ? 1.0 : options.backbone_lr_mult);
     const int64_t stage1 = options.stage1_epochs > 0 ? options.stage1_epochs : std::max<int64_t>(1, config.epochs / 2);
@@ -414,9 +422,7 @@ ImageTrainResult train_image_classifier(const ImageTrainOptions& options_in, std
     std::unique_ptr<LoaderBatchSource> val_source;
     if (val_loader) val_source = std::make_unique<LoaderBatchSource>(*val_loader);
     result.history = trainer.fit(train_source, val_source.get());
-    if (auto best = find_checkpoint((fs::path(options.out) / "checkpoints" / "best").string())) {
-      load_checkpoint_model(*best, *model);
-    }
+    trainer.restore_best();
   }
   result.skipped_files = train_loader->skipped_files() + (val_loader ? val_loader->skipped_files() : 0);
 
@@ -434,15 +440,13 @@ ImageTrainResult train_image_classifier(const ImageTrainOptions& options_in, std
                       }());
     LoaderBatchSource source(*val_loader);
     result.val_metrics = evaluator.evaluate(source, "val");
-    write_confusion_matrix_svg((fs::path(options.out) / "confusion_matrix.svg").string(), *result.val_metrics,
-                               data.classes);
-    log << metrics_report(*result.val_metrics, data.classes);
+    write_val_report(options.out, *result.val_metrics, data.classes, log);
   }
   model->to(torch::kCPU);
   save_run(options.out, *model, spec, to_json(options));
   if (result.skipped_files) log << "skipped " << result.skipped_files << " unreadable file(s)\n";
-  log << "run directory: " << options.out << " (model.safetensors, graft.json, metrics.csv, "
-      << "training_curves.svg, confusion_matrix.svg)\n";
+  log << "run directory: " << options.out << " (model.safetensors, graft.json, metrics.csv, training_curves.svg"
+      << (val_loader ? ", confusion_matrix.svg, val_report.txt" : "") << ")\n";
   return result;
 }
 

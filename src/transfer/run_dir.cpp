@@ -42,16 +42,16 @@ void save_run(const std::string& dir, BackboneImpl& model, const RunSpec& spec, 
   doc["freeze"] = spec.freeze;
   doc["classes"] = spec.classes;
   doc["num_classes"] = spec.classes.size();
-  doc["preprocessing"] = {{"size", spec.preprocessing.size},
-                          {"crop_pct", spec.preprocessing.crop_pct},
-                          {"mean", spec.preprocessing.mean},
-                          {"std", spec.preprocessing.std},
-                          {"interpolation", spec.preprocessing.interpolation}};
+  doc["preprocessing"] = preprocessing_json(spec.preprocessing);
   doc["data"] = spec.data;
   doc["training"] = training;
   write_run_files(dir, state_dict(model),
                   {{"format", "pt"}, {"producer", "graft " GRAFT_VERSION}, {"arch", model.arch()}},
                   std::move(doc));
+}
+
+json preprocessing_json(const Preprocessing& p) {
+  return {{"size", p.size}, {"crop_pct", p.crop_pct}, {"mean", p.mean}, {"std", p.std}, {"interpolation", p.interpolation}};
 }
 
 void write_run_files(const std::string& dir, const NamedTensors& weights,

@@ -72,10 +72,14 @@ RunSpec read_run_spec(const std::string& file) {
     throw FormatError(file, "field 'classes' lists " + std::to_string(spec.classes.size()) +
                                 " classes, more than graft's limit of " + std::to_string(kMaxClasses));
   }
-  const json pre = field<json>(doc, "preprocessing", file);
+  spec.preprocessing = read_preprocessing(field<json>(doc, "preprocessing", file), file);
+  return spec;
+}
+
+Preprocessing read_preprocessing(const json& pre, const std::string& file) {
   if (!pre.is_object())
     throw FormatError(file, "field 'preprocessing' has the wrong type (" + std::string(pre.type_name()) + ")");
-  Preprocessing& p = spec.preprocessing;
+  Preprocessing p;
   p.size = field<int64_t>(pre, "size", file);
   p.crop_pct = field<double>(pre, "crop_pct", file);
   p.mean = field<std::array<double, 3>>(pre, "mean", file);
@@ -89,7 +93,10 @@ RunSpec read_run_spec(const std::string& file) {
       throw FormatError(file, "preprocessing mean and std must be finite numbers, std > 0");
     }
   }
-  return spec;
+  if (p.interpolation != "bilinear" && p.interpolation != "bilinear-align-corners" && p.interpolation != "bicubic")
+    throw FormatError(file, "preprocessing interpolation '" + p.interpolation + "' is not one graft knows",
+                      "expected bilinear, bilinear-align-corners or bicubic");
+  return p;
 }
 
 }  // namespace graft

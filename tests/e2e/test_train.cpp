@@ -8,7 +8,9 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <regex>
+#include <sstream>
 
 #include "graft/data.h"
 #include "graft/weights.h"
@@ -55,14 +57,58 @@ TEST(TrainE2E, FashionMnistFineTuneEvalPredict) {
 
   // A new run that starts from this one (--init-from): its model and weights, so one more epoch at a low
   // rate begins where the first run ended instead of at chance.
-  auto again = graft("train --init-from " + run + " --data " + kFashion + " --limit 2000 --image-size 32 "
+  // No --image-size: the run's own 32 px come with its weights (it was continued at 224 px before).
+  auto again = graft("train --init-from " + run + " --data " + kFashion + " --limit 2000 "
                      "--no-augment --epochs 1 --batch-size 64 --optimizer adam --lr 0.0002 --out " +
                      (dir / "again").string());
   ASSERT_EQ(again.status, 0) << again.output;
   EXPECT_NE(again.output.find("init from"), std::string::npos) << again.output;
+  EXPECT_NE(again.output.find("image size 32 px from --init-from"), std::string::npos) << again.output;
+  std::ifstream again_json(dir / "again" / "graft.json");
+  EXPECT_EQ(nlohmann::json::parse(again_json)["preprocessing"]["size"], 32);
   EXPECT_GT(number_after(again.output, "final validation accuracy:"), accuracy - 0.05) << again.output;
 
   std::filesystem::remove_all(dir);
+}
+
+// The saved model is the best epoch's, and everything reported about it is too: the log says which epoch
+// was restored, and val_report.txt is the final evaluation of that model (it was the last epoch's before,
+// beside a confusion matrix of the best one). min_delta 1e9 makes epoch 1 the best whatever the numbers.
+TEST(TrainE2E, TheRestoredBestEpochIsAnnouncedAndReported) {
+  auto dir = fresh_dir("best_epoch");
+  const std::string run = (dir / "run").string();
+  auto train = graft("train --model resnet18 --data " + kFashion + " --limit 200 --image-size 32 --no-augment "
+                     "--epochs 2 --batch-size 64 --optimizer adam --lr 0.002 --min-delta 1e9 --out " + run);
+  ASSERT_EQ(train.status, 0) << train.output;
+  EXPECT_NE(train.output.find("restored epoch 1 of 2: best val_loss"), std::string::npos) << train.output;
+  std::ifstream report_file(dir / "run" / "val_report.txt");
+  const std::string report((std::istreambuf_iterator<char>(report_file)), std::istreambuf_iterator<char>());
+  const double final_accuracy = number_after(train.output, "final validation accuracy:");
+  EXPECT_NEAR(number_after(report, "\naccuracy"), final_accuracy, 1e-4) << report;
+  // The final evaluation is the first epoch's model: metrics.csv's first row, not its last.
+  std::ifstream csv(dir / "run" / "metrics.csv");
+  std::string header, first;
+  std::getline(csv, header);
+  std::getline(csv, first);
+  std::vector<std::string> names, cells;
+  for (std::stringstream h(header); std::getline(h, names.emplace_back(), ',');) {}
+  for (std::stringstream c(first); std::getline(c, cells.emplace_back(), ',');) {}
+  const auto column = std::find(names.begin(), names.end(), "val_accuracy") - names.begin();
+  ASSERT_LT(static_cast<size_t>(column), cells.size()) << header;
+  EXPECT_NEAR(std::stod(cells[static_cast<size_t>(column)]), final_accuracy, 1e-4) << header << "\n" << first;
+
+  // Flags that feature extraction cannot honour are refused by name before any data is read.
+  auto freeze = graft("train --model resnet18 --strategy feature-extract --freeze last:5 --data " + kFashion +
+                      " --out " + (dir / "refused").string());
+  EXPECT_EQ(freeze.status, 1) << freeze.output;
+  EXPECT_NE(freeze.output.find("--freeze last:5 does not apply to --strategy feature-extract"), std::string::npos)
+      << freeze.output;
+  auto rotation = graft("train --model resnet18 --strategy feature-extract --rotation 10 --data " + kFashion +
+                        " --out " + (dir / "refused").string());
+  EXPECT_EQ(rotation.status, 1) << rotation.output;
+  EXPECT_NE(rotation.output.find("--rotation augments training images"), std::string::npos) << rotation.output;
+  EXPECT_FALSE(fs::exists(dir / "refused"));
+  fs::remove_all(dir);
 }
 
 // The registry-shipped pretrained backbone (nsfwjs MobileNetV2 from the weights cache, which
