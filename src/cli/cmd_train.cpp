@@ -101,6 +101,8 @@ void add_train_command(CLI::App& app) {
       if (flag_given("--val-split")) options.val_split = o->val_split;
       options.validate = o->validate;
       options.augment = o->augment;
+      options.rotation = o->rotation;
+      options.jitter = o->jitter;
       if (flag_given("--batch-size")) options.batch_size = o->batch_size;
       if (flag_given("--image-size")) options.image_size = o->image_size;
       if (flag_given("--workers")) options.workers = o->workers;
@@ -143,6 +145,8 @@ void add_train_command(CLI::App& app) {
       if (*weight_decay >= 0) options.train.optimizer.weight_decay = *weight_decay;
       if (flag_given("--schedule")) options.train.schedule.name = o->train.schedule.name;
       if (flag_given("--warmup-steps")) options.train.schedule.warmup_steps = o->train.schedule.warmup_steps;
+      if (flag_given("--step-size")) options.train.schedule.step_size = o->train.schedule.step_size;
+      if (flag_given("--gamma")) options.train.schedule.gamma = o->train.schedule.gamma;
       if (flag_given("--label-smoothing")) options.train.label_smoothing = o->train.label_smoothing;
       if (flag_given("--grad-clip")) options.train.grad_clip = o->train.grad_clip;
       if (flag_given("--seed")) options.train.seed = o->train.seed;

@@ -18,6 +18,7 @@
 #include "graft/bert.h"
 #include "graft/errors.h"
 #include "graft/files.h"
+#include "graft/strings.h"
 #include "graft/transfer.h"
 #include "graft/transformers.h"
 #include "graft/weights.h"
@@ -37,14 +38,6 @@ const std::vector<std::pair<std::string, std::string>> kTokenizerFiles = {
     {"encoder.json", "vocab.json"},           {"vocab.bpe", "merges.txt"},
     {"tokenizer_config.json", "tokenizer_config.json"}, {"special_tokens_map.json", "special_tokens_map.json"},
 };
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(path + ": cannot open the file");
-  std::ostringstream contents;
-  contents << in.rdbuf();
-  return contents.str();
-}
 
 const char* model_class(const std::string& task) {
   if (task == "text-classify") return "BertForSequenceClassification";
@@ -236,7 +229,7 @@ std::pair<ClassifyTensors, ClassifyTensors> split_rows(const ClassifyTensors& al
     std::vector<int64_t> idx(static_cast<size_t>(n));
     std::iota(idx.begin(), idx.end(), 0);
     std::mt19937_64 rng(seed);
-    std::shuffle(idx.begin(), idx.end(), rng);
+    portable_shuffle(idx, rng);
     order = torch::tensor(idx, torch::kLong);
   } else {
     order = torch::arange(n, torch::kLong);  // text: the last part is validation, as nanoGPT splits
@@ -396,6 +389,8 @@ json to_json(const TextTrainOptions& o) {
   j["weight_decay"] = o.train.optimizer.weight_decay.value_or(-1.0);
   j["schedule"] = o.train.schedule.name;
   j["warmup_steps"] = o.train.schedule.warmup_steps;
+  j["step_size"] = o.train.schedule.step_size;
+  j["gamma"] = o.train.schedule.gamma;
   j["grad_clip"] = o.train.grad_clip;
   j["seed"] = o.train.seed;
   j["device"] = o.train.device.str();
@@ -512,8 +507,7 @@ TextTrainResult train_text_model(const TextTrainOptions& o, std::ostream& log) {
   result.val_examples = val_source ? val_set.inputs.size(0) : 0;
   Trainer trainer(module, forward_of(module, o.task), config);
   result.history = trainer.fit(train_source, val_source.get());
-  if (auto best = find_checkpoint((fs::path(o.out) / "checkpoints" / "best").string()))
-    load_checkpoint_model(*best, *module);
+  trainer.restore_best();
   module->to(torch::kCPU);
   module->eval();
 
@@ -527,10 +521,7 @@ TextTrainResult train_text_model(const TextTrainOptions& o, std::ostream& log) {
     Trainer evaluator(module, forward_of(module, o.task), eval_config);
     result.val_metrics = evaluator.evaluate(*val_source, "val");
     module->to(torch::kCPU);
-    if (classify) {
-      write_confusion_matrix_svg((fs::path(o.out) / "confusion_matrix.svg").string(), *result.val_metrics, classes);
-    }
-    log << metrics_report(*result.val_metrics, classes);
+    write_val_report(o.out, *result.val_metrics, classes, log);
   }
 
   // The run directory: a Hugging Face folder plus graft.json (written last: it names complete files).

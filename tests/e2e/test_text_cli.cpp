@@ -8,6 +8,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <regex>
+#include <sstream>
 #include <set>
 
 #include "e2e/run_graft.h"
@@ -125,6 +126,40 @@ TEST(TextE2E, SentimentBertFromScratchClassifiesAboveChance) {
   EXPECT_NE(wrong_column.output.find("expected at least 3"), std::string::npos) << wrong_column.output;
   auto wrong_model = graft(base + " --label-column 1 --epochs 1 --model gpt2 --out " + (dir / "bad3").string());
   EXPECT_NE(wrong_model.output.find("BertForSequenceClassification"), std::string::npos) << wrong_model.output;
+  fs::remove_all(dir);
+}
+
+// --schedule step with --step-size and --gamma reaches text runs (they were dropped: the rate stayed
+// flat), and both are in the resolved configuration graft.json keeps.
+TEST(TextE2E, StepScheduleFlagsReachTextRuns) {
+  const auto dir = fresh_dir("text_step");
+  auto config = nlohmann::json::parse(read(kShared + "/fixtures/hf/bert/config.json"));
+  config["vocab_size"] = 30522;
+  std::ofstream(dir / "config.json") << config.dump(2);
+  const std::string data = kShared + "/data/sentiment_sentences/amazon_cells_labelled.txt";
+  auto run = graft("train --task text-classify --model-config " + (dir / "config.json").string() + " --tokenizer " +
+                   kShared + "/tokenizers/bert-base-uncased/vocab.txt --data " + data +
+                   " --no-header --text-column 0 --label-column 1 --max-length 32 --epochs 2 --lr 1e-3 "
+                   "--schedule step --step-size 1 --gamma 0.5 --batch-size 64 --out " + (dir / "run").string());
+  ASSERT_EQ(run.status, 0) << run.output;
+  std::ifstream csv(dir / "run" / "metrics.csv");
+  std::string header, line;
+  std::getline(csv, header);
+  std::vector<std::string> names;
+  for (std::stringstream h(header); std::getline(h, names.emplace_back(), ',');) {}
+  const size_t lr = static_cast<size_t>(std::find(names.begin(), names.end(), "lr") - names.begin());
+  std::vector<double> rates;
+  while (std::getline(csv, line)) {
+    std::vector<std::string> cells;
+    for (std::stringstream c(line); std::getline(c, cells.emplace_back(), ',');) {}
+    ASSERT_LT(lr, cells.size()) << header << "\n" << line;
+    rates.push_back(std::stod(cells[lr]));
+  }
+  ASSERT_EQ(rates.size(), 2u) << header;
+  EXPECT_NEAR(rates[1] / rates[0], 0.5, 1e-6) << "lr per epoch " << rates[0] << ", " << rates[1];
+  const auto spec = nlohmann::json::parse(read(dir / "run" / "graft.json"));
+  EXPECT_EQ(spec["training"]["step_size"], 1);
+  EXPECT_EQ(spec["training"]["gamma"], 0.5);
   fs::remove_all(dir);
 }
 
