@@ -14,6 +14,7 @@
 #include "graft/progress.h"
 #include "graft/registry.h"
 #include "graft/run.h"
+#include "graft/strings.h"
 #include "graft/transfer.h"
 #include "graft/transformers.h"
 #include "graft/video_model.h"
@@ -34,10 +35,11 @@ struct BuiltModel {
   Backbone backbone;                                                 // the image backbone or the 3D CNN
 };
 
-// An image backbone inside TimeDistributed + temporal model, or a 3D CNN fed (N, 3, T, H, W).
-BuiltModel build_model(const std::string& name, const std::string& temporal, int64_t classes) {
+// An image backbone inside TimeDistributed + temporal model, or a 3D CNN fed (N, 3, T, H, W). Weights
+// the backbone already holds (pretrained, or an image run's) stay; its image classifier is dropped.
+BuiltModel wrap_backbone(Backbone backbone, const std::string& temporal, int64_t classes) {
   BuiltModel built;
-  built.backbone = create_model(name);
+  built.backbone = std::move(backbone);
   if (is_video_backbone(*built.backbone)) {
     built.backbone->reset_classifier(classes);
     built.module = built.backbone;
@@ -51,6 +53,37 @@ BuiltModel build_model(const std::string& name, const std::string& temporal, int
     built.forward = [net](const torch::Tensor& clips) { return net->forward(clips); };
   }
   return built;
+}
+
+// The backbone's starting weights, loaded while it still has its image classifier (which is then dropped):
+// an image run's model, a weights file, or the tag's pretrained file. Says what it loaded.
+void load_backbone_weights(BackboneImpl& backbone, const VideoTrainOptions& o, const std::optional<LoadedRun>& image_run,
+                           std::ostream& log) {
+  WeightsOptions skip_head;
+  skip_head.skip_classifier = true;
+  if (image_run) {
+    // Everything but the image run's classifier (its head or its last layer).
+    const std::string head = image_run->model->classifier_name();
+    NamedTensors body;
+    for (auto& [name, tensor] : state_dict(*image_run->model))
+      if (!is_dotted_prefix(name, head)) body.emplace_back(name, tensor);
+    LoadOptions load;
+    load.source_name = (fs::path(o.init_from) / "model.safetensors").string();
+    load.skip_prefixes.push_back(backbone.classifier_name());
+    const LoadReport report = load_state_dict(backbone, body, load);
+    log << "init from image run " << o.init_from << ": " << report.loaded.size() << " backbone tensors ("
+        << image_run->spec.model << "; its classifier '" << head << "' dropped)\n";
+  } else if (!o.weights.empty()) {
+    const LoadReport report = load_weights(backbone, o.weights, skip_head);
+    log << "weights: " << report.loaded.size() << " backbone tensors from " << o.weights
+        << " (its image classifier dropped)\n";
+  } else if (!ModelName::parse(o.model).tag.empty() && !backbone.default_cfg().cache_file.empty()) {
+    const LoadReport report = load_pretrained(backbone, skip_head);
+    log << "weights: " << report.loaded.size() << " backbone tensors from " << pretrained_file(backbone.default_cfg())
+        << " (its image classifier dropped)\n";
+  } else {
+    log << "graft: warning: no --weights: " << o.model << " starts from random initialisation\n";
+  }
 }
 
 // The freeze spec with the parts named as the recipe does: backbone, temporal.
@@ -85,7 +118,7 @@ ClipSplits split_clips(const std::string& root, double val_split, uint64_t seed)
     std::vector<LabeledPath> clips;
     for (const auto& clip : all.clips)
       if (clip.label == static_cast<int64_t>(c)) clips.push_back(clip);
-    std::shuffle(clips.begin(), clips.end(), rng);
+    portable_shuffle(clips, rng);
     size_t val = static_cast<size_t>(std::llround(static_cast<double>(clips.size()) * val_split));
     if (val >= clips.size()) val = clips.empty() ? 0 : clips.size() - 1;
     for (size_t i = 0; i < clips.size(); ++i) (i < val ? s.val : s.train).clips.push_back(clips[i]);
@@ -117,34 +150,61 @@ std::pair<torch::Tensor, torch::Tensor> cache_frame_features(TimeDistributedClas
   return {torch::cat(features).clone(), torch::cat(labels).clone()};
 }
 
-json preprocessing_json(const ClipConfig& c) {
-  return {{"frames", c.frames},   {"size", c.transform.size}, {"crop_pct", c.transform.crop_pct},
-          {"mean", c.transform.mean}, {"std", c.transform.std}};
+json clip_preprocessing_json(const Preprocessing& pre, int64_t frames) {
+  json doc = preprocessing_json(pre);
+  doc["frames"] = frames;
+  return doc;
 }
 
 }  // namespace
 
 json to_json(const VideoTrainOptions& o) {
-  return {{"task", "video-classify"}, {"model", o.model},     {"weights", o.weights},
-          {"temporal", o.temporal},   {"init_from", o.init_from}, {"data", o.data},
-          {"out", o.out},             {"freeze", o.freeze},   {"frames", o.frames},
-          {"image_size", o.image_size}, {"val_split", o.val_split}, {"validate", o.validate},
-          {"augment", o.augment},     {"cache_features", o.cache_features},     {"batch_size", o.batch_size}, {"epochs", o.train.epochs},
-          {"optimizer", o.train.optimizer.name}, {"lr", o.train.optimizer.lr}, {"schedule", o.train.schedule.name},
-          {"seed", o.train.seed},     {"device", o.train.device.str()}};
+  return {{"task", "video-classify"},
+          {"model", o.model},
+          {"weights", o.weights},
+          {"temporal", o.temporal},
+          {"init_from", o.init_from},
+          {"data", o.data},
+          {"out", o.out},
+          {"freeze", o.freeze},
+          {"frames", o.frames},
+          {"image_size", o.image_size},
+          {"val_split", o.val_split},
+          {"validate", o.validate},
+          {"augment", o.augment},
+          {"rotation", o.rotation},
+          {"jitter", o.jitter},
+          {"cache_features", o.cache_features},
+          {"batch_size", o.batch_size},
+          {"epochs", o.train.epochs},
+          {"optimizer", o.train.optimizer.name},
+          {"lr", o.train.optimizer.lr},
+          {"schedule", o.train.schedule.name},
+          {"step_size", o.train.schedule.step_size},
+          {"gamma", o.train.schedule.gamma},
+          {"seed", o.train.seed},
+          {"device", o.train.device.str()}};
 }
 
 VideoTrainResult train_video_classifier(const VideoTrainOptions& input, std::ostream& log) {
   VideoTrainOptions o = input;
   if (o.data.empty() || o.out.empty()) throw Error("--data and --out are required");
   if (o.batch_size <= 0 || o.frames <= 0) throw Error("--batch-size and --frames must be > 0");
-  json init_spec;
+  // Where the model starts: a video run (loaded whole below), or an image run (its backbone).
+  json video_init;
+  std::optional<LoadedRun> image_run;
   if (!o.init_from.empty()) {
-    if (!is_video_run(o.init_from))
-      throw Error("--init-from " + o.init_from + ": not a video run directory (graft.json with task video-classify)");
-    init_spec = read_json_file((fs::path(o.init_from) / "graft.json").string());
-    if (o.model.empty()) o.model = init_spec.value("model", "");
-    if (input.temporal == VideoTrainOptions().temporal) o.temporal = init_spec.value("temporal", o.temporal);
+    if (!o.weights.empty()) throw Error("give --weights or --init-from, not both");
+    if (is_video_run(o.init_from)) {
+      video_init = read_json_file((fs::path(o.init_from) / "graft.json").string());
+      if (o.model.empty()) o.model = video_init.value("model", "");
+      if (input.temporal == VideoTrainOptions().temporal) o.temporal = video_init.value("temporal", o.temporal);
+    } else {
+      image_run = load_run(o.init_from);  // an image run, or an error naming what the folder is not
+      if (o.model.empty()) o.model = image_run->spec.model;
+      if (ModelName::parse(o.model).arch != ModelName::parse(image_run->spec.model).arch)
+        throw Error("--init-from " + o.init_from + " holds a " + image_run->spec.model + ", not a " + o.model);
+    }
   }
   if (o.model.empty()) throw Error("--model is required (an image backbone such as mobilenet_v2, or r3d_18)");
   log << "graft train: resolved configuration\n" << to_json(o).dump(2) << "\n";
@@ -153,50 +213,48 @@ VideoTrainResult train_video_classifier(const VideoTrainOptions& input, std::ost
   ClipSplits splits = split_clips(o.data, o.validate ? o.val_split : 0.0, o.train.seed);
   const int64_t classes = static_cast<int64_t>(splits.train.classes.size());
   if (classes < 2) throw Error(o.data + ": one class folder; classification needs two or more");
-  BuiltModel built = build_model(o.model, o.temporal, classes);
-  const bool td = built.time_distributed != nullptr;
 
-  // Weights: a previous video run, or the backbone's pretrained weights.
-  if (!o.init_from.empty()) {
-    const std::vector<std::string> old_classes = init_spec.value("classes", std::vector<std::string>{});
+  Backbone backbone = create_model(o.model);
+  if (video_init.is_null()) load_backbone_weights(*backbone, o, image_run, log);
+  // An image run's preprocessing goes with its weights (size, mean/std, interpolation), as for image runs.
+  Preprocessing pre = image_run ? image_run->spec.preprocessing : Preprocessing::from_cfg(backbone->default_cfg());
+  if (o.image_size > 0) pre.size = o.image_size;
+  BuiltModel built = wrap_backbone(backbone, o.temporal, classes);
+  const bool td = built.time_distributed != nullptr;
+  if (!video_init.is_null()) {
+    const std::vector<std::string> old_classes = video_init.value("classes", std::vector<std::string>{});
     LoadOptions load;
     load.source_name = (fs::path(o.init_from) / "model.safetensors").string();
     const bool new_head = old_classes != splits.train.classes;
     if (new_head) load.skip_prefixes.push_back(td ? "fc" : built.backbone->classifier_name());
     const LoadReport report = load_safetensors(*built.module, load.source_name, load);
-    log << "init from " << o.init_from << ": " << report.loaded.size() << " tensors"
+    log << "init from video run " << o.init_from << ": " << report.loaded.size() << " tensors"
         << (new_head ? "; a new classifier for " + std::to_string(classes) + " classes" : "") << "\n";
-  } else if (!o.weights.empty()) {
-    WeightsOptions w;
-    w.skip_classifier = true;
-    const LoadReport report = load_weights(*built.backbone, o.weights, w);
-    log << "weights: " << report.loaded.size() << " tensors from " << o.weights << "\n";
-  } else if (!ModelName::parse(o.model).tag.empty() && !built.backbone->default_cfg().cache_file.empty()) {
-    WeightsOptions w;
-    w.skip_classifier = true;
-    const LoadReport report = load_pretrained(*built.backbone, w);
-    log << "weights: " << report.loaded.size() << " tensors from the cache\n";
-  } else {
-    log << "graft: warning: no --weights: " << o.model << " starts from random initialisation\n";
+    if (o.image_size <= 0 && video_init.contains("preprocessing"))
+      pre = read_preprocessing(video_init.at("preprocessing"), (fs::path(o.init_from) / "graft.json").string());
   }
-  // A new classifier after loading the backbone (load_weights may have resized the backbone's own).
-  if (td && o.init_from.empty()) built.time_distributed->reset_classifier(classes);
-  if (!td && o.init_from.empty()) built.backbone->reset_classifier(classes);
 
   const std::string freeze = o.freeze.empty() ? "none" : o.freeze;
   const FreezeReport frozen =
       td ? apply_freeze(*built.module, part_globs(freeze, true), "fc") : apply_freeze(*built.backbone, part_globs(freeze, false));
   log << "freeze '" << freeze << "': " << frozen.frozen_parameters << " tensors frozen, "
       << frozen.trainable_parameters << " trainable\n";
+  bool backbone_frozen = td && o.cache_features;
+  if (td)
+    for (const auto& p : built.backbone->parameters()) backbone_frozen = backbone_frozen && !p.requires_grad();
+  if (backbone_frozen && (o.rotation > 0 || o.jitter > 0))
+    throw Error(std::string(o.rotation > 0 ? "--rotation" : "--jitter") +
+                " augments training clips, but the frozen backbone's features are computed once and cached; "
+                "add --no-feature-cache to augment every epoch, or leave it out");
 
-  Preprocessing pre = Preprocessing::from_cfg(built.backbone->default_cfg());
-  if (o.image_size > 0) pre.size = o.image_size;
   ClipConfig eval_clip, train_clip;
   eval_clip.frames = train_clip.frames = o.frames;
   eval_clip.transform = transform_for(pre, false);
   train_clip.transform = transform_for(pre, o.augment);
+  train_clip.transform.rotation_degrees = o.rotation;
+  train_clip.transform.jitter = o.jitter;
   log << "data: " << splits.train.clips.size() << " training, " << splits.val.clips.size() << " validation clips, "
-      << classes << " classes, " << o.frames << " frames of " << pre.size << " px\n";
+      << classes << " classes, " << o.frames << " frames of " << pre.size << " px (" << pre.interpolation << ")\n";
 
   TrainConfig config = o.train;
   config.out_dir = o.out;
@@ -209,9 +267,6 @@ VideoTrainResult train_video_classifier(const VideoTrainOptions& input, std::ost
   loader_options.seed = o.train.seed;
 
   VideoTrainResult result;
-  bool backbone_frozen = td && o.cache_features;
-  if (td)
-    for (const auto& p : built.backbone->parameters()) backbone_frozen = backbone_frozen && !p.requires_grad();
   std::shared_ptr<ClipFolder> val_set;
   if (!splits.val.clips.empty()) val_set = std::make_shared<ClipFolder>(splits.val, eval_clip);
   LoaderOptions eval_options = loader_options;
@@ -235,8 +290,7 @@ VideoTrainResult train_video_classifier(const VideoTrainOptions& input, std::ost
     result.feature_cache_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     log << "feature cache: " << train_x.size(0) << " clips x " << train_x.size(1) << " frames x " << train_x.size(2)
         << " computed in " << format_duration(result.feature_cache_seconds) << " (" << result.feature_cache_seconds
-        << " s); epochs train the temporal model "
-        << "and the classifier only\n";
+        << " s); epochs train the temporal model and the classifier only\n";
     TensorBatchSource train_source(train_x, train_y, o.batch_size, true);
     auto net = built.time_distributed;
     // The trainer sees the parts that learn; the backbone stays on the side, frozen.
@@ -246,8 +300,7 @@ VideoTrainResult train_video_classifier(const VideoTrainOptions& input, std::ost
     head->register_module("fc", net->fc);
     Trainer trainer(head, [net](const torch::Tensor& x) { return net->forward_sequence(x); }, config);
     result.history = trainer.fit(train_source, val_source.get());
-    if (auto best = find_checkpoint((fs::path(o.out) / "checkpoints" / "best").string()))
-      load_checkpoint_model(*best, *head);
+    trainer.restore_best();
   } else {
     DataLoader train_loader(std::make_shared<ClipFolder>(splits.train, train_clip), loader_options);
     std::unique_ptr<DataLoader> val_loader;
@@ -257,12 +310,26 @@ VideoTrainResult train_video_classifier(const VideoTrainOptions& input, std::ost
     if (val_loader) val_source = std::make_unique<LoaderBatchSource>(*val_loader);
     Trainer trainer(built.module, built.forward, config);
     result.history = trainer.fit(train_source, val_source.get());
-    if (auto best = find_checkpoint((fs::path(o.out) / "checkpoints" / "best").string()))
-      load_checkpoint_model(*best, *built.module);
+    trainer.restore_best();
     result.skipped_clips = train_loader.skipped_files() + (val_loader ? val_loader->skipped_files() : 0);
   }
   built.module->to(torch::kCPU);
   built.module->eval();
+
+  // The saved model, checked as predict runs it (whole clips through the backbone), on the validation clips only.
+  if (val_set) {
+    DataLoader val_loader(val_set, eval_options);
+    LoaderBatchSource source(val_loader);
+    TrainConfig eval_config;
+    eval_config.device = config.device;
+    eval_config.progress = config.progress;
+    eval_config.log = &log;
+    eval_config.sample_unit = "clip";
+    Trainer evaluator(built.module, built.forward, eval_config);
+    result.val_metrics = evaluator.evaluate(source, "val");
+    built.module->to(torch::kCPU);
+    write_val_report(o.out, *result.val_metrics, splits.train.classes, log);
+  }
 
   json doc;
   doc["format"] = "graft-run";
@@ -272,23 +339,15 @@ VideoTrainResult train_video_classifier(const VideoTrainOptions& input, std::ost
   doc["model"] = o.model;
   doc["temporal"] = td ? built.time_distributed->temporal_spec().to_string() : "";
   doc["classes"] = splits.train.classes;
-  doc["preprocessing"] = preprocessing_json(eval_clip);
+  doc["preprocessing"] = clip_preprocessing_json(pre, o.frames);
   doc["freeze"] = freeze;
   doc["data"] = o.data;
   doc["training"] = to_json(o);
   write_run_files(o.out, state_dict(*built.module), {{"format", "pt"}, {"producer", "graft " GRAFT_VERSION}},
                   std::move(doc));
-
-  if (val_set) {
-    VideoRun run = load_video_run(o.out);
-    result.val_metrics = evaluate_video(run, o.data, o.batch_size, config.device, log);
-    write_confusion_matrix_svg((fs::path(o.out) / "confusion_matrix.svg").string(), *result.val_metrics,
-                               splits.train.classes);
-    log << metrics_report(*result.val_metrics, splits.train.classes);
-  }
   if (result.skipped_clips) log << "skipped " << result.skipped_clips << " unreadable or too short clip(s)\n";
   log << "run directory: " << o.out << " (model.safetensors, graft.json, metrics.csv, training_curves.svg"
-      << (val_set ? ", confusion_matrix.svg" : "") << ")\n";
+      << (val_set ? ", confusion_matrix.svg, val_report.txt" : "") << ")\n";
   return result;
 }
 
@@ -316,18 +375,14 @@ VideoRun load_video_run(const std::string& dir) {
     run.classes = doc.at("classes").get<std::vector<std::string>>();
     const json& pre = doc.at("preprocessing");
     run.clip.frames = pre.at("frames").get<int64_t>();
-    run.clip.transform.size = pre.at("size").get<int64_t>();
-    run.clip.transform.crop_pct = pre.at("crop_pct").get<double>();
-    run.clip.transform.mean = pre.at("mean").get<std::array<double, 3>>();
-    run.clip.transform.std = pre.at("std").get<std::array<double, 3>>();
+    run.clip.transform = transform_for(read_preprocessing(pre, file), false);
   } catch (const json::exception& e) {
     throw FormatError(file, std::string("missing or malformed field: ") + e.what());
   }
-  if (run.classes.size() < 2 || run.clip.frames <= 0 || run.clip.transform.size <= 0 || run.clip.transform.size > 4096)
-    throw FormatError(file, "classes (2 or more), frames and size (1..4096) are out of range");
-  run.clip.transform.train = false;
-  BuiltModel built = build_model(run.model, run.temporal.empty() ? "avg" : run.temporal,
-                                 static_cast<int64_t>(run.classes.size()));
+  if (run.classes.size() < 2 || run.clip.frames <= 0 || run.clip.frames > 4096)
+    throw FormatError(file, "classes (2 or more) and frames (1..4096) are out of range");
+  BuiltModel built = wrap_backbone(create_model(run.model), run.temporal.empty() ? "avg" : run.temporal,
+                                   static_cast<int64_t>(run.classes.size()));
   LoadOptions load;
   load.source_name = (fs::path(dir) / "model.safetensors").string();
   check_run_weights(file, save_id, load.source_name);

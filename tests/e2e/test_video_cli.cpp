@@ -190,5 +190,92 @@ TEST(VideoE2E, LstmReadsMotionOrderFrameAveragingCannot) {
   fs::remove_all(dir);
 }
 
+// The clip count in val_report.txt's accuracy row (metrics_report: "accuracy ... ACC  N").
+int64_t report_samples(const fs::path& report) {
+  std::ifstream in(report);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::smatch match;
+  if (!std::regex_search(text, match, std::regex(R"(\naccuracy\s+[0-9.]+\s+([0-9]+))"))) return -1;
+  return std::stoll(match[1]);
+}
+
+// The seed's video recipe (#13): a per-frame CNN with pretrained image weights, from a tag (the nsfwjs
+// MobileNetV2, whose own 5-class head is dropped), from a weights file of another format (the ml5 Tiny
+// Darknet's TF.js files), and from an image run; the align-corners preprocessing of the nsfwjs tag is
+// stored and used again by eval and predict; the final report counts the validation clips only.
+TEST(VideoE2E, PretrainedImageBackbonesStartVideoModels) {
+  const auto dir = fresh_dir("video_pretrained");
+  write_set(dir / "clips", {"grow", "shrink"}, 6, 3, 5);
+  const std::string common = " --frames 8 --image-size 32 --epochs 2 --optimizer adam --lr 0.003 --batch-size 4 ";
+  auto tag = graft("train --task video-classify --model mobilenet_v2.nsfwjs --temporal lstm:16 --freeze backbone "
+                   "--data " + (dir / "clips").string() + common + "--out " + (dir / "tag").string());
+  ASSERT_EQ(tag.status, 0) << tag.output;
+  EXPECT_NE(tag.output.find("backbone tensors from"), std::string::npos) << tag.output;
+  EXPECT_NE(tag.output.find("nsfwjs-4.4.0/mobilenet_v2.safetensors"), std::string::npos) << tag.output;
+  EXPECT_NE(tag.output.find("(bilinear-align-corners)"), std::string::npos) << tag.output;
+  // The frozen backbone holds the pretrained weights themselves.
+  const char* home = std::getenv("HOME");
+  const fs::path cache = std::getenv("GRAFT_CACHE") ? fs::path(std::getenv("GRAFT_CACHE"))
+                         : std::getenv("XDG_CACHE_HOME") ? fs::path(std::getenv("XDG_CACHE_HOME")) / "graft"
+                                                         : fs::path(home ? home : "/root") / ".cache" / "graft";
+  const SafeTensorsReader pretrained((cache / "nsfwjs-4.4.0" / "mobilenet_v2.safetensors").string()),
+      saved((dir / "tag" / "model.safetensors").string());
+  EXPECT_TRUE(torch::equal(pretrained.load("features.0.0.weight"), saved.load("backbone.features.0.0.weight")));
+  const auto spec = nlohmann::json::parse(std::ifstream(dir / "tag" / "graft.json"));
+  EXPECT_EQ(spec["preprocessing"]["interpolation"], "bilinear-align-corners") << spec.dump();
+  EXPECT_EQ(report_samples(dir / "tag" / "val_report.txt"), 6);
+  // eval and predict read the run's preprocessing back: the same accuracy as the run's final evaluation.
+  auto eval = graft("eval " + (dir / "tag").string() + " --data " + (dir / "clips").string());
+  ASSERT_EQ(eval.status, 0) << eval.output;
+  EXPECT_NEAR(number_after(eval.output, "accuracy:"), number_after(tag.output, "final validation accuracy:"), 1e-6)
+      << eval.output << tag.output;
+  auto predict = graft("predict " + (dir / "tag").string() + " " + (dir / "clips" / "val" / "grow" / "0.mkv").string());
+  EXPECT_EQ(predict.status, 0) << predict.output;
+
+  // A weights file in TF.js layers format (ml5's Tiny Darknet), mapped by the architecture's name table.
+  auto file = graft("train --task video-classify --model darknet_tiny.ml5 --temporal avg --freeze backbone --weights " +
+                    std::string(GRAFT_SHARED_DIR) + "/weights/tiny_darknet_tfjs --data " + (dir / "clips").string() +
+                    common + "--out " + (dir / "darknet").string());
+  ASSERT_EQ(file.status, 0) << file.output;
+  EXPECT_NE(file.output.find("backbone tensors from"), std::string::npos) << file.output;
+
+  // An image run's model: its backbone (not its classifier) and its preprocessing.
+  fs::create_directories(dir / "images");
+  for (const char* kind : {"grow", "shrink"}) {
+    std::mt19937 rng(kind[0]);
+    for (int i = 0; i < 4; ++i) {
+      const std::vector<Image> frames = square_clip(kind, rng);
+      fs::create_directories(dir / "images" / kind);
+      const fs::path png = dir / "images" / kind / (std::to_string(i) + ".png");
+      png_image image{};
+      image.version = PNG_IMAGE_VERSION;
+      image.width = image.height = 32;
+      image.format = PNG_FORMAT_RGB;
+      ASSERT_TRUE(png_image_write_to_file(&image, png.c_str(), 0, frames[static_cast<size_t>(i)].rgb.data(), 0, nullptr));
+    }
+  }
+  auto image_run = graft("train --model resnet18 --image-size 32 --epochs 1 --batch-size 4 --data " +
+                         (dir / "images").string() + " --out " + (dir / "image_run").string());
+  ASSERT_EQ(image_run.status, 0) << image_run.output;
+  auto from_image = graft("train --task video-classify --init-from " + (dir / "image_run").string() +
+                          " --temporal lstm:16 --freeze backbone --frames 8 --epochs 1 --batch-size 4 --data " +
+                          (dir / "clips").string() + " --out " + (dir / "from_image").string());
+  ASSERT_EQ(from_image.status, 0) << from_image.output;
+  EXPECT_NE(from_image.output.find("init from image run"), std::string::npos) << from_image.output;
+  EXPECT_NE(from_image.output.find("frames of 32 px"), std::string::npos) << from_image.output;  // the run's size
+  const SafeTensorsReader image_weights((dir / "image_run" / "model.safetensors").string()),
+      video_weights((dir / "from_image" / "model.safetensors").string());
+  EXPECT_TRUE(torch::equal(image_weights.load("layer4.1.conv2.weight"), video_weights.load("backbone.layer4.1.conv2.weight")));
+
+  // No val/ folder: a seeded split, and the final report is on its validation clips only (2 of 6 per class).
+  fs::create_directories(dir / "flat");
+  for (const char* kind : {"grow", "shrink"}) fs::copy(dir / "clips" / "train" / kind, dir / "flat" / kind);
+  auto flat = graft("train --task video-classify --model resnet18 --temporal avg --val-split 0.34 --data " +
+                    (dir / "flat").string() + common + "--out " + (dir / "flat_run").string());
+  ASSERT_EQ(flat.status, 0) << flat.output;
+  EXPECT_EQ(report_samples(dir / "flat_run" / "val_report.txt"), 4) << flat.output;
+  fs::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace graft
