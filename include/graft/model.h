@@ -133,6 +133,10 @@ class BackboneImpl : public torch::nn::Module {
 
 using Backbone = std::shared_ptr<BackboneImpl>;
 
+// Module path of the part transfer learning trains anew: the custom head (classifier_name()), or else
+// the last classifier layer ("fc", "classifier.6") when it holds weights; "" when there is none.
+std::string head_module_name(BackboneImpl& model);
+
 // Total number of elements over parameters whose name is `prefix` or starts with `prefix.`
 // (all parameters when prefix is empty).
 int64_t count_parameters(const torch::nn::Module& module, const std::string& prefix = "",

@@ -14,11 +14,17 @@ bool is_dotted_prefix(const std::string& name, const std::string& prefix);
 // Without leading and trailing spaces, tabs, carriage returns, newlines, form feeds and vertical tabs.
 std::string trim(const std::string& text);
 
+// The size of a regular file; graft::Error names the path and what it is instead ("is a folder", "is a FIFO,
+// not a file", "is a device or socket", "no such file"). Check before opening: opening a FIFO blocks.
+uint64_t regular_file_size(const std::string& path, const std::string& what = "file");
 // The whole of a regular file, at most max_bytes; graft::Error names the path and what it is instead
 // ("is a folder", "is a FIFO, not a file", "no such file") or how large it is. `what` names the file's role
 // in messages ("text file").
 std::string read_file(const std::string& path, uint64_t max_bytes = uint64_t{1} << 31,
                       const std::string& what = "file");
+
+// Shell-style glob match (* ? [abc]) of a whole name, as fnmatch without flags.
+bool glob_match(const std::string& pattern, const std::string& text);
 
 // Byte offset of the first byte that does not begin or continue a well-formed UTF-8 character (overlong
 // forms, surrogates and code points above U+10FFFF included); std::string::npos for valid UTF-8.

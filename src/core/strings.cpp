@@ -1,6 +1,7 @@
 // Small string and file helpers. See graft/strings.h.
 #include "graft/strings.h"
 
+#include <fnmatch.h>
 #include <sys/stat.h>
 
 #include <cerrno>
@@ -27,15 +28,20 @@ std::string trim(const std::string& text) {
   return text.substr(begin, text.find_last_not_of(space) - begin + 1);
 }
 
-std::string read_file(const std::string& path, uint64_t max_bytes, const std::string& what) {
+uint64_t regular_file_size(const std::string& path, const std::string& what) {
+  const std::string a_what = (std::string("aeiou").find(what.empty() ? 'x' : what[0]) != std::string::npos ? "an " : "a ") + what;
   struct stat info {};
   if (::stat(path.c_str(), &info) != 0)
     throw Error(path + ": " + (errno == ENOENT ? "no such " + what : "cannot read the " + what + ": " + std::strerror(errno)));
   // Only regular files: a FIFO would block forever, a device such as /dev/zero would never end.
-  if (S_ISDIR(info.st_mode)) throw Error(path + ": is a folder, not a " + what);
-  if (S_ISFIFO(info.st_mode)) throw Error(path + ": is a FIFO, not a " + what);
-  if (!S_ISREG(info.st_mode)) throw Error(path + ": is a device or socket, not a " + what);
-  const uint64_t size = static_cast<uint64_t>(info.st_size);
+  if (S_ISDIR(info.st_mode)) throw Error(path + ": is a folder, not " + a_what);
+  if (S_ISFIFO(info.st_mode)) throw Error(path + ": is a FIFO, not " + a_what);
+  if (!S_ISREG(info.st_mode)) throw Error(path + ": is a device or socket, not " + a_what);
+  return static_cast<uint64_t>(info.st_size);
+}
+
+std::string read_file(const std::string& path, uint64_t max_bytes, const std::string& what) {
+  const uint64_t size = regular_file_size(path, what);
   if (size > max_bytes)
     throw Error(path + ": the " + what + " has " + std::to_string(size) + " bytes; at most " +
                 std::to_string(max_bytes) + " are read");
@@ -98,6 +104,10 @@ void require_utf8(const std::string& text, const std::string& where, const std::
   std::snprintf(byte, sizeof byte, "0x%02X", static_cast<unsigned char>(text[at]));
   throw Error(where + ": " + what + " '" + escape_bytes(text) + "' is not valid UTF-8 (byte " + byte +
               " at offset " + std::to_string(at) + "); rename it, or convert it to UTF-8");
+}
+
+bool glob_match(const std::string& pattern, const std::string& text) {
+  return fnmatch(pattern.c_str(), text.c_str(), 0) == 0;
 }
 
 }  // namespace graft

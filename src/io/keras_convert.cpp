@@ -14,9 +14,10 @@
 #include <sstream>
 
 #include "graft/errors.h"
+#include "graft/json_file.h"
 #include "graft/keras_h5.h"
 #include "graft/tfjs.h"
-#include "graft/transfer.h"
+#include "graft/head.h"
 
 namespace graft {
 namespace keras {
@@ -392,14 +393,14 @@ std::vector<std::string> parse_inbound(const json& nodes, const std::string& fil
     if (node.is_array()) {  // Keras 2: [["conv1", 0, 0, {}], ...]
       for (const json& inbound : node) {
         if (!inbound.is_array() || inbound.empty() || !inbound[0].is_string()) {
-          throw FormatError(file, "layer '" + layer + "': malformed inbound node " + inbound.dump());
+          throw FormatError(file, "layer '" + layer + "': malformed inbound node " + json_excerpt(inbound));
         }
         out.push_back(inbound[0].get<std::string>());
       }
     } else if (node.is_object()) {  // Keras 3: {"args": [...], "kwargs": {...}}
       collect_keras_history(node.value("args", json::array()), out);
     } else {
-      throw FormatError(file, "layer '" + layer + "': malformed inbound node " + node.dump());
+      throw FormatError(file, "layer '" + layer + "': malformed inbound node " + json_excerpt(node));
     }
   }
   return out;

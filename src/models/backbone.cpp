@@ -3,7 +3,8 @@
 #include "graft/model.h"
 
 #include "graft/errors.h"
-#include "graft/transfer.h"
+#include "graft/head.h"
+#include "graft/strings.h"
 
 namespace graft {
 
@@ -119,6 +120,17 @@ int64_t count_parameters(const torch::nn::Module& module, const std::string& pre
     total += item.value().numel();
   }
   return total;
+}
+
+std::string head_module_name(BackboneImpl& model) {
+  if (model.has_custom_head()) return model.classifier_name();
+  auto steps = model.classifier_steps(false);
+  if (steps.empty()) return "";
+  const std::string& last = steps.back().name;
+  for (const auto& item : model.named_parameters(true)) {
+    if (is_dotted_prefix(item.key(), last)) return last;
+  }
+  return "";
 }
 
 }  // namespace graft

@@ -9,7 +9,7 @@
 #include <cmath>
 
 #include "graft/errors.h"
-#include "graft/transfer.h"
+#include "graft/head.h"
 #include "models/common.h"
 #include "models/mobilenet_v2.h"  // make_divisible: torchvision's _make_divisible, shared by both
 

@@ -5,7 +5,7 @@
 // BatchNormalization(scale=False), AveragePooling2D((3, 3), strides=(1, 1), padding="same")).
 #include "models/inception_v3.h"
 
-#include "graft/transfer.h"
+#include "graft/head.h"
 #include "layers/conv2d_same.h"
 #include "layers/conv_bn.h"
 #include "models/common.h"

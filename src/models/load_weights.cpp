@@ -6,7 +6,7 @@
 #include "graft/keras.h"
 #include "graft/registry.h"
 #include "graft/strings.h"
-#include "graft/transfer.h"
+#include "graft/head.h"
 
 namespace graft {
 LoadReport load_weights(BackboneImpl& model, const std::string& path, const WeightsOptions& options) {

@@ -10,7 +10,7 @@
 #include <cmath>
 
 #include "graft/errors.h"
-#include "graft/transfer.h"
+#include "graft/head.h"
 
 namespace graft {
 namespace {

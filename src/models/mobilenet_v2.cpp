@@ -9,7 +9,7 @@
 #include <cmath>
 
 #include "graft/errors.h"
-#include "graft/transfer.h"
+#include "graft/head.h"
 #include "layers/conv2d_same.h"
 
 namespace graft {

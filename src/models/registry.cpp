@@ -7,7 +7,7 @@
 #include <filesystem>
 
 #include "graft/errors.h"
-#include "graft/transfer.h"
+#include "graft/head.h"
 #include "models/darknet.h"
 #include "models/efficientnet.h"
 #include "models/inception_v3.h"

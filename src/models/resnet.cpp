@@ -6,7 +6,7 @@
 #include "models/common.h"
 
 #include "graft/errors.h"
-#include "graft/transfer.h"
+#include "graft/head.h"
 #include "layers/conv_bn.h"
 
 namespace graft {

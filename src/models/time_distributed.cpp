@@ -4,7 +4,7 @@
 #include <sstream>
 
 #include "graft/errors.h"
-#include "graft/transfer.h"
+#include "graft/head.h"
 
 namespace graft {
 

@@ -14,8 +14,8 @@
 
 #include "graft/bert.h"
 #include "graft/gpt2.h"
+#include "graft/json_file.h"
 #include "graft/strings.h"
-#include "graft/transfer.h"
 #include "graft/vit.h"
 
 namespace graft {
@@ -86,10 +86,10 @@ class ConfigReader {
 
   [[noreturn]] void fail(const char* key, const std::string& expected, const json& value) const {
     throw FormatError(source_,
-                      "key '" + std::string(key) + "' must be " + expected + ", found " + value.dump());
+                      "key '" + std::string(key) + "' must be " + expected + ", found " + json_excerpt(value));
   }
   [[noreturn]] void unsupported(const char* key, const std::string& why) const {
-    throw FormatError(source_, "key '" + std::string(key) + "' is " + root_.at(key).dump() + ": " + why);
+    throw FormatError(source_, "key '" + std::string(key) + "' is " + json_excerpt(root_.at(key)) + ": " + why);
   }
 
   const json& root() const { return root_; }
@@ -247,16 +247,6 @@ void HfCommonConfig::set_num_labels(int64_t n) {
   const size_t old = id2label.size();
   id2label.resize(static_cast<size_t>(std::max<int64_t>(n, 0)));
   for (size_t i = old; i < id2label.size(); ++i) id2label[i] = "LABEL_" + std::to_string(i);
-}
-
-json read_json_file(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw Error(path + ": cannot open the file");
-  try {
-    return json::parse(in);
-  } catch (const json::exception& error) {
-    throw FormatError(path, std::string("not valid JSON: ") + error.what());
-  }
 }
 
 BertConfig BertConfig::from_json(const json& root, const std::string& source) {

@@ -7,7 +7,7 @@
 #include "models/common.h"
 
 #include "graft/errors.h"
-#include "graft/transfer.h"
+#include "graft/head.h"
 
 namespace graft {
 namespace {

@@ -7,7 +7,7 @@
 #include <torch/nn/modules/batchnorm.h>
 #include <torch/nn/modules/conv.h>
 
-#include "graft/transfer.h"
+#include "graft/head.h"
 #include "models/common.h"
 
 namespace graft {

@@ -7,7 +7,7 @@
 
 #include <cmath>
 
-#include "graft/transfer.h"
+#include "graft/head.h"
 #include "layers/linear.h"
 #include "models/common.h"
 

@@ -1,27 +1,10 @@
 // Freeze specs: which pretrained parameters stay fixed during training. The head (the custom head, or
 // the freshly reset last classifier layer) is never frozen by a spec: it is what transfer learning trains.
-#include <fnmatch.h>
-
 #include "graft/errors.h"
 #include "graft/strings.h"
 #include "graft/transfer.h"
 
 namespace graft {
-std::string head_module_name(BackboneImpl& model) {
-  if (model.has_custom_head()) return model.classifier_name();
-  auto steps = model.classifier_steps(false);
-  if (steps.empty()) return "";
-  const std::string& last = steps.back().name;
-  for (const auto& item : model.named_parameters(true)) {
-    if (is_dotted_prefix(item.key(), last)) return last;
-  }
-  return "";
-}
-
-bool glob_match(const std::string& pattern, const std::string& text) {
-  return fnmatch(pattern.c_str(), text.c_str(), 0) == 0;
-}
-
 std::vector<std::string> backbone_layers(BackboneImpl& model) {
   return module_layers(model, head_module_name(model));
 }

@@ -1,8 +1,10 @@
 // The seams between the image, text and video tasks (#13): one portable shuffle for every seeded split,
-// and names that must become JSON checked when the data is scanned, not when the run is saved.
+// names that must become JSON checked when the data is scanned, not when the run is saved, and the
+// folders' layering.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <regex>
@@ -54,6 +56,44 @@ TEST(PortableShuffle, NoSourceFileUsesStdShuffle) {
     if (std::regex_search(text.str(), std::regex(R"(std::shuffle\s*\()"))) offenders.push_back(entry.path().string());
   }
   EXPECT_TRUE(offenders.empty()) << offenders.front();
+}
+
+// The house plan (DESIGN.md): core, io, layers, models, text and data are the lower floors; transfer, train
+// and cli build on them and never the other way round. A lower file, or a header of a lower folder, that
+// includes a header of a higher one fails here (models/ used to build heads from transfer/ and call its
+// glob_match; io/keras_convert.cpp included graft/transfer.h).
+TEST(Layering, LowerFoldersIncludeNoHigherHeader) {
+  const fs::path root = GRAFT_SOURCE_DIR;
+  // Public headers of the higher floors; every other header in include/graft/ belongs to a lower one.
+  const std::vector<std::string> higher = {"transfer.h", "trainer.h",   "run.h",       "image_task.h",
+                                           "text_task.h", "video_task.h", "summary.h"};
+  const std::regex include_line(R"re(#include\s+"([^"]+)")re");
+  std::vector<fs::path> lower_files;
+  for (const char* folder : {"core", "io", "layers", "models", "text", "data"})
+    for (const auto& entry : fs::recursive_directory_iterator(root / "src" / folder))
+      if (entry.is_regular_file()) lower_files.push_back(entry.path());
+  for (const auto& entry : fs::directory_iterator(root / "include" / "graft"))
+    if (std::find(higher.begin(), higher.end(), entry.path().filename().string()) == higher.end())
+      lower_files.push_back(entry.path());
+  ASSERT_GT(lower_files.size(), 50u);
+  std::vector<std::string> offences;
+  for (const fs::path& file : lower_files) {
+    std::ifstream in(file);
+    std::string line;
+    for (int number = 1; std::getline(in, line); ++number) {
+      std::smatch match;
+      if (!std::regex_search(line, match, include_line)) continue;
+      const std::string included = match[1];
+      const bool up = included.rfind("cli/", 0) == 0 || included.rfind("transfer/", 0) == 0 ||
+                      included.rfind("train/", 0) == 0 ||
+                      (included.rfind("graft/", 0) == 0 &&
+                       std::find(higher.begin(), higher.end(), included.substr(6)) != higher.end());
+      if (up) offences.push_back(file.string() + ":" + std::to_string(number) + " includes " + included);
+    }
+  }
+  std::string list;
+  for (const auto& offence : offences) list += offence + "\n";
+  EXPECT_TRUE(offences.empty()) << list;
 }
 
 TEST(Utf8, InvalidSequencesAreFoundWhereTheyStart) {

@@ -1,7 +1,7 @@
 // Head specs and the head module they build: the new top of a pretrained backbone, written as
 // "avg,dropout:0.2,dense:512:relu,dense:10" (Keras: GlobalAveragePooling2D, Dropout, Dense, Dense).
 #include "graft/errors.h"
-#include "graft/transfer.h"
+#include "graft/head.h"
 
 namespace graft {
 namespace {
