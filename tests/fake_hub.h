@@ -71,6 +71,7 @@ struct FakeRepo {
   std::vector<std::string> branches = {"main"};
   std::map<std::string, FakeFile> files;  // rfilename -> file
   std::vector<std::string> listed_only;   // names in the listing the repository cannot serve
+  std::string listing_override;           // when set, the revision listing's body as it is (hostile mirrors)
 };
 
 struct FakeRequest {
@@ -290,6 +291,10 @@ class FakeHub {
         siblings.push_back(entry);
       }
       for (const auto& name : repo->second.listed_only) siblings.push_back({{"rfilename", name}});
+      if (!repo->second.listing_override.empty()) {
+        response.body = repo->second.listing_override;
+        return response;
+      }
       response.body = nlohmann::json{{"id", id}, {"sha", repo->second.commit}, {"siblings", siblings}}.dump();
       response.headers.push_back({"Content-Type", "application/json"});
       return response;

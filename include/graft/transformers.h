@@ -105,9 +105,6 @@ struct ViTConfig : HfCommonConfig {
   static ViTConfig from_file(const std::string& path);
 };
 
-// Reads a JSON file; throws FormatError naming the file and the parse error.
-nlohmann::json read_json_file(const std::string& path);
-
 // The activation named by hidden_act / activation_function (transformers activations.py ACT2FN): gelu,
 // gelu_new, gelu_pytorch_tanh, gelu_fast, quick_gelu, relu, relu6, silu, swish, tanh, sigmoid, mish,
 // linear. `where` names the file and key for the error an unknown name throws.

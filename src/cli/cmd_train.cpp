@@ -4,6 +4,7 @@
 
 #include "cli/commands.h"
 #include "graft/errors.h"
+#include "graft/json_file.h"
 #include "graft/hub.h"
 #include "graft/image_task.h"
 #include "graft/runtime.h"
@@ -176,14 +177,7 @@ void add_train_command(CLI::App& app) {
     }
     ImageTrainOptions options;
     if (!config_file->empty()) {
-      std::ifstream in(*config_file);
-      nlohmann::json config;
-      try {
-        config = nlohmann::json::parse(in);
-      } catch (const nlohmann::json::exception& e) {
-        throw FormatError(*config_file, std::string("invalid JSON: ") + e.what());
-      }
-      apply_json(options, config, *config_file);
+      apply_json(options, read_json_file(*config_file, uint64_t{16} << 20)  /* a training config is a few KiB */, *config_file);
     }
     // Flags given on the command line override the file.
     nlohmann::json flags = to_json(*o), given;

@@ -30,6 +30,7 @@
 #include <thread>
 
 #include "graft/errors.h"
+#include "graft/json_file.h"
 #include "graft/files.h"
 #include "graft/progress.h"
 #include "graft/sha256.h"
@@ -547,12 +548,7 @@ class Puller {
       throw Error(url + ": HTTP " + std::to_string(response.status) + status_hint(response.status) +
                   (response.body.empty() ? "" : ": " + shorten(response.body)));
     }
-    json root;
-    try {
-      root = json::parse(response.body);
-    } catch (const json::exception& e) {
-      throw FormatError(url, std::string("the revision listing is not JSON: ") + e.what());
-    }
+    const json root = parse_json(response.body, url, "the revision listing");
     if (!root.is_object() || !root.contains("sha") || !root["sha"].is_string())
       throw FormatError(url, "expected a JSON object with \"sha\" (the commit) and \"siblings\"");
     commit = root["sha"].get<std::string>();
@@ -563,7 +559,7 @@ class Puller {
       throw FormatError(url, "no \"siblings\" array (the repository's files)");
     for (const auto& entry : root["siblings"]) {
       if (!entry.is_object() || !entry.contains("rfilename") || !entry["rfilename"].is_string())
-        throw FormatError(url, "a sibling without a \"rfilename\" string: " + shorten(entry.dump()));
+        throw FormatError(url, "a sibling without a \"rfilename\" string: " + json_excerpt(entry));
       Sibling sibling;
       sibling.name = entry["rfilename"].get<std::string>();
       try {
@@ -795,12 +791,7 @@ class Puller {
 
   // The weight files a TF.js model.json names (weightsManifest[].paths, relative to its folder).
   std::vector<std::string> manifest_shards(const fs::path& local, const std::string& name) {
-    json root;
-    try {
-      root = json::parse(read_small_file(local, kMaxModelJsonBytes));
-    } catch (const json::exception& e) {
-      throw FormatError(name, std::string("not JSON: ") + e.what());
-    }
+    const json root = parse_json(read_small_file(local, kMaxModelJsonBytes), name);
     std::vector<std::string> shards;
     if (!root.is_object() || !root.contains("weightsManifest")) return shards;
     if (!root["weightsManifest"].is_array()) throw FormatError(name, "\"weightsManifest\" is not an array");

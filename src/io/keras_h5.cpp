@@ -18,6 +18,7 @@
 #include <optional>
 
 #include "graft/errors.h"
+#include "graft/json_file.h"
 #include "io/child_process.h"
 
 namespace graft {
@@ -292,12 +293,7 @@ class KerasModelBuilder : public KerasH5Sink {
     model_.format = format;
     model_.keras_version = keras_version;
     if (format != "keras-h5") return;
-    try {
-      model_.model_config = nlohmann::json::parse(model_config);
-    } catch (const nlohmann::json::exception& e) {
-      throw FormatError(model_.source,
-                        std::string("attribute 'model_config' of / is not valid JSON: ") + e.what());
-    }
+    model_.model_config = parse_json(model_config, model_.source, "attribute 'model_config' of /");
     model_.layers = parse_keras_layers(model_.model_config, model_.source);
   }
   void layer(const std::string& name) override { model_.weights.push_back(KerasLayerWeights{name, {}}); }

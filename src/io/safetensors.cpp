@@ -18,6 +18,7 @@
 #include <unordered_set>
 
 #include "graft/errors.h"
+#include "graft/json_file.h"
 #include "graft/files.h"
 #include "graft/weights.h"
 
@@ -66,9 +67,7 @@ std::string quoted(const std::string& name) {
 
 // The JSON value's type for messages, with the value itself when it is short.
 std::string describe(const json& value) {
-  std::string text = value.dump();
-  if (text.size() > 60) text = text.substr(0, 57) + "...";
-  return std::string(value.type_name()) + " " + text;
+  return std::string(value.type_name()) + " " + json_excerpt(value, 57);
 }
 
 std::string range_str(uint64_t begin, uint64_t end) {
@@ -112,7 +111,7 @@ TensorInfo parse_entry(const std::string& path, const std::string& name, const j
   uint64_t numel = 1;
   for (size_t i = 0; i < shape.size(); ++i) {
     const json& dim = shape[i];
-    const std::string at = where + ": shape " + shape.dump() + " dimension " + std::to_string(i);
+    const std::string at = where + ": shape " + json_excerpt(shape) + " dimension " + std::to_string(i);
     if (!dim.is_number_integer()) throw FormatError(path, at + " must be an integer, got " + describe(dim));
     if (dim.is_number_unsigned()) {
       const uint64_t value = dim.get<uint64_t>();
@@ -126,12 +125,12 @@ TensorInfo parse_entry(const std::string& path, const std::string& name, const j
     }
     // Overflow-checked: a hostile shape must not wrap around to a small, plausible byte count.
     if (__builtin_mul_overflow(numel, static_cast<uint64_t>(info.shape.back()), &numel))
-      throw FormatError(path, where + ": shape " + shape.dump() + " has more elements than fit in 64 bits");
+      throw FormatError(path, where + ": shape " + json_excerpt(shape) + " has more elements than fit in 64 bits");
   }
   uint64_t expected_bytes = 0;
   if (__builtin_mul_overflow(numel, static_cast<uint64_t>(known->itemsize), &expected_bytes))
     throw FormatError(
-        path, where + ": shape " + shape.dump() + " x " + info.dtype + " is more bytes than fit in 64 bits");
+        path, where + ": shape " + json_excerpt(shape) + " x " + info.dtype + " is more bytes than fit in 64 bits");
 
   const json& offsets = entry["data_offsets"];
   if (!offsets.is_array() || offsets.size() != 2 || !offsets[0].is_number_unsigned() ||
@@ -141,18 +140,18 @@ TensorInfo parse_entry(const std::string& path, const std::string& name, const j
   info.begin = offsets[0].get<uint64_t>();
   info.end = offsets[1].get<uint64_t>();
   if (info.begin > info.end)
-    throw FormatError(path, where + ": data_offsets " + offsets.dump() + " are not ascending (begin " +
+    throw FormatError(path, where + ": data_offsets " + json_excerpt(offsets) + " are not ascending (begin " +
                                 std::to_string(info.begin) + " > end " + std::to_string(info.end) + ")");
   if (info.end > data_size)
     throw FormatError(path,
-                      where + ": data_offsets " + offsets.dump() + " end at byte " +
+                      where + ": data_offsets " + json_excerpt(offsets) + " end at byte " +
                           std::to_string(info.end) + " but the data section is only " +
                           std::to_string(data_size) + " bytes",
                       "the file is truncated or the header is corrupt");
   const uint64_t bytes = info.end - info.begin;
   if (bytes != expected_bytes)
-    throw FormatError(path, where + ": data_offsets " + offsets.dump() + " span " + std::to_string(bytes) +
-                                " bytes, but shape " + shape.dump() + " of " + info.dtype + " needs " +
+    throw FormatError(path, where + ": data_offsets " + json_excerpt(offsets) + " span " + std::to_string(bytes) +
+                                " bytes, but shape " + json_excerpt(shape) + " of " + info.dtype + " needs " +
                                 std::to_string(numel) + " x " + std::to_string(known->itemsize) + " = " +
                                 std::to_string(expected_bytes) + " bytes");
   return info;

@@ -15,6 +15,7 @@
 #include <sstream>
 
 #include "graft/errors.h"
+#include "graft/json_file.h"
 #include "io/js_bundle.h"
 #include "io/tfjs.h"
 
@@ -58,9 +59,9 @@ size_t WeightSpec::stored_bytes() const {
 }
 
 WeightSpec parse_weight_spec(const json& entry, const std::string& where) {
-  if (!entry.is_object()) throw FormatError(where, "a weights entry is not an object: " + entry.dump());
+  if (!entry.is_object()) throw FormatError(where, "a weights entry is not an object: " + json_excerpt(entry));
   if (!entry.contains("name") || !entry["name"].is_string() || entry["name"].get<std::string>().empty()) {
-    throw FormatError(where, "a weights entry has no name: " + entry.dump());
+    throw FormatError(where, "a weights entry has no name: " + json_excerpt(entry));
   }
   WeightSpec spec;
   spec.name = entry["name"].get<std::string>();
@@ -70,11 +71,11 @@ WeightSpec parse_weight_spec(const json& entry, const std::string& where) {
   int64_t numel = 1;
   for (const json& dim : entry["shape"]) {
     if (!dim.is_number_integer() || dim.get<int64_t>() < 0) {
-      throw FormatError(at, "shape " + entry["shape"].dump() + " must hold non-negative integers");
+      throw FormatError(at, "shape " + json_excerpt(entry["shape"]) + " must hold non-negative integers");
     }
     const int64_t d = dim.get<int64_t>();
     if (d > 0 && numel > kMaxWeightElements / d) {
-      throw FormatError(at, "shape " + entry["shape"].dump() + " has more than 2^36 elements");
+      throw FormatError(at, "shape " + json_excerpt(entry["shape"]) + " has more than 2^36 elements");
     }
     numel *= d;
     spec.shape.push_back(d);
@@ -91,7 +92,7 @@ WeightSpec parse_weight_spec(const json& entry, const std::string& where) {
   if (entry.contains("quantization") && !entry["quantization"].is_null()) {
     const json& q = entry["quantization"];
     if (!q.is_object() || !q.contains("dtype") || !q["dtype"].is_string()) {
-      throw FormatError(at, "\"quantization\" must be an object with a \"dtype\": " + q.dump());
+      throw FormatError(at, "\"quantization\" must be an object with a \"dtype\": " + json_excerpt(q));
     }
     spec.stored_dtype = q["dtype"].get<std::string>();
     if (spec.stored_dtype == "uint8" || spec.stored_dtype == "uint16") {
@@ -103,7 +104,7 @@ WeightSpec parse_weight_spec(const json& entry, const std::string& where) {
     }
     if (q.contains("original_dtype") && q["original_dtype"] != "float32") {
       throw FormatError(at,
-                        "quantization original_dtype " + q["original_dtype"].dump() + " is not supported");
+                        "quantization original_dtype " + json_excerpt(q["original_dtype"]) + " is not supported");
     }
   }
   return spec;
@@ -269,11 +270,7 @@ nlohmann::json read_model_json(const std::string& file) {
   if (is_bundle(file)) {
     root = js::read_bundled_json(file);  // model.min.js: model.json as a JavaScript literal
   } else {
-    try {
-      root = json::parse(read_text(file));
-    } catch (const json::exception& e) {
-      throw FormatError(file, std::string("not valid JSON: ") + e.what());
-    }
+    root = parse_json(read_text(file), file);
   }
   if (!root.is_object()) throw FormatError(file, "not a TF.js model: the JSON is not an object");
   return root;
@@ -309,7 +306,7 @@ NamedTensors read_manifest_weights(const json& root, const std::string& file) {
     }
     for (const json& path : entry["paths"]) {
       if (!path.is_string() || path.get<std::string>().empty()) {
-        throw FormatError(where, "a shard path is not a non-empty string: " + path.dump());
+        throw FormatError(where, "a shard path is not a non-empty string: " + json_excerpt(path));
       }
       const std::string name = path.get<std::string>();
       if (name.find("://") != std::string::npos || fs::path(name).is_absolute()) {

@@ -11,6 +11,7 @@
 #include <set>
 
 #include "graft/errors.h"
+#include "graft/json_file.h"
 #include "io/js_bundle.h"
 #include "io/tfjs.h"
 #include "layers/conv2d_same.h"
@@ -240,7 +241,7 @@ TfjsGraphModel::TfjsGraphModel(const std::string& path) : graph_(std::make_uniqu
     Graph::Node node;
     if (!entry.is_object() || !entry.contains("name") || !entry["name"].is_string() || !entry.contains("op") ||
         !entry["op"].is_string()) {
-      throw FormatError(file, "a graph node without a name or op: " + entry.dump().substr(0, 200));
+      throw FormatError(file, "a graph node without a name or op: " + json_excerpt(entry, 200));
     }
     node.name = entry["name"].get<std::string>();
     node.op = entry["op"].get<std::string>();
@@ -250,7 +251,7 @@ TfjsGraphModel::TfjsGraphModel(const std::string& path) : graph_(std::make_uniqu
     const json input_list = entry.value("input", json::array());
     if (!input_list.is_array()) g.fail(node, "\"input\" is not a list of node names");
     for (const json& input : input_list) {
-      if (!input.is_string()) g.fail(node, "an input is not a node name: " + input.dump().substr(0, 80));
+      if (!input.is_string()) g.fail(node, "an input is not a node name: " + json_excerpt(input, 80));
       std::string name = input.get<std::string>();
       if (!name.empty() && name[0] == '^') continue;  // a control dependency carries no data
       const size_t colon = name.rfind(':');

@@ -7,6 +7,7 @@
 #include <array>
 #include <filesystem>
 
+#include "graft/json_file.h"
 #include "text/tokenizer_core.h"
 #include "text/unicode.h"
 
@@ -18,12 +19,7 @@ namespace fs = std::filesystem;
 namespace {
 
 json parse_json_file(const std::string& path) {
-  const std::string bytes = read_tokenizer_file(path);
-  try {
-    return json::parse(bytes);
-  } catch (const json::exception& e) {
-    throw FormatError(path, std::string("is not valid JSON: ") + e.what());
-  }
+  return parse_json(read_tokenizer_file(path), path);
 }
 
 // Typed access to tokenizer.json fields; errors name the file and the dotted field.
@@ -69,9 +65,7 @@ class Fields {
     return parent.empty() ? name : parent + "." + name;
   }
   static std::string describe(const json& v) {
-    std::string text = v.dump();
-    if (text.size() > 60) text = text.substr(0, 57) + "...";
-    return std::string(v.type_name()) + " " + text;
+    return std::string(v.type_name()) + " " + json_excerpt(v, 57);
   }
   const std::string& file() const { return file_; }
 
@@ -349,11 +343,11 @@ std::vector<std::string> vocab_from_json(const json& object, const std::string& 
   }
   std::vector<std::string> vocab(static_cast<size_t>(max_id + 1));
   for (const auto& [token, id] : object.items()) {
-    if (token.empty()) throw FormatError(source, what + " has an empty token (id " + id.dump() + ")");
+    if (token.empty()) throw FormatError(source, what + " has an empty token (id " + json_excerpt(id) + ")");
     std::string& slot = vocab[id.get<size_t>()];
     if (!slot.empty()) {
       throw FormatError(
-          source, what + ": id " + id.dump() + " is used by both \"" + slot + "\" and \"" + token + "\"");
+          source, what + ": id " + json_excerpt(id) + " is used by both \"" + slot + "\" and \"" + token + "\"");
     }
     slot = token;
   }

@@ -44,6 +44,7 @@
 #include <unordered_set>
 
 #include "graft/files.h"
+#include "graft/json_file.h"
 #include "graft/trainer.h"
 #include "graft/weights.h"
 
@@ -257,7 +258,7 @@ std::optional<json> complete_state(const std::string& dir) {
   std::error_code error;
   if (!fs::is_regular_file(state_path, error)) return std::nullopt;
   try {
-    json state = json::parse(read_text(state_path));
+    json state = parse_json(read_text(state_path), state_path);
     for (const auto& [name, size] : state.at("files").items()) {
       const auto actual = fs::file_size(fs::path(dir) / name, error);
       if (error || actual != size.get<uintmax_t>()) return std::nullopt;
@@ -498,12 +499,7 @@ std::optional<std::string> find_checkpoint(const std::string& dir) {
 
 TrainerState read_trainer_state(const std::string& checkpoint_dir) {
   const std::string path = (fs::path(checkpoint_dir) / kStateFile).string();
-  json j;
-  try {
-    j = json::parse(read_text(path));
-  } catch (const json::exception& e) {
-    throw FormatError(path, std::string("invalid JSON: ") + e.what());
-  }
+  const json j = parse_json(read_text(path), path);
   try {
     return state_from_json(j, path);
   } catch (const json::exception& e) {

@@ -5,6 +5,7 @@
 #include <fstream>
 
 #include "graft/errors.h"
+#include "graft/json_file.h"
 #include "graft/run.h"
 
 namespace graft {
@@ -47,14 +48,7 @@ RunSpec read_run_spec(const std::string& file) {
     throw FormatError(file, "is " + std::to_string(size) + " bytes, more than the " +
                                 std::to_string(kMaxRunJsonBytes) + "-byte limit for a graft.json");
   }
-  std::ifstream in(file, std::ios::binary);
-  if (!in) throw Error(file + ": cannot open graft.json");
-  json doc;
-  try {
-    doc = json::parse(in);
-  } catch (const json::exception& e) {
-    throw FormatError(file, std::string("invalid JSON: ") + e.what());
-  }
+  const json doc = read_json_file(file, kMaxRunJsonBytes);
   if (!doc.is_object()) throw FormatError(file, "expected a JSON object");
   RunSpec spec;
   spec.task = field<std::string>(doc, "task", file);

@@ -21,6 +21,7 @@
 
 #include "graft/bert.h"
 #include "graft/gpt2.h"
+#include "graft/json_file.h"
 #include "graft/summary.h"
 #include "graft/transfer.h"
 #include "graft/transformers.h"

@@ -356,7 +356,7 @@ TEST(Tfjs, BadManifestsNameTheFileAndWeight) {
   const auto message = [&] { return error_of([&] { read_tfjs_model(path); }); };
 
   write_text(path, "{\"modelTopology\": ");
-  EXPECT_NE(message().find("model.json: not valid JSON"), std::string::npos) << message();
+  EXPECT_NE(message().find("model.json: is not valid JSON"), std::string::npos) << message();
 
   write_text(path, R"({"modelTopology": {"class_name": "Sequential", "config": {"layers": []}}})");
   EXPECT_NE(message().find("model.json: no \"weightsManifest\""), std::string::npos) << message();

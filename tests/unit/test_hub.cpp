@@ -382,6 +382,22 @@ TEST_F(HubPull, ListingsWithFileNamesThatEscapeTheCacheAreRefused) {
   EXPECT_THROW(graft::hub_pull(graft::HubRepo::parse("org/model"), {"../x"}, options_), graft::Error);
 }
 
+// A hostile mirror's listing nested 100,000 levels deep crashed graft pull (stack overflow in nlohmann's
+// serializer quoting it): nesting is bounded while parsing, and nothing is written.
+TEST_F(HubPull, ADeeplyNestedListingIsRefusedWhileParsing) {
+  hub_.edit_repo("org/model", [&](FakeRepo& repo) {
+    repo.listing_override = "{\"sha\": " + std::string(100000, '[') + std::string(100000, ']') + "}";
+  });
+  try {
+    graft::hub_pull(graft::HubRepo::parse("org/model"), {}, options_);
+    ADD_FAILURE() << "a listing nested 100,000 levels deep passed";
+  } catch (const graft::FormatError& e) {
+    EXPECT_TRUE(contains(e.what(), "/api/models/org/model/revision/main")) << e.what();
+    EXPECT_TRUE(contains(e.what(), "the revision listing nests JSON deeper than 128 levels")) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(repo_folder() / "snapshots"));
+}
+
 TEST_F(HubPull, ASymlinkInTheSnapshotIsNotFollowed) {
   // A snapshot folder component that is a link (planted, or left by another file) is refused.
   hub_.edit_repo("org/model", [&](FakeRepo& repo) { repo.files["sub/config.json"] = git_file("{}"); });
