@@ -6,6 +6,7 @@
 
 #include "cli/commands.h"
 #include "graft/errors.h"
+#include "graft/strings.h"
 #include "graft/image_task.h"
 #include "graft/text_task.h"
 #include "graft/video_task.h"
@@ -87,14 +88,13 @@ void add_predict_command(CLI::App& app) {
     if (images->empty()) throw Error("no images given: graft predict RUN_DIR IMAGE...");
     if (is_video_run(*run_dir)) {
       VideoRun run = load_video_run(*run_dir);
-      for (const auto& clip : *images)
-        if (!std::filesystem::exists(clip)) throw Error(clip + ": no such video file or frame folder");
+      for (const auto& clip : *images)  // a frame folder, or a video file (not a FIFO or device: they never end)
+        if (!std::filesystem::is_directory(clip)) regular_file_size(clip, "video file or frame folder");
       const auto predictions = predict_clips(run, *images, *top_k, parse_device(*device));
       print_predictions(predictions, *as_json, "clip");
       return;
     }
-    for (const auto& image : *images)
-      if (!std::filesystem::is_regular_file(image)) throw Error(image + ": no such file");
+    for (const auto& image : *images) regular_file_size(image, "image file");
     LoadedRun run = load_run(*run_dir);
     print_predictions(predict_images(run, *images, *top_k, parse_device(*device)), *as_json, "image");
   });

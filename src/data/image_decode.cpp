@@ -14,6 +14,7 @@
 
 #include "graft/data.h"
 #include "graft/errors.h"
+#include "graft/strings.h"
 
 namespace graft {
 namespace {
@@ -290,6 +291,7 @@ Image decode_image_memory(const std::vector<uint8_t>& bytes, const std::string& 
 }
 
 Image decode_image(const std::string& path, int min_side) {
+  regular_file_size(path, "image file");  // a FIFO would block the open below; a folder or device is refused
   std::ifstream file(path, std::ios::binary);
   if (!file) throw Error(path + ": cannot open image file: " + std::strerror(errno));
   // One read of the whole file (a byte-wise istreambuf_iterator copy cost 6% of the eval pipeline).

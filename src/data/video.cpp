@@ -43,6 +43,39 @@ struct PacketFreer {
 struct SwsFreer {
   void operator()(SwsContext* s) const { sws_freeContext(s); }
 };
+struct AvFreer {
+  void operator()(uint8_t* p) const { av_free(p); }
+};
+
+// An RGB24 picture laid out as swscale needs it. Its SIMD code reads and writes whole vectors, so a tight
+// width*3-byte row is overrun on narrow frames (a 4x4 frame took an 8-byte write at byte 44 of 48): rows are
+// 64-byte aligned and padded, with a spare row and 64 bytes at the end, and pixels are copied in and out.
+class SwsRgb {
+ public:
+  SwsRgb(int width, int height)
+      : width_(width), height_(height), stride_(FFALIGN(width * 3, 64)),
+        data_(static_cast<uint8_t*>(av_mallocz(size_t(stride_) * size_t(height + 1) + 64))) {
+    if (!data_) throw Error("out of memory allocating a " + std::to_string(width) + "x" + std::to_string(height) +
+                            " video frame");
+    planes[0] = data_.get();
+    strides[0] = stride_;
+  }
+  uint8_t* planes[4] = {nullptr, nullptr, nullptr, nullptr};  // sws_scale's arguments
+  int strides[4] = {0, 0, 0, 0};
+  void copy_to(std::vector<uint8_t>& rgb) const {
+    rgb.resize(size_t(width_) * height_ * 3);
+    for (int y = 0; y < height_; ++y)
+      std::copy_n(data_.get() + size_t(y) * stride_, size_t(width_) * 3, rgb.data() + size_t(y) * width_ * 3);
+  }
+  void copy_from(const std::vector<uint8_t>& rgb) {
+    for (int y = 0; y < height_; ++y)
+      std::copy_n(rgb.data() + size_t(y) * width_ * 3, size_t(width_) * 3, data_.get() + size_t(y) * stride_);
+  }
+
+ private:
+  int width_, height_, stride_;
+  std::unique_ptr<uint8_t, AvFreer> data_;
+};
 
 std::string lower_extension(const fs::path& path) {
   std::string ext = path.extension().string();
@@ -73,6 +106,7 @@ std::pair<int, int> scaled_size(int width, int height, int min_side) {
 }  // namespace
 
 std::vector<Image> decode_video(const std::string& path, int min_side) {
+  regular_file_size(path, "video file");  // FFmpeg would block on a FIFO and read a device without end
   AVFormatContext* raw_format = nullptr;
   int rc = avformat_open_input(&raw_format, path.c_str(), nullptr, nullptr);
   if (rc < 0) throw FormatError(path, "cannot open the video: " + av_error(rc));
@@ -93,12 +127,15 @@ std::vector<Image> decode_video(const std::string& path, int min_side) {
     throw FormatError(path, "frames of " + std::to_string(width) + "x" + std::to_string(height) +
                                 " pixels (at most " + std::to_string(kMaxImagePixels) + " pixels per frame)");
   }
-  const auto [out_w, out_h] = scaled_size(width, height, min_side);
+  // Plain ints, not a structured binding: clang 14 (the sanitizer build) cannot capture those in a lambda.
+  const std::pair<int, int> scaled = scaled_size(width, height, min_side);
+  const int out_w = scaled.first, out_h = scaled.second;
 
   std::unique_ptr<AVFrame, FrameFreer> frame(av_frame_alloc());
   std::unique_ptr<AVPacket, PacketFreer> packet(av_packet_alloc());
   std::unique_ptr<SwsContext, SwsFreer> scaler;
   int scaler_format = -1;
+  SwsRgb rgb(out_w, out_h);
   std::vector<Image> frames;
   auto take_frames = [&]() {
     while (true) {
@@ -119,10 +156,8 @@ std::vector<Image> decode_video(const std::string& path, int min_side) {
       Image image;
       image.width = out_w;
       image.height = out_h;
-      image.rgb.resize(size_t(out_w) * out_h * 3);
-      uint8_t* planes[4] = {image.rgb.data(), nullptr, nullptr, nullptr};
-      int strides[4] = {out_w * 3, 0, 0, 0};
-      sws_scale(scaler.get(), frame->data, frame->linesize, 0, height, planes, strides);
+      sws_scale(scaler.get(), frame->data, frame->linesize, 0, height, rgb.planes, rgb.strides);
+      rgb.copy_to(image.rgb);
       frames.push_back(std::move(image));
       av_frame_unref(frame.get());
     }
@@ -179,7 +214,8 @@ void write_video(const std::string& path, const std::vector<Image>& frames, int 
   if (frames.empty()) throw Error(path + ": no frames to write");
   const int width = frames[0].width, height = frames[0].height;
   for (const auto& f : frames)
-    if (f.width != width || f.height != height) throw Error(path + ": frames of different sizes");
+    if (f.width != width || f.height != height || f.rgb.size() != size_t(width) * height * 3)
+      throw Error(path + ": frames of different sizes (or pixels that do not fill width x height x 3 bytes)");
   const std::string ext = lower_extension(path);
   const bool lossless = ext == ".mkv" || ext == ".avi";
   if (!lossless && ext != ".mp4") throw Error(path + ": graft writes .mkv/.avi (lossless FFV1) or .mp4 (MPEG-4)");
@@ -242,11 +278,11 @@ void write_video(const std::string& path, const std::vector<Image>& frames, int 
         throw Error(path + ": writing: " + av_error(rc));
     }
   };
+  SwsRgb rgb(width, height);
   for (size_t i = 0; i < frames.size(); ++i) {
-    av_frame_make_writable(frame.get());
-    const uint8_t* planes[4] = {frames[i].rgb.data(), nullptr, nullptr, nullptr};
-    const int strides[4] = {width * 3, 0, 0, 0};
-    sws_scale(scaler.get(), planes, strides, 0, height, frame->data, frame->linesize);
+    if (av_frame_make_writable(frame.get()) < 0) throw Error("out of memory allocating a video frame");
+    rgb.copy_from(frames[i].rgb);
+    sws_scale(scaler.get(), rgb.planes, rgb.strides, 0, height, frame->data, frame->linesize);
     frame->pts = static_cast<int64_t>(i);
     drain(frame.get());
   }
