@@ -168,11 +168,14 @@ struct ImageList {
   std::string root;
   std::vector<std::string> classes;
   std::vector<LabeledPath> samples;
+  std::vector<std::string> skipped;  // what the scan left out and why (links that loop or lead elsewhere)
 };
 
 // root/<class>/**/*.{jpg,jpeg,png} (extension case-insensitive; names starting with '.' skipped), as
 // torchvision's ImageFolder: classes sorted by name, label = index. Throws graft::Error naming the path
 // when root is missing, has no class folders, a class folder has no images, or there are no images.
+// Symbolic links are followed, but each real folder is walked and each real file counted once, and a link
+// from one class folder into another part of root is not followed; `skipped` says what was left out.
 ImageList scan_image_folder(const std::string& root);
 // The same listing with the class names imposed (for a validation folder): a class folder not in
 // `classes` is an error; missing or empty class folders are allowed.

@@ -84,6 +84,7 @@ TransformConfig transform_for(const Preprocessing& preprocessing, bool train);
 struct ImageData {
   std::shared_ptr<Dataset> train, val;
   std::vector<std::string> classes;
+  std::vector<std::string> skipped;  // what the folder scan left out and why (ImageList::skipped)
 };
 ImageData open_image_data(const std::string& data, const TransformConfig& train_transform,
                           const TransformConfig& eval_transform, double val_split, uint64_t seed, size_t limit);

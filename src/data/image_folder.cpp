@@ -5,8 +5,11 @@
 #include <cctype>
 #include <cmath>
 #include <filesystem>
+#include <optional>
 #include <set>
 #include <utility>
+
+#include <sys/stat.h>
 
 #include "graft/data.h"
 #include "graft/errors.h"
@@ -33,31 +36,117 @@ bool is_folder(const fs::path& path) {
   return fs::is_directory(path, error);
 }
 
-// Image files under dir, recursively (symlinks followed, hidden names skipped), ordered as os.walk
-// sorted by directory, then file name.
-std::vector<std::string> list_images(const fs::path& dir) {
-  std::vector<std::pair<std::string, std::string>> found;  // (directory, file name)
-  std::error_code error;
-  fs::recursive_directory_iterator it(dir, fs::directory_options::follow_directory_symlink, error);
-  if (error) throw Error(dir.string() + ": cannot list folder: " + error.message());
-  for (; it != fs::recursive_directory_iterator(); it.increment(error)) {
-    if (error) throw Error(dir.string() + ": cannot list folder: " + error.message());
-    const fs::path& path = it->path();
-    if (is_hidden(path)) {
-      if (it->is_directory(error)) it.disable_recursion_pending();
-      continue;
-    }
-    if (it->is_regular_file(error) && has_image_extension(path)) {
-      found.emplace_back(path.parent_path().string(), path.filename().string());
-    }
+// A file or folder as the file system knows it, whatever path or link reaches it.
+struct FileId {
+  dev_t device;
+  ino_t inode;
+  bool operator<(const FileId& other) const {
+    return device != other.device ? device < other.device : inode < other.inode;
   }
-  if (error) throw Error(dir.string() + ": cannot list folder: " + error.message());
-  std::sort(found.begin(), found.end());
-  std::vector<std::string> paths;
-  paths.reserve(found.size());
-  for (const auto& [directory, name] : found) paths.push_back((fs::path(directory) / name).string());
-  return paths;
+};
+
+std::optional<FileId> file_id(const fs::path& path) {
+  struct stat info {};
+  if (::stat(path.c_str(), &info) != 0) return std::nullopt;
+  return FileId{info.st_dev, info.st_ino};
 }
+
+// path lies at or below folder (both canonical).
+bool is_within(const fs::path& path, const fs::path& folder) {
+  auto p = path.begin();
+  for (auto f = folder.begin(); f != folder.end(); ++f, ++p)
+    if (p == path.end() || *p != *f) return false;
+  return true;
+}
+
+// One scan of a data root's class folders. Symbolic links are followed, but every real folder is walked
+// once and every real file counted once (device + inode), and a link never leads from one class's folder
+// into the rest of the data root: links to '.', to '..' and to another class made the walk exponential or
+// labelled dogs as cats. What is left out is said in `skipped`.
+class FolderWalk {
+ public:
+  explicit FolderWalk(const fs::path& root) {
+    std::error_code error;
+    root_ = fs::canonical(root, error);
+    if (error) throw Error(root.string() + ": cannot resolve the folder: " + error.message());
+  }
+
+  // Image files under the class folder dir, recursively (hidden names skipped), ordered as os.walk
+  // sorted by directory, then file name.
+  std::vector<std::string> list_images(const fs::path& dir) {
+    std::error_code error;
+    const fs::path class_root = fs::canonical(dir, error);
+    if (error) throw Error(dir.string() + ": cannot resolve the folder: " + error.message());
+    std::vector<std::pair<std::string, std::string>> found;  // (directory, file name)
+    std::vector<fs::path> pending{dir};
+    while (!pending.empty()) {
+      const fs::path folder = pending.back();
+      pending.pop_back();
+      const std::optional<FileId> id = file_id(folder);
+      if (!id) continue;
+      if (!folders_.insert(*id).second) {
+        skipped.push_back(folder.string() + ": a folder already listed (through a link); skipped");
+        continue;
+      }
+      // Entries in name order, real entries before links, files before subfolders (os.walk's top-down
+      // order): of two paths to one file the real one is kept and the link reported, whatever the
+      // directory's own order.
+      std::vector<fs::directory_entry> entries;
+      fs::directory_iterator it(folder, error), end;
+      for (; !error && it != end; it.increment(error)) entries.push_back(*it);
+      if (error) throw Error(folder.string() + ": cannot list folder: " + error.message());
+      std::sort(entries.begin(), entries.end(), [](const fs::directory_entry& a, const fs::directory_entry& b) {
+        std::error_code ignored;
+        const bool a_link = a.is_symlink(ignored), b_link = b.is_symlink(ignored);
+        return a_link != b_link ? b_link : a.path() < b.path();
+      });
+      std::vector<fs::path> subfolders;
+      for (const fs::directory_entry& entry : entries) {
+        const fs::path& path = entry.path();
+        if (is_hidden(path)) continue;
+        std::error_code ignored;  // an entry that cannot be inspected is not an image
+        if (entry.is_symlink(ignored)) {
+          const fs::path target = fs::canonical(path, ignored);
+          if (ignored) {
+            skipped.push_back(path.string() + ": a link to nothing; skipped");
+            continue;
+          }
+          // A link stays within its class folder, or leaves the data root altogether (photos kept
+          // elsewhere); one into another class, or to a folder that holds the data root, is not followed.
+          const bool elsewhere_in_root =
+              !is_within(target, class_root) && (is_within(target, root_) || is_within(root_, target));
+          if (elsewhere_in_root && (fs::is_directory(target, ignored) || has_image_extension(path))) {
+            skipped.push_back(path.string() + ": a link to " + target.string() + ", outside its class folder " +
+                              dir.string() + "; skipped");
+            continue;
+          }
+        }
+        if (entry.is_directory(ignored)) {
+          subfolders.push_back(path);
+        } else if (entry.is_regular_file(ignored) && has_image_extension(path)) {
+          const std::optional<FileId> file = file_id(path);
+          if (file && !files_.insert(*file).second) {
+            skipped.push_back(path.string() + ": the same file as an image already listed; skipped");
+            continue;
+          }
+          found.emplace_back(path.parent_path().string(), path.filename().string());
+        }
+      }
+      pending.insert(pending.end(), subfolders.rbegin(), subfolders.rend());  // popped in name order
+    }
+    std::sort(found.begin(), found.end());
+    std::vector<std::string> paths;
+    paths.reserve(found.size());
+    for (const auto& [directory, name] : found) paths.push_back((fs::path(directory) / name).string());
+    return paths;
+  }
+
+  std::vector<std::string> skipped;
+
+ private:
+  fs::path root_;
+  std::set<FileId> folders_, files_;
+};
 
 std::vector<std::string> list_class_folders(const fs::path& root) {
   std::vector<std::string> names;
@@ -78,7 +167,7 @@ void require_folder(const std::string& root) {
 }
 
 ImageList stratified_part(const ImageList& all, const std::vector<size_t>& indices) {
-  ImageList part{all.root, all.classes, {}};
+  ImageList part{all.root, all.classes, {}, {}};
   part.samples.reserve(indices.size());
   for (size_t i : indices) part.samples.push_back(all.samples[i]);
   return part;
@@ -89,16 +178,17 @@ ImageList stratified_part(const ImageList& all, const std::vector<size_t>& indic
 ImageList scan_image_folder(const std::string& root) {
   require_folder(root);
   const std::vector<std::string> classes = list_class_folders(root);
+  FolderWalk walk(root);
   if (classes.empty()) {
-    const size_t loose = list_images(root).size();
+    const size_t loose = walk.list_images(root).size();
     throw Error(root + ": no class folders" +
                 (loose ? " (found " + std::to_string(loose) + " images directly in it)" : std::string()) +
                 "; expected root/<class name>/<image>.{jpg,jpeg,png}");
   }
-  ImageList list{root, classes, {}};
+  ImageList list{root, classes, {}, {}};
   std::vector<std::string> empty;
   for (size_t label = 0; label < classes.size(); ++label) {
-    const std::vector<std::string> images = list_images(fs::path(root) / classes[label]);
+    const std::vector<std::string> images = walk.list_images(fs::path(root) / classes[label]);
     if (images.empty()) empty.push_back(classes[label]);
     for (const std::string& path : images) list.samples.push_back({path, int64_t(label)});
   }
@@ -114,6 +204,7 @@ ImageList scan_image_folder(const std::string& root) {
                 " with no images (.jpg, .jpeg, .png): " + names + "; remove " +
                 (empty.size() > 1 ? "them" : "it") + " or add images");
   }
+  list.skipped = std::move(walk.skipped);
   return list;
 }
 
@@ -125,12 +216,14 @@ ImageList scan_image_folder(const std::string& root, const std::vector<std::stri
                   "' is not among the training classes; every validation class needs training images");
     }
   }
-  ImageList list{root, classes, {}};
+  ImageList list{root, classes, {}, {}};
+  FolderWalk walk(root);
   for (size_t label = 0; label < classes.size(); ++label) {
     const fs::path dir = fs::path(root) / classes[label];
     if (!is_folder(dir)) continue;
-    for (const std::string& path : list_images(dir)) list.samples.push_back({path, int64_t(label)});
+    for (const std::string& path : walk.list_images(dir)) list.samples.push_back({path, int64_t(label)});
   }
+  list.skipped = std::move(walk.skipped);
   return list;
 }
 
@@ -156,7 +249,7 @@ ImageSplits discover_image_splits(const std::string& root, double val_split, uin
   ImageSplits splits;
   if (val_split == 0) {
     splits.train = all;
-    splits.val = ImageList{all.root, all.classes, {}};
+    splits.val = ImageList{all.root, all.classes, {}, {}};
     return splits;
   }
   // Per class, in class order: shuffle that class's indices, the first round(n * val_split) go to val
@@ -177,6 +270,7 @@ ImageSplits discover_image_splits(const std::string& root, double val_split, uin
   std::sort(train_indices.begin(), train_indices.end());
   std::sort(val_indices.begin(), val_indices.end());
   splits.train = stratified_part(all, train_indices);
+  splits.train.skipped = all.skipped;
   splits.val = stratified_part(all, val_indices);
   return splits;
 }

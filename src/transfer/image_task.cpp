@@ -94,6 +94,8 @@ ImageData open_image_data(const std::string& data, const TransformConfig& train_
   }
   ImageSplits splits = discover_image_splits(data, val_split, seed);
   out.classes = splits.train.classes;
+  out.skipped = splits.train.skipped;
+  out.skipped.insert(out.skipped.end(), splits.val.skipped.begin(), splits.val.skipped.end());
   out.train = std::make_shared<ImageFolder>(splits.train, train_transform);
   if (!splits.val.samples.empty()) out.val = std::make_shared<ImageFolder>(splits.val, eval_transform);
   return out;
@@ -305,6 +307,8 @@ ImageTrainResult train_image_classifier(const ImageTrainOptions& options_in, std
   const int64_t classes = static_cast<int64_t>(data.classes.size());
   log << "data: " << data.train->size() << " training, " << (data.val ? data.val->size() : 0)
       << " validation images, " << classes << " classes\n";
+  for (size_t i = 0; i < data.skipped.size() && i < 10; ++i) log << "graft: warning: " << data.skipped[i] << "\n";
+  if (data.skipped.size() > 10) log << "graft: warning: ... and " << data.skipped.size() - 10 << " more skipped\n";
 
   if (previous) {
     // Set below, once the head exists.

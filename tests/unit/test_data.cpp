@@ -16,6 +16,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <map>
 #include <set>
 #include <thread>
 
@@ -699,6 +700,53 @@ TEST(ImageFolder, ExtensionsAndHiddenFiles) {
   EXPECT_EQ(fs::path(list.samples[1].path).filename(), "two.Jpeg");
   EXPECT_EQ(fs::path(list.samples[2].path).filename(),
             "three.png");  // subfolders after the folder's own files
+}
+
+// Links to '.', to '..' and to another class made the walk exponential (no end after 60 s), turned 12 images
+// into 732, labelled dogs as cats and let validation overlap training. Each real folder is walked once, each
+// real file counted once, a link never leads into another class, and what was skipped is said.
+TEST(ImageFolder, SymbolicLinksAreWalkedOnceAndStayInTheirClass) {
+  TempDir dir("links"), elsewhere("links_elsewhere");
+  const std::vector<uint8_t> jpeg = read_bytes(kCatsDogs + "/test/cats/cat_test.1.jpg");
+  for (int i = 0; i < 6; ++i) {
+    write_bytes(dir.file("cat/c" + std::to_string(i) + ".jpg"), jpeg);
+    write_bytes(dir.file("dog/d" + std::to_string(i) + ".jpg"), jpeg);
+  }
+  write_bytes(elsewhere.file("kept/e.jpg"), jpeg);
+  const fs::path cat = fs::path(dir.path()) / "cat";
+  fs::create_directory_symlink(".", cat / "self1");
+  fs::create_directory_symlink(".", cat / "self2");
+  fs::create_directory_symlink("..", cat / "up");
+  fs::create_directory_symlink("../dog", cat / "dogdir");
+  fs::create_symlink("../dog/d0.jpg", cat / "stolen.jpg");
+  fs::create_symlink("c0.jpg", cat / "again.jpg");
+  fs::create_symlink("nothing.jpg", cat / "broken.jpg");
+  fs::create_directory_symlink(fs::path(elsewhere.path()) / "kept", cat / "external");  // photos kept elsewhere
+
+  const ImageList list = scan_image_folder(dir.path());
+  std::map<int64_t, std::vector<std::string>> by_label;
+  for (const auto& sample : list.samples) by_label[sample.label].push_back(sample.path);
+  EXPECT_EQ(by_label[0].size(), 7u);  // c0..c5 and external/e.jpg
+  EXPECT_EQ(by_label[1].size(), 6u);
+  for (const auto& path : by_label[0]) {
+    EXPECT_EQ(path.find("dogdir"), std::string::npos) << path;
+    EXPECT_EQ(path.find("stolen"), std::string::npos) << path;
+  }
+  std::string skipped;
+  for (const auto& line : list.skipped) skipped += line + "\n";
+  for (const char* expected :
+       {"cat/dogdir: a link to ", "cat/up: a link to ", "cat/stolen.jpg: a link to ", "outside its class folder",
+        "a folder already listed (through a link); skipped", "cat/again.jpg: the same file as an image already listed",
+        "cat/broken.jpg: a link to nothing"})
+    EXPECT_NE(skipped.find(expected), std::string::npos) << expected << " in\n" << skipped;
+
+  // The seeded split: no image on both sides, even through links.
+  const ImageSplits splits = discover_image_splits(dir.path(), 0.5, 3);
+  std::set<std::string> train;
+  for (const auto& sample : splits.train.samples) train.insert(fs::canonical(sample.path).string());
+  for (const auto& sample : splits.val.samples) EXPECT_EQ(train.count(fs::canonical(sample.path).string()), 0u);
+  EXPECT_EQ(splits.train.samples.size() + splits.val.samples.size(), 13u);
+  EXPECT_FALSE(splits.train.skipped.empty());
 }
 
 TEST(ImageFolder, ErrorsNameThePath) {
