@@ -120,6 +120,15 @@ void add_forward_command(CLI::App& app) {
       ->required();
   command->add_option("--device", *device, "auto, cpu or cuda[:N]");
   command->callback([args, inputs, out, device] {
+    // The output never replaces what is read: `--inputs F --out F` used to overwrite the inputs.
+    namespace fs = std::filesystem;
+    std::error_code ignored;
+    const fs::path model_weights = fs::path(args->model) / "model.safetensors";
+    for (const auto& [flag, path] : {std::pair<std::string, std::string>{"--inputs", *inputs},
+                                     {"--weights", args->weights}, {"MODEL", model_weights.string()}})
+      if (!path.empty() && fs::equivalent(*out, path, ignored))
+        throw Error("--out " + *out + " is the file " + flag + " names (" + path +
+                    "); write the outputs to another file");
     // MODEL may name a Hugging Face Hub repository (ORG/NAME[@REV]): its snapshot folder in the cache.
     if (looks_like_hub_repo(args->model) && !std::filesystem::exists(args->model)) {
       const std::filesystem::path resolved = resolve_weights(args->model);

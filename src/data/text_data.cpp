@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "graft/errors.h"
+#include "graft/json_file.h"
 #include "graft/strings.h"
 #include "graft/tokenizer.h"
 #include "text/unicode.h"
@@ -34,19 +35,8 @@ std::vector<std::string> split_paths(const std::string& paths) {
   return out;
 }
 
-std::string read_whole_file(const std::string& path) {
-  std::error_code error;
-  if (!fs::is_regular_file(path, error)) throw Error(path + ": no such file (expected a text data file)");
-  const uintmax_t size = fs::file_size(path, error);
-  if (error) throw Error(path + ": cannot read the file size: " + error.message());
-  if (size > kMaxTextFileBytes)
-    throw FormatError(path, "the file has " + std::to_string(size) + " bytes", "at most 2 GiB of text is read");
-  std::ifstream in(path, std::ios::binary);
-  std::string contents(static_cast<size_t>(size), '\0');
-  if (!in.read(contents.data(), static_cast<std::streamsize>(size))) throw Error(path + ": cannot read the file");
-  return contents;
-}
-
+// A regular file only (a FIFO would block, /dev/zero never end), at most 2 GiB.
+std::string read_whole_file(const std::string& path) { return read_file(path, kMaxTextFileBytes, "text data file"); }
 
 std::string resolve_format(const std::string& path, const std::string& format) {
   if (format != "auto") {
@@ -202,12 +192,7 @@ void for_each_json_line(const std::string& path, F f) {
   while (std::getline(stream, line)) {
     ++number;
     if (trim(line).empty()) continue;
-    json object;
-    try {
-      object = json::parse(line);
-    } catch (const json::exception& e) {
-      throw FormatError(path, "line " + std::to_string(number) + " is not valid JSON: " + e.what());
-    }
+    const json object = parse_json(line, path, "line " + std::to_string(number));
     if (!object.is_object()) throw FormatError(path, "line " + std::to_string(number) + " is not a JSON object");
     f(object, number);
   }

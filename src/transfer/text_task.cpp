@@ -4,6 +4,7 @@
 #include <torch/nn/modules/normalization.h>
 
 #include <nlohmann/json.hpp>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -17,6 +18,7 @@
 
 #include "graft/bert.h"
 #include "graft/errors.h"
+#include "graft/json_file.h"
 #include "graft/files.h"
 #include "graft/strings.h"
 #include "graft/transfer.h"
@@ -38,6 +40,10 @@ const std::vector<std::pair<std::string, std::string>> kTokenizerFiles = {
     {"encoder.json", "vocab.json"},           {"vocab.bpe", "merges.txt"},
     {"tokenizer_config.json", "tokenizer_config.json"}, {"special_tokens_map.json", "special_tokens_map.json"},
 };
+
+// Tokens per example or block: far above any position table graft loads (GPT-2 has 1024, BERT 512), and
+// low enough that a wrong value is refused before a long text is encoded to it.
+constexpr int64_t kMaxSequenceLength = 65536;
 
 const char* model_class(const std::string& task) {
   if (task == "text-classify") return "BertForSequenceClassification";
@@ -183,6 +189,10 @@ ClassifyTensors encode_examples(const Tokenizer& tokenizer, const std::vector<Te
 // per document ending in eos, padded, with -100 labels on the padding.
 ClassifyTensors lm_tensors(const Tokenizer& tokenizer, const std::vector<std::string>& documents, int64_t block_size,
                            bool line_by_line, const std::string& source) {
+  // A block predicts each token from those before it: one token predicts nothing (a NaN loss), 0 divides by 0.
+  if (block_size < 2 || block_size > kMaxSequenceLength)
+    throw Error(source + ": block size " + std::to_string(block_size) + " is out of range (2.." +
+                std::to_string(kMaxSequenceLength) + " tokens)");
   EncodeOptions options;
   const std::optional<int64_t> eos = tokenizer.eos_id();
   if (line_by_line) {
@@ -405,6 +415,13 @@ TextTrainResult train_text_model(const TextTrainOptions& o, std::ostream& log) {
   if (o.batch_size <= 0) throw Error("--batch-size must be > 0, got " + std::to_string(o.batch_size));
   if (!(o.val_split >= 0 && o.val_split < 1)) throw Error("--val-split must lie in [0, 1)");
   if (!(o.warmup_ratio >= 0 && o.warmup_ratio <= 1)) throw Error("--warmup-ratio must lie in [0, 1]");
+  // Checked before any text is read or encoded (the model's own position count is checked once it is loaded).
+  if (o.task == "causal-lm" && (o.block_size < 2 || o.block_size > kMaxSequenceLength))
+    throw Error("--block-size must lie in 2.." + std::to_string(kMaxSequenceLength) +
+                " (a token and the next one to predict, at least), got " + std::to_string(o.block_size));
+  if (o.task == "text-classify" && (o.max_length < 2 || o.max_length > kMaxSequenceLength))
+    throw Error("--max-length must lie in 2.." + std::to_string(kMaxSequenceLength) + " ([CLS] and [SEP], at least), got " +
+                std::to_string(o.max_length));
   log << "graft train " << to_json(o).dump() << "\n";
 
   // Tokenizer first: it is cheap and its errors are the commonest.
@@ -600,9 +617,21 @@ TextRun load_text_run(const std::string& dir) {
   run.module = hf.module;
   run.module->eval();
   run.tokenizer = load_tokenizer(dir);
-  run.max_length = doc.value("max_length", int64_t{128});
-  run.block_size = doc.value("block_size", int64_t{128});
-  run.line_by_line = doc.value("line_by_line", false);
+  // Sequence lengths as train checked them: a 0 block size divided by zero in eval.
+  const auto length_field = [&](const char* key) {
+    const json value = doc.value(key, json(128));
+    if (!value.is_number_integer() || value.get<int64_t>() < 2 || value.get<int64_t>() > kMaxSequenceLength)
+      throw FormatError(graft_json.string(), std::string("field '") + key + "' is " + json_excerpt(value),
+                        "expected an integer in 2.." + std::to_string(kMaxSequenceLength));
+    return value.get<int64_t>();
+  };
+  run.max_length = length_field("max_length");
+  run.block_size = length_field("block_size");
+  const json line_by_line = doc.value("line_by_line", json(false));
+  if (!line_by_line.is_boolean())
+    throw FormatError(graft_json.string(), "field 'line_by_line' is " + json_excerpt(line_by_line),
+                      "expected true or false");
+  run.line_by_line = line_by_line.get<bool>();
   if (doc.contains("columns") && doc["columns"].is_object()) run.columns = columns_from(doc["columns"]);
   if (run.task == "text-classify") {
     auto model = std::dynamic_pointer_cast<BertForSequenceClassificationImpl>(run.module);
@@ -740,11 +769,20 @@ void export_hf(const std::string& run_dir, const std::string& out_dir) {
     if (fs::is_regular_file(fs::path(run_dir) / item.second) &&
         std::find(files.begin(), files.end(), item.second) == files.end())
       files.push_back(item.second);
-  // The folder is assembled beside its destination and renamed into place whole.
-  const fs::path target = fs::absolute(out_dir);
-  const fs::path temporary = target.parent_path() / (target.filename().string() + ".tmp-export");
-  fs::remove_all(temporary);
-  fs::create_directories(temporary);
+  // The folder is assembled beside its destination, in a temporary of its own (never a folder of the
+  // user's that happens to have the name), and renamed into place whole.
+  std::error_code error;
+  const fs::path target = fs::weakly_canonical(fs::absolute(out_dir), error);  // "." and "a/../b" too
+  if (error || target.filename().empty()) throw Error(out_dir + ": cannot resolve the path: " + error.message());
+  fs::path temporary;
+  for (int attempt = 0;; ++attempt) {
+    temporary = target.parent_path() / ("." + target.filename().string() + ".tmp-export-" +
+                                         std::to_string(::getpid()) + "-" + std::to_string(attempt));
+    if (fs::create_directory(temporary, error)) break;
+    if (error || attempt == 100)
+      throw Error(out_dir + ": cannot create a temporary folder beside it (" + temporary.string() + "): " +
+                  (error ? error.message() : "the names are taken"));
+  }
   try {
     // copy_file reports a full disk (filesystem_error naming both files); the fsyncs make the copies
     // durable before the rename publishes them.
@@ -753,13 +791,21 @@ void export_hf(const std::string& run_dir, const std::string& out_dir) {
       fsync_path((temporary / name).string(), /*directory=*/false);
     }
     fsync_path(temporary.string(), /*directory=*/true);
-  } catch (...) {  // a half-assembled folder is of no use
-    std::error_code ignored;
-    fs::remove_all(temporary, ignored);
+    if (fs::is_directory(target)) {
+      // An empty folder that exists (such as "."): the files move into it, and the folder itself stays.
+      for (const auto& name : files) fs::rename(temporary / name, target / name);
+      fs::remove(temporary);
+      fsync_path(target.string(), /*directory=*/true);
+    } else {
+      fs::rename(temporary, target);
+    }
+  } catch (const fs::filesystem_error& e) {  // a half-assembled folder is of no use
+    fs::remove_all(temporary, error);
+    throw Error(out_dir + ": cannot write the exported folder: " + e.code().message() + " (" + e.path1().string() + ")");
+  } catch (...) {
+    fs::remove_all(temporary, error);
     throw;
   }
-  if (fs::exists(target)) fs::remove(target);  // an empty folder
-  fs::rename(temporary, target);
   fsync_path(target.parent_path().string(), /*directory=*/true);
 }
 

@@ -161,6 +161,18 @@ TEST(Cli, ForwardMatchesTorchvision) {
   auto missing = graft("forward resnet18 --weights " + seven + " --inputs " + seven + " --out " + out);
   EXPECT_EQ(missing.status, 1);
   EXPECT_TRUE(contains(missing.output, "no tensor named 'pixel_values'")) << missing.output;
+  // --out equal to --inputs (or to --weights) replaced the user's file; now it is refused and both stay.
+  const std::string inputs = (dir / "inputs.safetensors").string();
+  std::filesystem::copy_file(golden + "/resnet18.io.safetensors", inputs);
+  const auto before = std::filesystem::file_size(inputs);
+  for (const std::string& target : {inputs, seven}) {
+    auto same = graft("forward resnet18 --weights " + seven + " --inputs " + inputs + " --out " + target);
+    EXPECT_EQ(same.status, 1) << same.output;
+    EXPECT_TRUE(contains(same.output, "--out " + target + " is the file " + (target == inputs ? "--inputs" : "--weights")))
+        << same.output;
+  }
+  EXPECT_EQ(std::filesystem::file_size(inputs), before);
+  EXPECT_EQ(graft::SafeTensorsReader(seven).tensors().size(), tensors.size());
   std::filesystem::remove_all(dir);
 }
 

@@ -113,6 +113,24 @@ TEST(TextE2E, SentimentBertFromScratchClassifiesAboveChance) {
   EXPECT_EQ(exported_config["id2label"]["1"], "1");
   // A second export to the same place would overwrite: refused.
   EXPECT_NE(graft("export " + run_dir.string() + " --out " + exported.string()).status, 0);
+  // A folder of the user's named like the old temporary (OUT.tmp-export) was deleted; now it stays.
+  fs::create_directories(dir / "hf2.tmp-export");
+  std::ofstream(dir / "hf2.tmp-export" / "mine.txt") << "mine";
+  auto beside = graft("export " + run_dir.string() + " --out " + (dir / "hf2").string());
+  EXPECT_EQ(beside.status, 0) << beside.output;
+  EXPECT_EQ(read(dir / "hf2.tmp-export" / "mine.txt"), "mine");
+  // Export to "." (an empty working folder) worked only through a raw filesystem error; a second export
+  // there is refused by name, and no temporary is left behind either way.
+  fs::create_directories(dir / "here");
+  const std::string in_here = "cd " + (dir / "here").string() + " &&";
+  auto here = graft("export " + run_dir.string() + " --out .", in_here);
+  EXPECT_EQ(here.status, 0) << here.output;
+  EXPECT_TRUE(fs::is_regular_file(dir / "here" / "config.json"));
+  auto again = graft("export " + run_dir.string() + " --out .", in_here);
+  EXPECT_EQ(again.status, 1) << again.output;
+  EXPECT_NE(again.output.find(".: already exists"), std::string::npos) << again.output;
+  for (const auto& entry : fs::directory_iterator(dir))
+    EXPECT_EQ(entry.path().filename().string().find(".tmp-export-"), std::string::npos) << entry.path();
 
   // Mistakes get messages that name what is wrong.
   auto wrong_tokenizer = graft("train --task text-classify --model-config " + (dir / "config.json").string() +
@@ -160,6 +178,13 @@ TEST(TextE2E, StepScheduleFlagsReachTextRuns) {
   const auto spec = nlohmann::json::parse(read(dir / "run" / "graft.json"));
   EXPECT_EQ(spec["training"]["step_size"], 1);
   EXPECT_EQ(spec["training"]["gamma"], 0.5);
+  // A negative --max-length was accepted and then asked for the memory of the longest line times -1 as size_t.
+  auto negative = graft("train --task text-classify --model-config " + (dir / "config.json").string() + " --tokenizer " +
+                        kShared + "/tokenizers/bert-base-uncased/vocab.txt --data " + data +
+                        " --no-header --text-column 0 --label-column 1 --max-length -1 --out " + (dir / "bad").string());
+  EXPECT_EQ(negative.status, 1) << negative.output;
+  EXPECT_NE(negative.output.find("--max-length must lie in 2..65536"), std::string::npos) << negative.output;
+  EXPECT_FALSE(fs::exists(dir / "bad"));
   fs::remove_all(dir);
 }
 
@@ -218,6 +243,31 @@ TEST(TextE2E, Gpt2FineTuneLowersPerplexityAndGeneratesReproducibly) {
   auto too_long = graft("generate " + tuned.string() + " --prompt x --max-new-tokens 64");
   EXPECT_NE(too_long.status, 0);
   EXPECT_NE(too_long.output.find("64 positions"), std::string::npos) << too_long.output;
+
+  // Block sizes are checked before any text is read: 0 divided by zero (SIGFPE), 1 gave a NaN loss.
+  for (const char* bad : {"0", "1", "-5"}) {
+    auto refused = graft("train --task causal-lm --weights " + tuned.string() + " --data " +
+                         (dir / "part2.txt").string() + " --block-size " + bad + " --out " + (dir / "bad").string());
+    EXPECT_EQ(refused.status, 1) << refused.output;
+    EXPECT_NE(refused.output.find(std::string("--block-size must lie in 2..65536 (a token and the next one to predict, "
+                                              "at least), got ") + bad),
+              std::string::npos)
+        << refused.output;
+    EXPECT_FALSE(fs::exists(dir / "bad"));
+  }
+  // A run whose graft.json says block_size 0 (edited, or written by a hostile hand) is refused by eval by name.
+  fs::copy(tuned, dir / "zero", fs::copy_options::recursive);
+  auto zero_spec = nlohmann::json::parse(read(dir / "zero" / "graft.json"));
+  zero_spec["block_size"] = 0;
+  std::ofstream(dir / "zero" / "graft.json") << zero_spec.dump(2);
+  auto zero = graft("eval " + (dir / "zero").string() + " --data " + (dir / "val.txt").string());
+  EXPECT_EQ(zero.status, 1) << zero.output;
+  EXPECT_NE(zero.output.find("graft.json: field 'block_size' is 0 (expected an integer in 2..65536)"), std::string::npos)
+      << zero.output;
+  zero_spec["block_size"] = nlohmann::json::array({1, 2});
+  std::ofstream(dir / "zero" / "graft.json") << zero_spec.dump(2);
+  zero = graft("eval " + (dir / "zero").string() + " --data " + (dir / "val.txt").string());
+  EXPECT_NE(zero.output.find("field 'block_size' is [1,2] (expected an integer in 2..65536)"), std::string::npos) << zero.output;
 
   // chat: one reply line per input line.
   std::ofstream(dir / "questions.txt") << "Who art thou?\nWhat news?\n";
