@@ -42,6 +42,14 @@ struct RunSpec {
 nlohmann::json preprocessing_json(const Preprocessing& preprocessing);
 Preprocessing read_preprocessing(const nlohmann::json& pre, const std::string& file);
 
+// What `graft train --out DIR` may write into, checked before anything is read: a new or empty folder; a
+// graft run only with resume (continue it) or overwrite (its checkpoints are removed, its files replaced).
+// Refused with a message naming the option: a file, a non-empty folder that is not a graft run (a user's
+// weights folder, say), a folder equal to or inside one of `inputs` (--data, --val-data), and a folder that
+// is, or holds, one of `sources` (--weights, --init-from). Empty entries are ignored.
+void check_out_folder(const std::string& out, const std::vector<std::string>& inputs,
+                      const std::vector<std::string>& sources, bool resume, bool overwrite);
+
 // Writes model.safetensors and graft.json into dir (created if needed), each atomically.
 // `training` is the resolved training configuration, stored as is.
 void save_run(const std::string& dir, BackboneImpl& model, const RunSpec& spec, const nlohmann::json& training);

@@ -4,9 +4,10 @@
 
 #include "cli/commands.h"
 #include "graft/errors.h"
-#include "graft/json_file.h"
 #include "graft/hub.h"
 #include "graft/image_task.h"
+#include "graft/json_file.h"
+#include "graft/run.h"
 #include "graft/runtime.h"
 #include "graft/text_task.h"
 #include "graft/video_task.h"
@@ -23,6 +24,7 @@ void add_train_command(CLI::App& app) {
   auto text = std::make_shared<TextTrainOptions>();
   auto video = std::make_shared<VideoTrainOptions>();
   auto init_from = std::make_shared<std::string>();
+  auto overwrite = std::make_shared<bool>(false);
   command->add_option("--config", *config_file, "JSON file of options (keys as printed at start); flags override")
       ->check(CLI::ExistingFile);
   command->add_option("--task", *task, "image-classify | text-classify | causal-lm | video-classify");
@@ -67,6 +69,7 @@ void add_train_command(CLI::App& app) {
   command->add_option("--patience", o->train.early_stopping.patience, "early stopping patience (epochs)");
   command->add_option("--min-delta", o->train.early_stopping.min_delta, "smallest change that counts");
   command->add_flag("--resume", o->train.resume, "continue the run in --out from its last checkpoint");
+  command->add_flag("--overwrite", *overwrite, "replace the graft run in --out (its checkpoints are removed first)");
   command->add_option("--device", *device, "auto, cpu or cuda[:N]");
   auto* text_group = command->add_option_group("text", "text-classify and causal-lm");
   text_group->add_option("--model-config", text->model_config, "config.json of a new model trained from scratch");
@@ -88,7 +91,7 @@ void add_train_command(CLI::App& app) {
   video_group->add_flag("!--no-feature-cache", video->cache_features,
                         "frozen backbone: run it on every epoch's frames instead of caching (for comparison)");
 
-  command->callback([command, o, config_file, device, weight_decay, task, text, video, init_from] {
+  command->callback([command, o, config_file, device, weight_decay, task, text, video, init_from, overwrite] {
     auto flag_given = [&](const char* name) { return command->get_option(name)->count() > 0; };
     if (*task == "video-classify") {
       if (!config_file->empty()) throw Error("--config is read for image tasks only; give video options as flags");
@@ -114,6 +117,8 @@ void add_train_command(CLI::App& app) {
       for (const char* image_only : {"--head", "--strategy", "--stage1-epochs", "--backbone-lr-mult", "--limit"}) {
         if (flag_given(image_only)) throw Error(std::string(image_only) + " is an image option; --task video-classify does not take it");
       }
+      check_out_folder(options.out, {options.data}, {options.weights, options.init_from}, options.train.resume,
+                       *overwrite);
       VideoTrainResult result = train_video_classifier(options, std::cout);
       if (result.val_metrics) std::cout << "final validation accuracy: " << result.val_metrics->accuracy << "\n";
       return;
@@ -158,6 +163,8 @@ void add_train_command(CLI::App& app) {
                                      "--rotation", "--jitter", "--workers", "--limit", "--class-weights"}) {
         if (flag_given(image_only)) throw Error(std::string(image_only) + " is an image option; --task " + *task + " does not take it");
       }
+      check_out_folder(options.out, {options.data, options.val_data},
+                       {options.weights, options.tokenizer, options.model_config}, options.train.resume, *overwrite);
       TextTrainResult result = train_text_model(options, std::cout);
       if (result.val_metrics) {
         if (options.task == "causal-lm")
@@ -203,6 +210,8 @@ void add_train_command(CLI::App& app) {
     }
     options.train.resume = o->train.resume;
     options.train.device = parse_device(*device);
+    check_out_folder(options.out, {options.data}, {options.weights, options.init_from}, options.train.resume,
+                     *overwrite);
     ImageTrainResult result = train_image_classifier(options, std::cout);
     if (result.val_metrics) {
       std::cout << "final validation accuracy: " << result.val_metrics->accuracy << "\n";

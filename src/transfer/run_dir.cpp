@@ -50,6 +50,48 @@ void save_run(const std::string& dir, BackboneImpl& model, const RunSpec& spec, 
                   std::move(doc));
 }
 
+namespace {
+
+// path at or below folder, both as the file system resolves them (links and ".." included).
+bool is_at_or_below(const fs::path& path, const fs::path& folder) {
+  std::error_code error;
+  const fs::path p = fs::weakly_canonical(fs::absolute(path), error), f = fs::weakly_canonical(fs::absolute(folder), error);
+  auto it = p.begin();
+  for (auto part = f.begin(); part != f.end(); ++part, ++it)
+    if (it == p.end() || *it != *part) return false;
+  return true;
+}
+
+}  // namespace
+
+void check_out_folder(const std::string& out, const std::vector<std::string>& inputs,
+                      const std::vector<std::string>& sources, bool resume, bool overwrite) {
+  if (resume && overwrite) throw Error("give --resume (continue the run in --out) or --overwrite (replace it), not both");
+  for (const std::string& input : inputs)
+    if (!input.empty() && is_at_or_below(out, input))
+      throw Error("--out " + out + " lies inside the data " + input +
+                  " (its checkpoints would become data); choose a folder outside it");
+  for (const std::string& source : sources)
+    if (!source.empty() && is_at_or_below(source, out))
+      throw Error("--out " + out + " holds " + source + ", which this run reads its weights from; choose another --out");
+  std::error_code error;
+  if (!fs::exists(out, error)) return;
+  if (!fs::is_directory(out, error)) throw Error("--out " + out + " exists and is not a folder");
+  if (fs::is_empty(out, error)) return;
+  const bool run = fs::is_regular_file(fs::path(out) / "graft.json", error) ||
+                   fs::is_directory(fs::path(out) / "checkpoints", error);
+  if (!run)
+    throw Error("--out " + out + " is a folder that is not empty and holds no graft run; graft writes a new folder "
+                "(or continues its own run with --resume): choose another --out");
+  if (resume) return;
+  if (!overwrite)
+    throw Error("--out " + out + " already holds a graft run; add --resume to continue it, --overwrite to replace it, "
+                "or choose another --out");
+  // Replaced: its checkpoints go first, so that nothing of the old run is restored as the new run's best.
+  fs::remove_all(fs::path(out) / "checkpoints", error);
+  if (error) throw Error(out + "/checkpoints: cannot remove the old run's checkpoints: " + error.message());
+}
+
 json preprocessing_json(const Preprocessing& p) {
   return {{"size", p.size}, {"crop_pct", p.crop_pct}, {"mean", p.mean}, {"std", p.std}, {"interpolation", p.interpolation}};
 }

@@ -108,6 +108,36 @@ TEST(TrainE2E, TheRestoredBestEpochIsAnnouncedAndReported) {
   EXPECT_EQ(rotation.status, 1) << rotation.output;
   EXPECT_NE(rotation.output.find("--rotation augments training images"), std::string::npos) << rotation.output;
   EXPECT_FALSE(fs::exists(dir / "refused"));
+
+  // --out never replaces what the user has (#14.6): a graft run without --resume or --overwrite, a folder of
+  // the user's, a folder inside --data, the folder the weights come from. Each is refused before any data is read.
+  const auto saved_at = fs::last_write_time(dir / "run" / "model.safetensors");
+  const std::string again = "train --model resnet18 --data " + kFashion +
+                            " --limit 200 --image-size 32 --epochs 1 --batch-size 64 --out ";
+  auto replace = graft(again + run);
+  EXPECT_EQ(replace.status, 1) << replace.output;
+  EXPECT_NE(replace.output.find("already holds a graft run; add --resume to continue it, --overwrite to replace it"),
+            std::string::npos)
+      << replace.output;
+  EXPECT_EQ(fs::last_write_time(dir / "run" / "model.safetensors"), saved_at);
+  fs::create_directories(dir / "mine");
+  std::ofstream(dir / "mine" / "model.safetensors") << "the user's";
+  auto user = graft(again + (dir / "mine").string());
+  EXPECT_EQ(user.status, 1) << user.output;
+  EXPECT_NE(user.output.find("is a folder that is not empty and holds no graft run"), std::string::npos) << user.output;
+  auto from_there = graft("train --model resnet18 --weights " + (dir / "mine" / "model.safetensors").string() +
+                          " --data " + kFashion + " --out " + (dir / "mine").string());
+  EXPECT_EQ(from_there.status, 1) << from_there.output;
+  EXPECT_NE(from_there.output.find("which this run reads its weights from"), std::string::npos) << from_there.output;
+  std::ifstream mine(dir / "mine" / "model.safetensors");
+  EXPECT_EQ(std::string((std::istreambuf_iterator<char>(mine)), std::istreambuf_iterator<char>()), "the user's");
+  auto inside = graft(again + kFashion + "/graft_run_inside_data");
+  EXPECT_EQ(inside.status, 1) << inside.output;
+  EXPECT_NE(inside.output.find("lies inside the data"), std::string::npos) << inside.output;
+  EXPECT_FALSE(fs::exists(kFashion + "/graft_run_inside_data"));
+  auto over = graft(again + run + " --overwrite");
+  EXPECT_EQ(over.status, 0) << over.output;
+  EXPECT_NE(fs::last_write_time(dir / "run" / "model.safetensors"), saved_at);
   fs::remove_all(dir);
 }
 

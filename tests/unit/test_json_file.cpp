@@ -78,7 +78,9 @@ TEST(JsonFile, EveryReaderRefusesDeepNesting) {
   const std::string run = write("graft.json", "{\"task\": \"image-classify\", \"classes\": " + kDeep + "}");
   expect_format_error([&] { read_run_spec(run); }, run, "nests JSON deeper than 128 levels");
   const std::string lines = write("data.jsonl", "{\"text\": \"a\", \"label\": \"x\"}\n{\"text\": " + kDeep + "}\n");
-  expect_format_error([&] { read_text_examples(lines, TextColumns{"jsonl"}); }, lines, "line 2 nests JSON deeper");
+  TextColumns jsonl;
+  jsonl.format = "jsonl";
+  expect_format_error([&] { read_text_examples(lines, jsonl); }, lines, "line 2 nests JSON deeper");
   // A wrong type within the bound is quoted as an excerpt, not whole.
   std::string wide = "[";
   for (int i = 0; i < 100000; ++i) wide += "1,";
