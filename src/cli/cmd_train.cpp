@@ -184,7 +184,8 @@ void add_train_command(CLI::App& app) {
     }
     ImageTrainOptions options;
     if (!config_file->empty()) {
-      apply_json(options, read_json_file(*config_file, uint64_t{16} << 20)  /* a training config is a few KiB */, *config_file);
+      const uint64_t max_config_bytes = uint64_t{16} << 20;  // a training config is a few KiB
+      apply_json(options, read_json_file(*config_file, max_config_bytes), *config_file);
     }
     // Flags given on the command line override the file.
     nlohmann::json flags = to_json(*o), given;

@@ -52,10 +52,13 @@ void save_run(const std::string& dir, BackboneImpl& model, const RunSpec& spec, 
 
 namespace {
 
-// path at or below folder, both as the file system resolves them (links and ".." included).
+// path at or below folder, both as the file system resolves them (links and ".." included). A path that
+// cannot be resolved is not known to lie there (an empty resolved folder would otherwise hold everything).
 bool is_at_or_below(const fs::path& path, const fs::path& folder) {
-  std::error_code error;
-  const fs::path p = fs::weakly_canonical(fs::absolute(path), error), f = fs::weakly_canonical(fs::absolute(folder), error);
+  std::error_code path_error, folder_error;
+  const fs::path p = fs::weakly_canonical(fs::absolute(path), path_error);
+  const fs::path f = fs::weakly_canonical(fs::absolute(folder), folder_error);
+  if (path_error || folder_error || f.empty()) return false;
   auto it = p.begin();
   for (auto part = f.begin(); part != f.end(); ++part, ++it)
     if (it == p.end() || *it != *part) return false;
