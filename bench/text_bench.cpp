@@ -16,6 +16,8 @@
 //       --profile writes libtorch's operator profile of the timed steps as a Chrome trace.
 //   graft_text_bench info
 //       graft::runtime_info(): versions, threads, BLAS, for the results' machine line.
+#include <torch/csrc/autograd/profiler_legacy.h>
+
 #include <algorithm>
 #include <chrono>
 #include <fstream>
@@ -25,8 +27,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <torch/csrc/autograd/profiler_legacy.h>
 
 #include "graft/bert.h"
 #include "graft/errors.h"

@@ -174,9 +174,12 @@ json matmul(const Args& args) {
     times.push_back(seconds_since(start));
   }
   const double onednn = 2.0 * 32768 * 1024 * 1024 / median(times) / 1e9;
-  return {{"mode", "matmul"},         {"n", n},
-          {"blas_gflop_per_s", blas}, {"onednn_gflop_per_s", onednn},
-          {"gflop_per_s", std::max(blas, onednn)}, {"peak_rss_mb", peak_rss_mb()}};
+  return {{"mode", "matmul"},
+          {"n", n},
+          {"blas_gflop_per_s", blas},
+          {"onednn_gflop_per_s", onednn},
+          {"gflop_per_s", std::max(blas, onednn)},
+          {"peak_rss_mb", peak_rss_mb()}};
 }
 
 json pipeline(const Args& args) {

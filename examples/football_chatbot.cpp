@@ -36,7 +36,8 @@ int main(int argc, char** argv) try {
   graft::HfLoadOptions options;
   options.architecture = "GPT2LMHeadModel";
   const bool from_config = fs::path(model_path).extension() == ".json";
-  graft::HfModel hf = from_config ? graft::build_hf_model(model_path, options) : graft::load_hf_model(model_path, options);
+  graft::HfModel hf =
+      from_config ? graft::build_hf_model(model_path, options) : graft::load_hf_model(model_path, options);
   const char* tokenizer_env = std::getenv("GRAFT_TOKENIZER");
   auto tokenizer = graft::load_tokenizer(tokenizer_env ? tokenizer_env : model_path);
   const int64_t eos = tokenizer->eos_id().value_or(50256);
@@ -52,7 +53,8 @@ int main(int argc, char** argv) try {
     longest = std::max(longest, encoded.back().size());
   }
   const auto n = static_cast<int64_t>(encoded.size()), length = static_cast<int64_t>(longest);
-  torch::Tensor ids = torch::full({n, length}, eos, torch::kLong), mask = torch::zeros({n, length}, torch::kLong);
+  torch::Tensor ids = torch::full({n, length}, eos, torch::kLong),
+                mask = torch::zeros({n, length}, torch::kLong);
   for (int64_t i = 0; i < n; ++i) {
     const auto& row = encoded[static_cast<size_t>(i)];
     ids[i].narrow(0, 0, static_cast<int64_t>(row.size())).copy_(torch::tensor(row, torch::kLong));
@@ -95,10 +97,13 @@ int main(int argc, char** argv) try {
   for (const std::string question : {"How long is a football match?", "What does a red card mean?"}) {
     const std::string prompt = "User: " + question + " Bot:";
     std::vector<int64_t> prompt_ids = tokenizer->encode(prompt).ids;
-    generate.max_new_tokens = std::min<int64_t>(40, model->config().n_positions - static_cast<int64_t>(prompt_ids.size()));
-    const torch::Tensor out = model->generate(torch::tensor(prompt_ids, torch::kLong).unsqueeze(0), generate)[0];
+    generate.max_new_tokens =
+        std::min<int64_t>(40, model->config().n_positions - static_cast<int64_t>(prompt_ids.size()));
+    const torch::Tensor out =
+        model->generate(torch::tensor(prompt_ids, torch::kLong).unsqueeze(0), generate)[0];
     std::vector<int64_t> answer;
-    for (int64_t t = static_cast<int64_t>(prompt_ids.size()); t < out.size(0) && out[t].item<int64_t>() != eos; ++t)
+    for (int64_t t = static_cast<int64_t>(prompt_ids.size());
+         t < out.size(0) && out[t].item<int64_t>() != eos; ++t)
       answer.push_back(out[t].item<int64_t>());
     std::cout << "User: " << question << "\nBot:" << tokenizer->decode(answer) << "\n";
   }

@@ -54,7 +54,8 @@ int main(int argc, char** argv) try {
   config.optimizer.lr = 1e-3;
   config.out_dir = run_dir + "/stage1";
   config.class_names = data.classes;
-  graft::Trainer stage1(model, [&](const torch::Tensor& x) { return model->forward(x); }, config);
+  graft::Trainer stage1(
+      model, [&](const torch::Tensor& x) { return model->forward(x); }, config);
   stage1.fit(train, &val);
 
   // 5. Stage 2: unfreeze the last 10 layers of the backbone and continue at a low rate.
@@ -62,7 +63,8 @@ int main(int argc, char** argv) try {
   config.epochs = 5;
   config.optimizer.lr = 1e-5;
   config.out_dir = run_dir + "/stage2";
-  graft::Trainer stage2(model, [&](const torch::Tensor& x) { return model->forward(x); }, config);
+  graft::Trainer stage2(
+      model, [&](const torch::Tensor& x) { return model->forward(x); }, config);
   graft::TrainHistory history = stage2.fit(train, &val);
 
   const auto& last = history.epochs.back();

@@ -23,7 +23,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-void write_demo_clips(const fs::path& root, const std::vector<std::string>& kinds, int per_class, unsigned seed) {
+void write_demo_clips(const fs::path& root, const std::vector<std::string>& kinds, int per_class,
+                      unsigned seed) {
   std::mt19937 rng(seed);
   for (const auto& kind : kinds) {
     fs::create_directories(root / kind);
@@ -108,10 +109,12 @@ int main(int argc, char** argv) try {
   config.class_names = clips.classes;
   config.sample_unit = "clip";
   config.progress = false;
-  graft::Trainer trainer(model, [model](const torch::Tensor& x) { return model->forward(x); }, config);
+  graft::Trainer trainer(
+      model, [model](const torch::Tensor& x) { return model->forward(x); }, config);
   trainer.fit(train_source, &val_source);
   const graft::Metrics metrics = trainer.evaluate(val_source, "val");
-  std::cout << graft::metrics_report(metrics, clips.classes) << "held-out accuracy: " << metrics.accuracy << "\n";
+  std::cout << graft::metrics_report(metrics, clips.classes) << "held-out accuracy: " << metrics.accuracy
+            << "\n";
   return 0;
 } catch (const std::exception& e) {
   std::cerr << "nba_plays: " << e.what() << "\n";

@@ -41,9 +41,12 @@ int main(int argc, char** argv) try {
   options.architecture = "BertForSequenceClassification";
   options.num_labels = 2;
   const bool from_config = fs::path(model_path).extension() == ".json";
-  graft::HfModel hf = from_config ? graft::build_hf_model(model_path, options) : graft::load_hf_model(model_path, options);
+  graft::HfModel hf =
+      from_config ? graft::build_hf_model(model_path, options) : graft::load_hf_model(model_path, options);
   const char* vocab = std::getenv("GRAFT_VOCAB");
-  const std::string tokenizer_path = vocab ? vocab : from_config ? fs::path(model_path).parent_path().string() : model_path;
+  const std::string tokenizer_path = vocab         ? vocab
+                                     : from_config ? fs::path(model_path).parent_path().string()
+                                                   : model_path;
   auto tokenizer = graft::load_tokenizer(tokenizer_path);
   auto model = hf.as<graft::BertForSequenceClassificationImpl>();
 
@@ -63,7 +66,8 @@ int main(int argc, char** argv) try {
   auto batch_of = [&](const std::vector<graft::TextExample>& set, size_t begin, size_t end) {
     std::vector<std::string> texts;
     std::vector<int64_t> labels;
-    for (size_t i = begin; i < end; ++i) texts.push_back(set[i].text), labels.push_back(std::stoll(set[i].label));
+    for (size_t i = begin; i < end; ++i)
+      texts.push_back(set[i].text), labels.push_back(std::stoll(set[i].label));
     graft::EncodedBatch batch = graft::to_tensors(tokenizer->encode_batch(texts, encode));
     graft::TextInputs inputs(batch.input_ids, batch.attention_mask);
     inputs.token_type_ids = batch.token_type_ids;
@@ -74,12 +78,15 @@ int main(int argc, char** argv) try {
   // 3. AdamW, no decay on biases and LayerNorm, linear warm-up over 10% of the steps then linear decay.
   std::vector<torch::Tensor> decay, no_decay;
   for (const auto& p : model->named_parameters()) {
-    const bool plain = p.key().find("bias") != std::string::npos || p.key().find("LayerNorm") != std::string::npos;
+    const bool plain =
+        p.key().find("bias") != std::string::npos || p.key().find("LayerNorm") != std::string::npos;
     (plain ? no_decay : decay).push_back(p.value());
   }
   std::vector<torch::optim::OptimizerParamGroup> groups;
-  groups.emplace_back(decay, std::make_unique<torch::optim::AdamWOptions>(torch::optim::AdamWOptions(lr).weight_decay(0.01)));
-  groups.emplace_back(no_decay, std::make_unique<torch::optim::AdamWOptions>(torch::optim::AdamWOptions(lr).weight_decay(0.0)));
+  groups.emplace_back(
+      decay, std::make_unique<torch::optim::AdamWOptions>(torch::optim::AdamWOptions(lr).weight_decay(0.01)));
+  groups.emplace_back(no_decay, std::make_unique<torch::optim::AdamWOptions>(
+                                    torch::optim::AdamWOptions(lr).weight_decay(0.0)));
   torch::optim::AdamW optimizer(std::move(groups), torch::optim::AdamWOptions(lr));
   const size_t batch_size = 32;
   const int64_t steps_per_epoch = static_cast<int64_t>((train.size() + batch_size - 1) / batch_size);
@@ -96,7 +103,8 @@ int main(int argc, char** argv) try {
     for (size_t begin = 0; begin < train.size(); begin += batch_size) {
       for (auto& group : optimizer.param_groups()) group.options().set_lr(lr * schedule.factor(step));
       optimizer.zero_grad();
-      const torch::Tensor loss = model->forward(batch_of(train, begin, std::min(train.size(), begin + batch_size))).loss;
+      const torch::Tensor loss =
+          model->forward(batch_of(train, begin, std::min(train.size(), begin + batch_size))).loss;
       loss.backward();
       torch::nn::utils::clip_grad_norm_(model->parameters(), 1.0);
       optimizer.step();
@@ -118,7 +126,8 @@ int main(int argc, char** argv) try {
   // 6. Use it.
   model->eval();
   torch::NoGradGuard no_grad;
-  for (const std::string text : {"I love this phone, the battery lasts for days.", "Worst service ever, never again."}) {
+  for (const std::string text :
+       {"I love this phone, the battery lasts for days.", "Worst service ever, never again."}) {
     graft::EncodedBatch batch = graft::to_tensors(tokenizer->encode(text, encode));
     graft::TextInputs inputs(batch.input_ids, batch.attention_mask);
     const torch::Tensor probs = torch::softmax(model->forward(inputs).logits, -1)[0];

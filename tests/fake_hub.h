@@ -22,8 +22,8 @@
 #include <fstream>
 #include <map>
 #include <mutex>
-#include <sstream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -35,10 +35,10 @@ namespace graft::testing {
 
 struct FakeFile {
   std::string content;
-  bool lfs = false;             // served through the CDN redirect, ETag = SHA-256 of the content
-  std::string sha256_override;  // LFS: announce this SHA-256 instead of the content's (a corrupt file)
+  bool lfs = false;               // served through the CDN redirect, ETag = SHA-256 of the content
+  std::string sha256_override;    // LFS: announce this SHA-256 instead of the content's (a corrupt file)
   std::string git_etag_override;  // kept in git: announce this blob id instead of the content's
-  int drops = 0;                // the next `drops` content GETs send `drop_after` bytes and hang up
+  int drops = 0;                  // the next `drops` content GETs send `drop_after` bytes and hang up
   size_t drop_after = 0;
 };
 

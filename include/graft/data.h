@@ -123,7 +123,7 @@ struct TransformConfig {
   // eval: no crop; the whole image, as float pixels / 255, resized to size x size by bilinear
   // interpolation with aligned corners (TF.js resizeBilinear(alignCorners=true), as nsfwjs feeds it)
   bool align_corners = false;
-  bool dct_scaling = true;      // let JPEGs decode at 1/2..1/8 when large enough (see decode_min_side)
+  bool dct_scaling = true;  // let JPEGs decode at 1/2..1/8 when large enough (see decode_min_side)
 };
 
 // The smallest shorter side a decoded image needs for `config` (0 when dct_scaling is off): eval needs

@@ -21,9 +21,9 @@ std::string pooling_name(Pooling pooling);
 // One layer of a head after the pooling: "dropout:P", "dense:N[:ACT]", "bn" (BatchNorm1d).
 struct HeadLayerSpec {
   enum class Kind { kDense, kDropout, kBatchNorm } kind = Kind::kDense;
-  int64_t units = 0;        // dense outputs
-  double rate = 0.0;        // dropout probability
-  std::string activation;   // "", "relu", "gelu", "silu", "tanh", "sigmoid", "softmax"
+  int64_t units = 0;       // dense outputs
+  double rate = 0.0;       // dropout probability
+  std::string activation;  // "", "relu", "gelu", "silu", "tanh", "sigmoid", "softmax"
 };
 
 // "avg,dropout:0.2,dense:512:relu,dense:10": pooling first (avg|max|flatten|none, default avg), then

@@ -20,9 +20,9 @@ struct ImageTrainOptions {
   // An earlier image run directory to start from: its model, head and weights (the last classifier layer
   // new when the class count differs). model and head default to the run's.
   std::string init_from;
-  std::string data;     // image folder (class subfolders, or train/ + val/), or a folder of IDX files
-  std::string out;      // run directory
-  std::string head;     // head spec; empty: "avg,dense:C". A head without a final dense gets dense:C.
+  std::string data;  // image folder (class subfolders, or train/ + val/), or a folder of IDX files
+  std::string out;   // run directory
+  std::string head;  // head spec; empty: "avg,dense:C". A head without a final dense gets dense:C.
   std::string strategy = "fine-tune";  // feature-extract | fine-tune | two-stage
   std::string freeze;                  // fine-tune / two-stage stage 2; empty: none
   int64_t stage1_epochs = 0;           // two-stage: epochs of head-only training (0: half the epochs)
@@ -32,12 +32,12 @@ struct ImageTrainOptions {
   bool validate = true;    // false: no validation pass (benchmarks, or no held-out data wanted)
   int64_t batch_size = 32;
   int64_t image_size = 0;  // 0: the model's pretrained input size
-  bool augment = true;     // random resized crop + flip on training images (never for feature-extract's cache)
+  bool augment = true;  // random resized crop + flip on training images (never for feature-extract's cache)
   double rotation = 0.0;
   double jitter = 0.0;
-  int workers = 0;         // decoding threads; 0: cores
-  size_t limit = 0;        // IDX data: keep this many training images (and limit/4 validation), seeded
-  TrainConfig train;       // epochs, optimiser, schedule, loss, early stopping, seed, device, resume
+  int workers = 0;    // decoding threads; 0: cores
+  size_t limit = 0;   // IDX data: keep this many training images (and limit/4 validation), seeded
+  TrainConfig train;  // epochs, optimiser, schedule, loss, early stopping, seed, device, resume
 };
 
 struct ImageTrainResult {
@@ -87,7 +87,8 @@ struct ImageData {
   std::vector<std::string> skipped;  // what the folder scan left out and why (ImageList::skipped)
 };
 ImageData open_image_data(const std::string& data, const TransformConfig& train_transform,
-                          const TransformConfig& eval_transform, double val_split, uint64_t seed, size_t limit);
+                          const TransformConfig& eval_transform, double val_split, uint64_t seed,
+                          size_t limit);
 // Every image of a data folder for evaluation, with the run's class names imposed.
 std::shared_ptr<Dataset> open_eval_data(const std::string& data, const std::vector<std::string>& classes,
                                         const TransformConfig& transform, size_t limit);

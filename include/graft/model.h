@@ -40,12 +40,14 @@ struct PretrainedCfg {
                      // architecture's own classifier
   // Weights graft fetches itself: a safetensors file (graft names) under cache_dir(), and the command
   // that puts it there. Empty when graft cannot fetch them.
-  std::string cache_file;  // e.g. "nsfwjs-4.4.0/mobilenet_v2.safetensors"
+  std::string cache_file;     // e.g. "nsfwjs-4.4.0/mobilenet_v2.safetensors"
   std::string fetch_command;  // e.g. "scripts/fetch-weights nsfwjs"
 };
 
 // Video weights take clips: their input_size has four entries, (C, T, H, W).
-inline bool is_video_cfg(const PretrainedCfg& cfg) { return cfg.input_size.size() == 4; }
+inline bool is_video_cfg(const PretrainedCfg& cfg) {
+  return cfg.input_size.size() == 4;
+}
 // (H, W) of the input the weights take: the last two entries of input_size, image or video.
 // Throws graft::Error when input_size has neither 3 nor 4 entries.
 std::array<int64_t, 2> input_hw(const PretrainedCfg& cfg);

@@ -2,13 +2,13 @@
 // Only third-party headers belong here, so that editing graft never invalidates it.
 #pragma once
 #include <torch/torch.h>
-#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <unordered_map>

@@ -4,10 +4,9 @@
 //                      configuration, versions
 //   metrics.csv, training_curves.svg, confusion_matrix.svg, checkpoints/  (written by the Trainer)
 #pragma once
-#include <nlohmann/json_fwd.hpp>
-
 #include <array>
 #include <map>
+#include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <vector>
 
@@ -32,7 +31,7 @@ struct RunSpec {
   std::string freeze;  // the freeze spec in force at the end of training (informational)
   std::vector<std::string> classes;
   Preprocessing preprocessing;
-  std::string data;  // where the training data came from (informational)
+  std::string data;             // where the training data came from (informational)
   std::string weights_save_id;  // ties graft.json to its model.safetensors; "" in older runs
 };
 
@@ -52,7 +51,8 @@ void check_out_folder(const std::string& out, const std::vector<std::string>& in
 
 // Writes model.safetensors and graft.json into dir (created if needed), each atomically.
 // `training` is the resolved training configuration, stored as is.
-void save_run(const std::string& dir, BackboneImpl& model, const RunSpec& spec, const nlohmann::json& training);
+void save_run(const std::string& dir, BackboneImpl& model, const RunSpec& spec,
+              const nlohmann::json& training);
 
 // The two files of a run directory: the weights (model.safetensors), then graft.json, each written
 // atomically and tied by a random save id kept in both (safetensors metadata graft_save_id, graft.json

@@ -41,6 +41,7 @@ std::vector<std::string> label_classes(const std::vector<TextExample>& examples)
 // a .jsonl file gives one document per line from the key `text_key`. Several comma-separated files are
 // read in order.
 std::vector<std::string> read_lm_documents(const std::string& path, bool line_by_line,
-                                           const std::string& text_key = "text", const std::string& format = "auto");
+                                           const std::string& text_key = "text",
+                                           const std::string& format = "auto");
 
 }  // namespace graft

@@ -36,8 +36,8 @@ struct TextTrainOptions {
   TextColumns columns;       // text-classify columns and format; causal-lm jsonl reads columns.text
   double val_split = 0.1;
   bool validate = true;
-  int64_t max_length = 128;  // text-classify: tokens per example (longer ones truncated)
-  int64_t block_size = 128;  // causal-lm: tokens per block (at most n_positions)
+  int64_t max_length = 128;   // text-classify: tokens per example (longer ones truncated)
+  int64_t block_size = 128;   // causal-lm: tokens per block (at most n_positions)
   bool line_by_line = false;  // causal-lm: one example per line (+ eos), padded, instead of packed blocks
   std::string freeze;         // freeze spec over the model's modules, e.g. "until:bert.encoder.layer.10"
   double warmup_ratio = 0.1;  // warm-up steps as a fraction of all steps (ignored when warmup_steps > 0)
@@ -49,7 +49,7 @@ struct TextTrainOptions {
 
 struct TextTrainResult {
   TrainHistory history;
-  std::optional<Metrics> val_metrics;  // the saved model on the validation data
+  std::optional<Metrics> val_metrics;            // the saved model on the validation data
   int64_t train_examples = 0, val_examples = 0;  // examples, or blocks for packed causal-lm
 };
 
@@ -60,9 +60,9 @@ nlohmann::json to_json(const TextTrainOptions& options);
 // A text run directory (or any Hugging Face folder with tokenizer files) ready for use.
 struct TextRun {
   std::string dir;
-  std::string task;          // text-classify | causal-lm
-  std::string model_type;    // bert | gpt2
-  std::string architecture;  // BertForSequenceClassification | GPT2LMHeadModel
+  std::string task;                           // text-classify | causal-lm
+  std::string model_type;                     // bert | gpt2
+  std::string architecture;                   // BertForSequenceClassification | GPT2LMHeadModel
   std::shared_ptr<torch::nn::Module> module;  // in eval mode
   std::shared_ptr<Tokenizer> tokenizer;
   std::vector<std::string> classes;  // text-classify
@@ -88,7 +88,8 @@ std::vector<TextPrediction> predict_texts(TextRun& run, const std::vector<std::s
 
 // The prompt continued by the run's language model; returns the new text only. on_text, when given,
 // receives the text as it is produced (whole characters only) and may stop generation by returning false.
-std::string generate_text(TextRun& run, const std::string& prompt, GenerateOptions options, torch::Device device,
+std::string generate_text(TextRun& run, const std::string& prompt, GenerateOptions options,
+                          torch::Device device,
                           const std::function<bool(const std::string& piece)>& on_text = {});
 
 // Copies the Hugging Face files of a text run (config.json, model.safetensors, tokenizer files) into

@@ -43,7 +43,7 @@ struct OptimizerConfig {
 struct ParamGroup {
   std::vector<torch::Tensor> params;
   double lr_mult = 1.0;
-  std::string name;  // for messages and checkpoints: "backbone", "head"
+  std::string name;              // for messages and checkpoints: "backbone", "head"
   bool no_weight_decay = false;  // biases and LayerNorm weights, as Hugging Face's Trainer groups them
 };
 
@@ -134,8 +134,8 @@ torch::Tensor causal_lm_loss(const torch::Tensor& logits, const torch::Tensor& l
 // Metrics (src/train/metrics.cpp)
 
 struct Metrics {
-  int64_t samples = 0;                          // examples, or predicted tokens for token-level metrics
-  bool token_level = false;                     // causal LM: accuracy of next-token predictions, no classes
+  int64_t samples = 0;       // examples, or predicted tokens for token-level metrics
+  bool token_level = false;  // causal LM: accuracy of next-token predictions, no classes
   int64_t num_classes = 0;
   double loss = 0.0;                            // mean over samples
   double accuracy = 0.0;                        // top-1
@@ -344,8 +344,8 @@ void write_confusion_matrix_svg(const std::string& path, const Metrics& metrics,
 // The final evaluation of a run's saved model on its validation data: val_report.txt and, for classes,
 // confusion_matrix.svg in out_dir (both from the same metrics, so they describe the model that was saved),
 // and the report on log.
-void write_val_report(const std::string& out_dir, const Metrics& metrics, const std::vector<std::string>& class_names,
-                      std::ostream& log);
+void write_val_report(const std::string& out_dir, const Metrics& metrics,
+                      const std::vector<std::string>& class_names, std::ostream& log);
 
 // ---------------------------------------------------------------------------------------------------
 // Trainer (src/train/trainer.cpp)

@@ -38,15 +38,17 @@ void write_video(const std::string& path, const std::vector<Image>& frames, int 
 
 // Indices of T frames out of `available`: uniform (evenly spaced centres, eval) or one random frame from
 // each of T equal segments (train). Throws graft::Error when available < T.
-std::vector<int64_t> sample_frame_indices(int64_t available, int64_t frames, bool random, std::mt19937_64& rng);
+std::vector<int64_t> sample_frame_indices(int64_t available, int64_t frames, bool random,
+                                          std::mt19937_64& rng);
 
 struct ClipConfig {
-  int64_t frames = 8;          // T
-  TransformConfig transform;   // size, crop_pct, mean/std, train (random crop + flip for the whole clip)
+  int64_t frames = 8;         // T
+  TransformConfig transform;  // size, crop_pct, mean/std, train (random crop + flip for the whole clip)
 };
 
 // (T, 3, size, size) float32 from decoded frames.
-torch::Tensor transform_clip(const std::vector<Image>& frames, const ClipConfig& config, std::mt19937_64& rng);
+torch::Tensor transform_clip(const std::vector<Image>& frames, const ClipConfig& config,
+                             std::mt19937_64& rng);
 
 struct ClipList {
   std::vector<LabeledPath> clips;  // a video file or a frame folder each

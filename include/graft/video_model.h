@@ -21,7 +21,7 @@ struct TemporalSpec {
   int64_t hidden = 256;
   int64_t layers = 1;
   bool bidirectional = false;
-  double dropout = 0.0;  // before the classifier
+  double dropout = 0.0;                                // before the classifier
   static TemporalSpec parse(const std::string& text);  // throws SpecError naming the bad term
   std::string to_string() const;
   int64_t output_size(int64_t features) const;  // width the classifier sees
@@ -54,6 +54,8 @@ class TimeDistributedClassifierImpl : public torch::nn::Module {
 TORCH_MODULE(TimeDistributedClassifier);
 
 // True for a backbone whose input is a clip (N, 3, T, H, W): its pretrained input_size has 4 entries.
-inline bool is_video_backbone(const BackboneImpl& model) { return is_video_cfg(model.default_cfg()); }
+inline bool is_video_backbone(const BackboneImpl& model) {
+  return is_video_cfg(model.default_cfg());
+}
 
 }  // namespace graft

@@ -14,13 +14,14 @@
 namespace graft {
 
 struct VideoTrainOptions {
-  std::string model;                  // image backbone ARCH[.TAG] (with `temporal`) or a 3D CNN (r3d_18, ...)
-  std::string weights;                // backbone weights (safetensors, reference names); empty: as the tag says
-  std::string temporal = "lstm:256";  // lstm:H | gru:H [:bi] [:layers=N] [:dropout=P] | avg; unused by 3D CNNs
+  std::string model;    // image backbone ARCH[.TAG] (with `temporal`) or a 3D CNN (r3d_18, ...)
+  std::string weights;  // backbone weights (safetensors, reference names); empty: as the tag says
+  std::string temporal =
+      "lstm:256";  // lstm:H | gru:H [:bi] [:layers=N] [:dropout=P] | avg; unused by 3D CNNs
   // An earlier run to start from: a video run (its whole model; a new fc when the classes differ) or an image
   // run (its backbone without its classifier, and its preprocessing).
   std::string init_from;
-  std::string data;       // root/<class>/<clip> (video files or frame folders), or root/train + root/val
+  std::string data;  // root/<class>/<clip> (video files or frame folders), or root/train + root/val
   std::string out;
   // backbone | backbone,temporal | none | all | any freeze spec over the model's parameter names
   std::string freeze = "backbone";
@@ -28,10 +29,11 @@ struct VideoTrainOptions {
   int64_t image_size = 0;  // 0: the backbone's
   double val_split = 0.2;
   bool validate = true;
-  bool augment = true;  // random crop + flip per clip when the backbone trains
+  bool augment = true;    // random crop + flip per clip when the backbone trains
   double rotation = 0.0;  // training clips: random rotation up to this many degrees (one angle per clip)
   double jitter = 0.0;    // training clips: colour jitter strength
-  bool cache_features = true;  // frozen image backbone: per-frame features once (false: every epoch, to compare)
+  bool cache_features =
+      true;  // frozen image backbone: per-frame features once (false: every epoch, to compare)
   int64_t batch_size = 8;
   int workers = 0;
   TrainConfig train;

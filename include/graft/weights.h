@@ -23,7 +23,7 @@ constexpr size_t kMaxSafetensorsTensors = 1u << 20;
 
 struct TensorInfo {
   std::string name;
-  std::string dtype;           // safetensors dtype string: F32, F16, BF16, F64, I64, I32, I16, I8, U8, BOOL
+  std::string dtype;  // safetensors dtype string: F32, F16, BF16, F64, I64, I32, I16, I8, U8, BOOL
   std::vector<int64_t> shape;
   uint64_t begin = 0, end = 0;  // byte offsets within the data section
 };
@@ -83,7 +83,7 @@ struct LoadReport {
   std::vector<std::string> missing;     // in the module, absent from the source
   std::vector<std::string> unexpected;  // in the source, absent from the module
   std::vector<ShapeMismatchEntry> mismatched;
-  std::vector<std::string> skipped;     // under a skip prefix, skipped on purpose (replaced head)
+  std::vector<std::string> skipped;  // under a skip prefix, skipped on purpose (replaced head)
   // Shape of each missing name (the module's) and unexpected name (the source's), for messages.
   std::map<std::string, std::vector<int64_t>> shapes;
   bool ok() const { return missing.empty() && unexpected.empty() && mismatched.empty(); }

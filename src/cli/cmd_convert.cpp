@@ -21,8 +21,9 @@ void add_convert_command(CLI::App& app) {
   auto args = std::make_shared<Args>();
   auto* command = app.add_subcommand(
       "convert", "convert Keras .h5 or TF.js layers-model weights to safetensors with graft names");
-  command->add_option("input", args->input,
-                      "Keras .h5 file (full model or weights), TF.js model.json / model.min.js, or its folder")
+  command
+      ->add_option("input", args->input,
+                   "Keras .h5 file (full model or weights), TF.js model.json / model.min.js, or its folder")
       ->required()
       ->check(CLI::ExistingPath);
   command->add_option("--to", args->output, "output safetensors file")->required();

@@ -5,9 +5,9 @@
 #include "cli/commands.h"
 #include "graft/errors.h"
 #include "graft/image_task.h"
+#include "graft/runtime.h"
 #include "graft/text_task.h"
 #include "graft/video_task.h"
-#include "graft/runtime.h"
 
 namespace graft::cli {
 
@@ -20,7 +20,10 @@ void add_eval_command(CLI::App& app) {
   auto limit = std::make_shared<size_t>(0);
   auto svg = std::make_shared<std::string>();
   command->add_option("run", *run_dir, "run directory written by graft train")->required();
-  command->add_option("--data", *data, "labelled images: DATA/<class>/*.jpg (DATA/val when DATA has train/ + val/); text runs: a data file")
+  command
+      ->add_option("--data", *data,
+                   "labelled images: DATA/<class>/*.jpg (DATA/val when DATA has train/ + val/); text runs: a "
+                   "data file")
       ->required();
   command->add_option("--batch-size", *batch, "images per batch");
   command->add_option("--limit", *limit, "IDX data: images to evaluate (0: all)");
@@ -55,7 +58,8 @@ void add_eval_command(CLI::App& app) {
     }
     LoadedRun run = load_run(*run_dir);
     const torch::Device dev = parse_device(*device);
-    auto dataset = open_eval_data(*data, run.spec.classes, transform_for(run.spec.preprocessing, false), *limit);
+    auto dataset =
+        open_eval_data(*data, run.spec.classes, transform_for(run.spec.preprocessing, false), *limit);
     LoaderOptions options;
     options.batch_size = *batch;
     options.shuffle = false;
@@ -65,12 +69,13 @@ void add_eval_command(CLI::App& app) {
     config.device = dev;
     config.log = &std::cerr;
     Backbone model = run.model;
-    Trainer evaluator(model, [model](const torch::Tensor& x) { return model->forward(x); }, config);
+    Trainer evaluator(
+        model, [model](const torch::Tensor& x) { return model->forward(x); }, config);
     Metrics metrics = evaluator.evaluate(source, "eval");
     std::cout << metrics_report(metrics, run.spec.classes);
     std::cout << "accuracy: " << metrics.accuracy << " on " << metrics.samples << " images\n";
-    const std::string picture = svg->empty() ? (std::filesystem::path(*run_dir) / "eval_confusion_matrix.svg").string()
-                                             : *svg;
+    const std::string picture =
+        svg->empty() ? (std::filesystem::path(*run_dir) / "eval_confusion_matrix.svg").string() : *svg;
     write_confusion_matrix_svg(picture, metrics, run.spec.classes);
     std::cout << "confusion matrix picture: " << picture << "\n";
   });

@@ -8,7 +8,8 @@
 namespace graft::cli {
 
 void add_export_command(CLI::App& app) {
-  auto* command = app.add_subcommand("export", "write a text run as a Hugging Face folder (from_pretrained loads it)");
+  auto* command =
+      app.add_subcommand("export", "write a text run as a Hugging Face folder (from_pretrained loads it)");
   auto run_dir = std::make_shared<std::string>();
   auto format = std::make_shared<std::string>("hf");
   auto out = std::make_shared<std::string>();

@@ -4,16 +4,17 @@
 
 #include "cli/commands.h"
 #include "graft/errors.h"
+#include "graft/hub.h"
 #include "graft/image_task.h"
 #include "graft/registry.h"
 #include "graft/runtime.h"
-#include "graft/hub.h"
 #include "graft/weights.h"
 
 namespace graft::cli {
 
 void add_features_command(CLI::App& app) {
-  auto* command = app.add_subcommand("features", "write pooled features of images (embeddings) to safetensors");
+  auto* command =
+      app.add_subcommand("features", "write pooled features of images (embeddings) to safetensors");
   auto source = std::make_shared<std::string>();
   auto weights = std::make_shared<std::string>();
   auto data = std::make_shared<std::string>();
@@ -22,7 +23,9 @@ void add_features_command(CLI::App& app) {
   auto limit = std::make_shared<size_t>(0);
   auto device = std::make_shared<std::string>("auto");
   command->add_option("model", *source, "run directory, or ARCH[.TAG]")->required();
-  command->add_option("--weights", *weights, "weights for ARCH (safetensors, or a Hub repository ORG/NAME[@REV])")
+  command
+      ->add_option("--weights", *weights,
+                   "weights for ARCH (safetensors, or a Hub repository ORG/NAME[@REV])")
       ->check(weights_source());
   command->add_option("--data", *data, "image folder DATA/<class>/*.jpg, or IDX files")->required();
   command->add_option("--out", *out, "safetensors file: features (N, D), labels (N); file names in metadata")
@@ -48,7 +51,8 @@ void add_features_command(CLI::App& app) {
       } else {
         load_weights(*model, resolve_weights(*weights));
       }
-      ImageData sets = open_image_data(*data, transform_for(pre, false), transform_for(pre, false), 0.0, 0, *limit);
+      ImageData sets =
+          open_image_data(*data, transform_for(pre, false), transform_for(pre, false), 0.0, 0, *limit);
       dataset = sets.train;
     }
     classes = dataset->classes();

@@ -125,16 +125,19 @@ void add_forward_command(CLI::App& app) {
     std::error_code ignored;
     const fs::path model_weights = fs::path(args->model) / "model.safetensors";
     for (const auto& [flag, path] : {std::pair<std::string, std::string>{"--inputs", *inputs},
-                                     {"--weights", args->weights}, {"MODEL", model_weights.string()}})
+                                     {"--weights", args->weights},
+                                     {"MODEL", model_weights.string()}})
       if (!path.empty() && fs::equivalent(*out, path, ignored))
         throw Error("--out " + *out + " is the file " + flag + " names (" + path +
                     "); write the outputs to another file");
     // MODEL may name a Hugging Face Hub repository (ORG/NAME[@REV]): its snapshot folder in the cache.
     if (looks_like_hub_repo(args->model) && !std::filesystem::exists(args->model)) {
       const std::filesystem::path resolved = resolve_weights(args->model);
-      const std::filesystem::path folder = std::filesystem::is_directory(resolved) ? resolved : resolved.parent_path();
+      const std::filesystem::path folder =
+          std::filesystem::is_directory(resolved) ? resolved : resolved.parent_path();
       if (!std::filesystem::is_regular_file(folder / "config.json")) {
-        throw Error(args->model + " (" + folder.string() + ") has no config.json, so it names no Hugging Face "
+        throw Error(args->model + " (" + folder.string() +
+                    ") has no config.json, so it names no Hugging Face "
                     "model: give the architecture as MODEL and the repository as --weights");
       }
       args->model = folder.string();

@@ -23,7 +23,8 @@ struct DecodeArgs {
     command.add_option("--temperature", options.temperature, "0: greedy; > 0: sample with this temperature");
     command.add_option("--top-k", options.top_k, "sample among the k most likely tokens (0: all)");
     command.add_option("--top-p", options.top_p, "nucleus sampling: smallest set with this probability");
-    command.add_option("--repetition-penalty", options.repetition_penalty, "> 1 discourages repeats (1: off)");
+    command.add_option("--repetition-penalty", options.repetition_penalty,
+                       "> 1 discourages repeats (1: off)");
     command.add_option("--seed", seed, "sampling seed: the same seed gives the same text (default: random)");
     command.add_option("--device", device, "auto, cpu or cuda[:N]");
   }
@@ -47,16 +48,18 @@ void add_generate_command(CLI::App& app) {
   command->callback([run_dir, prompt, decode] {
     TextRun run = load_text_run(*run_dir);
     std::cout << *prompt << std::flush;
-    generate_text(run, *prompt, decode->resolved(), parse_device(decode->device), [](const std::string& piece) {
-      std::cout << piece << std::flush;
-      return true;
-    });
+    generate_text(run, *prompt, decode->resolved(), parse_device(decode->device),
+                  [](const std::string& piece) {
+                    std::cout << piece << std::flush;
+                    return true;
+                  });
     std::cout << "\n";
   });
 }
 
 void add_chat_command(CLI::App& app) {
-  auto* command = app.add_subcommand("chat", "talk with a causal-lm run: one line in, one reply out, until EOF");
+  auto* command =
+      app.add_subcommand("chat", "talk with a causal-lm run: one line in, one reply out, until EOF");
   auto run_dir = std::make_shared<std::string>();
   auto user = std::make_shared<std::string>("User: ");
   auto bot = std::make_shared<std::string>("Bot: ");

@@ -27,9 +27,10 @@ void add_models_command(CLI::App& app) {
       for (const auto& tag : entry.tags) {
         const std::string name = entry.arch + "." + tag.tag;
         if (!filter->empty() && name.find(*filter) == std::string::npos) continue;
-        std::cout << std::left << std::setw(26) << name << std::setw(10)
-                  << input_label(tag) << tag.description << "\n";
-        std::cout << std::setw(36) << "" << "weights: " << tag.source << "\n";
+        std::cout << std::left << std::setw(26) << name << std::setw(10) << input_label(tag)
+                  << tag.description << "\n";
+        std::cout << std::setw(36) << ""
+                  << "weights: " << tag.source << "\n";
         ++shown;
       }
     }

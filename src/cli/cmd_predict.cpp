@@ -6,11 +6,11 @@
 
 #include "cli/commands.h"
 #include "graft/errors.h"
-#include "graft/strings.h"
 #include "graft/image_task.h"
+#include "graft/runtime.h"
+#include "graft/strings.h"
 #include "graft/text_task.h"
 #include "graft/video_task.h"
-#include "graft/runtime.h"
 
 namespace graft::cli {
 
@@ -64,7 +64,8 @@ void add_predict_command(CLI::App& app) {
           if (!line.empty()) all.push_back(line);
         }
       }
-      if (!images->empty()) throw Error(*run_dir + " classifies text: give --text \"...\" or --input FILE, not files");
+      if (!images->empty())
+        throw Error(*run_dir + " classifies text: give --text \"...\" or --input FILE, not files");
       if (all.empty()) throw Error("nothing to classify: give --text \"...\" or --input FILE");
       TextRun run = load_text_run(*run_dir);
       const auto predictions = predict_texts(run, all, *top_k, parse_device(*device));
@@ -88,7 +89,8 @@ void add_predict_command(CLI::App& app) {
     if (images->empty()) throw Error("no images given: graft predict RUN_DIR IMAGE...");
     if (is_video_run(*run_dir)) {
       VideoRun run = load_video_run(*run_dir);
-      for (const auto& clip : *images)  // a frame folder, or a video file (not a FIFO or device: they never end)
+      for (const auto& clip :
+           *images)  // a frame folder, or a video file (not a FIFO or device: they never end)
         if (!std::filesystem::is_directory(clip)) regular_file_size(clip, "video file or frame folder");
       const auto predictions = predict_clips(run, *images, *top_k, parse_device(*device));
       print_predictions(predictions, *as_json, "clip");

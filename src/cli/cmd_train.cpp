@@ -15,7 +15,8 @@
 namespace graft::cli {
 
 void add_train_command(CLI::App& app) {
-  auto* command = app.add_subcommand("train", "train a new head (and optionally the backbone's top) on your images");
+  auto* command =
+      app.add_subcommand("train", "train a new head (and optionally the backbone's top) on your images");
   auto o = std::make_shared<ImageTrainOptions>();
   auto config_file = std::make_shared<std::string>();
   auto device = std::make_shared<std::string>("auto");
@@ -25,22 +26,30 @@ void add_train_command(CLI::App& app) {
   auto video = std::make_shared<VideoTrainOptions>();
   auto init_from = std::make_shared<std::string>();
   auto overwrite = std::make_shared<bool>(false);
-  command->add_option("--config", *config_file, "JSON file of options (keys as printed at start); flags override")
+  command
+      ->add_option("--config", *config_file,
+                   "JSON file of options (keys as printed at start); flags override")
       ->check(CLI::ExistingFile);
   command->add_option("--task", *task, "image-classify | text-classify | causal-lm | video-classify");
-  command->add_option("--init-from", *init_from, "start from the model of an earlier run directory (its weights; a new last layer when classes differ)");
+  command->add_option(
+      "--init-from", *init_from,
+      "start from the model of an earlier run directory (its weights; a new last layer when classes differ)");
   command->add_option("--model", o->model, "architecture or ARCH.TAG, e.g. mobilenet_v2; text: bert, gpt2");
-  command->add_option("--weights", o->weights,
-                      "pretrained weights (safetensors, reference names); text: a Hugging Face folder or run dir; "
-                      "or a Hub repository ORG/NAME[@REV]");
-  command->add_option("--data", o->data, "image folder: DATA/<class>/*.jpg, or DATA/train + DATA/val; or IDX files");
+  command->add_option(
+      "--weights", o->weights,
+      "pretrained weights (safetensors, reference names); text: a Hugging Face folder or run dir; "
+      "or a Hub repository ORG/NAME[@REV]");
+  command->add_option("--data", o->data,
+                      "image folder: DATA/<class>/*.jpg, or DATA/train + DATA/val; or IDX files");
   command->add_option("--out", o->out, "run directory to write");
   command->add_option("--head", o->head, "head spec, e.g. avg,dropout:0.2,dense:512:relu (dense:C appended)");
   command->add_option("--strategy", o->strategy, "feature-extract | fine-tune | two-stage");
-  command->add_option("--freeze", o->freeze, "fine-tune / two-stage stage 2: all, none, last:N, until:NAME, globs");
+  command->add_option("--freeze", o->freeze,
+                      "fine-tune / two-stage stage 2: all, none, last:N, until:NAME, globs");
   command->add_option("--stage1-epochs", o->stage1_epochs, "two-stage: head-only epochs (default: half)");
   command->add_option("--backbone-lr-mult", o->backbone_lr_mult, "backbone learning rate = lr x this");
-  command->add_flag("--bn-train-frozen", o->bn_train_frozen, "frozen BatchNorm layers update running statistics");
+  command->add_flag("--bn-train-frozen", o->bn_train_frozen,
+                    "frozen BatchNorm layers update running statistics");
   command->add_option("--val-split", o->val_split, "validation fraction when DATA has no val/ folder");
   command->add_flag("!--no-val", o->validate, "skip validation (no held-out data is evaluated)");
   command->add_option("--batch-size", o->batch_size, "images per batch");
@@ -64,37 +73,48 @@ void add_train_command(CLI::App& app) {
       ->delimiter(',');
   command->add_option("--grad-clip", o->train.grad_clip, "clip the global gradient norm (0: off)");
   command->add_option("--seed", o->train.seed, "random seed (runs repeat exactly on CPU)");
-  command->add_flag("--early-stopping", o->train.early_stopping.enabled, "stop when the monitored metric stalls");
-  command->add_option("--monitor", o->train.early_stopping.monitor, "val_loss | val_accuracy | ... (best checkpoint)");
+  command->add_flag("--early-stopping", o->train.early_stopping.enabled,
+                    "stop when the monitored metric stalls");
+  command->add_option("--monitor", o->train.early_stopping.monitor,
+                      "val_loss | val_accuracy | ... (best checkpoint)");
   command->add_option("--patience", o->train.early_stopping.patience, "early stopping patience (epochs)");
   command->add_option("--min-delta", o->train.early_stopping.min_delta, "smallest change that counts");
   command->add_flag("--resume", o->train.resume, "continue the run in --out from its last checkpoint");
-  command->add_flag("--overwrite", *overwrite, "replace the graft run in --out (its checkpoints are removed first)");
+  command->add_flag("--overwrite", *overwrite,
+                    "replace the graft run in --out (its checkpoints are removed first)");
   command->add_option("--device", *device, "auto, cpu or cuda[:N]");
   auto* text_group = command->add_option_group("text", "text-classify and causal-lm");
-  text_group->add_option("--model-config", text->model_config, "config.json of a new model trained from scratch");
-  text_group->add_option("--tokenizer", text->tokenizer, "tokenizer file or folder (default: the weights' folder)");
+  text_group->add_option("--model-config", text->model_config,
+                         "config.json of a new model trained from scratch");
+  text_group->add_option("--tokenizer", text->tokenizer,
+                         "tokenizer file or folder (default: the weights' folder)");
   text_group->add_option("--val-data", text->val_data, "validation data (default: --val-split of --data)");
   text_group->add_option("--format", text->columns.format, "auto | csv | tsv | jsonl | txt");
-  text_group->add_option("--text-column", text->columns.text, "column or JSON key of the text (number without header)");
-  text_group->add_option("--text-pair-column", text->columns.text_pair, "column of a second text (sentence pairs)");
+  text_group->add_option("--text-column", text->columns.text,
+                         "column or JSON key of the text (number without header)");
+  text_group->add_option("--text-pair-column", text->columns.text_pair,
+                         "column of a second text (sentence pairs)");
   text_group->add_option("--label-column", text->columns.label, "column or JSON key of the label");
-  text_group->add_flag("!--no-header", text->columns.header, "csv/tsv: the first row is data; columns by number");
+  text_group->add_flag("!--no-header", text->columns.header,
+                       "csv/tsv: the first row is data; columns by number");
   text_group->add_option("--max-length", text->max_length, "text-classify: tokens per example (truncated)");
   text_group->add_option("--block-size", text->block_size, "causal-lm: tokens per training block");
-  text_group->add_flag("--line-by-line", text->line_by_line, "causal-lm: one example per line, not packed blocks");
+  text_group->add_flag("--line-by-line", text->line_by_line,
+                       "causal-lm: one example per line, not packed blocks");
   text_group->add_option("--warmup-ratio", text->warmup_ratio, "warm-up steps as a fraction of all steps");
 
   auto* video_group = command->add_option_group("video", "video-classify");
   video_group->add_option("--frames", video->frames, "frames sampled per clip");
   video_group->add_option("--temporal", video->temporal, "over frame features: lstm:H, gru:H (:bi), avg");
-  video_group->add_flag("!--no-feature-cache", video->cache_features,
-                        "frozen backbone: run it on every epoch's frames instead of caching (for comparison)");
+  video_group->add_flag(
+      "!--no-feature-cache", video->cache_features,
+      "frozen backbone: run it on every epoch's frames instead of caching (for comparison)");
 
   command->callback([command, o, config_file, device, weight_decay, task, text, video, init_from, overwrite] {
     auto flag_given = [&](const char* name) { return command->get_option(name)->count() > 0; };
     if (*task == "video-classify") {
-      if (!config_file->empty()) throw Error("--config is read for image tasks only; give video options as flags");
+      if (!config_file->empty())
+        throw Error("--config is read for image tasks only; give video options as flags");
       VideoTrainOptions options = *video;
       options.model = o->model;
       options.weights = resolve_weights(o->weights);
@@ -114,20 +134,26 @@ void add_train_command(CLI::App& app) {
       if (*weight_decay >= 0) options.train.optimizer.weight_decay = *weight_decay;
       options.train.resume = o->train.resume;
       options.train.device = parse_device(*device);
-      for (const char* image_only : {"--head", "--strategy", "--stage1-epochs", "--backbone-lr-mult", "--limit"}) {
-        if (flag_given(image_only)) throw Error(std::string(image_only) + " is an image option; --task video-classify does not take it");
+      for (const char* image_only :
+           {"--head", "--strategy", "--stage1-epochs", "--backbone-lr-mult", "--limit"}) {
+        if (flag_given(image_only))
+          throw Error(std::string(image_only) +
+                      " is an image option; --task video-classify does not take it");
       }
-      check_out_folder(options.out, {options.data}, {options.weights, options.init_from}, options.train.resume,
-                       *overwrite);
+      check_out_folder(options.out, {options.data}, {options.weights, options.init_from},
+                       options.train.resume, *overwrite);
       VideoTrainResult result = train_video_classifier(options, std::cout);
-      if (result.val_metrics) std::cout << "final validation accuracy: " << result.val_metrics->accuracy << "\n";
+      if (result.val_metrics)
+        std::cout << "final validation accuracy: " << result.val_metrics->accuracy << "\n";
       return;
     }
     for (const char* video_only : {"--frames", "--temporal", "--no-feature-cache"}) {
-      if (flag_given(video_only)) throw Error(std::string(video_only) + " is a video option; add --task video-classify");
+      if (flag_given(video_only))
+        throw Error(std::string(video_only) + " is a video option; add --task video-classify");
     }
     if (*task == "text-classify" || *task == "causal-lm") {
-      if (!config_file->empty()) throw Error("--config is read for image tasks only; give text options as flags");
+      if (!config_file->empty())
+        throw Error("--config is read for image tasks only; give text options as flags");
       TextTrainOptions options = *text;
       options.task = *task;
       options.model = o->model;
@@ -159,12 +185,15 @@ void add_train_command(CLI::App& app) {
       options.train.early_stopping = o->train.early_stopping;
       options.train.resume = o->train.resume;
       options.train.device = parse_device(*device);
-      for (const char* image_only : {"--head", "--strategy", "--stage1-epochs", "--backbone-lr-mult", "--image-size",
-                                     "--rotation", "--jitter", "--workers", "--limit", "--class-weights"}) {
-        if (flag_given(image_only)) throw Error(std::string(image_only) + " is an image option; --task " + *task + " does not take it");
+      for (const char* image_only :
+           {"--head", "--strategy", "--stage1-epochs", "--backbone-lr-mult", "--image-size", "--rotation",
+            "--jitter", "--workers", "--limit", "--class-weights"}) {
+        if (flag_given(image_only))
+          throw Error(std::string(image_only) + " is an image option; --task " + *task + " does not take it");
       }
       check_out_folder(options.out, {options.data, options.val_data},
-                       {options.weights, options.tokenizer, options.model_config}, options.train.resume, *overwrite);
+                       {options.weights, options.tokenizer, options.model_config}, options.train.resume,
+                       *overwrite);
       TextTrainResult result = train_text_model(options, std::cout);
       if (result.val_metrics) {
         if (options.task == "causal-lm")
@@ -175,12 +204,14 @@ void add_train_command(CLI::App& app) {
       return;
     }
     if (*task != "image-classify")
-      throw Error("--task " + *task + ": expected image-classify, text-classify, causal-lm or video-classify");
+      throw Error("--task " + *task +
+                  ": expected image-classify, text-classify, causal-lm or video-classify");
     for (const char* text_only : {"--model-config", "--tokenizer", "--val-data", "--format", "--text-column",
                                   "--text-pair-column", "--label-column", "--no-header", "--max-length",
                                   "--block-size", "--line-by-line", "--warmup-ratio"}) {
       if (command->get_option(text_only)->count() > 0)
-        throw Error(std::string(text_only) + " is a text option; add --task text-classify or --task causal-lm");
+        throw Error(std::string(text_only) +
+                    " is a text option; add --task text-classify or --task causal-lm");
     }
     ImageTrainOptions options;
     if (!config_file->empty()) {

@@ -1,7 +1,6 @@
 // The graft subcommands: each file adds one to the CLI11 app.
 #pragma once
 #include <CLI/CLI.hpp>
-
 #include <string>
 
 #include "graft/model.h"
@@ -10,11 +9,11 @@ namespace graft::cli {
 
 // Options every command that builds a model shares.
 struct ModelArgs {
-  std::string model;           // ARCH[.TAG]
-  std::string weights;         // safetensors file with reference names, or a Hub repository ORG/NAME
-  std::string head;            // head spec
-  std::string freeze;          // freeze spec
-  int64_t num_classes = -1;    // -1: the tag's
+  std::string model;         // ARCH[.TAG]
+  std::string weights;       // safetensors file with reference names, or a Hub repository ORG/NAME
+  std::string head;          // head spec
+  std::string freeze;        // freeze spec
+  int64_t num_classes = -1;  // -1: the tag's
   bool strict = true;
   bool bn_train_frozen = false;
   void add_to(CLI::App& command, bool with_freeze);

@@ -6,7 +6,8 @@
 #include "graft/runtime.h"
 
 int main(int argc, char** argv) {
-  CLI::App app{"graft " GRAFT_VERSION ": transfer learning and fine-tuning on libtorch.\n"
+  CLI::App app{"graft " GRAFT_VERSION
+               ": transfer learning and fine-tuning on libtorch.\n"
                "Take a pretrained network, cut its top, add a head, freeze what should stay fixed, train."};
   app.set_version_flag("--version", "graft " GRAFT_VERSION);
   app.require_subcommand(1);

@@ -10,10 +10,12 @@
 namespace graft::cli {
 
 void ModelArgs::add_to(CLI::App& command, bool with_freeze) {
-  command.add_option("model", model, "architecture or ARCH.TAG, e.g. resnet50 or resnet50.tv_in1k")->required();
-  command.add_option("--weights", weights,
-                     "weights: safetensors with reference (torchvision) names, a Keras .h5, a TF.js model.json, "
-                     "or a Hugging Face Hub repository ORG/NAME[@REV]")
+  command.add_option("model", model, "architecture or ARCH.TAG, e.g. resnet50 or resnet50.tv_in1k")
+      ->required();
+  command
+      .add_option("--weights", weights,
+                  "weights: safetensors with reference (torchvision) names, a Keras .h5, a TF.js model.json, "
+                  "or a Hugging Face Hub repository ORG/NAME[@REV]")
       ->check(weights_source());
   command.add_option("--head", head, "new head spec, e.g. avg,dropout:0.2,dense:512:relu,dense:10");
   command.add_option("--num-classes", num_classes, "reset the classifier to this many classes");

@@ -13,7 +13,8 @@ json parse_json(const std::string& text, const std::string& source, const std::s
   // nlohmann parses iteratively, but every later dump, comparison or copy of the value recurses once per
   // level: the depth is stopped here, at the first level too deep, before anything is built from it.
   const json::parser_callback_t callback = [&](int depth, json::parse_event_t event, json&) {
-    if ((event == json::parse_event_t::object_start || event == json::parse_event_t::array_start) && depth >= max_depth)
+    if ((event == json::parse_event_t::object_start || event == json::parse_event_t::array_start) &&
+        depth >= max_depth)
       throw FormatError(source, subject + "nests JSON deeper than " + std::to_string(max_depth) + " levels",
                         "no file graft reads nests more than a few levels; the file is damaged or hostile");
     return true;
@@ -32,8 +33,10 @@ json read_json_file(const std::string& path, uint64_t max_bytes) {
 namespace {
 
 std::string scalar_text(const json& value, size_t max_chars) {
-  if (value.is_string() && value.get_ref<const std::string&>().size() > max_chars)  // no 100 MB copy for a message
-    return json(value.get_ref<const std::string&>().substr(0, max_chars)).dump(-1, ' ', false, json::error_handler_t::replace);
+  if (value.is_string() &&
+      value.get_ref<const std::string&>().size() > max_chars)  // no 100 MB copy for a message
+    return json(value.get_ref<const std::string&>().substr(0, max_chars))
+        .dump(-1, ' ', false, json::error_handler_t::replace);
   return value.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 

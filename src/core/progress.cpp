@@ -11,7 +11,7 @@ namespace graft {
 namespace {
 
 constexpr int kBarWidth = 24;
-constexpr double kTerminalRedrawSeconds = 0.1;  // ~10 Hz: faster redraws only cost time
+constexpr double kTerminalRedrawSeconds = 0.1;             // ~10 Hz: faster redraws only cost time
 constexpr int64_t kUnknownTotalLogStep = 100;              // log mode, unknown total: a line per 100 batches
 constexpr int64_t kUnknownTotalLogStepBytes = 64ll << 20;  // ... or per 64 MiB downloaded
 

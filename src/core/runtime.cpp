@@ -1,9 +1,8 @@
 // Runtime settings and the `graft info` report.
 #include "graft/runtime.h"
 
-#include <malloc.h>
-
 #include <dlfcn.h>
+#include <malloc.h>
 
 #include <fstream>
 #include <sstream>
@@ -26,7 +25,8 @@ void set_threads(int threads) {
 }
 
 torch::Device parse_device(const std::string& text) {
-  if (text == "auto") return torch::cuda::is_available() ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
+  if (text == "auto")
+    return torch::cuda::is_available() ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
   if (text == "cpu") return torch::Device(torch::kCPU);
   if (text.rfind("cuda", 0) == 0) {
     if (!torch::cuda::is_available()) {

@@ -14,7 +14,8 @@
 namespace graft {
 
 bool ends_with(const std::string& text, const std::string& suffix) {
-  return text.size() >= suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
+  return text.size() >= suffix.size() &&
+         text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 bool is_dotted_prefix(const std::string& name, const std::string& prefix) {
@@ -29,10 +30,13 @@ std::string trim(const std::string& text) {
 }
 
 uint64_t regular_file_size(const std::string& path, const std::string& what) {
-  const std::string a_what = (std::string("aeiou").find(what.empty() ? 'x' : what[0]) != std::string::npos ? "an " : "a ") + what;
+  const std::string a_what =
+      (std::string("aeiou").find(what.empty() ? 'x' : what[0]) != std::string::npos ? "an " : "a ") + what;
   struct stat info {};
   if (::stat(path.c_str(), &info) != 0)
-    throw Error(path + ": " + (errno == ENOENT ? "no such " + what : "cannot read the " + what + ": " + std::strerror(errno)));
+    throw Error(
+        path + ": " +
+        (errno == ENOENT ? "no such " + what : "cannot read the " + what + ": " + std::strerror(errno)));
   // Only regular files: a FIFO would block forever, a device such as /dev/zero would never end.
   if (S_ISDIR(info.st_mode)) throw Error(path + ": is a folder, not " + a_what);
   if (S_ISFIFO(info.st_mode)) throw Error(path + ": is a FIFO, not " + a_what);

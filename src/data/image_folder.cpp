@@ -1,6 +1,8 @@
 // Image-folder datasets: root/<class>/**/<image>, listed in torchvision's ImageFolder order
 // (torchvision/datasets/folder.py 0.14: classes sorted, then each class's files in sorted os.walk order),
 // plus train/validation split discovery (folders, or a seeded split stratified by class).
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <cctype>
 #include <cmath>
@@ -8,8 +10,6 @@
 #include <optional>
 #include <set>
 #include <utility>
-
-#include <sys/stat.h>
 
 #include "graft/data.h"
 #include "graft/errors.h"
@@ -95,11 +95,12 @@ class FolderWalk {
       fs::directory_iterator it(folder, error), end;
       for (; !error && it != end; it.increment(error)) entries.push_back(*it);
       if (error) throw Error(folder.string() + ": cannot list folder: " + error.message());
-      std::sort(entries.begin(), entries.end(), [](const fs::directory_entry& a, const fs::directory_entry& b) {
-        std::error_code ignored;
-        const bool a_link = a.is_symlink(ignored), b_link = b.is_symlink(ignored);
-        return a_link != b_link ? b_link : a.path() < b.path();
-      });
+      std::sort(entries.begin(), entries.end(),
+                [](const fs::directory_entry& a, const fs::directory_entry& b) {
+                  std::error_code ignored;
+                  const bool a_link = a.is_symlink(ignored), b_link = b.is_symlink(ignored);
+                  return a_link != b_link ? b_link : a.path() < b.path();
+                });
       std::vector<fs::path> subfolders;
       for (const fs::directory_entry& entry : entries) {
         const fs::path& path = entry.path();
@@ -116,8 +117,8 @@ class FolderWalk {
           const bool elsewhere_in_root =
               !is_within(target, class_root) && (is_within(target, root_) || is_within(root_, target));
           if (elsewhere_in_root && (fs::is_directory(target, ignored) || has_image_extension(path))) {
-            skipped.push_back(path.string() + ": a link to " + target.string() + ", outside its class folder " +
-                              dir.string() + "; skipped");
+            skipped.push_back(path.string() + ": a link to " + target.string() +
+                              ", outside its class folder " + dir.string() + "; skipped");
             continue;
           }
         }

@@ -1,12 +1,11 @@
 // Labelled text files (CSV, TSV, JSON Lines) and language-modelling text. See graft/text_data.h.
 #include "graft/text_data.h"
 
-#include <nlohmann/json.hpp>
-
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "graft/errors.h"
@@ -36,7 +35,9 @@ std::vector<std::string> split_paths(const std::string& paths) {
 }
 
 // A regular file only (a FIFO would block, /dev/zero never end), at most 2 GiB.
-std::string read_whole_file(const std::string& path) { return read_file(path, kMaxTextFileBytes, "text data file"); }
+std::string read_whole_file(const std::string& path) {
+  return read_file(path, kMaxTextFileBytes, "text data file");
+}
 
 std::string resolve_format(const std::string& path, const std::string& format) {
   if (format != "auto") {
@@ -67,7 +68,8 @@ struct Row {
   size_t line = 0;
 };
 
-std::vector<Row> parse_delimited(const std::string& contents, char delimiter, bool quoting, const std::string& path) {
+std::vector<Row> parse_delimited(const std::string& contents, char delimiter, bool quoting,
+                                 const std::string& path) {
   std::vector<Row> rows;
   Row row;
   std::string field;
@@ -116,7 +118,8 @@ std::vector<Row> parse_delimited(const std::string& contents, char delimiter, bo
       field_started = true;
     }
   }
-  if (in_quotes) throw FormatError(path, "line " + std::to_string(row.line) + ": a quoted field is never closed");
+  if (in_quotes)
+    throw FormatError(path, "line " + std::to_string(row.line) + ": a quoted field is never closed");
   if (!field.empty() || !row.fields.empty()) end_row();
   return rows;
 }
@@ -129,15 +132,15 @@ size_t column_index(const std::vector<std::string>& header, const std::string& n
     }
     std::string found;
     for (const auto& h : header) found += (found.empty() ? "" : ", ") + trim(h);
-    throw FormatError(path, std::string("no column named '") + name + "' (" + flag + ")",
-                      "the header has: " + found + "; a file without a header takes --no-header and column numbers");
+    throw FormatError(
+        path, std::string("no column named '") + name + "' (" + flag + ")",
+        "the header has: " + found + "; a file without a header takes --no-header and column numbers");
   }
-  const bool numeric = !name.empty() && std::all_of(name.begin(), name.end(), [](unsigned char c) {
-    return std::isdigit(c);
-  });
+  const bool numeric =
+      !name.empty() && std::all_of(name.begin(), name.end(), [](unsigned char c) { return std::isdigit(c); });
   if (!numeric || name.size() > 6) {
-    throw Error(path + ": without a header, columns are named by their 0-based number; " + flag + " is '" + name +
-                "'");
+    throw Error(path + ": without a header, columns are named by their 0-based number; " + flag + " is '" +
+                name + "'");
   }
   return static_cast<size_t>(std::stoul(name));
 }
@@ -145,28 +148,31 @@ size_t column_index(const std::vector<std::string>& header, const std::string& n
 void read_delimited(const std::string& path, const std::string& format, const TextColumns& columns,
                     std::vector<TextExample>& out) {
   const std::string contents = read_whole_file(path);
-  const std::vector<Row> rows = parse_delimited(contents, format == "csv" ? ',' : '\t', format == "csv", path);
+  const std::vector<Row> rows =
+      parse_delimited(contents, format == "csv" ? ',' : '\t', format == "csv", path);
   if (rows.empty()) throw FormatError(path, "the file holds no rows");
   const std::vector<std::string> header = columns.header ? rows[0].fields : std::vector<std::string>{};
   const size_t text = column_index(header, columns.text, columns.header, path, "--text-column");
   const size_t label = column_index(header, columns.label, columns.header, path, "--label-column");
   const bool has_pair = !columns.text_pair.empty();
-  const size_t pair = has_pair ? column_index(header, columns.text_pair, columns.header, path, "--text-pair-column") : 0;
+  const size_t pair =
+      has_pair ? column_index(header, columns.text_pair, columns.header, path, "--text-pair-column") : 0;
   const size_t needed = std::max({text, label, pair}) + 1;
   for (size_t r = columns.header ? 1 : 0; r < rows.size(); ++r) {
     const Row& row = rows[r];
     const std::string where = path + ":" + std::to_string(row.line);
     if (row.fields.size() < needed) {
-      throw FormatError(path, "line " + std::to_string(row.line) + " has " + std::to_string(row.fields.size()) +
-                                  " field(s), expected at least " + std::to_string(needed) +
-                                  (format == "csv" ? "" : " (tab-separated)"));
+      throw FormatError(path, "line " + std::to_string(row.line) + " has " +
+                                  std::to_string(row.fields.size()) + " field(s), expected at least " +
+                                  std::to_string(needed) + (format == "csv" ? "" : " (tab-separated)"));
     }
     TextExample example;
     example.text = trim(row.fields[text]);
     example.label = trim(row.fields[label]);
     if (has_pair) example.text_pair = trim(row.fields[pair]);
     example.where = where;
-    if (example.label.empty()) throw FormatError(path, "line " + std::to_string(row.line) + ": the label is empty");
+    if (example.label.empty())
+      throw FormatError(path, "line " + std::to_string(row.line) + ": the label is empty");
     check_utf8(example.text, where);
     check_utf8(example.text_pair, where);
     check_utf8(example.label, where);
@@ -193,7 +199,8 @@ void for_each_json_line(const std::string& path, F f) {
     ++number;
     if (trim(line).empty()) continue;
     const json object = parse_json(line, path, "line " + std::to_string(number));
-    if (!object.is_object()) throw FormatError(path, "line " + std::to_string(number) + " is not a JSON object");
+    if (!object.is_object())
+      throw FormatError(path, "line " + std::to_string(number) + " is not a JSON object");
     f(object, number);
   }
 }
@@ -208,15 +215,16 @@ void read_jsonl(const std::string& path, const TextColumns& columns, std::vector
       }
       const json& value = object.at(key);
       if (!value.is_string() && !value.is_number() && !value.is_boolean())
-        throw FormatError(path, "line " + std::to_string(number) + ": '" + key + "' is a " + value.type_name() +
-                                    ", expected a string or a number");
+        throw FormatError(path, "line " + std::to_string(number) + ": '" + key + "' is a " +
+                                    value.type_name() + ", expected a string or a number");
       return trim(json_text(value));
     };
     TextExample example;
     example.text = get(columns.text, true);
     example.label = get(columns.label, true);
     if (!columns.text_pair.empty()) example.text_pair = get(columns.text_pair, true);
-    if (example.label.empty()) throw FormatError(path, "line " + std::to_string(number) + ": the label is empty");
+    if (example.label.empty())
+      throw FormatError(path, "line " + std::to_string(number) + ": the label is empty");
     example.where = where;
     out.push_back(std::move(example));
   });
@@ -255,8 +263,8 @@ std::vector<std::string> label_classes(const std::vector<TextExample>& examples)
   return classes;
 }
 
-std::vector<std::string> read_lm_documents(const std::string& paths, bool line_by_line, const std::string& text_key,
-                                           const std::string& format_name) {
+std::vector<std::string> read_lm_documents(const std::string& paths, bool line_by_line,
+                                           const std::string& text_key, const std::string& format_name) {
   std::vector<std::string> documents;
   for (const std::string& path : split_paths(paths)) {
     const std::string format = resolve_format(path, format_name);

@@ -92,8 +92,8 @@ namespace {
 
 // The pixels `window` (in output coordinates) of the resize of `box` to out_width x out_height: what
 // resizing and then cropping gives, without computing the pixels the crop would drop.
-Image resize_window(const Image& image, const CropBox& box, int out_width, int out_height, const CropBox& window,
-                    bool antialias) {
+Image resize_window(const Image& image, const CropBox& box, int out_width, int out_height,
+                    const CropBox& window, bool antialias) {
   check_box_inside(image, box);
   if (out_width <= 0 || out_height <= 0) {
     throw Error("resize: output size " + std::to_string(out_width) + "x" + std::to_string(out_height) +
@@ -295,7 +295,8 @@ PlanarImage to_planar(const Image& image) {
   for (size_t i = 0; i < count; ++i) {
     // Division, as torchvision's to_tensor (div(255)) and TF.js (x.div(255)) do: multiplying by 1/255 is
     // off by an ulp for some values.
-    for (size_t c = 0; c < 3; ++c) out.data[c * count + i] = static_cast<float>(image.rgb[i * 3 + c]) / 255.0f;
+    for (size_t c = 0; c < 3; ++c)
+      out.data[c * count + i] = static_cast<float>(image.rgb[i * 3 + c]) / 255.0f;
   }
   return out;
 }
@@ -388,7 +389,8 @@ PlanarImage resize_align_corners(const PlanarImage& image, int out_width, int ou
       const double wx = fx - x0;
       for (size_t c = 0; c < 3; ++c) {
         const float* plane = image.data.data() + c * in_plane;
-        const double top_left = plane[size_t(y0) * image.width + x0], top_right = plane[size_t(y0) * image.width + x1];
+        const double top_left = plane[size_t(y0) * image.width + x0],
+                     top_right = plane[size_t(y0) * image.width + x1];
         const double bottom_left = plane[size_t(y1) * image.width + x0];
         const double bottom_right = plane[size_t(y1) * image.width + x1];
         const double top = top_left + (top_right - top_left) * wx;
@@ -437,10 +439,11 @@ torch::Tensor transform_image(const Image& image, const TransformConfig& config,
     const int scale_size = static_cast<int>(std::floor(config.size / config.crop_pct + 1e-9));
     const auto [resized_width, resized_height] = shorter_side_size(image, scale_size);
     const CropBox crop = center_crop_box(resized_width, resized_height, size, size);
-    if (crop.left >= 0 && crop.top >= 0 && crop.left + size <= resized_width && crop.top + size <= resized_height) {
+    if (crop.left >= 0 && crop.top >= 0 && crop.left + size <= resized_width &&
+        crop.top + size <= resized_height) {
       // Only the crop of the resized image: the same pixels as resize_shorter_side + center_crop.
-      out = resize_window(image, CropBox{0, 0, image.width, image.height}, resized_width, resized_height, crop,
-                          config.antialias);
+      out = resize_window(image, CropBox{0, 0, image.width, image.height}, resized_width, resized_height,
+                          crop, config.antialias);
     } else {
       out = center_crop(resize_shorter_side(image, scale_size, config.antialias), size, size);
     }

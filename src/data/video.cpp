@@ -53,10 +53,13 @@ struct AvFreer {
 class SwsRgb {
  public:
   SwsRgb(int width, int height)
-      : width_(width), height_(height), stride_(FFALIGN(width * 3, 64)),
+      : width_(width),
+        height_(height),
+        stride_(FFALIGN(width * 3, 64)),
         data_(static_cast<uint8_t*>(av_mallocz(size_t(stride_) * size_t(height + 1) + 64))) {
-    if (!data_) throw Error("out of memory allocating a " + std::to_string(width) + "x" + std::to_string(height) +
-                            " video frame");
+    if (!data_)
+      throw Error("out of memory allocating a " + std::to_string(width) + "x" + std::to_string(height) +
+                  " video frame");
     planes[0] = data_.get();
     strides[0] = stride_;
   }
@@ -145,7 +148,8 @@ std::vector<Image> decode_video(const std::string& path, int min_side) {
       if (frame->width != width || frame->height != height)
         throw FormatError(path, "the frame size changes within the video; graft reads constant-size videos");
       if (static_cast<int64_t>(frames.size()) >= kMaxClipFrames)
-        throw FormatError(path, "more than " + std::to_string(kMaxClipFrames) + " frames; cut the clip shorter");
+        throw FormatError(path,
+                          "more than " + std::to_string(kMaxClipFrames) + " frames; cut the clip shorter");
       if (!scaler || scaler_format != frame->format) {
         scaler.reset(sws_getContext(width, height, static_cast<AVPixelFormat>(frame->format), out_w, out_h,
                                     AV_PIX_FMT_RGB24, out_w == width ? SWS_POINT : SWS_AREA, nullptr, nullptr,
@@ -218,7 +222,8 @@ void write_video(const std::string& path, const std::vector<Image>& frames, int 
       throw Error(path + ": frames of different sizes (or pixels that do not fill width x height x 3 bytes)");
   const std::string ext = lower_extension(path);
   const bool lossless = ext == ".mkv" || ext == ".avi";
-  if (!lossless && ext != ".mp4") throw Error(path + ": graft writes .mkv/.avi (lossless FFV1) or .mp4 (MPEG-4)");
+  if (!lossless && ext != ".mp4")
+    throw Error(path + ": graft writes .mkv/.avi (lossless FFV1) or .mp4 (MPEG-4)");
   const AVCodecID codec_id = lossless ? AV_CODEC_ID_FFV1 : AV_CODEC_ID_MPEG4;
   if (!lossless && (width % 2 || height % 2)) throw Error(path + ": MPEG-4 needs an even width and height");
   const std::string temporary = path + ".tmp" + ext;  // the muxer picks the container from the extension
@@ -236,11 +241,14 @@ void write_video(const std::string& path, const std::vector<Image>& frames, int 
   AVPixelFormat pixel_format = AV_PIX_FMT_YUV420P;
   if (lossless) {
     pixel_format = AV_PIX_FMT_NONE;
-    for (AVPixelFormat wanted : {AV_PIX_FMT_RGB24, AV_PIX_FMT_BGR0, AV_PIX_FMT_0RGB32, AV_PIX_FMT_RGB32, AV_PIX_FMT_GBRP}) {
-      for (const AVPixelFormat* f = codec->pix_fmts; f && *f != AV_PIX_FMT_NONE && pixel_format == AV_PIX_FMT_NONE; ++f)
+    for (AVPixelFormat wanted :
+         {AV_PIX_FMT_RGB24, AV_PIX_FMT_BGR0, AV_PIX_FMT_0RGB32, AV_PIX_FMT_RGB32, AV_PIX_FMT_GBRP}) {
+      for (const AVPixelFormat* f = codec->pix_fmts;
+           f && *f != AV_PIX_FMT_NONE && pixel_format == AV_PIX_FMT_NONE; ++f)
         if (*f == wanted) pixel_format = wanted;
     }
-    if (pixel_format == AV_PIX_FMT_NONE) throw Error(path + ": the FFV1 encoder takes no 8-bit RGB format here");
+    if (pixel_format == AV_PIX_FMT_NONE)
+      throw Error(path + ": the FFV1 encoder takes no 8-bit RGB format here");
   }
   AVStream* stream = avformat_new_stream(format.get(), nullptr);
   std::unique_ptr<AVCodecContext, CodecFreer> context(avcodec_alloc_context3(codec));
@@ -260,8 +268,8 @@ void write_video(const std::string& path, const std::vector<Image>& frames, int 
     throw Error(temporary + ": cannot open for writing: " + av_error(rc));
   if ((rc = avformat_write_header(format.get(), nullptr)) < 0) throw Error(path + ": " + av_error(rc));
 
-  std::unique_ptr<SwsContext, SwsFreer> scaler(sws_getContext(width, height, AV_PIX_FMT_RGB24, width, height,
-                                                               pixel_format, SWS_POINT, nullptr, nullptr, nullptr));
+  std::unique_ptr<SwsContext, SwsFreer> scaler(sws_getContext(
+      width, height, AV_PIX_FMT_RGB24, width, height, pixel_format, SWS_POINT, nullptr, nullptr, nullptr));
   std::unique_ptr<AVFrame, FrameFreer> frame(av_frame_alloc());
   frame->format = pixel_format;
   frame->width = width;
@@ -269,7 +277,8 @@ void write_video(const std::string& path, const std::vector<Image>& frames, int 
   if (av_frame_get_buffer(frame.get(), 0) < 0) throw Error("out of memory allocating a video frame");
   std::unique_ptr<AVPacket, PacketFreer> packet(av_packet_alloc());
   auto drain = [&](const AVFrame* input) {
-    if ((rc = avcodec_send_frame(context.get(), input)) < 0) throw Error(path + ": encoding: " + av_error(rc));
+    if ((rc = avcodec_send_frame(context.get(), input)) < 0)
+      throw Error(path + ": encoding: " + av_error(rc));
     while ((rc = avcodec_receive_packet(context.get(), packet.get())) >= 0) {
       packet->duration = 1;  // one frame; without it MP4's edit list leaves the last frame out
       av_packet_rescale_ts(packet.get(), context->time_base, stream->time_base);
@@ -292,25 +301,28 @@ void write_video(const std::string& path, const std::vector<Image>& frames, int 
   fs::rename(temporary, path);
 }
 
-std::vector<int64_t> sample_frame_indices(int64_t available, int64_t frames, bool random, std::mt19937_64& rng) {
+std::vector<int64_t> sample_frame_indices(int64_t available, int64_t frames, bool random,
+                                          std::mt19937_64& rng) {
   if (frames <= 0) throw Error("frames per clip must be > 0, got " + std::to_string(frames));
   if (available < frames)
-    throw Error("the clip has " + std::to_string(available) + " frames, fewer than the " + std::to_string(frames) +
-                " sampled per clip");
+    throw Error("the clip has " + std::to_string(available) + " frames, fewer than the " +
+                std::to_string(frames) + " sampled per clip");
   std::vector<int64_t> indices(static_cast<size_t>(frames));
   const double segment = double(available) / double(frames);
   for (int64_t t = 0; t < frames; ++t) {
     const int64_t begin = static_cast<int64_t>(std::floor(segment * t));
     const int64_t end = std::max(begin + 1, static_cast<int64_t>(std::floor(segment * (t + 1))));
     indices[static_cast<size_t>(t)] =
-        random ? begin + static_cast<int64_t>(rng() % static_cast<uint64_t>(end - begin)) : (begin + end - 1) / 2;
+        random ? begin + static_cast<int64_t>(rng() % static_cast<uint64_t>(end - begin))
+               : (begin + end - 1) / 2;
   }
   return indices;
 }
 
-torch::Tensor transform_clip(const std::vector<Image>& frames, const ClipConfig& config, std::mt19937_64& rng) {
-  const std::vector<int64_t> picked = sample_frame_indices(static_cast<int64_t>(frames.size()), config.frames,
-                                                           config.transform.train, rng);
+torch::Tensor transform_clip(const std::vector<Image>& frames, const ClipConfig& config,
+                             std::mt19937_64& rng) {
+  const std::vector<int64_t> picked =
+      sample_frame_indices(static_cast<int64_t>(frames.size()), config.frames, config.transform.train, rng);
   // One crop box, flip and jitter for the whole clip: every frame draws from the same generator state.
   const std::mt19937_64 clip_rng = rng;
   std::vector<torch::Tensor> out;
@@ -343,13 +355,15 @@ ClipList scan_clip_folder(const std::string& root) {
     for (auto& clip : clips) list.clips.push_back({std::move(clip), static_cast<int64_t>(label)});
   }
   if (list.clips.empty()) {
-    throw Error(root + ": no clips found (expected root/<class>/<clip>.mp4|avi|mkv|mov|webm or "
-                       "root/<class>/<clip>/ folders of frames)");
+    throw Error(root +
+                ": no clips found (expected root/<class>/<clip>.mp4|avi|mkv|mov|webm or "
+                "root/<class>/<clip>/ folders of frames)");
   }
   return list;
 }
 
-ClipFolder::ClipFolder(ClipList list, ClipConfig config) : list_(std::move(list)), config_(std::move(config)) {}
+ClipFolder::ClipFolder(ClipList list, ClipConfig config)
+    : list_(std::move(list)), config_(std::move(config)) {}
 
 Sample ClipFolder::get(size_t index, std::mt19937_64& rng) const {
   const LabeledPath& clip = list_.clips[index];

@@ -30,8 +30,8 @@
 #include <thread>
 
 #include "graft/errors.h"
-#include "graft/json_file.h"
 #include "graft/files.h"
+#include "graft/json_file.h"
 #include "graft/progress.h"
 #include "graft/sha256.h"
 #include "graft/strings.h"

@@ -18,7 +18,9 @@ using nlohmann::json;
 constexpr int kMaxDepth = 256;
 constexpr uintmax_t kMaxBundleBytes = uintmax_t{1} << 30;  // one shard; nsfwjs' are 5.6 MB
 
-bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+bool is_space(char c) {
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
 bool is_identifier_char(char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '$';
 }
@@ -153,10 +155,14 @@ class LiteralParser {
     for (size_t i = 0; i < digits; ++i) {
       const char c = text_[pos_++];
       value <<= 4;
-      if (c >= '0' && c <= '9') value |= static_cast<uint32_t>(c - '0');
-      else if (c >= 'a' && c <= 'f') value |= static_cast<uint32_t>(c - 'a' + 10);
-      else if (c >= 'A' && c <= 'F') value |= static_cast<uint32_t>(c - 'A' + 10);
-      else fail(std::string("'") + c + "' in a hexadecimal escape");
+      if (c >= '0' && c <= '9')
+        value |= static_cast<uint32_t>(c - '0');
+      else if (c >= 'a' && c <= 'f')
+        value |= static_cast<uint32_t>(c - 'a' + 10);
+      else if (c >= 'A' && c <= 'F')
+        value |= static_cast<uint32_t>(c - 'A' + 10);
+      else
+        fail(std::string("'") + c + "' in a hexadecimal escape");
     }
     return value;
   }
@@ -176,14 +182,30 @@ class LiteralParser {
       if (pos_ >= text_.size()) fail("a string literal ends in a backslash");
       const char e = text_[pos_++];
       switch (e) {
-        case 'n': out += '\n'; break;
-        case 't': out += '\t'; break;
-        case 'r': out += '\r'; break;
-        case 'b': out += '\b'; break;
-        case 'f': out += '\f'; break;
-        case 'v': out += '\v'; break;
-        case '0': out += '\0'; break;
-        case 'x': append_utf8(out, hex(2)); break;
+        case 'n':
+          out += '\n';
+          break;
+        case 't':
+          out += '\t';
+          break;
+        case 'r':
+          out += '\r';
+          break;
+        case 'b':
+          out += '\b';
+          break;
+        case 'f':
+          out += '\f';
+          break;
+        case 'v':
+          out += '\v';
+          break;
+        case '0':
+          out += '\0';
+          break;
+        case 'x':
+          append_utf8(out, hex(2));
+          break;
         case 'u': {
           uint32_t code = hex(4);
           // A surrogate pair written as two escapes is one code point.
@@ -199,7 +221,8 @@ class LiteralParser {
           append_utf8(out, code);
           break;
         }
-        default: out += e;  // \" \' \\ \/ and JavaScript's identity escapes
+        default:
+          out += e;  // \" \' \\ \/ and JavaScript's identity escapes
       }
     }
   }
@@ -295,7 +318,8 @@ nlohmann::json parse_literal(const std::string& text, size_t& pos, const std::st
   return value;
 }
 
-std::vector<uint8_t> base64_decode(const std::string& text, size_t begin, size_t end, const std::string& file) {
+std::vector<uint8_t> base64_decode(const std::string& text, size_t begin, size_t end,
+                                   const std::string& file) {
   auto sextet = [](char c) -> int {
     if (c >= 'A' && c <= 'Z') return c - 'A';
     if (c >= 'a' && c <= 'z') return c - 'a' + 26;

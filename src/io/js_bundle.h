@@ -21,7 +21,8 @@ namespace graft::js {
 nlohmann::json parse_literal(const std::string& text, size_t& pos, const std::string& file);
 
 // Standard base64 (RFC 4648, '=' padding optional, no white space). Throws FormatError naming `file`.
-std::vector<uint8_t> base64_decode(const std::string& text, size_t begin, size_t end, const std::string& file);
+std::vector<uint8_t> base64_decode(const std::string& text, size_t begin, size_t end,
+                                   const std::string& file);
 
 // The bundle's payload as JSON: the object literal of a model.min.js. Throws FormatError naming the
 // file when it is not such a bundle.

@@ -14,10 +14,10 @@
 #include <sstream>
 
 #include "graft/errors.h"
+#include "graft/head.h"
 #include "graft/json_file.h"
 #include "graft/keras_h5.h"
 #include "graft/tfjs.h"
-#include "graft/head.h"
 
 namespace graft {
 namespace keras {
@@ -263,7 +263,9 @@ std::map<std::string, LayerTarget> expand(const NameMap& map) {
     const int last = indexed ? rule.last : 0;
     for (int i = first; i <= last; ++i) {
       const std::string keras = substitute(rule.keras, i);
-      if (!out.emplace(keras, LayerTarget{substitute(rule.graft, i + rule.offset), rule.kind, rule.custom_head}).second) {
+      if (!out.emplace(keras,
+                       LayerTarget{substitute(rule.graft, i + rule.offset), rule.kind, rule.custom_head})
+               .second) {
         throw Error("Keras name map '" + map.arch + "': layer '" + keras + "' appears twice");
       }
     }

@@ -30,8 +30,8 @@ struct NameMapRule {
   std::string keras;  // Keras layer name (pattern): "conv_dw_%d"
   std::string graft;  // graft module path (pattern): "conv_dw_%d"
   LayerKind kind;
-  int first = 0, last = 0;  // index range of %d; unused when the names have none
-  int offset = 0;           // graft index = Keras index + offset (Keras block_1 is torchvision features.2)
+  int first = 0, last = 0;   // index range of %d; unused when the names have none
+  int offset = 0;            // graft index = Keras index + offset (Keras block_1 is torchvision features.2)
   bool custom_head = false;  // a layer of a tag's own head (nsfwjs' dense_1..3): absent from other builds
 };
 

@@ -4,9 +4,8 @@
 // header are split into name0, name1, ...).
 #include "graft/keras_h5.h"
 
-#include <hdf5.h>
-
 #include <fcntl.h>
+#include <hdf5.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -198,13 +197,16 @@ void read_float_dataset(hid_t group, const std::string& name, const std::string&
     }
     if (!filtered && stored < needed) {
       throw FormatError(file, "dataset '" + path + "' stores " + std::to_string(stored) +
-                                  " bytes, its shape " + shape_str(shape) + " needs " + std::to_string(needed));
+                                  " bytes, its shape " + shape_str(shape) + " needs " +
+                                  std::to_string(needed));
     }
     constexpr hsize_t kMaxInflation = 1024;
     if (filtered && needed / kMaxInflation > stored) {
-      throw FormatError(file, "dataset '" + path + "' stores " + std::to_string(stored) +
-                                  " compressed bytes for shape " + shape_str(shape) + " (" + std::to_string(needed) +
-                                  " bytes), more than " + std::to_string(kMaxInflation) + "x",
+      throw FormatError(file,
+                        "dataset '" + path + "' stores " + std::to_string(stored) +
+                            " compressed bytes for shape " + shape_str(shape) + " (" +
+                            std::to_string(needed) + " bytes), more than " + std::to_string(kMaxInflation) +
+                            "x",
                         "refused as a possible decompression bomb");
     }
   }
@@ -380,9 +382,10 @@ class RawFile {
     uint64_t bytes = sizeof(float);
     for (int64_t d : shape) bytes *= static_cast<uint64_t>(d);
     if (offset > size_ || bytes > size_ - offset) {
-      throw FormatError(file_, "dataset '" + name + "' of shape " + shape_str(shape) + " lies at bytes " +
-                                   std::to_string(offset) + "+" + std::to_string(bytes) +
-                                   ", past the file's end (" + std::to_string(size_) + " bytes)",
+      throw FormatError(file_,
+                        "dataset '" + name + "' of shape " + shape_str(shape) + " lies at bytes " +
+                            std::to_string(offset) + "+" + std::to_string(bytes) + ", past the file's end (" +
+                            std::to_string(size_) + " bytes)",
                         "the file is truncated");
     }
     char* out = reinterpret_cast<char*>(values);

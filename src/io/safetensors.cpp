@@ -18,8 +18,8 @@
 #include <unordered_set>
 
 #include "graft/errors.h"
-#include "graft/json_file.h"
 #include "graft/files.h"
+#include "graft/json_file.h"
 #include "graft/weights.h"
 
 namespace graft {
@@ -125,12 +125,13 @@ TensorInfo parse_entry(const std::string& path, const std::string& name, const j
     }
     // Overflow-checked: a hostile shape must not wrap around to a small, plausible byte count.
     if (__builtin_mul_overflow(numel, static_cast<uint64_t>(info.shape.back()), &numel))
-      throw FormatError(path, where + ": shape " + json_excerpt(shape) + " has more elements than fit in 64 bits");
+      throw FormatError(path,
+                        where + ": shape " + json_excerpt(shape) + " has more elements than fit in 64 bits");
   }
   uint64_t expected_bytes = 0;
   if (__builtin_mul_overflow(numel, static_cast<uint64_t>(known->itemsize), &expected_bytes))
-    throw FormatError(
-        path, where + ": shape " + json_excerpt(shape) + " x " + info.dtype + " is more bytes than fit in 64 bits");
+    throw FormatError(path, where + ": shape " + json_excerpt(shape) + " x " + info.dtype +
+                                " is more bytes than fit in 64 bits");
 
   const json& offsets = entry["data_offsets"];
   if (!offsets.is_array() || offsets.size() != 2 || !offsets[0].is_number_unsigned() ||
@@ -150,10 +151,11 @@ TensorInfo parse_entry(const std::string& path, const std::string& name, const j
                       "the file is truncated or the header is corrupt");
   const uint64_t bytes = info.end - info.begin;
   if (bytes != expected_bytes)
-    throw FormatError(path, where + ": data_offsets " + json_excerpt(offsets) + " span " + std::to_string(bytes) +
-                                " bytes, but shape " + json_excerpt(shape) + " of " + info.dtype + " needs " +
-                                std::to_string(numel) + " x " + std::to_string(known->itemsize) + " = " +
-                                std::to_string(expected_bytes) + " bytes");
+    throw FormatError(path, where + ": data_offsets " + json_excerpt(offsets) + " span " +
+                                std::to_string(bytes) + " bytes, but shape " + json_excerpt(shape) + " of " +
+                                info.dtype + " needs " + std::to_string(numel) + " x " +
+                                std::to_string(known->itemsize) + " = " + std::to_string(expected_bytes) +
+                                " bytes");
   return info;
 }
 

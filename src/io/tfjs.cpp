@@ -59,7 +59,8 @@ size_t WeightSpec::stored_bytes() const {
 }
 
 WeightSpec parse_weight_spec(const json& entry, const std::string& where) {
-  if (!entry.is_object()) throw FormatError(where, "a weights entry is not an object: " + json_excerpt(entry));
+  if (!entry.is_object())
+    throw FormatError(where, "a weights entry is not an object: " + json_excerpt(entry));
   if (!entry.contains("name") || !entry["name"].is_string() || entry["name"].get<std::string>().empty()) {
     throw FormatError(where, "a weights entry has no name: " + json_excerpt(entry));
   }
@@ -103,8 +104,8 @@ WeightSpec parse_weight_spec(const json& entry, const std::string& where) {
                         "TF.js quantizes to uint8, uint16 or float16");
     }
     if (q.contains("original_dtype") && q["original_dtype"] != "float32") {
-      throw FormatError(at,
-                        "quantization original_dtype " + json_excerpt(q["original_dtype"]) + " is not supported");
+      throw FormatError(
+          at, "quantization original_dtype " + json_excerpt(q["original_dtype"]) + " is not supported");
     }
   }
   return spec;
@@ -237,7 +238,8 @@ std::vector<uint8_t> read_group_bytes(const Group& group) {
   size_t offset = 0;
   for (size_t i = 0; i < group.paths.size(); ++i) {
     if (group.bundled[i]) {
-      std::copy(group.unwrapped[i].begin(), group.unwrapped[i].end(), bytes.begin() + static_cast<ptrdiff_t>(offset));
+      std::copy(group.unwrapped[i].begin(), group.unwrapped[i].end(),
+                bytes.begin() + static_cast<ptrdiff_t>(offset));
       offset += group.unwrapped[i].size();
       continue;
     }

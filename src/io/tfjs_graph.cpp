@@ -22,11 +22,28 @@ namespace {
 using nlohmann::json;
 namespace F = torch::nn::functional;
 
-const std::set<std::string> kSupportedOps{
-    "Placeholder", "Const",    "Identity", "Mul",     "Sub",        "AddV2",
-    "Add",         "BiasAdd",  "Relu",     "Relu6",   "Softmax",    "Squeeze",
-    "Reshape",     "Mean",     "AvgPool",  "MaxPool", "Conv2D",     "_FusedConv2D",
-    "DepthwiseConv2dNative",   "FusedDepthwiseConv2dNative",        "MatMul", "_FusedMatMul"};
+const std::set<std::string> kSupportedOps{"Placeholder",
+                                          "Const",
+                                          "Identity",
+                                          "Mul",
+                                          "Sub",
+                                          "AddV2",
+                                          "Add",
+                                          "BiasAdd",
+                                          "Relu",
+                                          "Relu6",
+                                          "Softmax",
+                                          "Squeeze",
+                                          "Reshape",
+                                          "Mean",
+                                          "AvgPool",
+                                          "MaxPool",
+                                          "Conv2D",
+                                          "_FusedConv2D",
+                                          "DepthwiseConv2dNative",
+                                          "FusedDepthwiseConv2dNative",
+                                          "MatMul",
+                                          "_FusedMatMul"};
 
 }  // namespace
 
@@ -104,22 +121,27 @@ struct TfjsGraphModel::Graph {
         fail(node, "the filter must be a Const input");
       }
       const torch::Tensor filter = nodes[node.inputs[1]].weight;
-      if (filter.dim() != 4) fail(node, "the filter has shape " + shape_str(filter.sizes().vec()) + ", expected 4-D");
+      if (filter.dim() != 4)
+        fail(node, "the filter has shape " + shape_str(filter.sizes().vec()) + ", expected 4-D");
       if (node.op.find("Depthwise") != std::string::npos) {
         // (H, W, C, M) -> (C * M, 1, H, W): output channel c * M + m, PyTorch's grouped order.
-        node.weight = filter.permute({2, 3, 0, 1}).reshape({filter.size(2) * filter.size(3), 1, filter.size(0),
-                                                            filter.size(1)}).contiguous();
+        node.weight = filter.permute({2, 3, 0, 1})
+                          .reshape({filter.size(2) * filter.size(3), 1, filter.size(0), filter.size(1)})
+                          .contiguous();
       } else {
         node.weight = filter.permute({3, 2, 0, 1}).contiguous();  // HWIO -> OIHW
       }
       const std::string padding = attr_string(node, "padding", "VALID");
-      if (padding != "SAME" && padding != "VALID") fail(node, "padding " + padding + "; expected SAME or VALID");
+      if (padding != "SAME" && padding != "VALID")
+        fail(node, "padding " + padding + "; expected SAME or VALID");
       for (const std::string& op : attr_strings(node, "fused_ops")) {
-        if (op != "BiasAdd" && op != "Relu" && op != "Relu6") fail(node, "fused op " + op + " is not supported");
+        if (op != "BiasAdd" && op != "Relu" && op != "Relu6")
+          fail(node, "fused op " + op + " is not supported");
       }
     } else if (node.op == "_FusedMatMul") {
       for (const std::string& op : attr_strings(node, "fused_ops")) {
-        if (op != "BiasAdd" && op != "Relu" && op != "Relu6") fail(node, "fused op " + op + " is not supported");
+        if (op != "BiasAdd" && op != "Relu" && op != "Relu6")
+          fail(node, "fused op " + op + " is not supported");
       }
     } else if (node.op == "AvgPool" || node.op == "MaxPool") {
       check_nhwc(node);
@@ -157,14 +179,16 @@ struct TfjsGraphModel::Graph {
       for (auto& d : dims) d = d < 0 ? d + x.dim() : d;
       std::sort(dims.rbegin(), dims.rend());
       for (int64_t d : dims) {
-        if (d < 0 || d >= x.dim() || x.size(d) != 1) fail(node, "cannot squeeze dimension " + std::to_string(d) + " of " + shape_str(x.sizes().vec()));
+        if (d < 0 || d >= x.dim() || x.size(d) != 1)
+          fail(node, "cannot squeeze dimension " + std::to_string(d) + " of " + shape_str(x.sizes().vec()));
         x = x.squeeze(d);
       }
       return x;
     }
     if (op == "Reshape") {
       const torch::Tensor shape = args.at(1).to(torch::kLong);
-      return args.at(0).reshape(std::vector<int64_t>(shape.data_ptr<int64_t>(), shape.data_ptr<int64_t>() + shape.numel()));
+      return args.at(0).reshape(
+          std::vector<int64_t>(shape.data_ptr<int64_t>(), shape.data_ptr<int64_t>() + shape.numel()));
     }
     if (op == "Mean") {
       const torch::Tensor axes = args.at(1).to(torch::kLong).flatten();
@@ -191,9 +215,9 @@ struct TfjsGraphModel::Graph {
       if (attr_string(node, "padding", "VALID") == "SAME") x = pad_same(x, kernel, stride, dilation);
       const bool depthwise = op.find("Depthwise") != std::string::npos;
       const int64_t groups = depthwise ? x.size(1) : 1;
-      torch::Tensor y = torch::conv2d(x, node.weight, /*bias=*/torch::Tensor(),
-                                      torch::IntArrayRef{stride[0], stride[1]}, torch::IntArrayRef{0, 0},
-                                      torch::IntArrayRef{dilation[0], dilation[1]}, groups);
+      torch::Tensor y =
+          torch::conv2d(x, node.weight, /*bias=*/torch::Tensor(), torch::IntArrayRef{stride[0], stride[1]},
+                        torch::IntArrayRef{0, 0}, torch::IntArrayRef{dilation[0], dilation[1]}, groups);
       y = y.permute({0, 2, 3, 1});  // back to NHWC
       return op[0] == '_' || op.rfind("Fused", 0) == 0 ? fused(node, y, args) : y;
     }
@@ -239,8 +263,8 @@ TfjsGraphModel::TfjsGraphModel(const std::string& path) : graph_(std::make_uniqu
   std::vector<std::vector<std::string>> input_names;
   for (const json& entry : list) {
     Graph::Node node;
-    if (!entry.is_object() || !entry.contains("name") || !entry["name"].is_string() || !entry.contains("op") ||
-        !entry["op"].is_string()) {
+    if (!entry.is_object() || !entry.contains("name") || !entry["name"].is_string() ||
+        !entry.contains("op") || !entry["op"].is_string()) {
       throw FormatError(file, "a graph node without a name or op: " + json_excerpt(entry, 200));
     }
     node.name = entry["name"].get<std::string>();
@@ -256,7 +280,8 @@ TfjsGraphModel::TfjsGraphModel(const std::string& path) : graph_(std::make_uniqu
       if (!name.empty() && name[0] == '^') continue;  // a control dependency carries no data
       const size_t colon = name.rfind(':');
       if (colon != std::string::npos) {
-        if (name.substr(colon + 1) != "0") g.fail(node, "reads output " + name + "; only first outputs are supported");
+        if (name.substr(colon + 1) != "0")
+          g.fail(node, "reads output " + name + "; only first outputs are supported");
         name = name.substr(0, colon);
       }
       inputs.push_back(name);
@@ -315,13 +340,15 @@ TfjsGraphModel::TfjsGraphModel(const std::string& path) : graph_(std::make_uniqu
   if (outputs) {
     for (const auto& item : outputs->items()) {
       const std::string name = item.key().substr(0, item.key().rfind(':'));
-      if (!g.index.count(name)) throw FormatError(file, "signature output '" + item.key() + "' is not a node");
+      if (!g.index.count(name))
+        throw FormatError(file, "signature output '" + item.key() + "' is not a node");
       g.outputs.push_back(name);
     }
   } else {
     for (size_t i = 0; i < g.nodes.size(); ++i) {
       bool read_by_any = false;
-      for (const auto& other : g.nodes) read_by_any |= std::count(other.inputs.begin(), other.inputs.end(), i) > 0;
+      for (const auto& other : g.nodes)
+        read_by_any |= std::count(other.inputs.begin(), other.inputs.end(), i) > 0;
       if (!read_by_any && g.nodes[i].op != "Const") g.outputs.push_back(g.nodes[i].name);
     }
   }
@@ -330,9 +357,15 @@ TfjsGraphModel::TfjsGraphModel(const std::string& path) : graph_(std::make_uniqu
 TfjsGraphModel::~TfjsGraphModel() = default;
 TfjsGraphModel::TfjsGraphModel(TfjsGraphModel&&) noexcept = default;
 
-const std::vector<std::string>& TfjsGraphModel::inputs() const { return graph_->inputs; }
-const std::vector<std::string>& TfjsGraphModel::outputs() const { return graph_->outputs; }
-bool TfjsGraphModel::has_node(const std::string& name) const { return graph_->index.count(name) > 0; }
+const std::vector<std::string>& TfjsGraphModel::inputs() const {
+  return graph_->inputs;
+}
+const std::vector<std::string>& TfjsGraphModel::outputs() const {
+  return graph_->outputs;
+}
+bool TfjsGraphModel::has_node(const std::string& name) const {
+  return graph_->index.count(name) > 0;
+}
 
 std::map<std::string, torch::Tensor> TfjsGraphModel::run(const torch::Tensor& input,
                                                          const std::vector<std::string>& fetch) const {
@@ -373,11 +406,15 @@ std::map<std::string, torch::Tensor> TfjsGraphModel::run(const torch::Tensor& in
       try {
         values[i] = g.eval(node, args);
       } catch (const c10::Error& e) {
-        g.fail(node, std::string("failed on inputs of shapes ") + [&] {
-          std::string shapes;
-          for (const auto& a : args) shapes += (shapes.empty() ? "" : ", ") + shape_str(a.sizes().vec());
-          return shapes;
-        }() + ": " + e.what_without_backtrace());
+        g.fail(
+            node, std::string("failed on inputs of shapes ") +
+                      [&] {
+                        std::string shapes;
+                        for (const auto& a : args)
+                          shapes += (shapes.empty() ? "" : ", ") + shape_str(a.sizes().vec());
+                        return shapes;
+                      }() +
+                      ": " + e.what_without_backtrace());
       }
     }
   }

@@ -1,9 +1,8 @@
 // BackboneImpl: the parts of the backbone interface that every architecture shares (custom head,
 // step runner, BatchNorm policy for frozen layers).
-#include "graft/model.h"
-
 #include "graft/errors.h"
 #include "graft/head.h"
+#include "graft/model.h"
 #include "graft/strings.h"
 
 namespace graft {
@@ -104,9 +103,8 @@ void BackboneImpl::train(bool on) {
                        dynamic_cast<torch::nn::BatchNorm3dImpl*>(module.get());
     if (!is_bn) continue;
     auto params = module->parameters(/*recurse=*/false);
-    const bool frozen = !params.empty() && std::none_of(params.begin(), params.end(), [](const auto& p) {
-      return p.requires_grad();
-    });
+    const bool frozen = !params.empty() && std::none_of(params.begin(), params.end(),
+                                                        [](const auto& p) { return p.requires_grad(); });
     if (frozen) module->eval();
   }
 }

@@ -9,8 +9,10 @@ namespace nn = torch::nn;
 
 void check_num_classes(const std::string& where, int64_t num_classes) {
   if (num_classes < 0) {
-    throw Error(where + ": the number of classes must be >= 0 (0 removes the classifier and the model returns "
-                        "pre-logits), got " + std::to_string(num_classes));
+    throw Error(where +
+                ": the number of classes must be >= 0 (0 removes the classifier and the model returns "
+                "pre-logits), got " +
+                std::to_string(num_classes));
   }
 }
 

@@ -3,10 +3,9 @@
 // and only the layer structure comes from Keras.
 #include "models/darknet.h"
 
-#include "models/common.h"
-
 #include "graft/errors.h"
 #include "graft/head.h"
+#include "models/common.h"
 
 namespace graft {
 namespace {

@@ -1,7 +1,8 @@
 // Head specs and the head module they build: the new top of a pretrained backbone, written as
 // "avg,dropout:0.2,dense:512:relu,dense:10" (Keras: GlobalAveragePooling2D, Dropout, Dense, Dense).
-#include "graft/errors.h"
 #include "graft/head.h"
+
+#include "graft/errors.h"
 
 namespace graft {
 namespace {
@@ -64,10 +65,14 @@ std::vector<int64_t> global_pool_dims(const torch::Tensor& features, const HeadS
 
 std::string pooling_name(Pooling pooling) {
   switch (pooling) {
-    case Pooling::kAvg: return "avg";
-    case Pooling::kMax: return "max";
-    case Pooling::kFlatten: return "flatten";
-    case Pooling::kNone: return "none";
+    case Pooling::kAvg:
+      return "avg";
+    case Pooling::kMax:
+      return "max";
+    case Pooling::kFlatten:
+      return "flatten";
+    case Pooling::kNone:
+      return "none";
   }
   return "?";
 }
@@ -79,8 +84,8 @@ HeadSpec HeadSpec::parse(const std::string& text) {
   if (!terms.empty()) {
     const std::string& t = terms[0];
     if (t == "avg" || t == "max" || t == "flatten" || t == "none") {
-      spec.pooling = t == "avg" ? Pooling::kAvg
-                     : t == "max" ? Pooling::kMax
+      spec.pooling = t == "avg"       ? Pooling::kAvg
+                     : t == "max"     ? Pooling::kMax
                      : t == "flatten" ? Pooling::kFlatten
                                       : Pooling::kNone;
       first = 1;
@@ -133,7 +138,8 @@ std::string HeadSpec::to_string() const {
   for (const auto& layer : layers) {
     switch (layer.kind) {
       case HeadLayerSpec::Kind::kDense:
-        out += ",dense:" + std::to_string(layer.units) + (layer.activation.empty() ? "" : ":" + layer.activation);
+        out += ",dense:" + std::to_string(layer.units) +
+               (layer.activation.empty() ? "" : ":" + layer.activation);
         break;
       case HeadLayerSpec::Kind::kDropout: {
         std::ostringstream rate;
@@ -141,7 +147,9 @@ std::string HeadSpec::to_string() const {
         out += ",dropout:" + rate.str();
         break;
       }
-      case HeadLayerSpec::Kind::kBatchNorm: out += ",bn"; break;
+      case HeadLayerSpec::Kind::kBatchNorm:
+        out += ",bn";
+        break;
     }
   }
   return out;
@@ -163,7 +171,8 @@ HeadImpl::HeadImpl(const HeadSpec& spec, int64_t in_channels, std::array<int64_t
       case HeadLayerSpec::Kind::kDense: {
         auto linear = register_module(name, torch::nn::Linear(width, layer.units));
         const std::string act = layer.activation;
-        layers_.emplace_back(name, [linear, act](const torch::Tensor& x) { return activate(act, linear->forward(x)); });
+        layers_.emplace_back(
+            name, [linear, act](const torch::Tensor& x) { return activate(act, linear->forward(x)); });
         layer_types_.push_back(act.empty() ? "Linear" : "Linear+" + act);
         width = layer.units;
         break;
@@ -204,14 +213,20 @@ std::vector<ForwardStep> HeadImpl::steps(bool pre_logits) {
   return steps;
 }
 
-torch::Tensor HeadImpl::forward(const torch::Tensor& features) { return run_steps(steps(false), features); }
+torch::Tensor HeadImpl::forward(const torch::Tensor& features) {
+  return run_steps(steps(false), features);
+}
 
 torch::Tensor HeadImpl::pool(const torch::Tensor& features) const {
   switch (spec_.pooling) {
-    case Pooling::kAvg: return features.mean(global_pool_dims(features, spec_));
-    case Pooling::kMax: return features.amax(global_pool_dims(features, spec_));
-    case Pooling::kFlatten: return features.flatten(1);
-    case Pooling::kNone: break;
+    case Pooling::kAvg:
+      return features.mean(global_pool_dims(features, spec_));
+    case Pooling::kMax:
+      return features.amax(global_pool_dims(features, spec_));
+    case Pooling::kFlatten:
+      return features.flatten(1);
+    case Pooling::kNone:
+      break;
   }
   return features;
 }

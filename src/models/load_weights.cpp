@@ -3,16 +3,17 @@
 #include <filesystem>
 
 #include "graft/errors.h"
+#include "graft/head.h"
 #include "graft/keras.h"
 #include "graft/registry.h"
 #include "graft/strings.h"
-#include "graft/head.h"
 
 namespace graft {
 LoadReport load_weights(BackboneImpl& model, const std::string& path, const WeightsOptions& options) {
   // A TF.js model folder, its model.json, or a Keras .h5: read by its format, mapped by the architecture.
   if (std::filesystem::is_directory(path)) return load_keras_weights(model, read_keras_file(path), options);
-  if (ends_with(path, ".json") || ends_with(path, ".js") || ends_with(path, ".h5") || ends_with(path, ".hdf5")) {
+  if (ends_with(path, ".json") || ends_with(path, ".js") || ends_with(path, ".h5") ||
+      ends_with(path, ".hdf5")) {
     return load_keras_weights(model, read_keras_file(path), options);
   }
   const std::string head = head_module_name(model);

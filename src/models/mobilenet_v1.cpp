@@ -3,14 +3,13 @@
 // Initialisation follows Keras' defaults: glorot_uniform kernels, zero bias, BatchNorm 1/0.
 #include "models/mobilenet_v1.h"
 
-#include "models/common.h"
-
 #include <torch/nn/functional/padding.h>
 
 #include <cmath>
 
 #include "graft/errors.h"
 #include "graft/head.h"
+#include "models/common.h"
 
 namespace graft {
 namespace {

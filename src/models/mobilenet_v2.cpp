@@ -4,13 +4,12 @@
 // BN 1/0, Linear normal(0, 0.01) with zero bias.
 #include "models/mobilenet_v2.h"
 
-#include "models/common.h"
-
 #include <cmath>
 
 #include "graft/errors.h"
 #include "graft/head.h"
 #include "layers/conv2d_same.h"
+#include "models/common.h"
 
 namespace graft {
 namespace {
@@ -59,9 +58,11 @@ InvertedResidualImpl::InvertedResidualImpl(int64_t inp, int64_t oup, int64_t str
   nn::Sequential layers;
   // Expand (pw), filter each channel (dw, carries the stride), project back with no activation (pw-linear).
   if (expand_ratio != 1) {
-    layers->push_back(Conv2dNormActivation(inp, hidden, /*kernel_size=*/1, /*stride=*/1, /*groups=*/1, style));
+    layers->push_back(
+        Conv2dNormActivation(inp, hidden, /*kernel_size=*/1, /*stride=*/1, /*groups=*/1, style));
   }
-  layers->push_back(Conv2dNormActivation(hidden, hidden, /*kernel_size=*/3, stride, /*groups=*/hidden, style));
+  layers->push_back(
+      Conv2dNormActivation(hidden, hidden, /*kernel_size=*/3, stride, /*groups=*/hidden, style));
   layers->push_back(nn::Conv2d(nn::Conv2dOptions(hidden, oup, /*kernel_size=*/1).bias(false)));
   layers->push_back(batch_norm(oup, style));
   conv = register_module("conv", layers);
@@ -91,8 +92,8 @@ MobileNetV2Impl::MobileNetV2Impl(const MobileNetV2Config& config, int64_t num_cl
 
   const mobilenetv2::LayerStyle style{config.tf_same_padding, config.bn_eps, config.bn_momentum};
   nn::Sequential layers;
-  layers->push_back(
-      mobilenetv2::Conv2dNormActivation(3, input_channel, /*kernel_size=*/3, /*stride=*/2, /*groups=*/1, style));
+  layers->push_back(mobilenetv2::Conv2dNormActivation(3, input_channel, /*kernel_size=*/3, /*stride=*/2,
+                                                      /*groups=*/1, style));
   feature_types_.push_back("Conv2dNormActivation");
   for (const auto& stage : config.setting) {
     const int64_t output_channel = make_divisible(stage.channels * config.width_mult, config.round_nearest);
@@ -141,8 +142,8 @@ std::vector<ForwardStep> MobileNetV2Impl::classifier_steps(bool pre_logits) {
                      return torch::adaptive_avg_pool2d(x, {1, 1});  // (N, 1280, 1, 1)
                    }});
   steps.push_back({"flatten", "Flatten", [](const torch::Tensor& x) { return x.flatten(1); }});  // (N, 1280)
-  auto head = sequential_steps(classifier, "classifier", {"Dropout", num_classes_ > 0 ? "Linear" : "Identity"}, 0,
-                               pre_logits ? 1 : 2);
+  auto head = sequential_steps(classifier, "classifier",
+                               {"Dropout", num_classes_ > 0 ? "Linear" : "Identity"}, 0, pre_logits ? 1 : 2);
   steps.insert(steps.end(), head.begin(), head.end());
   return steps;
 }

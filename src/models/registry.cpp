@@ -72,8 +72,12 @@ PretrainedCfg torchvision_kinetics400(const std::string& weights, const std::str
 std::vector<ModelEntry> build_table() {
   const std::string tv = "torchvision ImageNet-1k weights";
   std::vector<ModelEntry> table;
-  auto add_resnet = [&](const std::string& arch, std::function<Backbone(int64_t)> build, const std::string& what) {
-    table.push_back({arch, "resnet", what, std::move(build),
+  auto add_resnet = [&](const std::string& arch, std::function<Backbone(int64_t)> build,
+                        const std::string& what) {
+    table.push_back({arch,
+                     "resnet",
+                     what,
+                     std::move(build),
                      {torchvision_in1k("tv_in1k", "hf-hub:timm/" + arch + ".tv_in1k", tv + " (V1)")}});
   };
   add_resnet("resnet18", resnet18, "ResNet-18 (He et al. 2015), torchvision layout");
@@ -104,10 +108,14 @@ std::vector<ModelEntry> build_table() {
     keras.build = resnet50_keras;
     table[2].tags.push_back(keras);
   }
-  auto add_vgg = [&](const std::string& arch, std::function<Backbone(int64_t)> build, const std::string& what) {
-    table.push_back({arch, "vgg", what, std::move(build),
-                     {torchvision_in1k("tv_in1k", "torchvision:" + arch + " IMAGENET1K_V1 (convert to safetensors)",
-                                       tv)}});
+  auto add_vgg = [&](const std::string& arch, std::function<Backbone(int64_t)> build,
+                     const std::string& what) {
+    table.push_back({arch,
+                     "vgg",
+                     what,
+                     std::move(build),
+                     {torchvision_in1k(
+                         "tv_in1k", "torchvision:" + arch + " IMAGENET1K_V1 (convert to safetensors)", tv)}});
   };
   add_vgg("vgg16", vgg16, "VGG-16 (Simonyan & Zisserman 2014), configuration D");
   add_vgg("vgg16_bn", vgg16_bn, "VGG-16 with batch normalisation");
@@ -130,13 +138,16 @@ std::vector<ModelEntry> build_table() {
     keras.mean = {0.5, 0.5, 0.5};  // Keras mobilenet_v2.preprocess_input: x / 127.5 - 1
     keras.std = {0.5, 0.5, 0.5};
     keras.license = "Apache-2.0 (Keras Applications)";
-    keras.description = "Keras Applications ImageNet weights, alpha 1.0 (Keras build: TF padding, BN eps 1e-3)";
+    keras.description =
+        "Keras Applications ImageNet weights, alpha 1.0 (Keras build: TF padding, BN eps 1e-3)";
     keras.build = mobilenet_v2_keras;
-    table.push_back({"mobilenet_v2", "mobilenet", "MobileNetV2 (Sandler et al. 2018), torchvision layout",
-                     mobilenet_v2,
-                     {torchvision_in1k("tv_in1k",
-                                       "torchvision:mobilenet_v2 IMAGENET1K_V1 (convert to safetensors)", tv),
-                      nsfwjs, keras}});
+    table.push_back(
+        {"mobilenet_v2",
+         "mobilenet",
+         "MobileNetV2 (Sandler et al. 2018), torchvision layout",
+         mobilenet_v2,
+         {torchvision_in1k("tv_in1k", "torchvision:mobilenet_v2 IMAGENET1K_V1 (convert to safetensors)", tv),
+          nsfwjs, keras}});
   }
   {
     // torchvision's names; timm's efficientnet_b0 is another module tree (conv_stem, blocks.N.M, conv_head).
@@ -146,8 +157,11 @@ std::vector<ModelEntry> build_table() {
                          tv + " (ported from timm)");
     b0.interpolation = "bicubic";
     b0.crop_pct = 224.0 / 256.0;
-    table.push_back({"efficientnet_b0", "efficientnet", "EfficientNet-B0 (Tan & Le 2019), torchvision layout",
-                     efficientnet_b0, {b0}});
+    table.push_back({"efficientnet_b0",
+                     "efficientnet",
+                     "EfficientNet-B0 (Tan & Le 2019), torchvision layout",
+                     efficientnet_b0,
+                     {b0}});
   }
   {
     // torchvision's IMAGENET1K_V1 (ported from TensorFlow): resize 342, centre crop 299, bilinear. Its state
@@ -177,11 +191,14 @@ std::vector<ModelEntry> build_table() {
     ml5.file_format = "tfjs-layers";
     ml5.mean = {0.0, 0.0, 0.0};  // ml5 feeds pixel / 255, no normalisation
     ml5.std = {1.0, 1.0, 1.0};
-    ml5.crop_pct = 1.0;  // the whole image, resized (bilinear, align_corners=true) to 224
+    ml5.crop_pct = 1.0;                  // the whole image, resized (bilinear, align_corners=true) to 224
     ml5.labels = "imagenet-1k-darknet";  // darknet's own class order (kit fox, English setter, ...)
     ml5.license = "MIT (ml5)";
     ml5.description = "ml5 Tiny Darknet ImageNet classifier (TF.js layers model; outputs logits)";
-    table.push_back({"darknet_tiny", "darknet", "Tiny Darknet (darknet tiny.cfg), ml5 TF.js layout", darknet_tiny,
+    table.push_back({"darknet_tiny",
+                     "darknet",
+                     "Tiny Darknet (darknet tiny.cfg), ml5 TF.js layout",
+                     darknet_tiny,
                      {ml5}});
   }
   auto add_mobilenet_v1 = [&](const std::string& arch, const std::string& alpha, const std::string& file,
@@ -195,8 +212,11 @@ std::vector<ModelEntry> build_table() {
     keras.crop_pct = 1.0;
     keras.license = "Apache-2.0 (Keras Applications)";
     keras.description = "Keras Applications ImageNet weights, alpha " + alpha;
-    table.push_back({arch, "mobilenet", "MobileNet v1 (Howard et al. 2017), alpha " + alpha + ", Keras layout",
-                     std::move(build), {keras}});
+    table.push_back({arch,
+                     "mobilenet",
+                     "MobileNet v1 (Howard et al. 2017), alpha " + alpha + ", Keras layout",
+                     std::move(build),
+                     {keras}});
   };
   add_mobilenet_v1("mobilenet_v1_025", "0.25", "mobilenet_2_5_224_tf.h5", mobilenet_v1_025);
   add_mobilenet_v1("mobilenet_v1_050", "0.5", "mobilenet_5_0_224_tf.h5", mobilenet_v1_050);
@@ -204,15 +224,21 @@ std::vector<ModelEntry> build_table() {
   add_mobilenet_v1("mobilenet_v1_100", "1.0", "mobilenet_1_0_224_tf.h5", mobilenet_v1_100);
   // Video: (N, 3, T, H, W) clips.
   const std::string k400 = "torchvision Kinetics-400 weights (16 x 112 x 112 clips)";
-  table.push_back({"r3d_18", "video_resnet",
-                   "R3D-18 (Tran et al. 2018), 3D ResNet-18 for video, torchvision layout", r3d_18,
+  table.push_back({"r3d_18",
+                   "video_resnet",
+                   "R3D-18 (Tran et al. 2018), 3D ResNet-18 for video, torchvision layout",
+                   r3d_18,
                    {torchvision_kinetics400("R3D_18_Weights", k400 + ", acc@1 63.2")}});
-  table.push_back({"mc3_18", "video_resnet",
-                   "MC3-18 (Tran et al. 2018), 3D convs in layer1 and 2D above, torchvision layout", mc3_18,
+  table.push_back({"mc3_18",
+                   "video_resnet",
+                   "MC3-18 (Tran et al. 2018), 3D convs in layer1 and 2D above, torchvision layout",
+                   mc3_18,
                    {torchvision_kinetics400("MC3_18_Weights", k400 + ", acc@1 64.0")}});
-  table.push_back({"r2plus1d_18", "video_resnet",
+  table.push_back({"r2plus1d_18",
+                   "video_resnet",
                    "R(2+1)D-18 (Tran et al. 2018), spatial then temporal convs, torchvision layout",
-                   r2plus1d_18, {torchvision_kinetics400("R2Plus1D_18_Weights", k400 + ", acc@1 67.5")}});
+                   r2plus1d_18,
+                   {torchvision_kinetics400("R2Plus1D_18_Weights", k400 + ", acc@1 67.5")}});
   return table;
 }
 
@@ -261,8 +287,8 @@ const ModelEntry& find_model(const std::string& arch) {
     const size_t d = edit_distance(arch, entry.arch);
     if (d < best_distance) best_distance = d, best = entry.arch;
   }
-  throw SpecError("unknown architecture '" + arch + "'" + (best.empty() ? "" : "; did you mean '" + best + "'?") +
-                  " (`graft models` lists them)");
+  throw SpecError("unknown architecture '" + arch + "'" +
+                  (best.empty() ? "" : "; did you mean '" + best + "'?") + " (`graft models` lists them)");
 }
 
 Backbone create_model(const std::string& name, int64_t num_classes) {

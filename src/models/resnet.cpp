@@ -3,11 +3,10 @@
 // the initialisation (kaiming normal fan_out on convolutions, BN weight 1 bias 0, default Linear).
 #include "models/resnet.h"
 
-#include "models/common.h"
-
 #include "graft/errors.h"
 #include "graft/head.h"
 #include "layers/conv_bn.h"
+#include "models/common.h"
 
 namespace graft {
 namespace {
@@ -28,9 +27,11 @@ nn::BatchNorm2d batch_norm(int64_t channels, const ResNetConfig& config) {
 
 // The shortcut projection torchvision adds when a block changes stride or width: "downsample.0" (conv)
 // and "downsample.1" (BN). Null when the identity shortcut fits.
-nn::Sequential make_downsample(int64_t inplanes, int64_t outplanes, int64_t stride, const ResNetConfig& config = {}) {
+nn::Sequential make_downsample(int64_t inplanes, int64_t outplanes, int64_t stride,
+                               const ResNetConfig& config = {}) {
   if (stride == 1 && inplanes == outplanes) return nullptr;
-  return nn::Sequential(conv1x1(inplanes, outplanes, stride, config.conv_bias), batch_norm(outplanes, config));
+  return nn::Sequential(conv1x1(inplanes, outplanes, stride, config.conv_bias),
+                        batch_norm(outplanes, config));
 }
 
 // Blocks use an in-place ReLU as torchvision does: it only ever overwrites tensors the block owns.
@@ -89,10 +90,9 @@ torch::Tensor BottleneckImpl::forward(const torch::Tensor& x) {
 ResNetImpl::ResNetImpl(const ResNetConfig& config, int64_t num_classes)
     : BackboneImpl(config.arch), config_(config) {
   check_num_classes(config.arch, num_classes);
-  conv1 = register_module("conv1", nn::Conv2d(nn::Conv2dOptions(3, 64, /*kernel_size=*/7)
-                                                  .stride(2)
-                                                  .padding(3)
-                                                  .bias(config.conv_bias)));
+  conv1 = register_module(
+      "conv1",
+      nn::Conv2d(nn::Conv2dOptions(3, 64, /*kernel_size=*/7).stride(2).padding(3).bias(config.conv_bias)));
   bn1 = register_module("bn1", batch_norm(64, config));
   relu = register_module("relu", inplace_relu());
   maxpool = register_module("maxpool", nn::MaxPool2d(nn::MaxPool2dOptions(3).stride(2).padding(1)));
@@ -135,7 +135,8 @@ ResNetImpl::ResNetImpl(const ResNetConfig& config, int64_t num_classes)
 std::vector<ForwardStep> ResNetImpl::feature_steps() {
   std::vector<ForwardStep> steps;
   if (config_.bgr_input) {
-    steps.push_back({"bgr", "ChannelFlip", [](const torch::Tensor& x) { return x.flip({1}); }});  // RGB -> BGR
+    steps.push_back(
+        {"bgr", "ChannelFlip", [](const torch::Tensor& x) { return x.flip({1}); }});  // RGB -> BGR
   }
   auto [conv1_step, bn1_step] = conv_bn_steps(conv1.ptr(), bn1.ptr());
   steps.push_back({"conv1", "Conv2d", conv1_step});

@@ -1,10 +1,9 @@
 // TimeDistributed(backbone) + LSTM/GRU/average + classifier. See graft/video_model.h.
-#include "graft/video_model.h"
-
 #include <sstream>
 
 #include "graft/errors.h"
 #include "graft/head.h"
+#include "graft/video_model.h"
 
 namespace graft {
 
@@ -14,7 +13,8 @@ TemporalSpec TemporalSpec::parse(const std::string& text) {
   std::stringstream stream(text);
   std::string part;
   while (std::getline(stream, part, ':')) parts.push_back(part);
-  if (parts.empty()) throw SpecError("temporal spec is empty (expected lstm:256, gru:128, lstm:256:bi or avg)");
+  if (parts.empty())
+    throw SpecError("temporal spec is empty (expected lstm:256, gru:128, lstm:256:bi or avg)");
   spec.kind = parts[0];
   if (spec.kind != "lstm" && spec.kind != "gru" && spec.kind != "avg")
     throw SpecError("temporal spec '" + text + "': '" + spec.kind + "' is not lstm, gru or avg");
@@ -97,13 +97,15 @@ torch::Tensor TimeDistributedClassifierImpl::frame_features(const torch::Tensor&
 }
 
 torch::Tensor TimeDistributedClassifierImpl::forward_sequence(const torch::Tensor& features) {
-  if (features.dim() != 3) throw ShapeMismatch("TimeDistributed", "frame features", {-1, -1, -1}, features.sizes().vec());
+  if (features.dim() != 3)
+    throw ShapeMismatch("TimeDistributed", "frame features", {-1, -1, -1}, features.sizes().vec());
   torch::Tensor summary;
   if (spec_.kind == "avg") {
     summary = features.mean(1);  // order-blind: a frame-averaging baseline
   } else {
     // The sequence's last output; a bidirectional model also reads the first output of its backward half.
-    const torch::Tensor out = lstm ? std::get<0>(lstm->forward(features)) : std::get<0>(gru->forward(features));
+    const torch::Tensor out =
+        lstm ? std::get<0>(lstm->forward(features)) : std::get<0>(gru->forward(features));
     if (spec_.bidirectional) {
       const int64_t h = spec_.hidden;
       summary = torch::cat({out.select(1, -1).narrow(-1, 0, h), out.select(1, 0).narrow(-1, h, h)}, -1);

@@ -85,11 +85,12 @@ class ConfigReader {
   }
 
   [[noreturn]] void fail(const char* key, const std::string& expected, const json& value) const {
-    throw FormatError(source_,
-                      "key '" + std::string(key) + "' must be " + expected + ", found " + json_excerpt(value));
+    throw FormatError(
+        source_, "key '" + std::string(key) + "' must be " + expected + ", found " + json_excerpt(value));
   }
   [[noreturn]] void unsupported(const char* key, const std::string& why) const {
-    throw FormatError(source_, "key '" + std::string(key) + "' is " + json_excerpt(root_.at(key)) + ": " + why);
+    throw FormatError(source_,
+                      "key '" + std::string(key) + "' is " + json_excerpt(root_.at(key)) + ": " + why);
   }
 
   const json& root() const { return root_; }
@@ -513,7 +514,7 @@ const HfArchitecture& choose_architecture(const json& root, const std::string& c
   }
   if (!model_type.empty() && model_type != arch->model_type) {
     throw FormatError(config_path, "key 'model_type' is \"" + model_type + "\", but " + arch->name +
-                                           " is a \"" + arch->model_type + "\" model");
+                                       " is a \"" + arch->model_type + "\" model");
   }
   *checkpoint_class_out = checkpoint_class;
   return *arch;

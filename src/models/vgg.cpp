@@ -4,10 +4,9 @@
 // (kaiming normal fan_out convs, zero biases, BN 1/0, Linear normal(0, 0.01)).
 #include "models/vgg.h"
 
-#include "models/common.h"
-
 #include "graft/errors.h"
 #include "graft/head.h"
+#include "models/common.h"
 
 namespace graft {
 namespace {
@@ -89,7 +88,8 @@ std::vector<ForwardStep> VGGImpl::classifier_steps(bool pre_logits) {
   steps.push_back({"flatten", "Flatten", [](const torch::Tensor& x) { return x.flatten(1); }});  // (N, 25088)
   std::vector<std::string> types(kTypes, kTypes + 6);
   types.push_back(num_classes_ > 0 ? "Linear" : "Identity");
-  auto head = sequential_steps(classifier, "classifier", types, 0, pre_logits ? classifier->size() - 1 : classifier->size());
+  auto head = sequential_steps(classifier, "classifier", types, 0,
+                               pre_logits ? classifier->size() - 1 : classifier->size());
   steps.insert(steps.end(), head.begin(), head.end());
   return steps;
 }
@@ -99,9 +99,8 @@ void VGGImpl::reset_classifier(int64_t num_classes) {
   clear_custom_head();
   // A Sequential cannot swap one element, so a new one is built around the same classifier.0..5
   // (their weights are kept) and registered under the same name.
-  classifier = replace_module(
-      "classifier", with_new_last_linear(classifier, kHidden, num_classes,
-                                         classifier->ptr<nn::LinearImpl>(0)->weight));
+  classifier = replace_module("classifier", with_new_last_linear(classifier, kHidden, num_classes,
+                                                                 classifier->ptr<nn::LinearImpl>(0)->weight));
   num_classes_ = num_classes;
 }
 

@@ -36,11 +36,13 @@ struct VideoResNetConfig {
   }
   // Mixed convolutions: 3D in layer1 only, 2D ("no temporal") above.
   static VideoResNetConfig mc3_18() {
-    return {"mc3_18", false,
+    return {"mc3_18",
+            false,
             {VideoConv::k3D, VideoConv::kNoTemporal, VideoConv::kNoTemporal, VideoConv::kNoTemporal}};
   }
   static VideoResNetConfig r2plus1d_18() {
-    return {"r2plus1d_18", true,
+    return {"r2plus1d_18",
+            true,
             {VideoConv::k2Plus1D, VideoConv::k2Plus1D, VideoConv::k2Plus1D, VideoConv::k2Plus1D}};
   }
 };

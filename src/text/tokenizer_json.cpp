@@ -336,9 +336,10 @@ std::vector<std::string> vocab_from_json(const json& object, const std::string& 
     max_id = std::max(max_id, value);
   }
   if (max_id >= static_cast<int64_t>(object.size()) + kMaxVocabIdGap) {
-    throw FormatError(source, what + " has " + std::to_string(object.size()) + " entries but ids up to " +
-                                  std::to_string(max_id) + ", more than " + std::to_string(kMaxVocabIdGap) +
-                                  " past the last entry",
+    throw FormatError(source,
+                      what + " has " + std::to_string(object.size()) + " entries but ids up to " +
+                          std::to_string(max_id) + ", more than " + std::to_string(kMaxVocabIdGap) +
+                          " past the last entry",
                       "ids must number the tokens 0, 1, 2, ... (a gap this large is a damaged file)");
   }
   std::vector<std::string> vocab(static_cast<size_t>(max_id + 1));
@@ -346,8 +347,8 @@ std::vector<std::string> vocab_from_json(const json& object, const std::string& 
     if (token.empty()) throw FormatError(source, what + " has an empty token (id " + json_excerpt(id) + ")");
     std::string& slot = vocab[id.get<size_t>()];
     if (!slot.empty()) {
-      throw FormatError(
-          source, what + ": id " + json_excerpt(id) + " is used by both \"" + slot + "\" and \"" + token + "\"");
+      throw FormatError(source, what + ": id " + json_excerpt(id) + " is used by both \"" + slot +
+                                    "\" and \"" + token + "\"");
     }
     slot = token;
   }

@@ -192,8 +192,10 @@ OptimizerConfig optimizer_from_json(const json& j) {
 json state_to_json(const TrainerState& s) {
   json groups = json::array();
   for (const auto& g : s.groups)
-    groups.push_back(
-        {{"name", g.name}, {"lr_mult", g.lr_mult}, {"params", g.params}, {"no_weight_decay", g.no_weight_decay}});
+    groups.push_back({{"name", g.name},
+                      {"lr_mult", g.lr_mult},
+                      {"params", g.params},
+                      {"no_weight_decay", g.no_weight_decay}});
   json history = json::array();
   for (const auto& r : s.history) history.push_back(epoch_to_json(r));
   return json{{"format", "graft-checkpoint"},
@@ -440,8 +442,8 @@ void save_checkpoint(const std::string& dir, const torch::nn::Module& model,
     fsync_path(temp, /*directory=*/true);
   } catch (const std::exception& e) {
     remove_quietly(temp);
-    throw Error("cannot write checkpoint '" + dir + "' (the previous one there, if any, is unchanged): " +
-                e.what());
+    throw Error("cannot write checkpoint '" + dir +
+                "' (the previous one there, if any, is unchanged): " + e.what());
   }
   pause_for_test(dir, state.epoch, "whole");
 

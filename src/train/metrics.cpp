@@ -115,7 +115,9 @@ torch::Tensor causal_lm_loss(const torch::Tensor& logits, const torch::Tensor& l
       shifted_logits, shifted_labels, torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-100));
 }
 
-double Metrics::perplexity() const { return std::exp(loss); }
+double Metrics::perplexity() const {
+  return std::exp(loss);
+}
 
 void MetricsAccumulator::add_tokens(const torch::Tensor& logits, const torch::Tensor& labels_in,
                                     double batch_loss) {

@@ -174,7 +174,8 @@ TensorBatchSource::TensorBatchSource(torch::Tensor inputs, torch::Tensor labels,
   if (!inputs_.defined() || inputs_.dim() < 1)
     throw Error("TensorBatchSource: inputs must be a tensor (N, ...)");
   if (!labels_.defined() || labels_.dim() < 1 || labels_.size(0) != inputs_.size(0))
-    throw Error("TensorBatchSource: labels must be (N) or (N, T) with N = " + std::to_string(inputs_.size(0)));
+    throw Error("TensorBatchSource: labels must be (N) or (N, T) with N = " +
+                std::to_string(inputs_.size(0)));
   if (c10::isFloatingType(labels_.scalar_type()))
     throw Error("TensorBatchSource: labels must be integer class indices");
   labels_ = labels_.to(torch::kLong);
@@ -297,7 +298,9 @@ TrainerState Trainer::capture_state() const {
   s.optimizer = optimizer_.config;
   const auto& torch_groups = optimizer_.optimizer->param_groups();
   for (size_t g = 0; g < torch_groups.size(); ++g) {
-    TrainerState::Group group{optimizer_.group_names[g], optimizer_.lr_mults[g], {},
+    TrainerState::Group group{optimizer_.group_names[g],
+                              optimizer_.lr_mults[g],
+                              {},
                               g < optimizer_.no_weight_decay.size() && optimizer_.no_weight_decay[g]};
     for (const auto& p : torch_groups[g].params()) group.params.push_back(param_name(p));
     s.groups.push_back(std::move(group));
@@ -394,8 +397,8 @@ torch::Tensor Trainer::loss_of(const torch::Tensor& logits, const torch::Tensor&
   return classification_loss(logits, labels, config_.label_smoothing, class_weights_);
 }
 
-void Trainer::accumulate(MetricsAccumulator& accumulator, const torch::Tensor& logits, const torch::Tensor& labels,
-                         double loss) const {
+void Trainer::accumulate(MetricsAccumulator& accumulator, const torch::Tensor& logits,
+                         const torch::Tensor& labels, double loss) const {
   if (causal_lm())
     accumulator.add_tokens(logits, labels, loss);
   else
@@ -497,7 +500,8 @@ EpochResult Trainer::run_epoch(BatchSource& train, BatchSource* val, int64_t epo
   }
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   result.improved = early_stopping_.update(monitored_value(result, early_stopping_.config().monitor));
-  const std::string summary = epoch_summary(result, config_.epochs, early_stopping_.config().monitor, causal_lm());
+  const std::string summary =
+      epoch_summary(result, config_.epochs, early_stopping_.config().monitor, causal_lm());
   // The summary replaces the last bar on a terminal; in logs it follows it.
   if (val_bar)
     val_bar->finish(summary);
@@ -538,7 +542,8 @@ TrainHistory Trainer::fit(BatchSource& train, BatchSource* val) {
     remove_stale_temporaries(config_.out_dir);
     for (const auto& entry : fs::directory_iterator(fs::path(config_.out_dir) / "checkpoints", error)) {
       const std::string name = entry.path().filename().string();
-      if (name.rfind("last.tmp-", 0) == 0 || name.rfind("best.tmp-", 0) == 0) fs::remove_all(entry.path(), error);
+      if (name.rfind("last.tmp-", 0) == 0 || name.rfind("best.tmp-", 0) == 0)
+        fs::remove_all(entry.path(), error);
     }
   }
   if (config_.resume) restore_from_checkpoint();
@@ -615,8 +620,8 @@ TrainHistory Trainer::fit(BatchSource& train, BatchSource* val) {
   return history_;
 }
 
-void write_val_report(const std::string& out_dir, const Metrics& metrics, const std::vector<std::string>& class_names,
-                      std::ostream& log) {
+void write_val_report(const std::string& out_dir, const Metrics& metrics,
+                      const std::vector<std::string>& class_names, std::ostream& log) {
   const std::string report = metrics_report(metrics, class_names);
   if (!metrics.token_level)
     write_confusion_matrix_svg((fs::path(out_dir) / "confusion_matrix.svg").string(), metrics, class_names);
@@ -627,10 +632,13 @@ void write_val_report(const std::string& out_dir, const Metrics& metrics, const 
 int64_t Trainer::restore_best() {
   const int64_t last = epochs_done_;
   const std::string monitor = early_stopping_.config().monitor;
-  const std::optional<std::string> best =
-      config_.out_dir.empty() || !config_.save_checkpoints ? std::nullopt : find_checkpoint(checkpoint_dir("best"));
+  const std::optional<std::string> best = config_.out_dir.empty() || !config_.save_checkpoints
+                                              ? std::nullopt
+                                              : find_checkpoint(checkpoint_dir("best"));
   if (!best || history_.best_epoch <= 0) {
-    if (last > 0) log() << "the saved model is the last epoch's (" << last << "): no best checkpoint by " << monitor << "\n";
+    if (last > 0)
+      log() << "the saved model is the last epoch's (" << last << "): no best checkpoint by " << monitor
+            << "\n";
     return last;
   }
   if (history_.best_epoch == last) {

@@ -50,7 +50,8 @@ FreezeReport apply_freeze(torch::nn::Module& model, const std::string& spec, con
         used = 0;
       }
       if (used != count.size() || n < 0) {
-        throw SpecError("freeze spec term '" + term + "': expected last:N with N >= 0 (layers left trainable)");
+        throw SpecError("freeze spec term '" + term +
+                        "': expected last:N with N >= 0 (layers left trainable)");
       }
       // Keras' layers[:-N]: everything but the last N layers is frozen.
       const size_t keep = std::min<size_t>(static_cast<size_t>(n), layers.size());
@@ -65,8 +66,8 @@ FreezeReport apply_freeze(torch::nn::Module& model, const std::string& spec, con
         }
       }
       if (first == layers.size()) {
-        throw SpecError("freeze spec term '" + term + "': no layer named '" + name + "' (first layers: " +
-                        (layers.empty() ? std::string("none") : layers.front()) +
+        throw SpecError("freeze spec term '" + term + "': no layer named '" + name +
+                        "' (first layers: " + (layers.empty() ? std::string("none") : layers.front()) +
                         ", ...; see `graft summary` for the names)");
       }
       for (size_t i = 0; i < first; ++i) layer_frozen[i] = true;

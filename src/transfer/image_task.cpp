@@ -55,8 +55,8 @@ std::string resolve_head(const std::string& head, int64_t classes) {
   }
   if (spec.layers.back().units != classes) {
     throw SpecError("head spec '" + head + "' ends in dense:" + std::to_string(spec.layers.back().units) +
-                    " but the data has " + std::to_string(classes) + " classes; end it in dense:" +
-                    std::to_string(classes) + " or leave the last layer out");
+                    " but the data has " + std::to_string(classes) +
+                    " classes; end it in dense:" + std::to_string(classes) + " or leave the last layer out");
   }
   return spec.to_string();
 }
@@ -81,12 +81,14 @@ TransformConfig transform_for(const Preprocessing& preprocessing, bool train) {
 }
 
 ImageData open_image_data(const std::string& data, const TransformConfig& train_transform,
-                          const TransformConfig& eval_transform, double val_split, uint64_t seed, size_t limit) {
+                          const TransformConfig& eval_transform, double val_split, uint64_t seed,
+                          size_t limit) {
   if (!fs::is_directory(data)) throw Error("--data " + data + ": no such folder");
   ImageData out;
   if (is_idx_folder(data)) {
     const size_t val_limit = limit ? std::max<size_t>(1, limit / 4) : 0;
-    out.train = load_fashion_mnist(data, /*train=*/true, train_transform, limit, limit ? std::optional(seed) : std::nullopt);
+    out.train = load_fashion_mnist(data, /*train=*/true, train_transform, limit,
+                                   limit ? std::optional(seed) : std::nullopt);
     out.val = load_fashion_mnist(data, /*train=*/false, eval_transform, val_limit,
                                  val_limit ? std::optional(seed + 1) : std::nullopt);
     out.classes = out.train->classes();
@@ -108,7 +110,8 @@ std::shared_ptr<Dataset> open_eval_data(const std::string& data, const std::vect
   // A data root with train/ + val/: evaluate the validation folder, as Keras' validation_data.
   for (const char* sub : {"val", "validation", "test"}) {
     if (fs::is_directory(fs::path(data) / "train") && fs::is_directory(fs::path(data) / sub)) {
-      return std::make_shared<ImageFolder>(scan_image_folder((fs::path(data) / sub).string(), classes), transform);
+      return std::make_shared<ImageFolder>(scan_image_folder((fs::path(data) / sub).string(), classes),
+                                           transform);
     }
   }
   return std::make_shared<ImageFolder>(scan_image_folder(data, classes), transform);
@@ -203,8 +206,8 @@ void apply_json(ImageTrainOptions& o, const json& config, const std::string& fil
     try {
       config.at(key).get_to(target);
     } catch (const json::exception&) {
-      throw FormatError(file, std::string("option '") + key + "' has the wrong type (" +
-                                  config.at(key).type_name() + ")");
+      throw FormatError(
+          file, std::string("option '") + key + "' has the wrong type (" + config.at(key).type_name() + ")");
     }
   };
   TrainConfig& t = o.train;
@@ -253,11 +256,13 @@ void apply_json(ImageTrainOptions& o, const json& config, const std::string& fil
 
 ImageTrainResult train_image_classifier(const ImageTrainOptions& options_in, std::ostream& log) {
   ImageTrainOptions options = options_in;  // --init-from fills model and head
-  if (options.strategy != "feature-extract" && options.strategy != "fine-tune" && options.strategy != "two-stage") {
+  if (options.strategy != "feature-extract" && options.strategy != "fine-tune" &&
+      options.strategy != "two-stage") {
     throw SpecError("--strategy " + options.strategy + ": expected feature-extract, fine-tune or two-stage");
   }
   if (options.out.empty()) throw Error("--out: a run directory is required");
-  if (options.batch_size <= 0) throw Error("--batch-size must be positive, got " + std::to_string(options.batch_size));
+  if (options.batch_size <= 0)
+    throw Error("--batch-size must be positive, got " + std::to_string(options.batch_size));
   const bool feature_extract = options.strategy == "feature-extract";
   const bool two_stage = options.strategy == "two-stage";
   // What feature extraction cannot honour is refused by name, not dropped: the whole backbone is frozen and
@@ -282,11 +287,13 @@ ImageTrainResult train_image_classifier(const ImageTrainOptions& options_in, std
     if (!options.weights.empty()) throw Error("give --weights or --init-from, not both");
     if (options.model.empty()) options.model = previous->spec.model;
     if (options.model != previous->spec.model)
-      throw Error("--init-from " + options_in.init_from + " holds a " + previous->spec.model + ", not a " + options.model);
+      throw Error("--init-from " + options_in.init_from + " holds a " + previous->spec.model + ", not a " +
+                  options.model);
     if (options.head.empty() && !previous->spec.head.empty()) {
       // The run's head without its last layer: resolve_head adds one for this data's classes.
       HeadSpec head = HeadSpec::parse(previous->spec.head);
-      if (!head.layers.empty() && head.layers.back().kind == HeadLayerSpec::Kind::kDense) head.layers.pop_back();
+      if (!head.layers.empty() && head.layers.back().kind == HeadLayerSpec::Kind::kDense)
+        head.layers.pop_back();
       options.head = head.to_string();
     }
   }
@@ -296,19 +303,22 @@ ImageTrainResult train_image_classifier(const ImageTrainOptions& options_in, std
   Preprocessing pre = previous ? previous->spec.preprocessing : Preprocessing::from_cfg(model->default_cfg());
   if (options.image_size > 0) pre.size = options.image_size;
   if (previous && options.image_size <= 0)
-    log << "image size " << pre.size << " px from --init-from " << options_in.init_from << " (--image-size overrides)\n";
+    log << "image size " << pre.size << " px from --init-from " << options_in.init_from
+        << " (--image-size overrides)\n";
   TransformConfig train_tf = transform_for(pre, /*train=*/options.augment && !feature_extract);
   train_tf.rotation_degrees = options.rotation;
   train_tf.jitter = options.jitter;
   const TransformConfig eval_tf = transform_for(pre, /*train=*/false);
-  ImageData data = open_image_data(options.data, train_tf, eval_tf, options.val_split, options.train.seed,
-                                   options.limit);
+  ImageData data =
+      open_image_data(options.data, train_tf, eval_tf, options.val_split, options.train.seed, options.limit);
   if (!options.validate) data.val = nullptr;
   const int64_t classes = static_cast<int64_t>(data.classes.size());
   log << "data: " << data.train->size() << " training, " << (data.val ? data.val->size() : 0)
       << " validation images, " << classes << " classes\n";
-  for (size_t i = 0; i < data.skipped.size() && i < 10; ++i) log << "graft: warning: " << data.skipped[i] << "\n";
-  if (data.skipped.size() > 10) log << "graft: warning: ... and " << data.skipped.size() - 10 << " more skipped\n";
+  for (size_t i = 0; i < data.skipped.size() && i < 10; ++i)
+    log << "graft: warning: " << data.skipped[i] << "\n";
+  if (data.skipped.size() > 10)
+    log << "graft: warning: ... and " << data.skipped.size() - 10 << " more skipped\n";
 
   if (previous) {
     // Set below, once the head exists.
@@ -348,7 +358,8 @@ ImageTrainResult train_image_classifier(const ImageTrainOptions& options_in, std
     load.source_name = options_in.init_from;
     const LoadReport report = load_state_dict(*model, fitting, load);
     log << "init from " << options_in.init_from << ": " << report.loaded.size() << " tensors"
-        << (fresh.empty() ? "" : "; new: " + std::to_string(fresh.size()) + " tensors of the last layer") << "\n";
+        << (fresh.empty() ? "" : "; new: " + std::to_string(fresh.size()) + " tensors of the last layer")
+        << "\n";
   }
   model->set_frozen_bn_trains(options.bn_train_frozen);
   const std::string stage2_freeze = options.freeze.empty() ? "none" : options.freeze;
@@ -386,11 +397,13 @@ ImageTrainResult train_image_classifier(const ImageTrainOptions& options_in, std
     DataLoader train_once(data.train, eval_options);
     FeatureSet train_features = extract_features(*model, train_once, config.device, log, "features (train)");
     std::optional<FeatureSet> val_features;
-    if (val_loader) val_features = extract_features(*model, *val_loader, config.device, log, "features (val)");
-    result.feature_cache_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (val_loader)
+      val_features = extract_features(*model, *val_loader, config.device, log, "features (val)");
+    result.feature_cache_seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     log << "feature cache: " << train_features.features.size(0) << " x " << train_features.features.size(1)
-        << " computed in " << format_duration(result.feature_cache_seconds) << " (" << result.feature_cache_seconds
-        << " s); epochs train the head only\n";
+        << " computed in " << format_duration(result.feature_cache_seconds) << " ("
+        << result.feature_cache_seconds << " s); epochs train the head only\n";
 
     std::shared_ptr<HeadImpl> head_module = model->custom_head();
     TensorBatchSource train_source(train_features.features, train_features.labels, options.batch_size, true);
@@ -400,28 +413,32 @@ ImageTrainResult train_image_classifier(const ImageTrainOptions& options_in, std
                                                        options.batch_size, false);
     }
     config.sample_unit = "feat";
-    Trainer trainer(head_module, [head_module](const torch::Tensor& x) { return head_module->forward_pooled(x); },
-                    config);
+    Trainer trainer(
+        head_module, [head_module](const torch::Tensor& x) { return head_module->forward_pooled(x); },
+        config);
     result.history = trainer.fit(train_source, val_source.get());
     trainer.restore_best();
   } else {
     config.param_groups = backbone_and_head_groups(*model, two_stage ? 1.0 : options.backbone_lr_mult);
-    const int64_t stage1 = options.stage1_epochs > 0 ? options.stage1_epochs : std::max<int64_t>(1, config.epochs / 2);
+    const int64_t stage1 =
+        options.stage1_epochs > 0 ? options.stage1_epochs : std::max<int64_t>(1, config.epochs / 2);
     if (two_stage) {
       const double mult = options.backbone_lr_mult;
       const bool bn_policy = options.bn_train_frozen;
-      config.on_epoch_end.push_back([model, stage1, stage2_freeze, mult, bn_policy](Trainer& trainer, EpochResult& r) {
-        if (r.epoch != stage1) return;
-        // Keras' recipe: after the head has settled, unfreeze the top and continue at a lower rate.
-        model->set_frozen_bn_trains(bn_policy);
-        FreezeReport report = apply_freeze(*model, stage2_freeze);
-        trainer.set_param_groups(backbone_and_head_groups(*model, mult));
-        std::ostream& out = trainer.config().log ? *trainer.config().log : std::cerr;
-        out << "two-stage: stage 2 from epoch " << stage1 + 1 << ": freeze '" << stage2_freeze << "' ("
-                  << report.frozen_layers.size() << " layers stay frozen), backbone lr x" << mult << "\n";
-      });
+      config.on_epoch_end.push_back(
+          [model, stage1, stage2_freeze, mult, bn_policy](Trainer& trainer, EpochResult& r) {
+            if (r.epoch != stage1) return;
+            // Keras' recipe: after the head has settled, unfreeze the top and continue at a lower rate.
+            model->set_frozen_bn_trains(bn_policy);
+            FreezeReport report = apply_freeze(*model, stage2_freeze);
+            trainer.set_param_groups(backbone_and_head_groups(*model, mult));
+            std::ostream& out = trainer.config().log ? *trainer.config().log : std::cerr;
+            out << "two-stage: stage 2 from epoch " << stage1 + 1 << ": freeze '" << stage2_freeze << "' ("
+                << report.frozen_layers.size() << " layers stay frozen), backbone lr x" << mult << "\n";
+          });
     }
-    Trainer trainer(model, [model](const torch::Tensor& x) { return model->forward(x); }, config);
+    Trainer trainer(
+        model, [model](const torch::Tensor& x) { return model->forward(x); }, config);
     LoaderBatchSource train_source(*train_loader);
     std::unique_ptr<LoaderBatchSource> val_source;
     if (val_loader) val_source = std::make_unique<LoaderBatchSource>(*val_loader);
@@ -434,14 +451,15 @@ ImageTrainResult train_image_classifier(const ImageTrainOptions& options_in, std
   model->to(torch::kCPU);
   model->eval();
   if (val_loader) {
-    Trainer evaluator(model, [model](const torch::Tensor& x) { return model->forward(x); },
-                      [&] {
-                        TrainConfig c;
-                        c.device = config.device;
-                        c.progress = config.progress;
-                        c.log = &log;
-                        return c;
-                      }());
+    Trainer evaluator(
+        model, [model](const torch::Tensor& x) { return model->forward(x); },
+        [&] {
+          TrainConfig c;
+          c.device = config.device;
+          c.progress = config.progress;
+          c.log = &log;
+          return c;
+        }());
     LoaderBatchSource source(*val_loader);
     result.val_metrics = evaluator.evaluate(source, "val");
     write_val_report(options.out, *result.val_metrics, data.classes, log);
@@ -449,7 +467,8 @@ ImageTrainResult train_image_classifier(const ImageTrainOptions& options_in, std
   model->to(torch::kCPU);
   save_run(options.out, *model, spec, to_json(options));
   if (result.skipped_files) log << "skipped " << result.skipped_files << " unreadable file(s)\n";
-  log << "run directory: " << options.out << " (model.safetensors, graft.json, metrics.csv, training_curves.svg"
+  log << "run directory: " << options.out
+      << " (model.safetensors, graft.json, metrics.csv, training_curves.svg"
       << (val_loader ? ", confusion_matrix.svg, val_report.txt" : "") << ")\n";
   return result;
 }

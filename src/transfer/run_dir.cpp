@@ -1,6 +1,4 @@
 // Saving and loading run directories (model.safetensors + graft.json).
-#include "graft/run.h"
-
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -8,6 +6,7 @@
 
 #include "graft/errors.h"
 #include "graft/registry.h"
+#include "graft/run.h"
 #include "graft/trainer.h"
 #include "graft/transfer.h"
 #include "graft/weights.h"
@@ -69,14 +68,16 @@ bool is_at_or_below(const fs::path& path, const fs::path& folder) {
 
 void check_out_folder(const std::string& out, const std::vector<std::string>& inputs,
                       const std::vector<std::string>& sources, bool resume, bool overwrite) {
-  if (resume && overwrite) throw Error("give --resume (continue the run in --out) or --overwrite (replace it), not both");
+  if (resume && overwrite)
+    throw Error("give --resume (continue the run in --out) or --overwrite (replace it), not both");
   for (const std::string& input : inputs)
     if (!input.empty() && is_at_or_below(out, input))
       throw Error("--out " + out + " lies inside the data " + input +
                   " (its checkpoints would become data); choose a folder outside it");
   for (const std::string& source : sources)
     if (!source.empty() && is_at_or_below(source, out))
-      throw Error("--out " + out + " holds " + source + ", which this run reads its weights from; choose another --out");
+      throw Error("--out " + out + " holds " + source +
+                  ", which this run reads its weights from; choose another --out");
   std::error_code error;
   if (!fs::exists(out, error)) return;
   if (!fs::is_directory(out, error)) throw Error("--out " + out + " exists and is not a folder");
@@ -84,11 +85,13 @@ void check_out_folder(const std::string& out, const std::vector<std::string>& in
   const bool run = fs::is_regular_file(fs::path(out) / "graft.json", error) ||
                    fs::is_directory(fs::path(out) / "checkpoints", error);
   if (!run)
-    throw Error("--out " + out + " is a folder that is not empty and holds no graft run; graft writes a new folder "
+    throw Error("--out " + out +
+                " is a folder that is not empty and holds no graft run; graft writes a new folder "
                 "(or continues its own run with --resume): choose another --out");
   if (resume) return;
   if (!overwrite)
-    throw Error("--out " + out + " already holds a graft run; add --resume to continue it, --overwrite to replace it, "
+    throw Error("--out " + out +
+                " already holds a graft run; add --resume to continue it, --overwrite to replace it, "
                 "or choose another --out");
   // Replaced: its checkpoints go first, so that nothing of the old run is restored as the new run's best.
   fs::remove_all(fs::path(out) / "checkpoints", error);
@@ -96,7 +99,11 @@ void check_out_folder(const std::string& out, const std::vector<std::string>& in
 }
 
 json preprocessing_json(const Preprocessing& p) {
-  return {{"size", p.size}, {"crop_pct", p.crop_pct}, {"mean", p.mean}, {"std", p.std}, {"interpolation", p.interpolation}};
+  return {{"size", p.size},
+          {"crop_pct", p.crop_pct},
+          {"mean", p.mean},
+          {"std", p.std},
+          {"interpolation", p.interpolation}};
 }
 
 void write_run_files(const std::string& dir, const NamedTensors& weights,
@@ -128,7 +135,9 @@ void check_run_weights(const std::string& json_file, const std::string& weights_
   }
 }
 
-bool is_run_dir(const std::string& path) { return fs::is_regular_file(fs::path(path) / "graft.json"); }
+bool is_run_dir(const std::string& path) {
+  return fs::is_regular_file(fs::path(path) / "graft.json");
+}
 
 LoadedRun load_run(const std::string& dir) {
   const std::string file = (fs::path(dir) / "graft.json").string();
@@ -139,15 +148,16 @@ LoadedRun load_run(const std::string& dir) {
   run.spec = read_run_spec(file);
   const int64_t classes = static_cast<int64_t>(run.spec.classes.size());
   run.model = create_model(run.spec.model, classes);
-  if (!run.spec.head.empty()) run.model->set_head(HeadSpec::parse(run.spec.head),
-                                                  {run.spec.preprocessing.size, run.spec.preprocessing.size});
+  if (!run.spec.head.empty())
+    run.model->set_head(HeadSpec::parse(run.spec.head),
+                        {run.spec.preprocessing.size, run.spec.preprocessing.size});
   LoadOptions options;
   options.source_name = (fs::path(dir) / "model.safetensors").string();
   check_run_weights(file, run.spec.weights_save_id, options.source_name);
   load_safetensors(*run.model, options.source_name, options);
   if (run.model->num_classes() != classes) {
-    throw FormatError(file, "the model outputs " + std::to_string(run.model->num_classes()) + " classes but " +
-                                std::to_string(classes) + " class names are listed");
+    throw FormatError(file, "the model outputs " + std::to_string(run.model->num_classes()) +
+                                " classes but " + std::to_string(classes) + " class names are listed");
   }
   run.model->eval();
   return run;

@@ -34,7 +34,8 @@ std::string string_or(const json& doc, const std::string& key, const std::string
   const auto it = doc.find(key);
   if (it == doc.end() || it->is_null()) return fallback;
   if (!it->is_string())
-    throw FormatError(file, "field '" + key + "' has the wrong type (" + it->type_name() + "), expected a string");
+    throw FormatError(file,
+                      "field '" + key + "' has the wrong type (" + it->type_name() + "), expected a string");
   return it->get<std::string>();
 }
 
@@ -53,7 +54,8 @@ RunSpec read_run_spec(const std::string& file) {
   RunSpec spec;
   spec.task = field<std::string>(doc, "task", file);
   if (spec.task != "image-classify") {
-    throw FormatError(file, "task '" + spec.task + "' is not supported by this command (expected image-classify)");
+    throw FormatError(file,
+                      "task '" + spec.task + "' is not supported by this command (expected image-classify)");
   }
   spec.model = field<std::string>(doc, "model", file);
   spec.head = field<std::string>(doc, "head", file);
@@ -72,7 +74,8 @@ RunSpec read_run_spec(const std::string& file) {
 
 Preprocessing read_preprocessing(const json& pre, const std::string& file) {
   if (!pre.is_object())
-    throw FormatError(file, "field 'preprocessing' has the wrong type (" + std::string(pre.type_name()) + ")");
+    throw FormatError(file,
+                      "field 'preprocessing' has the wrong type (" + std::string(pre.type_name()) + ")");
   Preprocessing p;
   p.size = field<int64_t>(pre, "size", file);
   p.crop_pct = field<double>(pre, "crop_pct", file);
@@ -87,7 +90,8 @@ Preprocessing read_preprocessing(const json& pre, const std::string& file) {
       throw FormatError(file, "preprocessing mean and std must be finite numbers, std > 0");
     }
   }
-  if (p.interpolation != "bilinear" && p.interpolation != "bilinear-align-corners" && p.interpolation != "bicubic")
+  if (p.interpolation != "bilinear" && p.interpolation != "bilinear-align-corners" &&
+      p.interpolation != "bicubic")
     throw FormatError(file, "preprocessing interpolation '" + p.interpolation + "' is not one graft knows",
                       "expected bilinear, bilinear-align-corners or bicubic");
   return p;

@@ -40,7 +40,10 @@ ModelSummary summarize(BackboneImpl& model, std::array<int64_t, 2> input_hw) {
   torch::Tensor x = example_input(model.default_cfg(), input_hw);
   for (const auto& step : model.all_steps()) {
     x = step.fn(x);
-    SummaryRow row{step.name, step.type, {}, count_parameters(model, step.name),
+    SummaryRow row{step.name,
+                   step.type,
+                   {},
+                   count_parameters(model, step.name),
                    count_parameters(model, step.name, /*trainable_only=*/true)};
     row.fixed_params = count_fixed(model, step.name);
     for (int64_t d = 1; d < x.dim(); ++d) row.output_shape.push_back(x.size(d));
@@ -89,7 +92,8 @@ std::string ModelSummary::to_string() const {
   std::ostringstream out;
   out << "Model: \"" << title << "\"\n" << std::string(width, '_') << "\n";
   out << std::left << std::setw(name_width) << " Layer (type)" << std::setw(24) << "Output Shape"
-      << std::setw(14) << "Param #" << "Trainable\n";
+      << std::setw(14) << "Param #"
+      << "Trainable\n";
   out << std::string(width, '=') << "\n";
   for (const auto& row : rows) {
     const std::string trainable = row.params == 0                                         ? "-"

@@ -2,8 +2,6 @@
 #include "graft/text_task.h"
 
 #include <torch/nn/modules/normalization.h>
-
-#include <nlohmann/json.hpp>
 #include <unistd.h>
 
 #include <algorithm>
@@ -11,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <numeric>
 #include <random>
 #include <set>
@@ -18,8 +17,8 @@
 
 #include "graft/bert.h"
 #include "graft/errors.h"
-#include "graft/json_file.h"
 #include "graft/files.h"
+#include "graft/json_file.h"
 #include "graft/strings.h"
 #include "graft/transfer.h"
 #include "graft/transformers.h"
@@ -35,10 +34,14 @@ using nlohmann::json;
 // GPT-2's original encoder.json / vocab.bpe are written as vocab.json / merges.txt, the names
 // GPT2Tokenizer.from_pretrained looks for.
 const std::vector<std::pair<std::string, std::string>> kTokenizerFiles = {
-    {"tokenizer.json", "tokenizer.json"},     {"vocab.txt", "vocab.txt"},
-    {"vocab.json", "vocab.json"},             {"merges.txt", "merges.txt"},
-    {"encoder.json", "vocab.json"},           {"vocab.bpe", "merges.txt"},
-    {"tokenizer_config.json", "tokenizer_config.json"}, {"special_tokens_map.json", "special_tokens_map.json"},
+    {"tokenizer.json", "tokenizer.json"},
+    {"vocab.txt", "vocab.txt"},
+    {"vocab.json", "vocab.json"},
+    {"merges.txt", "merges.txt"},
+    {"encoder.json", "vocab.json"},
+    {"vocab.bpe", "merges.txt"},
+    {"tokenizer_config.json", "tokenizer_config.json"},
+    {"special_tokens_map.json", "special_tokens_map.json"},
 };
 
 // Tokens per example or block: far above any position table graft loads (GPT-2 has 1024, BERT 512), and
@@ -150,9 +153,10 @@ void check_ids(const torch::Tensor& packed, int64_t vocab, const Tokenizer& toke
   if (packed.numel() == 0) return;
   const int64_t top = packed.select(1, 0).max().item<int64_t>();
   if (top >= vocab) {
-    throw Error("the tokenizer (" + tokenizer.source() + ") gives token id " + std::to_string(top) +
-                " but the model's vocabulary has " + std::to_string(vocab) +
-                " entries; the tokenizer does not belong to this model (name the right one with --tokenizer)");
+    throw Error(
+        "the tokenizer (" + tokenizer.source() + ") gives token id " + std::to_string(top) +
+        " but the model's vocabulary has " + std::to_string(vocab) +
+        " entries; the tokenizer does not belong to this model (name the right one with --tokenizer)");
   }
 }
 
@@ -187,9 +191,10 @@ ClassifyTensors encode_examples(const Tokenizer& tokenizer, const std::vector<Te
 
 // Causal-LM examples: packed blocks (inputs (N, 2, block), labels = ids) or, line by line, one example
 // per document ending in eos, padded, with -100 labels on the padding.
-ClassifyTensors lm_tensors(const Tokenizer& tokenizer, const std::vector<std::string>& documents, int64_t block_size,
-                           bool line_by_line, const std::string& source) {
-  // A block predicts each token from those before it: one token predicts nothing (a NaN loss), 0 divides by 0.
+ClassifyTensors lm_tensors(const Tokenizer& tokenizer, const std::vector<std::string>& documents,
+                           int64_t block_size, bool line_by_line, const std::string& source) {
+  // A block predicts each token from those before it: one token predicts nothing (a NaN loss), 0 divides by
+  // 0.
   if (block_size < 2 || block_size > kMaxSequenceLength)
     throw Error(source + ": block size " + std::to_string(block_size) + " is out of range (2.." +
                 std::to_string(kMaxSequenceLength) + " tokens)");
@@ -218,19 +223,20 @@ ClassifyTensors lm_tensors(const Tokenizer& tokenizer, const std::vector<std::st
   }
   const int64_t blocks = static_cast<int64_t>(ids.size()) / block_size;
   if (blocks == 0) {
-    throw Error(source + ": the text has " + std::to_string(ids.size()) + " tokens, fewer than one block of " +
-                std::to_string(block_size) + " (lower --block-size or give more text)");
+    throw Error(source + ": the text has " + std::to_string(ids.size()) +
+                " tokens, fewer than one block of " + std::to_string(block_size) +
+                " (lower --block-size or give more text)");
   }
   // The remainder after the last whole block is dropped, as Hugging Face's run_clm group_texts does.
-  torch::Tensor flat = torch::tensor(std::vector<int64_t>(ids.begin(), ids.begin() + blocks * block_size),
-                                     torch::kLong);
+  torch::Tensor flat =
+      torch::tensor(std::vector<int64_t>(ids.begin(), ids.begin() + blocks * block_size), torch::kLong);
   torch::Tensor block_ids = flat.view({blocks, block_size});
   torch::Tensor inputs = torch::stack({block_ids, torch::ones_like(block_ids)}, 1);
   return {inputs, block_ids.clone()};
 }
 
-std::pair<ClassifyTensors, ClassifyTensors> split_rows(const ClassifyTensors& all, double fraction, bool shuffle,
-                                                       uint64_t seed) {
+std::pair<ClassifyTensors, ClassifyTensors> split_rows(const ClassifyTensors& all, double fraction,
+                                                       bool shuffle, uint64_t seed) {
   const int64_t n = all.inputs.size(0);
   int64_t val = static_cast<int64_t>(std::llround(static_cast<double>(n) * fraction));
   val = std::clamp<int64_t>(val, fraction > 0 ? 1 : 0, n - 1);
@@ -273,7 +279,8 @@ int64_t context_length(const torch::nn::Module& module) {
   return 512;
 }
 
-// config.json of the trained model: the source's keys, with the class built and, for a classifier, its labels.
+// config.json of the trained model: the source's keys, with the class built and, for a classifier, its
+// labels.
 json run_config(const std::string& source_config, const std::string& architecture,
                 const std::vector<std::string>& classes) {
   json config = read_json_file(source_config);
@@ -320,7 +327,8 @@ std::vector<std::string> save_tokenizer_files(const std::string& location, const
     } else {
       copy(location, "tokenizer.json");
     }
-    if (fs::is_regular_file(base / "tokenizer_config.json")) copy(base / "tokenizer_config.json", "tokenizer_config.json");
+    if (fs::is_regular_file(base / "tokenizer_config.json"))
+      copy(base / "tokenizer_config.json", "tokenizer_config.json");
   }
   if (std::find(written.begin(), written.end(), "tokenizer_config.json") == written.end()) {
     // The class and casing Python's AutoTokenizer needs to read the files as graft does.
@@ -347,7 +355,11 @@ NamedTensors hf_state_dict(torch::nn::Module& module) {
 }
 
 json columns_json(const TextColumns& c) {
-  return {{"format", c.format}, {"text", c.text}, {"text_pair", c.text_pair}, {"label", c.label}, {"header", c.header}};
+  return {{"format", c.format},
+          {"text", c.text},
+          {"text_pair", c.text_pair},
+          {"label", c.label},
+          {"header", c.header}};
 }
 
 TextColumns columns_from(const json& j) {
@@ -420,8 +432,8 @@ TextTrainResult train_text_model(const TextTrainOptions& o, std::ostream& log) {
     throw Error("--block-size must lie in 2.." + std::to_string(kMaxSequenceLength) +
                 " (a token and the next one to predict, at least), got " + std::to_string(o.block_size));
   if (o.task == "text-classify" && (o.max_length < 2 || o.max_length > kMaxSequenceLength))
-    throw Error("--max-length must lie in 2.." + std::to_string(kMaxSequenceLength) + " ([CLS] and [SEP], at least), got " +
-                std::to_string(o.max_length));
+    throw Error("--max-length must lie in 2.." + std::to_string(kMaxSequenceLength) +
+                " ([CLS] and [SEP], at least), got " + std::to_string(o.max_length));
   log << "graft train " << to_json(o).dump() << "\n";
 
   // Tokenizer first: it is cheap and its errors are the commonest.
@@ -440,7 +452,8 @@ TextTrainResult train_text_model(const TextTrainOptions& o, std::ostream& log) {
     if (!o.val_data.empty()) val_examples = read_text_examples(o.val_data, o.columns);
     classes = label_classes(examples);
     if (classes.size() < 2)
-      throw Error(o.data + ": every example has the label '" + classes[0] + "'; classification needs two or more");
+      throw Error(o.data + ": every example has the label '" + classes[0] +
+                  "'; classification needs two or more");
     train_set = encode_examples(*tokenizer, examples, classes, o.max_length);
     if (!val_examples.empty()) {
       val_set = encode_examples(*tokenizer, val_examples, classes, o.max_length);
@@ -449,7 +462,8 @@ TextTrainResult train_text_model(const TextTrainOptions& o, std::ostream& log) {
     }
     log << "data: " << examples.size() << " examples, " << classes.size() << " classes";
   } else {
-    const std::vector<std::string> docs = read_lm_documents(o.data, o.line_by_line, o.columns.text, o.columns.format);
+    const std::vector<std::string> docs =
+        read_lm_documents(o.data, o.line_by_line, o.columns.text, o.columns.format);
     train_set = lm_tensors(*tokenizer, docs, o.block_size, o.line_by_line, o.data);
     if (!o.val_data.empty()) {
       const auto val_docs = read_lm_documents(o.val_data, o.line_by_line, o.columns.text, o.columns.format);
@@ -463,8 +477,8 @@ TextTrainResult train_text_model(const TextTrainOptions& o, std::ostream& log) {
         << (o.line_by_line ? "examples" : "blocks of " + std::to_string(o.block_size) + " tokens");
   }
   if (!o.validate) val_set = {};
-  log << ": " << train_set.inputs.size(0) << " train, " << (val_set.inputs.defined() ? val_set.inputs.size(0) : 0)
-      << " val\n";
+  log << ": " << train_set.inputs.size(0) << " train, "
+      << (val_set.inputs.defined() ? val_set.inputs.size(0) : 0) << " val\n";
 
   // Model; a new head or a model from scratch is initialised from the run's seed, so runs repeat.
   torch::manual_seed(o.train.seed);
@@ -485,7 +499,9 @@ TextTrainResult train_text_model(const TextTrainOptions& o, std::ostream& log) {
     log << "warning: no --weights: " << architecture << " from " << o.model_config
         << " starts from random weights (training from scratch)\n";
   } else {
-    throw Error("give --weights (a Hugging Face folder or run directory) or --model-config (config.json of a new model)");
+    throw Error(
+        "give --weights (a Hugging Face folder or run directory) or --model-config (config.json of a new "
+        "model)");
   }
   std::shared_ptr<torch::nn::Module> module = hf.module;
   const int64_t vocab = embedding_rows(*module);
@@ -571,8 +587,10 @@ TextTrainResult train_text_model(const TextTrainOptions& o, std::ostream& log) {
     if (!classify) doc["val"]["perplexity"] = result.val_metrics->perplexity();
   }
   write_file_atomic((fs::path(o.out) / "graft.json").string(), doc.dump(2) + "\n");
-  log << "run directory: " << o.out << " (Hugging Face files config.json, model.safetensors, tokenizer; graft.json, "
-      << "metrics.csv, training_curves.svg" << (classify && val_source ? ", confusion_matrix.svg" : "") << ")\n";
+  log << "run directory: " << o.out
+      << " (Hugging Face files config.json, model.safetensors, tokenizer; graft.json, "
+      << "metrics.csv, training_curves.svg" << (classify && val_source ? ", confusion_matrix.svg" : "")
+      << ")\n";
   return result;
 }
 
@@ -591,7 +609,8 @@ bool is_text_run(const std::string& dir) {
 TextRun load_text_run(const std::string& dir) {
   TextRun run;
   run.dir = dir;
-  if (!fs::is_directory(dir)) throw Error(dir + ": not a folder (expected a text run directory or Hugging Face folder)");
+  if (!fs::is_directory(dir))
+    throw Error(dir + ": not a folder (expected a text run directory or Hugging Face folder)");
   const fs::path graft_json = fs::path(dir) / "graft.json";
   json doc;
   if (fs::is_regular_file(graft_json)) {
@@ -605,9 +624,12 @@ TextRun load_text_run(const std::string& dir) {
   }
   HfModel hf = load_hf_model(dir);
   if (run.task.empty()) {
-    if (hf.architecture == "BertForSequenceClassification") run.task = "text-classify";
-    else if (hf.architecture == "GPT2LMHeadModel") run.task = "causal-lm";
-    else throw Error(dir + ": a " + hf.architecture + " is neither a text classifier nor a language model");
+    if (hf.architecture == "BertForSequenceClassification")
+      run.task = "text-classify";
+    else if (hf.architecture == "GPT2LMHeadModel")
+      run.task = "causal-lm";
+    else
+      throw Error(dir + ": a " + hf.architecture + " is neither a text classifier nor a language model");
   }
   if (hf.architecture != model_class(run.task)) {
     throw FormatError(graft_json.string(), "task " + run.task + " but config.json builds " + hf.architecture);
@@ -646,7 +668,8 @@ Metrics evaluate_text(TextRun& run, const std::string& data, int64_t batch_size,
   if (run.task == "text-classify") {
     set = encode_examples(*run.tokenizer, read_text_examples(data, run.columns), run.classes, run.max_length);
   } else {
-    set = lm_tensors(*run.tokenizer, read_lm_documents(data, run.line_by_line, run.columns.text, run.columns.format),
+    set = lm_tensors(*run.tokenizer,
+                     read_lm_documents(data, run.line_by_line, run.columns.text, run.columns.format),
                      run.block_size, run.line_by_line, data);
   }
   check_ids(set.inputs, embedding_rows(*run.module), *run.tokenizer);
@@ -664,7 +687,9 @@ Metrics evaluate_text(TextRun& run, const std::string& data, int64_t batch_size,
 
 std::vector<TextPrediction> predict_texts(TextRun& run, const std::vector<std::string>& texts, int64_t top_k,
                                           torch::Device device) {
-  if (run.task != "text-classify") throw Error(run.dir + ": predict classifies text; this run is a " + run.task + " model (use graft generate)");
+  if (run.task != "text-classify")
+    throw Error(run.dir + ": predict classifies text; this run is a " + run.task +
+                " model (use graft generate)");
   c10::InferenceMode inference;
   run.module->to(device);
   const Trainer::Forward forward = forward_of(run.module, run.task);
@@ -681,7 +706,8 @@ std::vector<TextPrediction> predict_texts(TextRun& run, const std::vector<std::s
     TextPrediction p;
     p.text = text;
     for (int64_t i = 0; i < k; ++i)
-      p.top.emplace_back(run.classes[static_cast<size_t>(indices[i].item<int64_t>())], values[i].item<double>());
+      p.top.emplace_back(run.classes[static_cast<size_t>(indices[i].item<int64_t>())],
+                         values[i].item<double>());
     out.push_back(std::move(p));
   }
   run.module->to(torch::kCPU);
@@ -705,27 +731,31 @@ size_t complete_utf8_prefix(const std::string& s) {
 
 }  // namespace
 
-std::string generate_text(TextRun& run, const std::string& prompt, GenerateOptions options, torch::Device device,
+std::string generate_text(TextRun& run, const std::string& prompt, GenerateOptions options,
+                          torch::Device device,
                           const std::function<bool(const std::string& piece)>& on_text) {
   auto model = std::dynamic_pointer_cast<GPT2LMHeadModelImpl>(run.module);
-  if (!model) throw Error(run.dir + ": generate needs a language model; this run is a " + run.task + " model");
+  if (!model)
+    throw Error(run.dir + ": generate needs a language model; this run is a " + run.task + " model");
   EncodeOptions encode;
   encode.add_special_tokens = false;
   std::vector<int64_t> ids = run.tokenizer->encode(prompt, encode).ids;
   const std::optional<int64_t> eos = run.tokenizer->eos_id();
-  if (ids.empty()) ids.push_back(eos.value_or(model->config().bos_token_id));  // an empty prompt starts at bos
+  if (ids.empty())
+    ids.push_back(eos.value_or(model->config().bos_token_id));  // an empty prompt starts at bos
   if (options.eos_token_id < 0 && eos) options.eos_token_id = *eos;
   const int64_t positions = model->config().n_positions;
   if (options.max_new_tokens >= positions) {
-    throw Error("--max-new-tokens " + std::to_string(options.max_new_tokens) + " leaves no room for the prompt in " +
-                std::to_string(positions) + " positions");
+    throw Error("--max-new-tokens " + std::to_string(options.max_new_tokens) +
+                " leaves no room for the prompt in " + std::to_string(positions) + " positions");
   }
   // A long prompt keeps its end: what the model sees last matters for what comes next.
   const size_t room = static_cast<size_t>(positions - options.max_new_tokens);
   if (ids.size() > room) ids.erase(ids.begin(), ids.end() - static_cast<std::ptrdiff_t>(room));
   const int64_t vocab = embedding_rows(*model);
   for (int64_t id : ids) {
-    if (id >= vocab) throw Error("the tokenizer gives id " + std::to_string(id) + " beyond the model's vocabulary");
+    if (id >= vocab)
+      throw Error("the tokenizer gives id " + std::to_string(id) + " beyond the model's vocabulary");
   }
   model->to(device);
   model->eval();
@@ -759,8 +789,9 @@ std::string generate_text(TextRun& run, const std::string& prompt, GenerateOptio
 void export_hf(const std::string& run_dir, const std::string& out_dir) {
   if (!fs::is_regular_file(fs::path(run_dir) / "config.json") ||
       !fs::is_regular_file(fs::path(run_dir) / "model.safetensors")) {
-    throw Error(run_dir + ": not a text run directory (expected config.json and model.safetensors from graft train "
-                          "--task text-classify or causal-lm)");
+    throw Error(run_dir +
+                ": not a text run directory (expected config.json and model.safetensors from graft train "
+                "--task text-classify or causal-lm)");
   }
   if (fs::exists(out_dir) && !(fs::is_directory(out_dir) && fs::is_empty(out_dir)))
     throw Error(out_dir + ": already exists; export writes a new folder (remove it or choose another --out)");
@@ -773,15 +804,16 @@ void export_hf(const std::string& run_dir, const std::string& out_dir) {
   // user's that happens to have the name), and renamed into place whole.
   std::error_code error;
   const fs::path target = fs::weakly_canonical(fs::absolute(out_dir), error);  // "." and "a/../b" too
-  if (error || target.filename().empty()) throw Error(out_dir + ": cannot resolve the path: " + error.message());
+  if (error || target.filename().empty())
+    throw Error(out_dir + ": cannot resolve the path: " + error.message());
   fs::path temporary;
   for (int attempt = 0;; ++attempt) {
     temporary = target.parent_path() / ("." + target.filename().string() + ".tmp-export-" +
-                                         std::to_string(::getpid()) + "-" + std::to_string(attempt));
+                                        std::to_string(::getpid()) + "-" + std::to_string(attempt));
     if (fs::create_directory(temporary, error)) break;
     if (error || attempt == 100)
-      throw Error(out_dir + ": cannot create a temporary folder beside it (" + temporary.string() + "): " +
-                  (error ? error.message() : "the names are taken"));
+      throw Error(out_dir + ": cannot create a temporary folder beside it (" + temporary.string() +
+                  "): " + (error ? error.message() : "the names are taken"));
   }
   try {
     // copy_file reports a full disk (filesystem_error naming both files); the fsyncs make the copies
@@ -801,7 +833,8 @@ void export_hf(const std::string& run_dir, const std::string& out_dir) {
     }
   } catch (const fs::filesystem_error& e) {  // a half-assembled folder is of no use
     fs::remove_all(temporary, error);
-    throw Error(out_dir + ": cannot write the exported folder: " + e.code().message() + " (" + e.path1().string() + ")");
+    throw Error(out_dir + ": cannot write the exported folder: " + e.code().message() + " (" +
+                e.path1().string() + ")");
   } catch (...) {
     fs::remove_all(temporary, error);
     throw;

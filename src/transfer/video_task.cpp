@@ -33,7 +33,7 @@ struct BuiltModel {
   std::shared_ptr<torch::nn::Module> module;
   Forward forward;
   std::shared_ptr<TimeDistributedClassifierImpl> time_distributed;  // null for a 3D CNN
-  Backbone backbone;                                                 // the image backbone or the 3D CNN
+  Backbone backbone;                                                // the image backbone or the 3D CNN
 };
 
 // An image backbone inside TimeDistributed + temporal model, or a 3D CNN fed (N, 3, T, H, W). Weights
@@ -45,10 +45,12 @@ BuiltModel wrap_backbone(Backbone backbone, const std::string& temporal, int64_t
     built.backbone->reset_classifier(classes);
     built.module = built.backbone;
     Backbone net = built.backbone;
-    built.forward = [net](const torch::Tensor& clips) { return net->forward(clips.permute({0, 2, 1, 3, 4})); };
+    built.forward = [net](const torch::Tensor& clips) {
+      return net->forward(clips.permute({0, 2, 1, 3, 4}));
+    };
   } else {
-    built.time_distributed =
-        std::make_shared<TimeDistributedClassifierImpl>(built.backbone, TemporalSpec::parse(temporal), classes);
+    built.time_distributed = std::make_shared<TimeDistributedClassifierImpl>(
+        built.backbone, TemporalSpec::parse(temporal), classes);
     built.module = built.time_distributed;
     auto net = built.time_distributed;
     built.forward = [net](const torch::Tensor& clips) { return net->forward(clips); };
@@ -58,8 +60,8 @@ BuiltModel wrap_backbone(Backbone backbone, const std::string& temporal, int64_t
 
 // The backbone's starting weights, loaded while it still has its image classifier (which is then dropped):
 // an image run's model, a weights file, or the tag's pretrained file. Says what it loaded.
-void load_backbone_weights(BackboneImpl& backbone, const VideoTrainOptions& o, const std::optional<LoadedRun>& image_run,
-                           std::ostream& log) {
+void load_backbone_weights(BackboneImpl& backbone, const VideoTrainOptions& o,
+                           const std::optional<LoadedRun>& image_run, std::ostream& log) {
   WeightsOptions skip_head;
   skip_head.skip_classifier = true;
   if (image_run) {
@@ -80,8 +82,8 @@ void load_backbone_weights(BackboneImpl& backbone, const VideoTrainOptions& o, c
         << " (its image classifier dropped)\n";
   } else if (!ModelName::parse(o.model).tag.empty() && !backbone.default_cfg().cache_file.empty()) {
     const LoadReport report = load_pretrained(backbone, skip_head);
-    log << "weights: " << report.loaded.size() << " backbone tensors from " << pretrained_file(backbone.default_cfg())
-        << " (its image classifier dropped)\n";
+    log << "weights: " << report.loaded.size() << " backbone tensors from "
+        << pretrained_file(backbone.default_cfg()) << " (its image classifier dropped)\n";
   } else {
     log << "graft: warning: no --weights: " << o.model << " starts from random initialisation\n";
   }
@@ -109,7 +111,8 @@ ClipSplits split_clips(const std::string& root, double val_split, uint64_t seed)
   if (fs::is_directory(fs::path(root) / "train") && fs::is_directory(fs::path(root) / "val")) {
     s.train = scan_clip_folder((fs::path(root) / "train").string());
     s.val = scan_clip_folder((fs::path(root) / "val").string());
-    if (s.val.classes != s.train.classes) throw Error(root + ": train/ and val/ have different class folders");
+    if (s.val.classes != s.train.classes)
+      throw Error(root + ": train/ and val/ have different class folders");
     return s;
   }
   const ClipList all = scan_clip_folder(root);
@@ -128,9 +131,9 @@ ClipSplits split_clips(const std::string& root, double val_split, uint64_t seed)
 }
 
 // (N, T, D) frame features of every clip the loader serves, without autograd.
-std::pair<torch::Tensor, torch::Tensor> cache_frame_features(TimeDistributedClassifierImpl& model, DataLoader& loader,
-                                                             torch::Device device, std::ostream& log,
-                                                             const std::string& label) {
+std::pair<torch::Tensor, torch::Tensor> cache_frame_features(TimeDistributedClassifierImpl& model,
+                                                             DataLoader& loader, torch::Device device,
+                                                             std::ostream& log, const std::string& label) {
   std::optional<c10::InferenceMode> inference(std::in_place);
   BatchNormFolding folding;  // frozen CNN: each conv + BatchNorm runs as one convolution
   model.eval();
@@ -199,12 +202,14 @@ VideoTrainResult train_video_classifier(const VideoTrainOptions& input, std::ost
     if (is_video_run(o.init_from)) {
       video_init = read_json_file((fs::path(o.init_from) / "graft.json").string());
       if (o.model.empty()) o.model = video_init.value("model", "");
-      if (input.temporal == VideoTrainOptions().temporal) o.temporal = video_init.value("temporal", o.temporal);
+      if (input.temporal == VideoTrainOptions().temporal)
+        o.temporal = video_init.value("temporal", o.temporal);
     } else {
       image_run = load_run(o.init_from);  // an image run, or an error naming what the folder is not
       if (o.model.empty()) o.model = image_run->spec.model;
       if (ModelName::parse(o.model).arch != ModelName::parse(image_run->spec.model).arch)
-        throw Error("--init-from " + o.init_from + " holds a " + image_run->spec.model + ", not a " + o.model);
+        throw Error("--init-from " + o.init_from + " holds a " + image_run->spec.model + ", not a " +
+                    o.model);
     }
   }
   if (o.model.empty()) throw Error("--model is required (an image backbone such as mobilenet_v2, or r3d_18)");
@@ -218,7 +223,8 @@ VideoTrainResult train_video_classifier(const VideoTrainOptions& input, std::ost
   Backbone backbone = create_model(o.model);
   if (video_init.is_null()) load_backbone_weights(*backbone, o, image_run, log);
   // An image run's preprocessing goes with its weights (size, mean/std, interpolation), as for image runs.
-  Preprocessing pre = image_run ? image_run->spec.preprocessing : Preprocessing::from_cfg(backbone->default_cfg());
+  Preprocessing pre =
+      image_run ? image_run->spec.preprocessing : Preprocessing::from_cfg(backbone->default_cfg());
   if (o.image_size > 0) pre.size = o.image_size;
   BuiltModel built = wrap_backbone(backbone, o.temporal, classes);
   const bool td = built.time_distributed != nullptr;
@@ -232,17 +238,19 @@ VideoTrainResult train_video_classifier(const VideoTrainOptions& input, std::ost
     log << "init from video run " << o.init_from << ": " << report.loaded.size() << " tensors"
         << (new_head ? "; a new classifier for " + std::to_string(classes) + " classes" : "") << "\n";
     if (o.image_size <= 0 && video_init.contains("preprocessing"))
-      pre = read_preprocessing(video_init.at("preprocessing"), (fs::path(o.init_from) / "graft.json").string());
+      pre =
+          read_preprocessing(video_init.at("preprocessing"), (fs::path(o.init_from) / "graft.json").string());
   }
 
   const std::string freeze = o.freeze.empty() ? "none" : o.freeze;
-  const FreezeReport frozen =
-      td ? apply_freeze(*built.module, part_globs(freeze, true), "fc") : apply_freeze(*built.backbone, part_globs(freeze, false));
+  const FreezeReport frozen = td ? apply_freeze(*built.module, part_globs(freeze, true), "fc")
+                                 : apply_freeze(*built.backbone, part_globs(freeze, false));
   log << "freeze '" << freeze << "': " << frozen.frozen_parameters << " tensors frozen, "
       << frozen.trainable_parameters << " trainable\n";
   bool backbone_frozen = td && o.cache_features;
   if (td)
-    for (const auto& p : built.backbone->parameters()) backbone_frozen = backbone_frozen && !p.requires_grad();
+    for (const auto& p : built.backbone->parameters())
+      backbone_frozen = backbone_frozen && !p.requires_grad();
   if (backbone_frozen && (o.rotation > 0 || o.jitter > 0))
     throw Error(std::string(o.rotation > 0 ? "--rotation" : "--jitter") +
                 " augments training clips, but the frozen backbone's features are computed once and cached; "
@@ -254,8 +262,9 @@ VideoTrainResult train_video_classifier(const VideoTrainOptions& input, std::ost
   train_clip.transform = transform_for(pre, o.augment);
   train_clip.transform.rotation_degrees = o.rotation;
   train_clip.transform.jitter = o.jitter;
-  log << "data: " << splits.train.clips.size() << " training, " << splits.val.clips.size() << " validation clips, "
-      << classes << " classes, " << o.frames << " frames of " << pre.size << " px (" << pre.interpolation << ")\n";
+  log << "data: " << splits.train.clips.size() << " training, " << splits.val.clips.size()
+      << " validation clips, " << classes << " classes, " << o.frames << " frames of " << pre.size << " px ("
+      << pre.interpolation << ")\n";
 
   TrainConfig config = o.train;
   config.out_dir = o.out;
@@ -278,20 +287,22 @@ VideoTrainResult train_video_classifier(const VideoTrainOptions& input, std::ost
     result.cached_features = true;
     const auto start = std::chrono::steady_clock::now();
     DataLoader train_once(std::make_shared<ClipFolder>(splits.train, eval_clip), eval_options);
-    auto [train_x, train_y] = cache_frame_features(*built.time_distributed, train_once, config.device, log,
-                                                   "features (train)");
+    auto [train_x, train_y] =
+        cache_frame_features(*built.time_distributed, train_once, config.device, log, "features (train)");
     std::unique_ptr<TensorBatchSource> val_source;
     if (val_set) {
       DataLoader val_once(val_set, eval_options);
-      auto [val_x, val_y] = cache_frame_features(*built.time_distributed, val_once, config.device, log, "features (val)");
+      auto [val_x, val_y] =
+          cache_frame_features(*built.time_distributed, val_once, config.device, log, "features (val)");
       val_source = std::make_unique<TensorBatchSource>(val_x, val_y, o.batch_size, false);
       result.skipped_clips += val_once.skipped_files();
     }
     result.skipped_clips += train_once.skipped_files();
-    result.feature_cache_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    log << "feature cache: " << train_x.size(0) << " clips x " << train_x.size(1) << " frames x " << train_x.size(2)
-        << " computed in " << format_duration(result.feature_cache_seconds) << " (" << result.feature_cache_seconds
-        << " s); epochs train the temporal model and the classifier only\n";
+    result.feature_cache_seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    log << "feature cache: " << train_x.size(0) << " clips x " << train_x.size(1) << " frames x "
+        << train_x.size(2) << " computed in " << format_duration(result.feature_cache_seconds) << " ("
+        << result.feature_cache_seconds << " s); epochs train the temporal model and the classifier only\n";
     TensorBatchSource train_source(train_x, train_y, o.batch_size, true);
     auto net = built.time_distributed;
     // The trainer sees the parts that learn; the backbone stays on the side, frozen.
@@ -299,7 +310,8 @@ VideoTrainResult train_video_classifier(const VideoTrainOptions& input, std::ost
     if (net->lstm) head->register_module("temporal", net->lstm);
     if (net->gru) head->register_module("temporal", net->gru);
     head->register_module("fc", net->fc);
-    Trainer trainer(head, [net](const torch::Tensor& x) { return net->forward_sequence(x); }, config);
+    Trainer trainer(
+        head, [net](const torch::Tensor& x) { return net->forward_sequence(x); }, config);
     result.history = trainer.fit(train_source, val_source.get());
     trainer.restore_best();
   } else {
@@ -317,7 +329,8 @@ VideoTrainResult train_video_classifier(const VideoTrainOptions& input, std::ost
   built.module->to(torch::kCPU);
   built.module->eval();
 
-  // The saved model, checked as predict runs it (whole clips through the backbone), on the validation clips only.
+  // The saved model, checked as predict runs it (whole clips through the backbone), on the validation clips
+  // only.
   if (val_set) {
     DataLoader val_loader(val_set, eval_options);
     LoaderBatchSource source(val_loader);
@@ -408,7 +421,8 @@ Metrics evaluate_video(VideoRun& run, const std::string& data, int64_t batch_siz
   for (auto& clip : list.clips) {
     const std::string& name = list.classes[static_cast<size_t>(clip.label)];
     auto it = std::find(run.classes.begin(), run.classes.end(), name);
-    if (it == run.classes.end()) throw Error(data + ": class folder '" + name + "' is not one of the run's classes");
+    if (it == run.classes.end())
+      throw Error(data + ": class folder '" + name + "' is not one of the run's classes");
     clip.label = it - run.classes.begin();
   }
   list.classes = run.classes;
@@ -437,13 +451,15 @@ std::vector<Prediction> predict_clips(VideoRun& run, const std::vector<std::stri
   const int64_t k = std::clamp<int64_t>(top_k, 1, static_cast<int64_t>(run.classes.size()));
   std::mt19937_64 rng(0);
   for (const auto& path : paths) {
-    const torch::Tensor clip = transform_clip(load_clip(path, decode_min_side(run.clip.transform)), run.clip, rng);
+    const torch::Tensor clip =
+        transform_clip(load_clip(path, decode_min_side(run.clip.transform)), run.clip, rng);
     const torch::Tensor probs = torch::softmax(run.forward(clip.unsqueeze(0).to(device)), -1)[0].cpu();
     auto [values, indices] = probs.topk(k);
     Prediction p;
     p.path = path;
     for (int64_t i = 0; i < k; ++i)
-      p.top.emplace_back(run.classes[static_cast<size_t>(indices[i].item<int64_t>())], values[i].item<double>());
+      p.top.emplace_back(run.classes[static_cast<size_t>(indices[i].item<int64_t>())],
+                         values[i].item<double>());
     out.push_back(std::move(p));
   }
   run.module->to(torch::kCPU);

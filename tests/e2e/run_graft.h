@@ -18,7 +18,8 @@ struct Run {
 // env: shell assignments put before the program, e.g. "GRAFT_CACHE=/tmp/empty".
 inline Run graft(const std::string& args, const std::string& env = "") {
   Run run;
-  const std::string command = env + (env.empty() ? "" : " ") + std::string(GRAFT_BINARY) + " " + args + " 2>&1";
+  const std::string command =
+      env + (env.empty() ? "" : " ") + std::string(GRAFT_BINARY) + " " + args + " 2>&1";
   FILE* pipe = popen(command.c_str(), "r");
   if (!pipe) return run;
   std::array<char, 4096> buffer;

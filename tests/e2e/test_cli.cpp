@@ -2,20 +2,19 @@
 // equal torchvision's, `forward` against torchvision's outputs, and clear errors on bad input.
 #include <gtest/gtest.h>
 
-#include "e2e/run_graft.h"
-
 #include <array>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <regex>
 
+#include "e2e/run_graft.h"
 #include "graft/weights.h"
 
 namespace {
 
-using graft::testing::graft;
 using graft::testing::fresh_dir;
+using graft::testing::graft;
 
 bool contains(const std::string& haystack, const std::string& needle) {
   return haystack.find(needle) != std::string::npos;
@@ -24,7 +23,8 @@ bool contains(const std::string& haystack, const std::string& needle) {
 TEST(Cli, HelpVersionInfo) {
   auto help = graft("--help");
   EXPECT_EQ(help.status, 0);
-  for (const char* command : {"info", "models", "summary", "forward"}) EXPECT_TRUE(contains(help.output, command));
+  for (const char* command : {"info", "models", "summary", "forward"})
+    EXPECT_TRUE(contains(help.output, command));
   auto version = graft("--version");
   EXPECT_EQ(version.status, 0);
   EXPECT_TRUE(contains(version.output, "graft " GRAFT_VERSION)) << version.output;
@@ -59,9 +59,9 @@ std::string total_line(const std::string& output, const std::string& label) {
 // Parameter counts as torchvision 0.14 reports them (sum of p.numel() over model.parameters()).
 TEST(Cli, SummaryTotalsEqualTorchvisionParameterCounts) {
   const std::vector<std::pair<std::string, std::string>> expected = {
-      {"resnet18", "11,689,512"}, {"resnet34", "21,797,672"},  {"resnet50", "25,557,032"},
-      {"resnet101", "44,549,160"}, {"resnet152", "60,192,808"}, {"vgg16", "138,357,544"},
-      {"vgg16_bn", "138,365,992"}, {"vgg19", "143,667,240"},    {"vgg19_bn", "143,678,248"},
+      {"resnet18", "11,689,512"},    {"resnet34", "21,797,672"},      {"resnet50", "25,557,032"},
+      {"resnet101", "44,549,160"},   {"resnet152", "60,192,808"},     {"vgg16", "138,357,544"},
+      {"vgg16_bn", "138,365,992"},   {"vgg19", "143,667,240"},        {"vgg19_bn", "143,678,248"},
       {"mobilenet_v2", "3,504,872"}, {"efficientnet_b0", "5,288,548"}};
   for (const auto& [arch, count] : expected) {
     auto run = graft("summary " + arch + " --input 64");
@@ -97,7 +97,8 @@ TEST(Cli, SummaryWithNewHeadAndFrozenBackbone) {
 TEST(Cli, ClearErrorsOnBadInput) {
   auto unknown = graft("summary resnet5");
   EXPECT_EQ(unknown.status, 1);
-  EXPECT_TRUE(contains(unknown.output, "unknown architecture 'resnet5'; did you mean 'resnet50'")) << unknown.output;
+  EXPECT_TRUE(contains(unknown.output, "unknown architecture 'resnet5'; did you mean 'resnet50'"))
+      << unknown.output;
   auto tag = graft("summary resnet50.nope");
   EXPECT_EQ(tag.status, 1);
   EXPECT_TRUE(contains(tag.output, "no tag 'nope'")) << tag.output;
@@ -116,7 +117,8 @@ TEST(Cli, ClearErrorsOnBadInput) {
   EXPECT_TRUE(contains(corrupt.output, bad)) << corrupt.output;
 
   // A file for another architecture: every misfit is named with both shapes.
-  graft::write_safetensors((dir / "tiny.safetensors").string(), {{"conv1.weight", torch::zeros({8, 3, 7, 7})}});
+  graft::write_safetensors((dir / "tiny.safetensors").string(),
+                           {{"conv1.weight", torch::zeros({8, 3, 7, 7})}});
   auto wrong = graft("summary resnet18 --weights " + (dir / "tiny.safetensors").string());
   EXPECT_EQ(wrong.status, 1);
   EXPECT_TRUE(contains(wrong.output, "conv1.weight")) << wrong.output;
@@ -132,8 +134,8 @@ TEST(Cli, ForwardMatchesTorchvision) {
   auto dir = fresh_dir("forward");
   for (const std::string arch : {"resnet18", "mobilenet_v2"}) {
     const std::string out = (dir / (arch + ".out.safetensors")).string();
-    auto run = graft("forward " + arch + " --weights " + golden + "/" + arch + ".weights.safetensors --inputs " +
-                     golden + "/" + arch + ".io.safetensors --out " + out);
+    auto run = graft("forward " + arch + " --weights " + golden + "/" + arch +
+                     ".weights.safetensors --inputs " + golden + "/" + arch + ".io.safetensors --out " + out);
     ASSERT_EQ(run.status, 0) << run.output;
     graft::SafeTensorsReader expected(golden + "/" + arch + ".io.safetensors");
     graft::SafeTensorsReader got(out);
@@ -155,7 +157,8 @@ TEST(Cli, ForwardMatchesTorchvision) {
   const std::string seven = (dir / "seven.safetensors").string();
   graft::write_safetensors(seven, tensors);
   const std::string out = (dir / "seven.out.safetensors").string();
-  auto run = graft("forward resnet18 --weights " + seven + " --inputs " + golden + "/resnet18.io.safetensors --out " + out);
+  auto run = graft("forward resnet18 --weights " + seven + " --inputs " + golden +
+                   "/resnet18.io.safetensors --out " + out);
   ASSERT_EQ(run.status, 0) << run.output;
   EXPECT_TRUE(contains(run.output, "logits [2, 7]")) << run.output;
   auto missing = graft("forward resnet18 --weights " + seven + " --inputs " + seven + " --out " + out);
@@ -168,7 +171,8 @@ TEST(Cli, ForwardMatchesTorchvision) {
   for (const std::string& target : {inputs, seven}) {
     auto same = graft("forward resnet18 --weights " + seven + " --inputs " + inputs + " --out " + target);
     EXPECT_EQ(same.status, 1) << same.output;
-    EXPECT_TRUE(contains(same.output, "--out " + target + " is the file " + (target == inputs ? "--inputs" : "--weights")))
+    EXPECT_TRUE(contains(same.output,
+                         "--out " + target + " is the file " + (target == inputs ? "--inputs" : "--weights")))
         << same.output;
   }
   EXPECT_EQ(std::filesystem::file_size(inputs), before);
@@ -183,9 +187,11 @@ TEST(Cli, ForwardTakesTfjsWeightsDirectly) {
   graft::SafeTensorsReader reference(weights + "/reference/reference.safetensors");
   auto dir = fresh_dir("tfjs");
   const std::string inputs = (dir / "in.safetensors").string(), out = (dir / "out.safetensors").string();
-  graft::write_safetensors(inputs, {{"pixel_values", reference.load("input").permute({0, 3, 1, 2}).contiguous()}});
+  graft::write_safetensors(inputs,
+                           {{"pixel_values", reference.load("input").permute({0, 3, 1, 2}).contiguous()}});
   for (const std::string& source : {weights, weights + "/model.json"}) {
-    auto run = graft("forward darknet_tiny.ml5 --weights " + source + " --inputs " + inputs + " --out " + out);
+    auto run =
+        graft("forward darknet_tiny.ml5 --weights " + source + " --inputs " + inputs + " --out " + out);
     ASSERT_EQ(run.status, 0) << run.output;
     graft::SafeTensorsReader got(out);
     const double diff = (got.load("logits") - reference.load("output")).abs().max().item<double>();

@@ -15,11 +15,11 @@
 namespace {
 
 namespace fs = std::filesystem;
+using graft::testing::contains;
 using graft::testing::FakeHub;
 using graft::testing::FakeRepo;
 using graft::testing::fresh_dir;
 using graft::testing::graft;
-using graft::testing::contains;
 using graft::testing::read_file;
 
 const std::string kCommit = "fedcba9876543210fedcba9876543210fedcba98";
@@ -122,7 +122,8 @@ TEST_F(HubCli, ClearErrors) {
   auto missing = graft("pull test-org/nothing-here", env());
   EXPECT_EQ(missing.status, 1);
   EXPECT_TRUE(
-      contains(missing.output, hub_.endpoint() + "/api/models/test-org/nothing-here/revision/main?blobs=true: HTTP 404"))
+      contains(missing.output,
+               hub_.endpoint() + "/api/models/test-org/nothing-here/revision/main?blobs=true: HTTP 404"))
       << missing.output;
 
   auto escape = graft("pull test-org/tiny-darknet --files ../../../etc/passwd", env());

@@ -8,8 +8,8 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <regex>
-#include <sstream>
 #include <set>
+#include <sstream>
 
 #include "e2e/run_graft.h"
 #include "graft/weights.h"
@@ -73,11 +73,11 @@ TEST(TextE2E, SentimentBertFromScratchClassifiesAboveChance) {
   config["max_position_embeddings"] = 64;
   std::ofstream(dir / "config.json") << config.dump(2);
   const std::string data = kShared + "/data/sentiment_sentences/";
-  const std::string files = data + "amazon_cells_labelled.txt," + data + "yelp_labelled.txt," + data +
-                            "imdb_labelled.txt";
+  const std::string files =
+      data + "amazon_cells_labelled.txt," + data + "yelp_labelled.txt," + data + "imdb_labelled.txt";
   const std::string base = "train --task text-classify --model-config " + (dir / "config.json").string() +
-                           " --tokenizer " + kShared + "/tokenizers/bert-base-uncased/vocab.txt --data " + files +
-                           " --no-header --text-column 0 --max-length 48";
+                           " --tokenizer " + kShared + "/tokenizers/bert-base-uncased/vocab.txt --data " +
+                           files + " --no-header --text-column 0 --max-length 48";
   const std::string common = base + " --model bert --label-column 1";
   const fs::path run_dir = dir / "run";
   auto run = graft(common + " --epochs 3 --lr 1e-3 --batch-size 32 --seed 3 --out " + run_dir.string());
@@ -85,7 +85,8 @@ TEST(TextE2E, SentimentBertFromScratchClassifiesAboveChance) {
   const double accuracy = number_after(run.output, "final validation accuracy:");
   std::cout << "[text e2e] sentiment tiny BERT from scratch: val accuracy " << accuracy << " (chance 0.5)\n";
   EXPECT_GE(accuracy, 0.70) << run.output;
-  for (const char* file : {"graft.json", "metrics.csv", "training_curves.svg", "confusion_matrix.svg", "vocab.txt"})
+  for (const char* file :
+       {"graft.json", "metrics.csv", "training_curves.svg", "confusion_matrix.svg", "vocab.txt"})
     EXPECT_TRUE(fs::exists(run_dir / file)) << file;
 
   // eval reads the file with the columns the run was trained with.
@@ -94,7 +95,8 @@ TEST(TextE2E, SentimentBertFromScratchClassifiesAboveChance) {
   EXPECT_GE(number_after(eval.output, "accuracy:"), 0.70) << eval.output;
   EXPECT_NE(eval.output.find("on 1000 examples"), std::string::npos) << eval.output;
 
-  auto predict = graft("predict " + run_dir.string() + " --json --top-k 2 --text \"Great phone, works perfectly.\""
+  auto predict = graft("predict " + run_dir.string() +
+                       " --json --top-k 2 --text \"Great phone, works perfectly.\""
                        " --text \"Terrible, it broke after a day.\"");
   ASSERT_EQ(predict.status, 0) << predict.output;
   const auto predictions = nlohmann::json::parse(predict.output.substr(predict.output.find('[')));
@@ -133,17 +135,20 @@ TEST(TextE2E, SentimentBertFromScratchClassifiesAboveChance) {
     EXPECT_EQ(entry.path().filename().string().find(".tmp-export-"), std::string::npos) << entry.path();
 
   // Mistakes get messages that name what is wrong.
-  auto wrong_tokenizer = graft("train --task text-classify --model-config " + (dir / "config.json").string() +
-                               " --tokenizer " + kShared + "/tokenizers/gpt2 --data " + files +
-                               " --no-header --text-column 0 --label-column 1 --epochs 1 --out " +
-                               (dir / "bad").string());
+  auto wrong_tokenizer =
+      graft("train --task text-classify --model-config " + (dir / "config.json").string() + " --tokenizer " +
+            kShared + "/tokenizers/gpt2 --data " + files +
+            " --no-header --text-column 0 --label-column 1 --epochs 1 --out " + (dir / "bad").string());
   EXPECT_NE(wrong_tokenizer.status, 0);
-  EXPECT_NE(wrong_tokenizer.output.find("does not belong to this model"), std::string::npos) << wrong_tokenizer.output;
+  EXPECT_NE(wrong_tokenizer.output.find("does not belong to this model"), std::string::npos)
+      << wrong_tokenizer.output;
   auto wrong_column = graft(base + " --epochs 1 --label-column 2 --out " + (dir / "bad2").string());
   EXPECT_NE(wrong_column.status, 0);
   EXPECT_NE(wrong_column.output.find("expected at least 3"), std::string::npos) << wrong_column.output;
-  auto wrong_model = graft(base + " --label-column 1 --epochs 1 --model gpt2 --out " + (dir / "bad3").string());
-  EXPECT_NE(wrong_model.output.find("BertForSequenceClassification"), std::string::npos) << wrong_model.output;
+  auto wrong_model =
+      graft(base + " --label-column 1 --epochs 1 --model gpt2 --out " + (dir / "bad3").string());
+  EXPECT_NE(wrong_model.output.find("BertForSequenceClassification"), std::string::npos)
+      << wrong_model.output;
   fs::remove_all(dir);
 }
 
@@ -155,21 +160,24 @@ TEST(TextE2E, StepScheduleFlagsReachTextRuns) {
   config["vocab_size"] = 30522;
   std::ofstream(dir / "config.json") << config.dump(2);
   const std::string data = kShared + "/data/sentiment_sentences/amazon_cells_labelled.txt";
-  auto run = graft("train --task text-classify --model-config " + (dir / "config.json").string() + " --tokenizer " +
-                   kShared + "/tokenizers/bert-base-uncased/vocab.txt --data " + data +
+  auto run = graft("train --task text-classify --model-config " + (dir / "config.json").string() +
+                   " --tokenizer " + kShared + "/tokenizers/bert-base-uncased/vocab.txt --data " + data +
                    " --no-header --text-column 0 --label-column 1 --max-length 32 --epochs 2 --lr 1e-3 "
-                   "--schedule step --step-size 1 --gamma 0.5 --batch-size 64 --out " + (dir / "run").string());
+                   "--schedule step --step-size 1 --gamma 0.5 --batch-size 64 --out " +
+                   (dir / "run").string());
   ASSERT_EQ(run.status, 0) << run.output;
   std::ifstream csv(dir / "run" / "metrics.csv");
   std::string header, line;
   std::getline(csv, header);
   std::vector<std::string> names;
-  for (std::stringstream h(header); std::getline(h, names.emplace_back(), ',');) {}
+  for (std::stringstream h(header); std::getline(h, names.emplace_back(), ',');) {
+  }
   const size_t lr = static_cast<size_t>(std::find(names.begin(), names.end(), "lr") - names.begin());
   std::vector<double> rates;
   while (std::getline(csv, line)) {
     std::vector<std::string> cells;
-    for (std::stringstream c(line); std::getline(c, cells.emplace_back(), ',');) {}
+    for (std::stringstream c(line); std::getline(c, cells.emplace_back(), ',');) {
+    }
     ASSERT_LT(lr, cells.size()) << header << "\n" << line;
     rates.push_back(std::stod(cells[lr]));
   }
@@ -178,10 +186,12 @@ TEST(TextE2E, StepScheduleFlagsReachTextRuns) {
   const auto spec = nlohmann::json::parse(read(dir / "run" / "graft.json"));
   EXPECT_EQ(spec["training"]["step_size"], 1);
   EXPECT_EQ(spec["training"]["gamma"], 0.5);
-  // A negative --max-length was accepted and then asked for the memory of the longest line times -1 as size_t.
-  auto negative = graft("train --task text-classify --model-config " + (dir / "config.json").string() + " --tokenizer " +
-                        kShared + "/tokenizers/bert-base-uncased/vocab.txt --data " + data +
-                        " --no-header --text-column 0 --label-column 1 --max-length -1 --out " + (dir / "bad").string());
+  // A negative --max-length was accepted and then asked for the memory of the longest line times -1 as
+  // size_t.
+  auto negative =
+      graft("train --task text-classify --model-config " + (dir / "config.json").string() + " --tokenizer " +
+            kShared + "/tokenizers/bert-base-uncased/vocab.txt --data " + data +
+            " --no-header --text-column 0 --label-column 1 --max-length -1 --out " + (dir / "bad").string());
   EXPECT_EQ(negative.status, 1) << negative.output;
   EXPECT_NE(negative.output.find("--max-length must lie in 2..65536"), std::string::npos) << negative.output;
   EXPECT_FALSE(fs::exists(dir / "bad"));
@@ -203,9 +213,10 @@ TEST(TextE2E, Gpt2FineTuneLowersPerplexityAndGeneratesReproducibly) {
 
   // A "pretrained" model: trained from scratch on the first part of the plays.
   const fs::path base = dir / "base";
-  auto pretrain = graft("train --task causal-lm --model gpt2 --model-config " + (dir / "config.json").string() +
-                        " --tokenizer " + kShared + "/tokenizers/gpt2 --data " + (dir / "part1.txt").string() + val +
-                        " --block-size 64 --batch-size 16 --epochs 2 --lr 3e-3 --out " + base.string());
+  auto pretrain =
+      graft("train --task causal-lm --model gpt2 --model-config " + (dir / "config.json").string() +
+            " --tokenizer " + kShared + "/tokenizers/gpt2 --data " + (dir / "part1.txt").string() + val +
+            " --block-size 64 --batch-size 16 --epochs 2 --lr 3e-3 --out " + base.string());
   ASSERT_EQ(pretrain.status, 0) << pretrain.output;
   EXPECT_NE(read(base / "metrics.csv").find("val_perplexity"), std::string::npos);
   auto before = graft("eval " + base.string() + " --data " + (dir / "val.txt").string());
@@ -216,12 +227,13 @@ TEST(TextE2E, Gpt2FineTuneLowersPerplexityAndGeneratesReproducibly) {
 
   // Fine-tuned from its run directory on more text: validation perplexity drops.
   const fs::path tuned = dir / "tuned";
-  auto finetune = graft("train --task causal-lm --weights " + base.string() + " --data " +
-                        (dir / "part2.txt").string() + val +
-                        " --block-size 64 --batch-size 16 --epochs 2 --lr 2e-3 --out " + tuned.string());
+  auto finetune =
+      graft("train --task causal-lm --weights " + base.string() + " --data " + (dir / "part2.txt").string() +
+            val + " --block-size 64 --batch-size 16 --epochs 2 --lr 2e-3 --out " + tuned.string());
   ASSERT_EQ(finetune.status, 0) << finetune.output;
   const double ppl_after = number_after(finetune.output, "final validation perplexity:");
-  std::cout << "[text e2e] tiny GPT-2 val perplexity " << ppl_before << " -> " << ppl_after << " after fine-tuning\n";
+  std::cout << "[text e2e] tiny GPT-2 val perplexity " << ppl_before << " -> " << ppl_after
+            << " after fine-tuning\n";
   EXPECT_LT(ppl_after, ppl_before * 0.95) << finetune.output;
   expect_hf_folder(tuned, "gpt2", "GPT2LMHeadModel",
                    {"transformer.wte.weight", "transformer.wpe.weight", "lm_head.weight"});
@@ -229,9 +241,10 @@ TEST(TextE2E, Gpt2FineTuneLowersPerplexityAndGeneratesReproducibly) {
   EXPECT_TRUE(fs::is_regular_file(tuned / "merges.txt"));
 
   // Seeded sampling repeats exactly; another seed gives other text; greedy needs no seed.
-  const std::string sample = "generate " + tuned.string() +
-                             " --prompt \"ROMEO:\" --max-new-tokens 24 --temperature 0.9 --top-k 50 --top-p 0.95"
-                             " --repetition-penalty 1.1 --seed ";
+  const std::string sample =
+      "generate " + tuned.string() +
+      " --prompt \"ROMEO:\" --max-new-tokens 24 --temperature 0.9 --top-k 50 --top-p 0.95"
+      " --repetition-penalty 1.1 --seed ";
   auto first = graft(sample + "7"), second = graft(sample + "7"), other = graft(sample + "8");
   ASSERT_EQ(first.status, 0) << first.output;
   EXPECT_EQ(first.output, second.output);
@@ -239,51 +252,62 @@ TEST(TextE2E, Gpt2FineTuneLowersPerplexityAndGeneratesReproducibly) {
   EXPECT_EQ(first.output.rfind("ROMEO:", 0), 0u) << first.output;
   EXPECT_GT(first.output.size(), std::string("ROMEO:\n").size() + 10) << first.output;
   auto greedy = graft("generate " + tuned.string() + " --prompt \"JULIET:\" --max-new-tokens 12");
-  EXPECT_EQ(greedy.output, graft("generate " + tuned.string() + " --prompt \"JULIET:\" --max-new-tokens 12").output);
+  EXPECT_EQ(greedy.output,
+            graft("generate " + tuned.string() + " --prompt \"JULIET:\" --max-new-tokens 12").output);
   auto too_long = graft("generate " + tuned.string() + " --prompt x --max-new-tokens 64");
   EXPECT_NE(too_long.status, 0);
   EXPECT_NE(too_long.output.find("64 positions"), std::string::npos) << too_long.output;
 
   // Block sizes are checked before any text is read: 0 divided by zero (SIGFPE), 1 gave a NaN loss.
   for (const char* bad : {"0", "1", "-5"}) {
-    auto refused = graft("train --task causal-lm --weights " + tuned.string() + " --data " +
-                         (dir / "part2.txt").string() + " --block-size " + bad + " --out " + (dir / "bad").string());
+    auto refused =
+        graft("train --task causal-lm --weights " + tuned.string() + " --data " +
+              (dir / "part2.txt").string() + " --block-size " + bad + " --out " + (dir / "bad").string());
     EXPECT_EQ(refused.status, 1) << refused.output;
-    EXPECT_NE(refused.output.find(std::string("--block-size must lie in 2..65536 (a token and the next one to predict, "
-                                              "at least), got ") + bad),
+    EXPECT_NE(refused.output.find(
+                  std::string("--block-size must lie in 2..65536 (a token and the next one to predict, "
+                              "at least), got ") +
+                  bad),
               std::string::npos)
         << refused.output;
     EXPECT_FALSE(fs::exists(dir / "bad"));
   }
-  // A run whose graft.json says block_size 0 (edited, or written by a hostile hand) is refused by eval by name.
+  // A run whose graft.json says block_size 0 (edited, or written by a hostile hand) is refused by eval by
+  // name.
   fs::copy(tuned, dir / "zero", fs::copy_options::recursive);
   auto zero_spec = nlohmann::json::parse(read(dir / "zero" / "graft.json"));
   zero_spec["block_size"] = 0;
   std::ofstream(dir / "zero" / "graft.json") << zero_spec.dump(2);
   auto zero = graft("eval " + (dir / "zero").string() + " --data " + (dir / "val.txt").string());
   EXPECT_EQ(zero.status, 1) << zero.output;
-  EXPECT_NE(zero.output.find("graft.json: field 'block_size' is 0 (expected an integer in 2..65536)"), std::string::npos)
+  EXPECT_NE(zero.output.find("graft.json: field 'block_size' is 0 (expected an integer in 2..65536)"),
+            std::string::npos)
       << zero.output;
   zero_spec["block_size"] = nlohmann::json::array({1, 2});
   std::ofstream(dir / "zero" / "graft.json") << zero_spec.dump(2);
   zero = graft("eval " + (dir / "zero").string() + " --data " + (dir / "val.txt").string());
-  EXPECT_NE(zero.output.find("field 'block_size' is [1,2] (expected an integer in 2..65536)"), std::string::npos) << zero.output;
+  EXPECT_NE(zero.output.find("field 'block_size' is [1,2] (expected an integer in 2..65536)"),
+            std::string::npos)
+      << zero.output;
 
   // chat: one reply line per input line.
   std::ofstream(dir / "questions.txt") << "Who art thou?\nWhat news?\n";
   auto chat = graft("chat " + tuned.string() + " --max-new-tokens 8 --seed 1 --temperature 0.7 < " +
-               (dir / "questions.txt").string());
+                    (dir / "questions.txt").string());
   ASSERT_EQ(chat.status, 0) << chat.output;
   size_t replies = 0;
-  for (size_t at = chat.output.find("Bot: "); at != std::string::npos; at = chat.output.find("Bot: ", at + 1)) ++replies;
+  for (size_t at = chat.output.find("Bot: "); at != std::string::npos; at = chat.output.find("Bot: ", at + 1))
+    ++replies;
   EXPECT_EQ(replies, 2u) << chat.output;
 
   // One example per line, padding masked out of the loss.
-  std::ofstream(dir / "qa.jsonl") << "{\"text\": \"Q: Who scored? A: Messi.\"}\n{\"text\": \"Q: Who won? A: Spain.\"}\n"
-                                     "{\"text\": \"Q: Where? A: Madrid.\"}\n{\"text\": \"Q: When? A: Sunday.\"}\n";
-  auto lines = graft("train --task causal-lm --weights " + tuned.string() + " --data " + (dir / "qa.jsonl").string() +
-                     " --line-by-line --block-size 32 --batch-size 2 --epochs 1 --val-split 0.25 --out " +
-                     (dir / "qa").string());
+  std::ofstream(dir / "qa.jsonl")
+      << "{\"text\": \"Q: Who scored? A: Messi.\"}\n{\"text\": \"Q: Who won? A: Spain.\"}\n"
+         "{\"text\": \"Q: Where? A: Madrid.\"}\n{\"text\": \"Q: When? A: Sunday.\"}\n";
+  auto lines =
+      graft("train --task causal-lm --weights " + tuned.string() + " --data " + (dir / "qa.jsonl").string() +
+            " --line-by-line --block-size 32 --batch-size 2 --epochs 1 --val-split 0.25 --out " +
+            (dir / "qa").string());
   ASSERT_EQ(lines.status, 0) << lines.output;
   EXPECT_NE(lines.output.find("4 lines"), std::string::npos) << lines.output;
   EXPECT_GT(number_after(lines.output, "final validation perplexity:"), 1.0) << lines.output;

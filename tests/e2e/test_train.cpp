@@ -2,8 +2,6 @@
 // dataset-fashion-mnist, real IDX files) and on cats_vs_dogs_small (real JPEGs in ../shared/data).
 #include <gtest/gtest.h>
 
-#include "e2e/run_graft.h"
-
 #include <array>
 #include <cstdio>
 #include <filesystem>
@@ -12,6 +10,7 @@
 #include <regex>
 #include <sstream>
 
+#include "e2e/run_graft.h"
 #include "graft/data.h"
 #include "graft/weights.h"
 
@@ -19,8 +18,8 @@ namespace {
 
 namespace fs = std::filesystem;
 
-using graft::testing::graft;
 using graft::testing::fresh_dir;
+using graft::testing::graft;
 
 double number_after(const std::string& text, const std::string& label) {
   std::smatch match;
@@ -37,18 +36,21 @@ const std::string kCats = std::string(GRAFT_SHARED_DIR) + "/data/cats_vs_dogs_sm
 TEST(TrainE2E, FashionMnistFineTuneEvalPredict) {
   auto dir = fresh_dir("fashion");
   const std::string run = (dir / "run").string();
-  auto train = graft("train --model resnet18 --data " + kFashion + " --limit 2000 --image-size 32 --no-augment "
-                     "--epochs 3 --batch-size 64 --optimizer adam --lr 0.002 --out " + run);
+  auto train = graft("train --model resnet18 --data " + kFashion +
+                     " --limit 2000 --image-size 32 --no-augment "
+                     "--epochs 3 --batch-size 64 --optimizer adam --lr 0.002 --out " +
+                     run);
   ASSERT_EQ(train.status, 0) << train.output;
   const double accuracy = number_after(train.output, "final validation accuracy:");
   std::cout << "[e2e] fashion-mnist resnet18 32px 3 epochs: val accuracy " << accuracy << "\n";
   EXPECT_GT(accuracy, 0.65) << train.output;
-  for (const char* file : {"model.safetensors", "graft.json", "metrics.csv", "training_curves.svg",
-                           "confusion_matrix.svg"}) {
+  for (const char* file :
+       {"model.safetensors", "graft.json", "metrics.csv", "training_curves.svg", "confusion_matrix.svg"}) {
     EXPECT_TRUE(fs::exists(fs::path(run) / file)) << file;
   }
   EXPECT_TRUE(train.output.find("randomly initialised") != std::string::npos ||
-              train.output.find("random initialisation") != std::string::npos) << train.output;
+              train.output.find("random initialisation") != std::string::npos)
+      << train.output;
 
   auto eval = graft("eval " + run + " --data " + kFashion + " --limit 500");
   ASSERT_EQ(eval.status, 0) << eval.output;
@@ -58,7 +60,8 @@ TEST(TrainE2E, FashionMnistFineTuneEvalPredict) {
   // A new run that starts from this one (--init-from): its model and weights, so one more epoch at a low
   // rate begins where the first run ended instead of at chance.
   // No --image-size: the run's own 32 px come with its weights (it was continued at 224 px before).
-  auto again = graft("train --init-from " + run + " --data " + kFashion + " --limit 2000 "
+  auto again = graft("train --init-from " + run + " --data " + kFashion +
+                     " --limit 2000 "
                      "--no-augment --epochs 1 --batch-size 64 --optimizer adam --lr 0.0002 --out " +
                      (dir / "again").string());
   ASSERT_EQ(again.status, 0) << again.output;
@@ -77,8 +80,10 @@ TEST(TrainE2E, FashionMnistFineTuneEvalPredict) {
 TEST(TrainE2E, TheRestoredBestEpochIsAnnouncedAndReported) {
   auto dir = fresh_dir("best_epoch");
   const std::string run = (dir / "run").string();
-  auto train = graft("train --model resnet18 --data " + kFashion + " --limit 200 --image-size 32 --no-augment "
-                     "--epochs 2 --batch-size 64 --optimizer adam --lr 0.002 --min-delta 1e9 --out " + run);
+  auto train = graft("train --model resnet18 --data " + kFashion +
+                     " --limit 200 --image-size 32 --no-augment "
+                     "--epochs 2 --batch-size 64 --optimizer adam --lr 0.002 --min-delta 1e9 --out " +
+                     run);
   ASSERT_EQ(train.status, 0) << train.output;
   EXPECT_NE(train.output.find("restored epoch 1 of 2: best val_loss"), std::string::npos) << train.output;
   std::ifstream report_file(dir / "run" / "val_report.txt");
@@ -91,8 +96,10 @@ TEST(TrainE2E, TheRestoredBestEpochIsAnnouncedAndReported) {
   std::getline(csv, header);
   std::getline(csv, first);
   std::vector<std::string> names, cells;
-  for (std::stringstream h(header); std::getline(h, names.emplace_back(), ',');) {}
-  for (std::stringstream c(first); std::getline(c, cells.emplace_back(), ',');) {}
+  for (std::stringstream h(header); std::getline(h, names.emplace_back(), ',');) {
+  }
+  for (std::stringstream c(first); std::getline(c, cells.emplace_back(), ',');) {
+  }
   const auto column = std::find(names.begin(), names.end(), "val_accuracy") - names.begin();
   ASSERT_LT(static_cast<size_t>(column), cells.size()) << header;
   EXPECT_NEAR(std::stod(cells[static_cast<size_t>(column)]), final_accuracy, 1e-4) << header << "\n" << first;
@@ -101,22 +108,26 @@ TEST(TrainE2E, TheRestoredBestEpochIsAnnouncedAndReported) {
   auto freeze = graft("train --model resnet18 --strategy feature-extract --freeze last:5 --data " + kFashion +
                       " --out " + (dir / "refused").string());
   EXPECT_EQ(freeze.status, 1) << freeze.output;
-  EXPECT_NE(freeze.output.find("--freeze last:5 does not apply to --strategy feature-extract"), std::string::npos)
+  EXPECT_NE(freeze.output.find("--freeze last:5 does not apply to --strategy feature-extract"),
+            std::string::npos)
       << freeze.output;
   auto rotation = graft("train --model resnet18 --strategy feature-extract --rotation 10 --data " + kFashion +
                         " --out " + (dir / "refused").string());
   EXPECT_EQ(rotation.status, 1) << rotation.output;
-  EXPECT_NE(rotation.output.find("--rotation augments training images"), std::string::npos) << rotation.output;
+  EXPECT_NE(rotation.output.find("--rotation augments training images"), std::string::npos)
+      << rotation.output;
   EXPECT_FALSE(fs::exists(dir / "refused"));
 
   // --out never replaces what the user has (#14.6): a graft run without --resume or --overwrite, a folder of
-  // the user's, a folder inside --data, the folder the weights come from. Each is refused before any data is read.
+  // the user's, a folder inside --data, the folder the weights come from. Each is refused before any data is
+  // read.
   const auto saved_at = fs::last_write_time(dir / "run" / "model.safetensors");
   const std::string again = "train --model resnet18 --data " + kFashion +
                             " --limit 200 --image-size 32 --epochs 1 --batch-size 64 --out ";
   auto replace = graft(again + run);
   EXPECT_EQ(replace.status, 1) << replace.output;
-  EXPECT_NE(replace.output.find("already holds a graft run; add --resume to continue it, --overwrite to replace it"),
+  EXPECT_NE(replace.output.find(
+                "already holds a graft run; add --resume to continue it, --overwrite to replace it"),
             std::string::npos)
       << replace.output;
   EXPECT_EQ(fs::last_write_time(dir / "run" / "model.safetensors"), saved_at);
@@ -124,13 +135,17 @@ TEST(TrainE2E, TheRestoredBestEpochIsAnnouncedAndReported) {
   std::ofstream(dir / "mine" / "model.safetensors") << "the user's";
   auto user = graft(again + (dir / "mine").string());
   EXPECT_EQ(user.status, 1) << user.output;
-  EXPECT_NE(user.output.find("is a folder that is not empty and holds no graft run"), std::string::npos) << user.output;
-  auto from_there = graft("train --model resnet18 --weights " + (dir / "mine" / "model.safetensors").string() +
-                          " --data " + kFashion + " --out " + (dir / "mine").string());
+  EXPECT_NE(user.output.find("is a folder that is not empty and holds no graft run"), std::string::npos)
+      << user.output;
+  auto from_there =
+      graft("train --model resnet18 --weights " + (dir / "mine" / "model.safetensors").string() + " --data " +
+            kFashion + " --out " + (dir / "mine").string());
   EXPECT_EQ(from_there.status, 1) << from_there.output;
-  EXPECT_NE(from_there.output.find("which this run reads its weights from"), std::string::npos) << from_there.output;
+  EXPECT_NE(from_there.output.find("which this run reads its weights from"), std::string::npos)
+      << from_there.output;
   std::ifstream mine(dir / "mine" / "model.safetensors");
-  EXPECT_EQ(std::string((std::istreambuf_iterator<char>(mine)), std::istreambuf_iterator<char>()), "the user's");
+  EXPECT_EQ(std::string((std::istreambuf_iterator<char>(mine)), std::istreambuf_iterator<char>()),
+            "the user's");
   auto inside = graft(again + kFashion + "/graft_run_inside_data");
   EXPECT_EQ(inside.status, 1) << inside.output;
   EXPECT_NE(inside.output.find("lies inside the data"), std::string::npos) << inside.output;
@@ -147,9 +162,11 @@ TEST(TrainE2E, TheRestoredBestEpochIsAnnouncedAndReported) {
 TEST(TrainE2E, PretrainedNsfwjsBackboneFeatureExtractCatsVsDogs) {
   auto dir = fresh_dir("nsfwjs");
   const std::string run = (dir / "run").string();
-  auto train = graft("train --model mobilenet_v2.nsfwjs --strategy feature-extract --data " + kCats +
-                     " --image-size 96 --head avg,dense:64:relu,dropout:0.2 --epochs 15 --batch-size 32 --optimizer adam "
-                     "--lr 0.003 --out " + run);
+  auto train = graft(
+      "train --model mobilenet_v2.nsfwjs --strategy feature-extract --data " + kCats +
+      " --image-size 96 --head avg,dense:64:relu,dropout:0.2 --epochs 15 --batch-size 32 --optimizer adam "
+      "--lr 0.003 --out " +
+      run);
   ASSERT_EQ(train.status, 0) << train.output;
   EXPECT_NE(train.output.find("nsfwjs-4.4.0/mobilenet_v2.safetensors"), std::string::npos) << train.output;
   EXPECT_EQ(train.output.find("random initialisation"), std::string::npos) << train.output;
@@ -162,11 +179,13 @@ TEST(TrainE2E, PretrainedNsfwjsBackboneFeatureExtractCatsVsDogs) {
 
   // Without the cache the tag says how to fetch its weights, and nothing is written.
   const auto empty = dir / "empty_cache";
-  auto missing = graft("train --model mobilenet_v2.nsfwjs --data " + kCats + " --epochs 1 --out " +
-                       (dir / "run2").string(), "GRAFT_CACHE=" + empty.string());
+  auto missing = graft(
+      "train --model mobilenet_v2.nsfwjs --data " + kCats + " --epochs 1 --out " + (dir / "run2").string(),
+      "GRAFT_CACHE=" + empty.string());
   EXPECT_NE(missing.status, 0);
   EXPECT_NE(missing.output.find("scripts/fetch-weights nsfwjs"), std::string::npos) << missing.output;
-  EXPECT_NE(missing.output.find((empty / "nsfwjs-4.4.0" / "mobilenet_v2.safetensors").string()), std::string::npos)
+  EXPECT_NE(missing.output.find((empty / "nsfwjs-4.4.0" / "mobilenet_v2.safetensors").string()),
+            std::string::npos)
       << missing.output;
   EXPECT_FALSE(fs::exists(dir / "run2" / "graft.json"));
   std::filesystem::remove_all(dir);
@@ -181,9 +200,12 @@ TEST(TrainE2E, PretrainedNsfwjsBackboneFeatureExtractCatsVsDogs) {
 TEST(TrainE2E, CatsVsDogsTwoStagePredictFeatures) {
   auto dir = fresh_dir("cats");
   const std::string run = (dir / "run").string();
-  auto train = graft("train --model mobilenet_v2.nsfwjs --data " + kCats + " --image-size 96 --head avg,dropout:0.2,dense:2 "
-                     "--epochs 4 --strategy two-stage --stage1-epochs 2 --batch-size 32 --optimizer adam --lr 0.002 "
-                     "--backbone-lr-mult 0.1 --out " + run);
+  auto train =
+      graft("train --model mobilenet_v2.nsfwjs --data " + kCats +
+            " --image-size 96 --head avg,dropout:0.2,dense:2 "
+            "--epochs 4 --strategy two-stage --stage1-epochs 2 --batch-size 32 --optimizer adam --lr 0.002 "
+            "--backbone-lr-mult 0.1 --out " +
+            run);
   ASSERT_EQ(train.status, 0) << train.output;
   EXPECT_NE(train.output.find("two-stage: stage 2 from epoch 3"), std::string::npos) << train.output;
   const double accuracy = number_after(train.output, "final validation accuracy:");
@@ -233,7 +255,7 @@ TEST(TrainE2E, FeatureExtractFromConfigFileCachesFeatures) {
   EXPECT_NE(train.output.find("feature cache: 400 x 1280"), std::string::npos) << train.output;
   std::ifstream saved(fs::path(run) / "graft.json");
   auto doc = nlohmann::json::parse(saved);
-  EXPECT_EQ(doc["training"]["epochs"], 3);  // the flag wins over the file's 5
+  EXPECT_EQ(doc["training"]["epochs"], 3);         // the flag wins over the file's 5
   EXPECT_EQ(doc["training"]["optimizer"], "sgd");  // from the file
   EXPECT_EQ(doc["training"]["strategy"], "feature-extract");
   EXPECT_EQ(doc["freeze"], "all");
@@ -254,8 +276,9 @@ TEST(TrainE2E, FeatureExtractFromConfigFileCachesFeatures) {
 // `--resume` after a stopped run gives the same weights as the run that never stopped.
 TEST(TrainE2E, ResumeMatchesAnUninterruptedRun) {
   auto dir = fresh_dir("resume");
-  const std::string common = "train --model resnet18 --data " + kFashion +
-                             " --limit 300 --image-size 32 --batch-size 50 --optimizer sgd --lr 0.05 --seed 7 ";
+  const std::string common =
+      "train --model resnet18 --data " + kFashion +
+      " --limit 300 --image-size 32 --batch-size 50 --optimizer sgd --lr 0.05 --seed 7 ";
   const std::string whole = (dir / "whole").string(), stopped = (dir / "stopped").string();
   auto a = graft(common + "--epochs 3 --out " + whole);
   ASSERT_EQ(a.status, 0) << a.output;

@@ -4,6 +4,7 @@
 // reads the order and must clear a high floor. Then the tutorial's recipe: the trained clip model as the
 // starting point (--init-from) of a new 3-class task with the CNN and LSTM frozen.
 #include <gtest/gtest.h>
+#include <png.h>
 
 #include <filesystem>
 #include <fstream>
@@ -11,12 +12,10 @@
 #include <random>
 #include <regex>
 
-#include <png.h>
-
 #include "e2e/run_graft.h"
-#include "graft/weights.h"
 #include "graft/errors.h"
 #include "graft/video.h"
+#include "graft/weights.h"
 
 namespace graft {
 namespace {
@@ -49,7 +48,8 @@ std::vector<Image> square_clip(const std::string& kind, std::mt19937& rng) {
   return frames;
 }
 
-void write_set(const fs::path& root, const std::vector<std::string>& kinds, int train, int val, unsigned seed) {
+void write_set(const fs::path& root, const std::vector<std::string>& kinds, int train, int val,
+               unsigned seed) {
   std::mt19937 rng(seed);
   for (const auto& [split, count] : {std::pair<std::string, int>{"train", train}, {"val", val}}) {
     for (const auto& kind : kinds) {
@@ -94,7 +94,8 @@ TEST(VideoE2E, FramesFolderAndVideoFilesGiveTheSameClip) {
   ASSERT_EQ(mp4.size(), frames.size());
   double total = 0;
   for (size_t t = 0; t < frames.size(); ++t)
-    for (size_t i = 0; i < frames[t].rgb.size(); ++i) total += std::abs(int(mp4[t].rgb[i]) - int(frames[t].rgb[i]));
+    for (size_t i = 0; i < frames[t].rgb.size(); ++i)
+      total += std::abs(int(mp4[t].rgb[i]) - int(frames[t].rgb[i]));
   const double mean_error = total / double(frames.size() * frames[0].rgb.size());
   std::cout << "[video io] mp4 (MPEG-4, 4:2:0) mean |error| " << mean_error << " levels\n";
   EXPECT_LT(mean_error, 12.0);
@@ -129,8 +130,9 @@ TEST(VideoE2E, LstmReadsMotionOrderFrameAveragingCannot) {
   write_set(dir / "clips", {"grow", "shrink"}, 40, 16, 7);
   // One unreadable clip: skipped with a warning and counted, not a crash.
   std::ofstream(dir / "clips" / "train" / "grow" / "zz_broken.mp4") << "garbage";
-  const std::string common = "train --task video-classify --model resnet18 --frames 8 --image-size 32 --data " +
-                             (dir / "clips").string() + " --epochs 25 --optimizer adam --lr 0.003 --batch-size 8";
+  const std::string common =
+      "train --task video-classify --model resnet18 --frames 8 --image-size 32 --data " +
+      (dir / "clips").string() + " --epochs 25 --optimizer adam --lr 0.003 --batch-size 8";
   auto lstm = graft(common + " --temporal lstm:64 --out " + (dir / "lstm").string());
   ASSERT_EQ(lstm.status, 0) << lstm.output;
   auto average = graft(common + " --temporal avg --out " + (dir / "avg").string());
@@ -154,9 +156,10 @@ TEST(VideoE2E, LstmReadsMotionOrderFrameAveragingCannot) {
 
   // The tutorial's recipe: that clip model, CNN and LSTM frozen, a new 3-class head.
   write_set(dir / "clips3", {"grow", "shrink", "still"}, 12, 6, 11);
-  auto recipe = graft("train --task video-classify --init-from " + (dir / "lstm").string() +
-                      " --freeze backbone,temporal --frames 8 --image-size 32 --data " + (dir / "clips3").string() +
-                      " --epochs 30 --optimizer adam --lr 0.01 --batch-size 8 --out " + (dir / "recipe").string());
+  auto recipe =
+      graft("train --task video-classify --init-from " + (dir / "lstm").string() +
+            " --freeze backbone,temporal --frames 8 --image-size 32 --data " + (dir / "clips3").string() +
+            " --epochs 30 --optimizer adam --lr 0.01 --batch-size 8 --out " + (dir / "recipe").string());
   ASSERT_EQ(recipe.status, 0) << recipe.output;
   EXPECT_NE(recipe.output.find("a new classifier for 3 classes"), std::string::npos) << recipe.output;
   const double recipe_acc = number_after(recipe.output, "final validation accuracy:");
@@ -169,9 +172,13 @@ TEST(VideoE2E, LstmReadsMotionOrderFrameAveragingCannot) {
   EXPECT_FALSE(after.load("fc.weight").size(0) == before.load("fc.weight").size(0));
 
   // A 3D CNN (torchvision's mc3_18) takes whole clips: train its top, evaluate and predict through the CLI.
-  auto cnn3d = graft("train --task video-classify --model mc3_18 --freeze until:layer4 --frames 8 --image-size 32 "
-                     "--data " + (dir / "clips").string() + " --epochs 1 --optimizer adam --lr 0.001 --batch-size 8 "
-                     "--out " + (dir / "mc3").string());
+  auto cnn3d = graft(
+      "train --task video-classify --model mc3_18 --freeze until:layer4 --frames 8 --image-size 32 "
+      "--data " +
+      (dir / "clips").string() +
+      " --epochs 1 --optimizer adam --lr 0.001 --batch-size 8 "
+      "--out " +
+      (dir / "mc3").string());
   ASSERT_EQ(cnn3d.status, 0) << cnn3d.output;
   EXPECT_NE(cnn3d.output.find("final validation accuracy:"), std::string::npos) << cnn3d.output;
   EXPECT_NE(cnn3d.output.find("mc3_18"), std::string::npos) << cnn3d.output;
@@ -206,9 +213,12 @@ int64_t report_samples(const fs::path& report) {
 TEST(VideoE2E, PretrainedImageBackbonesStartVideoModels) {
   const auto dir = fresh_dir("video_pretrained");
   write_set(dir / "clips", {"grow", "shrink"}, 6, 3, 5);
-  const std::string common = " --frames 8 --image-size 32 --epochs 2 --optimizer adam --lr 0.003 --batch-size 4 ";
-  auto tag = graft("train --task video-classify --model mobilenet_v2.nsfwjs --temporal lstm:16 --freeze backbone "
-                   "--data " + (dir / "clips").string() + common + "--out " + (dir / "tag").string());
+  const std::string common =
+      " --frames 8 --image-size 32 --epochs 2 --optimizer adam --lr 0.003 --batch-size 4 ";
+  auto tag = graft(
+      "train --task video-classify --model mobilenet_v2.nsfwjs --temporal lstm:16 --freeze backbone "
+      "--data " +
+      (dir / "clips").string() + common + "--out " + (dir / "tag").string());
   ASSERT_EQ(tag.status, 0) << tag.output;
   EXPECT_NE(tag.output.find("backbone tensors from"), std::string::npos) << tag.output;
   EXPECT_NE(tag.output.find("nsfwjs-4.4.0/mobilenet_v2.safetensors"), std::string::npos) << tag.output;
@@ -216,26 +226,31 @@ TEST(VideoE2E, PretrainedImageBackbonesStartVideoModels) {
   // The frozen backbone holds the pretrained weights themselves.
   const char* home = std::getenv("HOME");
   const fs::path cache = std::getenv("GRAFT_CACHE") ? fs::path(std::getenv("GRAFT_CACHE"))
-                         : std::getenv("XDG_CACHE_HOME") ? fs::path(std::getenv("XDG_CACHE_HOME")) / "graft"
-                                                         : fs::path(home ? home : "/root") / ".cache" / "graft";
+                         : std::getenv("XDG_CACHE_HOME")
+                             ? fs::path(std::getenv("XDG_CACHE_HOME")) / "graft"
+                             : fs::path(home ? home : "/root") / ".cache" / "graft";
   const SafeTensorsReader pretrained((cache / "nsfwjs-4.4.0" / "mobilenet_v2.safetensors").string()),
       saved((dir / "tag" / "model.safetensors").string());
-  EXPECT_TRUE(torch::equal(pretrained.load("features.0.0.weight"), saved.load("backbone.features.0.0.weight")));
+  EXPECT_TRUE(
+      torch::equal(pretrained.load("features.0.0.weight"), saved.load("backbone.features.0.0.weight")));
   const auto spec = nlohmann::json::parse(std::ifstream(dir / "tag" / "graft.json"));
   EXPECT_EQ(spec["preprocessing"]["interpolation"], "bilinear-align-corners") << spec.dump();
   EXPECT_EQ(report_samples(dir / "tag" / "val_report.txt"), 6);
   // eval and predict read the run's preprocessing back: the same accuracy as the run's final evaluation.
   auto eval = graft("eval " + (dir / "tag").string() + " --data " + (dir / "clips").string());
   ASSERT_EQ(eval.status, 0) << eval.output;
-  EXPECT_NEAR(number_after(eval.output, "accuracy:"), number_after(tag.output, "final validation accuracy:"), 1e-6)
+  EXPECT_NEAR(number_after(eval.output, "accuracy:"), number_after(tag.output, "final validation accuracy:"),
+              1e-6)
       << eval.output << tag.output;
-  auto predict = graft("predict " + (dir / "tag").string() + " " + (dir / "clips" / "val" / "grow" / "0.mkv").string());
+  auto predict =
+      graft("predict " + (dir / "tag").string() + " " + (dir / "clips" / "val" / "grow" / "0.mkv").string());
   EXPECT_EQ(predict.status, 0) << predict.output;
 
   // A weights file in TF.js layers format (ml5's Tiny Darknet), mapped by the architecture's name table.
-  auto file = graft("train --task video-classify --model darknet_tiny.ml5 --temporal avg --freeze backbone --weights " +
-                    std::string(GRAFT_SHARED_DIR) + "/weights/tiny_darknet_tfjs --data " + (dir / "clips").string() +
-                    common + "--out " + (dir / "darknet").string());
+  auto file = graft(
+      "train --task video-classify --model darknet_tiny.ml5 --temporal avg --freeze backbone --weights " +
+      std::string(GRAFT_SHARED_DIR) + "/weights/tiny_darknet_tfjs --data " + (dir / "clips").string() +
+      common + "--out " + (dir / "darknet").string());
   ASSERT_EQ(file.status, 0) << file.output;
   EXPECT_NE(file.output.find("backbone tensors from"), std::string::npos) << file.output;
 
@@ -251,21 +266,25 @@ TEST(VideoE2E, PretrainedImageBackbonesStartVideoModels) {
       image.version = PNG_IMAGE_VERSION;
       image.width = image.height = 32;
       image.format = PNG_FORMAT_RGB;
-      ASSERT_TRUE(png_image_write_to_file(&image, png.c_str(), 0, frames[static_cast<size_t>(i)].rgb.data(), 0, nullptr));
+      ASSERT_TRUE(png_image_write_to_file(&image, png.c_str(), 0, frames[static_cast<size_t>(i)].rgb.data(),
+                                          0, nullptr));
     }
   }
   auto image_run = graft("train --model resnet18 --image-size 32 --epochs 1 --batch-size 4 --data " +
                          (dir / "images").string() + " --out " + (dir / "image_run").string());
   ASSERT_EQ(image_run.status, 0) << image_run.output;
-  auto from_image = graft("train --task video-classify --init-from " + (dir / "image_run").string() +
-                          " --temporal lstm:16 --freeze backbone --frames 8 --epochs 1 --batch-size 4 --data " +
-                          (dir / "clips").string() + " --out " + (dir / "from_image").string());
+  auto from_image =
+      graft("train --task video-classify --init-from " + (dir / "image_run").string() +
+            " --temporal lstm:16 --freeze backbone --frames 8 --epochs 1 --batch-size 4 --data " +
+            (dir / "clips").string() + " --out " + (dir / "from_image").string());
   ASSERT_EQ(from_image.status, 0) << from_image.output;
   EXPECT_NE(from_image.output.find("init from image run"), std::string::npos) << from_image.output;
-  EXPECT_NE(from_image.output.find("frames of 32 px"), std::string::npos) << from_image.output;  // the run's size
+  EXPECT_NE(from_image.output.find("frames of 32 px"), std::string::npos)
+      << from_image.output;  // the run's size
   const SafeTensorsReader image_weights((dir / "image_run" / "model.safetensors").string()),
       video_weights((dir / "from_image" / "model.safetensors").string());
-  EXPECT_TRUE(torch::equal(image_weights.load("layer4.1.conv2.weight"), video_weights.load("backbone.layer4.1.conv2.weight")));
+  EXPECT_TRUE(torch::equal(image_weights.load("layer4.1.conv2.weight"),
+                           video_weights.load("backbone.layer4.1.conv2.weight")));
 
   // No val/ folder: a seeded split, and the final report is on its validation clips only (2 of 6 per class).
   fs::create_directories(dir / "flat");

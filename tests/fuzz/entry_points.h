@@ -37,7 +37,8 @@ inline const std::filesystem::path& scratch_dir() {
   return dir;
 }
 
-inline std::string write_file(const std::filesystem::path& dir, const std::string& name, std::string_view bytes) {
+inline std::string write_file(const std::filesystem::path& dir, const std::string& name,
+                              std::string_view bytes) {
   const std::string path = (dir / name).string();
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
@@ -129,11 +130,21 @@ inline void load_tokenizer_bytes(std::string_view bytes) {
   const std::filesystem::path dir = fresh_dir("tokenizer");
   std::string load = dir.string();
   switch (mode) {
-    case 0: load = write_file(dir, "tokenizer.json", parts[0]); break;
-    case 1: load = write_file(dir, "vocab.txt", parts[0]); break;
-    case 2: write_file(dir, "vocab.json", parts[0]), write_file(dir, "merges.txt", parts[1]); break;
-    case 3: write_file(dir, "tokenizer.json", parts[0]), write_file(dir, "tokenizer_config.json", parts[1]); break;
-    default: write_file(dir, "vocab.txt", parts[0]), write_file(dir, "tokenizer_config.json", parts[1]); break;
+    case 0:
+      load = write_file(dir, "tokenizer.json", parts[0]);
+      break;
+    case 1:
+      load = write_file(dir, "vocab.txt", parts[0]);
+      break;
+    case 2:
+      write_file(dir, "vocab.json", parts[0]), write_file(dir, "merges.txt", parts[1]);
+      break;
+    case 3:
+      write_file(dir, "tokenizer.json", parts[0]), write_file(dir, "tokenizer_config.json", parts[1]);
+      break;
+    default:
+      write_file(dir, "vocab.txt", parts[0]), write_file(dir, "tokenizer_config.json", parts[1]);
+      break;
   }
   const std::string_view text = parts.back();
   const auto tokenizer = load_tokenizer(load);

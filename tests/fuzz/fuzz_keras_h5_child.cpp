@@ -7,6 +7,8 @@
 #include "fuzz/fuzz_target.h"
 
 // As fuzz_keras_h5.cpp: the child's libhdf5 mallocs sizes read from corrupt metadata.
-extern "C" const char* __asan_default_options() { return "allocator_may_return_null=1"; }
+extern "C" const char* __asan_default_options() {
+  return "allocator_may_return_null=1";
+}
 
 GRAFT_FUZZ_TARGET(keras_h5_child, read_keras_h5_child_bytes)

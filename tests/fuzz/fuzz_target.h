@@ -9,18 +9,18 @@
 
 #include "fuzz/entry_points.h"
 
-#define GRAFT_FUZZ_TARGET(target, entry)                                                       \
-  extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {                  \
-    try {                                                                                      \
-      graft::fuzz::entry(std::string_view(reinterpret_cast<const char*>(data), size));         \
-    } catch (const graft::Error&) {                                                            \
-      /* refused with a message: the expected outcome for a bad file */                        \
-    } catch (const std::exception& e) {                                                        \
-      std::fprintf(stderr, #target ": a non-graft exception escaped: %s\n", e.what());         \
-      std::abort();                                                                            \
-    } catch (...) {                                                                            \
-      std::fprintf(stderr, #target ": an unknown exception escaped\n");                        \
-      std::abort();                                                                            \
-    }                                                                                          \
-    return 0;                                                                                  \
+#define GRAFT_FUZZ_TARGET(target, entry)                                               \
+  extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {            \
+    try {                                                                              \
+      graft::fuzz::entry(std::string_view(reinterpret_cast<const char*>(data), size)); \
+    } catch (const graft::Error&) {                                                    \
+      /* refused with a message: the expected outcome for a bad file */                \
+    } catch (const std::exception& e) {                                                \
+      std::fprintf(stderr, #target ": a non-graft exception escaped: %s\n", e.what()); \
+      std::abort();                                                                    \
+    } catch (...) {                                                                    \
+      std::fprintf(stderr, #target ": an unknown exception escaped\n");                \
+      std::abort();                                                                    \
+    }                                                                                  \
+    return 0;                                                                          \
   }

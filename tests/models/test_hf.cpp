@@ -101,7 +101,8 @@ void expect_close(const std::string& model, const std::string& name, const torch
 //   lr * eps * dg / (max(0, |g_ref| - dg) + eps)^2, at most 2 lr (the update never exceeds lr),
 // plus float32 rounding of the step: a few ulps of |p| and of the lr-sized update.
 void expect_step_close(const std::string& model, const std::string& name, const torch::Tensor& got,
-                       const torch::Tensor& expected, const torch::Tensor& our_grad, const torch::Tensor& ref_grad) {
+                       const torch::Tensor& expected, const torch::Tensor& our_grad,
+                       const torch::Tensor& ref_grad) {
   constexpr double kLr = 1e-3, kEps = 1e-8;  // fixture_adamw's
   constexpr double kUlp = 1.0 / (1 << 23);   // float32's relative rounding step
   ASSERT_EQ(got.sizes(), expected.sizes()) << model << ": " << name;
@@ -631,7 +632,6 @@ TEST(HfVit, ImageBackboneInterface) {
   EXPECT_EQ(model->forward(pixels).sizes(), torch::IntArrayRef({2, 7}));
   EXPECT_THROW(model->forward(torch::zeros({1, 3, 32, 32})), ShapeMismatch);
 }
-
 
 // Decoding options against a reference loop written from Hugging Face's logits processors
 // (RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper) over full

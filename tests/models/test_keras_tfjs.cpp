@@ -571,7 +571,8 @@ TEST(KerasH5, ResNet50KerasNamesLoadIntoTheV1Build) {
                          {layer + "/bias:0", get("bias")}};
         break;
       case keras::LayerKind::kDense:
-        entry.tensors = {{layer + "/kernel:0", get("weight").t().contiguous()}, {layer + "/bias:0", get("bias")}};
+        entry.tensors = {{layer + "/kernel:0", get("weight").t().contiguous()},
+                         {layer + "/bias:0", get("bias")}};
         break;
       case keras::LayerKind::kBatchNorm:
         entry.tensors = {{layer + "/gamma:0", get("weight")},

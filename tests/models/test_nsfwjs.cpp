@@ -119,7 +119,8 @@ TEST_P(NsfwjsGolden, PreprocessingMatchesTfjs) {
 
     // libjpeg-turbo's pixels: another JPEG decoder, a few levels off.
     const Image turbo = decode_image(images + kImages[i] + ".jpg", decode_min_side(config));
-    const torch::Tensor levels = (image_to_tensor(turbo).to(torch::kInt) - ref_decoded[i].to(torch::kInt)).abs();
+    const torch::Tensor levels =
+        (image_to_tensor(turbo).to(torch::kInt) - ref_decoded[i].to(torch::kInt)).abs();
     from_jpeg.push_back(transform_image(turbo, config, rng));
     const double d_input = max_abs_diff(from_jpeg.back().permute({1, 2, 0}), ref_input[i]);
     std::cout << "[ preproc  ] " << name << " " << kImages[i] << ": resize of jpeg-js pixels " << d_resize
@@ -142,20 +143,22 @@ TEST_P(NsfwjsGolden, PreprocessingMatchesTfjs) {
 // _FusedConv2D): graft's graph interpreter runs it from the same bundle.
 TEST(NsfwjsGraph, MobileNetV2MidMatchesTfjs) {
   ASSERT_TRUE(fs::is_directory(bundle_dir("mobilenet_v2_mid")))
-      << bundle_dir("mobilenet_v2_mid") << " is missing: run scripts/fetch-weights nsfwjs (scripts/test does)";
+      << bundle_dir("mobilenet_v2_mid")
+      << " is missing: run scripts/fetch-weights nsfwjs (scripts/test does)";
   const TfjsGraphModel graph(bundle_dir("mobilenet_v2_mid"));
   EXPECT_EQ(graph.inputs(), std::vector<std::string>{"input"});
   EXPECT_EQ(graph.outputs(), std::vector<std::string>{"Identity"});
-  const std::string features = "StatefulPartitionedCall/sequential/keras_layer/StatefulPartitionedCall/"
-                               "StatefulPartitionedCall/StatefulPartitionedCall/predict/feature_vector/SpatialSqueeze";
+  const std::string features =
+      "StatefulPartitionedCall/sequential/keras_layer/StatefulPartitionedCall/"
+      "StatefulPartitionedCall/StatefulPartitionedCall/predict/feature_vector/SpatialSqueeze";
   const std::string logits = "StatefulPartitionedCall/sequential/dense/BiasAdd";
   const SafeTensorsReader reference(reference_file("mobilenet_v2_mid"));
   auto got = graph.run(reference.load("input"), {"Identity", features, logits});
   const double d_output = max_abs_diff(got["Identity"], reference.load("output"));
   const double d_features = max_abs_diff(got[features], reference.load("features"));
   const double d_logits = max_abs_diff(got[logits], reference.load("logits"));
-  std::cout << "[ golden   ] mobilenet_v2_mid (graph model): max |diff| features " << d_features << ", logits "
-            << d_logits << ", output " << d_output << "\n";
+  std::cout << "[ golden   ] mobilenet_v2_mid (graph model): max |diff| features " << d_features
+            << ", logits " << d_logits << ", output " << d_output << "\n";
   EXPECT_LE(d_features, kFeatureTolerance);
   EXPECT_LE(d_logits, kFeatureTolerance);
   EXPECT_LE(d_output, kProbabilityTolerance);
@@ -163,7 +166,8 @@ TEST(NsfwjsGraph, MobileNetV2MidMatchesTfjs) {
   for (int64_t i = 0; i < 4; ++i) {
     const int64_t top1 = got["Identity"][i].argmax().item<int64_t>();
     const int64_t expected = ref_output[i].argmax().item<int64_t>();
-    EXPECT_EQ(top1, expected) << kImages[i] << ": graft says " << kClasses[top1] << ", TF.js says " << kClasses[expected];
+    EXPECT_EQ(top1, expected) << kImages[i] << ": graft says " << kClasses[top1] << ", TF.js says "
+                              << kClasses[expected];
   }
   EXPECT_THROW(graph.run(reference.load("input"), {"no/such/node"}), Error);
 }

@@ -721,7 +721,8 @@ TEST(ImageFolder, SymbolicLinksAreWalkedOnceAndStayInTheirClass) {
   fs::create_symlink("../dog/d0.jpg", cat / "stolen.jpg");
   fs::create_symlink("c0.jpg", cat / "again.jpg");
   fs::create_symlink("nothing.jpg", cat / "broken.jpg");
-  fs::create_directory_symlink(fs::path(elsewhere.path()) / "kept", cat / "external");  // photos kept elsewhere
+  fs::create_directory_symlink(fs::path(elsewhere.path()) / "kept",
+                               cat / "external");  // photos kept elsewhere
 
   const ImageList list = scan_image_folder(dir.path());
   std::map<int64_t, std::vector<std::string>> by_label;
@@ -735,16 +736,17 @@ TEST(ImageFolder, SymbolicLinksAreWalkedOnceAndStayInTheirClass) {
   std::string skipped;
   for (const auto& line : list.skipped) skipped += line + "\n";
   for (const char* expected :
-       {"cat/dogdir: a link to ", "cat/up: a link to ", "cat/stolen.jpg: a link to ", "outside its class folder",
-        "a folder already listed (through a link); skipped", "cat/again.jpg: the same file as an image already listed",
-        "cat/broken.jpg: a link to nothing"})
+       {"cat/dogdir: a link to ", "cat/up: a link to ", "cat/stolen.jpg: a link to ",
+        "outside its class folder", "a folder already listed (through a link); skipped",
+        "cat/again.jpg: the same file as an image already listed", "cat/broken.jpg: a link to nothing"})
     EXPECT_NE(skipped.find(expected), std::string::npos) << expected << " in\n" << skipped;
 
   // The seeded split: no image on both sides, even through links.
   const ImageSplits splits = discover_image_splits(dir.path(), 0.5, 3);
   std::set<std::string> train;
   for (const auto& sample : splits.train.samples) train.insert(fs::canonical(sample.path).string());
-  for (const auto& sample : splits.val.samples) EXPECT_EQ(train.count(fs::canonical(sample.path).string()), 0u);
+  for (const auto& sample : splits.val.samples)
+    EXPECT_EQ(train.count(fs::canonical(sample.path).string()), 0u);
   EXPECT_EQ(splits.train.samples.size() + splits.val.samples.size(), 13u);
   EXPECT_FALSE(splits.train.skipped.empty());
 }

@@ -23,12 +23,12 @@
 namespace {
 
 namespace fs = std::filesystem;
+using graft::testing::contains;
 using graft::testing::FakeFile;
 using graft::testing::FakeHub;
 using graft::testing::FakeRepo;
 using graft::testing::git_file;
 using graft::testing::lfs_file;
-using graft::testing::contains;
 using graft::testing::read_file;
 
 const std::string kCommit = "0123456789abcdef0123456789abcdef01234567";
@@ -551,6 +551,7 @@ TEST_F(HubPull, AFailedRefWriteIsAnErrorAndLeavesNoTemporary) {
     EXPECT_TRUE(contains(e.what(), (repo_folder() / "refs" / "main").string())) << e.what();
   }
   std::vector<std::string> left;
-  for (const auto& entry : fs::directory_iterator(repo_folder() / "refs")) left.push_back(entry.path().filename().string());
+  for (const auto& entry : fs::directory_iterator(repo_folder() / "refs"))
+    left.push_back(entry.path().filename().string());
   EXPECT_EQ(left, std::vector<std::string>{"main"});
 }

@@ -61,7 +61,9 @@ TEST(JsLiteral, ValuesAsJson) {
   EXPECT_EQ(t["big"].get<int64_t>(), 12345678901);
   EXPECT_EQ(t["shape"], json::parse("[null,224,224,3]"));
   EXPECT_EQ(t["quoted key"], "it's");
-  EXPECT_EQ(t["esc"], "a\n\xc3\xa9" "A");
+  EXPECT_EQ(t["esc"],
+            "a\n\xc3\xa9"
+            "A");
   EXPECT_TRUE(t["none"].is_null());
   EXPECT_EQ(t["t"], true);
   EXPECT_EQ(t["f"], false);
@@ -106,7 +108,8 @@ TEST(JsBase64, Rfc4648Vectors) {
 }
 
 TEST(JsBundle, UnwrapsModelAndShard) {
-  const std::string model = write_file("model.min.js", bundle("{format:\"layers-model\",weightsManifest:[]}"));
+  const std::string model =
+      write_file("model.min.js", bundle("{format:\"layers-model\",weightsManifest:[]}"));
   EXPECT_EQ(js::read_bundled_json(model), json::parse(R"({"format":"layers-model","weightsManifest":[]})"));
   const std::string shard = write_file("group1-shard1of1.min.js", bundle("\"AAEC/w==\""));
   EXPECT_EQ(js::read_bundled_bytes(shard), (std::vector<uint8_t>{0, 1, 2, 255}));

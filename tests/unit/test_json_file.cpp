@@ -24,13 +24,15 @@ namespace fs = std::filesystem;
 const std::string kDeep = std::string(100000, '[') + std::string(100000, ']');
 
 fs::path fresh(const std::string& name) {
-  const fs::path dir = fs::temp_directory_path() / ("graft_test_json_" + name + "_" + std::to_string(::getpid()));
+  const fs::path dir =
+      fs::temp_directory_path() / ("graft_test_json_" + name + "_" + std::to_string(::getpid()));
   fs::remove_all(dir);
   fs::create_directories(dir);
   return dir;
 }
 
-void expect_format_error(const std::function<void()>& call, const std::string& file, const std::string& expected) {
+void expect_format_error(const std::function<void()>& call, const std::string& file,
+                         const std::string& expected) {
   try {
     call();
     ADD_FAILURE() << file << ": no error; expected: " << expected;
@@ -45,9 +47,11 @@ void expect_format_error(const std::function<void()>& call, const std::string& f
 TEST(JsonFile, DepthIsBoundedWhileParsing) {
   EXPECT_EQ(parse_json(std::string(kMaxJsonDepth, '[') + std::string(kMaxJsonDepth, ']'), "x").dump().size(),
             2u * kMaxJsonDepth);
-  expect_format_error([] { parse_json(std::string(kMaxJsonDepth + 1, '[') + std::string(kMaxJsonDepth + 1, ']'), "x"); },
-                      "x", "nests JSON deeper than 128 levels");
-  expect_format_error([] { parse_json(kDeep, "data.jsonl", "line 3"); }, "data.jsonl", "line 3 nests JSON deeper");
+  expect_format_error(
+      [] { parse_json(std::string(kMaxJsonDepth + 1, '[') + std::string(kMaxJsonDepth + 1, ']'), "x"); }, "x",
+      "nests JSON deeper than 128 levels");
+  expect_format_error([] { parse_json(kDeep, "data.jsonl", "line 3"); }, "data.jsonl",
+                      "line 3 nests JSON deeper");
   expect_format_error([] { parse_json("{\"a\": ", "cfg.json"); }, "cfg.json", "is not valid JSON");
 }
 
@@ -69,7 +73,8 @@ TEST(JsonFile, EveryReaderRefusesDeepNesting) {
     std::ofstream(dir / name, std::ios::binary) << text;
     return (dir / name).string();
   };
-  const std::string config = write("config.json", "{\"model_type\": \"bert\", \"hidden_size\": " + kDeep + "}");
+  const std::string config =
+      write("config.json", "{\"model_type\": \"bert\", \"hidden_size\": " + kDeep + "}");
   expect_format_error([&] { BertConfig::from_file(config); }, config, "nests JSON deeper than 128 levels");
   const std::string tokenizer = write("tokenizer.json", "{\"model\": " + kDeep + "}");
   expect_format_error([&] { load_tokenizer(tokenizer); }, tokenizer, "nests JSON deeper than 128 levels");
@@ -77,7 +82,8 @@ TEST(JsonFile, EveryReaderRefusesDeepNesting) {
   expect_format_error([&] { read_tfjs_model(model); }, model, "nests JSON deeper than 128 levels");
   const std::string run = write("graft.json", "{\"task\": \"image-classify\", \"classes\": " + kDeep + "}");
   expect_format_error([&] { read_run_spec(run); }, run, "nests JSON deeper than 128 levels");
-  const std::string lines = write("data.jsonl", "{\"text\": \"a\", \"label\": \"x\"}\n{\"text\": " + kDeep + "}\n");
+  const std::string lines =
+      write("data.jsonl", "{\"text\": \"a\", \"label\": \"x\"}\n{\"text\": " + kDeep + "}\n");
   TextColumns jsonl;
   jsonl.format = "jsonl";
   expect_format_error([&] { read_text_examples(lines, jsonl); }, lines, "line 2 nests JSON deeper");
@@ -86,7 +92,8 @@ TEST(JsonFile, EveryReaderRefusesDeepNesting) {
   for (int i = 0; i < 100000; ++i) wide += "1,";
   wide += "1]";
   fs::create_directories(dir / "wide");
-  const std::string wide_config = write("wide/config.json", "{\"model_type\": \"bert\", \"hidden_size\": " + wide + "}");
+  const std::string wide_config =
+      write("wide/config.json", "{\"model_type\": \"bert\", \"hidden_size\": " + wide + "}");
   expect_format_error([&] { BertConfig::from_file(wide_config); }, wide_config, "hidden_size");
   fs::remove_all(dir);
 }

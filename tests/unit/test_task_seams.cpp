@@ -53,7 +53,8 @@ TEST(PortableShuffle, NoSourceFileUsesStdShuffle) {
     std::ifstream in(entry.path());
     std::stringstream text;
     text << in.rdbuf();
-    if (std::regex_search(text.str(), std::regex(R"(std::shuffle\s*\()"))) offenders.push_back(entry.path().string());
+    if (std::regex_search(text.str(), std::regex(R"(std::shuffle\s*\()")))
+      offenders.push_back(entry.path().string());
   }
   EXPECT_TRUE(offenders.empty()) << offenders.front();
 }
@@ -65,7 +66,7 @@ TEST(PortableShuffle, NoSourceFileUsesStdShuffle) {
 TEST(Layering, LowerFoldersIncludeNoHigherHeader) {
   const fs::path root = GRAFT_SOURCE_DIR;
   // Public headers of the higher floors; every other header in include/graft/ belongs to a lower one.
-  const std::vector<std::string> higher = {"transfer.h", "trainer.h",   "run.h",       "image_task.h",
+  const std::vector<std::string> higher = {"transfer.h",  "trainer.h",    "run.h",    "image_task.h",
                                            "text_task.h", "video_task.h", "summary.h"};
   const std::regex include_line(R"re(#include\s+"([^"]+)")re");
   std::vector<fs::path> lower_files;
@@ -99,10 +100,10 @@ TEST(Layering, LowerFoldersIncludeNoHigherHeader) {
 TEST(Utf8, InvalidSequencesAreFoundWhereTheyStart) {
   EXPECT_EQ(invalid_utf8_at("caf\xC3\xA9 \xE2\x82\xAC \xF0\x9F\x98\x80"), std::string::npos);
   EXPECT_EQ(invalid_utf8_at("ab\xFF"), 2u);
-  EXPECT_EQ(invalid_utf8_at("a\xC0\xAF"), 1u);          // overlong '/'
-  EXPECT_EQ(invalid_utf8_at("a\xED\xA0\x80"), 1u);      // a surrogate
-  EXPECT_EQ(invalid_utf8_at("a\xE2\x82"), 1u);          // cut short
-  EXPECT_EQ(invalid_utf8_at("\xF4\x90\x80\x80"), 0u);   // above U+10FFFF
+  EXPECT_EQ(invalid_utf8_at("a\xC0\xAF"), 1u);         // overlong '/'
+  EXPECT_EQ(invalid_utf8_at("a\xED\xA0\x80"), 1u);     // a surrogate
+  EXPECT_EQ(invalid_utf8_at("a\xE2\x82"), 1u);         // cut short
+  EXPECT_EQ(invalid_utf8_at("\xF4\x90\x80\x80"), 0u);  // above U+10FFFF
 }
 
 // A class folder whose name is not UTF-8 used to train to the end and then lose the run writing graft.json.
@@ -114,16 +115,17 @@ TEST(Utf8, ClassFolderNamesAreCheckedWhenScanned) {
   fs::create_directories(dir / "clips" / "d\xFFg");
   for (const char* name : {"images/cat/a.png", "images/d\xFFg/b.png"}) std::ofstream(dir / name) << "x";
   for (const char* name : {"clips/cat/a.mp4", "clips/d\xFFg/b.mp4"}) std::ofstream(dir / name) << "x";
-  for (const auto& scan : std::vector<std::function<void()>>{
-           [&] { scan_image_folder((dir / "images").string()); },
-           [&] { discover_image_splits((dir / "images").string(), 0.2, 1); },
-           [&] { scan_clip_folder((dir / "clips").string()); }}) {
+  for (const auto& scan :
+       std::vector<std::function<void()>>{[&] { scan_image_folder((dir / "images").string()); },
+                                          [&] { discover_image_splits((dir / "images").string(), 0.2, 1); },
+                                          [&] { scan_clip_folder((dir / "clips").string()); }}) {
     try {
       scan();
       ADD_FAILURE() << "a class folder name that is not UTF-8 passed";
     } catch (const Error& e) {
-      EXPECT_NE(std::string(e.what()).find("class folder 'd\\xFFg' is not valid UTF-8 (byte 0xFF at offset 1)"),
-                std::string::npos)
+      EXPECT_NE(
+          std::string(e.what()).find("class folder 'd\\xFFg' is not valid UTF-8 (byte 0xFF at offset 1)"),
+          std::string::npos)
           << e.what();
     }
   }

@@ -62,7 +62,8 @@ TEST(TextData, CsvQuotingHeaderAndPairs) {
 
 TEST(TextData, TsvWithoutHeaderAsTheSentimentFiles) {
   // The imdb file's quirk: two spaces before the tab; quotes are text, not CSV quoting.
-  const auto path = write("imdb_labelled.txt", "A \"very\" good, long film.  \t1\nBad.\t0\nCaf\xc3\xa9 ok\t1\n");
+  const auto path =
+      write("imdb_labelled.txt", "A \"very\" good, long film.  \t1\nBad.\t0\nCaf\xc3\xa9 ok\t1\n");
   TextColumns columns;
   columns.header = false;
   columns.text = "0";
@@ -87,7 +88,8 @@ TEST(TextData, TsvWithoutHeaderAsTheSentimentFiles) {
 }
 
 TEST(TextData, JsonLinesAndSeveralFiles) {
-  const auto a = write("a.jsonl", "{\"text\": \"good\", \"label\": 2}\n\n{\"text\": \"bad\", \"label\": 10}\n");
+  const auto a =
+      write("a.jsonl", "{\"text\": \"good\", \"label\": 2}\n\n{\"text\": \"bad\", \"label\": 10}\n");
   const auto b = write("b.jsonl", "{\"text\": \"meh\", \"label\": 3}\n");
   const auto examples = read_text_examples(a.string() + "," + b.string(), TextColumns{});
   ASSERT_EQ(examples.size(), 3u);
@@ -112,10 +114,12 @@ TEST(TextData, LanguageModelDocuments) {
   EXPECT_EQ(read_lm_documents(txt.string(), false).size(), 1u);
   EXPECT_EQ(read_lm_documents(txt.string(), true),
             (std::vector<std::string>{"ROMEO:", "But soft!", "JULIET:", "Ay me."}));
-  const auto jsonl = write("chat.jsonl", "{\"text\": \"Q: who? A: me\"}\n{\"text\": \"Q: why? A: because\"}\n");
+  const auto jsonl =
+      write("chat.jsonl", "{\"text\": \"Q: who? A: me\"}\n{\"text\": \"Q: why? A: because\"}\n");
   EXPECT_EQ(read_lm_documents(jsonl.string(), false).size(), 2u);
-  EXPECT_NE(error_of([&] { read_lm_documents(jsonl.string(), false, "content"); }).find("no string 'content'"),
-            std::string::npos);
+  EXPECT_NE(
+      error_of([&] { read_lm_documents(jsonl.string(), false, "content"); }).find("no string 'content'"),
+      std::string::npos);
 }
 
 TEST(CausalLmLoss, ShiftsAndIgnoresPadding) {

@@ -2,19 +2,19 @@
 // Trainer (convergence, early stopping, determinism, resume equivalence, NaN handling). Expected values
 // are computed by hand (in the comments) or with plain scalar arithmetic, never with the code under test.
 #include <gtest/gtest.h>
-#include <torch/torch.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
+#include <torch/torch.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cmath>
-#include <cstring>
-#include <limits>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <sstream>
 
 #include "graft/files.h"

@@ -19,9 +19,11 @@ namespace {
 class TinyNetImpl : public BackboneImpl {
  public:
   explicit TinyNetImpl(int64_t classes) : BackboneImpl("tinynet") {
-    conv1 = register_module("conv1", torch::nn::Conv2d(torch::nn::Conv2dOptions(3, 4, 3).padding(1).bias(false)));
+    conv1 =
+        register_module("conv1", torch::nn::Conv2d(torch::nn::Conv2dOptions(3, 4, 3).padding(1).bias(false)));
     bn1 = register_module("bn1", torch::nn::BatchNorm2d(4));
-    conv2 = register_module("conv2", torch::nn::Conv2d(torch::nn::Conv2dOptions(4, 8, 3).stride(2).padding(1).bias(false)));
+    conv2 = register_module(
+        "conv2", torch::nn::Conv2d(torch::nn::Conv2dOptions(4, 8, 3).stride(2).padding(1).bias(false)));
     bn2 = register_module("bn2", torch::nn::BatchNorm2d(8));
     fc = register_module("fc", torch::nn::Linear(8, classes));
   }
@@ -33,7 +35,9 @@ class TinyNetImpl : public BackboneImpl {
             {"bn2", "BatchNorm2d", [this](const torch::Tensor& x) { return torch::relu(bn2(x)); }}};
   }
   std::vector<ForwardStep> classifier_steps(bool pre_logits) override {
-    std::vector<ForwardStep> steps{{"avgpool", "GlobalAvgPool", [](const torch::Tensor& x) { return x.mean({2, 3}); }}};
+    std::vector<ForwardStep> steps{{"avgpool", "GlobalAvgPool", [](const torch::Tensor& x) {
+                                      return x.mean({2, 3});
+                                    }}};
     if (!pre_logits) steps.push_back({"fc", "Linear", [this](const torch::Tensor& x) { return fc(x); }});
     return steps;
   }
@@ -221,9 +225,9 @@ TEST(Freeze, LastNLeavesExactlyTheLastNLayersTrainable) {
   EXPECT_EQ(backbone_layers(model), (std::vector<std::string>{"conv1", "bn1", "conv2", "bn2"}));
   apply_freeze(model, "last:2");
   auto changed = changed_after_step(model);
-  EXPECT_EQ(changed, (std::set<std::string>{"conv2.weight", "bn2.weight", "bn2.bias",
-                                            "bn2.running_mean", "bn2.running_var", "bn2.num_batches_tracked",
-                                            "fc.weight", "fc.bias"}));
+  EXPECT_EQ(changed,
+            (std::set<std::string>{"conv2.weight", "bn2.weight", "bn2.bias", "bn2.running_mean",
+                                   "bn2.running_var", "bn2.num_batches_tracked", "fc.weight", "fc.bias"}));
 }
 
 TEST(Freeze, UntilAndGlobs) {
@@ -278,7 +282,7 @@ TEST(Freeze, ZooModelFrozenBackboneOnlyHeadMovesAndBatchNormStatisticsStay) {
     if (p.value().requires_grad()) trainable_names.push_back(p.key());
   }
   EXPECT_EQ(trainable_names, (std::vector<std::string>{"layer4.1.conv2.weight", "layer4.1.bn2.weight",
-                                                        "layer4.1.bn2.bias", "fc.weight", "fc.bias"}));
+                                                       "layer4.1.bn2.bias", "fc.weight", "fc.bias"}));
 }
 
 }  // namespace

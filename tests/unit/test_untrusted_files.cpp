@@ -21,10 +21,13 @@ namespace {
 
 const std::map<std::string, std::function<void(std::string_view)>>& entry_points() {
   static const std::map<std::string, std::function<void(std::string_view)>> entries = {
-      {"safetensors", graft::fuzz::read_safetensors_bytes}, {"tfjs", graft::fuzz::read_tfjs_bytes},
-      {"keras_h5", graft::fuzz::read_keras_h5_bytes},       {"keras_h5_child", graft::fuzz::read_keras_h5_child_bytes},
+      {"safetensors", graft::fuzz::read_safetensors_bytes},
+      {"tfjs", graft::fuzz::read_tfjs_bytes},
+      {"keras_h5", graft::fuzz::read_keras_h5_bytes},
+      {"keras_h5_child", graft::fuzz::read_keras_h5_child_bytes},
       {"image", graft::fuzz::decode_image_bytes},
-      {"tokenizer", graft::fuzz::load_tokenizer_bytes},     {"run_json", graft::fuzz::read_run_json_bytes}};
+      {"tokenizer", graft::fuzz::load_tokenizer_bytes},
+      {"run_json", graft::fuzz::read_run_json_bytes}};
   return entries;
 }
 
@@ -64,7 +67,8 @@ void expect_error_mentioning(Fn&& fn, const std::vector<std::string>& needles) {
     FAIL() << "expected graft::Error mentioning " << needles.front() << ", nothing was thrown";
   } catch (const graft::Error& e) {
     for (const std::string& needle : needles)
-      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << "'" << needle << "' not in: " << e.what();
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos)
+          << "'" << needle << "' not in: " << e.what();
   }
 }
 
@@ -108,10 +112,9 @@ TEST(FuzzCorpus, EverySeedLoadsOrIsRefusedCleanly) {
 
 TEST(UntrustedBombs, SafetensorsTensorClaimingTerabytes) {
   // The header itself is small; the entry claims 2^20 x 2^20 float32 (4 TiB) over 16 bytes of data.
-  const std::string header =
-      R"({"w":{"dtype":"F32","shape":[1048576,1048576],"data_offsets":[0,16]}})";
-  expect_error_mentioning([&] { graft::fuzz::read_safetensors_bytes(safetensors_file(header, std::string(16, '\0'))); },
-                          {"'w'"});
+  const std::string header = R"({"w":{"dtype":"F32","shape":[1048576,1048576],"data_offsets":[0,16]}})";
+  expect_error_mentioning(
+      [&] { graft::fuzz::read_safetensors_bytes(safetensors_file(header, std::string(16, '\0'))); }, {"'w'"});
 }
 
 TEST(UntrustedBombs, TfjsWeightClaimingTwoToThe40Elements) {
@@ -139,7 +142,8 @@ TEST(UntrustedBombs, VocabJsonWithOneHugeId) {
 TEST(UntrustedBombs, AddedTokenWithHugeId) {
   // The WordPiece seed with one added token moved to id 16,000,000 (under kMaxVocabSize, far past the
   // 22-token vocabulary): it would size the id table to 16 M entries.
-  const std::string seed = read_bytes(fs::path(GRAFT_SOURCE_DIR) / "tests/fuzz/corpus/tokenizer/wordpiece_tokenizer_json");
+  const std::string seed =
+      read_bytes(fs::path(GRAFT_SOURCE_DIR) / "tests/fuzz/corpus/tokenizer/wordpiece_tokenizer_json");
   const auto parts = graft::fuzz::split_parts(std::string_view(seed).substr(1), 2);
   nlohmann::json doc = nlohmann::json::parse(parts[0]);
   doc["added_tokens"][4]["id"] = 16000000;

@@ -17,7 +17,8 @@ namespace {
 namespace fs = std::filesystem;
 
 fs::path fresh(const std::string& name) {
-  const fs::path dir = fs::temp_directory_path() / ("graft_test_video_" + name + "_" + std::to_string(::getpid()));
+  const fs::path dir =
+      fs::temp_directory_path() / ("graft_test_video_" + name + "_" + std::to_string(::getpid()));
   fs::remove_all(dir);
   fs::create_directories(dir);
   return dir;
@@ -35,15 +36,16 @@ std::vector<Image> noise_frames(int width, int height, int count, uint32_t seed)
   return frames;
 }
 
-// A 4x4 frame took an 8-byte write at byte 44 of its 48-byte RGB buffer inside sws_scale, and widths 12 and 14
-// also wrote past the end (heap corruption, or a crash later). Lossless FFV1 must come back byte for byte.
+// A 4x4 frame took an 8-byte write at byte 44 of its 48-byte RGB buffer inside sws_scale, and widths 12 and
+// 14 also wrote past the end (heap corruption, or a crash later). Lossless FFV1 must come back byte for byte.
 TEST(VideoDecode, NarrowFramesRoundTripExactly) {
   const fs::path dir = fresh("narrow");
-  for (const auto& [width, height] : std::vector<std::pair<int, int>>{{1, 1}, {4, 4}, {5, 3}, {6, 6}, {10, 10},
-                                                                     {12, 12}, {14, 14}, {3, 17}}) {
+  for (const auto& [width, height] : std::vector<std::pair<int, int>>{
+           {1, 1}, {4, 4}, {5, 3}, {6, 6}, {10, 10}, {12, 12}, {14, 14}, {3, 17}}) {
     SCOPED_TRACE(std::to_string(width) + "x" + std::to_string(height));
     const auto frames = noise_frames(width, height, 3, static_cast<uint32_t>(width * 100 + height));
-    const std::string path = (dir / ("clip_" + std::to_string(width) + "x" + std::to_string(height) + ".mkv")).string();
+    const std::string path =
+        (dir / ("clip_" + std::to_string(width) + "x" + std::to_string(height) + ".mkv")).string();
     write_video(path, frames, 10);
     const auto decoded = decode_video(path);
     ASSERT_EQ(decoded.size(), frames.size());
@@ -66,7 +68,8 @@ TEST(VideoDecode, NarrowMpeg4FramesAndScaledDecodes) {
     for (auto& frame : frames) {
       frame.width = frame.height = side;
       frame.rgb.assign(size_t(side) * side * 3, 0);
-      for (size_t p = 0; p < frame.rgb.size(); p += 3) frame.rgb[p] = 200, frame.rgb[p + 1] = 100, frame.rgb[p + 2] = 50;
+      for (size_t p = 0; p < frame.rgb.size(); p += 3)
+        frame.rgb[p] = 200, frame.rgb[p + 1] = 100, frame.rgb[p + 2] = 50;
     }
     const std::string path = (dir / ("clip" + std::to_string(side) + ".mp4")).string();
     write_video(path, frames, 10);

@@ -27,7 +27,8 @@ void string_attribute(hid_t object, const char* name, const std::vector<std::str
     H5Awrite(attribute, type, pointers.data());
   } else {
     std::vector<char> buffer(longest * values.size(), '\0');
-    for (size_t i = 0; i < values.size(); ++i) std::memcpy(&buffer[i * longest], values[i].data(), values[i].size());
+    for (size_t i = 0; i < values.size(); ++i)
+      std::memcpy(&buffer[i * longest], values[i].data(), values[i].size());
     H5Awrite(attribute, type, buffer.data());
   }
   H5Aclose(attribute);
@@ -81,7 +82,8 @@ void write_h5(const std::string& name, bool full_model, bool variable_strings, h
   H5Fclose(file);
 }
 
-void write_png(const std::string& name, int width, int height, int color_type, int bit_depth, bool interlace) {
+void write_png(const std::string& name, int width, int height, int color_type, int bit_depth,
+               bool interlace) {
   const std::string path = root + "/image/" + name;
   FILE* f = std::fopen(path.c_str(), "wb");
   png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, nullptr, nullptr, nullptr);
@@ -99,12 +101,13 @@ void write_png(const std::string& name, int width, int height, int color_type, i
   const size_t row_bytes = png_get_rowbytes(png, info);
   std::vector<png_byte> row(row_bytes);
   for (int pass = 0; pass < passes; ++pass)
-  for (int y = 0; y < height; ++y) {
-    for (size_t x = 0; x < row_bytes; ++x)
-      row[x] = static_cast<png_byte>(color_type == PNG_COLOR_TYPE_PALETTE ? (x + y) % 4 * (bit_depth == 8 ? 1 : 0x55)
-                                                                         : x * 37 + y * 11);
-    png_write_row(png, row.data());
-  }
+    for (int y = 0; y < height; ++y) {
+      for (size_t x = 0; x < row_bytes; ++x)
+        row[x] = static_cast<png_byte>(color_type == PNG_COLOR_TYPE_PALETTE
+                                           ? (x + y) % 4 * (bit_depth == 8 ? 1 : 0x55)
+                                           : x * 37 + y * 11);
+      png_write_row(png, row.data());
+    }
   png_write_end(png, nullptr);
   png_destroy_write_struct(&png, &info);
   std::fclose(f);
