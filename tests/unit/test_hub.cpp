@@ -1,6 +1,7 @@
-// The Hugging Face Hub downloader (src/io/hub.cpp) against a local fake Hub (tests/fake_hub.h): cache
-// layout equal to huggingface_hub's, pickles never fetched, resumed downloads, checksum failures, file
-// names that escape the cache, offline mode, tokens; and SHA-256 against the FIPS 180-4 test vectors.
+// The Hugging Face Hub downloader (src/io/hub*.cpp, http_client.cpp) against a local fake Hub
+// (tests/fake_hub.h): cache layout equal to huggingface_hub's, pickles never fetched, resumed downloads,
+// checksum failures, file names that escape the cache, offline mode, tokens; and SHA-256 against the FIPS
+// 180-4 test vectors.
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/file.h>
