@@ -86,10 +86,10 @@ class BackboneImpl : public torch::nn::Module {
   // the part transfer learning replaces and strict loading may skip.
   virtual std::string classifier_name() const = 0;
   // Replace the last classifier layer with a fresh one of num_classes outputs (0: identity, the model
-  // then returns pre-logits). Clears any custom head.
-  virtual void reset_classifier(int64_t num_classes) = 0;
-  // Number of outputs of forward().
-  virtual int64_t num_classes() const = 0;
+  // then returns pre-logits). Clears any custom head. Throws graft::Error for num_classes < 0.
+  void reset_classifier(int64_t num_classes);
+  // Number of outputs of forward(): the custom head's, else the reference classifier's.
+  int64_t num_classes() const;
 
   // Replace the whole reference head by a head built from a spec ("avg,dropout:0.2,dense:10");
   // it is registered under classifier_name(), so its weights are saved as "fc.1.weight" etc.
@@ -123,6 +123,11 @@ class BackboneImpl : public torch::nn::Module {
   void fix_parameter(const std::string& name);
   // Drops the custom head and puts the reference classifier back under classifier_name().
   void clear_custom_head();
+  // The architecture's part of reset_classifier, called with the custom head already gone and
+  // num_classes >= 0: a fresh last layer (0: an Identity) on the model's device and dtype.
+  virtual void replace_classifier(int64_t num_classes) = 0;
+  // Outputs of the reference classifier (num_features() when it is an Identity).
+  virtual int64_t classifier_outputs() const = 0;
 
  private:
   std::string arch_;

@@ -1,5 +1,6 @@
 // The model registry: "arch.tag" names (resnet50.tv_in1k) mapped to a builder and the pretrained
-// configuration of each tag. The table of architectures is data, in src/models/registry.cpp.
+// configuration of each tag. The table of architectures is data: each architecture's file registers its
+// entries (register_resnet in src/models/resnet.cpp, ...), and src/models/registry.cpp lists them in order.
 #pragma once
 #include <functional>
 #include <string>

@@ -166,13 +166,15 @@ class ViTForImageClassificationImpl : public BackboneImpl {
   std::vector<ForwardStep> feature_steps() override;
   std::vector<ForwardStep> classifier_steps(bool pre_logits) override;
   std::string classifier_name() const override { return "classifier"; }
-  void reset_classifier(int64_t num_classes) override;  // 0: Identity (the model returns the embedding)
-  int64_t num_classes() const override;
 
   const ViTConfig& config() const { return config_; }
 
   ViTModel vit{nullptr};
   torch::nn::Linear classifier{nullptr};  // null after reset_classifier(0): "classifier" is an Identity
+
+ protected:
+  void replace_classifier(int64_t num_classes) override;
+  int64_t classifier_outputs() const override;
 
  private:
   ViTConfig config_;

@@ -4,6 +4,7 @@
 #include "graft/head.h"
 #include "graft/model.h"
 #include "graft/strings.h"
+#include "models/common.h"
 
 namespace graft {
 
@@ -71,6 +72,16 @@ void BackboneImpl::set_head(const HeadSpec& spec, std::array<int64_t, 2> input_h
     register_module(name, head);
   }
   head_ = head;
+}
+
+void BackboneImpl::reset_classifier(int64_t num_classes) {
+  check_num_classes(arch() + ": reset_classifier", num_classes);
+  clear_custom_head();
+  replace_classifier(num_classes);
+}
+
+int64_t BackboneImpl::num_classes() const {
+  return has_custom_head() ? custom_head()->out_features() : classifier_outputs();
 }
 
 void BackboneImpl::clear_custom_head() {

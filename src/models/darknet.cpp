@@ -6,6 +6,7 @@
 #include "graft/errors.h"
 #include "graft/head.h"
 #include "models/common.h"
+#include "models/model_table.h"
 
 namespace graft {
 namespace {
@@ -96,9 +97,7 @@ std::vector<ForwardStep> DarknetImpl::classifier_steps(bool pre_logits) {
   return steps;
 }
 
-void DarknetImpl::reset_classifier(int64_t num_classes) {
-  check_num_classes(arch() + ": reset_classifier", num_classes);
-  clear_custom_head();
+void DarknetImpl::replace_classifier(int64_t num_classes) {
   if (num_classes == 0) {
     classifier = nullptr;
     replace_module(classifier_name_, nn::Identity());
@@ -110,13 +109,27 @@ void DarknetImpl::reset_classifier(int64_t num_classes) {
   replace_module(classifier_name_, classifier);
 }
 
-int64_t DarknetImpl::num_classes() const {
-  if (has_custom_head()) return custom_head()->out_features();
+int64_t DarknetImpl::classifier_outputs() const {
   return classifier ? classifier->options.out_channels() : num_features_;
 }
 
 Backbone darknet_tiny(int64_t num_classes) {
   return std::make_shared<DarknetImpl>(DarknetConfig::darknet_tiny(), num_classes);
+}
+
+void register_darknet(std::vector<ModelEntry>& table) {
+  PretrainedCfg ml5;
+  ml5.tag = "ml5";
+  ml5.source = "ml5: github.com/ml5js/ml5-data-and-models models/darknetclassifier/darknettiny/model.json";
+  ml5.file_format = "tfjs-layers";
+  ml5.mean = {0.0, 0.0, 0.0};  // ml5 feeds pixel / 255, no normalisation
+  ml5.std = {1.0, 1.0, 1.0};
+  ml5.crop_pct = 1.0;                  // the whole image, resized (bilinear, align_corners=true) to 224
+  ml5.labels = "imagenet-1k-darknet";  // darknet's own class order (kit fox, English setter, ...)
+  ml5.license = "MIT (ml5)";
+  ml5.description = "ml5 Tiny Darknet ImageNet classifier (TF.js layers model; outputs logits)";
+  table.push_back(
+      {"darknet_tiny", "darknet", "Tiny Darknet (darknet tiny.cfg), ml5 TF.js layout", darknet_tiny, {ml5}});
 }
 
 }  // namespace graft

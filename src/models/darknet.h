@@ -49,14 +49,16 @@ class DarknetImpl : public BackboneImpl {
   // after the pooling.
   std::vector<ForwardStep> classifier_steps(bool pre_logits) override;
   std::string classifier_name() const override { return classifier_name_; }
-  void reset_classifier(int64_t num_classes) override;
-  int64_t num_classes() const override;
 
   const DarknetConfig& config() const { return config_; }
 
   std::vector<Conv2dSame> convs;              // conv2d_1 .. conv2d_15
   std::vector<torch::nn::BatchNorm2d> norms;  // batch_normalization_1 .. 15
   torch::nn::Conv2d classifier{nullptr};      // conv2d_16; null when reset to 0 classes
+
+ protected:
+  void replace_classifier(int64_t num_classes) override;
+  int64_t classifier_outputs() const override;
 
  private:
   DarknetConfig config_;

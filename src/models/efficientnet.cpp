@@ -12,6 +12,7 @@
 #include "graft/head.h"
 #include "models/common.h"
 #include "models/mobilenet_v2.h"  // make_divisible: torchvision's _make_divisible, shared by both
+#include "models/model_table.h"
 
 namespace graft {
 namespace {
@@ -194,9 +195,7 @@ std::vector<ForwardStep> EfficientNetImpl::classifier_steps(bool pre_logits) {
   return steps;
 }
 
-void EfficientNetImpl::reset_classifier(int64_t num_classes) {
-  check_num_classes(arch() + ": reset_classifier", num_classes);
-  clear_custom_head();
+void EfficientNetImpl::replace_classifier(int64_t num_classes) {
   // A Sequential cannot swap one element: a new one around the same Dropout, under the same name.
   classifier = replace_module("classifier", with_new_last_linear(classifier, last_channel_, num_classes,
                                                                  features->ptr(0)->parameters().front()));
@@ -205,13 +204,28 @@ void EfficientNetImpl::reset_classifier(int64_t num_classes) {
   num_classes_ = num_classes;
 }
 
-int64_t EfficientNetImpl::num_classes() const {
-  if (has_custom_head()) return custom_head()->out_features();
+int64_t EfficientNetImpl::classifier_outputs() const {
   return num_classes_ > 0 ? num_classes_ : last_channel_;
 }
 
 Backbone efficientnet_b0(int64_t num_classes) {
   return std::make_shared<EfficientNetImpl>(EfficientNetConfig::efficientnet_b0(), num_classes);
+}
+
+void register_efficientnet(std::vector<ModelEntry>& table) {
+  const std::string tv = kTorchvisionIn1kWeights;
+  // torchvision's names; timm's efficientnet_b0 is another module tree (conv_stem, blocks.N.M, conv_head).
+  // torchvision evaluates these weights at resize 256 (bicubic), centre crop 224.
+  PretrainedCfg b0 =
+      torchvision_in1k("tv_in1k", "torchvision:efficientnet_b0 IMAGENET1K_V1 (convert to safetensors)",
+                       tv + " (ported from timm)");
+  b0.interpolation = "bicubic";
+  b0.crop_pct = 224.0 / 256.0;
+  table.push_back({"efficientnet_b0",
+                   "efficientnet",
+                   "EfficientNet-B0 (Tan & Le 2019), torchvision layout",
+                   efficientnet_b0,
+                   {b0}});
 }
 
 }  // namespace graft

@@ -9,6 +9,7 @@
 #include "layers/conv2d_same.h"
 #include "layers/conv_bn.h"
 #include "models/common.h"
+#include "models/model_table.h"
 
 namespace graft {
 namespace {
@@ -279,9 +280,7 @@ std::vector<ForwardStep> InceptionV3Impl::classifier_steps(bool pre_logits) {
   return steps;
 }
 
-void InceptionV3Impl::reset_classifier(int64_t num_classes) {
-  check_num_classes(arch() + ": reset_classifier", num_classes);
-  clear_custom_head();
+void InceptionV3Impl::replace_classifier(int64_t num_classes) {
   if (num_classes == 0) {
     fc = nullptr;
     replace_module("fc", nn::Identity());
@@ -294,8 +293,7 @@ void InceptionV3Impl::reset_classifier(int64_t num_classes) {
   replace_module("fc", fc);
 }
 
-int64_t InceptionV3Impl::num_classes() const {
-  if (has_custom_head()) return custom_head()->out_features();
+int64_t InceptionV3Impl::classifier_outputs() const {
   return fc ? fc->options.out_features() : num_features();
 }
 
@@ -309,6 +307,28 @@ Backbone inception_v3_torchvision_pretrained(int64_t num_classes) {
 
 Backbone inception_v3_keras(int64_t num_classes) {
   return std::make_shared<InceptionV3Impl>(InceptionV3Config::keras(), num_classes);
+}
+
+void register_inception_v3(std::vector<ModelEntry>& table) {
+  const std::string tv = kTorchvisionIn1kWeights;
+  // torchvision's IMAGENET1K_V1 (ported from TensorFlow): resize 342, centre crop 299, bilinear. Its state
+  // dict carries AuxLogits.* and the weights expect transform_input, so the tag builds both
+  // (inception_v3_torchvision_pretrained) and the file loads strictly. It is the default tag, so
+  // create_model("inception_v3") builds them too; the builder inception_v3() has neither, as
+  // torchvision's inception_v3(weights=None, aux_logits=False).
+  PretrainedCfg tv_in1k = torchvision_in1k(
+      "tv_in1k", "torchvision:inception_v3 IMAGENET1K_V1 (convert to safetensors; has AuxLogits.*)", tv);
+  tv_in1k.input_size = {3, 299, 299};
+  tv_in1k.crop_pct = 299.0 / 342.0;
+  tv_in1k.build = inception_v3_torchvision_pretrained;
+  // nsfwjs' InceptionV3 is Keras' (BatchNorm without gamma, average pools that exclude padding) with its
+  // own 5-class head; torchvision names, loaded through the Keras name map.
+  PretrainedCfg nsfwjs = nsfwjs_cfg("inception_v3", 299);
+  nsfwjs.build = inception_v3_keras;
+  nsfwjs.head = "avg,dense:256:relu,dropout:0.5,dense:128:relu,dropout:0.25,dense:5";
+  nsfwjs.description = "nsfwjs 4.4.0 InceptionV3 (Keras 2.2.4, uint8-quantised TF.js), 5 classes";
+  const std::string what = "Inception-v3 (Szegedy et al. 2015), torchvision layout";
+  table.push_back({"inception_v3", "inception", what, inception_v3, {tv_in1k, nsfwjs}});
 }
 
 }  // namespace graft

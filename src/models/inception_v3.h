@@ -169,8 +169,6 @@ class InceptionV3Impl : public BackboneImpl {
   // avgpool (adaptive), dropout, flatten, fc; pre_logits stops before fc.
   std::vector<ForwardStep> classifier_steps(bool pre_logits) override;
   std::string classifier_name() const override { return "fc"; }
-  void reset_classifier(int64_t num_classes) override;
-  int64_t num_classes() const override;
 
   const InceptionV3Config& config() const { return config_; }
 
@@ -187,6 +185,10 @@ class InceptionV3Impl : public BackboneImpl {
   torch::nn::AdaptiveAvgPool2d avgpool{nullptr};
   torch::nn::Dropout dropout{nullptr};
   torch::nn::Linear fc{nullptr};  // null after reset_classifier(0): "fc" is then an Identity
+
+ protected:
+  void replace_classifier(int64_t num_classes) override;
+  int64_t classifier_outputs() const override;
 
  private:
   InceptionV3Config config_;

@@ -10,6 +10,7 @@
 #include "graft/errors.h"
 #include "graft/head.h"
 #include "models/common.h"
+#include "models/model_table.h"
 
 namespace graft {
 namespace {
@@ -132,9 +133,7 @@ std::vector<ForwardStep> MobileNetV1Impl::classifier_steps(bool pre_logits) {
   return steps;
 }
 
-void MobileNetV1Impl::reset_classifier(int64_t num_classes) {
-  check_num_classes(arch() + ": reset_classifier", num_classes);
-  clear_custom_head();
+void MobileNetV1Impl::replace_classifier(int64_t num_classes) {
   if (num_classes == 0) {
     conv_preds = nullptr;
     replace_module("conv_preds", nn::Identity());
@@ -146,8 +145,7 @@ void MobileNetV1Impl::reset_classifier(int64_t num_classes) {
   replace_module("conv_preds", conv_preds);
 }
 
-int64_t MobileNetV1Impl::num_classes() const {
-  if (has_custom_head()) return custom_head()->out_features();
+int64_t MobileNetV1Impl::classifier_outputs() const {
   return conv_preds ? conv_preds->options.out_channels() : num_features_;
 }
 
@@ -162,6 +160,30 @@ Backbone mobilenet_v1_075(int64_t num_classes) {
 }
 Backbone mobilenet_v1_100(int64_t num_classes) {
   return std::make_shared<MobileNetV1Impl>(MobileNetV1Config::mobilenet_v1(1.0), num_classes);
+}
+
+void register_mobilenet_v1(std::vector<ModelEntry>& table) {
+  auto add_mobilenet_v1 = [&](const std::string& arch, const std::string& alpha, const std::string& file,
+                              std::function<Backbone(int64_t)> build) {
+    PretrainedCfg keras;
+    keras.tag = "keras";
+    keras.source = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet/" + file;
+    keras.file_format = "keras-h5";
+    keras.mean = {0.5, 0.5, 0.5};  // Keras mobilenet.preprocess_input: x / 127.5 - 1
+    keras.std = {0.5, 0.5, 0.5};
+    keras.crop_pct = 1.0;
+    keras.license = "Apache-2.0 (Keras Applications)";
+    keras.description = "Keras Applications ImageNet weights, alpha " + alpha;
+    table.push_back({arch,
+                     "mobilenet",
+                     "MobileNet v1 (Howard et al. 2017), alpha " + alpha + ", Keras layout",
+                     std::move(build),
+                     {keras}});
+  };
+  add_mobilenet_v1("mobilenet_v1_025", "0.25", "mobilenet_2_5_224_tf.h5", mobilenet_v1_025);
+  add_mobilenet_v1("mobilenet_v1_050", "0.5", "mobilenet_5_0_224_tf.h5", mobilenet_v1_050);
+  add_mobilenet_v1("mobilenet_v1_075", "0.75", "mobilenet_7_5_224_tf.h5", mobilenet_v1_075);
+  add_mobilenet_v1("mobilenet_v1_100", "1.0", "mobilenet_1_0_224_tf.h5", mobilenet_v1_100);
 }
 
 }  // namespace graft

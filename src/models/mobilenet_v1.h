@@ -61,8 +61,6 @@ class MobileNetV1Impl : public BackboneImpl {
   // (N, classes) like reshape_2); pre_logits stops after the dropout.
   std::vector<ForwardStep> classifier_steps(bool pre_logits) override;
   std::string classifier_name() const override { return "conv_preds"; }
-  void reset_classifier(int64_t num_classes) override;
-  int64_t num_classes() const override;
 
   const MobileNetV1Config& config() const { return config_; }
 
@@ -72,6 +70,10 @@ class MobileNetV1Impl : public BackboneImpl {
   std::vector<torch::nn::BatchNorm2d> conv_dw_bn, conv_pw_bn;
   torch::nn::Dropout dropout{nullptr};
   torch::nn::Conv2d conv_preds{nullptr};  // null when reset to 0 classes
+
+ protected:
+  void replace_classifier(int64_t num_classes) override;
+  int64_t classifier_outputs() const override;
 
  private:
   MobileNetV1Config config_;

@@ -10,6 +10,7 @@
 #include "graft/head.h"
 #include "layers/conv2d_same.h"
 #include "models/common.h"
+#include "models/model_table.h"
 
 namespace graft {
 namespace {
@@ -148,17 +149,14 @@ std::vector<ForwardStep> MobileNetV2Impl::classifier_steps(bool pre_logits) {
   return steps;
 }
 
-void MobileNetV2Impl::reset_classifier(int64_t num_classes) {
-  check_num_classes(arch() + ": reset_classifier", num_classes);
-  clear_custom_head();
+void MobileNetV2Impl::replace_classifier(int64_t num_classes) {
   // A Sequential cannot swap one element: a new one around the same Dropout, under the same name.
   classifier = replace_module("classifier", with_new_last_linear(classifier, last_channel_, num_classes,
                                                                  features->ptr(0)->parameters().front()));
   num_classes_ = num_classes;
 }
 
-int64_t MobileNetV2Impl::num_classes() const {
-  if (has_custom_head()) return custom_head()->out_features();
+int64_t MobileNetV2Impl::classifier_outputs() const {
   return num_classes_ > 0 ? num_classes_ : last_channel_;
 }
 
@@ -168,6 +166,35 @@ Backbone mobilenet_v2(int64_t num_classes) {
 
 Backbone mobilenet_v2_keras(int64_t num_classes) {
   return std::make_shared<MobileNetV2Impl>(MobileNetV2Config::keras(), num_classes);
+}
+
+void register_mobilenet_v2(std::vector<ModelEntry>& table) {
+  const std::string tv = kTorchvisionIn1kWeights;
+  // nsfwjs' MobileNetV2 is Keras' (TF padding, BN eps 1e-3) with its own 5-class head; torchvision
+  // names, loaded through the Keras name map.
+  PretrainedCfg nsfwjs = nsfwjs_cfg("mobilenet_v2", 224);
+  nsfwjs.build = mobilenet_v2_keras;
+  nsfwjs.head = "avg,dense:256:relu,dropout:0.5,dense:128:relu,dropout:0.25,dense:5";
+  nsfwjs.description = "nsfwjs 4.4.0 MobileNetV2 (Keras 2.2.4, uint8-quantised TF.js), 5 classes";
+  // Keras applications' own ImageNet weights (.h5) load into the same Keras build.
+  PretrainedCfg keras;
+  keras.tag = "keras";
+  keras.source =
+      "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"
+      "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5";
+  keras.file_format = "keras-h5";
+  keras.mean = {0.5, 0.5, 0.5};  // Keras mobilenet_v2.preprocess_input: x / 127.5 - 1
+  keras.std = {0.5, 0.5, 0.5};
+  keras.license = "Apache-2.0 (Keras Applications)";
+  keras.description = "Keras Applications ImageNet weights, alpha 1.0 (Keras build: TF padding, BN eps 1e-3)";
+  keras.build = mobilenet_v2_keras;
+  table.push_back(
+      {"mobilenet_v2",
+       "mobilenet",
+       "MobileNetV2 (Sandler et al. 2018), torchvision layout",
+       mobilenet_v2,
+       {torchvision_in1k("tv_in1k", "torchvision:mobilenet_v2 IMAGENET1K_V1 (convert to safetensors)", tv),
+        nsfwjs, keras}});
 }
 
 }  // namespace graft

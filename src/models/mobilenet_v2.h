@@ -105,13 +105,15 @@ class MobileNetV2Impl : public BackboneImpl {
   // avgpool, flatten, classifier.0 (Dropout), classifier.1 (Linear); pre_logits stops before classifier.1.
   std::vector<ForwardStep> classifier_steps(bool pre_logits) override;
   std::string classifier_name() const override { return "classifier"; }
-  void reset_classifier(int64_t num_classes) override;
-  int64_t num_classes() const override;
 
   const MobileNetV2Config& config() const { return config_; }
 
   torch::nn::Sequential features{nullptr};
   torch::nn::Sequential classifier{nullptr};
+
+ protected:
+  void replace_classifier(int64_t num_classes) override;
+  int64_t classifier_outputs() const override;
 
  private:
   MobileNetV2Config config_;

@@ -1,4 +1,6 @@
-// The registry's table: every architecture graft builds, with its pretrained tags as data.
+// The registry's table: every architecture graft builds, with its pretrained tags as data. Each
+// architecture file registers its own entries (register_X, models/model_table.h); build_table() below
+// calls them in order, and the PretrainedCfg helpers several of them share are defined here.
 // Sources name where the reference weights live; torchvision's own .pth files are pickles, which graft
 // never loads, so tags point at safetensors copies with identical names where one exists (timm's).
 #include "graft/registry.h"
@@ -8,17 +10,9 @@
 
 #include "graft/errors.h"
 #include "graft/head.h"
-#include "models/darknet.h"
-#include "models/efficientnet.h"
-#include "models/inception_v3.h"
-#include "models/mobilenet_v1.h"
-#include "models/mobilenet_v2.h"
-#include "models/resnet.h"
-#include "models/vgg.h"
-#include "models/video_resnet.h"
+#include "models/model_table.h"
 
 namespace graft {
-namespace {
 
 // torchvision's ImageNet-1k recipe: resize shorter side to 256, centre crop 224, bilinear.
 PretrainedCfg torchvision_in1k(const std::string& tag, const std::string& source, const std::string& what) {
@@ -69,176 +63,21 @@ PretrainedCfg torchvision_kinetics400(const std::string& weights, const std::str
   return cfg;
 }
 
+namespace {
+
+// One call per architecture family, in the order model_entries() (and `graft models`) lists them.
 std::vector<ModelEntry> build_table() {
-  const std::string tv = "torchvision ImageNet-1k weights";
   std::vector<ModelEntry> table;
-  auto add_resnet = [&](const std::string& arch, std::function<Backbone(int64_t)> build,
-                        const std::string& what) {
-    table.push_back({arch,
-                     "resnet",
-                     what,
-                     std::move(build),
-                     {torchvision_in1k("tv_in1k", "hf-hub:timm/" + arch + ".tv_in1k", tv + " (V1)")}});
-  };
-  add_resnet("resnet18", resnet18, "ResNet-18 (He et al. 2015), torchvision layout");
-  add_resnet("resnet34", resnet34, "ResNet-34, torchvision layout");
-  add_resnet("resnet50", resnet50, "ResNet-50 v1.5 (stride on the 3x3 conv), torchvision layout");
-  add_resnet("resnet101", resnet101, "ResNet-101 v1.5, torchvision layout");
-  add_resnet("resnet152", resnet152, "ResNet-152 v1.5, torchvision layout");
-  {
-    // torchvision's IMAGENET1K_V2 recipe evaluates at 232 -> 224.
-    PretrainedCfg v2 = torchvision_in1k("tv2_in1k", "hf-hub:timm/resnet50.tv2_in1k", tv + " (V2 recipe)");
-    v2.crop_pct = 224.0 / 232.0;
-    table[2].tags.push_back(v2);
-  }
-  {
-    // Keras applications' ResNet50 ("v1"; keras/applications/resnet.py): its own build, torchvision names.
-    PretrainedCfg keras;
-    keras.tag = "keras";
-    keras.source =
-        "https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
-        "resnet50_weights_tf_dim_ordering_tf_kernels.h5";
-    keras.file_format = "keras-h5";
-    // 'caffe' preprocessing: BGR (the model flips the channels itself), ImageNet means subtracted from
-    // 0..255 pixels, no scaling. On graft's [0, 1] pixels: mean / 255 and std 1 / 255.
-    keras.mean = {123.68 / 255, 116.779 / 255, 103.939 / 255};
-    keras.std = {1.0 / 255, 1.0 / 255, 1.0 / 255};
-    keras.license = "MIT (Keras Applications; weights from Kaiming He's release)";
-    keras.description = "Keras Applications ImageNet ResNet50 (v1: stride on the 1x1, biased convolutions)";
-    keras.build = resnet50_keras;
-    table[2].tags.push_back(keras);
-  }
-  auto add_vgg = [&](const std::string& arch, std::function<Backbone(int64_t)> build,
-                     const std::string& what) {
-    table.push_back({arch,
-                     "vgg",
-                     what,
-                     std::move(build),
-                     {torchvision_in1k(
-                         "tv_in1k", "torchvision:" + arch + " IMAGENET1K_V1 (convert to safetensors)", tv)}});
-  };
-  add_vgg("vgg16", vgg16, "VGG-16 (Simonyan & Zisserman 2014), configuration D");
-  add_vgg("vgg16_bn", vgg16_bn, "VGG-16 with batch normalisation");
-  add_vgg("vgg19", vgg19, "VGG-19, configuration E");
-  add_vgg("vgg19_bn", vgg19_bn, "VGG-19 with batch normalisation");
-  {
-    // nsfwjs' MobileNetV2 is Keras' (TF padding, BN eps 1e-3) with its own 5-class head; torchvision
-    // names, loaded through the Keras name map.
-    PretrainedCfg nsfwjs = nsfwjs_cfg("mobilenet_v2", 224);
-    nsfwjs.build = mobilenet_v2_keras;
-    nsfwjs.head = "avg,dense:256:relu,dropout:0.5,dense:128:relu,dropout:0.25,dense:5";
-    nsfwjs.description = "nsfwjs 4.4.0 MobileNetV2 (Keras 2.2.4, uint8-quantised TF.js), 5 classes";
-    // Keras applications' own ImageNet weights (.h5) load into the same Keras build.
-    PretrainedCfg keras;
-    keras.tag = "keras";
-    keras.source =
-        "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"
-        "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5";
-    keras.file_format = "keras-h5";
-    keras.mean = {0.5, 0.5, 0.5};  // Keras mobilenet_v2.preprocess_input: x / 127.5 - 1
-    keras.std = {0.5, 0.5, 0.5};
-    keras.license = "Apache-2.0 (Keras Applications)";
-    keras.description =
-        "Keras Applications ImageNet weights, alpha 1.0 (Keras build: TF padding, BN eps 1e-3)";
-    keras.build = mobilenet_v2_keras;
-    table.push_back(
-        {"mobilenet_v2",
-         "mobilenet",
-         "MobileNetV2 (Sandler et al. 2018), torchvision layout",
-         mobilenet_v2,
-         {torchvision_in1k("tv_in1k", "torchvision:mobilenet_v2 IMAGENET1K_V1 (convert to safetensors)", tv),
-          nsfwjs, keras}});
-  }
-  {
-    // torchvision's names; timm's efficientnet_b0 is another module tree (conv_stem, blocks.N.M, conv_head).
-    // torchvision evaluates these weights at resize 256 (bicubic), centre crop 224.
-    PretrainedCfg b0 =
-        torchvision_in1k("tv_in1k", "torchvision:efficientnet_b0 IMAGENET1K_V1 (convert to safetensors)",
-                         tv + " (ported from timm)");
-    b0.interpolation = "bicubic";
-    b0.crop_pct = 224.0 / 256.0;
-    table.push_back({"efficientnet_b0",
-                     "efficientnet",
-                     "EfficientNet-B0 (Tan & Le 2019), torchvision layout",
-                     efficientnet_b0,
-                     {b0}});
-  }
-  {
-    // torchvision's IMAGENET1K_V1 (ported from TensorFlow): resize 342, centre crop 299, bilinear. Its state
-    // dict carries AuxLogits.* and the weights expect transform_input, so the tag builds both
-    // (inception_v3_torchvision_pretrained) and the file loads strictly. It is the default tag, so
-    // create_model("inception_v3") builds them too; the builder inception_v3() has neither, as
-    // torchvision's inception_v3(weights=None, aux_logits=False).
-    PretrainedCfg tv_in1k = torchvision_in1k(
-        "tv_in1k", "torchvision:inception_v3 IMAGENET1K_V1 (convert to safetensors; has AuxLogits.*)", tv);
-    tv_in1k.input_size = {3, 299, 299};
-    tv_in1k.crop_pct = 299.0 / 342.0;
-    tv_in1k.build = inception_v3_torchvision_pretrained;
-    // nsfwjs' InceptionV3 is Keras' (BatchNorm without gamma, average pools that exclude padding) with its
-    // own 5-class head; torchvision names, loaded through the Keras name map.
-    PretrainedCfg nsfwjs = nsfwjs_cfg("inception_v3", 299);
-    nsfwjs.build = inception_v3_keras;
-    nsfwjs.head = "avg,dense:256:relu,dropout:0.5,dense:128:relu,dropout:0.25,dense:5";
-    nsfwjs.description = "nsfwjs 4.4.0 InceptionV3 (Keras 2.2.4, uint8-quantised TF.js), 5 classes";
-    const std::string what = "Inception-v3 (Szegedy et al. 2015), torchvision layout";
-    table.push_back({"inception_v3", "inception", what, inception_v3, {tv_in1k, nsfwjs}});
-  }
+  register_resnet(table);
+  register_vgg(table);
+  register_mobilenet_v2(table);
+  register_efficientnet(table);
+  register_inception_v3(table);
   // Keras / TF.js imports (graft/keras.h): weights in foreign formats, loaded through name maps.
-  {
-    PretrainedCfg ml5;
-    ml5.tag = "ml5";
-    ml5.source = "ml5: github.com/ml5js/ml5-data-and-models models/darknetclassifier/darknettiny/model.json";
-    ml5.file_format = "tfjs-layers";
-    ml5.mean = {0.0, 0.0, 0.0};  // ml5 feeds pixel / 255, no normalisation
-    ml5.std = {1.0, 1.0, 1.0};
-    ml5.crop_pct = 1.0;                  // the whole image, resized (bilinear, align_corners=true) to 224
-    ml5.labels = "imagenet-1k-darknet";  // darknet's own class order (kit fox, English setter, ...)
-    ml5.license = "MIT (ml5)";
-    ml5.description = "ml5 Tiny Darknet ImageNet classifier (TF.js layers model; outputs logits)";
-    table.push_back({"darknet_tiny",
-                     "darknet",
-                     "Tiny Darknet (darknet tiny.cfg), ml5 TF.js layout",
-                     darknet_tiny,
-                     {ml5}});
-  }
-  auto add_mobilenet_v1 = [&](const std::string& arch, const std::string& alpha, const std::string& file,
-                              std::function<Backbone(int64_t)> build) {
-    PretrainedCfg keras;
-    keras.tag = "keras";
-    keras.source = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet/" + file;
-    keras.file_format = "keras-h5";
-    keras.mean = {0.5, 0.5, 0.5};  // Keras mobilenet.preprocess_input: x / 127.5 - 1
-    keras.std = {0.5, 0.5, 0.5};
-    keras.crop_pct = 1.0;
-    keras.license = "Apache-2.0 (Keras Applications)";
-    keras.description = "Keras Applications ImageNet weights, alpha " + alpha;
-    table.push_back({arch,
-                     "mobilenet",
-                     "MobileNet v1 (Howard et al. 2017), alpha " + alpha + ", Keras layout",
-                     std::move(build),
-                     {keras}});
-  };
-  add_mobilenet_v1("mobilenet_v1_025", "0.25", "mobilenet_2_5_224_tf.h5", mobilenet_v1_025);
-  add_mobilenet_v1("mobilenet_v1_050", "0.5", "mobilenet_5_0_224_tf.h5", mobilenet_v1_050);
-  add_mobilenet_v1("mobilenet_v1_075", "0.75", "mobilenet_7_5_224_tf.h5", mobilenet_v1_075);
-  add_mobilenet_v1("mobilenet_v1_100", "1.0", "mobilenet_1_0_224_tf.h5", mobilenet_v1_100);
+  register_darknet(table);
+  register_mobilenet_v1(table);
   // Video: (N, 3, T, H, W) clips.
-  const std::string k400 = "torchvision Kinetics-400 weights (16 x 112 x 112 clips)";
-  table.push_back({"r3d_18",
-                   "video_resnet",
-                   "R3D-18 (Tran et al. 2018), 3D ResNet-18 for video, torchvision layout",
-                   r3d_18,
-                   {torchvision_kinetics400("R3D_18_Weights", k400 + ", acc@1 63.2")}});
-  table.push_back({"mc3_18",
-                   "video_resnet",
-                   "MC3-18 (Tran et al. 2018), 3D convs in layer1 and 2D above, torchvision layout",
-                   mc3_18,
-                   {torchvision_kinetics400("MC3_18_Weights", k400 + ", acc@1 64.0")}});
-  table.push_back({"r2plus1d_18",
-                   "video_resnet",
-                   "R(2+1)D-18 (Tran et al. 2018), spatial then temporal convs, torchvision layout",
-                   r2plus1d_18,
-                   {torchvision_kinetics400("R2Plus1D_18_Weights", k400 + ", acc@1 67.5")}});
+  register_video_resnet(table);
   return table;
 }
 

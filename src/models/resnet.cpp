@@ -7,6 +7,7 @@
 #include "graft/head.h"
 #include "layers/conv_bn.h"
 #include "models/common.h"
+#include "models/model_table.h"
 
 namespace graft {
 namespace {
@@ -177,9 +178,7 @@ std::vector<ForwardStep> ResNetImpl::classifier_steps(bool pre_logits) {
   return steps;
 }
 
-void ResNetImpl::reset_classifier(int64_t num_classes) {
-  check_num_classes(arch() + ": reset_classifier", num_classes);
-  clear_custom_head();
+void ResNetImpl::replace_classifier(int64_t num_classes) {
   if (num_classes == 0) {
     fc = nullptr;
     replace_module("fc", nn::Identity());
@@ -191,8 +190,7 @@ void ResNetImpl::reset_classifier(int64_t num_classes) {
   replace_module("fc", fc);
 }
 
-int64_t ResNetImpl::num_classes() const {
-  if (has_custom_head()) return custom_head()->out_features();
+int64_t ResNetImpl::classifier_outputs() const {
   return fc ? fc->options.out_features() : num_features();
 }
 
@@ -213,6 +211,41 @@ Backbone resnet152(int64_t num_classes) {
 }
 Backbone resnet50_keras(int64_t num_classes) {
   return std::make_shared<ResNetImpl>(ResNetConfig::resnet50_keras(), num_classes);
+}
+
+void register_resnet(std::vector<ModelEntry>& table) {
+  const std::string tv = kTorchvisionIn1kWeights;
+  // torchvision's IMAGENET1K_V2 recipe evaluates at 232 -> 224.
+  PretrainedCfg v2 = torchvision_in1k("tv2_in1k", "hf-hub:timm/resnet50.tv2_in1k", tv + " (V2 recipe)");
+  v2.crop_pct = 224.0 / 232.0;
+  // Keras applications' ResNet50 ("v1"; keras/applications/resnet.py): its own build, torchvision names.
+  PretrainedCfg keras;
+  keras.tag = "keras";
+  keras.source =
+      "https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
+      "resnet50_weights_tf_dim_ordering_tf_kernels.h5";
+  keras.file_format = "keras-h5";
+  // 'caffe' preprocessing: BGR (the model flips the channels itself), ImageNet means subtracted from
+  // 0..255 pixels, no scaling. On graft's [0, 1] pixels: mean / 255 and std 1 / 255.
+  keras.mean = {123.68 / 255, 116.779 / 255, 103.939 / 255};
+  keras.std = {1.0 / 255, 1.0 / 255, 1.0 / 255};
+  keras.license = "MIT (Keras Applications; weights from Kaiming He's release)";
+  keras.description = "Keras Applications ImageNet ResNet50 (v1: stride on the 1x1, biased convolutions)";
+  keras.build = resnet50_keras;
+  // Every ResNet has torchvision's V1 weights as its default tag; `more_tags` follow it.
+  auto add_resnet = [&](const std::string& arch, std::function<Backbone(int64_t)> build,
+                        const std::string& what, const std::vector<PretrainedCfg>& more_tags = {}) {
+    std::vector<PretrainedCfg> tags{
+        torchvision_in1k("tv_in1k", "hf-hub:timm/" + arch + ".tv_in1k", tv + " (V1)")};
+    tags.insert(tags.end(), more_tags.begin(), more_tags.end());
+    table.push_back({arch, "resnet", what, std::move(build), std::move(tags)});
+  };
+  add_resnet("resnet18", resnet18, "ResNet-18 (He et al. 2015), torchvision layout");
+  add_resnet("resnet34", resnet34, "ResNet-34, torchvision layout");
+  add_resnet("resnet50", resnet50, "ResNet-50 v1.5 (stride on the 3x3 conv), torchvision layout",
+             {v2, keras});
+  add_resnet("resnet101", resnet101, "ResNet-101 v1.5, torchvision layout");
+  add_resnet("resnet152", resnet152, "ResNet-152 v1.5, torchvision layout");
 }
 
 }  // namespace graft

@@ -7,6 +7,7 @@
 #include "graft/errors.h"
 #include "graft/head.h"
 #include "models/common.h"
+#include "models/model_table.h"
 
 namespace graft {
 namespace {
@@ -94,9 +95,7 @@ std::vector<ForwardStep> VGGImpl::classifier_steps(bool pre_logits) {
   return steps;
 }
 
-void VGGImpl::reset_classifier(int64_t num_classes) {
-  check_num_classes(arch() + ": reset_classifier", num_classes);
-  clear_custom_head();
+void VGGImpl::replace_classifier(int64_t num_classes) {
   // A Sequential cannot swap one element, so a new one is built around the same classifier.0..5
   // (their weights are kept) and registered under the same name.
   classifier = replace_module("classifier", with_new_last_linear(classifier, kHidden, num_classes,
@@ -104,8 +103,7 @@ void VGGImpl::reset_classifier(int64_t num_classes) {
   num_classes_ = num_classes;
 }
 
-int64_t VGGImpl::num_classes() const {
-  if (has_custom_head()) return custom_head()->out_features();
+int64_t VGGImpl::classifier_outputs() const {
   return num_classes_ > 0 ? num_classes_ : kHidden;
 }
 
@@ -120,6 +118,23 @@ Backbone vgg19(int64_t num_classes) {
 }
 Backbone vgg19_bn(int64_t num_classes) {
   return std::make_shared<VGGImpl>(VGGConfig::vgg19_bn(), num_classes);
+}
+
+void register_vgg(std::vector<ModelEntry>& table) {
+  const std::string tv = kTorchvisionIn1kWeights;
+  auto add_vgg = [&](const std::string& arch, std::function<Backbone(int64_t)> build,
+                     const std::string& what) {
+    table.push_back({arch,
+                     "vgg",
+                     what,
+                     std::move(build),
+                     {torchvision_in1k(
+                         "tv_in1k", "torchvision:" + arch + " IMAGENET1K_V1 (convert to safetensors)", tv)}});
+  };
+  add_vgg("vgg16", vgg16, "VGG-16 (Simonyan & Zisserman 2014), configuration D");
+  add_vgg("vgg16_bn", vgg16_bn, "VGG-16 with batch normalisation");
+  add_vgg("vgg19", vgg19, "VGG-19, configuration E");
+  add_vgg("vgg19_bn", vgg19_bn, "VGG-19 with batch normalisation");
 }
 
 }  // namespace graft

@@ -39,14 +39,16 @@ class VGGImpl : public BackboneImpl {
   // avgpool, flatten, classifier.0 .. classifier.6; pre_logits stops at classifier.5 (4096 wide).
   std::vector<ForwardStep> classifier_steps(bool pre_logits) override;
   std::string classifier_name() const override { return "classifier"; }
-  void reset_classifier(int64_t num_classes) override;
-  int64_t num_classes() const override;
 
   const VGGConfig& config() const { return config_; }
 
   torch::nn::Sequential features{nullptr};
   torch::nn::AdaptiveAvgPool2d avgpool{nullptr};
   torch::nn::Sequential classifier{nullptr};
+
+ protected:
+  void replace_classifier(int64_t num_classes) override;
+  int64_t classifier_outputs() const override;
 
  private:
   VGGConfig config_;

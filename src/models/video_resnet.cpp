@@ -9,6 +9,7 @@
 
 #include "graft/head.h"
 #include "models/common.h"
+#include "models/model_table.h"
 
 namespace graft {
 namespace {
@@ -170,9 +171,7 @@ std::vector<ForwardStep> VideoResNetImpl::classifier_steps(bool pre_logits) {
   return steps;
 }
 
-void VideoResNetImpl::reset_classifier(int64_t num_classes) {
-  check_num_classes(arch() + ": reset_classifier", num_classes);
-  clear_custom_head();
+void VideoResNetImpl::replace_classifier(int64_t num_classes) {
   if (num_classes == 0) {
     fc = nullptr;
     replace_module("fc", nn::Identity());
@@ -186,8 +185,7 @@ void VideoResNetImpl::reset_classifier(int64_t num_classes) {
   replace_module("fc", fc);
 }
 
-int64_t VideoResNetImpl::num_classes() const {
-  if (has_custom_head()) return custom_head()->out_features();
+int64_t VideoResNetImpl::classifier_outputs() const {
   return fc ? fc->options.out_features() : num_features();
 }
 
@@ -199,6 +197,26 @@ Backbone mc3_18(int64_t num_classes) {
 }
 Backbone r2plus1d_18(int64_t num_classes) {
   return std::make_shared<VideoResNetImpl>(VideoResNetConfig::r2plus1d_18(), num_classes);
+}
+
+// Video: (N, 3, T, H, W) clips.
+void register_video_resnet(std::vector<ModelEntry>& table) {
+  const std::string k400 = "torchvision Kinetics-400 weights (16 x 112 x 112 clips)";
+  table.push_back({"r3d_18",
+                   "video_resnet",
+                   "R3D-18 (Tran et al. 2018), 3D ResNet-18 for video, torchvision layout",
+                   r3d_18,
+                   {torchvision_kinetics400("R3D_18_Weights", k400 + ", acc@1 63.2")}});
+  table.push_back({"mc3_18",
+                   "video_resnet",
+                   "MC3-18 (Tran et al. 2018), 3D convs in layer1 and 2D above, torchvision layout",
+                   mc3_18,
+                   {torchvision_kinetics400("MC3_18_Weights", k400 + ", acc@1 64.0")}});
+  table.push_back({"r2plus1d_18",
+                   "video_resnet",
+                   "R(2+1)D-18 (Tran et al. 2018), spatial then temporal convs, torchvision layout",
+                   r2plus1d_18,
+                   {torchvision_kinetics400("R2Plus1D_18_Weights", k400 + ", acc@1 67.5")}});
 }
 
 }  // namespace graft

@@ -83,8 +83,6 @@ class VideoResNetImpl : public BackboneImpl {
   std::vector<ForwardStep> feature_steps() override;
   std::vector<ForwardStep> classifier_steps(bool pre_logits) override;
   std::string classifier_name() const override { return "fc"; }
-  void reset_classifier(int64_t num_classes) override;
-  int64_t num_classes() const override;
 
   const VideoResNetConfig& config() const { return config_; }
 
@@ -92,6 +90,10 @@ class VideoResNetImpl : public BackboneImpl {
   std::array<torch::nn::Sequential, 4> layers{nullptr, nullptr, nullptr, nullptr};  // "layer1".."layer4"
   torch::nn::AdaptiveAvgPool3d avgpool{nullptr};
   torch::nn::Linear fc{nullptr};  // null after reset_classifier(0): "fc" is then an Identity
+
+ protected:
+  void replace_classifier(int64_t num_classes) override;
+  int64_t classifier_outputs() const override;
 
  private:
   VideoResNetConfig config_;

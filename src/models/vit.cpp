@@ -271,9 +271,7 @@ ClassifierOutput ViTForImageClassificationImpl::forward(const torch::Tensor& pix
   return out;
 }
 
-void ViTForImageClassificationImpl::reset_classifier(int64_t num_classes) {
-  check_num_classes(arch() + ": reset_classifier", num_classes);
-  clear_custom_head();
+void ViTForImageClassificationImpl::replace_classifier(int64_t num_classes) {
   const torch::Tensor like = vit->layernorm->weight;
   if (num_classes == 0) {
     classifier = nullptr;
@@ -288,8 +286,7 @@ void ViTForImageClassificationImpl::reset_classifier(int64_t num_classes) {
   config_.set_num_labels(num_classes);
 }
 
-int64_t ViTForImageClassificationImpl::num_classes() const {
-  if (has_custom_head()) return custom_head()->out_features();
+int64_t ViTForImageClassificationImpl::classifier_outputs() const {
   return classifier ? classifier->options.out_features() : config_.hidden_size;
 }
 

@@ -42,11 +42,8 @@ class TinyNetImpl : public BackboneImpl {
     return steps;
   }
   std::string classifier_name() const override { return "fc"; }
-  void reset_classifier(int64_t n) override {
-    clear_custom_head();
-    fc = replace_module("fc", torch::nn::Linear(8, n));
-  }
-  int64_t num_classes() const override { return fc->options.out_features(); }
+  void replace_classifier(int64_t n) override { fc = replace_module("fc", torch::nn::Linear(8, n)); }
+  int64_t classifier_outputs() const override { return fc->options.out_features(); }
 
   torch::nn::Conv2d conv1{nullptr}, conv2{nullptr};
   torch::nn::BatchNorm2d bn1{nullptr}, bn2{nullptr};
