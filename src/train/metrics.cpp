@@ -65,9 +65,16 @@ torch::Tensor classification_loss(const torch::Tensor& logits, const torch::Tens
   return F::cross_entropy(logits, labels, options);
 }
 
-MetricsAccumulator::MetricsAccumulator(int64_t num_classes) : num_classes_(num_classes) {
-  if (num_classes_ < 0) throw Error("num_classes must be >= 0");
-  confusion_.assign(static_cast<size_t>(num_classes_ * num_classes_), 0);
+MetricsAccumulator::MetricsAccumulator(int64_t num_classes) {
+  if (num_classes < 0) throw Error("num_classes must be >= 0");
+  set_classes(num_classes);
+}
+
+void MetricsAccumulator::set_classes(int64_t num_classes) {
+  if (num_classes > kMaxClasses)
+    throw Error("metrics: " + std::to_string(num_classes) + " classes, more than graft's limit of " +
+                std::to_string(kMaxClasses));
+  num_classes_ = num_classes;
 }
 
 void MetricsAccumulator::add(const torch::Tensor& logits_in, const torch::Tensor& labels_in,
@@ -75,10 +82,7 @@ void MetricsAccumulator::add(const torch::Tensor& logits_in, const torch::Tensor
   check_batch(logits_in, labels_in, "metrics");
   if (token_level_) throw Error("metrics: class-level batch given to a token-level accumulator");
   torch::NoGradGuard no_grad;
-  if (num_classes_ == 0) {
-    num_classes_ = logits_in.size(1);
-    confusion_.assign(static_cast<size_t>(num_classes_ * num_classes_), 0);
-  }
+  if (num_classes_ == 0) set_classes(logits_in.size(1));
   if (logits_in.size(1) != num_classes_)
     throw Error("metrics: logits have " + std::to_string(logits_in.size(1)) + " classes, expected " +
                 std::to_string(num_classes_));
@@ -89,10 +93,12 @@ void MetricsAccumulator::add(const torch::Tensor& logits_in, const torch::Tensor
   check_label_range(labels, num_classes_, "metrics");
 
   const torch::Tensor predicted = logits.argmax(1);
-  const torch::Tensor cells = (labels * num_classes_ + predicted).to(torch::kCPU);
-  const torch::Tensor counts = torch::bincount(cells, /*weights=*/{}, num_classes_ * num_classes_);
-  const auto accessor = counts.accessor<int64_t, 1>();
-  for (int64_t i = 0; i < num_classes_ * num_classes_; ++i) confusion_[static_cast<size_t>(i)] += accessor[i];
+  // One cell per sample, never a C x C table per batch.
+  const torch::Tensor truth_cpu = labels.to(torch::kCPU, torch::kLong).contiguous();
+  const torch::Tensor predicted_cpu = predicted.to(torch::kCPU, torch::kLong).contiguous();
+  const int64_t* truth = truth_cpu.data_ptr<int64_t>();
+  const int64_t* guess = predicted_cpu.data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i) ++cells_[{truth[i], guess[i]}];
   correct_ += predicted.eq(labels).sum().item<int64_t>();
   if (num_classes_ > 5) {
     const torch::Tensor top5 = std::get<1>(logits.topk(5, /*dim=*/1));
@@ -145,16 +151,21 @@ Metrics MetricsAccumulator::result() const {
   if (num_classes_ > 5)
     m.top5 = samples_ ? static_cast<double>(correct_top5_) / static_cast<double>(samples_) : 0.0;
   const size_t c = static_cast<size_t>(num_classes_);
-  m.confusion.assign(c, std::vector<int64_t>(c, 0));
-  for (size_t t = 0; t < c; ++t)
-    for (size_t p = 0; p < c; ++p) m.confusion[t][p] = confusion_[t * c + p];
-  m.precision.assign(c, 0.0), m.recall.assign(c, 0.0), m.f1.assign(c, 0.0), m.support.assign(c, 0);
+  std::vector<int64_t> predicted(c, 0), correct(c, 0);
+  m.support.assign(c, 0);
+  if (num_classes_ <= kMaxConfusionClasses) m.confusion.assign(c, std::vector<int64_t>(c, 0));
+  for (const auto& [cell, count] : cells_) {
+    const auto [t, p] = cell;
+    m.support[size_t(t)] += count;
+    predicted[size_t(p)] += count;
+    if (t == p) correct[size_t(t)] += count;
+    if (!m.confusion.empty()) m.confusion[size_t(t)][size_t(p)] = count;
+  }
+  m.precision.assign(c, 0.0), m.recall.assign(c, 0.0), m.f1.assign(c, 0.0);
   double f1_sum = 0.0;
   for (size_t k = 0; k < c; ++k) {
-    int64_t predicted_k = 0;
-    for (size_t t = 0; t < c; ++t) predicted_k += m.confusion[t][k];
-    for (size_t p = 0; p < c; ++p) m.support[k] += m.confusion[k][p];
-    const double tp = static_cast<double>(m.confusion[k][k]);
+    const int64_t predicted_k = predicted[k];
+    const double tp = static_cast<double>(correct[k]);
     m.precision[k] = predicted_k ? tp / static_cast<double>(predicted_k) : 0.0;
     m.recall[k] = m.support[k] ? tp / static_cast<double>(m.support[k]) : 0.0;
     const double sum = m.precision[k] + m.recall[k];
@@ -201,6 +212,11 @@ std::string metrics_report(const Metrics& m, const std::vector<std::string>& cla
   if (m.top5) out << pad_right("top-5 accuracy", name_width) << "  " << fixed(*m.top5, 4) << '\n';
   out << pad_right("loss", name_width) << "  " << fixed(m.loss, 4) << '\n';
 
+  if (m.confusion.empty() && c > 0) {
+    out << "\nconfusion matrix left out: " << c << " classes, more than the " << kMaxConfusionClasses
+        << " it is shown for (the per-class figures are above)\n";
+    return out.str();
+  }
   // Confusion matrix: a column per predicted class, as wide as its name or its largest count.
   out << "\nconfusion matrix (rows: true class, columns: predicted class)\n";
   std::vector<size_t> widths(c);

@@ -196,6 +196,9 @@ void write_training_curves_svg(const std::string& path, const std::vector<EpochR
 
 void write_confusion_matrix_svg(const std::string& path, const Metrics& metrics,
                                 const std::vector<std::string>& class_names) {
+  if (metrics.confusion.empty() && metrics.num_classes > 0)
+    throw Error(path + ": no confusion matrix to draw: " + std::to_string(metrics.num_classes) +
+                " classes, more than the " + std::to_string(kMaxConfusionClasses) + " it is kept for");
   const size_t c = metrics.confusion.size();
   std::vector<std::string> names(c);
   size_t longest = 4;

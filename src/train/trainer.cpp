@@ -623,7 +623,7 @@ TrainHistory Trainer::fit(BatchSource& train, BatchSource* val) {
 void write_val_report(const std::string& out_dir, const Metrics& metrics,
                       const std::vector<std::string>& class_names, std::ostream& log) {
   const std::string report = metrics_report(metrics, class_names);
-  if (!metrics.token_level)
+  if (!metrics.token_level && !metrics.confusion.empty())
     write_confusion_matrix_svg((fs::path(out_dir) / "confusion_matrix.svg").string(), metrics, class_names);
   write_file_atomic((fs::path(out_dir) / "val_report.txt").string(), report);
   log << report;

@@ -309,6 +309,45 @@ TEST(Metrics, ConfusionPrecisionRecallF1OverBatches) {
   EXPECT_NEAR(m.macro_f1, (2.0 / 3 + 2.0 / 3 + 0.75) / 3, 1e-12);
 }
 
+// 25,000 classes (a 330 KB CSV of distinct labels) once took a 25,000 x 25,000 table per batch (5 GB): the
+// counts are now one cell per sample, and the dense matrix is kept, shown and drawn up to 200 classes only.
+TEST(Metrics, ManyClassesKeepPerClassFiguresWithoutAConfusionTable) {
+  constexpr int64_t kClasses = 25000;
+  MetricsAccumulator acc;
+  acc.add(one_hot_logits({0, 7, 24999, 7}, kClasses), labels_of({0, 7, 24999, 3}), 1.0);
+  const Metrics m = acc.result();
+  EXPECT_EQ(m.num_classes, kClasses);
+  EXPECT_TRUE(m.confusion.empty());
+  ASSERT_EQ(m.support.size(), size_t(kClasses));
+  EXPECT_EQ(m.support[3], 1);
+  EXPECT_EQ(m.support[7], 1);
+  EXPECT_NEAR(m.accuracy, 0.75, 1e-12);
+  EXPECT_NEAR(m.precision[7], 0.5, 1e-12);  // predicted twice, right once
+  EXPECT_NEAR(m.recall[24999], 1.0, 1e-12);
+  const std::string report = metrics_report(m);
+  EXPECT_NE(report.find("confusion matrix left out: 25000 classes, more than the 200"), std::string::npos);
+  try {
+    write_confusion_matrix_svg("/tmp/never_written.svg", m);
+    ADD_FAILURE() << "a picture of 25,000 classes was drawn";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("25000 classes"), std::string::npos) << e.what();
+  }
+  // 200 classes still get the whole matrix.
+  MetricsAccumulator small;
+  small.add(one_hot_logits({5, 199}, kMaxConfusionClasses), labels_of({5, 3}), 1.0);
+  const Metrics shown = small.result();
+  ASSERT_EQ(shown.confusion.size(), size_t(kMaxConfusionClasses));
+  EXPECT_EQ(shown.confusion[3][199], 1);
+  EXPECT_EQ(shown.confusion[5][5], 1);
+  // Past graft's class limit: refused by name.
+  try {
+    MetricsAccumulator too_many(kMaxClasses + 1);
+    ADD_FAILURE() << "no error for " << kMaxClasses + 1 << " classes";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("more than graft's limit of 100000"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Metrics, UndefinedRatiosAreZeroNotNan) {
   // Class 3 is never true nor predicted; class 2 is true once but never predicted.
   MetricsAccumulator acc(4);
