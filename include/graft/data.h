@@ -245,7 +245,7 @@ class IdxImageDataset : public Dataset {
   std::string images_path_;
   IdxImages images_;
   std::vector<int64_t> labels_;
-  std::vector<size_t> indices_;  // into images_ / labels_
+  std::vector<size_t> indices_;  // record numbers in the files; images_ and labels_ hold these records only
   std::vector<std::string> classes_;
   TransformConfig transform_;
 };

@@ -6,6 +6,9 @@
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
+#include <optional>
+#include <random>
+#include <stdexcept>
 
 #include "graft/data.h"
 #include "graft/errors.h"
@@ -51,59 +54,125 @@ class GzReader {
   gzFile file_;
 };
 
-// Header checks, then the data read in 1 MiB steps so that a corrupt header claiming terabytes fails at
-// the real end of the data instead of allocating.
-std::vector<uint8_t> read_idx(const std::string& path, size_t expected_dims, const char* what,
-                              std::vector<int64_t>* dims) {
-  GzReader reader(path);
-  uint8_t magic[4];
-  if (reader.read(magic, 4) != 4) throw FormatError(path, "file too short for an IDX header (4-byte magic)");
-  if (magic[0] != 0 || magic[1] != 0) {
-    char text[64];
-    std::snprintf(text, sizeof(text), "0x%02x%02x%02x%02x", magic[0], magic[1], magic[2], magic[3]);
-    throw FormatError(path, std::string("bad IDX magic ") + text + ", expected 0x0000TTDD",
-                      "not an IDX file?");
-  }
-  if (magic[2] != kTypeUnsignedByte) {
-    char text[16];
-    std::snprintf(text, sizeof(text), "0x%02x", magic[2]);
-    throw FormatError(path, std::string("IDX element type ") + text + " is not supported",
-                      "graft reads unsigned bytes (0x08)");
-  }
-  if (magic[3] != expected_dims) {
-    throw FormatError(path, "IDX file has " + std::to_string(magic[3]) + " dimensions, expected " +
-                                std::to_string(expected_dims) + " for " + what);
-  }
-  int64_t total = 1;
-  dims->clear();
-  for (size_t d = 0; d < expected_dims; ++d) {
-    uint8_t b[4];
-    if (reader.read(b, 4) != 4) throw FormatError(path, "truncated IDX header (dimension sizes)");
-    const int64_t n = (int64_t{b[0]} << 24) | (int64_t{b[1]} << 16) | (int64_t{b[2]} << 8) | int64_t{b[3]};
-    if (n == 0) throw FormatError(path, "IDX dimension " + std::to_string(d) + " is 0");
-    if (total > kMaxIdxBytes / n) throw FormatError(path, "IDX header claims an impossibly large array");
-    total *= n;
-    dims->push_back(n);
-  }
-  std::vector<uint8_t> data;
-  while (int64_t(data.size()) < total) {
-    const size_t old = data.size();
-    const size_t step = std::min<size_t>(kChunk, size_t(total) - old);
-    data.resize(old + step);  // grows geometrically: memory stays within 2x of what the file holds
-    const size_t got = reader.read(data.data() + old, step);
-    if (got < step) {
-      const std::string zlib = reader.error();
-      throw FormatError(path, "truncated IDX data: the header says " + std::to_string(total) + " bytes of " +
-                                  what + ", the file has " + std::to_string(old + got) +
-                                  (zlib.empty() ? "" : " (" + zlib + ")"));
+// An IDX file: the header checked when opened, then its data read whole or as a subset of its records.
+class IdxFile {
+ public:
+  IdxFile(const std::string& path, size_t expected_dims, const char* what)
+      : path_(path), what_(what), reader_(path) {
+    uint8_t magic[4];
+    if (reader_.read(magic, 4) != 4)
+      throw FormatError(path, "file too short for an IDX header (4-byte magic)");
+    if (magic[0] != 0 || magic[1] != 0) {
+      char text[64];
+      std::snprintf(text, sizeof(text), "0x%02x%02x%02x%02x", magic[0], magic[1], magic[2], magic[3]);
+      throw FormatError(path, std::string("bad IDX magic ") + text + ", expected 0x0000TTDD",
+                        "not an IDX file?");
+    }
+    if (magic[2] != kTypeUnsignedByte) {
+      char text[16];
+      std::snprintf(text, sizeof(text), "0x%02x", magic[2]);
+      throw FormatError(path, std::string("IDX element type ") + text + " is not supported",
+                        "graft reads unsigned bytes (0x08)");
+    }
+    if (magic[3] != expected_dims) {
+      throw FormatError(path, "IDX file has " + std::to_string(magic[3]) + " dimensions, expected " +
+                                  std::to_string(expected_dims) + " for " + what);
+    }
+    for (size_t d = 0; d < expected_dims; ++d) {
+      uint8_t b[4];
+      if (reader_.read(b, 4) != 4) throw FormatError(path, "truncated IDX header (dimension sizes)");
+      const int64_t n = (int64_t{b[0]} << 24) | (int64_t{b[1]} << 16) | (int64_t{b[2]} << 8) | int64_t{b[3]};
+      if (n == 0) throw FormatError(path, "IDX dimension " + std::to_string(d) + " is 0");
+      if (total_ > kMaxIdxBytes / n) throw FormatError(path, "IDX header claims an impossibly large array");
+      total_ *= n;
+      dims_.push_back(n);
     }
   }
-  uint8_t extra;
-  if (reader.read(&extra, 1) != 0) {
-    throw FormatError(path, "IDX file has bytes after the " + std::to_string(total) + " the header announces",
-                      "corrupt header or concatenated files");
+
+  const std::vector<int64_t>& dims() const { return dims_; }
+
+  // Every record (keep null), or only the records `keep` lists (sorted indices along the first
+  // dimension), read in 1 MiB steps: memory holds what is kept, whatever size the header claims, and a
+  // corrupt header claiming terabytes fails at the real end of the data instead of allocating. With
+  // `whole_file`, the data after the last kept record is read too, so that a truncated file or bytes after
+  // the announced data are refused.
+  std::vector<uint8_t> read(const std::vector<size_t>* keep, bool whole_file) {
+    const int64_t record = total_ / dims_[0];
+    std::vector<uint8_t> data;
+    if (keep) {
+      data.reserve(keep->size() * size_t(record));
+      for (size_t index : *keep) {
+        skip_to(int64_t(index) * record);
+        const size_t old = data.size();
+        data.resize(old + size_t(record));
+        take(data.data() + old, record);
+      }
+    } else {
+      while (position_ < total_) {
+        const size_t old = data.size();
+        const int64_t step = std::min<int64_t>(int64_t(kChunk), total_ - position_);
+        data.resize(old +
+                    size_t(step));  // grows geometrically: memory stays within 2x of what the file holds
+        take(data.data() + old, step);
+      }
+    }
+    if (!whole_file) return data;
+    skip_to(total_);
+    uint8_t extra;
+    if (reader_.read(&extra, 1) != 0) {
+      throw FormatError(path_,
+                        "IDX file has bytes after the " + std::to_string(total_) + " the header announces",
+                        "corrupt header or concatenated files");
+    }
+    return data;
   }
-  return data;
+
+ private:
+  void take(uint8_t* out, int64_t bytes) {
+    const size_t got = reader_.read(out, size_t(bytes));
+    position_ += int64_t(got);
+    if (got < size_t(bytes)) {
+      const std::string zlib = reader_.error();
+      throw FormatError(path_, "truncated IDX data: the header says " + std::to_string(total_) +
+                                   " bytes of " + what_ + ", the file has " + std::to_string(position_) +
+                                   (zlib.empty() ? "" : " (" + zlib + ")"));
+    }
+  }
+  void skip_to(int64_t offset) {
+    std::vector<uint8_t> scratch;
+    while (position_ < offset) {
+      const int64_t step = std::min<int64_t>(int64_t(kChunk), offset - position_);
+      scratch.resize(size_t(step));
+      take(scratch.data(), step);
+    }
+  }
+
+  std::string path_;
+  const char* what_;
+  GzReader reader_;
+  std::vector<int64_t> dims_;
+  int64_t total_ = 1;     // bytes of data the header announces
+  int64_t position_ = 0;  // bytes of data read so far
+};
+
+constexpr const char* kImagesWhat = "images (count x rows x columns)";
+constexpr const char* kLabelsWhat = "labels (count)";
+
+// Which records a dataset keeps: all; the first `limit`; or a random subset chosen by subset_seed, in index
+// order (partial Fisher-Yates with our own draws: the same subset on every standard library).
+std::vector<size_t> kept_records(size_t total, size_t limit, std::optional<uint64_t> subset_seed) {
+  std::vector<size_t> indices(total);
+  for (size_t i = 0; i < total; ++i) indices[i] = i;
+  if (limit == 0 || limit >= total) return indices;
+  if (subset_seed) {
+    std::mt19937_64 rng(*subset_seed);
+    for (size_t i = 0; i < limit; ++i) std::swap(indices[i], indices[i + rng() % (total - i)]);
+    indices.resize(limit);
+    std::sort(indices.begin(), indices.end());
+  } else {
+    indices.resize(limit);
+  }
+  return indices;
 }
 
 std::string first_existing(const std::string& dir, const std::string& name) {
@@ -125,62 +194,62 @@ torch::Tensor IdxImages::tensor() const {
 }
 
 IdxImages load_idx_images(const std::string& path) {
-  std::vector<int64_t> dims;
+  IdxFile file(path, 3, kImagesWhat);
   IdxImages images;
-  images.pixels = read_idx(path, 3, "images (count x rows x columns)", &dims);
-  images.count = dims[0];
-  images.rows = dims[1];
-  images.cols = dims[2];
+  images.count = file.dims()[0];
+  images.rows = file.dims()[1];
+  images.cols = file.dims()[2];
+  images.pixels = file.read(nullptr, true);
   return images;
 }
 
 std::vector<int64_t> load_idx_labels(const std::string& path) {
-  std::vector<int64_t> dims;
-  const std::vector<uint8_t> bytes = read_idx(path, 1, "labels (count)", &dims);
+  IdxFile file(path, 1, kLabelsWhat);
+  const std::vector<uint8_t> bytes = file.read(nullptr, true);
   return std::vector<int64_t>(bytes.begin(), bytes.end());
 }
 
 IdxImageDataset::IdxImageDataset(const std::string& images_path, const std::string& labels_path,
                                  std::vector<std::string> classes, TransformConfig transform, size_t limit,
                                  std::optional<uint64_t> subset_seed)
-    : images_path_(images_path),
-      images_(load_idx_images(images_path)),
-      labels_(load_idx_labels(labels_path)),
-      classes_(std::move(classes)),
-      transform_(std::move(transform)) {
-  if (int64_t(labels_.size()) != images_.count) {
-    throw FormatError(labels_path, "has " + std::to_string(labels_.size()) + " labels but " + images_path +
-                                       " has " + std::to_string(images_.count) + " images");
+    : images_path_(images_path), classes_(std::move(classes)), transform_(std::move(transform)) {
+  // Both headers first: the subset is chosen before any data is read, and only it is kept in memory (a
+  // gzip bomb's header may announce gigabytes that --limit 10 never needs).
+  IdxFile images(images_path, 3, kImagesWhat);
+  IdxFile labels(labels_path, 1, kLabelsWhat);
+  const int64_t count = images.dims()[0];
+  if (labels.dims()[0] != count) {
+    throw FormatError(labels_path, "has " + std::to_string(labels.dims()[0]) + " labels but " + images_path +
+                                       " has " + std::to_string(count) + " images");
   }
-  if (images_.rows > 65535 || images_.cols > 65535) {
-    throw FormatError(images_path, "IDX images of " + std::to_string(images_.rows) + "x" +
-                                       std::to_string(images_.cols) + " are too large for an image dataset");
+  if (images.dims()[1] > 65535 || images.dims()[2] > 65535) {
+    throw FormatError(images_path, "IDX images of " + std::to_string(images.dims()[1]) + "x" +
+                                       std::to_string(images.dims()[2]) +
+                                       " are too large for an image dataset");
   }
+  indices_ = kept_records(size_t(count), limit, subset_seed);
+  const bool all = indices_.size() == size_t(count);
+  // The first `limit` records need nothing after them; a random subset is spread over the whole file.
+  const bool whole_file = all || subset_seed.has_value();
+  images_.count = int64_t(indices_.size());
+  images_.rows = images.dims()[1];
+  images_.cols = images.dims()[2];
+  images_.pixels = images.read(all ? nullptr : &indices_, whole_file);
+  const std::vector<uint8_t> label_bytes = labels.read(all ? nullptr : &indices_, whole_file);
+  labels_.assign(label_bytes.begin(), label_bytes.end());
   for (size_t i = 0; i < labels_.size(); ++i) {
     if (labels_[i] >= int64_t(classes_.size())) {
       throw FormatError(labels_path, "label " + std::to_string(labels_[i]) + " at index " +
-                                         std::to_string(i) + " but only " + std::to_string(classes_.size()) +
-                                         " class names");
-    }
-  }
-  const size_t total = labels_.size();
-  indices_.resize(total);
-  for (size_t i = 0; i < total; ++i) indices_[i] = i;
-  if (limit > 0 && limit < total) {
-    if (subset_seed) {
-      // Partial Fisher-Yates with our own draws (same subset on every standard library), then index order.
-      std::mt19937_64 rng(*subset_seed);
-      for (size_t i = 0; i < limit; ++i) std::swap(indices_[i], indices_[i + rng() % (total - i)]);
-      indices_.resize(limit);
-      std::sort(indices_.begin(), indices_.end());
-    } else {
-      indices_.resize(limit);
+                                         std::to_string(indices_[i]) + " but only " +
+                                         std::to_string(classes_.size()) + " class names");
     }
   }
 }
 
 Image IdxImageDataset::image(size_t index) const {
-  const size_t source = indices_.at(index);
+  const size_t source = index;  // images_ holds the kept records only, in indices_ order
+  if (index >= indices_.size())
+    throw std::out_of_range("IdxImageDataset::image: index " + std::to_string(index));
   const size_t count = size_t(images_.rows * images_.cols);
   Image image;
   image.width = static_cast<int>(images_.cols);
@@ -196,7 +265,7 @@ Sample IdxImageDataset::get(size_t index, std::mt19937_64& rng) const {
 }
 
 int64_t IdxImageDataset::label(size_t index) const {
-  return labels_[indices_.at(index)];
+  return labels_.at(index);  // the kept records only, in indices_ order
 }
 
 std::string IdxImageDataset::id(size_t index) const {

@@ -843,6 +843,37 @@ TEST(IdxFashionMnist, DatasetAdapter) {
   EXPECT_NE(ids_a.back(), test->id(49));  // a random subset, not the first 50
 }
 
+// The peak resident memory since the last reset_peak_memory(), in MiB; -1 where /proc cannot say.
+int64_t peak_memory_mib() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6)) / 1024;
+  return -1;
+}
+bool reset_peak_memory() {
+  std::ofstream clear("/proc/self/clear_refs");
+  clear << "5";  // Linux >= 4.0: resets VmHWM to the current resident size
+  clear.flush();
+  return bool(clear);
+}
+
+TEST(IdxFashionMnist, ASubsetHoldsTheRecordsItNames) {
+  const std::string dir = kFashionMnistDir;
+  if (!fs::exists(dir + "/t10k-images-idx3-ubyte.gz")) GTEST_SKIP() << "dataset-fashion-mnist not installed";
+  TransformConfig config;
+  const auto subset = load_fashion_mnist(dir, false, config, 50, /*subset_seed=*/3);
+  const IdxImages all = load_idx_images(dir + "/t10k-images-idx3-ubyte.gz");
+  const std::vector<int64_t> labels = load_idx_labels(dir + "/t10k-labels-idx1-ubyte.gz");
+  for (size_t i = 0; i < subset->size(); ++i) {
+    const std::string id = subset->id(i);
+    const size_t record = std::stoul(id.substr(id.find('#') + 1));
+    EXPECT_EQ(subset->label(i), labels.at(record)) << id;
+    const Image image = subset->image(i);
+    for (size_t p = 0; p < 28 * 28; p += 97) ASSERT_EQ(image.rgb[p * 3], all.pixels[record * 784 + p]) << id;
+  }
+}
+
 std::vector<uint8_t> idx_header(std::vector<uint8_t> magic, const std::vector<uint32_t>& dims) {
   for (uint32_t d : dims)
     magic.insert(magic.end(), {uint8_t(d >> 24), uint8_t(d >> 16), uint8_t(d >> 8), uint8_t(d)});
@@ -853,6 +884,38 @@ void write_gz(const std::string& path, const std::vector<uint8_t>& bytes) {
   gzFile f = gzopen(path.c_str(), "wb");
   gzwrite(f, bytes.data(), unsigned(bytes.size()));
   gzclose(f);
+}
+
+// A gzip bomb: a few MB of gzip that inflate to 548 MB of images, read with --limit 10. Only the ten kept
+// records stay in memory (the whole array was read before: RSS rose by the announced size).
+TEST(IdxCorrupt, ALimitedDatasetKeepsOnlyItsRecordsOfABomb) {
+  TempDir dir("idx_bomb");
+  constexpr uint32_t kCount = 700000;  // x 28 x 28 = 548.8 MB
+  const std::string images = dir.file("bomb-images.gz"), labels = dir.file("bomb-labels.gz");
+  {
+    gzFile f = gzopen(images.c_str(), "wb1");
+    const std::vector<uint8_t> header = idx_header({0, 0, 8, 3}, {kCount, 28, 28});
+    gzwrite(f, header.data(), unsigned(header.size()));
+    const std::vector<uint8_t> zeros(28 * 28 * 1000, 0);
+    for (uint32_t i = 0; i < kCount / 1000; ++i) gzwrite(f, zeros.data(), unsigned(zeros.size()));
+    gzclose(f);
+    std::vector<uint8_t> label_file = idx_header({0, 0, 8, 1}, {kCount});
+    label_file.resize(label_file.size() + kCount, 1);
+    write_gz(labels, label_file);
+  }
+  const bool measured = reset_peak_memory();
+  const int64_t before = peak_memory_mib();
+  for (const std::optional<uint64_t> seed : {std::optional<uint64_t>(7), std::optional<uint64_t>()}) {
+    IdxImageDataset limited(images, labels, {"zero", "one"}, TransformConfig{}, 10, seed);
+    ASSERT_EQ(limited.size(), 10u);
+    EXPECT_EQ(limited.label(9), 1);
+    EXPECT_EQ(limited.image(9).rgb.size(), 28u * 28u * 3u);
+    if (!seed) EXPECT_EQ(limited.id(9), images + "#9");
+  }
+  if (!measured || before < 0)
+    GTEST_SKIP() << "/proc/self/clear_refs or VmHWM unavailable: memory not measured";
+  // 548 MB if the whole array were read; the kept records and zlib's buffers are well under 100 MiB.
+  EXPECT_LT(peak_memory_mib() - before, 100) << "peak resident memory grew while reading 10 records";
 }
 
 TEST(IdxCorrupt, ClearErrorsAndNoHugeAllocations) {
