@@ -50,10 +50,7 @@ struct ImageTrainResult {
 // Runs the whole recipe and writes the run directory. Prints the resolved configuration first.
 ImageTrainResult train_image_classifier(const ImageTrainOptions& options, std::ostream& log);
 
-// The resolved configuration as JSON (what train prints and stores in graft.json's "training").
-nlohmann::json to_json(const ImageTrainOptions& options);
-// Fills options from a JSON config file's object (same keys as to_json); unknown keys are an error.
-void apply_json(ImageTrainOptions& options, const nlohmann::json& config, const std::string& file);
+// The resolved configuration (to_json) and options from JSON: graft/train_options.h.
 
 // Pooled features (global pooling of forward_features, or the custom head's pooling) of every sample the
 // loader serves, in eval mode without autograd: what feature extraction caches and `graft features` writes.
@@ -92,6 +89,11 @@ ImageData open_image_data(const std::string& data, const TransformConfig& train_
 // Every image of a data folder for evaluation, with the run's class names imposed.
 std::shared_ptr<Dataset> open_eval_data(const std::string& data, const std::vector<std::string>& classes,
                                         const TransformConfig& transform, size_t limit);
+
+// Metrics of the run on labelled images (an image folder, or IDX files: `limit` images when > 0), as
+// predict runs the model.
+Metrics evaluate_images(LoadedRun& run, const std::string& data, int64_t batch_size, size_t limit,
+                        torch::Device device, std::ostream& log);
 
 // Top-k predictions of one image.
 struct Prediction {

@@ -28,6 +28,7 @@ struct TextTrainOptions {
   std::string task = "text-classify";  // text-classify | causal-lm
   std::string model;         // optional check: bert, gpt2, or a class name (BertForSequenceClassification)
   std::string weights;       // Hugging Face folder or model.safetensors (config.json beside it), or a run dir
+  std::string init_from;     // an earlier text run: its weights (a run directory is a Hugging Face folder)
   std::string model_config;  // config.json of a fresh model (training from scratch) when there are no weights
   std::string tokenizer;     // tokenizer file or folder; empty: the weights' (or model_config's) folder
   std::string data;          // training data (comma-separated files)
@@ -55,7 +56,6 @@ struct TextTrainResult {
 
 // Runs the recipe and writes the run directory. Prints the resolved configuration first.
 TextTrainResult train_text_model(const TextTrainOptions& options, std::ostream& log);
-nlohmann::json to_json(const TextTrainOptions& options);
 
 // A text run directory (or any Hugging Face folder with tokenizer files) ready for use.
 struct TextRun {

@@ -48,7 +48,6 @@ struct VideoTrainResult {
 };
 
 VideoTrainResult train_video_classifier(const VideoTrainOptions& options, std::ostream& log);
-nlohmann::json to_json(const VideoTrainOptions& options);
 
 struct VideoRun {
   std::string dir, model, temporal;

@@ -25,58 +25,45 @@ void add_eval_command(CLI::App& app) {
                    "labelled images: DATA/<class>/*.jpg (DATA/val when DATA has train/ + val/); text runs: a "
                    "data file")
       ->required();
-  command->add_option("--batch-size", *batch, "images per batch");
+  command->add_option("--batch-size", *batch, "samples per batch")->check(CLI::PositiveNumber);
   command->add_option("--limit", *limit, "IDX data: images to evaluate (0: all)");
   command->add_option("--confusion-svg", *svg, "write the confusion matrix picture here");
   command->add_option("--device", *device, "auto, cpu or cuda[:N]");
-  command->callback([run_dir, data, device, batch, limit, svg] {
+  command->callback([command, run_dir, data, device, batch, limit, svg] {
+    const torch::Device dev = parse_device(*device);
+    Metrics metrics;
+    std::vector<std::string> classes;
+    std::string unit = "images";
+    if (is_video_run(*run_dir) || is_text_run(*run_dir)) {
+      if (command->get_option("--limit")->count() > 0)
+        throw Error("--limit applies to image runs (IDX data) only; " + *run_dir + " is a " +
+                    (is_video_run(*run_dir) ? "video" : "text") + " run");
+    }
     if (is_video_run(*run_dir)) {
       VideoRun video = load_video_run(*run_dir);
-      const Metrics metrics = evaluate_video(video, *data, *batch, parse_device(*device), std::cerr);
-      std::cout << metrics_report(metrics, video.classes);
-      std::cout << "accuracy: " << metrics.accuracy << " on " << metrics.samples << " clips\n";
-      const std::string picture =
-          svg->empty() ? (std::filesystem::path(*run_dir) / "eval_confusion_matrix.svg").string() : *svg;
-      write_confusion_matrix_svg(picture, metrics, video.classes);
-      std::cout << "confusion matrix picture: " << picture << "\n";
-      return;
-    }
-    if (is_text_run(*run_dir)) {
+      metrics = evaluate_video(video, *data, *batch, dev, std::cerr);
+      classes = video.classes;
+      unit = "clips";
+    } else if (is_text_run(*run_dir)) {
       TextRun text = load_text_run(*run_dir);
-      const Metrics metrics = evaluate_text(text, *data, *batch, parse_device(*device), std::cerr);
-      std::cout << metrics_report(metrics, text.classes);
-      if (metrics.token_level) {
-        std::cout << "perplexity: " << metrics.perplexity() << " on " << metrics.samples << " tokens\n";
-        return;
-      }
-      std::cout << "accuracy: " << metrics.accuracy << " on " << metrics.samples << " examples\n";
-      const std::string picture =
-          svg->empty() ? (std::filesystem::path(*run_dir) / "eval_confusion_matrix.svg").string() : *svg;
-      write_confusion_matrix_svg(picture, metrics, text.classes);
-      std::cout << "confusion matrix picture: " << picture << "\n";
+      metrics = evaluate_text(text, *data, *batch, dev, std::cerr);
+      classes = text.classes;
+      unit = "examples";
+    } else {
+      LoadedRun run = load_run(*run_dir);
+      metrics = evaluate_images(run, *data, *batch, *limit, dev, std::cerr);
+      classes = run.spec.classes;
+    }
+    std::cout << metrics_report(metrics, classes);
+    if (metrics.token_level) {
+      std::cout << "perplexity: " << metrics.perplexity() << " on " << metrics.samples << " tokens\n";
       return;
     }
-    LoadedRun run = load_run(*run_dir);
-    const torch::Device dev = parse_device(*device);
-    auto dataset =
-        open_eval_data(*data, run.spec.classes, transform_for(run.spec.preprocessing, false), *limit);
-    LoaderOptions options;
-    options.batch_size = *batch;
-    options.shuffle = false;
-    DataLoader loader(dataset, options);
-    LoaderBatchSource source(loader);
-    TrainConfig config;
-    config.device = dev;
-    config.log = &std::cerr;
-    Backbone model = run.model;
-    Trainer evaluator(
-        model, [model](const torch::Tensor& x) { return model->forward(x); }, config);
-    Metrics metrics = evaluator.evaluate(source, "eval");
-    std::cout << metrics_report(metrics, run.spec.classes);
-    std::cout << "accuracy: " << metrics.accuracy << " on " << metrics.samples << " images\n";
+    std::cout << "accuracy: " << metrics.accuracy << " on " << metrics.samples << " " << unit << "\n";
+    if (metrics.confusion.empty()) return;  // too many classes to draw; the report says so
     const std::string picture =
         svg->empty() ? (std::filesystem::path(*run_dir) / "eval_confusion_matrix.svg").string() : *svg;
-    write_confusion_matrix_svg(picture, metrics, run.spec.classes);
+    write_confusion_matrix_svg(picture, metrics, classes);
     std::cout << "confusion matrix picture: " << picture << "\n";
   });
 }

@@ -3,6 +3,7 @@
 #include <fstream>
 #include <iomanip>
 #include <iostream>
+#include <sstream>
 
 #include "cli/commands.h"
 #include "graft/errors.h"
@@ -16,22 +17,41 @@ namespace graft::cli {
 
 namespace {
 
-void print_predictions(const std::vector<Prediction>& predictions, bool as_json, const char* key) {
+constexpr uint64_t kMaxInputBytes = uint64_t{256} << 20;  // --input: texts to classify, one per line
+
+// What was classified (a file's path, or a text) and its top labels: as lines, or one JSON document.
+template <class Predictions, class Name>
+void print_predictions(const Predictions& predictions, bool as_json, const char* key, Name name) {
   if (as_json) {
     nlohmann::json out = nlohmann::json::array();
     for (const auto& p : predictions) {
       nlohmann::json top = nlohmann::json::array();
       for (const auto& [label, prob] : p.top) top.push_back({{"label", label}, {"probability", prob}});
-      out.push_back({{key, p.path}, {"top", top}});
+      out.push_back({{key, name(p)}, {"top", top}});
     }
     std::cout << out.dump(2) << "\n";
     return;
   }
   for (const auto& p : predictions) {
-    std::cout << p.path << "\n";
+    std::cout << name(p) << "\n";
     for (const auto& [label, prob] : p.top)
       std::cout << "  " << std::fixed << std::setprecision(4) << prob << "  " << label << "\n";
   }
+}
+
+const auto path_of = [](const Prediction& p) { return p.path; };
+
+// The texts of --text and of --input (one per line, blank lines skipped), the file read whole and bounded
+// (a FIFO or /dev/zero is refused, not read without end).
+std::vector<std::string> texts_to_classify(std::vector<std::string> texts, const std::string& input) {
+  if (input.empty()) return texts;
+  std::istringstream lines(read_file(input, kMaxInputBytes, "--input file"));
+  std::string line;
+  while (std::getline(lines, line)) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (!line.empty()) texts.push_back(line);
+  }
+  return texts;
 }
 
 }  // namespace
@@ -48,57 +68,38 @@ void add_predict_command(CLI::App& app) {
   auto input = std::make_shared<std::string>();
   command->add_option("images", *images, "image files (JPEG, PNG); video runs: video files or frame folders");
   command->add_option("--text", *texts, "text run: a text to classify (repeatable)");
-  command->add_option("--input", *input, "text run: a file of texts to classify, one per line")
-      ->check(CLI::ExistingFile);
+  command->add_option("--input", *input, "text run: a file of texts to classify, one per line");
   command->add_option("--top-k", *top_k, "labels per image");
   command->add_flag("--json", *as_json, "one JSON document on stdout");
   command->add_option("--device", *device, "auto, cpu or cuda[:N]");
   command->callback([run_dir, images, top_k, as_json, device, texts, input] {
     if (is_text_run(*run_dir)) {
-      std::vector<std::string> all = *texts;
-      if (!input->empty()) {
-        std::ifstream in(*input);
-        std::string line;
-        while (std::getline(in, line)) {
-          if (!line.empty() && line.back() == '\r') line.pop_back();
-          if (!line.empty()) all.push_back(line);
-        }
-      }
       if (!images->empty())
         throw Error(*run_dir + " classifies text: give --text \"...\" or --input FILE, not files");
+      const std::vector<std::string> all = texts_to_classify(*texts, *input);
       if (all.empty()) throw Error("nothing to classify: give --text \"...\" or --input FILE");
       TextRun run = load_text_run(*run_dir);
-      const auto predictions = predict_texts(run, all, *top_k, parse_device(*device));
-      if (*as_json) {
-        nlohmann::json out = nlohmann::json::array();
-        for (const auto& p : predictions) {
-          nlohmann::json top = nlohmann::json::array();
-          for (const auto& [label, prob] : p.top) top.push_back({{"label", label}, {"probability", prob}});
-          out.push_back({{"text", p.text}, {"top", top}});
-        }
-        std::cout << out.dump(2) << "\n";
-        return;
-      }
-      for (const auto& p : predictions) {
-        std::cout << p.text << "\n";
-        for (const auto& [label, prob] : p.top)
-          std::cout << "  " << std::fixed << std::setprecision(4) << prob << "  " << label << "\n";
-      }
+      print_predictions(predict_texts(run, all, *top_k, parse_device(*device)), *as_json, "text",
+                        [](const TextPrediction& p) { return p.text; });
       return;
     }
+    if (!texts->empty() || !input->empty())
+      throw Error(std::string(texts->empty() ? "--input" : "--text") + " is for text runs; " + *run_dir +
+                  " classifies " + (is_video_run(*run_dir) ? "clips" : "images") + ": give their files");
     if (images->empty()) throw Error("no images given: graft predict RUN_DIR IMAGE...");
     if (is_video_run(*run_dir)) {
       VideoRun run = load_video_run(*run_dir);
       for (const auto& clip :
            *images)  // a frame folder, or a video file (not a FIFO or device: they never end)
         if (!std::filesystem::is_directory(clip)) regular_file_size(clip, "video file or frame folder");
-      const auto predictions = predict_clips(run, *images, *top_k, parse_device(*device));
-      print_predictions(predictions, *as_json, "clip");
+      print_predictions(predict_clips(run, *images, *top_k, parse_device(*device)), *as_json, "clip",
+                        path_of);
       return;
     }
     for (const auto& image : *images) regular_file_size(image, "image file");
     LoadedRun run = load_run(*run_dir);
-    print_predictions(predict_images(run, *images, *top_k, parse_device(*device)), *as_json, "image");
+    print_predictions(predict_images(run, *images, *top_k, parse_device(*device)), *as_json, "image",
+                      path_of);
   });
 }
 

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "cli/commands.h"
+#include "graft/strings.h"
 #include "graft/tokenizer.h"
 
 namespace graft::cli {
@@ -26,14 +27,6 @@ struct TokenizeArgs {
   bool stats = false;
   int repeat = 3;
 };
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(path + ": cannot open the text file");
-  std::ostringstream out;
-  out << in.rdbuf();
-  return out.str();
-}
 
 void print(const Encoding& e, const TokenizeArgs& args) {
   if (args.json) {
@@ -77,7 +70,8 @@ void run(const TokenizeArgs& args) {
   EncodeOptions options;
   options.add_special_tokens = !args.no_special;
   std::vector<std::string> texts = args.texts;
-  if (!args.file.empty()) texts.push_back(read_file(args.file));
+  if (!args.file.empty())
+    texts.push_back(read_file(args.file, kMaxTextBytes, "text file"));  // bounded before it is read
   if (texts.empty()) throw Error("nothing to tokenize: give TEXT arguments or --file");
   for (const auto& text : texts) {
     if (!args.stats) {
@@ -112,8 +106,7 @@ void add_tokenize_command(CLI::App& app) {
                    "tokenizer.json, vocab.txt, vocab.json/encoder.json, or a Hugging Face model directory")
       ->required();
   command->add_option("texts", args->texts, "texts to encode (token ids with --decode)");
-  command->add_option("--file", args->file, "encode this file's contents as one text")
-      ->check(CLI::ExistingFile);
+  command->add_option("--file", args->file, "encode this file's contents as one text (at most 1 GiB)");
   command->add_flag("--ids", args->ids, "print ids instead of tokens");
   command->add_flag("--json", args->json, "print the encoding as JSON (ids, tokens, offsets, masks)");
   command->add_flag("--decode", args->decode, "the arguments are ids: print the text they decode to");

@@ -13,8 +13,10 @@
 #include "graft/progress.h"
 #include "graft/registry.h"
 #include "graft/strings.h"
+#include "graft/train_options.h"
 #include "graft/transfer.h"
 #include "layers/conv_bn.h"
+#include "transfer/driver.h"
 
 namespace graft {
 
@@ -59,6 +61,134 @@ std::string resolve_head(const std::string& head, int64_t classes) {
                     " classes; end it in dense:" + std::to_string(classes) + " or leave the last layer out");
   }
   return spec.to_string();
+}
+
+// Keras' two-stage recipe: after `stage1` epochs of the head alone, unfreeze the top and continue at a
+// lower rate for the backbone.
+EpochCallback two_stage_switch(const Backbone& model, const ImageTrainOptions& options,
+                               const std::string& stage2_freeze) {
+  const int64_t stage1 =
+      options.stage1_epochs > 0 ? options.stage1_epochs : std::max<int64_t>(1, options.train.epochs / 2);
+  const double mult = options.backbone_lr_mult;
+  const bool bn_policy = options.bn_train_frozen;
+  return [model, stage1, stage2_freeze, mult, bn_policy](Trainer& trainer, EpochResult& r) {
+    if (r.epoch != stage1) return;
+    model->set_frozen_bn_trains(bn_policy);
+    FreezeReport report = apply_freeze(*model, stage2_freeze);
+    trainer.set_param_groups(backbone_and_head_groups(*model, mult));
+    std::ostream& out = trainer.config().log ? *trainer.config().log : std::cerr;
+    out << "two-stage: stage 2 from epoch " << stage1 + 1 << ": freeze '" << stage2_freeze << "' ("
+        << report.frozen_layers.size() << " layers stay frozen), backbone lr x" << mult << "\n";
+  };
+}
+
+// What feature extraction cannot honour is refused by name, not dropped: the whole backbone is frozen and
+// its features are computed once from unaugmented images.
+void check_strategy_options(const ImageTrainOptions& options) {
+  if (options.strategy != "feature-extract") return;
+  if (!options.freeze.empty())
+    throw SpecError("--freeze " + options.freeze +
+                    " does not apply to --strategy feature-extract, which freezes the whole backbone; use "
+                    "--strategy fine-tune (or two-stage) to choose what trains");
+  if (options.rotation > 0 || options.jitter > 0)
+    throw SpecError(std::string(options.rotation > 0 ? "--rotation" : "--jitter") +
+                    " augments training images, but --strategy feature-extract computes their features once "
+                    "without augmentation; use --strategy fine-tune, or leave it out");
+}
+
+// The earlier run of --init-from, if any; its model and its head without the last layer become the
+// options' defaults.
+std::optional<LoadedRun> open_init_run(ImageTrainOptions& options) {
+  if (options.init_from.empty()) return std::nullopt;
+  LoadedRun previous = load_run(options.init_from);
+  if (!options.weights.empty()) throw Error("give --weights or --init-from, not both");
+  if (options.model.empty()) options.model = previous.spec.model;
+  if (options.model != previous.spec.model)
+    throw Error("--init-from " + options.init_from + " holds a " + previous.spec.model + ", not a " +
+                options.model);
+  if (options.head.empty() && !previous.spec.head.empty()) {
+    // The run's head without its last layer: resolve_head adds one for this data's classes.
+    HeadSpec head = HeadSpec::parse(previous.spec.head);
+    if (!head.layers.empty() && head.layers.back().kind == HeadLayerSpec::Kind::kDense)
+      head.layers.pop_back();
+    options.head = head.to_string();
+  }
+  return previous;
+}
+
+// The run's preprocessing: an earlier run's (it goes with its weights: size, mean/std, interpolation), else
+// the model's; --image-size overrides either.
+Preprocessing run_preprocessing(const ImageTrainOptions& options, const std::optional<LoadedRun>& previous,
+                                const BackboneImpl& model, std::ostream& log) {
+  Preprocessing pre = previous ? previous->spec.preprocessing : Preprocessing::from_cfg(model.default_cfg());
+  if (options.image_size > 0) pre.size = options.image_size;
+  if (previous && options.image_size <= 0)
+    log << "image size " << pre.size << " px from --init-from " << options.init_from
+        << " (--image-size overrides)\n";
+  return pre;
+}
+
+// The data as the run reads it: training images augmented (never for feature extraction, whose features
+// are computed once), validation images as predict sees them; none without validation.
+ImageData open_training_data(const ImageTrainOptions& options, const Preprocessing& pre, std::ostream& log) {
+  TransformConfig train_tf =
+      transform_for(pre, /*train=*/options.augment && options.strategy != "feature-extract");
+  train_tf.rotation_degrees = options.rotation;
+  train_tf.jitter = options.jitter;
+  ImageData data = open_image_data(options.data, train_tf, transform_for(pre, /*train=*/false),
+                                   options.val_split, options.train.seed, options.limit);
+  if (!options.validate) data.val = nullptr;
+  if (data.classes.size() < 2)
+    throw Error(options.data + ": one class ('" + data.classes.at(0) +
+                "'); classification needs two or more (a folder per class)");
+  log << "data: " << data.train->size() << " training, " << (data.val ? data.val->size() : 0)
+      << " validation images, " << data.classes.size() << " classes\n";
+  log_skipped(data.skipped, log);
+  return data;
+}
+
+// Every tensor of the earlier run that fits the model; the last classifier layer does not when the
+// classes differ, and stays new.
+void load_fitting_tensors(BackboneImpl& model, const LoadedRun& previous, const std::string& source,
+                          std::ostream& log) {
+  std::map<std::string, std::vector<int64_t>> shapes;
+  for (const auto& [name, tensor] : state_dict(model)) shapes[name] = tensor.sizes().vec();
+  NamedTensors fitting;
+  std::vector<std::string> fresh;
+  for (auto& [name, tensor] : state_dict(*previous.model)) {
+    auto it = shapes.find(name);
+    if (it != shapes.end() && it->second == tensor.sizes().vec())
+      fitting.emplace_back(name, tensor);
+    else
+      fresh.push_back(name);
+  }
+  LoadOptions load;
+  load.strict = false;
+  load.source_name = source;
+  const LoadReport report = load_state_dict(model, fitting, load);
+  log << "init from " << source << ": " << report.loaded.size() << " tensors"
+      << (fresh.empty() ? "" : "; new: " + std::to_string(fresh.size()) + " tensors of the last layer")
+      << "\n";
+}
+
+// Feature extraction's cache: the frozen backbone's pooled features of the training (and validation)
+// images, once, as batch sources for the head; and the seconds it took.
+std::tuple<std::unique_ptr<TensorBatchSource>, std::unique_ptr<TensorBatchSource>, double> cache_features(
+    BackboneImpl& model, DataLoader& train_once, DataLoader* val, int64_t batch_size, torch::Device device,
+    std::ostream& log) {
+  const auto start = std::chrono::steady_clock::now();
+  FeatureSet train_set = extract_features(model, train_once, device, log, "features (train)");
+  std::optional<FeatureSet> val_set;
+  if (val) val_set = extract_features(model, *val, device, log, "features (val)");
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  log << "feature cache: " << train_set.features.size(0) << " x " << train_set.features.size(1)
+      << " computed in " << format_duration(seconds) << " (" << seconds
+      << " s); epochs train the head only\n";
+  auto train = std::make_unique<TensorBatchSource>(train_set.features, train_set.labels, batch_size, true);
+  std::unique_ptr<TensorBatchSource> held_out;
+  if (val_set)
+    held_out = std::make_unique<TensorBatchSource>(val_set->features, val_set->labels, batch_size, false);
+  return {std::move(train), std::move(held_out), seconds};
 }
 
 }  // namespace
@@ -148,219 +278,31 @@ FeatureSet extract_features(BackboneImpl& model, DataLoader& loader, torch::Devi
   return set;
 }
 
-json to_json(const ImageTrainOptions& o) {
-  const TrainConfig& t = o.train;
-  json j;
-  j["model"] = o.model;
-  j["weights"] = o.weights;
-  j["init_from"] = o.init_from;
-  j["data"] = o.data;
-  j["out"] = o.out;
-  j["head"] = o.head;
-  j["strategy"] = o.strategy;
-  j["freeze"] = o.freeze;
-  j["stage1_epochs"] = o.stage1_epochs;
-  j["backbone_lr_mult"] = o.backbone_lr_mult;
-  j["bn_train_frozen"] = o.bn_train_frozen;
-  j["val_split"] = o.val_split;
-  j["validate"] = o.validate;
-  j["batch_size"] = o.batch_size;
-  j["image_size"] = o.image_size;
-  j["augment"] = o.augment;
-  j["rotation"] = o.rotation;
-  j["jitter"] = o.jitter;
-  j["workers"] = o.workers;
-  j["limit"] = o.limit;
-  j["epochs"] = t.epochs;
-  j["optimizer"] = t.optimizer.name;
-  j["lr"] = t.optimizer.lr;
-  j["momentum"] = t.optimizer.momentum;
-  j["weight_decay"] = t.optimizer.weight_decay ? json(*t.optimizer.weight_decay) : json(nullptr);
-  j["schedule"] = t.schedule.name;
-  j["warmup_steps"] = t.schedule.warmup_steps;
-  j["step_size"] = t.schedule.step_size;
-  j["gamma"] = t.schedule.gamma;
-  j["label_smoothing"] = t.label_smoothing;
-  j["class_weights"] = t.class_weights;
-  j["grad_clip"] = t.grad_clip;
-  j["seed"] = t.seed;
-  j["early_stopping"] = t.early_stopping.enabled;
-  j["monitor"] = t.early_stopping.monitor;
-  j["patience"] = t.early_stopping.patience;
-  j["min_delta"] = t.early_stopping.min_delta;
-  return j;
-}
-
-void apply_json(ImageTrainOptions& o, const json& config, const std::string& file) {
-  if (!config.is_object()) throw FormatError(file, "expected a JSON object of training options");
-  const json known = to_json(o);
-  for (const auto& item : config.items()) {
-    if (!known.contains(item.key())) {
-      std::string keys;
-      for (const auto& k : known.items()) keys += (keys.empty() ? "" : ", ") + k.key();
-      throw FormatError(file, "unknown option '" + item.key() + "'", "known options: " + keys);
-    }
-  }
-  auto get = [&](const char* key, auto& target) {
-    if (!config.contains(key)) return;
-    try {
-      config.at(key).get_to(target);
-    } catch (const json::exception&) {
-      throw FormatError(
-          file, std::string("option '") + key + "' has the wrong type (" + config.at(key).type_name() + ")");
-    }
-  };
-  TrainConfig& t = o.train;
-  get("model", o.model);
-  get("weights", o.weights);
-  get("init_from", o.init_from);
-  get("data", o.data);
-  get("out", o.out);
-  get("head", o.head);
-  get("strategy", o.strategy);
-  get("freeze", o.freeze);
-  get("stage1_epochs", o.stage1_epochs);
-  get("backbone_lr_mult", o.backbone_lr_mult);
-  get("bn_train_frozen", o.bn_train_frozen);
-  get("val_split", o.val_split);
-  get("validate", o.validate);
-  get("batch_size", o.batch_size);
-  get("image_size", o.image_size);
-  get("augment", o.augment);
-  get("rotation", o.rotation);
-  get("jitter", o.jitter);
-  get("workers", o.workers);
-  get("limit", o.limit);
-  get("epochs", t.epochs);
-  get("optimizer", t.optimizer.name);
-  get("lr", t.optimizer.lr);
-  get("momentum", t.optimizer.momentum);
-  if (config.contains("weight_decay") && !config["weight_decay"].is_null()) {
-    double wd = 0;
-    get("weight_decay", wd);
-    t.optimizer.weight_decay = wd;
-  }
-  get("schedule", t.schedule.name);
-  get("warmup_steps", t.schedule.warmup_steps);
-  get("step_size", t.schedule.step_size);
-  get("gamma", t.schedule.gamma);
-  get("label_smoothing", t.label_smoothing);
-  get("class_weights", t.class_weights);
-  get("grad_clip", t.grad_clip);
-  get("seed", t.seed);
-  get("early_stopping", t.early_stopping.enabled);
-  get("monitor", t.early_stopping.monitor);
-  get("patience", t.early_stopping.patience);
-  get("min_delta", t.early_stopping.min_delta);
-}
-
+// The recipe in the order a run takes it (about 90 lines, kept whole so the order reads top to bottom):
+// its own steps are the helpers above, the steps every task shares are in transfer/driver.h.
 ImageTrainResult train_image_classifier(const ImageTrainOptions& options_in, std::ostream& log) {
-  ImageTrainOptions options = options_in;  // --init-from fills model and head
-  if (options.strategy != "feature-extract" && options.strategy != "fine-tune" &&
-      options.strategy != "two-stage") {
-    throw SpecError("--strategy " + options.strategy + ": expected feature-extract, fine-tune or two-stage");
-  }
+  check_train_values(to_json(options_in), "image-classify", "");  // every option, before anything is read
+  ImageTrainOptions options = options_in;                         // --init-from fills model and head
   if (options.out.empty()) throw Error("--out: a run directory is required");
-  if (options.batch_size <= 0)
-    throw Error("--batch-size must be positive, got " + std::to_string(options.batch_size));
   const bool feature_extract = options.strategy == "feature-extract";
   const bool two_stage = options.strategy == "two-stage";
-  // What feature extraction cannot honour is refused by name, not dropped: the whole backbone is frozen and
-  // its features are computed once from unaugmented images.
-  if (feature_extract && !options.freeze.empty())
-    throw SpecError("--freeze " + options.freeze +
-                    " does not apply to --strategy feature-extract, which freezes the whole backbone; use "
-                    "--strategy fine-tune (or two-stage) to choose what trains");
-  if (feature_extract && (options.rotation > 0 || options.jitter > 0))
-    throw SpecError(std::string(options.rotation > 0 ? "--rotation" : "--jitter") +
-                    " augments training images, but --strategy feature-extract computes their features once "
-                    "without augmentation; use --strategy fine-tune, or leave it out");
-
-  log << "graft train: resolved configuration\n" << to_json(options).dump(2) << "\n";
+  check_strategy_options(options);
+  log_resolved(to_json(options), log);
 
   // Initialisation of the model and the head draws from torch's generator: seed it first so that a run
   // repeats exactly.
   torch::manual_seed(options.train.seed);
-  std::optional<LoadedRun> previous;
-  if (!options_in.init_from.empty()) {
-    previous = load_run(options_in.init_from);
-    if (!options.weights.empty()) throw Error("give --weights or --init-from, not both");
-    if (options.model.empty()) options.model = previous->spec.model;
-    if (options.model != previous->spec.model)
-      throw Error("--init-from " + options_in.init_from + " holds a " + previous->spec.model + ", not a " +
-                  options.model);
-    if (options.head.empty() && !previous->spec.head.empty()) {
-      // The run's head without its last layer: resolve_head adds one for this data's classes.
-      HeadSpec head = HeadSpec::parse(previous->spec.head);
-      if (!head.layers.empty() && head.layers.back().kind == HeadLayerSpec::Kind::kDense)
-        head.layers.pop_back();
-      options.head = head.to_string();
-    }
-  }
+  const std::optional<LoadedRun> previous = open_init_run(options);
   // Model first (for its preprocessing), then data (for the class count), then the head.
   Backbone model = create_model(options.model);
-  // An earlier run's preprocessing goes with its weights (size, mean/std, interpolation) unless overridden.
-  Preprocessing pre = previous ? previous->spec.preprocessing : Preprocessing::from_cfg(model->default_cfg());
-  if (options.image_size > 0) pre.size = options.image_size;
-  if (previous && options.image_size <= 0)
-    log << "image size " << pre.size << " px from --init-from " << options_in.init_from
-        << " (--image-size overrides)\n";
-  TransformConfig train_tf = transform_for(pre, /*train=*/options.augment && !feature_extract);
-  train_tf.rotation_degrees = options.rotation;
-  train_tf.jitter = options.jitter;
-  const TransformConfig eval_tf = transform_for(pre, /*train=*/false);
-  ImageData data =
-      open_image_data(options.data, train_tf, eval_tf, options.val_split, options.train.seed, options.limit);
-  if (!options.validate) data.val = nullptr;
+  const Preprocessing pre = run_preprocessing(options, previous, *model, log);
+  const ImageData data = open_training_data(options, pre, log);
   const int64_t classes = static_cast<int64_t>(data.classes.size());
-  log << "data: " << data.train->size() << " training, " << (data.val ? data.val->size() : 0)
-      << " validation images, " << classes << " classes\n";
-  for (size_t i = 0; i < data.skipped.size() && i < 10; ++i)
-    log << "graft: warning: " << data.skipped[i] << "\n";
-  if (data.skipped.size() > 10)
-    log << "graft: warning: ... and " << data.skipped.size() - 10 << " more skipped\n";
 
-  if (previous) {
-    // Set below, once the head exists.
-  } else if (!options.weights.empty()) {
-    WeightsOptions w;
-    w.skip_classifier = true;  // the head is replaced
-    LoadReport report = load_weights(*model, options.weights, w);
-    log << "weights: " << report.loaded.size() << " tensors from " << options.weights << "\n";
-  } else if (!ModelName::parse(options.model).tag.empty() && !model->default_cfg().cache_file.empty()) {
-    WeightsOptions w;
-    w.skip_classifier = true;
-    LoadReport report = load_pretrained(*model, w);
-    log << "weights: " << report.loaded.size() << " tensors from " << pretrained_file(model->default_cfg())
-        << "\n";
-  } else {
-    log << "graft: warning: no --weights: " << options.model
-        << " starts from random initialisation (pretrained source: " << model->default_cfg().source << ")\n";
-  }
+  if (!previous) load_start_weights(*model, options.model, options.weights, log);  // an earlier run's: below
   const std::string head = resolve_head(options.head, classes);
   model->set_head(HeadSpec::parse(head), {pre.size, pre.size});
-  if (previous) {
-    // Every tensor of the earlier run that fits; the last classifier layer when the classes differ does not.
-    NamedTensors fitting;
-    const NamedTensors current = state_dict(*model);
-    std::map<std::string, std::vector<int64_t>> shapes;
-    for (const auto& [name, tensor] : current) shapes[name] = tensor.sizes().vec();
-    std::vector<std::string> fresh;
-    for (auto& [name, tensor] : state_dict(*previous->model)) {
-      auto it = shapes.find(name);
-      if (it != shapes.end() && it->second == tensor.sizes().vec())
-        fitting.emplace_back(name, tensor);
-      else
-        fresh.push_back(name);
-    }
-    LoadOptions load;
-    load.strict = false;
-    load.source_name = options_in.init_from;
-    const LoadReport report = load_state_dict(*model, fitting, load);
-    log << "init from " << options_in.init_from << ": " << report.loaded.size() << " tensors"
-        << (fresh.empty() ? "" : "; new: " + std::to_string(fresh.size()) + " tensors of the last layer")
-        << "\n";
-  }
+  if (previous) load_fitting_tensors(*model, *previous, options.init_from, log);
   model->set_frozen_bn_trains(options.bn_train_frozen);
   const std::string stage2_freeze = options.freeze.empty() ? "none" : options.freeze;
   apply_freeze(*model, feature_extract || two_stage ? "all" : stage2_freeze);
@@ -373,104 +315,74 @@ ImageTrainResult train_image_classifier(const ImageTrainOptions& options_in, std
   spec.preprocessing = pre;
   spec.data = options.data;
 
-  TrainConfig config = options.train;
-  config.out_dir = options.out;
-  config.class_names = data.classes;
-  config.log = &log;
+  TrainConfig config = run_train_config(options.train, options.out, data.classes, "img", log);
   fs::create_directories(options.out);
 
   LoaderOptions loader_options;
   loader_options.batch_size = options.batch_size;
   loader_options.workers = options.workers;
   loader_options.seed = config.seed;
-  auto train_loader = std::make_unique<DataLoader>(data.train, loader_options);
+  DataLoader train_loader(data.train, loader_options);
   LoaderOptions eval_options = loader_options;
   eval_options.shuffle = false;
   std::unique_ptr<DataLoader> val_loader;
   if (data.val) val_loader = std::make_unique<DataLoader>(data.val, eval_options);
+  LoaderBatchSource train_images(train_loader);
+  std::unique_ptr<LoaderBatchSource> val_images;
+  if (val_loader) val_images = std::make_unique<LoaderBatchSource>(*val_loader);
 
   ImageTrainResult result;
-  const bool cache = feature_extract;  // feature-extract never augments: features are computed once
-  if (cache) {
-    // Epoch 1 pays for the backbone once; every epoch after trains the head on cached features.
-    auto start = std::chrono::steady_clock::now();
+  FitPlan plan;
+  plan.model = model;
+  plan.model_forward = [model](const torch::Tensor& x) { return model->forward(x); };
+  plan.model_val = val_images.get();
+  std::unique_ptr<TensorBatchSource> train_features, val_features;
+  if (feature_extract) {
+    // Feature extraction never augments: the backbone runs once, and epochs train the head on the cache.
     DataLoader train_once(data.train, eval_options);
-    FeatureSet train_features = extract_features(*model, train_once, config.device, log, "features (train)");
-    std::optional<FeatureSet> val_features;
-    if (val_loader)
-      val_features = extract_features(*model, *val_loader, config.device, log, "features (val)");
-    result.feature_cache_seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    log << "feature cache: " << train_features.features.size(0) << " x " << train_features.features.size(1)
-        << " computed in " << format_duration(result.feature_cache_seconds) << " ("
-        << result.feature_cache_seconds << " s); epochs train the head only\n";
-
+    std::tie(train_features, val_features, result.feature_cache_seconds) =
+        cache_features(*model, train_once, val_loader.get(), options.batch_size, config.device, log);
     std::shared_ptr<HeadImpl> head_module = model->custom_head();
-    TensorBatchSource train_source(train_features.features, train_features.labels, options.batch_size, true);
-    std::unique_ptr<TensorBatchSource> val_source;
-    if (val_features) {
-      val_source = std::make_unique<TensorBatchSource>(val_features->features, val_features->labels,
-                                                       options.batch_size, false);
-    }
     config.sample_unit = "feat";
-    Trainer trainer(
-        head_module, [head_module](const torch::Tensor& x) { return head_module->forward_pooled(x); },
-        config);
-    result.history = trainer.fit(train_source, val_source.get());
-    trainer.restore_best();
+    plan.trained = head_module;
+    plan.trained_forward = [head_module](const torch::Tensor& x) { return head_module->forward_pooled(x); };
+    plan.train = train_features.get();
+    plan.val = val_features.get();
+    plan.model_sample_unit = "img";
   } else {
     config.param_groups = backbone_and_head_groups(*model, two_stage ? 1.0 : options.backbone_lr_mult);
-    const int64_t stage1 =
-        options.stage1_epochs > 0 ? options.stage1_epochs : std::max<int64_t>(1, config.epochs / 2);
-    if (two_stage) {
-      const double mult = options.backbone_lr_mult;
-      const bool bn_policy = options.bn_train_frozen;
-      config.on_epoch_end.push_back(
-          [model, stage1, stage2_freeze, mult, bn_policy](Trainer& trainer, EpochResult& r) {
-            if (r.epoch != stage1) return;
-            // Keras' recipe: after the head has settled, unfreeze the top and continue at a lower rate.
-            model->set_frozen_bn_trains(bn_policy);
-            FreezeReport report = apply_freeze(*model, stage2_freeze);
-            trainer.set_param_groups(backbone_and_head_groups(*model, mult));
-            std::ostream& out = trainer.config().log ? *trainer.config().log : std::cerr;
-            out << "two-stage: stage 2 from epoch " << stage1 + 1 << ": freeze '" << stage2_freeze << "' ("
-                << report.frozen_layers.size() << " layers stay frozen), backbone lr x" << mult << "\n";
-          });
-    }
-    Trainer trainer(
-        model, [model](const torch::Tensor& x) { return model->forward(x); }, config);
-    LoaderBatchSource train_source(*train_loader);
-    std::unique_ptr<LoaderBatchSource> val_source;
-    if (val_loader) val_source = std::make_unique<LoaderBatchSource>(*val_loader);
-    result.history = trainer.fit(train_source, val_source.get());
-    trainer.restore_best();
+    if (two_stage) config.on_epoch_end.push_back(two_stage_switch(model, options, stage2_freeze));
+    plan.trained = model;
+    plan.trained_forward = plan.model_forward;
+    plan.train = &train_images;
+    plan.val = val_images.get();
   }
-  result.skipped_files = train_loader->skipped_files() + (val_loader ? val_loader->skipped_files() : 0);
-
-  // The saved model is checked the way predict will use it: full forward on the validation images.
-  model->to(torch::kCPU);
-  model->eval();
-  if (val_loader) {
-    Trainer evaluator(
-        model, [model](const torch::Tensor& x) { return model->forward(x); },
-        [&] {
-          TrainConfig c;
-          c.device = config.device;
-          c.progress = config.progress;
-          c.log = &log;
-          return c;
-        }());
-    LoaderBatchSource source(*val_loader);
-    result.val_metrics = evaluator.evaluate(source, "val");
-    write_val_report(options.out, *result.val_metrics, data.classes, log);
-  }
-  model->to(torch::kCPU);
+  FitOutcome outcome = fit_and_check(plan, config, log);
+  result.history = std::move(outcome.history);
+  result.val_metrics = std::move(outcome.val_metrics);
+  result.skipped_files = train_loader.skipped_files() + (val_loader ? val_loader->skipped_files() : 0);
   save_run(options.out, *model, spec, to_json(options));
   if (result.skipped_files) log << "skipped " << result.skipped_files << " unreadable file(s)\n";
-  log << "run directory: " << options.out
-      << " (model.safetensors, graft.json, metrics.csv, training_curves.svg"
-      << (val_loader ? ", confusion_matrix.svg, val_report.txt" : "") << ")\n";
+  log_run_directory(options.out, "model.safetensors, graft.json", val_loader != nullptr, true, log);
   return result;
+}
+
+Metrics evaluate_images(LoadedRun& run, const std::string& data, int64_t batch_size, size_t limit,
+                        torch::Device device, std::ostream& log) {
+  if (batch_size <= 0) throw Error("--batch-size must be positive, got " + std::to_string(batch_size));
+  LoaderOptions options;
+  options.batch_size = batch_size;
+  options.shuffle = false;
+  DataLoader loader(
+      open_eval_data(data, run.spec.classes, transform_for(run.spec.preprocessing, false), limit), options);
+  LoaderBatchSource source(loader);
+  TrainConfig config;
+  config.device = device;
+  config.log = &log;
+  Backbone model = run.model;
+  Trainer evaluator(
+      model, [model](const torch::Tensor& x) { return model->forward(x); }, config);
+  return evaluator.evaluate(source, "eval");
 }
 
 std::vector<Prediction> predict_images(LoadedRun& run, const std::vector<std::string>& paths, int64_t top_k,

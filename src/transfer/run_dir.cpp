@@ -7,6 +7,7 @@
 #include "graft/errors.h"
 #include "graft/registry.h"
 #include "graft/run.h"
+#include "graft/run_document.h"
 #include "graft/trainer.h"
 #include "graft/transfer.h"
 #include "graft/weights.h"
@@ -27,23 +28,29 @@ Preprocessing Preprocessing::from_cfg(const PretrainedCfg& cfg) {
   return p;
 }
 
-void save_run(const std::string& dir, BackboneImpl& model, const RunSpec& spec, const json& training) {
-  fs::create_directories(dir);
+json new_run_document(const std::string& task, const std::vector<std::string>& classes,
+                      const std::string& freeze, const std::string& data, const json& training) {
   json doc;
   doc["format"] = "graft-run";
-  doc["format_version"] = 1;
+  doc["format_version"] = kRunFormatVersion;
   doc["graft_version"] = GRAFT_VERSION;
   doc["libtorch_version"] = TORCH_VERSION;
-  doc["task"] = spec.task;
+  doc["task"] = task;
+  doc["classes"] = classes;
+  doc["freeze"] = freeze;
+  doc["data"] = data;
+  doc["training"] = training;
+  return doc;
+}
+
+void save_run(const std::string& dir, BackboneImpl& model, const RunSpec& spec, const json& training) {
+  fs::create_directories(dir);
+  json doc = new_run_document(spec.task, spec.classes, spec.freeze, spec.data, training);
   doc["model"] = spec.model;
   doc["arch"] = model.arch();
   doc["head"] = spec.head;
-  doc["freeze"] = spec.freeze;
-  doc["classes"] = spec.classes;
   doc["num_classes"] = spec.classes.size();
   doc["preprocessing"] = preprocessing_json(spec.preprocessing);
-  doc["data"] = spec.data;
-  doc["training"] = training;
   write_run_files(dir, state_dict(model),
                   {{"format", "pt"}, {"producer", "graft " GRAFT_VERSION}, {"arch", model.arch()}},
                   std::move(doc));

@@ -19,10 +19,14 @@
 #include "graft/errors.h"
 #include "graft/files.h"
 #include "graft/json_file.h"
+#include "graft/run.h"
+#include "graft/run_document.h"
 #include "graft/strings.h"
+#include "graft/train_options.h"
 #include "graft/transfer.h"
 #include "graft/transformers.h"
 #include "graft/weights.h"
+#include "transfer/driver.h"
 
 namespace graft {
 namespace {
@@ -46,7 +50,6 @@ const std::vector<std::pair<std::string, std::string>> kTokenizerFiles = {
 
 // Tokens per example or block: far above any position table graft loads (GPT-2 has 1024, BERT 512), and
 // low enough that a wrong value is refused before a long text is encoded to it.
-constexpr int64_t kMaxSequenceLength = 65536;
 
 const char* model_class(const std::string& task) {
   if (task == "text-classify") return "BertForSequenceClassification";
@@ -354,22 +357,74 @@ NamedTensors hf_state_dict(torch::nn::Module& module) {
   return tensors;
 }
 
-json columns_json(const TextColumns& c) {
-  return {{"format", c.format},
-          {"text", c.text},
-          {"text_pair", c.text_pair},
-          {"label", c.label},
-          {"header", c.header}};
+// Encoded examples (or blocks) for training and validation, and the class names (text-classify).
+struct TextData {
+  std::vector<std::string> classes;
+  ClassifyTensors train, val;
+};
+
+// text-classify: labelled examples, encoded to max_length; validation from --val-data or split off.
+TextData classify_data(const TextTrainOptions& o, const Tokenizer& tokenizer, std::ostream& log) {
+  TextData data;
+  const std::vector<TextExample> examples = read_text_examples(o.data, o.columns);
+  std::vector<TextExample> val_examples;
+  if (!o.val_data.empty()) val_examples = read_text_examples(o.val_data, o.columns);
+  data.classes = label_classes(examples);
+  if (data.classes.size() < 2)
+    throw Error(o.data + ": every example has the label '" + data.classes[0] +
+                "'; classification needs two or more");
+  data.train = encode_examples(tokenizer, examples, data.classes, o.max_length);
+  if (!val_examples.empty()) {
+    data.val = encode_examples(tokenizer, val_examples, data.classes, o.max_length);
+  } else if (o.validate && o.val_split > 0) {
+    std::tie(data.train, data.val) = split_rows(data.train, o.val_split, true, o.train.seed);
+  }
+  log << "data: " << examples.size() << " examples, " << data.classes.size() << " classes";
+  return data;
 }
 
-TextColumns columns_from(const json& j) {
-  TextColumns c;
-  c.format = j.value("format", c.format);
-  c.text = j.value("text", c.text);
-  c.text_pair = j.value("text_pair", c.text_pair);
-  c.label = j.value("label", c.label);
-  c.header = j.value("header", c.header);
-  return c;
+// causal-lm: text packed into blocks of block_size tokens (or one example per line); validation from
+// --val-data or split off.
+TextData lm_data(const TextTrainOptions& o, const Tokenizer& tokenizer, std::ostream& log) {
+  TextData data;
+  const std::vector<std::string> docs =
+      read_lm_documents(o.data, o.line_by_line, o.columns.text, o.columns.format);
+  data.train = lm_tensors(tokenizer, docs, o.block_size, o.line_by_line, o.data);
+  if (!o.val_data.empty()) {
+    const auto val_docs = read_lm_documents(o.val_data, o.line_by_line, o.columns.text, o.columns.format);
+    data.val = lm_tensors(tokenizer, val_docs, o.block_size, o.line_by_line, o.val_data);
+  } else if (o.validate && o.val_split > 0) {
+    if (data.train.inputs.size(0) < 2)
+      throw Error(o.data + ": one block of text cannot be split into training and validation data");
+    std::tie(data.train, data.val) = split_rows(data.train, o.val_split, o.line_by_line, o.train.seed);
+  }
+  log << "data: " << docs.size() << (o.line_by_line ? " lines" : " document(s)") << ", "
+      << (o.line_by_line ? "examples" : "blocks of " + std::to_string(o.block_size) + " tokens");
+  return data;
+}
+
+// The model a text run starts from: pretrained weights (a Hugging Face folder or a run), or a config.json
+// trained from scratch (said as a warning); a new head of num_labels outputs when it differs.
+HfModel start_model(const TextTrainOptions& o, const std::string& architecture, int64_t num_labels,
+                    std::ostream& log) {
+  HfLoadOptions load;
+  load.architecture = architecture;
+  load.num_labels = num_labels;
+  if (!o.weights.empty()) {
+    HfModel hf = load_hf_model(o.weights, load);
+    log << "weights: " << hf.weights_path << " (" << hf.report.loaded.size() << " tensors loaded";
+    if (!hf.report.skipped.empty()) log << ", " << hf.report.skipped.size() << " of another head skipped";
+    log << ")\n";
+    return hf;
+  }
+  if (o.model_config.empty())
+    throw Error(
+        "give --weights (a Hugging Face folder or run directory) or --model-config (config.json of a new "
+        "model)");
+  HfModel hf = build_hf_model(o.model_config, load);
+  log << "warning: no --weights: " << architecture << " from " << o.model_config
+      << " starts from random weights (training from scratch)\n";
+  return hf;
 }
 
 }  // namespace
@@ -383,58 +438,23 @@ TextTrainOptions::TextTrainOptions() {
   train.sample_unit = "seq";
 }
 
-json to_json(const TextTrainOptions& o) {
-  json j;
-  j["task"] = o.task;
-  j["model"] = o.model;
-  j["weights"] = o.weights;
-  j["model_config"] = o.model_config;
-  j["tokenizer"] = o.tokenizer;
-  j["data"] = o.data;
-  j["val_data"] = o.val_data;
-  j["out"] = o.out;
-  j["columns"] = columns_json(o.columns);
-  j["val_split"] = o.val_split;
-  j["validate"] = o.validate;
-  if (o.task == "text-classify") {
-    j["max_length"] = o.max_length;
-  } else {
-    j["block_size"] = o.block_size;
-    j["line_by_line"] = o.line_by_line;
+// The recipe in the order a run takes it (about 90 lines, kept whole so the order reads top to bottom):
+// its own steps are the helpers above, the steps every task shares are in transfer/driver.h.
+TextTrainResult train_text_model(const TextTrainOptions& input, std::ostream& log) {
+  // Every option is checked before any file is read (lengths included: the model's own position count is
+  // checked once it is loaded).
+  check_train_values(to_json(input), input.task, "");
+  TextTrainOptions o = input;
+  if (!o.init_from.empty()) {
+    // A text run directory is a Hugging Face folder: starting from it is loading its weights.
+    if (!o.weights.empty()) throw Error("give --weights or --init-from, not both");
+    o.weights = o.init_from;
   }
-  j["freeze"] = o.freeze;
-  j["warmup_ratio"] = o.warmup_ratio;
-  j["batch_size"] = o.batch_size;
-  j["epochs"] = o.train.epochs;
-  j["optimizer"] = o.train.optimizer.name;
-  j["lr"] = o.train.optimizer.lr;
-  j["weight_decay"] = o.train.optimizer.weight_decay.value_or(-1.0);
-  j["schedule"] = o.train.schedule.name;
-  j["warmup_steps"] = o.train.schedule.warmup_steps;
-  j["step_size"] = o.train.schedule.step_size;
-  j["gamma"] = o.train.schedule.gamma;
-  j["grad_clip"] = o.train.grad_clip;
-  j["seed"] = o.train.seed;
-  j["device"] = o.train.device.str();
-  return j;
-}
-
-TextTrainResult train_text_model(const TextTrainOptions& o, std::ostream& log) {
   const std::string architecture = model_class(o.task);
   check_model_name(o.model, o.task);
   if (o.data.empty()) throw Error("--data is required");
   if (o.out.empty()) throw Error("--out is required");
-  if (o.batch_size <= 0) throw Error("--batch-size must be > 0, got " + std::to_string(o.batch_size));
-  if (!(o.val_split >= 0 && o.val_split < 1)) throw Error("--val-split must lie in [0, 1)");
-  if (!(o.warmup_ratio >= 0 && o.warmup_ratio <= 1)) throw Error("--warmup-ratio must lie in [0, 1]");
-  // Checked before any text is read or encoded (the model's own position count is checked once it is loaded).
-  if (o.task == "causal-lm" && (o.block_size < 2 || o.block_size > kMaxSequenceLength))
-    throw Error("--block-size must lie in 2.." + std::to_string(kMaxSequenceLength) +
-                " (a token and the next one to predict, at least), got " + std::to_string(o.block_size));
-  if (o.task == "text-classify" && (o.max_length < 2 || o.max_length > kMaxSequenceLength))
-    throw Error("--max-length must lie in 2.." + std::to_string(kMaxSequenceLength) +
-                " ([CLS] and [SEP], at least), got " + std::to_string(o.max_length));
-  log << "graft train " << to_json(o).dump() << "\n";
+  log_resolved(to_json(o), log);
 
   // Tokenizer first: it is cheap and its errors are the commonest.
   const std::string tokenizer_path = tokenizer_location(o);
@@ -443,66 +463,17 @@ TextTrainResult train_text_model(const TextTrainOptions& o, std::ostream& log) {
   std::shared_ptr<Tokenizer> tokenizer = load_tokenizer(tokenizer_path);
   const bool classify = o.task == "text-classify";
 
-  // Data.
-  std::vector<std::string> classes;
-  ClassifyTensors train_set, val_set;
-  if (classify) {
-    std::vector<TextExample> examples = read_text_examples(o.data, o.columns);
-    std::vector<TextExample> val_examples;
-    if (!o.val_data.empty()) val_examples = read_text_examples(o.val_data, o.columns);
-    classes = label_classes(examples);
-    if (classes.size() < 2)
-      throw Error(o.data + ": every example has the label '" + classes[0] +
-                  "'; classification needs two or more");
-    train_set = encode_examples(*tokenizer, examples, classes, o.max_length);
-    if (!val_examples.empty()) {
-      val_set = encode_examples(*tokenizer, val_examples, classes, o.max_length);
-    } else if (o.validate && o.val_split > 0) {
-      std::tie(train_set, val_set) = split_rows(train_set, o.val_split, true, o.train.seed);
-    }
-    log << "data: " << examples.size() << " examples, " << classes.size() << " classes";
-  } else {
-    const std::vector<std::string> docs =
-        read_lm_documents(o.data, o.line_by_line, o.columns.text, o.columns.format);
-    train_set = lm_tensors(*tokenizer, docs, o.block_size, o.line_by_line, o.data);
-    if (!o.val_data.empty()) {
-      const auto val_docs = read_lm_documents(o.val_data, o.line_by_line, o.columns.text, o.columns.format);
-      val_set = lm_tensors(*tokenizer, val_docs, o.block_size, o.line_by_line, o.val_data);
-    } else if (o.validate && o.val_split > 0) {
-      if (train_set.inputs.size(0) < 2)
-        throw Error(o.data + ": one block of text cannot be split into training and validation data");
-      std::tie(train_set, val_set) = split_rows(train_set, o.val_split, o.line_by_line, o.train.seed);
-    }
-    log << "data: " << docs.size() << (o.line_by_line ? " lines" : " document(s)") << ", "
-        << (o.line_by_line ? "examples" : "blocks of " + std::to_string(o.block_size) + " tokens");
-  }
+  TextData data = classify ? classify_data(o, *tokenizer, log) : lm_data(o, *tokenizer, log);
+  std::vector<std::string>& classes = data.classes;
+  ClassifyTensors &train_set = data.train, &val_set = data.val;
   if (!o.validate) val_set = {};
   log << ": " << train_set.inputs.size(0) << " train, "
       << (val_set.inputs.defined() ? val_set.inputs.size(0) : 0) << " val\n";
 
   // Model; a new head or a model from scratch is initialised from the run's seed, so runs repeat.
   torch::manual_seed(o.train.seed);
-  HfLoadOptions load;
-  load.architecture = architecture;
-  load.num_labels = classify ? static_cast<int64_t>(classes.size()) : -1;
-  HfModel hf;
-  std::string source_config;
-  if (!o.weights.empty()) {
-    hf = load_hf_model(o.weights, load);
-    source_config = hf.config_path;
-    log << "weights: " << hf.weights_path << " (" << hf.report.loaded.size() << " tensors loaded";
-    if (!hf.report.skipped.empty()) log << ", " << hf.report.skipped.size() << " of another head skipped";
-    log << ")\n";
-  } else if (!o.model_config.empty()) {
-    hf = build_hf_model(o.model_config, load);
-    source_config = o.model_config;
-    log << "warning: no --weights: " << architecture << " from " << o.model_config
-        << " starts from random weights (training from scratch)\n";
-  } else {
-    throw Error(
-        "give --weights (a Hugging Face folder or run directory) or --model-config (config.json of a new "
-        "model)");
-  }
+  HfModel hf = start_model(o, architecture, classify ? static_cast<int64_t>(classes.size()) : -1, log);
+  const std::string source_config = o.weights.empty() ? o.model_config : hf.config_path;
   std::shared_ptr<torch::nn::Module> module = hf.module;
   const int64_t vocab = embedding_rows(*module);
   check_ids(train_set.inputs, vocab, *tokenizer);
@@ -519,12 +490,8 @@ TextTrainResult train_text_model(const TextTrainOptions& o, std::ostream& log) {
         << report.trainable_parameters << " trainable\n";
   }
 
-  TrainConfig config = o.train;
-  config.out_dir = o.out;
-  config.log = &log;
+  TrainConfig config = run_train_config(o.train, o.out, classes, "seq", log);
   config.objective = classify ? "classify" : "causal-lm";
-  config.sample_unit = "seq";
-  config.class_names = classes;
   config.param_groups = decay_groups(*module);
   TokenBatchSource train_source(train_set.inputs, train_set.labels, o.batch_size, true);
   std::unique_ptr<TokenBatchSource> val_source;
@@ -538,72 +505,41 @@ TextTrainResult train_text_model(const TextTrainOptions& o, std::ostream& log) {
   TextTrainResult result;
   result.train_examples = train_set.inputs.size(0);
   result.val_examples = val_source ? val_set.inputs.size(0) : 0;
-  Trainer trainer(module, forward_of(module, o.task), config);
-  result.history = trainer.fit(train_source, val_source.get());
-  trainer.restore_best();
-  module->to(torch::kCPU);
-  module->eval();
-
-  if (val_source) {
-    TrainConfig eval_config;
-    eval_config.device = config.device;
-    eval_config.progress = config.progress;
-    eval_config.log = &log;
-    eval_config.objective = config.objective;
-    eval_config.sample_unit = "seq";
-    Trainer evaluator(module, forward_of(module, o.task), eval_config);
-    result.val_metrics = evaluator.evaluate(*val_source, "val");
-    module->to(torch::kCPU);
-    write_val_report(o.out, *result.val_metrics, classes, log);
-  }
+  FitPlan plan;
+  plan.trained = plan.model = module;
+  plan.trained_forward = plan.model_forward = forward_of(module, o.task);
+  plan.train = &train_source;
+  plan.val = val_source.get();
+  FitOutcome outcome = fit_and_check(plan, config, log);
+  result.history = std::move(outcome.history);
+  result.val_metrics = std::move(outcome.val_metrics);
 
   // The run directory: a Hugging Face folder plus graft.json (written last: it names complete files).
-  write_safetensors((fs::path(o.out) / "model.safetensors").string(), hf_state_dict(*module),
-                    {{"format", "pt"}, {"producer", "graft " GRAFT_VERSION}});
   write_file_atomic((fs::path(o.out) / "config.json").string(),
                     run_config(source_config, architecture, classes).dump(2) + "\n");
-  const std::vector<std::string> tokenizer_files = save_tokenizer_files(tokenizer_path, *tokenizer, o.out);
-  json doc;
-  doc["format"] = "graft-run";
-  doc["format_version"] = 1;
-  doc["graft_version"] = GRAFT_VERSION;
-  doc["libtorch_version"] = TORCH_VERSION;
-  doc["task"] = o.task;
+  json doc = new_run_document(o.task, classes, o.freeze, o.data, to_json(o));
   doc["model_type"] = hf.model_type;
   doc["architecture"] = architecture;
-  doc["classes"] = classes;
   doc["max_length"] = o.max_length;
   doc["block_size"] = o.block_size;
   doc["line_by_line"] = o.line_by_line;
   doc["columns"] = columns_json(o.columns);
-  doc["freeze"] = o.freeze;
-  doc["data"] = o.data;
-  doc["weights"] = "model.safetensors";
   doc["config"] = "config.json";
-  doc["tokenizer"] = tokenizer_files;
-  doc["training"] = to_json(o);
+  doc["tokenizer"] = save_tokenizer_files(tokenizer_path, *tokenizer, o.out);
   if (result.val_metrics) {
     doc["val"] = {{"loss", result.val_metrics->loss}, {"accuracy", result.val_metrics->accuracy}};
     if (!classify) doc["val"]["perplexity"] = result.val_metrics->perplexity();
   }
-  write_file_atomic((fs::path(o.out) / "graft.json").string(), doc.dump(2) + "\n");
-  log << "run directory: " << o.out
-      << " (Hugging Face files config.json, model.safetensors, tokenizer; graft.json, "
-      << "metrics.csv, training_curves.svg" << (classify && val_source ? ", confusion_matrix.svg" : "")
-      << ")\n";
+  write_run_files(o.out, hf_state_dict(*module), {{"format", "pt"}, {"producer", "graft " GRAFT_VERSION}},
+                  std::move(doc));
+  log_run_directory(o.out, "Hugging Face files config.json, model.safetensors, tokenizer; graft.json",
+                    val_source != nullptr, classify, log);
   return result;
 }
 
 bool is_text_run(const std::string& dir) {
-  const fs::path file = fs::path(dir) / "graft.json";
-  if (!fs::is_regular_file(file)) return false;
-  try {
-    const json doc = read_json_file(file.string());
-    const std::string task = doc.value("task", "");
-    return task == "text-classify" || task == "causal-lm";
-  } catch (const Error&) {
-    return false;
-  }
+  const std::string task = run_task(dir);
+  return task == "text-classify" || task == "causal-lm";
 }
 
 TextRun load_text_run(const std::string& dir) {
@@ -612,17 +548,17 @@ TextRun load_text_run(const std::string& dir) {
   if (!fs::is_directory(dir))
     throw Error(dir + ": not a folder (expected a text run directory or Hugging Face folder)");
   const fs::path graft_json = fs::path(dir) / "graft.json";
-  json doc;
+  std::optional<RunDocument> doc;  // none in a Hugging Face folder
   if (fs::is_regular_file(graft_json)) {
-    doc = read_json_file(graft_json.string());
-    if (!doc.is_object()) throw FormatError(graft_json.string(), "expected a JSON object");
-    run.task = doc.value("task", "");
+    doc = read_run_document(graft_json.string());
+    run.task = doc->task;
     if (run.task != "text-classify" && run.task != "causal-lm") {
       throw FormatError(graft_json.string(), "task '" + run.task + "' is not a text task",
                         "expected text-classify or causal-lm");
     }
   }
   HfModel hf = load_hf_model(dir);
+  if (doc) check_run_weights(doc->file, doc->weights_save_id, hf.weights_path);
   if (run.task.empty()) {
     if (hf.architecture == "BertForSequenceClassification")
       run.task = "text-classify";
@@ -639,22 +575,11 @@ TextRun load_text_run(const std::string& dir) {
   run.module = hf.module;
   run.module->eval();
   run.tokenizer = load_tokenizer(dir);
-  // Sequence lengths as train checked them: a 0 block size divided by zero in eval.
-  const auto length_field = [&](const char* key) {
-    const json value = doc.value(key, json(128));
-    if (!value.is_number_integer() || value.get<int64_t>() < 2 || value.get<int64_t>() > kMaxSequenceLength)
-      throw FormatError(graft_json.string(), std::string("field '") + key + "' is " + json_excerpt(value),
-                        "expected an integer in 2.." + std::to_string(kMaxSequenceLength));
-    return value.get<int64_t>();
-  };
-  run.max_length = length_field("max_length");
-  run.block_size = length_field("block_size");
-  const json line_by_line = doc.value("line_by_line", json(false));
-  if (!line_by_line.is_boolean())
-    throw FormatError(graft_json.string(), "field 'line_by_line' is " + json_excerpt(line_by_line),
-                      "expected true or false");
-  run.line_by_line = line_by_line.get<bool>();
-  if (doc.contains("columns") && doc["columns"].is_object()) run.columns = columns_from(doc["columns"]);
+  const TextRunSpec spec = doc ? read_text_run_spec(*doc) : TextRunSpec{};
+  run.max_length = spec.max_length;
+  run.block_size = spec.block_size;
+  run.line_by_line = spec.line_by_line;
+  run.columns = spec.columns;
   if (run.task == "text-classify") {
     auto model = std::dynamic_pointer_cast<BertForSequenceClassificationImpl>(run.module);
     run.classes = model->config().id2label;

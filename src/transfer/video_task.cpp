@@ -15,12 +15,15 @@
 #include "graft/progress.h"
 #include "graft/registry.h"
 #include "graft/run.h"
+#include "graft/run_document.h"
 #include "graft/strings.h"
+#include "graft/train_options.h"
 #include "graft/transfer.h"
 #include "graft/transformers.h"
 #include "graft/video_model.h"
 #include "graft/weights.h"
 #include "layers/conv_bn.h"
+#include "transfer/driver.h"
 
 namespace graft {
 namespace {
@@ -59,34 +62,21 @@ BuiltModel wrap_backbone(Backbone backbone, const std::string& temporal, int64_t
 }
 
 // The backbone's starting weights, loaded while it still has its image classifier (which is then dropped):
-// an image run's model, a weights file, or the tag's pretrained file. Says what it loaded.
+// an image run's model, or as every task starts (load_start_weights). Says what it loaded.
 void load_backbone_weights(BackboneImpl& backbone, const VideoTrainOptions& o,
                            const std::optional<LoadedRun>& image_run, std::ostream& log) {
-  WeightsOptions skip_head;
-  skip_head.skip_classifier = true;
-  if (image_run) {
-    // Everything but the image run's classifier (its head or its last layer).
-    const std::string head = image_run->model->classifier_name();
-    NamedTensors body;
-    for (auto& [name, tensor] : state_dict(*image_run->model))
-      if (!is_dotted_prefix(name, head)) body.emplace_back(name, tensor);
-    LoadOptions load;
-    load.source_name = (fs::path(o.init_from) / "model.safetensors").string();
-    load.skip_prefixes.push_back(backbone.classifier_name());
-    const LoadReport report = load_state_dict(backbone, body, load);
-    log << "init from image run " << o.init_from << ": " << report.loaded.size() << " backbone tensors ("
-        << image_run->spec.model << "; its classifier '" << head << "' dropped)\n";
-  } else if (!o.weights.empty()) {
-    const LoadReport report = load_weights(backbone, o.weights, skip_head);
-    log << "weights: " << report.loaded.size() << " backbone tensors from " << o.weights
-        << " (its image classifier dropped)\n";
-  } else if (!ModelName::parse(o.model).tag.empty() && !backbone.default_cfg().cache_file.empty()) {
-    const LoadReport report = load_pretrained(backbone, skip_head);
-    log << "weights: " << report.loaded.size() << " backbone tensors from "
-        << pretrained_file(backbone.default_cfg()) << " (its image classifier dropped)\n";
-  } else {
-    log << "graft: warning: no --weights: " << o.model << " starts from random initialisation\n";
-  }
+  if (!image_run) return load_start_weights(backbone, o.model, o.weights, log);
+  // Everything but the image run's classifier (its head or its last layer).
+  const std::string head = image_run->model->classifier_name();
+  NamedTensors body;
+  for (auto& [name, tensor] : state_dict(*image_run->model))
+    if (!is_dotted_prefix(name, head)) body.emplace_back(name, tensor);
+  LoadOptions load;
+  load.source_name = (fs::path(o.init_from) / "model.safetensors").string();
+  load.skip_prefixes.push_back(backbone.classifier_name());
+  const LoadReport report = load_state_dict(backbone, body, load);
+  log << "init from image run " << o.init_from << ": " << report.loaded.size() << " backbone tensors ("
+      << image_run->spec.model << "; its classifier '" << head << "' dropped)\n";
 }
 
 // The freeze spec with the parts named as the recipe does: backbone, temporal.
@@ -160,89 +150,52 @@ json clip_preprocessing_json(const Preprocessing& pre, int64_t frames) {
   return doc;
 }
 
-}  // namespace
-
-json to_json(const VideoTrainOptions& o) {
-  return {{"task", "video-classify"},
-          {"model", o.model},
-          {"weights", o.weights},
-          {"temporal", o.temporal},
-          {"init_from", o.init_from},
-          {"data", o.data},
-          {"out", o.out},
-          {"freeze", o.freeze},
-          {"frames", o.frames},
-          {"image_size", o.image_size},
-          {"val_split", o.val_split},
-          {"validate", o.validate},
-          {"augment", o.augment},
-          {"rotation", o.rotation},
-          {"jitter", o.jitter},
-          {"cache_features", o.cache_features},
-          {"batch_size", o.batch_size},
-          {"epochs", o.train.epochs},
-          {"optimizer", o.train.optimizer.name},
-          {"lr", o.train.optimizer.lr},
-          {"schedule", o.train.schedule.name},
-          {"step_size", o.train.schedule.step_size},
-          {"gamma", o.train.schedule.gamma},
-          {"seed", o.train.seed},
-          {"device", o.train.device.str()}};
+// Where a video run starts from (--init-from): a video run (its whole model, read once the model is built)
+// or an image run (its backbone and preprocessing). Fills the options' model and temporal defaults.
+struct VideoStart {
+  std::optional<RunDocument> video;
+  std::optional<VideoRunSpec> video_spec;
+  std::optional<LoadedRun> image;
+};
+VideoStart open_video_init(VideoTrainOptions& o, const VideoTrainOptions& input) {
+  VideoStart start;
+  if (o.init_from.empty()) return start;
+  if (!o.weights.empty()) throw Error("give --weights or --init-from, not both");
+  if (is_video_run(o.init_from)) {
+    start.video = read_run_document((fs::path(o.init_from) / "graft.json").string());
+    start.video_spec = read_video_run_spec(*start.video);
+    if (o.model.empty()) o.model = start.video_spec->model;
+    if (input.temporal == VideoTrainOptions().temporal && !start.video_spec->temporal.empty())
+      o.temporal = start.video_spec->temporal;
+    return start;
+  }
+  start.image = load_run(o.init_from);  // an image run, or an error naming what the folder is not
+  if (o.model.empty()) o.model = start.image->spec.model;
+  if (ModelName::parse(o.model).arch != ModelName::parse(start.image->spec.model).arch)
+    throw Error("--init-from " + o.init_from + " holds a " + start.image->spec.model + ", not a " + o.model);
+  return start;
 }
 
-VideoTrainResult train_video_classifier(const VideoTrainOptions& input, std::ostream& log) {
-  VideoTrainOptions o = input;
-  if (o.data.empty() || o.out.empty()) throw Error("--data and --out are required");
-  if (o.batch_size <= 0 || o.frames <= 0) throw Error("--batch-size and --frames must be > 0");
-  // Where the model starts: a video run (loaded whole below), or an image run (its backbone).
-  json video_init;
-  std::optional<LoadedRun> image_run;
-  if (!o.init_from.empty()) {
-    if (!o.weights.empty()) throw Error("give --weights or --init-from, not both");
-    if (is_video_run(o.init_from)) {
-      video_init = read_json_file((fs::path(o.init_from) / "graft.json").string());
-      if (o.model.empty()) o.model = video_init.value("model", "");
-      if (input.temporal == VideoTrainOptions().temporal)
-        o.temporal = video_init.value("temporal", o.temporal);
-    } else {
-      image_run = load_run(o.init_from);  // an image run, or an error naming what the folder is not
-      if (o.model.empty()) o.model = image_run->spec.model;
-      if (ModelName::parse(o.model).arch != ModelName::parse(image_run->spec.model).arch)
-        throw Error("--init-from " + o.init_from + " holds a " + image_run->spec.model + ", not a " +
-                    o.model);
-    }
-  }
-  if (o.model.empty()) throw Error("--model is required (an image backbone such as mobilenet_v2, or r3d_18)");
-  log << "graft train: resolved configuration\n" << to_json(o).dump(2) << "\n";
+// An earlier video run's whole model; a new classifier when its classes differ.
+void load_video_run_weights(BuiltModel& built, const RunDocument& run,
+                            const std::vector<std::string>& classes, std::ostream& log) {
+  const std::string dir = fs::path(run.file).parent_path().string();
+  LoadOptions load;
+  load.source_name = (fs::path(dir) / "model.safetensors").string();
+  check_run_weights(run.file, run.weights_save_id, load.source_name);
+  const bool new_head = run.classes != classes;
+  if (new_head)
+    load.skip_prefixes.push_back(built.time_distributed ? "fc" : built.backbone->classifier_name());
+  const LoadReport report = load_safetensors(*built.module, load.source_name, load);
+  log << "init from video run " << dir << ": " << report.loaded.size() << " tensors"
+      << (new_head ? "; a new classifier for " + std::to_string(classes.size()) + " classes" : "") << "\n";
+}
 
-  torch::manual_seed(o.train.seed);
-  ClipSplits splits = split_clips(o.data, o.validate ? o.val_split : 0.0, o.train.seed);
-  const int64_t classes = static_cast<int64_t>(splits.train.classes.size());
-  if (classes < 2) throw Error(o.data + ": one class folder; classification needs two or more");
-
-  Backbone backbone = create_model(o.model);
-  if (video_init.is_null()) load_backbone_weights(*backbone, o, image_run, log);
-  // An image run's preprocessing goes with its weights (size, mean/std, interpolation), as for image runs.
-  Preprocessing pre =
-      image_run ? image_run->spec.preprocessing : Preprocessing::from_cfg(backbone->default_cfg());
-  if (o.image_size > 0) pre.size = o.image_size;
-  BuiltModel built = wrap_backbone(backbone, o.temporal, classes);
+// Applies the freeze spec by part; true when a per-frame backbone is wholly frozen and its features are
+// to be cached (then augmentation, which would need the backbone every epoch, is refused by name).
+bool freeze_parts(BuiltModel& built, const VideoTrainOptions& o, const std::string& freeze,
+                  std::ostream& log) {
   const bool td = built.time_distributed != nullptr;
-  if (!video_init.is_null()) {
-    const std::vector<std::string> old_classes = video_init.value("classes", std::vector<std::string>{});
-    LoadOptions load;
-    load.source_name = (fs::path(o.init_from) / "model.safetensors").string();
-    const bool new_head = old_classes != splits.train.classes;
-    if (new_head) load.skip_prefixes.push_back(td ? "fc" : built.backbone->classifier_name());
-    const LoadReport report = load_safetensors(*built.module, load.source_name, load);
-    log << "init from video run " << o.init_from << ": " << report.loaded.size() << " tensors"
-        << (new_head ? "; a new classifier for " + std::to_string(classes) + " classes" : "") << "\n";
-    if (o.image_size <= 0 && video_init.contains("preprocessing"))
-      pre =
-          read_preprocessing(video_init.at("preprocessing"), (fs::path(o.init_from) / "graft.json").string());
-  }
-
-  const std::string freeze = o.freeze.empty() ? "none" : o.freeze;
   const FreezeReport frozen = td ? apply_freeze(*built.module, part_globs(freeze, true), "fc")
                                  : apply_freeze(*built.backbone, part_globs(freeze, false));
   log << "freeze '" << freeze << "': " << frozen.frozen_parameters << " tensors frozen, "
@@ -255,6 +208,69 @@ VideoTrainResult train_video_classifier(const VideoTrainOptions& input, std::ost
     throw Error(std::string(o.rotation > 0 ? "--rotation" : "--jitter") +
                 " augments training clips, but the frozen backbone's features are computed once and cached; "
                 "add --no-feature-cache to augment every epoch, or leave it out");
+  return backbone_frozen;
+}
+
+// The per-frame features of the training (and validation) clips, once, as batch sources for the temporal
+// model; and the seconds it took.
+std::tuple<std::unique_ptr<TensorBatchSource>, std::unique_ptr<TensorBatchSource>, double>
+cache_clip_features(TimeDistributedClassifierImpl& net, DataLoader& train_once, DataLoader* val_once,
+                    int64_t batch_size, torch::Device device, std::ostream& log) {
+  const auto start = std::chrono::steady_clock::now();
+  auto [train_x, train_y] = cache_frame_features(net, train_once, device, log, "features (train)");
+  std::unique_ptr<TensorBatchSource> val;
+  if (val_once) {
+    auto [val_x, val_y] = cache_frame_features(net, *val_once, device, log, "features (val)");
+    val = std::make_unique<TensorBatchSource>(val_x, val_y, batch_size, false);
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  log << "feature cache: " << train_x.size(0) << " clips x " << train_x.size(1) << " frames x "
+      << train_x.size(2) << " computed in " << format_duration(seconds) << " (" << seconds
+      << " s); epochs train the temporal model and the classifier only\n";
+  return {std::make_unique<TensorBatchSource>(train_x, train_y, batch_size, true), std::move(val), seconds};
+}
+
+// The parts of a per-frame model that learn when its backbone is frozen: the trainer sees these, and the
+// backbone stays on the side.
+std::shared_ptr<torch::nn::Module> temporal_part(TimeDistributedClassifierImpl& net) {
+  auto head = std::make_shared<torch::nn::Module>();
+  if (net.lstm) head->register_module("temporal", net.lstm);
+  if (net.gru) head->register_module("temporal", net.gru);
+  head->register_module("fc", net.fc);
+  return head;
+}
+
+}  // namespace
+
+// The recipe in the order a run takes it (about 90 lines, kept whole so the order reads top to bottom):
+// its own steps are the helpers above, the steps every task shares are in transfer/driver.h.
+VideoTrainResult train_video_classifier(const VideoTrainOptions& input, std::ostream& log) {
+  check_train_values(to_json(input), "video-classify", "");  // every option, before anything is read
+  VideoTrainOptions o = input;
+  if (o.data.empty() || o.out.empty()) throw Error("--data and --out are required");
+  // Where the model starts: a video run (loaded whole below), or an image run (its backbone).
+  const VideoStart start = open_video_init(o, input);
+  if (o.model.empty()) throw Error("--model is required (an image backbone such as mobilenet_v2, or r3d_18)");
+  log_resolved(to_json(o), log);
+
+  torch::manual_seed(o.train.seed);
+  ClipSplits splits = split_clips(o.data, o.validate ? o.val_split : 0.0, o.train.seed);
+  const int64_t classes = static_cast<int64_t>(splits.train.classes.size());
+  if (classes < 2) throw Error(o.data + ": one class folder; classification needs two or more");
+
+  Backbone backbone = create_model(o.model);
+  if (!start.video) load_backbone_weights(*backbone, o, start.image, log);
+  // An earlier run's preprocessing goes with its weights (size, mean/std, interpolation), as for image runs.
+  Preprocessing pre = start.video   ? start.video_spec->preprocessing
+                      : start.image ? start.image->spec.preprocessing
+                                    : Preprocessing::from_cfg(backbone->default_cfg());
+  if (o.image_size > 0) pre.size = o.image_size;
+  BuiltModel built = wrap_backbone(backbone, o.temporal, classes);
+  const bool td = built.time_distributed != nullptr;
+  if (start.video) load_video_run_weights(built, *start.video, splits.train.classes, log);
+
+  const std::string freeze = o.freeze.empty() ? "none" : o.freeze;
+  const bool backbone_frozen = freeze_parts(built, o, freeze, log);
 
   ClipConfig eval_clip, train_clip;
   eval_clip.frames = train_clip.frames = o.frames;
@@ -266,140 +282,91 @@ VideoTrainResult train_video_classifier(const VideoTrainOptions& input, std::ost
       << " validation clips, " << classes << " classes, " << o.frames << " frames of " << pre.size << " px ("
       << pre.interpolation << ")\n";
 
-  TrainConfig config = o.train;
-  config.out_dir = o.out;
-  config.log = &log;
-  config.class_names = splits.train.classes;
-  config.sample_unit = "clip";
+  TrainConfig config = run_train_config(o.train, o.out, splits.train.classes, "clip", log);
   LoaderOptions loader_options;
   loader_options.batch_size = o.batch_size;
   loader_options.workers = o.workers;
   loader_options.seed = o.train.seed;
+  LoaderOptions eval_options = loader_options;
+  eval_options.shuffle = false;
 
   VideoTrainResult result;
   std::shared_ptr<ClipFolder> val_set;
   if (!splits.val.clips.empty()) val_set = std::make_shared<ClipFolder>(splits.val, eval_clip);
-  LoaderOptions eval_options = loader_options;
-  eval_options.shuffle = false;
+  // The model as predict runs it (whole clips through the backbone), on the validation clips.
+  std::unique_ptr<DataLoader> val_loader;
+  if (val_set) val_loader = std::make_unique<DataLoader>(val_set, eval_options);
+  std::unique_ptr<LoaderBatchSource> val_clips;
+  if (val_loader) val_clips = std::make_unique<LoaderBatchSource>(*val_loader);
+  FitPlan plan;
+  plan.model = built.module;
+  plan.model_forward = built.forward;
+  plan.model_val = val_clips.get();
 
+  std::unique_ptr<TensorBatchSource> train_features, val_features;
+  std::unique_ptr<DataLoader> train_loader;
+  std::unique_ptr<LoaderBatchSource> train_clips;
   if (backbone_frozen) {
     // Feature extraction: the frozen backbone's per-frame features once, then epochs over the cache.
     result.cached_features = true;
-    const auto start = std::chrono::steady_clock::now();
     DataLoader train_once(std::make_shared<ClipFolder>(splits.train, eval_clip), eval_options);
-    auto [train_x, train_y] =
-        cache_frame_features(*built.time_distributed, train_once, config.device, log, "features (train)");
-    std::unique_ptr<TensorBatchSource> val_source;
-    if (val_set) {
-      DataLoader val_once(val_set, eval_options);
-      auto [val_x, val_y] =
-          cache_frame_features(*built.time_distributed, val_once, config.device, log, "features (val)");
-      val_source = std::make_unique<TensorBatchSource>(val_x, val_y, o.batch_size, false);
-      result.skipped_clips += val_once.skipped_files();
-    }
-    result.skipped_clips += train_once.skipped_files();
-    result.feature_cache_seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    log << "feature cache: " << train_x.size(0) << " clips x " << train_x.size(1) << " frames x "
-        << train_x.size(2) << " computed in " << format_duration(result.feature_cache_seconds) << " ("
-        << result.feature_cache_seconds << " s); epochs train the temporal model and the classifier only\n";
-    TensorBatchSource train_source(train_x, train_y, o.batch_size, true);
+    std::unique_ptr<DataLoader> val_once;
+    if (val_set) val_once = std::make_unique<DataLoader>(val_set, eval_options);
+    std::tie(train_features, val_features, result.feature_cache_seconds) = cache_clip_features(
+        *built.time_distributed, train_once, val_once.get(), o.batch_size, config.device, log);
+    result.skipped_clips = train_once.skipped_files() + (val_once ? val_once->skipped_files() : 0);
     auto net = built.time_distributed;
-    // The trainer sees the parts that learn; the backbone stays on the side, frozen.
-    auto head = std::make_shared<torch::nn::Module>();
-    if (net->lstm) head->register_module("temporal", net->lstm);
-    if (net->gru) head->register_module("temporal", net->gru);
-    head->register_module("fc", net->fc);
-    Trainer trainer(
-        head, [net](const torch::Tensor& x) { return net->forward_sequence(x); }, config);
-    result.history = trainer.fit(train_source, val_source.get());
-    trainer.restore_best();
+    plan.trained = temporal_part(*net);
+    plan.trained_forward = [net](const torch::Tensor& x) { return net->forward_sequence(x); };
+    plan.train = train_features.get();
+    plan.val = val_features.get();
   } else {
-    DataLoader train_loader(std::make_shared<ClipFolder>(splits.train, train_clip), loader_options);
-    std::unique_ptr<DataLoader> val_loader;
-    if (val_set) val_loader = std::make_unique<DataLoader>(val_set, eval_options);
-    LoaderBatchSource train_source(train_loader);
-    std::unique_ptr<LoaderBatchSource> val_source;
-    if (val_loader) val_source = std::make_unique<LoaderBatchSource>(*val_loader);
-    Trainer trainer(built.module, built.forward, config);
-    result.history = trainer.fit(train_source, val_source.get());
-    trainer.restore_best();
-    result.skipped_clips = train_loader.skipped_files() + (val_loader ? val_loader->skipped_files() : 0);
+    train_loader =
+        std::make_unique<DataLoader>(std::make_shared<ClipFolder>(splits.train, train_clip), loader_options);
+    train_clips = std::make_unique<LoaderBatchSource>(*train_loader);
+    plan.trained = built.module;
+    plan.trained_forward = built.forward;
+    plan.train = train_clips.get();
+    plan.val = val_clips.get();
   }
-  built.module->to(torch::kCPU);
-  built.module->eval();
+  FitOutcome outcome = fit_and_check(plan, config, log);
+  result.history = std::move(outcome.history);
+  result.val_metrics = std::move(outcome.val_metrics);
+  if (train_loader)
+    result.skipped_clips = train_loader->skipped_files() + (val_loader ? val_loader->skipped_files() : 0);
 
-  // The saved model, checked as predict runs it (whole clips through the backbone), on the validation clips
-  // only.
-  if (val_set) {
-    DataLoader val_loader(val_set, eval_options);
-    LoaderBatchSource source(val_loader);
-    TrainConfig eval_config;
-    eval_config.device = config.device;
-    eval_config.progress = config.progress;
-    eval_config.log = &log;
-    eval_config.sample_unit = "clip";
-    Trainer evaluator(built.module, built.forward, eval_config);
-    result.val_metrics = evaluator.evaluate(source, "val");
-    built.module->to(torch::kCPU);
-    write_val_report(o.out, *result.val_metrics, splits.train.classes, log);
-  }
-
-  json doc;
-  doc["format"] = "graft-run";
-  doc["format_version"] = 1;
-  doc["graft_version"] = GRAFT_VERSION;
-  doc["task"] = "video-classify";
+  json doc = new_run_document("video-classify", splits.train.classes, freeze, o.data, to_json(o));
   doc["model"] = o.model;
   doc["temporal"] = td ? built.time_distributed->temporal_spec().to_string() : "";
-  doc["classes"] = splits.train.classes;
   doc["preprocessing"] = clip_preprocessing_json(pre, o.frames);
-  doc["freeze"] = freeze;
-  doc["data"] = o.data;
-  doc["training"] = to_json(o);
   write_run_files(o.out, state_dict(*built.module), {{"format", "pt"}, {"producer", "graft " GRAFT_VERSION}},
                   std::move(doc));
   if (result.skipped_clips) log << "skipped " << result.skipped_clips << " unreadable or too short clip(s)\n";
-  log << "run directory: " << o.out << " (model.safetensors, graft.json, metrics.csv, training_curves.svg"
-      << (val_set ? ", confusion_matrix.svg, val_report.txt" : "") << ")\n";
+  log_run_directory(o.out, "model.safetensors, graft.json", val_set != nullptr, true, log);
   return result;
 }
 
 bool is_video_run(const std::string& dir) {
-  const fs::path file = fs::path(dir) / "graft.json";
-  if (!fs::is_regular_file(file)) return false;
-  try {
-    return read_json_file(file.string()).value("task", "") == "video-classify";
-  } catch (const Error&) {
-    return false;
-  }
+  return run_task(dir) == "video-classify";
 }
 
 VideoRun load_video_run(const std::string& dir) {
-  const std::string file = (fs::path(dir) / "graft.json").string();
-  const json doc = read_json_file(file);
-  if (doc.value("task", "") != "video-classify") throw FormatError(file, "task is not video-classify");
+  const RunDocument doc = read_run_document((fs::path(dir) / "graft.json").string());
+  if (doc.task != "video-classify")
+    throw FormatError(doc.file, "task '" + doc.task + "' is not a video task", "expected video-classify");
+  const VideoRunSpec spec = read_video_run_spec(doc);
   VideoRun run;
   run.dir = dir;
-  std::string save_id;
-  try {
-    run.model = doc.at("model").get<std::string>();
-    run.temporal = doc.value("temporal", "");
-    save_id = doc.value("weights_save_id", "");
-    run.classes = doc.at("classes").get<std::vector<std::string>>();
-    const json& pre = doc.at("preprocessing");
-    run.clip.frames = pre.at("frames").get<int64_t>();
-    run.clip.transform = transform_for(read_preprocessing(pre, file), false);
-  } catch (const json::exception& e) {
-    throw FormatError(file, std::string("missing or malformed field: ") + e.what());
-  }
-  if (run.classes.size() < 2 || run.clip.frames <= 0 || run.clip.frames > 4096)
-    throw FormatError(file, "classes (2 or more) and frames (1..4096) are out of range");
+  run.model = spec.model;
+  run.temporal = spec.temporal;
+  run.classes = doc.classes;
+  run.clip.frames = spec.frames;
+  run.clip.transform = transform_for(spec.preprocessing, false);
   BuiltModel built = wrap_backbone(create_model(run.model), run.temporal.empty() ? "avg" : run.temporal,
                                    static_cast<int64_t>(run.classes.size()));
   LoadOptions load;
   load.source_name = (fs::path(dir) / "model.safetensors").string();
-  check_run_weights(file, save_id, load.source_name);
+  check_run_weights(doc.file, doc.weights_save_id, load.source_name);
   load_safetensors(*built.module, load.source_name, load);
   built.module->eval();
   run.module = built.module;

@@ -1,6 +1,7 @@
 // The graft program end to end: help/version/info, the model list, Keras-like summaries whose counts
 // equal torchvision's, `forward` against torchvision's outputs, and clear errors on bad input.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <array>
 #include <cstdio>
@@ -35,6 +36,50 @@ TEST(Cli, HelpVersionInfo) {
   EXPECT_TRUE(contains(info.output, "BLAS")) << info.output;
   auto two = graft("--threads 1 info");
   EXPECT_TRUE(contains(two.output, "threads    1 intra-op")) << two.output;
+}
+
+// `graft train`'s flags come from one table: --help shows each task's default and the tasks an option is
+// for; a bare `graft train` says what is missing (it printed a JSON library's type_error 307).
+TEST(Cli, TrainHelpAndMissingOptions) {
+  auto help = graft("train --help");
+  EXPECT_EQ(help.status, 0) << help.output;
+  EXPECT_TRUE(
+      contains(help.output, "image-classify: 32; video-classify: 8; text-classify: 16; causal-lm: 16"))
+      << help.output;
+  EXPECT_TRUE(contains(help.output, "--block-size")) << help.output;
+  EXPECT_TRUE(contains(help.output, "[causal-lm]")) << help.output;
+  EXPECT_TRUE(contains(help.output, "feature-extract | fine-tune | two-stage")) << help.output;
+  auto bare = graft("train");
+  EXPECT_EQ(bare.status, 1) << bare.output;
+  EXPECT_TRUE(contains(bare.output, "--data is required")) << bare.output;
+  EXPECT_FALSE(contains(bare.output, "type_error")) << bare.output;
+  auto no_model = graft("train --data somewhere --out elsewhere");
+  EXPECT_EQ(no_model.status, 1) << no_model.output;
+  EXPECT_TRUE(contains(no_model.output, "--model is required")) << no_model.output;
+  auto word = graft("train --model resnet18 --data somewhere --out elsewhere --epochs three");
+  EXPECT_EQ(word.status, 1) << word.output;
+  EXPECT_TRUE(contains(word.output, "--epochs three: expected an integer")) << word.output;
+  auto video_head = graft("train --task video-classify --model resnet18 --head avg --data somewhere --out x");
+  EXPECT_EQ(video_head.status, 1) << video_head.output;
+  EXPECT_TRUE(contains(video_head.output, "--head does not apply to --task video-classify"))
+      << video_head.output;
+}
+
+// Text files of predict --input and tokenize --file are read whole and bounded: /dev/zero and a FIFO are
+// refused by name (tokenize read 2 GB of /dev/zero before its 1 GiB limit applied).
+TEST(Cli, TokenizeRefusesFilesThatNeverEnd) {
+  const std::string vocab = std::string(GRAFT_SHARED_DIR) + "/tokenizers/bert-base-uncased/vocab.txt";
+  auto zero = graft("tokenize --tokenizer " + vocab + " --file /dev/zero");
+  EXPECT_EQ(zero.status, 1) << zero.output;
+  EXPECT_TRUE(contains(zero.output, "/dev/zero: is a device or socket")) << zero.output;
+  const auto dir = fresh_dir("tokenize_fifo");
+  const std::string fifo = (dir / "pipe.txt").string();
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  auto pipe = graft("tokenize --tokenizer " + vocab + " --file " + fifo);
+  EXPECT_EQ(pipe.status, 1) << pipe.output;
+  EXPECT_TRUE(contains(pipe.output, "is a FIFO")) << pipe.output;
+  auto plain = graft("tokenize --tokenizer " + vocab + " --ids hello");
+  EXPECT_EQ(plain.status, 0) << plain.output;
 }
 
 TEST(Cli, ModelsListsEveryArchitectureAndFilters) {

@@ -94,6 +94,11 @@ TEST(TextE2E, SentimentBertFromScratchClassifiesAboveChance) {
   ASSERT_EQ(eval.status, 0) << eval.output;
   EXPECT_GE(number_after(eval.output, "accuracy:"), 0.70) << eval.output;
   EXPECT_NE(eval.output.find("on 1000 examples"), std::string::npos) << eval.output;
+  // --limit counts IDX images: refused by name for a text run (it was ignored).
+  auto limited = graft("eval " + run_dir.string() + " --limit 10 --data " + data + "yelp_labelled.txt");
+  EXPECT_EQ(limited.status, 1) << limited.output;
+  EXPECT_NE(limited.output.find("--limit applies to image runs (IDX data) only"), std::string::npos)
+      << limited.output;
 
   auto predict = graft("predict " + run_dir.string() +
                        " --json --top-k 2 --text \"Great phone, works perfectly.\""
@@ -103,6 +108,10 @@ TEST(TextE2E, SentimentBertFromScratchClassifiesAboveChance) {
   ASSERT_EQ(predictions.size(), 2u);
   EXPECT_EQ(predictions[0]["top"][0]["label"], "1") << predict.output;
   EXPECT_EQ(predictions[1]["top"][0]["label"], "0") << predict.output;
+  // --input is read whole and bounded: /dev/zero is refused by name, not read without end.
+  auto endless = graft("predict " + run_dir.string() + " --input /dev/zero");
+  EXPECT_EQ(endless.status, 1) << endless.output;
+  EXPECT_NE(endless.output.find("/dev/zero"), std::string::npos) << endless.output;
 
   const fs::path exported = dir / "hf";
   auto export_run = graft("export " + run_dir.string() + " --format hf --out " + exported.string());
@@ -149,6 +158,61 @@ TEST(TextE2E, SentimentBertFromScratchClassifiesAboveChance) {
       graft(base + " --label-column 1 --epochs 1 --model gpt2 --out " + (dir / "bad3").string());
   EXPECT_NE(wrong_model.output.find("BertForSequenceClassification"), std::string::npos)
       << wrong_model.output;
+  fs::remove_all(dir);
+}
+
+// One options table for every task: a --config file serves text runs too (it was refused: "--config is
+// read for image tasks only"), flags override it, options of other tasks are refused by name before
+// anything is read, and the resolved configuration is saved.
+TEST(TextE2E, ConfigFilesServeTextRunsAndForeignOptionsAreRefused) {
+  const auto dir = fresh_dir("text_config");
+  auto config = nlohmann::json::parse(read(kShared + "/fixtures/hf/bert/config.json"));
+  config["vocab_size"] = 30522;
+  std::ofstream(dir / "config.json") << config.dump(2);
+  const nlohmann::json options = {{"task", "text-classify"},
+                                  {"model_config", (dir / "config.json").string()},
+                                  {"tokenizer", kShared + "/tokenizers/bert-base-uncased/vocab.txt"},
+                                  {"data", kShared + "/data/sentiment_sentences/amazon_cells_labelled.txt"},
+                                  {"header", false},
+                                  {"text_column", "0"},
+                                  {"label_column", "1"},
+                                  {"max_length", 24},
+                                  {"epochs", 3},
+                                  {"batch_size", 64}};
+  std::ofstream(dir / "run.json") << options.dump(2);
+  auto run =
+      graft("train --config " + (dir / "run.json").string() + " --epochs 1 --out " + (dir / "run").string());
+  ASSERT_EQ(run.status, 0) << run.output;
+  const auto spec = nlohmann::json::parse(read(dir / "run" / "graft.json"));
+  EXPECT_EQ(spec["training"]["max_length"], 24);      // from the file
+  EXPECT_EQ(spec["training"]["epochs"], 1);           // the flag wins over the file's 3
+  EXPECT_EQ(spec["training"]["header"], false);       // from the file
+  EXPECT_EQ(spec["training"]["optimizer"], "adamw");  // the text recipe's default
+  // The resolved configuration is printed once every option is checked.
+  EXPECT_NE(run.output.find("graft train: resolved configuration"), std::string::npos) << run.output;
+
+  for (const auto& [flags, expected] : std::vector<std::pair<std::string, std::string>>{
+           {"--rotation 10",
+            "--rotation does not apply to --task text-classify; it is an option of "
+            "image-classify and video-classify"},
+           {"--block-size 64", "--block-size does not apply to --task text-classify"},
+           {"--frames 8", "--frames does not apply to --task text-classify"},
+           {"--batch-size 0", "--batch-size must lie in 1..1048576, got 0"},
+           {"--optimizer adamx", "--optimizer adamx: expected sgd, adam or adamw"}}) {
+    auto refused = graft("train --config " + (dir / "run.json").string() + " " + flags + " --out " +
+                         (dir / "refused").string());
+    EXPECT_EQ(refused.status, 1) << flags << "\n" << refused.output;
+    EXPECT_NE(refused.output.find(expected), std::string::npos) << flags << "\n" << refused.output;
+    EXPECT_EQ(refused.output.find("resolved configuration"), std::string::npos) << refused.output;
+    EXPECT_FALSE(fs::exists(dir / "refused")) << flags;
+  }
+  std::ofstream(dir / "video.json") << R"({"task": "text-classify", "temporal": "lstm:8"})";
+  auto from_file = graft("train --config " + (dir / "video.json").string() + " --data x --out y");
+  EXPECT_EQ(from_file.status, 1) << from_file.output;
+  EXPECT_NE(from_file.output.find("--temporal (in " + (dir / "video.json").string() +
+                                  ") does not apply to --task text-classify"),
+            std::string::npos)
+      << from_file.output;
   fs::remove_all(dir);
 }
 

@@ -226,6 +226,10 @@ TEST(TrainE2E, CatsVsDogsTwoStagePredictFeatures) {
   const double p0 = doc[0]["top"][0]["probability"], p1 = doc[0]["top"][1]["probability"];
   EXPECT_NEAR(p0 + p1, 1.0, 1e-5);
   EXPECT_GE(p0, p1);
+  // A text run's flag on an image run is refused by name (it was ignored).
+  auto text_flag = graft("predict " + run + " " + cat + " --text \"a cat\"");
+  EXPECT_EQ(text_flag.status, 1) << text_flag.output;
+  EXPECT_NE(text_flag.output.find("--text is for text runs"), std::string::npos) << text_flag.output;
 
   const std::string features = (dir / "features.safetensors").string();
   auto extract = graft("features " + run + " --data " + kCats + " --out " + features);
@@ -271,6 +275,22 @@ TEST(TrainE2E, FeatureExtractFromConfigFileCachesFeatures) {
   EXPECT_EQ(typo.status, 1);
   EXPECT_NE(typo.output.find("unknown option 'epochz'"), std::string::npos) << typo.output;
   std::filesystem::remove_all(dir);
+}
+
+// Data with one class is refused right after the scan ("1 classes ... acc 1.0000" trained before), and no
+// run folder is left behind.
+TEST(TrainE2E, OneClassIsRefused) {
+  auto dir = fresh_dir("one_class");
+  fs::create_directories(dir / "data" / "cats");
+  for (const char* name : {"cat_test.1.jpg", "cat_test.2.jpg", "cat_test.3.jpg"})
+    fs::copy_file(kCats + "/test/cats/" + name, dir / "data" / "cats" / name);
+  auto train = graft("train --model resnet18 --image-size 32 --epochs 1 --data " + (dir / "data").string() +
+                     " --out " + (dir / "run").string());
+  EXPECT_EQ(train.status, 1) << train.output;
+  EXPECT_NE(train.output.find("one class ('cats'); classification needs two or more"), std::string::npos)
+      << train.output;
+  EXPECT_FALSE(fs::exists(dir / "run"));
+  fs::remove_all(dir);
 }
 
 // `--resume` after a stopped run gives the same weights as the run that never stopped.

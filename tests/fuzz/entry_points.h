@@ -18,6 +18,7 @@
 #include "graft/keras.h"
 #include "graft/keras_h5.h"
 #include "graft/run.h"
+#include "graft/run_document.h"
 #include "graft/tfjs.h"
 #include "graft/tfjs_graph.h"
 #include "graft/tokenizer.h"
@@ -161,9 +162,12 @@ inline void load_tokenizer_bytes(std::string_view bytes) {
   (void)tokenizer->encode_pair(text.substr(0, half), text.substr(half), options);
 }
 
-// graft.json of a run directory.
+// graft.json of a run directory, of every task: the shared reader, then the task's own fields.
 inline void read_run_json_bytes(std::string_view bytes) {
-  (void)read_run_spec(write_file(scratch_dir(), "graft.json", bytes));
+  const RunDocument doc = read_run_document(write_file(scratch_dir(), "graft.json", bytes));
+  if (doc.task == "image-classify") (void)read_run_spec(doc);
+  if (doc.task == "video-classify") (void)read_video_run_spec(doc);
+  if (doc.task == "text-classify" || doc.task == "causal-lm") (void)read_text_run_spec(doc);
 }
 
 }  // namespace graft::fuzz

@@ -1,4 +1,4 @@
-// libFuzzer target: a run directory's graft.json (read_run_spec).
+// libFuzzer target: a run directory's graft.json, every task (read_run_document and the task readers).
 // Input layout: see graft::fuzz::read_run_json_bytes in entry_points.h.
 #include "fuzz/fuzz_target.h"
 

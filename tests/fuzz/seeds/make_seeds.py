@@ -147,3 +147,16 @@ put("run_json", "graft.json", json.dumps(run, indent=2) + "\n")
 run2 = dict(run, head="", classes=["a", "b", "c"], preprocessing={"size": 96, "crop_pct": 1.0, "mean": [0.5] * 3, "std": [0.5] * 3})
 del run2["freeze"]
 put("run_json", "minimal.json", json.dumps(run2))
+video = dict(run, task="video-classify", model="mobilenet_v2", temporal="lstm:256", freeze="backbone", weights_save_id="0123456789abcdef",
+             preprocessing=dict(run["preprocessing"], frames=8, interpolation="bilinear-align-corners"))
+del video["head"], video["arch"], video["num_classes"]
+put("run_json", "video.json", json.dumps(video, indent=2) + "\n")
+text = {"format": "graft-run", "format_version": 1, "task": "text-classify", "model_type": "bert", "architecture": "BertForSequenceClassification",
+        "classes": ["negative", "positive"], "max_length": 64, "block_size": 128, "line_by_line": False,
+        "columns": {"format": "csv", "text": "sentence", "text_pair": "", "label": "label", "header": True},
+        "freeze": "", "data": "reviews.csv", "weights": "model.safetensors", "config": "config.json",
+        "tokenizer": ["vocab.txt", "tokenizer_config.json"], "training": {"epochs": 3}}
+put("run_json", "text.json", json.dumps(text, indent=2) + "\n")
+lm = dict(text, task="causal-lm", model_type="gpt2", architecture="GPT2LMHeadModel", classes=[], line_by_line=True, columns={"format": "auto", "text": "text"},
+          tokenizer=["tokenizer.json"])
+put("run_json", "causal_lm.json", json.dumps(lm))

@@ -1,0 +1,87 @@
+// The shared training steps of every task (driver.h).
+#include "transfer/driver.h"
+
+#include <nlohmann/json.hpp>
+#include <ostream>
+
+#include "graft/errors.h"
+#include "graft/registry.h"
+
+namespace graft {
+
+void load_start_weights(BackboneImpl& model, const std::string& model_name, const std::string& weights,
+                        std::ostream& log) {
+  WeightsOptions skip_head;
+  skip_head.skip_classifier = true;  // replaced by the run's head
+  if (!weights.empty()) {
+    const LoadReport report = load_weights(model, weights, skip_head);
+    log << "weights: " << report.loaded.size() << " backbone tensors from " << weights
+        << " (its classifier is replaced)\n";
+  } else if (!ModelName::parse(model_name).tag.empty() && !model.default_cfg().cache_file.empty()) {
+    const LoadReport report = load_pretrained(model, skip_head);
+    log << "weights: " << report.loaded.size() << " backbone tensors from "
+        << pretrained_file(model.default_cfg()) << " (its classifier is replaced)\n";
+  } else {
+    log << "graft: warning: no --weights: " << model_name
+        << " starts from random initialisation (pretrained source: " << model.default_cfg().source << ")\n";
+  }
+}
+
+TrainConfig run_train_config(const TrainConfig& options, const std::string& out,
+                             const std::vector<std::string>& classes, const std::string& sample_unit,
+                             std::ostream& log) {
+  if (classes.size() > size_t(kMaxClasses))
+    throw Error("the data has " + std::to_string(classes.size()) + " classes, more than graft's limit of " +
+                std::to_string(kMaxClasses) + " (is the label column the right one?)");
+  TrainConfig config = options;
+  config.out_dir = out;
+  config.class_names = classes;
+  config.sample_unit = sample_unit;
+  config.log = &log;
+  return config;
+}
+
+void log_resolved(const nlohmann::json& resolved, std::ostream& log) {
+  log << "graft train: resolved configuration\n" << resolved.dump(2) << "\n";
+}
+
+FitOutcome fit_and_check(const FitPlan& plan, const TrainConfig& config, std::ostream& log) {
+  FitOutcome outcome;
+  {
+    Trainer trainer(plan.trained, plan.trained_forward, config);
+    outcome.history = trainer.fit(*plan.train, plan.val);
+    trainer.restore_best();
+  }
+  plan.model->to(torch::kCPU);
+  plan.model->eval();
+  BatchSource* val = plan.model_val ? plan.model_val : plan.val;
+  if (!val) return outcome;
+  // The saved model, checked the way predict runs it.
+  TrainConfig eval_config;
+  eval_config.device = config.device;
+  eval_config.progress = config.progress;
+  eval_config.log = &log;
+  eval_config.objective = config.objective;
+  eval_config.sample_unit = plan.model_sample_unit.empty() ? config.sample_unit : plan.model_sample_unit;
+  Trainer evaluator(plan.model, plan.model_forward, eval_config);
+  outcome.val_metrics = evaluator.evaluate(*val, "val");
+  plan.model->to(torch::kCPU);
+  write_val_report(config.out_dir, *outcome.val_metrics, config.class_names, log);
+  return outcome;
+}
+
+void log_skipped(const std::vector<std::string>& skipped, std::ostream& log) {
+  constexpr size_t kShown = 10;
+  for (size_t i = 0; i < skipped.size() && i < kShown; ++i) log << "graft: warning: " << skipped[i] << "\n";
+  if (skipped.size() > kShown)
+    log << "graft: warning: ... and " << skipped.size() - kShown << " more skipped\n";
+}
+
+void log_run_directory(const std::string& out, const std::string& files, bool validated, bool classify,
+                       std::ostream& log) {
+  log << "run directory: " << out << " (" << files << ", metrics.csv, training_curves.svg"
+      << (validated && classify ? ", confusion_matrix.svg" : "") << (validated ? ", val_report.txt" : "")
+      << ")\n";
+}
+
+}  // namespace graft

@@ -1,0 +1,64 @@
+// The training steps every task shares, in one place: the image, text and video recipes supply what is
+// their own (data, model, preprocessing, extra files) and hand the rest to these.
+#pragma once
+#include <iosfwd>
+#include <memory>
+#include <nlohmann/json_fwd.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "graft/trainer.h"
+
+namespace graft {
+
+// What a task trains, and how its saved model is checked afterwards.
+struct FitPlan {
+  // The parts that learn and their batches: the whole model on its inputs, or, with cached features, the
+  // head alone on the features.
+  std::shared_ptr<torch::nn::Module> trained;
+  Trainer::Forward trained_forward;
+  BatchSource* train = nullptr;
+  BatchSource* val = nullptr;  // null: no validation
+  // The whole model as predict runs it, and its validation batches when they differ from `val` (cached
+  // features); the final metrics and val_report.txt come from these.
+  std::shared_ptr<torch::nn::Module> model;
+  Trainer::Forward model_forward;
+  BatchSource* model_val = nullptr;
+  std::string model_sample_unit;  // "": config.sample_unit
+};
+
+struct FitOutcome {
+  TrainHistory history;
+  std::optional<Metrics> val_metrics;  // the saved model on the validation split; none without one
+};
+
+class BackboneImpl;
+
+// The weights a backbone starts from, loaded before its classifier is replaced (and so without it): the
+// file `weights` (reference names), else the fetched file of the tag in `model_name`; with neither, random
+// initialisation, said as a warning. Says what it loaded.
+void load_start_weights(BackboneImpl& model, const std::string& model_name, const std::string& weights,
+                        std::ostream& log);
+
+// The run's TrainConfig: the options' training settings with the run directory, classes and log.
+TrainConfig run_train_config(const TrainConfig& options, const std::string& out,
+                             const std::vector<std::string>& classes, const std::string& sample_unit,
+                             std::ostream& log);
+
+// Prints the resolved configuration, once every option is checked.
+void log_resolved(const nlohmann::json& resolved, std::ostream& log);
+
+// Fits, puts the best epoch back (and says which), evaluates the saved model on the validation split only,
+// and writes val_report.txt and confusion_matrix.svg from those metrics. The model is left on the CPU in
+// eval mode, ready to save.
+FitOutcome fit_and_check(const FitPlan& plan, const TrainConfig& config, std::ostream& log);
+
+// What the data scan left out and why: the first ten as warnings, then how many more.
+void log_skipped(const std::vector<std::string>& skipped, std::ostream& log);
+
+// The last lines of a run: what was skipped and where the run directory is, with what it holds.
+void log_run_directory(const std::string& out, const std::string& files, bool validated, bool classify,
+                       std::ostream& log);
+
+}  // namespace graft
