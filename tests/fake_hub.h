@@ -40,6 +40,10 @@ struct FakeFile {
   std::string git_etag_override;  // kept in git: announce this blob id instead of the content's
   int drops = 0;                  // the next `drops` content GETs send `drop_after` bytes and hang up
   size_t drop_after = 0;
+  // A body that runs on: HEAD and the listing announce this size (>= 0), and GET sends the whole content
+  // with no Content-Length, ended only by closing the connection.
+  int64_t announced_size = -1;
+  bool no_size = false;  // neither HEAD nor the listing gives a size; GET has no Content-Length
 };
 
 inline bool contains(const std::string& haystack, const std::string& needle) {
@@ -166,6 +170,7 @@ class FakeHub {
     std::vector<std::pair<std::string, std::string>> headers;
     std::string body;
     size_t content_length = std::string::npos;  // default: body.size()
+    bool no_length = false;                     // no Content-Length: the body ends when the connection does
     size_t send_only = std::string::npos;       // hang up after this many body bytes
   };
 
@@ -241,7 +246,8 @@ class FakeHub {
         response.content_length != std::string::npos ? response.content_length : response.body.size();
     std::string head = "HTTP/1.1 " + std::to_string(response.status) + " " + reason(response.status) + "\r\n";
     for (const auto& [name, value] : response.headers) head += name + ": " + value + "\r\n";
-    head += "Content-Length: " + std::to_string(length) + "\r\nConnection: close\r\n\r\n";
+    if (!response.no_length) head += "Content-Length: " + std::to_string(length) + "\r\n";
+    head += "Connection: close\r\n\r\n";
     send_all(client, head);
     if (seen.method == "HEAD") return;
     send_all(client, response.send_only == std::string::npos ? response.body
@@ -286,7 +292,10 @@ class FakeHub {
       if (const char* missing = find_revision(repo, revision)) return not_found(missing);
       nlohmann::json siblings = nlohmann::json::array();
       for (const auto& [name, file] : repo->second.files) {
-        nlohmann::json entry = {{"rfilename", name}, {"size", file.content.size()}};
+        nlohmann::json entry = {{"rfilename", name}};
+        if (!file.no_size)
+          entry["size"] =
+              file.announced_size >= 0 ? static_cast<size_t>(file.announced_size) : file.content.size();
         if (file.lfs) entry["lfs"] = {{"sha256", lfs_sha256(file)}, {"size", file.content.size()}};
         siblings.push_back(entry);
       }
@@ -356,6 +365,11 @@ class FakeHub {
                                                        std::to_string(file.content.size())});
     }
     response.body = file.content.substr(from);
+    if (file.no_size) response.no_length = true;
+    if (file.announced_size >= 0) {
+      if (request.method == "HEAD") response.content_length = static_cast<size_t>(file.announced_size);
+      if (request.method == "GET") response.no_length = true;
+    }
     if (request.method == "GET" && file.drops > 0) {
       --file.drops;
       response.send_only = std::min(file.drop_after, response.body.size());

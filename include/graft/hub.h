@@ -32,6 +32,9 @@ struct HubOptions {
   int attempts = 3;                  // per file: a dropped transfer is resumed (Range) this many times
   double retry_delay_seconds = 1.0;  // before the 2nd attempt; doubles after each
   std::ostream* log = &std::cerr;    // progress bars and per-file lines
+  // A download stops at the size the server announced; a file announced with no size stops here (the Hub
+  // stores files of at most 50 GB).
+  int64_t max_unsized_bytes = int64_t{50} << 30;
   // The options the environment gives (the variables above).
   static HubOptions from_environment();
 };

@@ -70,10 +70,12 @@ HttpResponse HttpClient::request(const std::string& method, const std::string& u
   return std::move(state.response);
 }
 
-HttpClient::Download HttpClient::download(const std::string& url, int fd, int64_t offset, ProgressBar* bar) {
+HttpClient::Download HttpClient::download(const std::string& url, int fd, int64_t offset, int64_t limit,
+                                          ProgressBar* bar) {
   State state;
   state.fd = fd;
   state.offset = offset;
+  state.limit = limit;
   state.bar = bar;
   prepare(url, state);
   curl_easy_setopt(curl_, CURLOPT_FOLLOWLOCATION, 1L);
@@ -89,9 +91,10 @@ HttpClient::Download HttpClient::download(const std::string& url, int fd, int64_
   result.status = state.status;
   result.received = state.received;
   result.restarted = state.restarted;
+  result.overran = state.overran;
   result.error_body = state.response.body;
   if (!state.write_error.empty()) throw Error(state.write_error);
-  if (result.code != CURLE_OK) result.curl_error = curl_message(url, result.code);
+  if (result.code != CURLE_OK && !result.overran) result.curl_error = curl_message(url, result.code);
   return result;
 }
 
@@ -179,6 +182,13 @@ size_t HttpClient::write_file(char* data, size_t size, size_t count, void* user)
         return 0;
       }
     }
+  }
+  // Never past the size the server announced (or graft's bound for files with none): a body that goes on
+  // would otherwise fill the disk.
+  const int64_t file_size = (state->restarted ? 0 : state->offset) + state->received;
+  if (file_size + static_cast<int64_t>(bytes) > state->limit) {
+    state->overran = true;
+    return 0;  // aborts the transfer
   }
   size_t written = 0;
   while (written < bytes) {

@@ -48,16 +48,18 @@ class HttpClient {
   // GET `url` (following redirects: LFS files live on a CDN) appending to the open file `out`, which
   // already holds `offset` bytes: asks for the rest with a Range request. Returns the HTTP status; the
   // caller checks it. `received` counts the bytes written this time; `restarted` is set when the server
-  // ignored the range and sent the whole file (then the file was truncated first).
+  // ignored the range and sent the whole file (then the file was truncated first). The file never grows
+  // past `limit` bytes: a server that sends more is cut off and `overran` is set.
   struct Download {
     long status = 0;
     int64_t received = 0;
     bool restarted = false;
+    bool overran = false;
     std::string error_body;
     CURLcode code = CURLE_OK;
     std::string curl_error;
   };
-  Download download(const std::string& url, int fd, int64_t offset, ProgressBar* bar);
+  Download download(const std::string& url, int fd, int64_t offset, int64_t limit, ProgressBar* bar);
 
  private:
   struct State {
@@ -69,6 +71,8 @@ class HttpClient {
     int fd = -1;
     int64_t offset = 0;
     int64_t received = 0;
+    int64_t limit = 0;  // the most bytes the file may hold
+    bool overran = false;
     bool started = false;
     bool restarted = false;
     std::string write_error;

@@ -349,7 +349,8 @@ class Puller {
                                               expected_size - offset, *options_.log, "B");
         }
         try {
-          got = http_.download(url, fd, offset, bar.get());
+          got = http_.download(url, fd, offset,
+                               expected_size >= 0 ? expected_size : options_.max_unsized_bytes, bar.get());
         } catch (...) {
           ::close(fd);
           throw;
@@ -357,6 +358,15 @@ class Puller {
         if (bar) bar->finish("");
         result.downloaded_bytes += got.received;
         if (got.restarted) offset = 0;
+        if (got.overran) {
+          ::close(fd);
+          fs::remove(partial);  // nothing of a file that overran is kept
+          throw Error(url + ": " + name + ": the server sent more than the " +
+                      (expected_size >= 0 ? std::to_string(expected_size) + " bytes it announced"
+                                          : std::to_string(options_.max_unsized_bytes) +
+                                                " bytes graft accepts for a file of no announced size") +
+                      "; the download was stopped and discarded");
+        }
       } else {
         got.status = 206;  // everything is already there: only the checks remain
       }
@@ -409,7 +419,13 @@ class Puller {
       fs::rename(partial, blob);
       fsync_path(blob.parent_path().string(), true);
       std::string how = resumed ? "downloaded (resumed)" : "downloaded";
-      return how + (expected.value.empty()       ? ", size checked"
+      if (expected.value.empty() && expected_size < 0) {
+        // Neither a checksum nor a size: nothing to check the bytes against, and it is said so.
+        *options_.log << "graft: warning: " << url
+                      << ": the server gave neither a checksum nor a size; the file is not verified\n";
+        return how + ", not verified (no checksum, no size)";
+      }
+      return how + (expected.value.empty()       ? ", size checked (no checksum)"
                     : expected.kind == "SHA-256" ? ", sha256 ok"
                                                  : ", git blob id ok");
     }

@@ -366,6 +366,52 @@ TEST_F(HubPull, AFileKeptInGitIsCheckedAgainstItsGitBlobId) {
   EXPECT_TRUE(contains(log_.str(), "config.json  22 bytes  downloaded, git blob id ok")) << log_.str();
 }
 
+// A server whose body runs past the size it announced (it wrote 15 GB in 20 s before) is cut off at that
+// size, and nothing of the file is kept; a file announced with no size stops at max_unsized_bytes.
+TEST_F(HubPull, ADownloadStopsAtItsAnnouncedSizeAndKeepsNothingOfAnOverrun) {
+  hub_.edit_repo("org/model", [&](FakeRepo& repo) {
+    repo.files["config.json"].content = random_bytes(1 << 20, 7);  // 1 MiB sent...
+    repo.files["config.json"].announced_size = 100;                // ...for 100 announced
+  });
+  try {
+    graft::hub_pull(graft::HubRepo::parse("org/model"), {"config.json"}, options_);
+    ADD_FAILURE() << "a body longer than announced was accepted";
+  } catch (const graft::Error& e) {
+    EXPECT_TRUE(contains(e.what(), "config.json: the server sent more than the 100 bytes it announced"))
+        << e.what();
+  }
+  for (const auto& entry : fs::recursive_directory_iterator(repo_folder()))
+    EXPECT_FALSE(entry.is_regular_file() && entry.file_size() > 100) << entry.path() << " kept";
+  EXPECT_FALSE(fs::exists(repo_folder() / "snapshots" / kCommit / "config.json"));
+
+  hub_.edit_repo("org/model", [&](FakeRepo& repo) {
+    repo.files["config.json"].announced_size = -1;
+    repo.files["config.json"].no_size = true;
+  });
+  options_.max_unsized_bytes = 4096;
+  try {
+    graft::hub_pull(graft::HubRepo::parse("org/model"), {"config.json"}, options_);
+    ADD_FAILURE() << "a file of no size ran past max_unsized_bytes";
+  } catch (const graft::Error& e) {
+    EXPECT_TRUE(contains(e.what(), "more than the 4096 bytes graft accepts for a file of no announced size"))
+        << e.what();
+  }
+  EXPECT_FALSE(fs::exists(repo_folder() / "snapshots" / kCommit / "config.json"));
+}
+
+// Neither a checksum (an ETag that is no hash) nor a size: the file is linked but the log says it was not
+// verified (it said "size checked").
+TEST_F(HubPull, AFileWithNothingToCheckItAgainstIsSaidToBeUnverified) {
+  hub_.edit_repo("org/model", [&](FakeRepo& repo) {
+    repo.files["config.json"].git_etag_override = "weak-etag-1";
+    repo.files["config.json"].no_size = true;
+  });
+  graft::hub_pull(graft::HubRepo::parse("org/model"), {"config.json"}, options_);
+  EXPECT_TRUE(contains(log_.str(), "downloaded, not verified (no checksum, no size)")) << log_.str();
+  EXPECT_TRUE(contains(log_.str(), "the server gave neither a checksum nor a size")) << log_.str();
+  EXPECT_FALSE(contains(log_.str(), "size checked")) << log_.str();
+}
+
 TEST_F(HubPull, ListingsWithFileNamesThatEscapeTheCacheAreRefused) {
   for (const std::string evil :
        {"../../evil.safetensors", "/tmp/evil.safetensors", "a\\..\\evil.safetensors"}) {
