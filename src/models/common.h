@@ -32,6 +32,23 @@ void init_conv_xavier(torch::nn::Conv2dImpl& conv);
 // The 1x1 convolution those ports classify with (Keras' "conv_preds"), freshly initialised.
 torch::nn::Conv2d make_conv_classifier(int64_t in_channels, int64_t num_classes);
 
+// The last layer of a model replaced in place: `make()` builds the fresh layer, which follows the model to
+// the device and dtype of `like` (so a reset after .to(cuda) still runs) and is registered as `name`; for
+// num_classes 0 an Identity is registered there instead (the model then returns pre-logits) and the
+// returned holder is null.
+template <class Holder, class Make>
+Holder replace_last_layer(torch::nn::Module& model, const std::string& name, int64_t num_classes,
+                          const torch::Tensor& like, Make make) {
+  if (num_classes == 0) {
+    model.replace_module(name, torch::nn::Identity());
+    return Holder{nullptr};
+  }
+  Holder layer = make();
+  layer->to(like.device(), like.scalar_type());
+  model.replace_module(name, layer);
+  return layer;
+}
+
 // A copy of `seq` whose last child is a fresh Linear(in_features, num_classes) (Identity for 0) on the
 // device and dtype of `like`; the other children are shared, so their weights are kept.
 torch::nn::Sequential with_new_last_linear(const torch::nn::Sequential& seq, int64_t in_features,

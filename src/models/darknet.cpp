@@ -98,15 +98,9 @@ std::vector<ForwardStep> DarknetImpl::classifier_steps(bool pre_logits) {
 }
 
 void DarknetImpl::replace_classifier(int64_t num_classes) {
-  if (num_classes == 0) {
-    classifier = nullptr;
-    replace_module(classifier_name_, nn::Identity());
-    return;
-  }
-  classifier = make_conv_classifier(num_features_, num_classes);
-  // Follow the model to its device and dtype, so a reset after .to(cuda) still runs.
-  classifier->to(convs.front()->weight.device(), convs.front()->weight.scalar_type());
-  replace_module(classifier_name_, classifier);
+  classifier =
+      replace_last_layer<nn::Conv2d>(*this, classifier_name_, num_classes, convs.front()->weight,
+                                     [&] { return make_conv_classifier(num_features_, num_classes); });
 }
 
 int64_t DarknetImpl::classifier_outputs() const {

@@ -281,16 +281,11 @@ std::vector<ForwardStep> InceptionV3Impl::classifier_steps(bool pre_logits) {
 }
 
 void InceptionV3Impl::replace_classifier(int64_t num_classes) {
-  if (num_classes == 0) {
-    fc = nullptr;
-    replace_module("fc", nn::Identity());
-    return;
-  }
-  fc = nn::Linear(num_features(), num_classes);
-  init_linear_normal(*fc);
-  // Follow the model to its device and dtype, so a reset after .to(cuda) still runs.
-  fc->to(Conv2d_1a_3x3->conv->weight.device(), Conv2d_1a_3x3->conv->weight.scalar_type());
-  replace_module("fc", fc);
+  fc = replace_last_layer<nn::Linear>(*this, "fc", num_classes, Conv2d_1a_3x3->conv->weight, [&] {
+    nn::Linear layer(num_features(), num_classes);
+    init_linear_normal(*layer);
+    return layer;
+  });
 }
 
 int64_t InceptionV3Impl::classifier_outputs() const {

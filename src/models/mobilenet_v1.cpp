@@ -134,15 +134,9 @@ std::vector<ForwardStep> MobileNetV1Impl::classifier_steps(bool pre_logits) {
 }
 
 void MobileNetV1Impl::replace_classifier(int64_t num_classes) {
-  if (num_classes == 0) {
-    conv_preds = nullptr;
-    replace_module("conv_preds", nn::Identity());
-    return;
-  }
-  conv_preds = make_conv_classifier(num_features_, num_classes);
-  // Follow the model to its device and dtype, so a reset after .to(cuda) still runs.
-  conv_preds->to(conv1->weight.device(), conv1->weight.scalar_type());
-  replace_module("conv_preds", conv_preds);
+  conv_preds = replace_last_layer<nn::Conv2d>(*this, "conv_preds", num_classes, conv1->weight, [&] {
+    return make_conv_classifier(num_features_, num_classes);
+  });
 }
 
 int64_t MobileNetV1Impl::classifier_outputs() const {

@@ -179,15 +179,8 @@ std::vector<ForwardStep> ResNetImpl::classifier_steps(bool pre_logits) {
 }
 
 void ResNetImpl::replace_classifier(int64_t num_classes) {
-  if (num_classes == 0) {
-    fc = nullptr;
-    replace_module("fc", nn::Identity());
-    return;
-  }
-  fc = nn::Linear(num_features(), num_classes);
-  // Follow the model to its device and dtype, so a reset after .to(cuda) still runs.
-  fc->to(conv1->weight.device(), conv1->weight.scalar_type());
-  replace_module("fc", fc);
+  fc = replace_last_layer<nn::Linear>(*this, "fc", num_classes, conv1->weight,
+                                      [&] { return nn::Linear(num_features(), num_classes); });
 }
 
 int64_t ResNetImpl::classifier_outputs() const {

@@ -172,17 +172,11 @@ std::vector<ForwardStep> VideoResNetImpl::classifier_steps(bool pre_logits) {
 }
 
 void VideoResNetImpl::replace_classifier(int64_t num_classes) {
-  if (num_classes == 0) {
-    fc = nullptr;
-    replace_module("fc", nn::Identity());
-    return;
-  }
-  fc = nn::Linear(num_features(), num_classes);
-  init_linear_normal(*fc);
-  // Follow the model to its device and dtype, so a reset after .to(cuda) still runs.
-  const torch::Tensor like = stem->parameters().front();
-  fc->to(like.device(), like.scalar_type());
-  replace_module("fc", fc);
+  fc = replace_last_layer<nn::Linear>(*this, "fc", num_classes, stem->parameters().front(), [&] {
+    nn::Linear layer(num_features(), num_classes);
+    init_linear_normal(*layer);
+    return layer;
+  });
 }
 
 int64_t VideoResNetImpl::classifier_outputs() const {

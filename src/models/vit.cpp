@@ -272,16 +272,11 @@ ClassifierOutput ViTForImageClassificationImpl::forward(const torch::Tensor& pix
 }
 
 void ViTForImageClassificationImpl::replace_classifier(int64_t num_classes) {
-  const torch::Tensor like = vit->layernorm->weight;
-  if (num_classes == 0) {
-    classifier = nullptr;
-    replace_module("classifier", nn::Identity());
-  } else {
-    classifier = nn::Linear(config_.hidden_size, num_classes);
-    init_vit_weights(*classifier, config_.initializer_range);
-    classifier->to(like.device(), like.scalar_type());
-    replace_module("classifier", classifier);
-  }
+  classifier = replace_last_layer<nn::Linear>(*this, "classifier", num_classes, vit->layernorm->weight, [&] {
+    nn::Linear layer(config_.hidden_size, num_classes);
+    init_vit_weights(*layer, config_.initializer_range);
+    return layer;
+  });
   config_.id2label.clear();
   config_.set_num_labels(num_classes);
 }
