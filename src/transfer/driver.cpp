@@ -70,6 +70,15 @@ FitOutcome fit_and_check(const FitPlan& plan, const TrainConfig& config, std::os
   return outcome;
 }
 
+std::vector<std::pair<std::string, double>> top_labels(const torch::Tensor& probs, int64_t k,
+                                                       const std::vector<std::string>& classes) {
+  const auto [values, indices] = probs.topk(k);
+  std::vector<std::pair<std::string, double>> top;
+  for (int64_t i = 0; i < k; ++i)
+    top.emplace_back(classes.at(static_cast<size_t>(indices[i].item<int64_t>())), values[i].item<double>());
+  return top;
+}
+
 void log_skipped(const std::vector<std::string>& skipped, std::ostream& log) {
   constexpr size_t kShown = 10;
   for (size_t i = 0; i < skipped.size() && i < kShown; ++i) log << "graft: warning: " << skipped[i] << "\n";

@@ -6,6 +6,7 @@
 #include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "graft/trainer.h"
@@ -53,6 +54,10 @@ void log_resolved(const nlohmann::json& resolved, std::ostream& log);
 // and writes val_report.txt and confusion_matrix.svg from those metrics. The model is left on the CPU in
 // eval mode, ready to save.
 FitOutcome fit_and_check(const FitPlan& plan, const TrainConfig& config, std::ostream& log);
+
+// The k most probable labels of one sample's probabilities (C), best first: what predict prints.
+std::vector<std::pair<std::string, double>> top_labels(const torch::Tensor& probs, int64_t k,
+                                                       const std::vector<std::string>& classes);
 
 // What the data scan left out and why: the first ten as warnings, then how many more.
 void log_skipped(const std::vector<std::string>& skipped, std::ostream& log);

@@ -398,13 +398,7 @@ std::vector<Prediction> predict_images(LoadedRun& run, const std::vector<std::st
     torch::Tensor image = load_and_transform(path, transform, rng).unsqueeze(0).to(device);
     torch::Tensor probs = torch::softmax(run.model->forward(image), 1)[0].to(torch::kCPU);
     const int64_t k = std::min<int64_t>(std::max<int64_t>(top_k, 1), probs.size(0));
-    auto [values, indices] = probs.topk(k);
-    Prediction p;
-    p.path = path;
-    for (int64_t i = 0; i < k; ++i) {
-      p.top.emplace_back(run.spec.classes.at(indices[i].item<int64_t>()), values[i].item<double>());
-    }
-    out.push_back(std::move(p));
+    out.push_back({path, top_labels(probs, k, run.spec.classes)});
   }
   return out;
 }

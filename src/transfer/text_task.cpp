@@ -627,13 +627,7 @@ std::vector<TextPrediction> predict_texts(TextRun& run, const std::vector<std::s
     torch::Tensor packed = pack({run.tokenizer->encode(text, options)}, pad_id_of(*run.tokenizer), 3);
     check_ids(packed, embedding_rows(*run.module), *run.tokenizer);
     const torch::Tensor probs = torch::softmax(forward(packed.to(device)), -1).squeeze(0).cpu();
-    auto [values, indices] = probs.topk(k);
-    TextPrediction p;
-    p.text = text;
-    for (int64_t i = 0; i < k; ++i)
-      p.top.emplace_back(run.classes[static_cast<size_t>(indices[i].item<int64_t>())],
-                         values[i].item<double>());
-    out.push_back(std::move(p));
+    out.push_back({text, top_labels(probs, k, run.classes)});
   }
   run.module->to(torch::kCPU);
   return out;

@@ -421,13 +421,7 @@ std::vector<Prediction> predict_clips(VideoRun& run, const std::vector<std::stri
     const torch::Tensor clip =
         transform_clip(load_clip(path, decode_min_side(run.clip.transform)), run.clip, rng);
     const torch::Tensor probs = torch::softmax(run.forward(clip.unsqueeze(0).to(device)), -1)[0].cpu();
-    auto [values, indices] = probs.topk(k);
-    Prediction p;
-    p.path = path;
-    for (int64_t i = 0; i < k; ++i)
-      p.top.emplace_back(run.classes[static_cast<size_t>(indices[i].item<int64_t>())],
-                         values[i].item<double>());
-    out.push_back(std::move(p));
+    out.push_back({path, top_labels(probs, k, run.classes)});
   }
   run.module->to(torch::kCPU);
   return out;
