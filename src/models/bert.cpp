@@ -3,12 +3,17 @@
 // no cross-attention, no cache), BertSelfOutput, BertIntermediate, BertOutput, BertLayer, BertPooler,
 // BertModel and BertForSequenceClassification, with the same operations in the same order so float32
 // results agree with Hugging Face's to rounding. Fresh weights follow BertPreTrainedModel._init_weights.
+// BertConfig's config.json reader takes configuration_bert.py's defaults (shared keys: hf_config.h).
 #include "graft/bert.h"
 
 #include <cmath>
 #include <limits>
+#include <optional>
+#include <string>
 
+#include "graft/json_file.h"
 #include "layers/linear.h"
+#include "models/hf_config.h"
 
 namespace graft {
 namespace {
@@ -46,6 +51,47 @@ void init_bert_weights(nn::Module& root, double std) {
 }
 
 }  // namespace
+
+BertConfig BertConfig::from_json(const json& root, const std::string& source) {
+  const ConfigReader reader(root, source);
+  BertConfig config;
+  read_common(reader, config, "bert");
+  reader.get_positive("vocab_size", config.vocab_size);
+  reader.get_positive("hidden_size", config.hidden_size);
+  reader.get_positive("num_hidden_layers", config.num_hidden_layers);
+  reader.get_positive("num_attention_heads", config.num_attention_heads);
+  reader.get_positive("intermediate_size", config.intermediate_size);
+  reader.get("hidden_act", config.hidden_act);
+  check_activation(reader, "hidden_act", config.hidden_act);
+  reader.get_probability("hidden_dropout_prob", config.hidden_dropout_prob);
+  reader.get_probability("attention_probs_dropout_prob", config.attention_probs_dropout_prob);
+  reader.get_positive("max_position_embeddings", config.max_position_embeddings);
+  reader.get_positive("type_vocab_size", config.type_vocab_size);
+  reader.get("layer_norm_eps", config.layer_norm_eps);
+  reader.get("pad_token_id", config.pad_token_id);
+  reader.get("classifier_dropout", config.classifier_dropout);
+  check_heads(reader, config.hidden_size, "hidden_size", config.num_attention_heads, "num_attention_heads");
+  if (config.pad_token_id && (*config.pad_token_id < 0 || *config.pad_token_id >= config.vocab_size)) {
+    reader.unsupported("pad_token_id",
+                       "must be a token id below vocab_size (" + std::to_string(config.vocab_size) + ")");
+  }
+  std::string position_type = "absolute";
+  reader.get("position_embedding_type", position_type);
+  if (position_type != "absolute") {
+    reader.unsupported("position_embedding_type",
+                       "graft implements BERT's \"absolute\" position embeddings only");
+  }
+  bool flag = false;
+  reader.get("is_decoder", flag);
+  if (flag) reader.unsupported("is_decoder", "graft's BERT is an encoder (no causal mask, no cache)");
+  reader.get("add_cross_attention", flag);
+  if (flag) reader.unsupported("add_cross_attention", "graft's BERT has no cross-attention");
+  return config;
+}
+
+BertConfig BertConfig::from_file(const std::string& path) {
+  return from_json(read_json_file(path), path);
+}
 
 torch::Tensor extended_attention_mask(const torch::Tensor& attention_mask, torch::ScalarType dtype) {
   // (B, T) -> (B, 1, 1, T): broadcast over heads and query positions.

@@ -5,12 +5,18 @@
 // buffer out of the state dict since v4.31, and older files that hold it (`h.N.attn.bias`,
 // `h.N.attn.masked_bias`) are accepted and ignored by the loader. Fresh weights follow
 // GPT2PreTrainedModel._init_weights, including the 1/sqrt(2 * n_layer) scaling of c_proj.
+// GPT2Config's config.json reader takes configuration_gpt2.py's defaults (shared keys: hf_config.h).
 #include "graft/gpt2.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <cmath>
 #include <limits>
+#include <optional>
+#include <string>
+
+#include "graft/json_file.h"
+#include "models/hf_config.h"
 
 namespace graft {
 namespace {
@@ -62,6 +68,44 @@ void init_gpt2_weights(nn::Module& root, const GPT2Config& config) {
 }
 
 }  // namespace
+
+GPT2Config GPT2Config::from_json(const json& root, const std::string& source) {
+  const ConfigReader reader(root, source);
+  GPT2Config config;
+  read_common(reader, config, "gpt2");
+  reader.get_positive("vocab_size", config.vocab_size);
+  reader.get_positive("n_positions", config.n_positions);
+  reader.get_positive("n_embd", config.n_embd);
+  reader.get_positive("n_layer", config.n_layer);
+  reader.get_positive("n_head", config.n_head);
+  reader.get("n_inner", config.n_inner);
+  if (config.n_inner && *config.n_inner <= 0)
+    reader.unsupported("n_inner", "must be > 0 or null (4 * n_embd)");
+  reader.get("activation_function", config.activation_function);
+  check_activation(reader, "activation_function", config.activation_function);
+  reader.get_probability("resid_pdrop", config.resid_pdrop);
+  reader.get_probability("embd_pdrop", config.embd_pdrop);
+  reader.get_probability("attn_pdrop", config.attn_pdrop);
+  reader.get("layer_norm_epsilon", config.layer_norm_epsilon);
+  reader.get("scale_attn_weights", config.scale_attn_weights);
+  reader.get("scale_attn_by_inverse_layer_idx", config.scale_attn_by_inverse_layer_idx);
+  reader.get("reorder_and_upcast_attn", config.reorder_and_upcast_attn);
+  std::optional<int64_t> token = config.bos_token_id;
+  reader.get("bos_token_id", token);
+  config.bos_token_id = token.value_or(-1);
+  token = config.eos_token_id;
+  reader.get("eos_token_id", token);
+  config.eos_token_id = token.value_or(-1);
+  check_heads(reader, config.n_embd, "n_embd", config.n_head, "n_head");
+  bool flag = false;
+  reader.get("add_cross_attention", flag);
+  if (flag) reader.unsupported("add_cross_attention", "graft's GPT-2 has no cross-attention");
+  return config;
+}
+
+GPT2Config GPT2Config::from_file(const std::string& path) {
+  return from_json(read_json_file(path), path);
+}
 
 Conv1DImpl::Conv1DImpl(int64_t nf, int64_t nx) {
   weight = register_parameter("weight", torch::empty({nx, nf}).normal_(0, 0.02));
@@ -246,10 +290,17 @@ torch::Tensor GPT2LMHeadModelImpl::generate(const torch::Tensor& input_ids, cons
                 std::to_string(options.max_new_tokens) + " new tokens exceeds the model's " +
                 std::to_string(positions) + " positions (n_positions)");
   }
-  if (options.temperature < 0 || options.top_k < 0 || !(options.top_p > 0 && options.top_p <= 1) ||
-      !(options.repetition_penalty > 0)) {
-    throw Error("generate: expected temperature >= 0, top_k >= 0, top_p in (0, 1], repetition_penalty > 0");
-  }
+  // Each setting by its flag and value: a NaN temperature used to reach libtorch's multinomial.
+  if (!(std::isfinite(options.temperature) && options.temperature >= 0))
+    throw Error("--temperature must be a finite number >= 0 (0: greedy), got " +
+                std::to_string(options.temperature));
+  if (options.top_k < 0)
+    throw Error("--top-k must be >= 0 (0: every token), got " + std::to_string(options.top_k));
+  if (!(options.top_p > 0 && options.top_p <= 1))
+    throw Error("--top-p must lie in (0, 1], got " + std::to_string(options.top_p));
+  if (!(std::isfinite(options.repetition_penalty) && options.repetition_penalty > 0))
+    throw Error("--repetition-penalty must be a finite number > 0 (1: none), got " +
+                std::to_string(options.repetition_penalty));
   torch::NoGradGuard no_grad;
   std::optional<at::Generator> generator;
   if (options.seed) generator = at::make_generator<at::CPUGeneratorImpl>(*options.seed);

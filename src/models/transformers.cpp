@@ -1,9 +1,11 @@
-// Hugging Face transformers support shared by BERT, GPT-2 and ViT: config.json readers (transformers
-// v4.31 configuration_utils.py PretrainedConfig + configuration_bert.py / configuration_gpt2.py /
-// configuration_vit.py defaults), activations (activations.py ACT2FN), the classification loss of the
-// *ForSequenceClassification / *ForImageClassification heads, and from_pretrained's weight-name handling
-// (modeling_utils.py _load_pretrained_model: base-model prefix added or removed, gamma/beta renamed,
-// non-persistent buffers of older files ignored, tied embeddings).
+// Hugging Face transformers support shared by BERT, GPT-2 and ViT (transformers v4.31): activations
+// (activations.py ACT2FN), the classification loss of the *ForSequenceClassification /
+// *ForImageClassification heads, building and loading a model folder by its config.json's architecture, and
+// from_pretrained's weight-name handling (modeling_utils.py _load_pretrained_model: base-model prefix added
+// or removed, gamma/beta renamed, non-persistent buffers of older files ignored, tied embeddings).
+// The config.json readers are beside their models: BertConfig's in bert.cpp, GPT2Config's in gpt2.cpp,
+// ViTConfig's in vit.cpp, with the keys they share (configuration_utils.py PretrainedConfig, also read here
+// for a checkpoint's label count) in hf_config.h / hf_config.cpp.
 #include "graft/transformers.h"
 
 #include <cmath>
@@ -17,163 +19,12 @@
 #include "graft/json_file.h"
 #include "graft/strings.h"
 #include "graft/vit.h"
+#include "models/hf_config.h"
 
 namespace graft {
 namespace {
 
 namespace fs = std::filesystem;
-using json = nlohmann::json;
-
-// Reads typed keys of one config.json; a key that is absent keeps the default already in the struct.
-class ConfigReader {
- public:
-  ConfigReader(const json& root, std::string source) : root_(root), source_(std::move(source)) {
-    if (!root_.is_object()) throw FormatError(source_, "expected a JSON object of configuration keys");
-  }
-
-  bool has(const char* key) const { return root_.contains(key) && !root_.at(key).is_null(); }
-
-  void get(const char* key, int64_t& out) const {
-    if (!root_.contains(key)) return;
-    const json& value = root_.at(key);
-    if (!value.is_number_integer()) fail(key, "an integer", value);
-    out = value.get<int64_t>();
-  }
-  void get(const char* key, double& out) const {
-    if (!root_.contains(key)) return;
-    const json& value = root_.at(key);
-    if (!value.is_number()) fail(key, "a number", value);
-    out = value.get<double>();
-  }
-  void get(const char* key, bool& out) const {
-    if (!root_.contains(key)) return;
-    const json& value = root_.at(key);
-    if (!value.is_boolean()) fail(key, "true or false", value);
-    out = value.get<bool>();
-  }
-  void get(const char* key, std::string& out) const {
-    if (!root_.contains(key) || root_.at(key).is_null()) return;  // null: the default ("" / HF's None)
-    const json& value = root_.at(key);
-    if (!value.is_string()) fail(key, "a string", value);
-    out = value.get<std::string>();
-  }
-  // Keys Hugging Face allows to be null (n_inner, classifier_dropout, pad_token_id).
-  template <class T>
-  void get(const char* key, std::optional<T>& out) const {
-    if (!root_.contains(key)) return;
-    if (root_.at(key).is_null()) {
-      out.reset();
-      return;
-    }
-    T value{};
-    get(key, value);
-    out = value;
-  }
-
-  // Positive sizes: a zero or negative width is a broken file, said here rather than deep in libtorch.
-  void get_positive(const char* key, int64_t& out) const {
-    get(key, out);
-    if (out <= 0)
-      throw FormatError(source_, "key '" + std::string(key) + "' must be > 0, found " + std::to_string(out));
-  }
-  void get_probability(const char* key, double& out) const {
-    get(key, out);
-    if (!(out >= 0.0 && out < 1.0)) {
-      throw FormatError(source_, "key '" + std::string(key) + "' must be a probability in [0, 1), found " +
-                                     std::to_string(out));
-    }
-  }
-
-  [[noreturn]] void fail(const char* key, const std::string& expected, const json& value) const {
-    throw FormatError(
-        source_, "key '" + std::string(key) + "' must be " + expected + ", found " + json_excerpt(value));
-  }
-  [[noreturn]] void unsupported(const char* key, const std::string& why) const {
-    throw FormatError(source_,
-                      "key '" + std::string(key) + "' is " + json_excerpt(root_.at(key)) + ": " + why);
-  }
-
-  const json& root() const { return root_; }
-  const std::string& source() const { return source_; }
-
- private:
-  const json& root_;
-  std::string source_;
-};
-
-// The keys of PretrainedConfig graft uses, and the model_type check.
-void read_common(const ConfigReader& reader, HfCommonConfig& config, const std::string& model_type) {
-  const json& root = reader.root();
-  reader.get("model_type", config.model_type);
-  if (!config.model_type.empty() && config.model_type != model_type) {
-    reader.unsupported("model_type", "expected \"" + model_type + "\" for this model class");
-  }
-  config.model_type = model_type;
-  if (root.contains("architectures") && !root.at("architectures").is_null()) {
-    const json& list = root.at("architectures");
-    if (!list.is_array()) reader.fail("architectures", "a list of class names", list);
-    config.architectures.clear();
-    for (const json& name : list) {
-      if (!name.is_string()) reader.fail("architectures", "a list of class names", list);
-      config.architectures.push_back(name.get<std::string>());
-    }
-  }
-  // id2label decides num_labels, as in PretrainedConfig.__init__ (a disagreeing num_labels is ignored).
-  if (root.contains("id2label") && !root.at("id2label").is_null()) {
-    const json& labels = root.at("id2label");
-    if (!labels.is_object()) reader.fail("id2label", "an object {\"0\": \"name\", ...}", labels);
-    std::vector<std::string> names(labels.size());
-    std::vector<bool> seen(labels.size(), false);
-    for (const auto& [key, value] : labels.items()) {
-      size_t used = 0;
-      long long index = -1;
-      try {
-        index = std::stoll(key, &used);
-      } catch (const std::exception&) {
-        used = 0;
-      }
-      if (used != key.size() || index < 0 || index >= static_cast<long long>(names.size()) || seen[index] ||
-          !value.is_string()) {
-        reader.fail(
-            "id2label",
-            "an object mapping each index 0 .. " + std::to_string(names.size() - 1) + " to a label name",
-            labels);
-      }
-      seen[index] = true;
-      names[index] = value.get<std::string>();
-    }
-    config.id2label = names;
-  } else if (root.contains("num_labels")) {
-    int64_t n = 0;
-    reader.get("num_labels", n);
-    if (n < 0) reader.fail("num_labels", "an integer >= 0", root.at("num_labels"));
-    config.id2label.clear();
-    config.set_num_labels(n);
-  }
-  reader.get("problem_type", config.problem_type);
-  if (!config.problem_type.empty() && config.problem_type != "regression" &&
-      config.problem_type != "single_label_classification" &&
-      config.problem_type != "multi_label_classification") {
-    reader.unsupported("problem_type",
-                       "expected regression, single_label_classification or multi_label_classification");
-  }
-  reader.get("tie_word_embeddings", config.tie_word_embeddings);
-  reader.get("initializer_range", config.initializer_range);
-  reader.get("output_hidden_states", config.output_hidden_states);
-}
-
-void check_activation(const ConfigReader& reader, const char* key, const std::string& name) {
-  if (reader.has(key)) hf_activation(name, reader.source() + ": key '" + key + "'");
-}
-
-void check_heads(const ConfigReader& reader, int64_t hidden, const char* hidden_key, int64_t heads,
-                 const char* heads_key) {
-  if (hidden % heads != 0) {
-    throw FormatError(reader.source(), "key '" + std::string(hidden_key) + "' (" + std::to_string(hidden) +
-                                           ") must be a multiple of '" + heads_key + "' (" +
-                                           std::to_string(heads) + ")");
-  }
-}
 
 bool starts_with_module(const std::string& name, const std::string& prefix) {
   return name.size() > prefix.size() && name.compare(0, prefix.size(), prefix) == 0 &&
@@ -248,115 +99,6 @@ void HfCommonConfig::set_num_labels(int64_t n) {
   const size_t old = id2label.size();
   id2label.resize(static_cast<size_t>(std::max<int64_t>(n, 0)));
   for (size_t i = old; i < id2label.size(); ++i) id2label[i] = "LABEL_" + std::to_string(i);
-}
-
-BertConfig BertConfig::from_json(const json& root, const std::string& source) {
-  const ConfigReader reader(root, source);
-  BertConfig config;
-  read_common(reader, config, "bert");
-  reader.get_positive("vocab_size", config.vocab_size);
-  reader.get_positive("hidden_size", config.hidden_size);
-  reader.get_positive("num_hidden_layers", config.num_hidden_layers);
-  reader.get_positive("num_attention_heads", config.num_attention_heads);
-  reader.get_positive("intermediate_size", config.intermediate_size);
-  reader.get("hidden_act", config.hidden_act);
-  check_activation(reader, "hidden_act", config.hidden_act);
-  reader.get_probability("hidden_dropout_prob", config.hidden_dropout_prob);
-  reader.get_probability("attention_probs_dropout_prob", config.attention_probs_dropout_prob);
-  reader.get_positive("max_position_embeddings", config.max_position_embeddings);
-  reader.get_positive("type_vocab_size", config.type_vocab_size);
-  reader.get("layer_norm_eps", config.layer_norm_eps);
-  reader.get("pad_token_id", config.pad_token_id);
-  reader.get("classifier_dropout", config.classifier_dropout);
-  check_heads(reader, config.hidden_size, "hidden_size", config.num_attention_heads, "num_attention_heads");
-  if (config.pad_token_id && (*config.pad_token_id < 0 || *config.pad_token_id >= config.vocab_size)) {
-    reader.unsupported("pad_token_id",
-                       "must be a token id below vocab_size (" + std::to_string(config.vocab_size) + ")");
-  }
-  std::string position_type = "absolute";
-  reader.get("position_embedding_type", position_type);
-  if (position_type != "absolute") {
-    reader.unsupported("position_embedding_type",
-                       "graft implements BERT's \"absolute\" position embeddings only");
-  }
-  bool flag = false;
-  reader.get("is_decoder", flag);
-  if (flag) reader.unsupported("is_decoder", "graft's BERT is an encoder (no causal mask, no cache)");
-  reader.get("add_cross_attention", flag);
-  if (flag) reader.unsupported("add_cross_attention", "graft's BERT has no cross-attention");
-  return config;
-}
-
-BertConfig BertConfig::from_file(const std::string& path) {
-  return from_json(read_json_file(path), path);
-}
-
-GPT2Config GPT2Config::from_json(const json& root, const std::string& source) {
-  const ConfigReader reader(root, source);
-  GPT2Config config;
-  read_common(reader, config, "gpt2");
-  reader.get_positive("vocab_size", config.vocab_size);
-  reader.get_positive("n_positions", config.n_positions);
-  reader.get_positive("n_embd", config.n_embd);
-  reader.get_positive("n_layer", config.n_layer);
-  reader.get_positive("n_head", config.n_head);
-  reader.get("n_inner", config.n_inner);
-  if (config.n_inner && *config.n_inner <= 0)
-    reader.unsupported("n_inner", "must be > 0 or null (4 * n_embd)");
-  reader.get("activation_function", config.activation_function);
-  check_activation(reader, "activation_function", config.activation_function);
-  reader.get_probability("resid_pdrop", config.resid_pdrop);
-  reader.get_probability("embd_pdrop", config.embd_pdrop);
-  reader.get_probability("attn_pdrop", config.attn_pdrop);
-  reader.get("layer_norm_epsilon", config.layer_norm_epsilon);
-  reader.get("scale_attn_weights", config.scale_attn_weights);
-  reader.get("scale_attn_by_inverse_layer_idx", config.scale_attn_by_inverse_layer_idx);
-  reader.get("reorder_and_upcast_attn", config.reorder_and_upcast_attn);
-  std::optional<int64_t> token = config.bos_token_id;
-  reader.get("bos_token_id", token);
-  config.bos_token_id = token.value_or(-1);
-  token = config.eos_token_id;
-  reader.get("eos_token_id", token);
-  config.eos_token_id = token.value_or(-1);
-  check_heads(reader, config.n_embd, "n_embd", config.n_head, "n_head");
-  bool flag = false;
-  reader.get("add_cross_attention", flag);
-  if (flag) reader.unsupported("add_cross_attention", "graft's GPT-2 has no cross-attention");
-  return config;
-}
-
-GPT2Config GPT2Config::from_file(const std::string& path) {
-  return from_json(read_json_file(path), path);
-}
-
-ViTConfig ViTConfig::from_json(const json& root, const std::string& source) {
-  const ConfigReader reader(root, source);
-  ViTConfig config;
-  read_common(reader, config, "vit");
-  reader.get_positive("hidden_size", config.hidden_size);
-  reader.get_positive("num_hidden_layers", config.num_hidden_layers);
-  reader.get_positive("num_attention_heads", config.num_attention_heads);
-  reader.get_positive("intermediate_size", config.intermediate_size);
-  reader.get("hidden_act", config.hidden_act);
-  check_activation(reader, "hidden_act", config.hidden_act);
-  reader.get_probability("hidden_dropout_prob", config.hidden_dropout_prob);
-  reader.get_probability("attention_probs_dropout_prob", config.attention_probs_dropout_prob);
-  reader.get("layer_norm_eps", config.layer_norm_eps);
-  reader.get_positive("image_size", config.image_size);
-  reader.get_positive("patch_size", config.patch_size);
-  reader.get_positive("num_channels", config.num_channels);
-  reader.get("qkv_bias", config.qkv_bias);
-  check_heads(reader, config.hidden_size, "hidden_size", config.num_attention_heads, "num_attention_heads");
-  if (config.image_size % config.patch_size != 0) {
-    throw FormatError(source, "key 'image_size' (" + std::to_string(config.image_size) +
-                                  ") must be a multiple of 'patch_size' (" +
-                                  std::to_string(config.patch_size) + ")");
-  }
-  return config;
-}
-
-ViTConfig ViTConfig::from_file(const std::string& path) {
-  return from_json(read_json_file(path), path);
 }
 
 Activation hf_activation(const std::string& name, const std::string& where) {
