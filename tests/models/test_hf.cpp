@@ -716,6 +716,25 @@ TEST(HfGpt2, GenerateFollowsHuggingFaceProcessors) {
   too_long.max_new_tokens = 2;
   too_long.top_p = 0;
   EXPECT_THROW(model->generate(prompt, too_long), Error);
+  // Each setting is refused by its flag (a NaN temperature ended in a libtorch multinomial message).
+  const auto refused = [&](GenerateOptions bad, const std::string& expected) {
+    bad.max_new_tokens = 2;
+    try {
+      model->generate(prompt, bad);
+      ADD_FAILURE() << "no error; expected " << expected;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(expected), std::string::npos) << e.what();
+    }
+  };
+  GenerateOptions nan_temperature;
+  nan_temperature.temperature = std::nan("");
+  refused(nan_temperature, "--temperature must be a finite number >= 0 (0: greedy), got nan");
+  GenerateOptions negative_k;
+  negative_k.top_k = -1;
+  refused(negative_k, "--top-k must be >= 0");
+  GenerateOptions infinite_penalty;
+  infinite_penalty.repetition_penalty = INFINITY;
+  refused(infinite_penalty, "--repetition-penalty must be a finite number > 0");
 }
 
 }  // namespace
