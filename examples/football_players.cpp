@@ -27,7 +27,16 @@ int main(int argc, char** argv) try {
 
   // 1. The pretrained backbone, its top cut off.
   graft::Backbone model = graft::create_model("resnet50.tv_in1k");
-  if (!weights.empty()) graft::load_weights(*model, weights, {/*strict=*/true, /*skip_classifier=*/true});
+  if (!weights.empty()) {
+    graft::load_weights(*model, weights, {/*strict=*/true, /*skip_classifier=*/true});
+  } else {
+    try {  // the tag's own weights: the Hugging Face cache, pulled from timm/resnet50.tv_in1k on first use
+      graft::load_pretrained(*model, {/*strict=*/true, /*skip_classifier=*/true});
+    } catch (const graft::Error& e) {
+      std::cerr << "football_players: no pretrained weights (" << e.what()
+                << "); resnet50 runs from RANDOM weights, which is no transfer learning: pass WEIGHTS\n";
+    }
+  }
 
   // 2. The data: images resized and normalised the way the weights were trained.
   const graft::Preprocessing pre = graft::Preprocessing::from_cfg(model->default_cfg());

@@ -181,6 +181,16 @@ ImageList scan_image_folder(const std::string& root);
 // `classes` is an error; missing or empty class folders are allowed.
 ImageList scan_image_folder(const std::string& root, const std::vector<std::string>& classes);
 
+// A seeded split stratified by class, the one every task's data uses: per class (in label order) its
+// members are shuffled (portable_shuffle, the same on every standard library) and the first
+// round(n * fraction) go to validation, at most n - 1 so that every class keeps a training sample. Both
+// parts list indices into `samples` in the listing's order.
+struct SplitIndices {
+  std::vector<size_t> train, val;
+};
+SplitIndices stratified_split(const std::vector<LabeledPath>& samples, size_t classes, double fraction,
+                              uint64_t seed);
+
 struct ImageSplits {
   ImageList train;
   ImageList val;              // empty samples when there is no validation data

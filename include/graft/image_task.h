@@ -16,7 +16,10 @@ namespace graft {
 
 struct ImageTrainOptions {
   std::string model;    // ARCH[.TAG]
-  std::string weights;  // safetensors with reference names; empty: random initialisation (warned)
+  std::string weights;  // safetensors with reference names; empty: the tag's pretrained weights
+  // ARCH.TAG without --weights loads the tag's weights or stops saying how to get them; this starts from
+  // random weights instead (the tag's preprocessing is kept). A bare ARCH is random without it.
+  bool random_init = false;
   // An earlier image run directory to start from: its model, head and weights (the last classifier layer
   // new when the class count differs). model and head default to the run's.
   std::string init_from;

@@ -55,8 +55,12 @@ struct WeightsOptions {
 // fine-tuned 10-class file loads into a 1000-class build). Returns the report; strict throws on misfit.
 LoadReport load_weights(BackboneImpl& model, const std::string& path, const WeightsOptions& options = {});
 
-// Loads the weights of the model's tag from the cache (timm's pretrained=True). Throws graft::Error
-// saying how to fetch them when the file is absent, or that the tag has no fetchable weights.
+// The weights file of the model's tag (timm's pretrained=True): graft's cache for weights graft fetches
+// itself (PretrainedCfg::cache_file), or the Hugging Face cache for a Hub source ("hf-hub:ORG/NAME",
+// pulled when it is not there and the network is). Throws graft::Error with the one command or flag that
+// gets them when they are not to be had; never falls back to random weights.
+std::string pretrained_weights_file(const BackboneImpl& model);
+// load_weights of pretrained_weights_file.
 LoadReport load_pretrained(BackboneImpl& model, const WeightsOptions& options = {});
 
 }  // namespace graft

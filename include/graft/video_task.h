@@ -14,8 +14,9 @@
 namespace graft {
 
 struct VideoTrainOptions {
-  std::string model;    // image backbone ARCH[.TAG] (with `temporal`) or a 3D CNN (r3d_18, ...)
-  std::string weights;  // backbone weights (safetensors, reference names); empty: as the tag says
+  std::string model;         // image backbone ARCH[.TAG] (with `temporal`) or a 3D CNN (r3d_18, ...)
+  std::string weights;       // backbone weights (safetensors, reference names); empty: as the tag says
+  bool random_init = false;  // a tag's backbone from random weights (see ImageTrainOptions::random_init)
   std::string temporal =
       "lstm:256";  // lstm:H | gru:H [:bi] [:layers=N] [:dropout=P] | avg; unused by 3D CNNs
   // An earlier run to start from: a video run (its whole model; a new fc when the classes differ) or an image

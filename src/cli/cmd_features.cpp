@@ -46,10 +46,14 @@ void add_features_command(CLI::App& app) {
     } else {
       model = create_model(*source);
       pre = Preprocessing::from_cfg(model->default_cfg());
-      if (weights->empty()) {
-        std::cerr << "graft: warning: no --weights: features of a randomly initialised " << *source << "\n";
-      } else {
+      if (!weights->empty()) {
         load_weights(*model, resolve_weights(*weights));
+      } else if (!ModelName::parse(*source).tag.empty()) {
+        load_pretrained(*model);  // a tag's weights, or an error saying how to get them
+      } else {
+        std::cerr << "graft: random initialisation: features of " << *source
+                  << ", which names no pretrained weights (a tag does; see `graft models " << model->arch()
+                  << "`)\n";
       }
       ImageData sets =
           open_image_data(*data, transform_for(pre, false), transform_for(pre, false), 0.0, 0, *limit);

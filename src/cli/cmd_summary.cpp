@@ -13,7 +13,7 @@ void add_summary_command(CLI::App& app) {
   args->add_to(*command, /*with_freeze=*/true);
   command->add_option("--input", *input, "input image size in pixels (default: the model's)");
   command->callback([args, input] {
-    Backbone model = build_model(*args);
+    Backbone model = build_model(*args, /*load_tag=*/false);  // shapes and counts need no weights
     std::cout << summarize(*model, {*input, *input}).to_string();
   });
 }

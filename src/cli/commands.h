@@ -23,8 +23,10 @@ struct ModelArgs {
 // (downloaded into the Hugging Face cache when used; graft/hub.h resolve_weights).
 CLI::Validator weights_source();
 
-// Builds the model, loads weights (or warns about random initialisation), applies head and freeze.
-Backbone build_model(const ModelArgs& args);
+// Builds the model, loads weights, applies head and freeze. The weights: --weights; else, with load_tag,
+// an ARCH.TAG's pretrained weights (or an error saying how to get them), and a bare ARCH is random, said
+// once. Without load_tag (summary: shapes and counts need no weights) only --weights loads.
+Backbone build_model(const ModelArgs& args, bool load_tag = true);
 
 void add_info_command(CLI::App& app);
 void add_models_command(CLI::App& app);

@@ -37,26 +37,22 @@ CLI::Validator weights_source() {
       "PATH|ORG/NAME[@REV]");
 }
 
-Backbone build_model(const ModelArgs& args) {
+Backbone build_model(const ModelArgs& args, bool load_tag) {
   Backbone model = create_model(args.model);
+  WeightsOptions options;
+  options.strict = args.strict;
+  // A new head or class count replaces the classifier: its pretrained weights are not wanted.
+  options.skip_classifier = !args.head.empty() || args.num_classes >= 0;
   if (!args.weights.empty()) {
-    WeightsOptions options;
-    options.strict = args.strict;
-    // A new head or class count replaces the classifier: its pretrained weights are not wanted.
-    options.skip_classifier = !args.head.empty() || args.num_classes >= 0;
     LoadReport report = load_weights(*model, resolve_weights(args.weights), options);
     if (!report.ok()) std::cerr << "graft: warning: " << report.to_string() << "\n";
-  } else if (!ModelName::parse(args.model).tag.empty() && !model->default_cfg().cache_file.empty()) {
-    // ARCH.TAG names weights graft fetches itself: load them from the cache (or say how to fetch).
-    WeightsOptions options;
-    options.strict = args.strict;
-    options.skip_classifier = !args.head.empty() || args.num_classes >= 0;
+  } else if (load_tag && !ModelName::parse(args.model).tag.empty()) {
+    // ARCH.TAG names pretrained weights: they load, or the command stops saying how to get them.
     LoadReport report = load_pretrained(*model, options);
     if (!report.ok()) std::cerr << "graft: warning: " << report.to_string() << "\n";
-  } else {
-    std::cerr << "graft: warning: no --weights for " << args.model
-              << ": the model is randomly initialised (pretrained source: " << model->default_cfg().source
-              << ")\n";
+  } else if (load_tag) {
+    std::cerr << "graft: random initialisation: " << args.model
+              << " names no pretrained weights (a tag does; see `graft models " << model->arch() << "`)\n";
   }
   if (args.num_classes >= 0) model->reset_classifier(args.num_classes);
   if (!args.head.empty()) model->set_head(HeadSpec::parse(args.head));

@@ -228,6 +228,25 @@ ImageList scan_image_folder(const std::string& root, const std::vector<std::stri
   return list;
 }
 
+SplitIndices stratified_split(const std::vector<LabeledPath>& samples, size_t classes, double fraction,
+                              uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  SplitIndices parts;
+  for (size_t label = 0; label < classes; ++label) {
+    std::vector<size_t> members;
+    for (size_t i = 0; i < samples.size(); ++i)
+      if (samples[i].label == int64_t(label)) members.push_back(i);
+    portable_shuffle(members, rng);
+    const size_t wanted = static_cast<size_t>(std::llround(double(members.size()) * fraction));
+    const size_t n_val = members.empty() ? 0 : std::min(wanted, members.size() - 1);
+    parts.val.insert(parts.val.end(), members.begin(), members.begin() + n_val);
+    parts.train.insert(parts.train.end(), members.begin() + n_val, members.end());
+  }
+  std::sort(parts.train.begin(), parts.train.end());
+  std::sort(parts.val.begin(), parts.val.end());
+  return parts;
+}
+
 ImageSplits discover_image_splits(const std::string& root, double val_split, uint64_t seed) {
   require_folder(root);
   const fs::path train_dir = fs::path(root) / "train";
@@ -253,26 +272,10 @@ ImageSplits discover_image_splits(const std::string& root, double val_split, uin
     splits.val = ImageList{all.root, all.classes, {}, {}};
     return splits;
   }
-  // Per class, in class order: shuffle that class's indices, the first round(n * val_split) go to val
-  // (at most n - 1, so every class keeps a training image); both parts keep the listing's order.
-  std::mt19937_64 rng(seed);
-  std::vector<size_t> train_indices, val_indices;
-  for (size_t label = 0; label < all.classes.size(); ++label) {
-    std::vector<size_t> members;
-    for (size_t i = 0; i < all.samples.size(); ++i) {
-      if (all.samples[i].label == int64_t(label)) members.push_back(i);
-    }
-    portable_shuffle(members, rng);
-    const size_t wanted = static_cast<size_t>(std::llround(double(members.size()) * val_split));
-    const size_t n_val = members.empty() ? 0 : std::min(wanted, members.size() - 1);
-    val_indices.insert(val_indices.end(), members.begin(), members.begin() + n_val);
-    train_indices.insert(train_indices.end(), members.begin() + n_val, members.end());
-  }
-  std::sort(train_indices.begin(), train_indices.end());
-  std::sort(val_indices.begin(), val_indices.end());
-  splits.train = stratified_part(all, train_indices);
+  const SplitIndices parts = stratified_split(all.samples, all.classes.size(), val_split, seed);
+  splits.train = stratified_part(all, parts.train);
   splits.train.skipped = all.skipped;
-  splits.val = stratified_part(all, val_indices);
+  splits.val = stratified_part(all, parts.val);
   return splits;
 }
 

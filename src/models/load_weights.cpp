@@ -4,6 +4,7 @@
 
 #include "graft/errors.h"
 #include "graft/head.h"
+#include "graft/hub.h"
 #include "graft/keras.h"
 #include "graft/registry.h"
 #include "graft/strings.h"
@@ -33,19 +34,29 @@ LoadReport load_weights(BackboneImpl& model, const std::string& path, const Weig
   return load_safetensors(model, path, load);
 }
 
-LoadReport load_pretrained(BackboneImpl& model, const WeightsOptions& options) {
+std::string pretrained_weights_file(const BackboneImpl& model) {
   const PretrainedCfg& cfg = model.default_cfg();
   const std::string name = model.arch() + "." + cfg.tag;
   const std::string file = pretrained_file(cfg);
-  if (file.empty()) {
-    throw Error(name + ": graft cannot fetch these weights itself (source: " + cfg.source +
-                "); pass them with --weights FILE");
+  if (!file.empty()) {
+    if (!std::filesystem::is_regular_file(file))
+      throw Error(name + ": pretrained weights not found at " + file + "; fetch them once with `" +
+                  cfg.fetch_command + "` (source: " + cfg.source + "), or pass --weights FILE");
+    return file;
   }
-  if (!std::filesystem::is_regular_file(file)) {
-    throw Error(name + ": pretrained weights not found at " + file + "; fetch them once with `" +
-                cfg.fetch_command + "` (source: " + cfg.source + "), or pass --weights FILE");
-  }
-  return load_weights(model, file, options);
+  const std::string hub = "hf-hub:";
+  if (cfg.source.rfind(hub, 0) == 0) return resolve_weights(cfg.source.substr(hub.size()));
+  throw Error(
+      name + ": graft cannot fetch these weights itself (source: " + cfg.source +
+      "); give them with --weights FILE (safetensors with torchvision's names, a Keras .h5 or a TF.js "
+      "model), or start " +
+      model.arch() +
+      " from random weights (the architecture alone, or train's "
+      "--random-init)");
+}
+
+LoadReport load_pretrained(BackboneImpl& model, const WeightsOptions& options) {
+  return load_weights(model, pretrained_weights_file(model), options);
 }
 
 }  // namespace graft

@@ -10,20 +10,25 @@
 namespace graft {
 
 void load_start_weights(BackboneImpl& model, const std::string& model_name, const std::string& weights,
-                        std::ostream& log) {
+                        bool random_init, std::ostream& log) {
   WeightsOptions skip_head;
   skip_head.skip_classifier = true;  // replaced by the run's head
+  const bool tagged = !ModelName::parse(model_name).tag.empty();
   if (!weights.empty()) {
     const LoadReport report = load_weights(model, weights, skip_head);
     log << "weights: " << report.loaded.size() << " backbone tensors from " << weights
         << " (its classifier is replaced)\n";
-  } else if (!ModelName::parse(model_name).tag.empty() && !model.default_cfg().cache_file.empty()) {
-    const LoadReport report = load_pretrained(model, skip_head);
-    log << "weights: " << report.loaded.size() << " backbone tensors from "
-        << pretrained_file(model.default_cfg()) << " (its classifier is replaced)\n";
+  } else if (tagged && !random_init) {
+    const std::string source = pretrained_weights_file(model);
+    const LoadReport report = load_weights(model, source, skip_head);
+    log << "weights: " << report.loaded.size() << " backbone tensors from " << source << ", " << model_name
+        << "'s pretrained weights (its classifier is replaced)\n";
+  } else if (tagged) {
+    log << "random initialisation, as --random-init asks: " << model_name
+        << "'s architecture and preprocessing without its pretrained weights\n";
   } else {
-    log << "graft: warning: no --weights: " << model_name
-        << " starts from random initialisation (pretrained source: " << model.default_cfg().source << ")\n";
+    log << "random initialisation: " << model_name
+        << " names no pretrained weights (a tag does; see `graft models " << model.arch() << "`)\n";
   }
 }
 

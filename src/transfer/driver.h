@@ -37,10 +37,11 @@ struct FitOutcome {
 class BackboneImpl;
 
 // The weights a backbone starts from, loaded before its classifier is replaced (and so without it): the
-// file `weights` (reference names), else the fetched file of the tag in `model_name`; with neither, random
-// initialisation, said as a warning. Says what it loaded.
+// file `weights` (reference names); else, for ARCH.TAG, the tag's pretrained weights (load_pretrained:
+// graft's cache or the Hugging Face Hub), which stop the run saying how to get them when they are not to
+// be had, unless random_init; a bare ARCH starts from random weights. Says which.
 void load_start_weights(BackboneImpl& model, const std::string& model_name, const std::string& weights,
-                        std::ostream& log);
+                        bool random_init, std::ostream& log);
 
 // The run's TrainConfig: the options' training settings with the run directory, classes and log.
 TrainConfig run_train_config(const TrainConfig& options, const std::string& out,

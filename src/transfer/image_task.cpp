@@ -299,7 +299,9 @@ ImageTrainResult train_image_classifier(const ImageTrainOptions& options_in, std
   const ImageData data = open_training_data(options, pre, log);
   const int64_t classes = static_cast<int64_t>(data.classes.size());
 
-  if (!previous) load_start_weights(*model, options.model, options.weights, log);  // an earlier run's: below
+  if (!previous)
+    load_start_weights(*model, options.model, options.weights, options.random_init,
+                       log);  // an earlier run's: below
   const std::string head = resolve_head(options.head, classes);
   model->set_head(HeadSpec::parse(head), {pre.size, pre.size});
   if (previous) load_fitting_tensors(*model, *previous, options.init_from, log);

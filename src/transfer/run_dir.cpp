@@ -134,11 +134,14 @@ void check_run_weights(const std::string& json_file, const std::string& weights_
   const auto found = reader.metadata().find("graft_save_id");
   const std::string actual = found == reader.metadata().end() ? "" : found->second;
   if (actual != weights_save_id) {
-    throw FormatError(json_file,
-                      "names weights of save " + weights_save_id + " but " + weights_file + " is from " +
-                          (actual.empty() ? std::string("no graft save") : "save " + actual),
-                      "the last save was interrupted between its two files; train again, or take the weights "
-                      "from checkpoints/ (graft train --resume)");
+    throw FormatError(
+        json_file,
+        "names weights of save " + weights_save_id + " but " + weights_file + " is from " +
+            (actual.empty() ? std::string("no graft save") : "save " + actual),
+        "the two files are not of one save: weights copied in from elsewhere (another run's, or a "
+        "file graft did not write), or a save interrupted between its two files; put this run's "
+        "model.safetensors back, train again, or take the weights from checkpoints/ (graft train "
+        "--resume)");
   }
 }
 

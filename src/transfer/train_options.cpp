@@ -38,6 +38,9 @@ std::vector<OptionSpec> make_table() {
       {"weights", T::kText, kAll,
        "pretrained weights (safetensors, reference names); text: a Hugging Face folder or run dir; or a Hub "
        "repository ORG/NAME[@REV]"},
+      {"random_init", T::kSwitch, kVision,
+       "start a tag's architecture from random weights instead of its pretrained ones (a bare ARCH is random "
+       "anyway)"},
       {"init_from", T::kText, kAll,
        "start from the model of an earlier run directory (its weights; a new last layer when classes "
        "differ)"},
@@ -202,6 +205,7 @@ void visit_common(Options& o, V& v) {
 // Images and clips: decoding and augmentation.
 template <class Options, class V>
 void visit_vision(Options& o, V& v) {
+  v("random_init", o.random_init);
   v("image_size", o.image_size);
   v("augment", o.augment);
   v("rotation", o.rotation);

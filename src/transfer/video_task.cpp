@@ -65,7 +65,7 @@ BuiltModel wrap_backbone(Backbone backbone, const std::string& temporal, int64_t
 // an image run's model, or as every task starts (load_start_weights). Says what it loaded.
 void load_backbone_weights(BackboneImpl& backbone, const VideoTrainOptions& o,
                            const std::optional<LoadedRun>& image_run, std::ostream& log) {
-  if (!image_run) return load_start_weights(backbone, o.model, o.weights, log);
+  if (!image_run) return load_start_weights(backbone, o.model, o.weights, o.random_init, log);
   // Everything but the image run's classifier (its head or its last layer).
   const std::string head = image_run->model->classifier_name();
   NamedTensors body;
@@ -107,16 +107,9 @@ ClipSplits split_clips(const std::string& root, double val_split, uint64_t seed)
   }
   const ClipList all = scan_clip_folder(root);
   s.train.classes = s.val.classes = all.classes;
-  std::mt19937_64 rng(seed);
-  for (size_t c = 0; c < all.classes.size(); ++c) {
-    std::vector<LabeledPath> clips;
-    for (const auto& clip : all.clips)
-      if (clip.label == static_cast<int64_t>(c)) clips.push_back(clip);
-    portable_shuffle(clips, rng);
-    size_t val = static_cast<size_t>(std::llround(static_cast<double>(clips.size()) * val_split));
-    if (val >= clips.size()) val = clips.empty() ? 0 : clips.size() - 1;
-    for (size_t i = 0; i < clips.size(); ++i) (i < val ? s.val : s.train).clips.push_back(clips[i]);
-  }
+  const SplitIndices parts = stratified_split(all.clips, all.classes.size(), val_split, seed);
+  for (size_t i : parts.train) s.train.clips.push_back(all.clips[i]);
+  for (size_t i : parts.val) s.val.clips.push_back(all.clips[i]);
   return s;
 }
 
@@ -418,8 +411,14 @@ std::vector<Prediction> predict_clips(VideoRun& run, const std::vector<std::stri
   const int64_t k = std::clamp<int64_t>(top_k, 1, static_cast<int64_t>(run.classes.size()));
   std::mt19937_64 rng(0);
   for (const auto& path : paths) {
-    const torch::Tensor clip =
-        transform_clip(load_clip(path, decode_min_side(run.clip.transform)), run.clip, rng);
+    torch::Tensor clip;
+    try {
+      clip = transform_clip(load_clip(path, decode_min_side(run.clip.transform)), run.clip, rng);
+    } catch (const FormatError&) {
+      throw;  // names the file already
+    } catch (const Error& e) {
+      throw FormatError(path, e.what());  // "the clip has 3 frames, fewer than the 8 ..." with its file
+    }
     const torch::Tensor probs = torch::softmax(run.forward(clip.unsqueeze(0).to(device)), -1)[0].cpu();
     out.push_back({path, top_labels(probs, k, run.classes)});
   }

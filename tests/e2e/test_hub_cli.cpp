@@ -9,6 +9,8 @@
 
 #include "e2e/run_graft.h"
 #include "fake_hub.h"
+#include "graft/data.h"
+#include "graft/registry.h"
 #include "graft/sha256.h"
 #include "graft/weights.h"
 
@@ -142,6 +144,69 @@ TEST_F(HubCli, ClearErrors) {
   auto neither = graft("summary darknet_tiny.ml5 --weights missing.safetensors", env());
   EXPECT_NE(neither.status, 0);
   EXPECT_TRUE(contains(neither.output, "no such file or folder: missing.safetensors")) << neither.output;
+}
+
+// A pretrained tag means pretrained (#15): resnet18.tv_in1k, whose source is the Hub repository
+// timm/resnet18.tv_in1k, is pulled into the Hugging Face cache and loaded; offline and uncached, the run
+// stops with the command that gets the weights instead of training from random weights; --random-init
+// asks for random weights and says so; a tag graft cannot fetch says how to give its weights.
+TEST_F(HubCli, APretrainedTagLoadsItsWeightsOrStops) {
+  // timm's resnet18 safetensors carry torchvision's names: a resnet18 state dict (seeded) stands in.
+  torch::manual_seed(3);
+  const graft::Backbone reference = graft::create_model("resnet18");
+  const fs::path file = home_ / "resnet18.safetensors";
+  graft::write_safetensors(file.string(), graft::state_dict(*reference));
+  FakeRepo timm;
+  timm.commit = kCommit;
+  timm.files["model.safetensors"] = graft::testing::lfs_file(read_file(file));
+  timm.files["config.json"] = graft::testing::git_file("{\"architecture\": \"resnet18\"}");
+  hub_.set_repo("timm/resnet18.tv_in1k", timm);
+  const std::string data = graft::kFashionMnistDir;
+  const std::string common = " --data " + data + " --limit 100 --image-size 32 --epochs 1 --batch-size 50";
+
+  auto offline = graft("train --model resnet18.tv_in1k" + common + " --out " + (home_ / "offline").string(),
+                       env("HF_HUB_OFFLINE=1"));
+  EXPECT_EQ(offline.status, 1) << offline.output;
+  EXPECT_TRUE(contains(offline.output, "graft pull timm/resnet18.tv_in1k")) << offline.output;
+  EXPECT_FALSE(contains(offline.output, "epoch 1/1")) << offline.output;
+
+  auto pulled =
+      graft("train --model resnet18.tv_in1k" + common + " --out " + (home_ / "pulled").string(), env());
+  ASSERT_EQ(pulled.status, 0) << pulled.output;
+  EXPECT_TRUE(contains(pulled.output, "resnet18.tv_in1k's pretrained weights")) << pulled.output;
+  EXPECT_FALSE(contains(pulled.output, "random initialisation")) << pulled.output;
+  EXPECT_TRUE(fs::is_regular_file(home_ / "hub" / "models--timm--resnet18.tv_in1k" / "snapshots" / kCommit /
+                                  "model.safetensors"));
+  // The backbone of the run starts from the pulled weights (one epoch at lr 0 leaves them as they were).
+  auto frozen = graft(
+      "train --model resnet18.tv_in1k" + common + " --lr 0 --no-augment --out " + (home_ / "lr0").string(),
+      env());
+  ASSERT_EQ(frozen.status, 0) << frozen.output;
+  graft::SafeTensorsReader saved((home_ / "lr0" / "model.safetensors").string());
+  const torch::Tensor expected = graft::state_dict(*reference).front().second;
+  EXPECT_TRUE(torch::equal(saved.load(graft::state_dict(*reference).front().first), expected));
+
+  auto random =
+      graft("train --model resnet18.tv_in1k --random-init" + common + " --out " + (home_ / "random").string(),
+            env("HF_HUB_OFFLINE=1"));
+  ASSERT_EQ(random.status, 0) << random.output;
+  EXPECT_TRUE(contains(random.output, "random initialisation, as --random-init asks")) << random.output;
+
+  auto unfetchable =
+      graft("train --model vgg16.tv_in1k" + common + " --out " + (home_ / "vgg").string(), env());
+  EXPECT_EQ(unfetchable.status, 1) << unfetchable.output;
+  EXPECT_TRUE(contains(unfetchable.output, "vgg16.tv_in1k: graft cannot fetch these weights itself"))
+      << unfetchable.output;
+  EXPECT_TRUE(contains(unfetchable.output, "--random-init")) << unfetchable.output;
+  auto features = graft(
+      "features vgg16.tv_in1k --data " + data + " --limit 10 --out " + (home_ / "f.safetensors").string(),
+      env());
+  EXPECT_EQ(features.status, 1) << features.output;
+  EXPECT_TRUE(contains(features.output, "graft cannot fetch these weights itself")) << features.output;
+  // summary needs no weights and says nothing about them.
+  auto summary = graft("summary vgg16.tv_in1k", env());
+  EXPECT_EQ(summary.status, 0) << summary.output;
+  EXPECT_FALSE(contains(summary.output, "random")) << summary.output;
 }
 
 TEST_F(HubCli, TokenFromTheEnvironmentIsSent) {

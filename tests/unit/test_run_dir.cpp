@@ -60,6 +60,8 @@ TEST(RunDir, WeightsFromAnotherSaveAreRefusedNamingBothFiles) {
         << message;
     EXPECT_NE(message.find(first + "/model.safetensors is from save "), std::string::npos) << message;
     EXPECT_NE(message.find("interrupted"), std::string::npos) << message;
+    // Another run's weights copied in read the same way: the message names both causes (#14).
+    EXPECT_NE(message.find("weights copied in from elsewhere (another run's"), std::string::npos) << message;
   }
 
   // A run saved before save ids existed has none in graft.json: its weights load unchecked.

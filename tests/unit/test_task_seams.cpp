@@ -63,6 +63,40 @@ TEST(PortableShuffle, NoSourceFileUsesStdShuffle) {
 // and cli build on them and never the other way round. A lower file, or a header of a lower folder, that
 // includes a header of a higher one fails here (models/ used to build heads from transfer/ and call its
 // glob_match; io/keras_convert.cpp included graft/transfer.h).
+// One stratified split for images and clips (the clip split was a second copy): per class round(n * f) to
+// validation, at most n - 1, every sample in exactly one part, the listing's order, the same for a seed.
+TEST(StratifiedSplit, EveryClassKeepsATrainingSampleAndTheSplitRepeats) {
+  std::vector<LabeledPath> samples;
+  const std::vector<int> per_class = {8, 1, 3, 0, 5};
+  for (size_t c = 0; c < per_class.size(); ++c)
+    for (int i = 0; i < per_class[c]; ++i)
+      samples.push_back({"c" + std::to_string(c) + "_" + std::to_string(i), int64_t(c)});
+  std::sort(samples.begin(), samples.end(), [](const auto& a, const auto& b) { return a.path < b.path; });
+  const SplitIndices parts = stratified_split(samples, per_class.size(), 0.25, 7);
+  std::vector<int> val(per_class.size()), train(per_class.size());
+  for (size_t i : parts.val) ++val[size_t(samples.at(i).label)];
+  for (size_t i : parts.train) ++train[size_t(samples.at(i).label)];
+  EXPECT_EQ(
+      val, (std::vector<int>{2, 0, 1, 0,
+                             1}));  // round(8/4) = 2, a single sample stays, round(0.75) = 1, round(1.25) = 1
+  EXPECT_EQ(train, (std::vector<int>{6, 1, 2, 0, 4}));
+  EXPECT_TRUE(std::is_sorted(parts.train.begin(), parts.train.end()));
+  EXPECT_TRUE(std::is_sorted(parts.val.begin(), parts.val.end()));
+  std::vector<size_t> all = parts.train;
+  all.insert(all.end(), parts.val.begin(), parts.val.end());
+  std::sort(all.begin(), all.end());
+  for (size_t i = 0; i < all.size(); ++i) EXPECT_EQ(all[i], i);
+  EXPECT_EQ(all.size(), samples.size());
+  const SplitIndices again = stratified_split(samples, per_class.size(), 0.25, 7);
+  EXPECT_EQ(again.val, parts.val);
+  bool differs = false;
+  for (uint64_t seed = 8; seed < 16 && !differs; ++seed)
+    differs = stratified_split(samples, per_class.size(), 0.25, seed).val != parts.val;
+  EXPECT_TRUE(differs) << "the seed chooses the validation samples";
+  // All in one class: at most n - 1 to validation, whatever the fraction.
+  EXPECT_EQ(stratified_split(samples, per_class.size(), 0.99, 7).train.size(), 4u);
+}
+
 TEST(Layering, LowerFoldersIncludeNoHigherHeader) {
   const fs::path root = GRAFT_SOURCE_DIR;
   // Public headers of the higher floors; every other header in include/graft/ belongs to a lower one.

@@ -198,6 +198,12 @@ TEST(Head, VideoBackboneSummaryAndHeadsTakeClips) {
 TEST(Freeze, AllWithNewHeadTrainsOnlyTheHeadAndKeepsBatchNormStatistics) {
   TinyNetImpl model(3);
   model.set_head(HeadSpec::parse("avg,dense:6:relu,dense:3"));
+  {
+    // A positive bias keeps the hidden ReLUs alive: with an unseeded init all six could be dead for the
+    // batch (about one run in fifteen), and then only fc.1.bias gets a gradient.
+    torch::NoGradGuard no_grad;
+    model.named_parameters()["fc.0.bias"].fill_(1.0);
+  }
   auto report = apply_freeze(model, "all");
   EXPECT_EQ(report.frozen_layers, (std::vector<std::string>{"conv1", "bn1", "conv2", "bn2"}));
   auto changed = changed_after_step(model);
