@@ -52,13 +52,18 @@ bool is_idx_folder(const std::string& data) {
 std::string resolve_head(const std::string& head, int64_t classes) {
   if (head.empty()) return "avg,dense:" + std::to_string(classes);
   HeadSpec spec = HeadSpec::parse(head);
-  if (spec.layers.empty() || spec.layers.back().kind != HeadLayerSpec::Kind::kDense) {
-    return spec.to_string() + ",dense:" + std::to_string(classes);
-  }
-  if (spec.layers.back().units != classes) {
-    throw SpecError("head spec '" + head + "' ends in dense:" + std::to_string(spec.layers.back().units) +
-                    " but the data has " + std::to_string(classes) +
-                    " classes; end it in dense:" + std::to_string(classes) + " or leave the last layer out");
+  // A last dense layer with an activation is a hidden layer (Keras' Flatten, Dense(512, 'relu')): the
+  // classifier comes after it. Softmax is an output activation, not a hidden one.
+  const bool ends_in_classifier =
+      !spec.layers.empty() && spec.layers.back().kind == HeadLayerSpec::Kind::kDense &&
+      (spec.layers.back().activation.empty() || spec.layers.back().activation == "softmax");
+  if (!ends_in_classifier) return spec.to_string() + ",dense:" + std::to_string(classes);
+  const int64_t units = spec.layers.back().units;
+  if (units != classes) {
+    const std::string c = "dense:" + std::to_string(classes), n = "dense:" + std::to_string(units);
+    throw SpecError("head spec '" + head + "' ends in " + n + " but the data has " + std::to_string(classes) +
+                    " classes; end it in " + c + ", leave the last layer out (graft appends " + c +
+                    "), or make it a hidden layer (" + n + ":relu) that " + c + " follows");
   }
   return spec.to_string();
 }
@@ -303,6 +308,8 @@ ImageTrainResult train_image_classifier(const ImageTrainOptions& options_in, std
     load_start_weights(*model, options.model, options.weights, options.random_init,
                        log);  // an earlier run's: below
   const std::string head = resolve_head(options.head, classes);
+  if (!options.head.empty() && head != HeadSpec::parse(options.head).to_string())
+    log << "head: " << head << " (dense:" << classes << " appended for the " << classes << " classes)\n";
   model->set_head(HeadSpec::parse(head), {pre.size, pre.size});
   if (previous) load_fitting_tensors(*model, *previous, options.init_from, log);
   model->set_frozen_bn_trains(options.bn_train_frozen);

@@ -293,6 +293,29 @@ TEST(TrainE2E, OneClassIsRefused) {
   fs::remove_all(dir);
 }
 
+// Keras' natural head works: a last dense layer with an activation is a hidden layer and dense:C is
+// appended (said in the log); a bare dense:N that is not the class count says what works (#15).
+TEST(TrainE2E, AHiddenLastDenseGetsTheClassifierAppended) {
+  auto dir = fresh_dir("hidden_head");
+  const std::string common = "train --model resnet18 --data " + kFashion +
+                             " --limit 100 --image-size 32 --epochs 1 --batch-size 50 --out ";
+  auto hidden = graft(common + (dir / "run").string() + " --head flatten,dense:16:relu");
+  ASSERT_EQ(hidden.status, 0) << hidden.output;
+  EXPECT_NE(hidden.output.find("head: flatten,dense:16:relu,dense:10 (dense:10 appended for the 10 classes)"),
+            std::string::npos)
+      << hidden.output;
+  std::ifstream saved(dir / "run" / "graft.json");
+  EXPECT_EQ(nlohmann::json::parse(saved)["head"], "flatten,dense:16:relu,dense:10");
+  auto wrong = graft(common + (dir / "wrong").string() + " --head avg,dense:7");
+  EXPECT_EQ(wrong.status, 1) << wrong.output;
+  EXPECT_NE(
+      wrong.output.find("ends in dense:7 but the data has 10 classes; end it in dense:10, leave the last "
+                        "layer out (graft appends dense:10), or make it a hidden layer (dense:7:relu)"),
+      std::string::npos)
+      << wrong.output;
+  fs::remove_all(dir);
+}
+
 // `--resume` after a stopped run gives the same weights as the run that never stopped.
 TEST(TrainE2E, ResumeMatchesAnUninterruptedRun) {
   auto dir = fresh_dir("resume");
