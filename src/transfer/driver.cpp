@@ -9,6 +9,12 @@
 
 namespace graft {
 
+void check_start_choice(const std::string& weights, const std::string& init_from, bool random_init) {
+  if (!weights.empty() && !init_from.empty()) throw Error("give --weights or --init-from, not both");
+  if (random_init && !weights.empty()) throw Error("give --weights or --random-init, not both");
+  if (random_init && !init_from.empty()) throw Error("give --init-from or --random-init, not both");
+}
+
 void load_start_weights(BackboneImpl& model, const std::string& model_name, const std::string& weights,
                         bool random_init, std::ostream& log) {
   WeightsOptions skip_head;

@@ -36,6 +36,10 @@ struct FitOutcome {
 
 class BackboneImpl;
 
+// Where a run starts is one choice: --weights, --init-from or --random-init (none: the model name's own
+// weights). Throws graft::Error naming the two given together; called before anything is read.
+void check_start_choice(const std::string& weights, const std::string& init_from, bool random_init);
+
 // The weights a backbone starts from, loaded before its classifier is replaced (and so without it): the
 // file `weights` (reference names); else, for ARCH.TAG, the tag's pretrained weights (load_pretrained:
 // graft's cache or the Hugging Face Hub), which stop the run saying how to get them when they are not to

@@ -106,7 +106,6 @@ void check_strategy_options(const ImageTrainOptions& options) {
 std::optional<LoadedRun> open_init_run(ImageTrainOptions& options) {
   if (options.init_from.empty()) return std::nullopt;
   LoadedRun previous = load_run(options.init_from);
-  if (!options.weights.empty()) throw Error("give --weights or --init-from, not both");
   if (options.model.empty()) options.model = previous.spec.model;
   if (options.model != previous.spec.model)
     throw Error("--init-from " + options.init_from + " holds a " + previous.spec.model + ", not a " +
@@ -292,6 +291,7 @@ ImageTrainResult train_image_classifier(const ImageTrainOptions& options_in, std
   const bool feature_extract = options.strategy == "feature-extract";
   const bool two_stage = options.strategy == "two-stage";
   check_strategy_options(options);
+  check_start_choice(options.weights, options.init_from, options.random_init);
   log_resolved(to_json(options), log);
 
   // Initialisation of the model and the head draws from torch's generator: seed it first so that a run

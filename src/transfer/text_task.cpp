@@ -447,7 +447,7 @@ TextTrainResult train_text_model(const TextTrainOptions& input, std::ostream& lo
   TextTrainOptions o = input;
   if (!o.init_from.empty()) {
     // A text run directory is a Hugging Face folder: starting from it is loading its weights.
-    if (!o.weights.empty()) throw Error("give --weights or --init-from, not both");
+    check_start_choice(o.weights, o.init_from, false);
     o.weights = o.init_from;
   }
   const std::string architecture = model_class(o.task);

@@ -153,7 +153,6 @@ struct VideoStart {
 VideoStart open_video_init(VideoTrainOptions& o, const VideoTrainOptions& input) {
   VideoStart start;
   if (o.init_from.empty()) return start;
-  if (!o.weights.empty()) throw Error("give --weights or --init-from, not both");
   if (is_video_run(o.init_from)) {
     start.video = read_run_document((fs::path(o.init_from) / "graft.json").string());
     start.video_spec = read_video_run_spec(*start.video);
@@ -242,6 +241,7 @@ VideoTrainResult train_video_classifier(const VideoTrainOptions& input, std::ost
   VideoTrainOptions o = input;
   if (o.data.empty() || o.out.empty()) throw Error("--data and --out are required");
   // Where the model starts: a video run (loaded whole below), or an image run (its backbone).
+  check_start_choice(o.weights, o.init_from, o.random_init);
   const VideoStart start = open_video_init(o, input);
   if (o.model.empty()) throw Error("--model is required (an image backbone such as mobilenet_v2, or r3d_18)");
   log_resolved(to_json(o), log);

@@ -306,6 +306,12 @@ TEST(TrainE2E, AHiddenLastDenseGetsTheClassifierAppended) {
       << hidden.output;
   std::ifstream saved(dir / "run" / "graft.json");
   EXPECT_EQ(nlohmann::json::parse(saved)["head"], "flatten,dense:16:relu,dense:10");
+  // Where a run starts is one choice, refused before the data is read.
+  auto both = graft(common + (dir / "both").string() + " --random-init --weights " + (dir / "run").string() +
+                    "/model.safetensors");
+  EXPECT_EQ(both.status, 1) << both.output;
+  EXPECT_NE(both.output.find("give --weights or --random-init, not both"), std::string::npos) << both.output;
+  EXPECT_EQ(both.output.find("data:"), std::string::npos) << both.output;
   auto wrong = graft(common + (dir / "wrong").string() + " --head avg,dense:7");
   EXPECT_EQ(wrong.status, 1) << wrong.output;
   EXPECT_NE(
