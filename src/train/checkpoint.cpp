@@ -32,6 +32,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -217,6 +218,34 @@ json state_to_json(const TrainerState& s) {
               {"history", history}};
 }
 
+// Every count and index of a read state in its range, so that a damaged or foreign trainer.json is refused
+// by field ("resumed after epoch -5" was printed before).
+void check_state_ranges(const TrainerState& s, const std::string& file) {
+  const auto check = [&](bool ok, const std::string& field, const std::string& value,
+                         const std::string& expected) {
+    if (!ok)
+      throw FormatError(file, "field '" + field + "' is " + value,
+                        "expected " + expected + "; the checkpoint is damaged or was not written by graft");
+  };
+  const std::string epochs = "0.." + std::to_string(s.epoch);
+  check(s.epoch >= 0, "epoch", std::to_string(s.epoch), "the epochs completed, >= 0");
+  check(s.global_step >= 0, "global_step", std::to_string(s.global_step), "the optimiser steps done, >= 0");
+  check(s.best_epoch >= 0 && s.best_epoch <= s.epoch, "best_epoch", std::to_string(s.best_epoch),
+        "an epoch in " + epochs);
+  check(s.epochs_without_improvement >= 0 && s.epochs_without_improvement <= s.epoch,
+        "epochs_without_improvement", std::to_string(s.epochs_without_improvement), "a count in " + epochs);
+  check(!s.has_best || std::isfinite(s.best_metric), "best_metric", std::to_string(s.best_metric),
+        "a finite number");
+  for (size_t i = 0; i < s.history.size(); ++i)
+    check(s.history[i].epoch >= 1 && s.history[i].epoch <= s.epoch,
+          "history[" + std::to_string(i) + "].epoch", std::to_string(s.history[i].epoch),
+          "an epoch in 1.." + std::to_string(s.epoch));
+  for (size_t i = 0; i < s.groups.size(); ++i)
+    check(std::isfinite(s.groups[i].lr_mult) && s.groups[i].lr_mult >= 0,
+          "groups[" + std::to_string(i) + "].lr_mult", std::to_string(s.groups[i].lr_mult),
+          "a finite multiplier >= 0");
+}
+
 TrainerState state_from_json(const json& j, const std::string& file) {
   if (j.value("format", "") != "graft-checkpoint")
     throw FormatError(file, "not a graft checkpoint state (no \"format\": \"graft-checkpoint\")");
@@ -243,6 +272,7 @@ TrainerState state_from_json(const json& j, const std::string& file) {
                         g.at("params").get<std::vector<std::string>>(), g.value("no_weight_decay", false)});
   s.trainable = j.at("trainable").get<std::vector<std::string>>();
   for (const auto& r : j.at("history")) s.history.push_back(epoch_from_json(r));
+  check_state_ranges(s, file);
   return s;
 }
 

@@ -15,7 +15,9 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <nlohmann/json.hpp>
 #include <sstream>
+#include <tuple>
 
 #include "graft/files.h"
 #include "graft/progress.h"
@@ -909,6 +911,39 @@ TEST(Checkpoint, FallbackWithoutRenameExchange) {
   int entries = 0;
   for (const auto& entry : fs::directory_iterator(dir.str())) ++entries, (void)entry;
   EXPECT_EQ(entries, 1) << "temporary or old folders left behind";
+}
+
+// A trainer.json whose counts are out of range (damaged, or not graft's) is refused by field: "epoch": -5
+// was read and printed as "resumed after epoch -5" (#14.18).
+TEST(Checkpoint, FieldsOutOfRangeAreRefusedByName) {
+  TempDir dir("ckpt_ranges");
+  TinyMlp model;
+  const std::string last = (dir / "last").string();
+  save_checkpoint(last, *model, nullptr, state_at(2));
+  const std::string state_file = *find_checkpoint(last) + "/trainer.json";
+  const nlohmann::json good = nlohmann::json::parse(std::ifstream(state_file));
+  for (const auto& [field, value, expected] :
+       std::vector<std::tuple<std::string, nlohmann::json, std::string>>{
+           {"epoch", -5, "field 'epoch' is -5"},
+           {"best_epoch", 3, "field 'best_epoch' is 3 (expected an epoch in 0..2"},
+           {"global_step", -1, "field 'global_step' is -1"},
+           {"epochs_without_improvement", 7, "field 'epochs_without_improvement' is 7"}}) {
+    nlohmann::json bad = good;
+    bad[field] = value;
+    std::ofstream(state_file) << bad.dump();
+    try {
+      read_trainer_state(*find_checkpoint(last));
+      ADD_FAILURE() << field << " " << value << " was read";
+    } catch (const FormatError& e) {
+      EXPECT_NE(std::string(e.what()).find(expected), std::string::npos) << e.what();
+    }
+  }
+  nlohmann::json bad_group = good;
+  bad_group["groups"][0]["lr_mult"] = -1.0;
+  std::ofstream(state_file) << bad_group.dump();
+  EXPECT_THROW(read_trainer_state(*find_checkpoint(last)), FormatError);
+  std::ofstream(state_file) << good.dump();
+  EXPECT_EQ(read_trainer_state(*find_checkpoint(last)).epoch, 2);
 }
 
 TEST(Checkpoint, ResumeFromAnIncompleteCheckpointIsAClearError) {
