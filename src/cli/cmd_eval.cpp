@@ -5,6 +5,7 @@
 #include "cli/commands.h"
 #include "graft/errors.h"
 #include "graft/image_task.h"
+#include "graft/run_document.h"
 #include "graft/runtime.h"
 #include "graft/text_task.h"
 #include "graft/video_task.h"
@@ -34,20 +35,21 @@ void add_eval_command(CLI::App& app) {
     Metrics metrics;
     std::vector<std::string> classes;
     std::string unit = "images";
-    if (is_video_run(*run_dir) || is_text_run(*run_dir)) {
-      if (command->get_option("--limit")->count() > 0)
-        throw Error("--limit applies to image runs (IDX data) only; " + *run_dir + " is a " +
-                    (is_video_run(*run_dir) ? "video" : "text") + " run");
-    }
-    if (is_video_run(*run_dir)) {
-      VideoRun video = load_video_run(*run_dir);
-      metrics = evaluate_video(video, *data, *batch, dev, std::cerr);
-      classes = video.classes;
+    // graft.json read once; "" for a folder without one (then load_run says what is missing).
+    const std::string task = run_task(*run_dir);
+    const bool video = task == "video-classify", text = task == "text-classify" || task == "causal-lm";
+    if ((video || text) && command->get_option("--limit")->count() > 0)
+      throw Error("--limit applies to image runs (IDX data) only; " + *run_dir + " is a " +
+                  (video ? "video" : "text") + " run");
+    if (video) {
+      VideoRun run = load_video_run(*run_dir);
+      metrics = evaluate_video(run, *data, *batch, dev, std::cerr);
+      classes = run.classes;
       unit = "clips";
-    } else if (is_text_run(*run_dir)) {
-      TextRun text = load_text_run(*run_dir);
-      metrics = evaluate_text(text, *data, *batch, dev, std::cerr);
-      classes = text.classes;
+    } else if (text) {
+      TextRun run = load_text_run(*run_dir);
+      metrics = evaluate_text(run, *data, *batch, dev, std::cerr);
+      classes = run.classes;
       unit = "examples";
     } else {
       LoadedRun run = load_run(*run_dir);

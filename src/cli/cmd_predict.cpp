@@ -8,6 +8,7 @@
 #include "cli/commands.h"
 #include "graft/errors.h"
 #include "graft/image_task.h"
+#include "graft/run_document.h"
 #include "graft/runtime.h"
 #include "graft/strings.h"
 #include "graft/text_task.h"
@@ -73,7 +74,10 @@ void add_predict_command(CLI::App& app) {
   command->add_flag("--json", *as_json, "one JSON document on stdout");
   command->add_option("--device", *device, "auto, cpu or cuda[:N]");
   command->callback([run_dir, images, top_k, as_json, device, texts, input] {
-    if (is_text_run(*run_dir)) {
+    // graft.json read once; "" for a folder without one (then load_run says what is missing).
+    const std::string task = run_task(*run_dir);
+    const bool video = task == "video-classify";
+    if (task == "text-classify" || task == "causal-lm") {
       if (!images->empty())
         throw Error(*run_dir + " classifies text: give --text \"...\" or --input FILE, not files");
       const std::vector<std::string> all = texts_to_classify(*texts, *input);
@@ -85,9 +89,9 @@ void add_predict_command(CLI::App& app) {
     }
     if (!texts->empty() || !input->empty())
       throw Error(std::string(texts->empty() ? "--input" : "--text") + " is for text runs; " + *run_dir +
-                  " classifies " + (is_video_run(*run_dir) ? "clips" : "images") + ": give their files");
+                  " classifies " + (video ? "clips" : "images") + ": give their files");
     if (images->empty()) throw Error("no images given: graft predict RUN_DIR IMAGE...");
-    if (is_video_run(*run_dir)) {
+    if (video) {
       VideoRun run = load_video_run(*run_dir);
       for (const auto& clip :
            *images)  // a frame folder, or a video file (not a FIFO or device: they never end)

@@ -11,7 +11,6 @@
 #include <sstream>
 
 #include "graft/errors.h"
-#include "graft/json_file.h"
 #include "graft/progress.h"
 #include "graft/registry.h"
 #include "graft/run.h"
