@@ -126,6 +126,21 @@ struct TransformConfig {
   bool dct_scaling = true;  // let JPEGs decode at 1/2..1/8 when large enough (see decode_min_side)
 };
 
+struct PretrainedCfg;  // graft/model.h
+
+// What a model expects of its input images, as its pretrained weights were evaluated (timm's
+// pretrained_cfg): kept in a run directory and turned into transforms by transform_for.
+struct Preprocessing {
+  int64_t size = 224;  // square input
+  double crop_pct = 0.875;
+  std::array<double, 3> mean{0.485, 0.456, 0.406};
+  std::array<double, 3> std{0.229, 0.224, 0.225};
+  std::string interpolation = "bilinear";  // or "bilinear-align-corners" (TF.js ports)
+  static Preprocessing from_cfg(const PretrainedCfg& cfg);
+};
+// The eval or train transform of a run's (or a model's) preprocessing.
+TransformConfig transform_for(const Preprocessing& preprocessing, bool train);
+
 // The smallest shorter side a decoded image needs for `config` (0 when dct_scaling is off): eval needs
 // floor(size / crop_pct); train needs ceil(size / sqrt(scale_min)) so that even a minimum-area crop is
 // not upsampled much.

@@ -25,9 +25,16 @@ struct EpochResult {
   bool stop_requested = false;         // a callback sets it to end the run after this epoch
 };
 
+// A moment of a run worth a line across its training curves ("stage 2", "kept").
+struct CurveMark {
+  double epoch = 0;  // 2.5: between epochs 2 and 3
+  std::string label;
+};
+
 struct TrainHistory {
   std::vector<EpochResult> epochs;
-  int64_t best_epoch = 0;  // 0: none
+  std::vector<CurveMark> marks;  // drawn on training_curves.svg; not saved in checkpoints
+  int64_t best_epoch = 0;        // 0: none
   double best_metric = 0.0;
   bool stopped_early = false;
   std::string stop_reason;  // one line, empty when all epochs ran
@@ -42,6 +49,9 @@ struct EarlyStoppingConfig {
   std::string mode = "auto";         // min | max | auto (min for *loss, max otherwise)
   int64_t patience = 5;
   double min_delta = 0.0;
+  // The weights a run ends with: the best epoch's by `monitor` (restored from checkpoints/best, as Keras'
+  // restore_best_weights=True) or the last epoch's.
+  std::string keep = "best";  // best | last
 };
 
 class EarlyStopping {

@@ -9,8 +9,11 @@
 
 namespace graft {
 
-// Two panels, loss and accuracy per epoch, train (solid) vs val (dashed), with ticks and a legend.
-void write_training_curves_svg(const std::string& path, const std::vector<EpochResult>& history);
+// Two panels, loss and accuracy per epoch, train (solid) vs val (dashed), with ticks and a legend, and a
+// labelled vertical line at each mark. A causal LM's second panel is perplexity, exp(loss), instead of
+// (token) accuracy.
+void write_training_curves_svg(const std::string& path, const std::vector<EpochResult>& history,
+                               const std::vector<CurveMark>& marks = {}, bool perplexity = false);
 // Heat map coloured by row-normalised counts (recall), the count in every cell, class names on both axes.
 void write_confusion_matrix_svg(const std::string& path, const Metrics& metrics,
                                 const std::vector<std::string>& class_names = {});

@@ -1,7 +1,8 @@
 // A progress bar for one pass over batches (an epoch, an evaluation):
 //   epoch 3/10 [=====>        ] 12/40 batches  85.3 img/s  ETA 00:21  loss 0.6931 acc 0.512
 // On a terminal it is redrawn in place with '\r', at most ~10 times a second. On anything else (CI
-// logs, files, a pipe) it prints a whole line at most once per 10% of the pass, so logs stay short.
+// logs, files, a pipe) a pass is one line, its summary, as Keras' verbose=2 prints an epoch; a pass
+// longer than 30 s adds a progress line every 30 s.
 #pragma once
 #include <chrono>
 #include <cstdint>
@@ -35,7 +36,8 @@ class ProgressBar {
   // (loss NaN: a pass that has none, e.g. feature extraction; neither is shown).
   void update(int64_t done, int64_t samples, double loss, double accuracy);
   // Ends the pass: on a terminal the bar line is replaced by `summary`; elsewhere `summary` is printed
-  // on its own line. An empty summary just ends the bar's line.
+  // on its own line. An empty summary keeps the bar's last state as the pass's line (a download's size,
+  // rate and time).
   void finish(const std::string& summary);
 
   // The bar's text for the given state (no '\r', no newline); exposed for tests.
@@ -51,9 +53,12 @@ class ProgressBar {
   Clock::time_point start_;
   Clock::time_point last_draw_;
   bool drawn_ = false;
+  struct {
+    int64_t done = 0, samples = 0;
+    double loss = 0, accuracy = 0;
+  } last_;  // the latest update, for finish("") outside a terminal
   bool finished_ = false;
-  int64_t last_decile_ = -1;  // log mode: the last 10% step printed
-  size_t last_width_ = 0;     // terminal mode: to blank a longer previous line
+  size_t last_width_ = 0;  // terminal mode: to blank a longer previous line
 };
 
 }  // namespace graft

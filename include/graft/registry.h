@@ -48,6 +48,8 @@ namespace graft {
 struct WeightsOptions {
   bool strict = true;            // every tensor must match (see LoadOptions)
   bool skip_classifier = false;  // leave the head (head_module_name) as initialised: it is being replaced
+  size_t listed = SIZE_MAX;      // a misfit's message: names listed of each kind (LoadOptions)
+  std::string hint;              // ... and what to do about it (LoadOptions)
 };
 
 // Loads a safetensors file with reference names into the model. When the file's last classifier layer

@@ -27,11 +27,14 @@ struct TextColumns {
 struct TextExample {
   std::string text, text_pair, label;
   std::string where;  // "file:line", for messages
+  size_t lines = 1;   // lines of the file the record spans (a quoted CSV field may hold line breaks)
 };
 
 // Reads labelled examples. `path` may name several files separated by commas; they are read in order.
 // Surrounding whitespace of text and label is trimmed. Throws graft::FormatError naming the file and line
-// for a missing column, a row with too few fields, invalid JSON, invalid UTF-8 or an empty label.
+// for a missing column, a row with too few fields, invalid JSON, invalid UTF-8, an empty label or one
+// holding a control character (a NUL byte), a header that names a column twice, and a text column that is
+// the label column.
 std::vector<TextExample> read_text_examples(const std::string& path, const TextColumns& columns);
 
 // The distinct labels, sorted: numerically when every label is an integer ("2" before "10"), else by bytes.

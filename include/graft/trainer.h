@@ -83,6 +83,10 @@ class Trainer {
   // best checkpoint (no out_dir, checkpoints off) it keeps the last epoch and says that. Returns the epoch
   // the model now holds.
   int64_t restore_best();
+  // A labelled line on training_curves.svg at `epoch` (2.5: between epochs 2 and 3), e.g. a stage switch.
+  void add_curve_mark(double epoch, std::string label) {
+    history_.marks.push_back({epoch, std::move(label)});
+  }
 
   // Rebuilds the optimiser over new groups (e.g. after unfreezing the backbone in a callback),
   // optionally with new hyper-parameters; the schedule continues at the current step, scaling the new

@@ -34,6 +34,9 @@ class TimeDistributedClassifierImpl : public torch::nn::Module {
 
   // (N, T, 3, H, W) clips -> (N, T, D) per-frame features.
   torch::Tensor frame_features(const torch::Tensor& clips);
+  // (N, T, D) frame features -> (N, S) the clip's summary, what the classifier reads: the temporal
+  // model's last output (and, bidirectional, its backward half's first), or the frames' mean for avg.
+  torch::Tensor summarize(const torch::Tensor& features);
   // (N, T, D) frame features -> (N, classes) logits: the temporal model and the classifier.
   torch::Tensor forward_sequence(const torch::Tensor& features);
   torch::Tensor forward(const torch::Tensor& clips) { return forward_sequence(frame_features(clips)); }

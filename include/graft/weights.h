@@ -8,6 +8,7 @@
 #include <torch/nn/module.h>
 #include <torch/types.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -87,7 +88,9 @@ struct LoadReport {
   // Shape of each missing name (the module's) and unexpected name (the source's), for messages.
   std::map<std::string, std::vector<int64_t>> shapes;
   bool ok() const { return missing.empty() && unexpected.empty() && mismatched.empty(); }
-  std::string to_string() const;  // multi-line, every name with both shapes
+  // Multi-line: the counts, then the names of each kind with both shapes, at most `listed` of each (the
+  // rest counted).
+  std::string to_string(size_t listed = SIZE_MAX) const;
 };
 
 struct LoadOptions {
@@ -96,6 +99,10 @@ struct LoadOptions {
   // classifier when the head is being replaced ("fc" skips "fc.weight", "fc.bias", "fc.1.weight").
   std::vector<std::string> skip_prefixes;
   std::string source_name = "state dict";  // used in messages (file path)
+  // A strict failure's message: names listed of each kind, and what the caller can do about it (empty:
+  // "set strict to false to load what fits"; a command says its own flag, or nothing it does not have).
+  size_t listed = SIZE_MAX;
+  std::string hint;
 };
 
 // Copies tensors into the module's named_parameters() + named_buffers() by full dotted name, casting

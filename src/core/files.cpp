@@ -9,10 +9,13 @@
 
 #include <atomic>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <random>
 
 #include "graft/errors.h"
+#include "graft/save_id.h"
 
 namespace graft {
 namespace {
@@ -124,6 +127,14 @@ void fsync_path(const std::string& path, bool directory) {
   // Some file systems refuse fsync on folders (EINVAL); the data is then as durable as it gets.
   if (rc != 0 && !(directory && saved == EINVAL))
     throw Error(path + ": cannot flush to disk: " + file_error_text(saved));
+}
+
+std::string new_save_id() {
+  std::random_device entropy;  // the kernel's random numbers
+  char id[17];
+  const unsigned high = entropy(), low = entropy();
+  std::snprintf(id, sizeof id, "%08x%08x", high, low);
+  return id;
 }
 
 }  // namespace graft

@@ -11,9 +11,8 @@ namespace graft {
 namespace {
 
 constexpr int kBarWidth = 24;
-constexpr double kTerminalRedrawSeconds = 0.1;             // ~10 Hz: faster redraws only cost time
-constexpr int64_t kUnknownTotalLogStep = 100;              // log mode, unknown total: a line per 100 batches
-constexpr int64_t kUnknownTotalLogStepBytes = 64ll << 20;  // ... or per 64 MiB downloaded
+constexpr double kTerminalRedrawSeconds = 0.1;  // ~10 Hz: faster redraws only cost time
+constexpr double kLogHeartbeatSeconds = 30;     // log mode: a line at most this often within a long pass
 
 // 1536 -> "1.5 KiB"; binary prefixes, one decimal.
 std::string format_bytes(double bytes) {
@@ -111,6 +110,7 @@ void ProgressBar::update(int64_t done, int64_t samples, double loss, double accu
   const Clock::time_point now = Clock::now();
   const double elapsed = std::chrono::duration<double>(now - start_).count();
   const bool last = total_ > 0 && done >= total_;
+  last_ = {done, samples, loss, accuracy};
   if (tty_) {
     const double since = std::chrono::duration<double>(now - last_draw_).count();
     if (drawn_ && !last && since < kTerminalRedrawSeconds) return;
@@ -120,12 +120,11 @@ void ProgressBar::update(int64_t done, int64_t samples, double loss, double accu
     last_width_ = width;
     out_ << '\r' << text << std::flush;
   } else {
-    // Log mode: one line when a new tenth of the pass is reached (unknown total: every 100 batches).
-    const int64_t step = unit_ == "B" ? kUnknownTotalLogStepBytes : kUnknownTotalLogStep;
-    const int64_t decile = total_ > 0 ? done * 10 / total_ : done / step;
-    if (decile <= last_decile_) return;
-    last_decile_ = decile;
-    if (total_ > 0 && decile == 0) return;  // nothing worth a line before the first 10%
+    // Log mode, as Keras' verbose=2: the pass's summary is its line (finish). A long pass also gets a line
+    // every kLogHeartbeatSeconds so that a log shows it is alive; the last batch never does, the summary
+    // follows it.
+    const double since = std::chrono::duration<double>(now - (drawn_ ? last_draw_ : start_)).count();
+    if (last || since < kLogHeartbeatSeconds) return;
     out_ << render(done, samples, loss, accuracy, elapsed) << '\n' << std::flush;
   }
   drawn_ = true;
@@ -144,6 +143,9 @@ void ProgressBar::finish(const std::string& summary) {
     out_ << '\n';
   } else if (!summary.empty()) {
     out_ << summary << '\n';
+  } else if (last_.done > 0) {
+    const double elapsed = std::chrono::duration<double>(Clock::now() - start_).count();
+    out_ << render(last_.done, last_.samples, last_.loss, last_.accuracy, elapsed) << '\n';
   }
   out_ << std::flush;
 }

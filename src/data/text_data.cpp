@@ -62,10 +62,22 @@ void check_utf8(const std::string& text, const std::string& where) {
   }
 }
 
+// A label names a class: not empty, and no control character (a NUL byte in a label made a class of its
+// own that no report can show).
+void check_label(const std::string& label, const std::string& path, size_t line) {
+  if (label.empty()) throw FormatError(path, "line " + std::to_string(line) + ": the label is empty");
+  for (unsigned char c : label)
+    if (c < 0x20 || c == 0x7f)
+      throw FormatError(path, "line " + std::to_string(line) +
+                                  ": the label holds a control character (byte " + std::to_string(c) +
+                                  "); labels are class names");
+}
+
 // Rows of a CSV (RFC 4180) or TSV file with the line each starts on.
 struct Row {
   std::vector<std::string> fields;
   size_t line = 0;
+  size_t lines = 1;  // a quoted field with line breaks makes a record span several lines
 };
 
 std::vector<Row> parse_delimited(const std::string& contents, char delimiter, bool quoting,
@@ -81,9 +93,11 @@ std::vector<Row> parse_delimited(const std::string& contents, char delimiter, bo
     field.clear();
     field_started = false;
   };
-  auto end_row = [&] {
+  // `line` is past the row's newline when one ends it, on its last line at the end of the file.
+  auto end_row = [&](bool at_newline) {
     end_field();
     const bool blank = row.fields.size() == 1 && trim(row.fields[0]).empty();
+    row.lines = line - row.line + (at_newline ? 0 : 1);
     if (!blank) rows.push_back(std::move(row));
     row = Row{};
     row.line = line;
@@ -110,7 +124,7 @@ std::vector<Row> parse_delimited(const std::string& contents, char delimiter, bo
       end_field();
     } else if (c == '\n') {
       ++line;
-      end_row();
+      end_row(true);
     } else if (c == '\r' && i + 1 < contents.size() && contents[i + 1] == '\n') {
       // CRLF: the \n ends the row.
     } else {
@@ -120,7 +134,7 @@ std::vector<Row> parse_delimited(const std::string& contents, char delimiter, bo
   }
   if (in_quotes)
     throw FormatError(path, "line " + std::to_string(row.line) + ": a quoted field is never closed");
-  if (!field.empty() || !row.fields.empty()) end_row();
+  if (!field.empty() || !row.fields.empty()) end_row(false);
   return rows;
 }
 
@@ -152,8 +166,17 @@ void read_delimited(const std::string& path, const std::string& format, const Te
       parse_delimited(contents, format == "csv" ? ',' : '\t', format == "csv", path);
   if (rows.empty()) throw FormatError(path, "the file holds no rows");
   const std::vector<std::string> header = columns.header ? rows[0].fields : std::vector<std::string>{};
+  for (size_t i = 0; i < header.size(); ++i)
+    for (size_t j = 0; j < i; ++j)
+      if (trim(header[i]) == trim(header[j]))
+        throw FormatError(path, "the header names '" + trim(header[i]) + "' twice (columns " +
+                                    std::to_string(j) + " and " + std::to_string(i) +
+                                    "); a column must be named once");
   const size_t text = column_index(header, columns.text, columns.header, path, "--text-column");
   const size_t label = column_index(header, columns.label, columns.header, path, "--label-column");
+  if (text == label)
+    throw Error(path + ": --text-column and --label-column name the same column (" +
+                (columns.header ? "'" + columns.text + "'" : std::to_string(text)) + ")");
   const bool has_pair = !columns.text_pair.empty();
   const size_t pair =
       has_pair ? column_index(header, columns.text_pair, columns.header, path, "--text-pair-column") : 0;
@@ -171,8 +194,8 @@ void read_delimited(const std::string& path, const std::string& format, const Te
     example.label = trim(row.fields[label]);
     if (has_pair) example.text_pair = trim(row.fields[pair]);
     example.where = where;
-    if (example.label.empty())
-      throw FormatError(path, "line " + std::to_string(row.line) + ": the label is empty");
+    example.lines = row.lines;
+    check_label(example.label, path, row.line);
     check_utf8(example.text, where);
     check_utf8(example.text_pair, where);
     check_utf8(example.label, where);
@@ -206,6 +229,8 @@ void for_each_json_line(const std::string& path, F f) {
 }
 
 void read_jsonl(const std::string& path, const TextColumns& columns, std::vector<TextExample>& out) {
+  if (columns.text == columns.label)
+    throw Error(path + ": --text-column and --label-column name the same key ('" + columns.text + "')");
   for_each_json_line(path, [&](const json& object, size_t number) {
     const std::string where = path + ":" + std::to_string(number);
     auto get = [&](const std::string& key, bool required) -> std::string {
@@ -223,8 +248,7 @@ void read_jsonl(const std::string& path, const TextColumns& columns, std::vector
     example.text = get(columns.text, true);
     example.label = get(columns.label, true);
     if (!columns.text_pair.empty()) example.text_pair = get(columns.text_pair, true);
-    if (example.label.empty())
-      throw FormatError(path, "line " + std::to_string(number) + ": the label is empty");
+    check_label(example.label, path, number);
     example.where = where;
     out.push_back(std::move(example));
   });

@@ -12,6 +12,7 @@
 
 #include "graft/data.h"
 #include "graft/errors.h"
+#include "graft/model.h"
 
 namespace graft {
 namespace {
@@ -458,6 +459,28 @@ torch::Tensor transform_image(const Image& image, const TransformConfig& config,
 torch::Tensor load_and_transform(const std::string& path, const TransformConfig& config,
                                  std::mt19937_64& rng) {
   return transform_image(decode_image(path, decode_min_side(config)), config, rng);
+}
+
+Preprocessing Preprocessing::from_cfg(const PretrainedCfg& cfg) {
+  Preprocessing p;
+  // Images (C, H, W) and video (C, T, H, W) alike: the frame size is the last entry.
+  p.size = cfg.input_size.size() == 3 || cfg.input_size.size() == 4 ? cfg.input_size.back() : 224;
+  p.crop_pct = cfg.crop_pct;
+  p.mean = cfg.mean;
+  p.std = cfg.std;
+  p.interpolation = cfg.interpolation;
+  return p;
+}
+
+TransformConfig transform_for(const Preprocessing& preprocessing, bool train) {
+  TransformConfig t;
+  t.size = preprocessing.size;
+  t.crop_pct = preprocessing.crop_pct;
+  t.mean = preprocessing.mean;
+  t.std = preprocessing.std;
+  t.train = train;
+  t.align_corners = preprocessing.interpolation == "bilinear-align-corners";
+  return t;
 }
 
 }  // namespace graft

@@ -214,6 +214,8 @@ std::vector<Image> load_clip(const std::string& path, int min_side) {
   return fs::is_directory(path) ? load_frame_folder(path, min_side) : decode_video(path, min_side);
 }
 
+// FFmpeg's encode sequence in one function (about 85 lines): open, stream, codec, header, frames, flush,
+// trailer, each resource released on every path, then the rename that makes the file whole.
 void write_video(const std::string& path, const std::vector<Image>& frames, int fps) {
   if (frames.empty()) throw Error(path + ": no frames to write");
   const int width = frames[0].width, height = frames[0].height;

@@ -9,6 +9,7 @@
 #include <fstream>
 
 #include "graft/errors.h"
+#include "graft/strings.h"
 
 namespace graft::js {
 namespace {
@@ -270,10 +271,7 @@ class LiteralParser {
 };
 
 std::string read_file(const std::string& path) {
-  std::error_code error;
-  if (!std::filesystem::is_regular_file(path, error)) throw FormatError(path, "no such file");
-  const uintmax_t size = std::filesystem::file_size(path, error);
-  if (error) throw FormatError(path, "cannot read its size: " + error.message());
+  const uint64_t size = regular_file_size(path, "TF.js file");  // a folder is said as one
   if (size > kMaxBundleBytes) {
     throw FormatError(path, "is " + std::to_string(size) + " bytes; a bundled TF.js file is at most 1 GiB");
   }

@@ -17,6 +17,7 @@
 #include "graft/head.h"
 #include "graft/json_file.h"
 #include "graft/keras_h5.h"
+#include "graft/strings.h"
 #include "graft/tfjs.h"
 
 namespace graft {
@@ -85,6 +86,7 @@ std::vector<NameMapRule> inception_v3_rules() {
 
 }  // namespace
 
+// Every name map as data, an entry per model family: a table, long because the families are many.
 const std::vector<NameMap>& name_maps() {
   static const std::vector<NameMap> maps{
       // ml5's Tiny Darknet (Keras 2.1.6 automatic names). The graft model uses the same names.
@@ -478,8 +480,9 @@ KerasModel read_keras_file(const std::string& path) {
     }
     throw FormatError(path, "a folder without model.json or model.min.js", "expected a TF.js model folder");
   }
+  regular_file_size(path, "weights file (.h5, model.json or a TF.js folder)");
   std::ifstream in(path, std::ios::binary);
-  if (!in) throw FormatError(path, "no such file or not readable");
+  if (!in) throw FormatError(path, "not readable");
   char first = 0;
   while (in.get(first) && std::isspace(static_cast<unsigned char>(first))) {
   }
@@ -642,9 +645,8 @@ LoadReport load_keras_weights(BackboneImpl& model, const KerasModel& keras, cons
     const std::string misfits = describe_misfits(model, converted, skip, map);
     if (!misfits.empty()) {
       throw Error(keras.source + ": the weights do not fit " + model.arch() + " (nothing was loaded):\n" +
-                  misfits +
-                  "hint: a file of another architecture or width (alpha) does not fit; pass strict=false / "
-                  "--no-strict to load what fits");
+                  misfits + "hint: a file of another architecture or width (alpha) does not fit" +
+                  (options.hint.empty() ? "" : "; " + options.hint));
     }
   }
   LoadOptions load;

@@ -18,6 +18,7 @@
 
 #include "graft/errors.h"
 #include "graft/json_file.h"
+#include "graft/strings.h"
 #include "io/child_process.h"
 
 namespace graft {
@@ -514,8 +515,7 @@ std::chrono::milliseconds default_deadline(const std::string& path) {
 
 KerasModel read_keras_h5(const std::string& path, const KerasH5Options& options) {
   const std::string& file = path;
-  std::error_code error;
-  if (!std::filesystem::is_regular_file(path, error)) throw FormatError(file, "no such file");
+  const uint64_t size = regular_file_size(path, "Keras .h5 file");  // a folder, FIFO, missing file: said
   KerasModelBuilder builder(file);
   if (!options.separate_process) {
     std::lock_guard<std::mutex> lock(hdf5_mutex());  // libhdf5 (Debian's serial build) is not thread-safe
@@ -525,8 +525,7 @@ KerasModel read_keras_h5(const std::string& path, const KerasH5Options& options)
 
   detail::ChildLimits limits;
   limits.deadline = options.timeout.count() > 0 ? options.timeout : default_deadline(path);
-  const uintmax_t size = std::filesystem::file_size(path, error);
-  limits.extra_address_space = (uint64_t{4} << 30) + (error ? 0 : 4 * static_cast<uint64_t>(size));
+  limits.extra_address_space = (uint64_t{4} << 30) + 4 * size;
   const auto work = [&file](int fd) {
     KerasStreamWriter writer(fd);
     try {

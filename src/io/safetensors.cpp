@@ -219,6 +219,8 @@ size_t safetensors_itemsize(const std::string& dtype) {
   return entry == nullptr ? 0 : entry->itemsize;
 }
 
+// One function (about 90 lines) because each check of the header guards the next read: open, size,
+// header length, header JSON, then every entry's dtype, shape and offsets against the file.
 SafeTensorsReader::SafeTensorsReader(const std::string& path) : path_(path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) throw Error(path + ": cannot open safetensors file: " + errno_text(errno));

@@ -1,6 +1,7 @@
 // Loading named tensors into a module by full dotted name, with a report of what did not fit.
 // Semantics follow PyTorch's Module.load_state_dict (torch/nn/modules/module.py, v1.13): missing and
 // unexpected keys, shape mismatches never resized; unlike it, nothing is copied when strict loading fails.
+#include <functional>
 #include <sstream>
 #include <unordered_map>
 #include <unordered_set>
@@ -104,12 +105,18 @@ LoadPlan plan_load(const torch::nn::Module& module, const std::vector<SourceEntr
 // Runs a plan: throws when strict and the report is not clean, else copies source tensors in.
 LoadReport execute(LoadPlan plan, const LoadOptions& options,
                    const std::function<torch::Tensor(size_t)>& load_source) {
-  if (options.strict && !plan.report.ok())
-    throw Error(
-        options.source_name + ": the weights do not fit the model (nothing was loaded):\n" +
-        plan.report.to_string() +
-        "hint: pass strict=false / --no-strict to load what fits, or skip the classifier when replacing "
-        "the head (skip_prefixes / --skip)");
+  if (options.strict && !plan.report.ok()) {
+    const LoadReport& report = plan.report;
+    // Not one of the model's names: a file of another architecture (or naming), said first.
+    const std::string what =
+        report.loaded.empty() && report.mismatched.empty() && !report.missing.empty()
+            ? ": none of the model's " + std::to_string(report.missing.size()) + " tensors is in the file (" +
+                  std::to_string(report.unexpected.size()) +
+                  " tensors of other names): the weights of another architecture? Nothing was loaded:\n"
+            : ": the weights do not fit the model (nothing was loaded):\n";
+    throw Error(options.source_name + what + report.to_string(options.listed) +
+                "hint: " + (options.hint.empty() ? "set strict to false to load what fits" : options.hint));
+  }
   torch::NoGradGuard no_grad;
   for (auto& [target, index] : plan.copies) target.copy_(load_source(index));  // casts dtype, keeps device
   return std::move(plan.report);
@@ -143,29 +150,27 @@ std::string prefix_hint(const LoadReport& report) {
 
 }  // namespace
 
-std::string LoadReport::to_string() const {
+std::string LoadReport::to_string(size_t listed) const {
   std::ostringstream out;
   out << "loaded " << loaded.size() << " tensors; " << missing.size() << " missing, " << unexpected.size()
       << " unexpected, " << mismatched.size() << " with a different shape, " << skipped.size()
       << " skipped\n";
-  if (!missing.empty()) {
-    out << "missing (in the model, not in the source):\n";
-    for (const auto& name : missing) out << "  " << name << shape_of(*this, name) << "\n";
-  }
-  if (!unexpected.empty()) {
-    out << "unexpected (in the source, not in the model):\n";
-    for (const auto& name : unexpected) out << "  " << name << shape_of(*this, name) << "\n";
-  }
-  if (!mismatched.empty()) {
-    out << "shape mismatch (the model's shape, the source's shape):\n";
-    for (const auto& entry : mismatched)
-      out << "  " << entry.name << ": model expects " << shape_str(entry.expected) << ", source has "
-          << shape_str(entry.got) << "\n";
-  }
-  if (!skipped.empty()) {
-    out << "skipped on purpose:\n";
-    for (const auto& name : skipped) out << "  " << name << "\n";
-  }
+  // The first `listed` lines of a kind, then how many more.
+  const auto list = [&](const char* title, size_t count, const std::function<void(size_t)>& line) {
+    if (count == 0) return;
+    out << title << ":\n";
+    for (size_t i = 0; i < count && i < listed; ++i) line(i);
+    if (count > listed) out << "  ... and " << count - listed << " more\n";
+  };
+  list("missing (in the model, not in the source)", missing.size(),
+       [&](size_t i) { out << "  " << missing[i] << shape_of(*this, missing[i]) << "\n"; });
+  list("unexpected (in the source, not in the model)", unexpected.size(),
+       [&](size_t i) { out << "  " << unexpected[i] << shape_of(*this, unexpected[i]) << "\n"; });
+  list("shape mismatch (the model's shape, the source's shape)", mismatched.size(), [&](size_t i) {
+    out << "  " << mismatched[i].name << ": model expects " << shape_str(mismatched[i].expected)
+        << ", source has " << shape_str(mismatched[i].got) << "\n";
+  });
+  list("skipped on purpose", skipped.size(), [&](size_t i) { out << "  " << skipped[i] << "\n"; });
   out << prefix_hint(*this);
   return out.str();
 }

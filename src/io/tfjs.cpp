@@ -16,6 +16,7 @@
 
 #include "graft/errors.h"
 #include "graft/json_file.h"
+#include "graft/strings.h"
 #include "io/js_bundle.h"
 #include "io/tfjs.h"
 
@@ -172,10 +173,7 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 std::string read_text(const std::string& path) {
-  std::error_code error;
-  if (!fs::is_regular_file(path, error)) throw FormatError(path, "no such file");
-  const uintmax_t size = fs::file_size(path, error);
-  if (error) throw FormatError(path, "cannot read its size: " + error.message());
+  const uint64_t size = regular_file_size(path, "TF.js model.json");  // a folder is said as one
   if (size > tfjs::kMaxModelJsonBytes) {
     throw FormatError(path, "is " + std::to_string(size) + " bytes; a TF.js model.json is at most 64 MiB");
   }

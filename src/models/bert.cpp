@@ -57,20 +57,11 @@ BertConfig BertConfig::from_json(const json& root, const std::string& source) {
   BertConfig config;
   read_common(reader, config, "bert");
   reader.get_positive("vocab_size", config.vocab_size);
-  reader.get_positive("hidden_size", config.hidden_size);
-  reader.get_positive("num_hidden_layers", config.num_hidden_layers);
-  reader.get_positive("num_attention_heads", config.num_attention_heads);
-  reader.get_positive("intermediate_size", config.intermediate_size);
-  reader.get("hidden_act", config.hidden_act);
-  check_activation(reader, "hidden_act", config.hidden_act);
-  reader.get_probability("hidden_dropout_prob", config.hidden_dropout_prob);
-  reader.get_probability("attention_probs_dropout_prob", config.attention_probs_dropout_prob);
+  read_encoder_keys(reader, config);
   reader.get_positive("max_position_embeddings", config.max_position_embeddings);
   reader.get_positive("type_vocab_size", config.type_vocab_size);
-  reader.get("layer_norm_eps", config.layer_norm_eps);
   reader.get("pad_token_id", config.pad_token_id);
   reader.get("classifier_dropout", config.classifier_dropout);
-  check_heads(reader, config.hidden_size, "hidden_size", config.num_attention_heads, "num_attention_heads");
   if (config.pad_token_id && (*config.pad_token_id < 0 || *config.pad_token_id >= config.vocab_size)) {
     reader.unsupported("pad_token_id",
                        "must be a token id below vocab_size (" + std::to_string(config.vocab_size) + ")");
@@ -248,6 +239,10 @@ EncoderOutput BertModelImpl::forward(const TextInputs& inputs) {
                           input_ids.sizes().vec(), named->sizes().vec());
     }
   }
+  check_token_ids(input_ids, embeddings->word_embeddings->options.num_embeddings(), "BertModel", "input_ids");
+  check_token_ids(inputs.token_type_ids, embeddings->token_type_embeddings->options.num_embeddings(),
+                  "BertModel", "token_type_ids");
+  check_attention_mask(inputs.attention_mask, "BertModel");
   const torch::ScalarType dtype = embeddings->word_embeddings->weight.scalar_type();
   torch::Tensor mask = inputs.attention_mask.defined() ? inputs.attention_mask : torch::ones_like(input_ids);
   torch::Tensor additive_mask = extended_attention_mask(mask, dtype);  // (B, 1, 1, T)

@@ -45,6 +45,35 @@ nn::Conv2d make_conv_classifier(int64_t in_channels, int64_t num_classes) {
   return conv;
 }
 
+nn::Linear replace_fc(nn::Module& model, int64_t in_features, int64_t num_classes, const torch::Tensor& like,
+                      bool normal_init) {
+  return replace_last_layer<nn::Linear>(model, "fc", num_classes, like, [&] {
+    nn::Linear layer(in_features, num_classes);
+    if (normal_init) init_linear_normal(*layer);
+    return layer;
+  });
+}
+
+void push_last_linear(nn::Sequential& seq, int64_t in_features, int64_t num_classes) {
+  if (num_classes > 0)
+    seq->push_back(nn::Linear(in_features, num_classes));
+  else
+    seq->push_back(nn::Identity());
+}
+
+std::vector<ForwardStep> pooled_classifier_steps(const nn::Sequential& classifier, int64_t num_classes,
+                                                 bool pre_logits) {
+  std::vector<ForwardStep> steps;
+  steps.push_back({"avgpool", "AdaptiveAvgPool2d", [](const torch::Tensor& x) {
+                     return torch::adaptive_avg_pool2d(x, {1, 1});  // (N, C, 1, 1)
+                   }});
+  steps.push_back({"flatten", "Flatten", [](const torch::Tensor& x) { return x.flatten(1); }});  // (N, C)
+  auto head = sequential_steps(classifier, "classifier", {"Dropout", num_classes > 0 ? "Linear" : "Identity"},
+                               0, pre_logits ? 1 : 2);
+  steps.insert(steps.end(), head.begin(), head.end());
+  return steps;
+}
+
 nn::Sequential with_new_last_linear(const nn::Sequential& seq, int64_t in_features, int64_t num_classes,
                                     const torch::Tensor& like) {
   nn::Sequential out;

@@ -49,6 +49,27 @@ Holder replace_last_layer(torch::nn::Module& model, const std::string& name, int
   return layer;
 }
 
+// The classifier of a model that classifies with one Linear registered as "fc" (ResNet, InceptionV3, the
+// video ResNets), replaced through replace_last_layer: Linear(in_features, num_classes) with torchvision's
+// N(0, 0.01) init when `normal_init` (libtorch's default otherwise, as torchvision's ResNet leaves it);
+// null, with an Identity registered, for 0.
+torch::nn::Linear replace_fc(torch::nn::Module& model, int64_t in_features, int64_t num_classes,
+                             const torch::Tensor& like, bool normal_init);
+// Outputs of such a classifier: fc's, or in_features when it is an Identity.
+inline int64_t fc_outputs(const torch::nn::Linear& fc, int64_t in_features) {
+  return fc ? fc->options.out_features() : in_features;
+}
+
+// Appends a classifier's last layer to `seq`: Linear(in_features, num_classes), or an Identity for 0 (the
+// model then returns pre-logits).
+void push_last_linear(torch::nn::Sequential& seq, int64_t in_features, int64_t num_classes);
+
+// torchvision's head of MobileNetV2 and EfficientNet: global average pooling and flatten (functional in
+// torchvision: labels, not module paths), then `classifier`'s (Dropout, Linear) steps; pre_logits stops
+// before its last layer. (N, C, H, W) -> (N, classes).
+std::vector<ForwardStep> pooled_classifier_steps(const torch::nn::Sequential& classifier, int64_t num_classes,
+                                                 bool pre_logits);
+
 // A copy of `seq` whose last child is a fresh Linear(in_features, num_classes) (Identity for 0) on the
 // device and dtype of `like`; the other children are shared, so their weights are kept.
 torch::nn::Sequential with_new_last_linear(const torch::nn::Sequential& seq, int64_t in_features,

@@ -155,11 +155,7 @@ EfficientNetImpl::EfficientNetImpl(const EfficientNetConfig& config, int64_t num
   features = register_module("features", layers);
 
   nn::Sequential head(nn::Dropout(config.dropout));
-  if (num_classes > 0) {
-    head->push_back(nn::Linear(last_channel_, num_classes));
-  } else {
-    head->push_back(nn::Identity());
-  }
+  push_last_linear(head, last_channel_, num_classes);
   classifier = register_module("classifier", head);
   num_classes_ = num_classes;
 
@@ -183,16 +179,7 @@ std::vector<ForwardStep> EfficientNetImpl::feature_steps() {
 }
 
 std::vector<ForwardStep> EfficientNetImpl::classifier_steps(bool pre_logits) {
-  std::vector<ForwardStep> steps;
-  // torchvision's avgpool is a parameterless AdaptiveAvgPool2d(1): a label here, not a module path.
-  steps.push_back({"avgpool", "AdaptiveAvgPool2d", [](const torch::Tensor& x) {
-                     return torch::adaptive_avg_pool2d(x, {1, 1});  // (N, 1280, 1, 1)
-                   }});
-  steps.push_back({"flatten", "Flatten", [](const torch::Tensor& x) { return x.flatten(1); }});  // (N, 1280)
-  auto head = sequential_steps(classifier, "classifier",
-                               {"Dropout", num_classes_ > 0 ? "Linear" : "Identity"}, 0, pre_logits ? 1 : 2);
-  steps.insert(steps.end(), head.begin(), head.end());
-  return steps;
+  return pooled_classifier_steps(classifier, num_classes_, pre_logits);  // (N, 1280, H/32, W/32) -> logits
 }
 
 void EfficientNetImpl::replace_classifier(int64_t num_classes) {

@@ -79,14 +79,15 @@ GPT2Config GPT2Config::from_json(const json& root, const std::string& source) {
   reader.get_positive("n_layer", config.n_layer);
   reader.get_positive("n_head", config.n_head);
   reader.get("n_inner", config.n_inner);
-  if (config.n_inner && *config.n_inner <= 0)
-    reader.unsupported("n_inner", "must be > 0 or null (4 * n_embd)");
+  if (config.n_inner && (*config.n_inner <= 0 || *config.n_inner > size_limit("intermediate_size")))
+    reader.unsupported("n_inner", "must lie in 1.." + std::to_string(size_limit("intermediate_size")) +
+                                      " or be null (4 * n_embd)");
   reader.get("activation_function", config.activation_function);
   check_activation(reader, "activation_function", config.activation_function);
   reader.get_probability("resid_pdrop", config.resid_pdrop);
   reader.get_probability("embd_pdrop", config.embd_pdrop);
   reader.get_probability("attn_pdrop", config.attn_pdrop);
-  reader.get("layer_norm_epsilon", config.layer_norm_epsilon);
+  reader.get_epsilon("layer_norm_epsilon", config.layer_norm_epsilon);
   reader.get("scale_attn_weights", config.scale_attn_weights);
   reader.get("scale_attn_by_inverse_layer_idx", config.scale_attn_by_inverse_layer_idx);
   reader.get("reorder_and_upcast_attn", config.reorder_and_upcast_attn);
@@ -209,6 +210,10 @@ CausalLMOutput GPT2ModelImpl::forward(const CausalLMInputs& inputs) {
     throw Error("GPT2Model: input_ids must be a (batch, length) tensor of token ids, got " +
                 (input_ids.defined() ? shape_str(input_ids.sizes().vec()) : std::string("none")));
   }
+  const int64_t vocab = wte->options.num_embeddings();
+  check_token_ids(input_ids, vocab, "GPT2Model", "input_ids");
+  check_token_ids(inputs.token_type_ids, vocab, "GPT2Model", "token_type_ids");  // embedded by wte
+  check_attention_mask(inputs.attention_mask, "GPT2Model");
   const int64_t batch = input_ids.size(0), length = input_ids.size(1);
   const auto& past = inputs.past_key_values;
   if (!past.empty() && static_cast<int64_t>(past.size()) != static_cast<int64_t>(h->size())) {

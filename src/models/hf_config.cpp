@@ -2,9 +2,29 @@
 #include "models/hf_config.h"
 
 #include <exception>
+#include <map>
 #include <vector>
 
 namespace graft {
+
+int64_t size_limit(const std::string& key) {
+  static const std::map<std::string, int64_t> limits = {{"vocab_size", int64_t{1} << 24},
+                                                        {"hidden_size", int64_t{1} << 16},
+                                                        {"n_embd", int64_t{1} << 16},
+                                                        {"num_hidden_layers", 1024},
+                                                        {"n_layer", 1024},
+                                                        {"num_attention_heads", 1024},
+                                                        {"n_head", 1024},
+                                                        {"intermediate_size", int64_t{1} << 20},
+                                                        {"max_position_embeddings", int64_t{1} << 20},
+                                                        {"n_positions", int64_t{1} << 20},
+                                                        {"type_vocab_size", 1024},
+                                                        {"image_size", int64_t{1} << 14},
+                                                        {"patch_size", int64_t{1} << 14},
+                                                        {"num_channels", 64}};
+  const auto it = limits.find(key);
+  return it == limits.end() ? int64_t{1} << 31 : it->second;
+}
 
 // The keys of PretrainedConfig graft uses, and the model_type check.
 void read_common(const ConfigReader& reader, HfCommonConfig& config, const std::string& model_type) {
@@ -27,6 +47,8 @@ void read_common(const ConfigReader& reader, HfCommonConfig& config, const std::
   if (root.contains("id2label") && !root.at("id2label").is_null()) {
     const json& labels = root.at("id2label");
     if (!labels.is_object()) reader.fail("id2label", "an object {\"0\": \"name\", ...}", labels);
+    if (static_cast<int64_t>(labels.size()) > kMaxLabels)
+      reader.fail("id2label", "at most " + std::to_string(kMaxLabels) + " labels", labels);
     std::vector<std::string> names(labels.size());
     std::vector<bool> seen(labels.size(), false);
     for (const auto& [key, value] : labels.items()) {
@@ -51,7 +73,8 @@ void read_common(const ConfigReader& reader, HfCommonConfig& config, const std::
   } else if (root.contains("num_labels")) {
     int64_t n = 0;
     reader.get("num_labels", n);
-    if (n < 0) reader.fail("num_labels", "an integer >= 0", root.at("num_labels"));
+    if (n < 0 || n > kMaxLabels)
+      reader.fail("num_labels", "an integer in 0.." + std::to_string(kMaxLabels), root.at("num_labels"));
     config.id2label.clear();
     config.set_num_labels(n);
   }
@@ -78,6 +101,30 @@ void check_heads(const ConfigReader& reader, int64_t hidden, const char* hidden_
                                            ") must be a multiple of '" + heads_key + "' (" +
                                            std::to_string(heads) + ")");
   }
+}
+
+void check_token_ids(const torch::Tensor& ids, int64_t rows, const std::string& model, const char* what) {
+  if (!ids.defined()) return;
+  if (!c10::isIntegralType(ids.scalar_type(), /*includeBool=*/false))
+    throw Error(model + ": " + what + " holds " + std::string(c10::toString(ids.scalar_type())) +
+                " values; expected integer token ids");
+  if (ids.dim() >= 2 && ids.size(-1) == 0)
+    throw Error(model + ": " + what + " is an empty sequence (length 0); give at least one token");
+  if (ids.numel() == 0) return;
+  const auto [lo, hi] = torch::aminmax(ids);
+  const int64_t low = lo.item<int64_t>(), high = hi.item<int64_t>();
+  if (low < 0 || high >= rows) {
+    const int64_t bad = low < 0 ? low : high;
+    throw Error(model + ": " + what + " holds id " + std::to_string(bad) + ", outside the embedding's " +
+                std::to_string(rows) + " entries (ids 0.." + std::to_string(rows - 1) +
+                "); the tokenizer or the inputs do not belong to this model");
+  }
+}
+
+void check_attention_mask(const torch::Tensor& mask, const std::string& model) {
+  if (!mask.defined() || mask.numel() == 0) return;
+  if (mask.ne(0).logical_and(mask.ne(1)).any().item<bool>())
+    throw Error(model + ": attention_mask holds values other than 0 (padding) and 1 (attended)");
 }
 
 }  // namespace graft

@@ -281,15 +281,11 @@ std::vector<ForwardStep> InceptionV3Impl::classifier_steps(bool pre_logits) {
 }
 
 void InceptionV3Impl::replace_classifier(int64_t num_classes) {
-  fc = replace_last_layer<nn::Linear>(*this, "fc", num_classes, Conv2d_1a_3x3->conv->weight, [&] {
-    nn::Linear layer(num_features(), num_classes);
-    init_linear_normal(*layer);
-    return layer;
-  });
+  fc = replace_fc(*this, num_features(), num_classes, Conv2d_1a_3x3->conv->weight, /*normal_init=*/true);
 }
 
 int64_t InceptionV3Impl::classifier_outputs() const {
-  return fc ? fc->options.out_features() : num_features();
+  return fc_outputs(fc, num_features());
 }
 
 Backbone inception_v3(int64_t num_classes) {

@@ -21,6 +21,8 @@ LoadReport load_weights(BackboneImpl& model, const std::string& path, const Weig
   LoadOptions load;
   load.strict = options.strict;
   load.source_name = path;
+  load.listed = options.listed;
+  load.hint = options.hint;
   if (options.skip_classifier) {
     if (!head.empty()) load.skip_prefixes.push_back(head);
   } else if (!head.empty() && !model.has_custom_head()) {

@@ -179,12 +179,11 @@ std::vector<ForwardStep> ResNetImpl::classifier_steps(bool pre_logits) {
 }
 
 void ResNetImpl::replace_classifier(int64_t num_classes) {
-  fc = replace_last_layer<nn::Linear>(*this, "fc", num_classes, conv1->weight,
-                                      [&] { return nn::Linear(num_features(), num_classes); });
+  fc = replace_fc(*this, num_features(), num_classes, conv1->weight, /*normal_init=*/false);
 }
 
 int64_t ResNetImpl::classifier_outputs() const {
-  return fc ? fc->options.out_features() : num_features();
+  return fc_outputs(fc, num_features());
 }
 
 Backbone resnet18(int64_t num_classes) {

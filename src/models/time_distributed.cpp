@@ -96,7 +96,7 @@ torch::Tensor TimeDistributedClassifierImpl::frame_features(const torch::Tensor&
   return backbone->forward(frames).reshape({n, t, -1});
 }
 
-torch::Tensor TimeDistributedClassifierImpl::forward_sequence(const torch::Tensor& features) {
+torch::Tensor TimeDistributedClassifierImpl::summarize(const torch::Tensor& features) {
   if (features.dim() != 3)
     throw ShapeMismatch("TimeDistributed", "frame features", {-1, -1, -1}, features.sizes().vec());
   torch::Tensor summary;
@@ -113,7 +113,11 @@ torch::Tensor TimeDistributedClassifierImpl::forward_sequence(const torch::Tenso
       summary = out.select(1, -1);
     }
   }
-  return fc->forward(dropout->forward(summary));
+  return summary;
+}
+
+torch::Tensor TimeDistributedClassifierImpl::forward_sequence(const torch::Tensor& features) {
+  return fc->forward(dropout->forward(summarize(features)));
 }
 
 void TimeDistributedClassifierImpl::reset_classifier(int64_t num_classes) {

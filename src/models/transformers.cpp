@@ -11,7 +11,9 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
+#include <regex>
 #include <set>
 
 #include "graft/bert.h"
@@ -46,6 +48,70 @@ struct HfArchitecture {
   const char* head;         // module replaced in transfer ("classifier"); "" for none
   std::function<std::shared_ptr<torch::nn::Module>(const json&, const std::string&, int64_t)> build;
 };
+
+// Sizes of config.json that the weights file's header fixes: {key, tensor name (its suffix after the base
+// model's prefix), dimension}. Checked before the model is built, so that a config that disagrees with its
+// weights (100,000 layers beside a 3-layer file, a vocabulary of 10^12) is refused by key at once rather
+// than after allocating it.
+struct SizeCheck {
+  const char* key;
+  const char* tensor;
+  size_t dim;
+};
+const std::map<std::string, std::vector<SizeCheck>>& size_checks() {
+  static const std::map<std::string, std::vector<SizeCheck>> table = {
+      {"bert",
+       {{"vocab_size", "embeddings.word_embeddings.weight", 0},
+        {"hidden_size", "embeddings.word_embeddings.weight", 1},
+        {"max_position_embeddings", "embeddings.position_embeddings.weight", 0},
+        {"type_vocab_size", "embeddings.token_type_embeddings.weight", 0},
+        {"intermediate_size", "encoder.layer.0.intermediate.dense.weight", 0}}},
+      {"gpt2",
+       {{"vocab_size", "wte.weight", 0}, {"n_embd", "wte.weight", 1}, {"n_positions", "wpe.weight", 0}}},
+      {"vit",
+       {{"hidden_size", "embeddings.cls_token", 2},
+        {"intermediate_size", "encoder.layer.0.intermediate.dense.weight", 0}}}};
+  return table;
+}
+
+void check_sizes_against_weights(const json& root, const std::string& config_path,
+                                 const std::string& model_type, const std::string& weights_path) {
+  const SafeTensorsReader reader(weights_path);  // the header only: the data stays mapped, unread
+  const auto find = [&](const std::string& suffix) -> const TensorInfo* {
+    for (const TensorInfo& t : reader.tensors())
+      if (t.name == suffix || ends_with(t.name, "." + suffix)) return &t;
+    return nullptr;
+  };
+  const auto refuse = [&](const std::string& key, int64_t value, const std::string& held) {
+    throw FormatError(config_path, "key '" + key + "' is " + std::to_string(value) + " but " + weights_path +
+                                       " holds " + held +
+                                       "; the config and the weights do not belong together");
+  };
+  const auto it = size_checks().find(model_type);
+  if (it != size_checks().end()) {
+    for (const SizeCheck& check : it->second) {
+      if (!root.contains(check.key) || !root.at(check.key).is_number_integer()) continue;  // the reader says
+      const TensorInfo* tensor = find(check.tensor);
+      if (!tensor || tensor->shape.size() <= check.dim) continue;  // a strict load names what is missing
+      const int64_t value = root.at(check.key).get<int64_t>();
+      if (value != tensor->shape[check.dim])
+        refuse(check.key, value, tensor->name + " of shape " + shape_str(tensor->shape));
+    }
+  }
+  // The depth: the numbered blocks the file holds (encoder.layer.N, h.N).
+  const bool gpt2 = model_type == "gpt2";
+  const char* key = gpt2 ? "n_layer" : "num_hidden_layers";
+  const std::regex block(gpt2 ? R"((^|\.)h\.([0-9]+)\.)" : R"((^|\.)encoder\.layer\.([0-9]+)\.)");
+  int64_t blocks = 0;
+  for (const TensorInfo& t : reader.tensors()) {
+    std::smatch match;
+    if (std::regex_search(t.name, match, block) && match[2].length() < 7)
+      blocks = std::max<int64_t>(blocks, std::stoll(match[2]) + 1);
+  }
+  if (blocks > 0 && root.contains(key) && root.at(key).is_number_integer() &&
+      root.at(key).get<int64_t>() != blocks)
+    refuse(key, root.at(key).get<int64_t>(), std::to_string(blocks) + " layers");
+}
 
 template <class Config>
 Config parse_with_labels(const json& root, const std::string& source, int64_t num_labels) {
@@ -311,6 +377,7 @@ HfModel load_hf_model(const std::string& path, const HfLoadOptions& options) {
   const HfArchitecture* arch = &choose_architecture(root, out.config_path, options, &checkpoint_class);
   out.model_type = arch->model_type;
   out.architecture = arch->name;
+  if (options.strict) check_sizes_against_weights(root, out.config_path, out.model_type, out.weights_path);
   out.module = arch->build(root, out.config_path, options.num_labels);
 
   // Hugging Face's transfer case: another class than the checkpoint's, or a new number of labels. The new

@@ -54,11 +54,7 @@ VGGImpl::VGGImpl(const VGGConfig& config, int64_t num_classes) : BackboneImpl(co
 
   nn::Sequential head(nn::Linear(512 * 7 * 7, kHidden), nn::ReLU(), nn::Dropout(config.dropout),
                       nn::Linear(kHidden, kHidden), nn::ReLU(), nn::Dropout(config.dropout));
-  if (num_classes > 0) {
-    head->push_back(nn::Linear(kHidden, num_classes));
-  } else {
-    head->push_back(nn::Identity());
-  }
+  push_last_linear(head, kHidden, num_classes);
   classifier = register_module("classifier", head);
   num_classes_ = num_classes;
 

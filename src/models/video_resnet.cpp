@@ -172,15 +172,11 @@ std::vector<ForwardStep> VideoResNetImpl::classifier_steps(bool pre_logits) {
 }
 
 void VideoResNetImpl::replace_classifier(int64_t num_classes) {
-  fc = replace_last_layer<nn::Linear>(*this, "fc", num_classes, stem->parameters().front(), [&] {
-    nn::Linear layer(num_features(), num_classes);
-    init_linear_normal(*layer);
-    return layer;
-  });
+  fc = replace_fc(*this, num_features(), num_classes, stem->parameters().front(), /*normal_init=*/true);
 }
 
 int64_t VideoResNetImpl::classifier_outputs() const {
-  return fc ? fc->options.out_features() : num_features();
+  return fc_outputs(fc, num_features());
 }
 
 Backbone r3d_18(int64_t num_classes) {

@@ -65,20 +65,11 @@ ViTConfig ViTConfig::from_json(const json& root, const std::string& source) {
   const ConfigReader reader(root, source);
   ViTConfig config;
   read_common(reader, config, "vit");
-  reader.get_positive("hidden_size", config.hidden_size);
-  reader.get_positive("num_hidden_layers", config.num_hidden_layers);
-  reader.get_positive("num_attention_heads", config.num_attention_heads);
-  reader.get_positive("intermediate_size", config.intermediate_size);
-  reader.get("hidden_act", config.hidden_act);
-  check_activation(reader, "hidden_act", config.hidden_act);
-  reader.get_probability("hidden_dropout_prob", config.hidden_dropout_prob);
-  reader.get_probability("attention_probs_dropout_prob", config.attention_probs_dropout_prob);
-  reader.get("layer_norm_eps", config.layer_norm_eps);
+  read_encoder_keys(reader, config);
   reader.get_positive("image_size", config.image_size);
   reader.get_positive("patch_size", config.patch_size);
   reader.get_positive("num_channels", config.num_channels);
   reader.get("qkv_bias", config.qkv_bias);
-  check_heads(reader, config.hidden_size, "hidden_size", config.num_attention_heads, "num_attention_heads");
   if (config.image_size % config.patch_size != 0) {
     throw FormatError(source, "key 'image_size' (" + std::to_string(config.image_size) +
                                   ") must be a multiple of 'patch_size' (" +

@@ -101,7 +101,8 @@ const WordPieceTokenizer::Options& WordPieceTokenizer::options() const {
 
 namespace {
 
-// The whole pipeline on a stretch of text that starts and ends at word boundaries.
+// The whole pipeline on a stretch of text that starts and ends at word boundaries. Kept as one function
+// (about 115 lines): it is BertTokenizer's steps in order, each a few lines, sharing the offsets map.
 void tokenize_chunk(const WordPieceTokenizer::Model& model, const Tokenizer::Core& core,
                     std::string_view text, size_t base, Encoding& out) {
   const WordPieceOptions& opt = model.options;

@@ -39,6 +39,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <unordered_map>
@@ -46,6 +47,7 @@
 
 #include "graft/files.h"
 #include "graft/json_file.h"
+#include "graft/save_id.h"
 #include "graft/trainer.h"
 #include "graft/weights.h"
 
@@ -379,6 +381,7 @@ class OptimizerStateFile {
     const auto found = reader_.metadata().find(key);
     return found == reader_.metadata().end() ? "" : found->second;
   }
+  const std::map<std::string, std::string>& metadata() const { return reader_.metadata(); }
 
   // "<name>.<field>" as a tensor shaped and typed like `param`, on its device; undefined when absent.
   torch::Tensor like(const std::string& name, const char* field, const torch::Tensor& param) {
@@ -455,19 +458,25 @@ void save_checkpoint(const std::string& dir, const torch::nn::Module& model,
   ::chmod(temp.c_str(), 0755);
   try {
     json files = json::object();
+    // One id in every file of this save: a file copied in from another checkpoint is refused at load.
+    const std::string save_id = new_save_id();
     const std::string model_path = (fs::path(temp) / kModelFile).string();
-    write_safetensors(model_path, state_dict(model),
-                      {{"format", "pt"}, {"graft_epoch", std::to_string(state.epoch)}});
+    write_safetensors(
+        model_path, state_dict(model),
+        {{"format", "pt"}, {"graft_epoch", std::to_string(state.epoch)}, {"graft_save_id", save_id}});
     files[kModelFile] = fs::file_size(model_path);
     pause_for_test(dir, state.epoch, "partial");
     if (optimizer) {
       const std::string optimizer_path = (fs::path(temp) / kOptimizerFile).string();
       write_safetensors(optimizer_path, optimizer_state_tensors(*optimizer, model),
-                        {{"format", "graft-optimizer"}, {"optimizer", optimizer_kind(*optimizer)}});
+                        {{"format", "graft-optimizer"},
+                         {"optimizer", optimizer_kind(*optimizer)},
+                         {"graft_save_id", save_id}});
       files[kOptimizerFile] = fs::file_size(optimizer_path);
     }
     json state_json = state_to_json(state);
     state_json["files"] = files;
+    state_json["save_id"] = save_id;
     write_file_atomic((fs::path(temp) / kStateFile).string(), state_json.dump(1));  // last: marks it whole
     fsync_path(temp, /*directory=*/true);
   } catch (const std::exception& e) {
@@ -540,8 +549,31 @@ TrainerState read_trainer_state(const std::string& checkpoint_dir) {
   }
 }
 
+namespace {
+
+// A checkpoint's files are of one save: trainer.json's save_id is in the file's metadata (checkpoints
+// written before save ids carry none: nothing to check).
+void check_same_save(const std::string& checkpoint_dir, const std::map<std::string, std::string>& metadata,
+                     const std::string& file) {
+  const std::string state_path = (fs::path(checkpoint_dir) / kStateFile).string();
+  const json state = parse_json(read_text(state_path), state_path);
+  if (!state.is_object() || !state.contains("save_id") || !state.at("save_id").is_string()) return;
+  const std::string expected = state.at("save_id").get<std::string>();
+  const auto found = metadata.find("graft_save_id");
+  const std::string actual = found == metadata.end() ? "" : found->second;
+  if (actual != expected)
+    throw FormatError(file,
+                      "is from " + (actual.empty() ? std::string("no graft checkpoint") : "save " + actual) +
+                          " but " + state_path + " is of save " + expected,
+                      "a checkpoint's files go together: this one was copied in from another checkpoint or "
+                      "run; resume from a whole checkpoint folder, or start the run again");
+}
+
+}  // namespace
+
 void load_checkpoint_model(const std::string& checkpoint_dir, torch::nn::Module& model) {
   const std::string path = (fs::path(checkpoint_dir) / kModelFile).string();
+  check_same_save(checkpoint_dir, SafeTensorsReader(path).metadata(), path);
   LoadOptions options;
   options.strict = true;
   options.source_name = path;
@@ -561,6 +593,7 @@ void load_checkpoint_optimizer(const std::string& checkpoint_dir, const torch::n
     throw Error("checkpoint '" + checkpoint_dir + "' has no " + kOptimizerFile);
   }
   OptimizerStateFile file(path);
+  check_same_save(checkpoint_dir, file.metadata(), path);
   const std::string kind = optimizer_kind(optimizer);
   const std::string saved_kind = file.metadata("optimizer");
   if (saved_kind != kind)

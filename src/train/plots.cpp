@@ -75,9 +75,10 @@ struct Series {
 // One line chart inside the rectangle (x, y, w, h) of the picture.
 void line_chart(std::ostringstream& svg, double x, double y, double w, double h, const std::string& title,
                 const std::string& y_label, const std::vector<Series>& series, bool unit_interval,
-                bool legend_bottom) {
+                bool legend_bottom, const std::vector<CurveMark>& marks) {
   const double left = x + 60, top = y + 34, right = x + w - 16, bottom = y + h - 46;
   double x_min = 1, x_max = 1, y_min = INFINITY, y_max = -INFINITY;
+  for (const CurveMark& mark : marks) x_max = std::max(x_max, std::ceil(mark.epoch));
   for (const auto& s : series)
     for (const auto& [epoch, value] : s.points) {
       x_max = std::max(x_max, epoch);
@@ -120,6 +121,14 @@ void line_chart(std::ostringstream& svg, double x, double y, double w, double h,
       << "<text x=\"" << num(x + 16) << "\" y=\"" << num((top + bottom) / 2) << "\" " << kFont
       << " font-size=\"12\" text-anchor=\"middle\" transform=\"rotate(-90 " << num(x + 16) << ' '
       << num((top + bottom) / 2) << ")\">" << escape_xml(y_label) << "</text>\n";
+  // Marks: a dotted grey line across the plot, its label at the top.
+  for (const CurveMark& mark : marks) {
+    if (mark.epoch < x_min || mark.epoch > x_max) continue;
+    svg << "<line x1=\"" << num(px(mark.epoch)) << "\" y1=\"" << num(top) << "\" x2=\"" << num(px(mark.epoch))
+        << "\" y2=\"" << num(bottom) << "\" stroke=\"#888\" stroke-dasharray=\"2 3\"/>\n"
+        << "<text x=\"" << num(px(mark.epoch) + 3) << "\" y=\"" << num(top + 10) << "\" " << kFont
+        << " font-size=\"10\" fill=\"#555\">" << escape_xml(mark.label) << "</text>\n";
+  }
   // Lines with a marker per epoch.
   for (const auto& s : series) {
     if (s.points.empty()) continue;
@@ -173,7 +182,8 @@ std::string heat_colour(double fraction) {
 
 }  // namespace
 
-void write_training_curves_svg(const std::string& path, const std::vector<EpochResult>& history) {
+void write_training_curves_svg(const std::string& path, const std::vector<EpochResult>& history,
+                               const std::vector<CurveMark>& marks, bool perplexity) {
   Series train_loss{"train", kTrainColour, false, {}}, val_loss{"val", kValColour, true, {}};
   Series train_acc{"train", kTrainColour, false, {}}, val_acc{"val", kValColour, true, {}};
   auto add = [](Series& s, double epoch, double value) {
@@ -181,15 +191,26 @@ void write_training_curves_svg(const std::string& path, const std::vector<EpochR
   };
   for (const EpochResult& r : history) {
     const double e = static_cast<double>(r.epoch);
-    add(train_loss, e, r.train_loss), add(train_acc, e, r.train_accuracy);
+    add(train_loss, e, r.train_loss);
     if (r.val_loss) add(val_loss, e, *r.val_loss);
-    if (r.val_accuracy) add(val_acc, e, *r.val_accuracy);
+    if (perplexity) {  // of the mean next-token loss, as evaluate reports it
+      add(train_acc, e, std::exp(r.train_loss));
+      if (r.val_loss) add(val_acc, e, std::exp(*r.val_loss));
+    } else {
+      add(train_acc, e, r.train_accuracy);
+      if (r.val_accuracy) add(val_acc, e, *r.val_accuracy);
+    }
   }
   const double width = 960, height = 380;
   std::ostringstream svg;
   svg << svg_open(width, height);
-  line_chart(svg, 0, 0, width / 2, height, "Loss", "loss", {train_loss, val_loss}, false, false);
-  line_chart(svg, width / 2, 0, width / 2, height, "Accuracy", "accuracy", {train_acc, val_acc}, true, true);
+  line_chart(svg, 0, 0, width / 2, height, "Loss", "loss", {train_loss, val_loss}, false, false, marks);
+  if (perplexity)
+    line_chart(svg, width / 2, 0, width / 2, height, "Perplexity", "perplexity", {train_acc, val_acc}, false,
+               false, marks);
+  else
+    line_chart(svg, width / 2, 0, width / 2, height, "Accuracy", "accuracy", {train_acc, val_acc}, true, true,
+               marks);
   svg << "</svg>\n";
   write_file_atomic(path, svg.str());
 }
@@ -210,7 +231,9 @@ void write_confusion_matrix_svg(const std::string& path, const Metrics& metrics,
   const double label_space = std::min(240.0, 7.0 * static_cast<double>(longest) + 16);
   const double left = label_space + 30, top = 56;
   const double grid = cell * static_cast<double>(c);
-  const double width = left + grid + 30, height = top + grid + label_space + 30;
+  // At least as wide as the subtitle (a 2-class matrix was 216 px and clipped it).
+  constexpr double kMinWidth = 440;
+  const double width = std::max(kMinWidth, left + grid + 30), height = top + grid + label_space + 30;
   const bool show_counts = cell >= 18;
 
   std::ostringstream svg;

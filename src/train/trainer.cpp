@@ -512,6 +512,46 @@ EpochResult Trainer::run_epoch(BatchSource& train, BatchSource* val, int64_t epo
   return result;
 }
 
+namespace {
+
+// A run directory ready for epochs: checkpoints/ created, and the leftovers of an earlier run killed while
+// writing removed: files (metrics.csv, model.safetensors) and checkpoint folders (checkpoints/best.tmp-*,
+// which only the next improving epoch would otherwise clean up). They are never read; NAME.old-* folders
+// stay, they may hold the only complete checkpoint.
+void prepare_run_directory(const std::string& out_dir) {
+  std::error_code error;
+  fs::create_directories(fs::path(out_dir) / "checkpoints", error);
+  if (error) throw Error("cannot create run directory '" + out_dir + "': " + error.message());
+  remove_stale_temporaries(out_dir);
+  for (const auto& entry : fs::directory_iterator(fs::path(out_dir) / "checkpoints", error)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind("last.tmp-", 0) == 0 || name.rfind("best.tmp-", 0) == 0)
+      fs::remove_all(entry.path(), error);
+  }
+}
+
+std::string early_stop_reason(const EarlyStoppingConfig& es, int64_t epoch, const TrainHistory& history) {
+  return "early stopping after epoch " + std::to_string(epoch) + ": " + es.monitor +
+         " has not improved by more than " + format("%g", es.min_delta) + " for " +
+         std::to_string(es.patience) + " epochs (best " + format("%.4f", history.best_metric) + " at epoch " +
+         std::to_string(history.best_epoch) + ")";
+}
+
+// The training curves, and the last epoch's confusion matrix and report (fit_and_check rewrites the
+// report for the restored best epoch).
+void write_final_pictures(const TrainConfig& config, const TrainHistory& history) {
+  if (history.epochs.empty()) return;
+  const fs::path out = config.out_dir;
+  write_training_curves_svg((out / "training_curves.svg").string(), history.epochs, history.marks,
+                            config.objective == "causal-lm");
+  const auto& last = history.epochs.back().val_metrics;
+  if (!last || last->token_level) return;
+  write_confusion_matrix_svg((out / "confusion_matrix.svg").string(), *last, config.class_names);
+  write_file_atomic((out / "val_report.txt").string(), metrics_report(*last, config.class_names));
+}
+
+}  // namespace
+
 TrainHistory Trainer::fit(BatchSource& train, BatchSource* val) {
   if (config_.epochs <= 0) throw Error("epochs must be > 0, got " + std::to_string(config_.epochs));
   const int64_t steps_per_epoch = static_cast<int64_t>(train.num_batches());
@@ -532,20 +572,7 @@ TrainHistory Trainer::fit(BatchSource& train, BatchSource* val) {
   const bool writes = !config_.out_dir.empty();
   if (config_.resume && !writes)
     throw Error("resume needs a run directory (out_dir) holding checkpoints/last");
-  if (writes) {
-    std::error_code error;
-    fs::create_directories(fs::path(config_.out_dir) / "checkpoints", error);
-    if (error) throw Error("cannot create run directory '" + config_.out_dir + "': " + error.message());
-    // Leftovers of an earlier run killed while writing: files (metrics.csv, model.safetensors) and checkpoint
-    // folders (checkpoints/best.tmp-*, which only the next improving epoch would otherwise clean up). They
-    // are never read; NAME.old-* folders stay, they may hold the only complete checkpoint.
-    remove_stale_temporaries(config_.out_dir);
-    for (const auto& entry : fs::directory_iterator(fs::path(config_.out_dir) / "checkpoints", error)) {
-      const std::string name = entry.path().filename().string();
-      if (name.rfind("last.tmp-", 0) == 0 || name.rfind("best.tmp-", 0) == 0)
-        fs::remove_all(entry.path(), error);
-    }
-  }
+  if (writes) prepare_run_directory(config_.out_dir);
   if (config_.resume) restore_from_checkpoint();
   if (!optimizer_.optimizer) optimizer_ = build_optimizer(optimizer_.config, pending_groups_);
   if (writes) rewrite_metrics_csv();  // header, plus the resumed history
@@ -586,16 +613,11 @@ TrainHistory Trainer::fit(BatchSource& train, BatchSource* val) {
       append_metrics_csv(result);
       if (config_.write_plots)
         write_training_curves_svg((fs::path(config_.out_dir) / "training_curves.svg").string(),
-                                  history_.epochs);
+                                  history_.epochs, history_.marks, causal_lm());
     }
     if (finished_) {
       history_.stopped_early = true;
-      const auto& es = early_stopping_.config();
-      history_.stop_reason = "early stopping after epoch " + std::to_string(result.epoch) + ": " +
-                             early_stopping_.config().monitor + " has not improved by more than " +
-                             format("%g", es.min_delta) + " for " + std::to_string(es.patience) +
-                             " epochs (best " + format("%.4f", history_.best_metric) + " at epoch " +
-                             std::to_string(history_.best_epoch) + ")";
+      history_.stop_reason = early_stop_reason(early_stopping_.config(), result.epoch, history_);
       log() << history_.stop_reason << '\n' << std::flush;
       break;
     }
@@ -607,16 +629,7 @@ TrainHistory Trainer::fit(BatchSource& train, BatchSource* val) {
   }
   // Again after the loop: a run killed after its last checkpoint but before the picture resumes with no
   // epochs left to run.
-  if (writes && config_.write_plots && !history_.epochs.empty())
-    write_training_curves_svg((fs::path(config_.out_dir) / "training_curves.svg").string(), history_.epochs);
-  if (writes && config_.write_plots && !history_.epochs.empty() && history_.epochs.back().val_metrics &&
-      !history_.epochs.back().val_metrics->token_level) {
-    const Metrics& metrics = *history_.epochs.back().val_metrics;
-    write_confusion_matrix_svg((fs::path(config_.out_dir) / "confusion_matrix.svg").string(), metrics,
-                               config_.class_names);
-    write_file_atomic((fs::path(config_.out_dir) / "val_report.txt").string(),
-                      metrics_report(metrics, config_.class_names));
-  }
+  if (writes && config_.write_plots) write_final_pictures(config_, history_);
   return history_;
 }
 
@@ -647,6 +660,10 @@ int64_t Trainer::restore_best() {
     return last;
   }
   load_checkpoint_model(*best, *model_);
+  history_.marks.push_back({static_cast<double>(history_.best_epoch), "kept: best " + monitor});
+  if (config_.write_plots)  // best exists, so out_dir does
+    write_training_curves_svg((fs::path(config_.out_dir) / "training_curves.svg").string(), history_.epochs,
+                              history_.marks, causal_lm());
   log() << "restored epoch " << history_.best_epoch << " of " << last << ": best " << monitor << " "
         << format("%.4f", history_.best_metric) << " (epochs " << history_.best_epoch + 1 << "-" << last
         << " did not improve on it); the saved model and the final report are that epoch's\n";

@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <iomanip>
@@ -313,6 +314,21 @@ TEST(HfBert, ConfigErrorsNameFileAndKey) {
   bad = config;
   bad["model_type"] = "roberta";
   EXPECT_NE(message_of(bad).find("model_type"), std::string::npos) << message_of(bad);
+  // A LayerNorm epsilon of 0 or less gave NaN outputs with exit code 0 (#14.16); GPT-2 and ViT read theirs
+  // through the same check.
+  for (double eps : {0.0, -1e-12}) {
+    bad = config;
+    bad["layer_norm_eps"] = eps;
+    EXPECT_NE(message_of(bad).find("some/config.json: key 'layer_norm_eps' must be LayerNorm's epsilon"),
+              std::string::npos)
+        << message_of(bad);
+  }
+  nlohmann::json gpt2 = read_json_file(fixture_dir("gpt2") + "/config.json");
+  gpt2["layer_norm_epsilon"] = 0;
+  EXPECT_THROW(GPT2Config::from_json(gpt2, source), FormatError);
+  nlohmann::json vit = read_json_file(fixture_dir("vit") + "/config.json");
+  vit["layer_norm_eps"] = -1;
+  EXPECT_THROW(ViTConfig::from_json(vit, source), FormatError);
 
   // Keys save_pretrained omits take BertConfig's defaults.
   nlohmann::json sparse = {{"model_type", "bert"}, {"hidden_size", 64}, {"num_attention_heads", 4}};
@@ -339,6 +355,64 @@ TEST(HfBert, FolderWithoutModelTypeOrWeightsIsExplained) {
     ADD_FAILURE() << "a config.json without model_type or architectures should not load";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("config.json: key 'model_type' is missing"), std::string::npos)
+        << e.what();
+  }
+  fs::remove_all(dir);
+}
+
+// Sizes that would allocate without end are refused by key before the model is built (#14.14): a config
+// that disagrees with its weights' header (100,000 layers beside a 2-layer file), a vocabulary of 10^12,
+// a billion labels. Each used to take minutes and gigabytes, or end in an allocator's message.
+TEST(HfBert, ConfigSizesAreCheckedBeforeAnythingIsAllocated) {
+  const fs::path dir = fs::temp_directory_path() / ("graft_hf_sizes_" + std::to_string(getpid()));
+  fs::create_directories(dir);
+  fs::copy_file(fixture_dir("bert") + "/model.safetensors", dir / "model.safetensors",
+                fs::copy_options::overwrite_existing);
+  const nlohmann::json config = read_json_file(fixture_dir("bert") + "/config.json");
+  auto message_with = [&](const char* key, const nlohmann::json& value) -> std::string {
+    nlohmann::json changed = config;
+    changed[key] = value;
+    std::ofstream(dir / "config.json") << changed.dump();
+    const auto start = std::chrono::steady_clock::now();
+    std::string message;
+    try {
+      load_hf_model(dir.string());
+    } catch (const Error& e) {
+      message = e.what();
+    }
+    // Refused from the header and the config alone: no model of that size was built.
+    EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 10.0) << key;
+    return message;
+  };
+  const int64_t layers = config["num_hidden_layers"].get<int64_t>();
+  const std::string deep = message_with("num_hidden_layers", 100000);
+  EXPECT_NE(deep.find("key 'num_hidden_layers' is 100000 but"), std::string::npos) << deep;
+  EXPECT_NE(deep.find("holds " + std::to_string(layers) + " layers"), std::string::npos) << deep;
+  const std::string wide = message_with("vocab_size", 1000000000000LL);
+  EXPECT_NE(wide.find("key 'vocab_size' is 1000000000000 but"), std::string::npos) << wide;
+  EXPECT_NE(wide.find("word_embeddings.weight of shape [600, 32]"), std::string::npos) << wide;
+  // Without weights (a model from scratch) the sizes have bounds of their own.
+  nlohmann::json huge = config;
+  huge["vocab_size"] = 1000000000000LL;
+  std::ofstream(dir / "scratch.json") << huge.dump();
+  try {
+    build_hf_model((dir / "scratch.json").string());
+    ADD_FAILURE() << "a vocabulary of 10^12 should not be built";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("key 'vocab_size' must lie in 1..16777216"), std::string::npos)
+        << e.what();
+  }
+  nlohmann::json many = config;
+  many.erase("id2label");
+  many.erase("label2id");
+  many["num_labels"] = 1000000000;
+  std::ofstream(dir / "config.json") << many.dump();
+  try {
+    load_hf_model(dir.string());
+    ADD_FAILURE() << "a billion labels should not load";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("key 'num_labels' must be an integer in 0..100000"),
+              std::string::npos)
         << e.what();
   }
   fs::remove_all(dir);
@@ -378,6 +452,61 @@ TEST(HfBert, ShorthandInputs) {
   full.token_type_ids = torch::zeros_like(io.at("input_ids"));  // what an absent token_type_ids means
   EXPECT_TRUE(torch::equal(padded.last_hidden_state, model->forward(full).last_hidden_state));
   EXPECT_TRUE(padded.hidden_states.empty());
+}
+
+// Bad inputs are named where they enter the model (#14.16 and its vague errors): ids outside the vocabulary
+// ("index out of range in self"), float ids, an empty sequence, a mask of other values than 0 and 1.
+TEST(HfBert, BadInputsAreNamed) {
+  HfLoadOptions encoder_only;
+  encoder_only.architecture = "BertModel";
+  auto model = load_fixture("bert", encoder_only).as<BertModelImpl>();
+  model->eval();
+  torch::NoGradGuard no_grad;
+  const int64_t vocab = model->config().vocab_size;
+  auto message_of = [&](const TextInputs& inputs) -> std::string {
+    try {
+      model->forward(inputs);
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "";
+  };
+  const torch::Tensor ids = torch::tensor({{1, 2, 3}}, torch::kLong);
+  EXPECT_NE(message_of({torch::tensor({{int64_t{1}, vocab, int64_t{3}}}, torch::kLong)})
+                .find("input_ids holds id " + std::to_string(vocab) + ", outside the embedding's " +
+                      std::to_string(vocab) + " entries"),
+            std::string::npos);
+  EXPECT_NE(message_of({torch::tensor({{-1, 2}}, torch::kLong)}).find("input_ids holds id -1"),
+            std::string::npos);
+  EXPECT_NE(message_of({torch::tensor({{1.0, 3.7}})}).find("values; expected integer token ids"),
+            std::string::npos);
+  EXPECT_NE(message_of({torch::zeros({1, 0}, torch::kLong)}).find("empty sequence"), std::string::npos);
+  EXPECT_NE(message_of({ids, torch::tensor({{1, 2, 0}}, torch::kLong)}).find("attention_mask holds values"),
+            std::string::npos);
+  TextInputs types(ids);
+  types.token_type_ids = torch::tensor({{0, 0, 9}}, torch::kLong);
+  EXPECT_NE(message_of(types).find("token_type_ids holds id 9"), std::string::npos) << message_of(types);
+  EXPECT_EQ(message_of({ids, torch::tensor({{1, 1, 0}}, torch::kLong)}), "");
+}
+
+// GPT-2 embeds token_type_ids with wte, as Hugging Face's GPT2Model does (they were ignored by `graft
+// forward`): the embedding output is wte[ids] + wpe[positions] + wte[token types], read off the weights.
+TEST(HfGpt2, TokenTypeIdsAreEmbeddedByWte) {
+  auto model = load_fixture("gpt2").as<GPT2LMHeadModelImpl>();
+  model->eval();
+  torch::NoGradGuard no_grad;
+  CausalLMInputs inputs(torch::tensor({{5, 7, 11, 13}}, torch::kLong));
+  inputs.token_type_ids = torch::tensor({{1, 1, 2, 2}}, torch::kLong);
+  inputs.output_hidden_states = true;
+  const CausalLMOutput out = model->forward(inputs);
+  const torch::Tensor wte = model->transformer->wte->weight, wpe = model->transformer->wpe->weight;
+  const torch::Tensor expected = wte.index_select(0, inputs.input_ids[0]) + wpe.narrow(0, 0, 4) +
+                                 wte.index_select(0, inputs.token_type_ids[0]);
+  EXPECT_TRUE(torch::allclose(out.hidden_states.at(0)[0], expected, 1e-6, 1e-6));
+  CausalLMInputs plain(inputs.input_ids);
+  EXPECT_FALSE(torch::allclose(model->forward(plain).logits, out.logits));
+  inputs.token_type_ids = torch::tensor({{1, 1, 2, 100000}}, torch::kLong);
+  EXPECT_THROW(model->forward(inputs), Error);
 }
 
 // Freezing on a text model: one optimiser step moves exactly the trainable parameters.

@@ -52,12 +52,41 @@ TEST(TextData, CsvQuotingHeaderAndPairs) {
   EXPECT_EQ(examples[2].text, "plain");
   EXPECT_EQ(examples[2].label, "pos");
   EXPECT_EQ(examples[2].where, path.string() + ":6");  // the quoted newline and the blank line count
+  // The record with a line break inside quotes spans two lines; the others one (the last has no newline).
+  EXPECT_EQ(examples[0].lines, 1u);
+  EXPECT_EQ(examples[1].lines, 2u);
+  EXPECT_EQ(examples[2].lines, 1u);
   EXPECT_EQ(label_classes(examples), (std::vector<std::string>{"neg", "pos"}));
 
   columns.text = "review";
   const std::string missing = error_of([&] { read_text_examples(path.string(), columns); });
   EXPECT_NE(missing.find("no column named 'review'"), std::string::npos) << missing;
   EXPECT_NE(missing.find("sentence"), std::string::npos) << missing;
+}
+
+// Careless files refused by name (#14.19): a NUL byte in a label (it became a class of its own), a header
+// naming a column twice, the text column equal to the label column.
+TEST(TextData, LabelsHeadersAndColumnsThatCannotBeMeant) {
+  TextColumns columns;
+  const auto nul = write("nul.csv", std::string("text,label\ngood,pos\nbad,ne\0g\n", 29));
+  EXPECT_NE(error_of([&] {
+              read_text_examples(nul.string(), columns);
+            }).find("line 3: the label holds a control character (byte 0)"),
+            std::string::npos);
+  const auto twice = write("twice.csv", "text,label,text\na,b,c\n");
+  EXPECT_NE(error_of([&] {
+              read_text_examples(twice.string(), columns);
+            }).find("the header names 'text' twice (columns 0 and 2)"),
+            std::string::npos);
+  const auto fine = write("fine.csv", "text,label\na,b\n");
+  columns.label = "text";
+  EXPECT_NE(error_of([&] {
+              read_text_examples(fine.string(), columns);
+            }).find("--text-column and --label-column name the same column ('text')"),
+            std::string::npos);
+  const auto lines = write("same.jsonl", "{\"text\": \"a\"}\n");
+  EXPECT_NE(error_of([&] { read_text_examples(lines.string(), columns); }).find("name the same key"),
+            std::string::npos);
 }
 
 TEST(TextData, TsvWithoutHeaderAsTheSentimentFiles) {

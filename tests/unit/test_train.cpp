@@ -16,6 +16,7 @@
 #include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
+#include <regex>
 #include <sstream>
 #include <tuple>
 
@@ -859,6 +860,43 @@ TEST(Checkpoint, RoundTrip) {
   expect_same_weights(*model, *other);
 }
 
+// A checkpoint's files are tied by a save id (#14.18): a model or optimiser file copied in from another
+// checkpoint was loaded as if it belonged; now it is refused naming both files.
+TEST(Checkpoint, FilesCopiedInFromAnotherCheckpointAreRefused) {
+  TempDir dir("ckpt_tied");
+  torch::manual_seed(1);
+  TinyMlp model;
+  OptimizerConfig c;
+  c.name = "adam";
+  GroupedOptimizer opt = build_optimizer(c, {{model->parameters(), 1.0, "all"}});
+  const std::string a = (dir / "a").string(), b = (dir / "b").string();
+  save_checkpoint(a, *model, opt.optimizer.get(), state_at(1));
+  save_checkpoint(b, *model, opt.optimizer.get(), state_at(2));
+  for (const char* file : {"model.safetensors", "optimizer.safetensors"}) {
+    SCOPED_TRACE(file);
+    const fs::path target = fs::path(a) / file;
+    const std::string kept = target.string() + ".kept";
+    fs::copy_file(target, kept);
+    fs::copy_file(fs::path(b) / file, target, fs::copy_options::overwrite_existing);
+    try {
+      TinyMlp other;
+      GroupedOptimizer fresh = build_optimizer(c, {{other->parameters(), 1.0, "all"}});
+      if (std::string(file) == "model.safetensors")
+        load_checkpoint_model(a, *other);
+      else
+        load_checkpoint_optimizer(a, *other, *fresh.optimizer);
+      ADD_FAILURE() << "a file of another checkpoint was loaded";
+    } catch (const FormatError& e) {
+      EXPECT_NE(std::string(e.what()).find("trainer.json is of save"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("copied in from another checkpoint"), std::string::npos)
+          << e.what();
+    }
+    fs::rename(kept, target);
+  }
+  TinyMlp other;
+  EXPECT_NO_THROW(load_checkpoint_model(a, *other));  // its own files load
+}
+
 TEST(Checkpoint, CrashMidWriteLeavesThePreviousCheckpointLoadable) {
   TempDir dir("ckpt_crash");
   TinyMlp model;
@@ -1122,7 +1160,9 @@ TEST(Checkpoint, OptimizerStateThatDoesNotFitIsAClearError) {
   const std::string path = last + "/optimizer.safetensors";
   save_checkpoint(last, *model, opt.optimizer.get(), state_at(1));
   const NamedTensors good = read_safetensors(path);
-  const std::map<std::string, std::string> adam_meta = {{"optimizer", "adam"}};
+  // The checkpoint's save id, so that each damaged file reaches the checks of its contents.
+  const std::string save_id = SafeTensorsReader(path).metadata().at("graft_save_id");
+  const std::map<std::string, std::string> adam_meta = {{"optimizer", "adam"}, {"graft_save_id", save_id}};
 
   // Loads into the stepped optimiser, whose own state must survive a refused file untouched.
   auto fc1_state = [&]() -> const torch::optim::AdamParamState& {
@@ -1174,8 +1214,11 @@ TEST(Checkpoint, OptimizerStateThatDoesNotFitIsAClearError) {
   message = error_with(partial, adam_meta);
   expect_has(message, "the state of parameter 'fc2.weight' is incomplete");
 
-  message = error_with(good, {{"optimizer", "sgd"}});
+  message = error_with(good, {{"optimizer", "sgd"}, {"graft_save_id", save_id}});
   expect_has(message, "holds the state of optimizer 'sgd', expected 'adam'");
+  // A file of no checkpoint save at all (written by another program) is refused before it is read.
+  message = error_with(good, {{"optimizer", "adam"}});
+  expect_has(message, "is from no graft checkpoint");
 
   fs::remove(path);
   { std::ofstream(last + "/optimizer.pt") << "PK"; }
@@ -1227,6 +1270,25 @@ TEST(Plot, TrainingCurvesAndConfusionMatrixSvg) {
   int files = 0;
   for (const auto& entry : fs::directory_iterator(dir.str())) ++files, (void)entry;
   EXPECT_EQ(files, 2);
+
+  // #15.13: a 2-class matrix is wide enough for its subtitle (it was 216 px); marks (a stage switch, the
+  // kept epoch) are drawn and labelled; a causal LM's second panel is perplexity.
+  MetricsAccumulator two;
+  two.add(one_hot_logits({0, 1}, 2), labels_of({0, 1}), 1.0);
+  write_confusion_matrix_svg(matrix, two.result(), {"a", "b"});
+  const std::string small = read_file(matrix);
+  std::smatch width;
+  ASSERT_TRUE(std::regex_search(small, width, std::regex("<svg [^>]*width=\"([0-9.]+)\""))) << small;
+  EXPECT_GE(std::stod(width[1]), 440.0) << small;
+  write_training_curves_svg(curves, history, {{2.5, "stage 2"}, {4, "kept: best val_loss"}}, true);
+  const std::string marked = read_file(curves);
+  for (const char* needle :
+       {">stage 2<", ">kept: best val_loss<", ">Perplexity<", "stroke-dasharray=\"2 3\""})
+    EXPECT_NE(marked.find(needle), std::string::npos) << needle;
+  EXPECT_EQ(marked.find(">Accuracy<"), std::string::npos);
+  // The val perplexity of epoch 1 is exp(1.2).
+  EXPECT_NE(marked.find("val epoch 1: " + std::to_string(std::exp(1.2)).substr(0, 5)), std::string::npos)
+      << marked;
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -1249,18 +1311,34 @@ TEST(Progress, RenderShowsBarCountsSpeedEtaLossAccuracy) {
   EXPECT_EQ(features.find("acc"), std::string::npos) << features;
 }
 
-TEST(Progress, LogModePrintsAtMostEveryTenPercent) {
+// Outside a terminal an epoch is one line, as Keras' verbose=2 (it was up to ten progress lines and the
+// summary: 343 of 430 lines of a 25-epoch log, #15.4). A pass shorter than the 30 s heartbeat prints its
+// summary only.
+TEST(Progress, LogModePrintsOneLinePerPass) {
   std::ostringstream out;
   {
     ProgressBar bar("epoch 1/3", 40, out, "img", /*tty=*/false);
     for (int i = 1; i <= 40; ++i) bar.update(i, i * 32, 0.5, 0.75);
     bar.finish("epoch 1/3 done");
   }
-  const std::string text = out.str();
-  EXPECT_EQ(text.find('\r'), std::string::npos);
-  EXPECT_EQ(std::count(text.begin(), text.end(), '\n'), 11) << text;  // 10%, 20%, ..., 100%, summary
-  EXPECT_NE(text.find("40/40 batches"), std::string::npos);
-  EXPECT_NE(text.find("\nepoch 1/3 done\n"), std::string::npos);
+  EXPECT_EQ(out.str(), "epoch 1/3 done\n");
+  std::ostringstream unknown;  // an unknown total (a download without a size) likewise
+  {
+    ProgressBar bar("download", 0, unknown, "B", /*tty=*/false);
+    for (int i = 1; i <= 1000; ++i) bar.update(i << 20, i << 20, std::nan(""), 0.0);
+    bar.finish("downloaded");
+  }
+  EXPECT_EQ(unknown.str(), "downloaded\n");
+  // Without a summary the pass's line is the bar's last state (a download's size and rate).
+  std::ostringstream download;
+  {
+    ProgressBar bar("model.safetensors", 4 << 20, download, "B", /*tty=*/false);
+    for (int i = 1; i <= 4; ++i) bar.update(i << 20, i << 20, std::nan(""), 0.0);
+    bar.finish("");
+  }
+  const std::string line = download.str();
+  EXPECT_EQ(std::count(line.begin(), line.end(), '\n'), 1) << line;
+  EXPECT_NE(line.find("4.0 MiB / 4.0 MiB"), std::string::npos) << line;
 }
 
 TEST(Progress, TerminalModeRedrawsInPlace) {

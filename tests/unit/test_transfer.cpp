@@ -252,6 +252,12 @@ TEST(Freeze, UntilAndGlobs) {
   EXPECT_THROW(apply_freeze(model, "until:layer9"), SpecError);
   EXPECT_THROW(apply_freeze(model, "nothing*"), SpecError);
   EXPECT_THROW(apply_freeze(model, "last:x"), SpecError);
+  // The example glob in the message is one of this model's names, not a ResNet's (#15.9).
+  try {
+    apply_freeze(model, "nothing*");
+  } catch (const SpecError& e) {
+    EXPECT_NE(std::string(e.what()).find("such as 'conv1.*'"), std::string::npos) << e.what();
+  }
 }
 
 // The same guarantees on a zoo model: ResNet-18 with a new head and `freeze all`.

@@ -4,6 +4,8 @@
 // size limits refuse "bombs" (headers that claim far more than the file holds) before allocating.
 #include <gtest/gtest.h>
 #include <hdf5.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <cstring>
 #include <filesystem>
@@ -14,6 +16,9 @@
 
 #include "fuzz/entry_points.h"
 #include "graft/errors.h"
+#include "graft/keras.h"
+#include "graft/keras_h5.h"
+#include "graft/tfjs.h"
 
 namespace fs = std::filesystem;
 
@@ -303,4 +308,19 @@ TEST(NoPickle, NoSourceFileCallsLibtorchsArchiveOrTorchScriptLoaders) {
     }
   }
   EXPECT_GT(files, 50);
+}
+
+// A folder, or a FIFO, where a weights file is expected is said as what it is (it was "no such file": #15.9).
+TEST(WrongKindOfFile, FoldersAndFifosAreSaidAsWhatTheyAre) {
+  const fs::path dir = fs::temp_directory_path() / ("graft_kind_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir / "weights.h5");
+  expect_error_mentioning([&] { graft::read_keras_h5((dir / "weights.h5").string()); },
+                          {"weights.h5: is a folder, not a Keras .h5 file"});
+  expect_error_mentioning([&] { graft::read_tfjs_model((dir / "weights.h5").string()); },
+                          {"is a folder, not a TF.js model.json"});
+  ASSERT_EQ(::mkfifo((dir / "pipe.h5").c_str(), 0600), 0);
+  expect_error_mentioning([&] { graft::read_keras_file((dir / "pipe.h5").string()); },
+                          {"pipe.h5: is a FIFO, not a weights file"});
+  fs::remove_all(dir);
 }
