@@ -10,6 +10,7 @@
 #include "graft/data.h"
 #include "graft/model.h"
 #include "graft/run.h"
+#include "graft/task.h"
 #include "graft/trainer.h"
 
 namespace graft {
@@ -20,6 +21,7 @@ struct ImageTrainOptions {
   // ARCH.TAG without --weights loads the tag's weights or stops saying how to get them; this starts from
   // random weights instead (the tag's preprocessing is kept). A bare ARCH is random without it.
   bool random_init = false;
+  bool verbose = false;  // a weights file that does not fit: list every tensor name, not the first few
   // An earlier image run directory to start from: its model, head and weights (the last classifier layer
   // new when the class count differs). model and head default to the run's.
   std::string init_from;
@@ -39,7 +41,7 @@ struct ImageTrainOptions {
   double rotation = 0.0;
   double jitter = 0.0;
   int workers = 0;    // decoding threads; 0: cores
-  size_t limit = 0;   // IDX data: keep this many training images (and limit/4 validation), seeded
+  size_t limit = 0;   // keep this many training images (and limit/4 validation), a seeded subset
   TrainConfig train;  // epochs, optimiser, schedule, loss, early stopping, seed, device, resume
 };
 
@@ -57,11 +59,6 @@ ImageTrainResult train_image_classifier(const ImageTrainOptions& options, std::o
 
 // Pooled features (global pooling of forward_features, or the custom head's pooling) of every sample the
 // loader serves, in eval mode without autograd: what feature extraction caches and `graft features` writes.
-struct FeatureSet {
-  torch::Tensor features;  // (N, D) float32
-  torch::Tensor labels;    // (N) int64
-  std::vector<std::string> ids;
-};
 FeatureSet extract_features(BackboneImpl& model, DataLoader& loader, torch::Device device, std::ostream& log,
                             const std::string& label = "features");
 
@@ -77,9 +74,6 @@ class LoaderBatchSource : public BatchSource {
   DataLoader& loader_;
 };
 
-// The transform of a run's (or a model's) preprocessing, eval or train.
-TransformConfig transform_for(const Preprocessing& preprocessing, bool train);
-
 // Datasets from a data argument: an image folder or an IDX folder. val may be null (no validation).
 struct ImageData {
   std::shared_ptr<Dataset> train, val;
@@ -89,21 +83,28 @@ struct ImageData {
 ImageData open_image_data(const std::string& data, const TransformConfig& train_transform,
                           const TransformConfig& eval_transform, double val_split, uint64_t seed,
                           size_t limit);
-// Every image of a data folder for evaluation, with the run's class names imposed.
+// What `graft features` reads of a data argument, each part with its name: train/ and the held-out folder
+// (val/, validation/ or test/) of a root that has both, the train and test files of IDX data, else the
+// whole folder (name ""). `classes` empty: the data's own; `limit` > 0: at most that many per part.
+struct FeaturePart {
+  std::string name;
+  std::shared_ptr<Dataset> data;
+};
+std::vector<FeaturePart> open_feature_parts(const std::string& data, const std::vector<std::string>& classes,
+                                            const TransformConfig& transform, size_t limit);
+// The model's pooled features of every part in order, with a split name per sample when the parts have
+// names.
+FeatureSet part_features(BackboneImpl& model, const std::vector<FeaturePart>& parts, int64_t batch_size,
+                         torch::Device device, std::ostream& log);
+// Every image of a data folder for evaluation (the held-out folder of a root with train/ beside it), with
+// the run's class names imposed; `limit` > 0: a seeded subset of that many.
 std::shared_ptr<Dataset> open_eval_data(const std::string& data, const std::vector<std::string>& classes,
                                         const TransformConfig& transform, size_t limit);
 
-// Metrics of the run on labelled images (an image folder, or IDX files: `limit` images when > 0), as
-// predict runs the model.
-Metrics evaluate_images(LoadedRun& run, const std::string& data, int64_t batch_size, size_t limit,
-                        torch::Device device, std::ostream& log);
-
-// Top-k predictions of one image.
-struct Prediction {
-  std::string path;
-  std::vector<std::pair<std::string, double>> top;  // (label, probability), best first
-};
-std::vector<Prediction> predict_images(LoadedRun& run, const std::vector<std::string>& paths, int64_t top_k,
-                                       torch::Device device);
+// Pooled features of a model named ARCH[.TAG] (not a run) on an image folder or IDX files, from `weights`
+// (a file or Hub repository), else the tag's pretrained weights (or an error saying how to get them), else,
+// for a bare ARCH, random weights, said on log.
+FeatureSet model_features(const std::string& model_name, const std::string& weights, const std::string& data,
+                          const UseOptions& options, std::ostream& log);
 
 }  // namespace graft

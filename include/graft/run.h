@@ -10,19 +10,11 @@
 #include <string>
 #include <vector>
 
+#include "graft/data.h"
 #include "graft/model.h"
 #include "graft/weights.h"
 
 namespace graft {
-
-struct Preprocessing {
-  int64_t size = 224;  // square input
-  double crop_pct = 0.875;
-  std::array<double, 3> mean{0.485, 0.456, 0.406};
-  std::array<double, 3> std{0.229, 0.224, 0.225};
-  std::string interpolation = "bilinear";
-  static Preprocessing from_cfg(const PretrainedCfg& cfg);
-};
 
 struct RunSpec {
   std::string task = "image-classify";

@@ -18,11 +18,14 @@
 #include <vector>
 
 #include "graft/gpt2.h"
+#include "graft/task.h"
 #include "graft/text_data.h"
 #include "graft/tokenizer.h"
 #include "graft/trainer.h"
 
 namespace graft {
+
+constexpr int64_t kDefaultTextLength = 128;  // Hugging Face run_glue's max_seq_length
 
 struct TextTrainOptions {
   std::string task = "text-classify";  // text-classify | causal-lm
@@ -37,8 +40,10 @@ struct TextTrainOptions {
   TextColumns columns;       // text-classify columns and format; causal-lm jsonl reads columns.text
   double val_split = 0.1;
   bool validate = true;
-  int64_t max_length = 128;   // text-classify: tokens per example (longer ones truncated)
-  int64_t block_size = 128;   // causal-lm: tokens per block (at most n_positions)
+  // text-classify: tokens per example (longer ones truncated); causal-lm: tokens per block. 0: the model's
+  // positions (max_position_embeddings, n_positions), at most kDefaultTextLength.
+  int64_t max_length = 0;
+  int64_t block_size = 0;
   bool line_by_line = false;  // causal-lm: one example per line (+ eos), padded, instead of packed blocks
   std::string freeze;         // freeze spec over the model's modules, e.g. "until:bert.encoder.layer.10"
   double warmup_ratio = 0.1;  // warm-up steps as a fraction of all steps (ignored when warmup_steps > 0)
@@ -72,19 +77,21 @@ struct TextRun {
   TextColumns columns;
 };
 bool is_text_run(const std::string& dir);  // graft.json says text-classify or causal-lm
-// Loads a run directory, or a Hugging Face folder holding config.json, model.safetensors and a tokenizer.
-TextRun load_text_run(const std::string& dir);
+// Loads a run directory, or a Hugging Face folder holding config.json, model.safetensors and a tokenizer;
+// `tokenizer` (a file or folder), when given, instead of the folder's own.
+TextRun load_text_run(const std::string& dir, const std::string& tokenizer = "");
 
 // Metrics of the run on labelled data (text-classify) or text (causal-lm: token metrics, perplexity).
 Metrics evaluate_text(TextRun& run, const std::string& data, int64_t batch_size, torch::Device device,
                       std::ostream& log);
 
-struct TextPrediction {
-  std::string text;
-  std::vector<std::pair<std::string, double>> top;  // (label, probability), best first
-};
-std::vector<TextPrediction> predict_texts(TextRun& run, const std::vector<std::string>& texts, int64_t top_k,
-                                          torch::Device device);
+// What the classifier reads for each example (BERT's pooled output) or block (GPT-2's last hidden states
+// averaged over its tokens; label -1), with where it comes from.
+FeatureSet text_features(TextRun& run, const std::string& data, int64_t batch_size, torch::Device device,
+                         std::ostream& log);
+
+std::vector<Prediction> predict_texts(TextRun& run, const std::vector<std::string>& texts, int64_t top_k,
+                                      torch::Device device);
 
 // The prompt continued by the run's language model; returns the new text only. on_text, when given,
 // receives the text as it is produced (whole characters only) and may stop generation by returning false.

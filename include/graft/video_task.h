@@ -17,6 +17,7 @@ struct VideoTrainOptions {
   std::string model;         // image backbone ARCH[.TAG] (with `temporal`) or a 3D CNN (r3d_18, ...)
   std::string weights;       // backbone weights (safetensors, reference names); empty: as the tag says
   bool random_init = false;  // a tag's backbone from random weights (see ImageTrainOptions::random_init)
+  bool verbose = false;      // see ImageTrainOptions::verbose
   std::string temporal =
       "lstm:256";  // lstm:H | gru:H [:bi] [:layers=N] [:dropout=P] | avg; unused by 3D CNNs
   // An earlier run to start from: a video run (its whole model; a new fc when the classes differ) or an image
@@ -56,11 +57,15 @@ struct VideoRun {
   ClipConfig clip;  // eval transform
   std::shared_ptr<torch::nn::Module> module;
   std::function<torch::Tensor(const torch::Tensor&)> forward;  // (N, T, 3, H, W) -> logits
+  std::function<torch::Tensor(const torch::Tensor&)> embed;    // (N, T, 3, H, W) -> what fc reads (N, D)
 };
 bool is_video_run(const std::string& dir);
 VideoRun load_video_run(const std::string& dir);
 Metrics evaluate_video(VideoRun& run, const std::string& data, int64_t batch_size, torch::Device device,
                        std::ostream& log);
+// The clips' embeddings (the temporal model's summary, or a 3D CNN's pooled features) with their labels.
+FeatureSet clip_features(VideoRun& run, const std::string& data, int64_t batch_size, torch::Device device,
+                         std::ostream& log);
 std::vector<Prediction> predict_clips(VideoRun& run, const std::vector<std::string>& paths, int64_t top_k,
                                       torch::Device device);
 

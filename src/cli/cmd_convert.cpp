@@ -36,6 +36,7 @@ void add_convert_command(CLI::App& app) {
     const KerasModel keras = read_keras_file(args->input);
     WeightsOptions options;
     options.strict = args->strict;
+    options.hint = "--no-strict writes what fits";
     const LoadReport report = load_keras_weights(*model, keras, options);
     if (!report.ok()) std::cerr << "graft: warning: " << report.to_string() << "\n";
     const NamedTensors tensors = state_dict(*model);

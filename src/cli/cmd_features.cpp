@@ -1,13 +1,15 @@
-// `graft features MODEL_OR_RUN_DIR --data DIR --out FILE.safetensors`: pooled features (embeddings) of
-// every image, with file names and labels, computed the fast frozen way.
+// `graft features MODEL_OR_RUN_DIR --data DATA --out FILE.safetensors`: pooled features (embeddings) of
+// every sample, with their names and labels, computed the fast frozen way: images for a model name, the
+// run's kind of data for a run directory of any task.
 #include <iostream>
+#include <map>
 
 #include "cli/commands.h"
 #include "graft/errors.h"
-#include "graft/hub.h"
 #include "graft/image_task.h"
-#include "graft/registry.h"
+#include "graft/run.h"
 #include "graft/runtime.h"
+#include "graft/task.h"
 #include "graft/weights.h"
 
 namespace graft::cli {
@@ -19,56 +21,51 @@ void add_features_command(CLI::App& app) {
   auto weights = std::make_shared<std::string>();
   auto data = std::make_shared<std::string>();
   auto out = std::make_shared<std::string>();
-  auto batch = std::make_shared<int64_t>(32);
-  auto limit = std::make_shared<size_t>(0);
+  auto options = std::make_shared<UseOptions>();
   auto device = std::make_shared<std::string>("auto");
   command->add_option("model", *source, "run directory, or ARCH[.TAG]")->required();
   command
       ->add_option("--weights", *weights,
                    "weights for ARCH (safetensors, or a Hub repository ORG/NAME[@REV])")
       ->check(weights_source());
-  command->add_option("--data", *data, "image folder DATA/<class>/*.jpg, or IDX files")->required();
+  command
+      ->add_option(
+          "--data", *data,
+          "images: DATA/<class>/*.jpg (train/ and val/ both, each row's part named), or IDX files; a run of "
+          "another task: its kind of data")
+      ->required();
   command->add_option("--out", *out, "safetensors file: features (N, D), labels (N); file names in metadata")
       ->required();
-  command->add_option("--batch-size", *batch, "images per batch");
-  command->add_option("--limit", *limit, "IDX data: images to use (0: all)");
+  command->add_option("--batch-size", options->batch_size, "samples per batch")->check(CLI::PositiveNumber);
+  command->add_option("--limit", options->limit,
+                      "images per part of the data (train, val) to use, a seeded subset (0: all)");
   command->add_option("--device", *device, "auto, cpu or cuda[:N]");
-  command->callback([source, weights, data, out, batch, limit, device] {
-    Backbone model;
-    std::vector<std::string> classes;
-    Preprocessing pre;
-    std::shared_ptr<Dataset> dataset;
+  command->callback([source, weights, data, out, options, device] {
+    options->device = parse_device(*device);
+    FeatureSet set;
     if (is_run_dir(*source)) {
-      LoadedRun run = load_run(*source);
-      model = run.model;
-      pre = run.spec.preprocessing;
-      dataset = open_eval_data(*data, run.spec.classes, transform_for(pre, false), *limit);
+      if (!weights->empty())
+        throw Error("--weights applies to a model name; " + *source + " is a run directory with its own");
+      const std::unique_ptr<Run> run = open_run(*source);
+      set = run->features(*data, *options, std::cerr);
+      set.classes = run->classes();
     } else {
-      model = create_model(*source);
-      pre = Preprocessing::from_cfg(model->default_cfg());
-      if (!weights->empty()) {
-        load_weights(*model, resolve_weights(*weights));
-      } else if (!ModelName::parse(*source).tag.empty()) {
-        load_pretrained(*model);  // a tag's weights, or an error saying how to get them
-      } else {
-        std::cerr << "graft: random initialisation: features of " << *source
-                  << ", which names no pretrained weights (a tag does; see `graft models " << model->arch()
-                  << "`)\n";
-      }
-      ImageData sets =
-          open_image_data(*data, transform_for(pre, false), transform_for(pre, false), 0.0, 0, *limit);
-      dataset = sets.train;
+      set = model_features(*source, *weights, *data, *options, std::cerr);
     }
-    classes = dataset->classes();
-    LoaderOptions options;
-    options.batch_size = *batch;
-    options.shuffle = false;
-    DataLoader loader(dataset, options);
-    FeatureSet set = extract_features(*model, loader, parse_device(*device), std::cerr);
-    nlohmann::json ids = set.ids, names = classes;
-    write_safetensors(*out, {{"features", set.features}, {"labels", set.labels}},
-                      {{"ids", ids.dump()}, {"classes", names.dump()}, {"model", *source}});
-    std::cout << "wrote " << *out << ": features " << shape_str(set.features.sizes().vec()) << "\n";
+    nlohmann::json ids = set.ids, names = set.classes;
+    std::map<std::string, std::string> metadata = {
+        {"ids", ids.dump()}, {"classes", names.dump()}, {"model", *source}};
+    std::string parts;
+    if (!set.splits.empty()) {
+      metadata["splits"] = nlohmann::json(set.splits).dump();
+      std::map<std::string, int64_t> counts;
+      for (const auto& split : set.splits) ++counts[split];
+      for (const auto& [split, count] : counts)
+        parts += (parts.empty() ? "" : ", ") + split + " " + std::to_string(count);
+      parts = " (" + parts + "; metadata 'splits' names each row's)";
+    }
+    write_safetensors(*out, {{"features", set.features}, {"labels", set.labels}}, metadata);
+    std::cout << "wrote " << *out << ": features " << shape_str(set.features.sizes().vec()) << parts << "\n";
   });
 }
 

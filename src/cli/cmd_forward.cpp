@@ -4,6 +4,7 @@
 // input_ids / attention_mask / token_type_ids or pixel_values.
 #include <filesystem>
 #include <iostream>
+#include <numeric>
 
 #include "cli/commands.h"
 #include "graft/bert.h"
@@ -11,7 +12,9 @@
 #include "graft/gpt2.h"
 #include "graft/hub.h"
 #include "graft/runtime.h"
+#include "graft/strings.h"
 #include "graft/transformers.h"
+#include "graft/video_model.h"
 #include "graft/vit.h"
 #include "graft/weights.h"
 
@@ -36,6 +39,11 @@ torch::Tensor token_input(const SafeTensorsReader& reader, const std::string& na
   }
   torch::Tensor t = reader.load(name);
   if (t.dim() != 2) throw ShapeMismatch(reader.path(), name, {-1, -1}, t.sizes().vec());
+  // 3.7 would run as token 3: ids are integers, and a float tensor is a mistake in the inputs.
+  if (!c10::isIntegralType(t.scalar_type(), /*includeBool=*/false))
+    throw Error(reader.path() + ": tensor '" + name + "' holds " +
+                std::string(c10::toString(t.scalar_type())) +
+                " values; expected (batch, length) integer token ids (I64 or I32)");
   return t.to(device, torch::kLong);
 }
 
@@ -72,6 +80,7 @@ NamedTensors forward_hf(const std::string& dir, bool strict, const SafeTensorsRe
     CausalLMInputs inputs;
     inputs.input_ids = token_input(reader, "input_ids", true, device);
     inputs.attention_mask = token_input(reader, "attention_mask", false, device);
+    inputs.token_type_ids = token_input(reader, "token_type_ids", false, device);  // added through wte
     if (auto model = std::dynamic_pointer_cast<GPT2LMHeadModelImpl>(hf.module)) {
       CausalLMOutput result = model->forward(inputs);
       add("logits", result.logits);
@@ -109,7 +118,8 @@ void add_forward_command(CLI::App& app) {
   args->add_to(*command, /*with_freeze=*/false);
   command
       ->add_option("--inputs", *inputs,
-                   "safetensors file holding pixel_values (N, 3, H, W), normalised; for a Hugging Face "
+                   "safetensors file holding pixel_values (N, 3, H, W), normalised (video models: clips "
+                   "(N, 3, T, H, W)); for a Hugging Face "
                    "text model folder input_ids (and optionally attention_mask, token_type_ids)")
       ->required()
       ->check(CLI::ExistingFile);
@@ -142,6 +152,11 @@ void add_forward_command(CLI::App& app) {
       }
       args->model = folder.string();
     }
+    // A folder names a Hugging Face model: its config.json must be a file (a folder there was reported as
+    // "unknown architecture").
+    if (std::filesystem::is_directory(args->model))
+      regular_file_size((std::filesystem::path(args->model) / "config.json").string(),
+                        "config.json of a Hugging Face model folder");
     if (std::filesystem::is_regular_file(std::filesystem::path(args->model) / "config.json")) {
       const SafeTensorsReader reader(*inputs);
       const NamedTensors outputs = forward_hf(args->model, args->strict, reader, parse_device(*device));
@@ -162,8 +177,13 @@ void add_forward_command(CLI::App& app) {
                   "); expected (N, 3, H, W) float32 pixels normalised with the model's mean/std");
     }
     torch::Tensor pixels = reader.load("pixel_values");
-    if (pixels.dim() != 4 || pixels.size(1) != 3) {
-      throw ShapeMismatch(*inputs, "pixel_values", {-1, 3, -1, -1}, pixels.sizes().vec());
+    // Video backbones take clips (N, C, T, H, W), as torchvision's video models do.
+    const bool video = is_video_backbone(*model);
+    if (video ? pixels.dim() != 5 || pixels.size(1) != 3 : pixels.dim() != 4 || pixels.size(1) != 3) {
+      throw ShapeMismatch(
+          *inputs, "pixel_values",
+          video ? std::vector<int64_t>{-1, 3, -1, -1, -1} : std::vector<int64_t>{-1, 3, -1, -1},
+          pixels.sizes().vec());
     }
     model->to(dev);
     model->eval();
@@ -171,7 +191,9 @@ void add_forward_command(CLI::App& app) {
     pixels = pixels.to(dev, torch::kFloat32);
     torch::Tensor features = model->forward_features(pixels);
     torch::Tensor logits = model->forward_head(features);
-    write_safetensors(*out, {{"logits", logits.cpu()}, {"features", features.mean({2, 3}).cpu()}},
+    std::vector<int64_t> spatial(static_cast<size_t>(features.dim() - 2));
+    std::iota(spatial.begin(), spatial.end(), int64_t{2});  // pooled over (T,) H, W
+    write_safetensors(*out, {{"logits", logits.cpu()}, {"features", features.mean(spatial).cpu()}},
                       {{"model", args->model}, {"producer", "graft " GRAFT_VERSION}});
     std::cout << "wrote " << *out << ": logits " << shape_str(logits.sizes().vec()) << ", features "
               << shape_str({features.size(0), features.size(1)}) << "\n";

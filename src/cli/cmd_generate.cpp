@@ -16,6 +16,7 @@ struct DecodeArgs {
   GenerateOptions options;
   int64_t seed = -1;
   std::string device = "auto";
+  std::string tokenizer;
 
   DecodeArgs() { options.max_new_tokens = 50; }
   void add_to(CLI::App& command) {
@@ -27,6 +28,9 @@ struct DecodeArgs {
                        "> 1 discourages repeats (1: off)");
     command.add_option("--seed", seed, "sampling seed: the same seed gives the same text (default: random)");
     command.add_option("--device", device, "auto, cpu or cuda[:N]");
+    command.add_option("--tokenizer", tokenizer,
+                       "tokenizer file or folder (tokenizer.json, vocab.json + merges.txt) when the model "
+                       "folder has none");
   }
   GenerateOptions resolved() const {
     GenerateOptions o = options;
@@ -46,7 +50,7 @@ void add_generate_command(CLI::App& app) {
   command->add_option("--prompt", *prompt, "text to continue (empty: start from the beginning of text)");
   decode->add_to(*command);
   command->callback([run_dir, prompt, decode] {
-    TextRun run = load_text_run(*run_dir);
+    TextRun run = load_text_run(*run_dir, decode->tokenizer);
     std::cout << *prompt << std::flush;
     generate_text(run, *prompt, decode->resolved(), parse_device(decode->device),
                   [](const std::string& piece) {
@@ -69,7 +73,7 @@ void add_chat_command(CLI::App& app) {
   command->add_option("--bot-prefix", *bot, "written before each reply; the reply ends at a newline");
   decode->add_to(*command);
   command->callback([run_dir, user, bot, decode] {
-    TextRun run = load_text_run(*run_dir);
+    TextRun run = load_text_run(*run_dir, decode->tokenizer);
     const torch::Device device = parse_device(decode->device);
     const bool interactive = isatty(STDIN_FILENO) != 0;
     std::string history, line;

@@ -15,12 +15,29 @@ std::string input_label(const PretrainedCfg& cfg) {
   return is_video_cfg(cfg) ? std::to_string(cfg.input_size[1]) + "x" + px : px;
 }
 
+// The Hugging Face families graft reads from a model folder (config.json + model.safetensors, or a Hub
+// repository ORG/NAME): they come with their own configuration, so they have no tags here.
+struct HfFamily {
+  const char* name;
+  const char* classes;
+  const char* use;
+};
+const HfFamily kHfFamilies[] = {
+    {"bert", "BertModel, BertForSequenceClassification",
+     "train --task text-classify --weights FOLDER; predict, eval, features, forward"},
+    {"gpt2", "GPT2Model, GPT2LMHeadModel",
+     "train --task causal-lm --weights FOLDER; generate, eval, forward"},
+    {"vit", "ViTModel, ViTForImageClassification",
+     "forward FOLDER (image features and logits); not a `train --model` backbone yet"},
+};
+
 }  // namespace
 
 void add_models_command(CLI::App& app) {
-  auto* command = app.add_subcommand("models", "list architectures and pretrained tags");
+  auto* command = app.add_subcommand(
+      "models", "list architectures and pretrained tags, and the Hugging Face model families graft reads");
   auto filter = std::make_shared<std::string>();
-  command->add_option("filter", *filter, "substring of the architecture or tag name");
+  command->add_option("filter", *filter, "substring of the architecture, tag or Hugging Face class name");
   command->callback([filter] {
     int shown = 0;
     for (const auto& entry : model_entries()) {
@@ -33,6 +50,18 @@ void add_models_command(CLI::App& app) {
                   << "weights: " << tag.source << "\n";
         ++shown;
       }
+    }
+    bool heading = false;
+    for (const HfFamily& family : kHfFamilies) {
+      const std::string text = std::string(family.name) + " " + family.classes;
+      if (!filter->empty() && text.find(*filter) == std::string::npos) continue;
+      if (!heading)
+        std::cout << (shown ? "\n" : "") << "Hugging Face model folders (config.json + model.safetensors):\n";
+      heading = true;
+      std::cout << std::left << std::setw(26) << family.name << family.classes << "\n"
+                << std::setw(36) << ""
+                << "use: " << family.use << "\n";
+      ++shown;
     }
     if (shown == 0) std::cout << "no model matches '" << *filter << "'\n";
   });

@@ -1,4 +1,5 @@
 // `graft predict RUN_DIR IMAGE...` (or --text / --input for a text run): top-k labels with probabilities.
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <iomanip>
@@ -7,12 +8,9 @@
 
 #include "cli/commands.h"
 #include "graft/errors.h"
-#include "graft/image_task.h"
-#include "graft/run_document.h"
 #include "graft/runtime.h"
 #include "graft/strings.h"
-#include "graft/text_task.h"
-#include "graft/video_task.h"
+#include "graft/task.h"
 
 namespace graft::cli {
 
@@ -20,27 +18,57 @@ namespace {
 
 constexpr uint64_t kMaxInputBytes = uint64_t{256} << 20;  // --input: texts to classify, one per line
 
-// What was classified (a file's path, or a text) and its top labels: as lines, or one JSON document.
-template <class Predictions, class Name>
-void print_predictions(const Predictions& predictions, bool as_json, const char* key, Name name) {
+// What was classified (a file's path, or a text) and its top labels: as lines, or one JSON document. An
+// input that could not be classified gets an error line on stderr in its place ("error" in JSON).
+void print_predictions(const std::vector<Prediction>& predictions, bool as_json, const char* key) {
   if (as_json) {
     nlohmann::json out = nlohmann::json::array();
     for (const auto& p : predictions) {
+      if (!p.error.empty()) {
+        out.push_back({{key, p.input}, {"error", p.error}});
+        continue;
+      }
       nlohmann::json top = nlohmann::json::array();
       for (const auto& [label, prob] : p.top) top.push_back({{"label", label}, {"probability", prob}});
-      out.push_back({{key, name(p)}, {"top", top}});
+      out.push_back({{key, p.input}, {"top", top}});
     }
     std::cout << out.dump(2) << "\n";
     return;
   }
   for (const auto& p : predictions) {
-    std::cout << name(p) << "\n";
+    if (!p.error.empty()) {
+      std::cout << std::flush;
+      std::cerr << "graft: error: " << p.error << "\n" << std::flush;
+      continue;
+    }
+    std::cout << p.input << "\n";
     for (const auto& [label, prob] : p.top)
       std::cout << "  " << std::fixed << std::setprecision(4) << prob << "  " << label << "\n";
   }
 }
 
-const auto path_of = [](const Prediction& p) { return p.path; };
+// Predictions of every input in order: those that are not files the run can read (a folder for an image
+// run, a FIFO or a device that never ends) get their error here, the rest go to the run.
+std::vector<Prediction> predict_each(Run& run, const std::vector<std::string>& inputs, int64_t top_k,
+                                     torch::Device device) {
+  std::vector<Prediction> results(inputs.size());
+  std::vector<std::string> readable;
+  std::vector<size_t> where;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const std::string& file = inputs[i];
+    try {
+      if (!run.reads_text() && (run.unit() == "images" || !std::filesystem::is_directory(file)))
+        regular_file_size(file, run.unit() == "images" ? "image file" : "video file or frame folder");
+      readable.push_back(file);
+      where.push_back(i);
+    } catch (const Error& e) {
+      results[i] = {file, {}, e.what()};
+    }
+  }
+  std::vector<Prediction> predicted = run.predict(readable, top_k, device);
+  for (size_t j = 0; j < predicted.size(); ++j) results[where[j]] = std::move(predicted[j]);
+  return results;
+}
 
 // The texts of --text and of --input (one per line, blank lines skipped), the file read whole and bounded
 // (a FIFO or /dev/zero is refused, not read without end).
@@ -74,36 +102,27 @@ void add_predict_command(CLI::App& app) {
   command->add_flag("--json", *as_json, "one JSON document on stdout");
   command->add_option("--device", *device, "auto, cpu or cuda[:N]");
   command->callback([run_dir, images, top_k, as_json, device, texts, input] {
-    // graft.json read once; "" for a folder without one (then load_run says what is missing).
-    const std::string task = run_task(*run_dir);
-    const bool video = task == "video-classify";
-    if (task == "text-classify" || task == "causal-lm") {
+    const std::unique_ptr<Run> run = open_run(*run_dir);
+    std::vector<std::string> inputs = *images;
+    if (run->reads_text()) {
       if (!images->empty())
         throw Error(*run_dir + " classifies text: give --text \"...\" or --input FILE, not files");
-      const std::vector<std::string> all = texts_to_classify(*texts, *input);
-      if (all.empty()) throw Error("nothing to classify: give --text \"...\" or --input FILE");
-      TextRun run = load_text_run(*run_dir);
-      print_predictions(predict_texts(run, all, *top_k, parse_device(*device)), *as_json, "text",
-                        [](const TextPrediction& p) { return p.text; });
-      return;
+      inputs = texts_to_classify(*texts, *input);
+      if (inputs.empty()) throw Error("nothing to classify: give --text \"...\" or --input FILE");
+    } else {
+      if (!texts->empty() || !input->empty())
+        throw Error(std::string(texts->empty() ? "--input" : "--text") + " is for text runs; " + *run_dir +
+                    " classifies " + run->unit() + ": give their files");
+      if (inputs.empty()) throw Error("no " + run->unit() + " given: graft predict RUN_DIR FILE...");
     }
-    if (!texts->empty() || !input->empty())
-      throw Error(std::string(texts->empty() ? "--input" : "--text") + " is for text runs; " + *run_dir +
-                  " classifies " + (video ? "clips" : "images") + ": give their files");
-    if (images->empty()) throw Error("no images given: graft predict RUN_DIR IMAGE...");
-    if (video) {
-      VideoRun run = load_video_run(*run_dir);
-      for (const auto& clip :
-           *images)  // a frame folder, or a video file (not a FIFO or device: they never end)
-        if (!std::filesystem::is_directory(clip)) regular_file_size(clip, "video file or frame folder");
-      print_predictions(predict_clips(run, *images, *top_k, parse_device(*device)), *as_json, "clip",
-                        path_of);
-      return;
-    }
-    for (const auto& image : *images) regular_file_size(image, "image file");
-    LoadedRun run = load_run(*run_dir);
-    print_predictions(predict_images(run, *images, *top_k, parse_device(*device)), *as_json, "image",
-                      path_of);
+    const char* key = run->reads_text() ? "text" : run->unit() == "clips" ? "clip" : "image";
+    const std::vector<Prediction> predictions = predict_each(*run, inputs, *top_k, parse_device(*device));
+    print_predictions(predictions, *as_json, key);
+    const auto failed = std::count_if(predictions.begin(), predictions.end(),
+                                      [](const Prediction& p) { return !p.error.empty(); });
+    if (failed > 0)
+      throw Error(std::to_string(failed) + " of " + std::to_string(predictions.size()) +
+                  " inputs could not be classified (said above); the others were");
   });
 }
 

@@ -7,7 +7,7 @@
 #include "graft/errors.h"
 #include "graft/hub.h"
 #include "graft/json_file.h"
-#include "graft/run.h"
+#include "graft/task.h"
 #include "graft/train_options.h"
 
 namespace graft::cli {
@@ -37,41 +37,8 @@ void check_required(const json& values, const std::string& task) {
   for (const char* key : {"data", "out"})
     if (!given(key))
       throw Error(std::string("--") + key + " is required (on the command line or in --config)");
-  const bool text = task == "text-classify" || task == "causal-lm";
-  if (!text && !given("model") && !given("init_from"))
+  if (find_task(task).needs_model && !given("model") && !given("init_from"))
     throw Error("--model is required (or --init-from an earlier run), on the command line or in --config");
-}
-
-// What a run reads (and so must not write into) and where its weights come from (which --out must not
-// hold): check_out_folder's two lists.
-std::vector<std::string> inputs_of(const ImageTrainOptions& o) {
-  return {o.data};
-}
-std::vector<std::string> inputs_of(const VideoTrainOptions& o) {
-  return {o.data};
-}
-std::vector<std::string> inputs_of(const TextTrainOptions& o) {
-  return {o.data, o.val_data};
-}
-template <class Options>
-std::vector<std::string> sources_of(const Options& o) {
-  return {o.weights, o.init_from};
-}
-std::vector<std::string> sources_of(const TextTrainOptions& o) {
-  return {o.weights, o.init_from, o.tokenizer, o.model_config};
-}
-
-template <class Options, class Result>
-void train_task(Options options, const json& values, bool overwrite,
-                Result (*train)(const Options&, std::ostream&)) {
-  apply_train_values(options, values);
-  check_out_folder(options.out, inputs_of(options), sources_of(options), options.train.resume, overwrite);
-  const Result result = train(options, std::cout);
-  if (!result.val_metrics) return;
-  if (result.val_metrics->token_level)
-    std::cout << "final validation perplexity: " << result.val_metrics->perplexity() << "\n";
-  else
-    std::cout << "final validation accuracy: " << result.val_metrics->accuracy << "\n";
 }
 
 }  // namespace
@@ -123,15 +90,12 @@ void add_train_command(CLI::App& app) {
     if (values.contains("weights") && values.at("weights").is_string())
       values["weights"] = resolve_weights(values.at("weights").get<std::string>());
 
-    if (task == "video-classify") {
-      train_task(VideoTrainOptions{}, values, *overwrite, train_video_classifier);
-    } else if (task == "text-classify" || task == "causal-lm") {
-      TextTrainOptions options;
-      options.task = task;
-      train_task(options, values, *overwrite, train_text_model);
-    } else {
-      train_task(ImageTrainOptions{}, values, *overwrite, train_image_classifier);
-    }
+    const std::optional<Metrics> val = find_task(task).train(values, *overwrite, std::cout);
+    if (!val) return;
+    if (val->token_level)
+      std::cout << "final validation perplexity: " << val->perplexity() << "\n";
+    else
+      std::cout << "final validation accuracy: " << val->accuracy << "\n";
   });
 }
 

@@ -41,6 +41,7 @@ Backbone build_model(const ModelArgs& args, bool load_tag) {
   Backbone model = create_model(args.model);
   WeightsOptions options;
   options.strict = args.strict;
+  options.hint = "--no-strict loads what fits";
   // A new head or class count replaces the classifier: its pretrained weights are not wanted.
   options.skip_classifier = !args.head.empty() || args.num_classes >= 0;
   if (!args.weights.empty()) {

@@ -1,11 +1,15 @@
 // The shared training steps of every task (driver.h).
 #include "transfer/driver.h"
 
+#include <cmath>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <ostream>
 
 #include "graft/errors.h"
+#include "graft/progress.h"
 #include "graft/registry.h"
+#include "layers/conv_bn.h"
 
 namespace graft {
 
@@ -16,9 +20,13 @@ void check_start_choice(const std::string& weights, const std::string& init_from
 }
 
 void load_start_weights(BackboneImpl& model, const std::string& model_name, const std::string& weights,
-                        bool random_init, std::ostream& log) {
+                        bool random_init, bool verbose, std::ostream& log) {
   WeightsOptions skip_head;
   skip_head.skip_classifier = true;  // replaced by the run's head
+  constexpr size_t kListed = 5;      // names of each kind in a misfit's message, without --verbose
+  skip_head.listed = verbose ? SIZE_MAX : kListed;
+  skip_head.hint = "--weights must hold " + model.arch() + "'s tensors under its names (`graft summary " +
+                   model.arch() + "` lists them)" + (verbose ? "" : "; --verbose lists every name");
   const bool tagged = !ModelName::parse(model_name).tag.empty();
   if (!weights.empty()) {
     const LoadReport report = load_weights(model, weights, skip_head);
@@ -61,7 +69,16 @@ FitOutcome fit_and_check(const FitPlan& plan, const TrainConfig& config, std::os
   {
     Trainer trainer(plan.trained, plan.trained_forward, config);
     outcome.history = trainer.fit(*plan.train, plan.val);
-    trainer.restore_best();
+    if (config.early_stopping.keep == "last") {
+      const TrainHistory& h = outcome.history;
+      const int64_t last = h.epochs.empty() ? 0 : h.epochs.back().epoch;
+      log << "the saved model is the last epoch's (" << last << "), as --keep last asks";
+      if (h.best_epoch > 0 && h.best_epoch != last)
+        log << "; the best by " << config.early_stopping.monitor << " was epoch " << h.best_epoch;
+      log << "\n";
+    } else {
+      trainer.restore_best();
+    }
   }
   plan.model->to(torch::kCPU);
   plan.model->eval();
@@ -81,6 +98,33 @@ FitOutcome fit_and_check(const FitPlan& plan, const TrainConfig& config, std::os
   return outcome;
 }
 
+FeatureSet map_batches(DataLoader& loader, const std::function<torch::Tensor(const torch::Tensor&)>& fn,
+                       torch::Device device, std::ostream& log, const std::string& label,
+                       const std::string& unit) {
+  std::optional<c10::InferenceMode> inference(std::in_place);
+  BatchNormFolding folding;
+  std::vector<torch::Tensor> outputs, labels;
+  FeatureSet set;
+  loader.start_epoch(0);
+  ProgressBar bar(label, static_cast<int64_t>(loader.num_batches()), log, unit);
+  int64_t done = 0, samples = 0;
+  while (auto batch = loader.next()) {
+    outputs.push_back(fn(batch->images.to(device)).to(torch::kCPU));
+    labels.push_back(batch->labels);
+    set.ids.insert(set.ids.end(), batch->ids.begin(), batch->ids.end());
+    samples += batch->labels.size(0);
+    bar.update(++done, samples, std::nan(""), 0.0);
+  }
+  bar.finish(label + ": " + std::to_string(samples) + " " + (unit == "img" ? "images" : unit + "s"));
+  if (outputs.empty()) throw Error(label + ": no " + (unit == "img" ? "image" : unit) + " could be read");
+  // Copied out of inference mode: inference tensors cannot be saved for a backward pass (a cached
+  // feature trains the head).
+  inference.reset();
+  set.features = torch::cat(outputs).clone();
+  set.labels = torch::cat(labels).clone();
+  return set;
+}
+
 std::vector<std::pair<std::string, double>> top_labels(const torch::Tensor& probs, int64_t k,
                                                        const std::vector<std::string>& classes) {
   const auto [values, indices] = probs.topk(k);
@@ -88,6 +132,10 @@ std::vector<std::pair<std::string, double>> top_labels(const torch::Tensor& prob
   for (int64_t i = 0; i < k; ++i)
     top.emplace_back(classes.at(static_cast<size_t>(indices[i].item<int64_t>())), values[i].item<double>());
   return top;
+}
+
+std::string naming(const std::string& input, const std::string& message) {
+  return message.find(input) != std::string::npos ? message : input + ": " + message;
 }
 
 void log_skipped(const std::vector<std::string>& skipped, std::ostream& log) {

@@ -27,10 +27,16 @@ FreezeReport apply_freeze(BackboneImpl& model, const std::string& spec) {
   return report;
 }
 
-FreezeReport apply_freeze(torch::nn::Module& model, const std::string& spec, const std::string& head) {
-  const std::vector<std::string> layers = module_layers(model, head);
-  auto params = model.named_parameters(/*recurse=*/true);
+namespace {
 
+// A freeze spec read against the model: which of its layers the terms freeze (all, last:N, until:NAME) and
+// the globs over parameter names. Throws SpecError naming a term that is malformed or matches nothing.
+struct FreezeTerms {
+  std::vector<bool> layer_frozen;
+  std::vector<std::string> globs;
+};
+FreezeTerms read_freeze_terms(const std::string& spec, const std::vector<std::string>& layers,
+                              const torch::OrderedDict<std::string, torch::Tensor>& params) {
   std::vector<bool> layer_frozen(layers.size(), false);
   std::vector<std::string> globs;
   std::string term;
@@ -77,11 +83,22 @@ FreezeReport apply_freeze(torch::nn::Module& model, const std::string& spec, con
       if (!matched) {
         throw SpecError("freeze spec term '" + term +
                         "' matches no parameter; expected all, none, last:N, until:NAME or a glob over "
-                        "parameter names such as 'layer1.*'");
+                        "parameter names such as '" +
+                        (layers.empty() ? std::string("layer1") : layers.front()) +
+                        ".*' (this model's; `graft summary` lists the names)");
       }
       globs.push_back(term);
     }
   }
+  return {layer_frozen, globs};
+}
+
+}  // namespace
+
+FreezeReport apply_freeze(torch::nn::Module& model, const std::string& spec, const std::string& head) {
+  const std::vector<std::string> layers = module_layers(model, head);
+  auto params = model.named_parameters(/*recurse=*/true);
+  const auto [layer_frozen, globs] = read_freeze_terms(spec, layers, params);
 
   // Only backbones declare fixed parameters (Keras BatchNorm without gamma); text models have none.
   const auto* backbone = dynamic_cast<const BackboneImpl*>(&model);

@@ -8,8 +8,10 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <numeric>
 
 #include "graft/errors.h"
+#include "graft/hub.h"
 #include "graft/progress.h"
 #include "graft/registry.h"
 #include "graft/strings.h"
@@ -81,6 +83,7 @@ EpochCallback two_stage_switch(const Backbone& model, const ImageTrainOptions& o
     model->set_frozen_bn_trains(bn_policy);
     FreezeReport report = apply_freeze(*model, stage2_freeze);
     trainer.set_param_groups(backbone_and_head_groups(*model, mult));
+    trainer.add_curve_mark(static_cast<double>(stage1) + 0.5, "stage 2");
     std::ostream& out = trainer.config().log ? *trainer.config().log : std::cerr;
     out << "two-stage: stage 2 from epoch " << stage1 + 1 << ": freeze '" << stage2_freeze << "' ("
         << report.frozen_layers.size() << " layers stay frozen), backbone lr x" << mult << "\n";
@@ -203,24 +206,51 @@ std::optional<std::pair<torch::Tensor, torch::Tensor>> LoaderBatchSource::next()
   return std::make_pair(batch->images, batch->labels);
 }
 
-TransformConfig transform_for(const Preprocessing& preprocessing, bool train) {
-  TransformConfig t;
-  t.size = preprocessing.size;
-  t.crop_pct = preprocessing.crop_pct;
-  t.mean = preprocessing.mean;
-  t.std = preprocessing.std;
-  t.train = train;
-  t.align_corners = preprocessing.interpolation == "bilinear-align-corners";
-  return t;
+namespace {
+
+// --data must be a folder: a file or a missing path is said as what it is.
+void require_data_folder(const std::string& data) {
+  std::error_code error;
+  if (fs::is_directory(data, error)) return;
+  throw Error("--data " + data + ": " +
+              (fs::exists(data, error) ? "is a file, not a folder (expected DATA/<class>/*.jpg or IDX files)"
+                                       : "no such folder"));
 }
+
+// At most `limit` samples of a listing (0: all): a seeded random subset, kept in listing order, as --limit
+// picks IDX images.
+ImageList limited(ImageList list, size_t limit, uint64_t seed) {
+  if (limit == 0 || list.samples.size() <= limit) return list;
+  std::vector<size_t> order(list.samples.size());
+  std::iota(order.begin(), order.end(), size_t{0});
+  std::mt19937_64 rng(seed);
+  portable_shuffle(order, rng);
+  order.resize(limit);
+  std::sort(order.begin(), order.end());
+  std::vector<LabeledPath> kept;
+  kept.reserve(limit);
+  for (size_t i : order) kept.push_back(list.samples[i]);
+  list.samples = std::move(kept);
+  return list;
+}
+
+// The validation folder of a data root that has train/ beside val/, validation/ or test/; "" otherwise.
+std::string held_out_folder(const std::string& data) {
+  if (!fs::is_directory(fs::path(data) / "train")) return "";
+  for (const char* sub : {"val", "validation", "test"})
+    if (fs::is_directory(fs::path(data) / sub)) return (fs::path(data) / sub).string();
+  return "";
+}
+
+}  // namespace
 
 ImageData open_image_data(const std::string& data, const TransformConfig& train_transform,
                           const TransformConfig& eval_transform, double val_split, uint64_t seed,
                           size_t limit) {
-  if (!fs::is_directory(data)) throw Error("--data " + data + ": no such folder");
+  require_data_folder(data);
   ImageData out;
+  const size_t val_limit = limit ? std::max<size_t>(1, limit / 4) : 0;
   if (is_idx_folder(data)) {
-    const size_t val_limit = limit ? std::max<size_t>(1, limit / 4) : 0;
     out.train = load_fashion_mnist(data, /*train=*/true, train_transform, limit,
                                    limit ? std::optional(seed) : std::nullopt);
     out.val = load_fashion_mnist(data, /*train=*/false, eval_transform, val_limit,
@@ -232,53 +262,77 @@ ImageData open_image_data(const std::string& data, const TransformConfig& train_
   out.classes = splits.train.classes;
   out.skipped = splits.train.skipped;
   out.skipped.insert(out.skipped.end(), splits.val.skipped.begin(), splits.val.skipped.end());
-  out.train = std::make_shared<ImageFolder>(splits.train, train_transform);
-  if (!splits.val.samples.empty()) out.val = std::make_shared<ImageFolder>(splits.val, eval_transform);
+  out.train = std::make_shared<ImageFolder>(limited(splits.train, limit, seed), train_transform);
+  if (!splits.val.samples.empty())
+    out.val = std::make_shared<ImageFolder>(limited(splits.val, val_limit, seed + 1), eval_transform);
   return out;
 }
 
 std::shared_ptr<Dataset> open_eval_data(const std::string& data, const std::vector<std::string>& classes,
                                         const TransformConfig& transform, size_t limit) {
-  if (!fs::is_directory(data)) throw Error("--data " + data + ": no such folder");
+  require_data_folder(data);
   if (is_idx_folder(data)) return load_fashion_mnist(data, /*train=*/false, transform, limit);
   // A data root with train/ + val/: evaluate the validation folder, as Keras' validation_data.
-  for (const char* sub : {"val", "validation", "test"}) {
-    if (fs::is_directory(fs::path(data) / "train") && fs::is_directory(fs::path(data) / sub)) {
-      return std::make_shared<ImageFolder>(scan_image_folder((fs::path(data) / sub).string(), classes),
-                                           transform);
-    }
+  const std::string held_out = held_out_folder(data);
+  return std::make_shared<ImageFolder>(
+      limited(scan_image_folder(held_out.empty() ? data : held_out, classes), limit, 0), transform);
+}
+
+std::vector<FeaturePart> open_feature_parts(const std::string& data, const std::vector<std::string>& classes,
+                                            const TransformConfig& transform, size_t limit) {
+  require_data_folder(data);
+  if (is_idx_folder(data))
+    return {{"train", load_fashion_mnist(data, /*train=*/true, transform, limit)},
+            {"test", load_fashion_mnist(data, /*train=*/false, transform, limit)}};
+  const auto scan = [&](const std::string& folder, const std::vector<std::string>& names) {
+    return limited(names.empty() ? scan_image_folder(folder) : scan_image_folder(folder, names), limit, 0);
+  };
+  const std::string held_out = held_out_folder(data);
+  if (held_out.empty()) return {{"", std::make_shared<ImageFolder>(scan(data, classes), transform)}};
+  ImageList train = scan((fs::path(data) / "train").string(), classes);
+  ImageList val = scan(held_out, train.classes);
+  return {{"train", std::make_shared<ImageFolder>(train, transform)},
+          {fs::path(held_out).filename().string(), std::make_shared<ImageFolder>(val, transform)}};
+}
+
+FeatureSet part_features(BackboneImpl& model, const std::vector<FeaturePart>& parts, int64_t batch_size,
+                         torch::Device device, std::ostream& log) {
+  if (batch_size <= 0) throw Error("--batch-size must be positive, got " + std::to_string(batch_size));
+  LoaderOptions options;
+  options.batch_size = batch_size;
+  options.shuffle = false;
+  FeatureSet all;
+  std::vector<torch::Tensor> features, labels;
+  for (const auto& [name, dataset] : parts) {
+    DataLoader loader(dataset, options);
+    FeatureSet set =
+        extract_features(model, loader, device, log, name.empty() ? "features" : "features (" + name + ")");
+    features.push_back(set.features);
+    labels.push_back(set.labels);
+    all.ids.insert(all.ids.end(), set.ids.begin(), set.ids.end());
+    if (!name.empty()) all.splits.insert(all.splits.end(), set.ids.size(), name);
+    if (all.classes.empty()) all.classes = dataset->classes();
   }
-  return std::make_shared<ImageFolder>(scan_image_folder(data, classes), transform);
+  all.features = torch::cat(features);
+  all.labels = torch::cat(labels);
+  model.to(torch::kCPU);
+  return all;
 }
 
 FeatureSet extract_features(BackboneImpl& model, DataLoader& loader, torch::Device device, std::ostream& log,
                             const std::string& label) {
-  std::optional<c10::InferenceMode> inference(std::in_place);
-  BatchNormFolding folding;  // the backbone is frozen: each conv + BatchNorm runs as one convolution
   const bool was_training = model.is_training();
   model.eval();
   model.to(device);
-  std::vector<torch::Tensor> features, labels;
-  FeatureSet set;
-  loader.start_epoch(0);
-  ProgressBar bar(label, static_cast<int64_t>(loader.num_batches()), log);
-  int64_t done = 0, samples = 0;
-  while (auto batch = loader.next()) {
-    torch::Tensor map = model.forward_features(batch->images.to(device));
-    auto head = model.custom_head();
-    features.push_back((head ? head->pool(map) : map.mean({2, 3})).to(torch::kCPU));
-    labels.push_back(batch->labels);
-    set.ids.insert(set.ids.end(), batch->ids.begin(), batch->ids.end());
-    samples += batch->labels.size(0);
-    bar.update(++done, samples, std::nan(""), 0.0);
-  }
-  bar.finish(label + ": " + std::to_string(samples) + " images");
+  auto head = model.custom_head();
+  FeatureSet set = map_batches(
+      loader,
+      [&](const torch::Tensor& images) {
+        torch::Tensor map = model.forward_features(images);
+        return head ? head->pool(map) : map.mean({2, 3});
+      },
+      device, log, label, "img");
   model.train(was_training);
-  if (features.empty()) throw Error(label + ": no image could be read");
-  // Copy out of inference mode: inference tensors cannot be saved for the head's backward pass.
-  inference.reset();
-  set.features = torch::cat(features).clone();
-  set.labels = torch::cat(labels).clone();
   return set;
 }
 
@@ -305,7 +359,7 @@ ImageTrainResult train_image_classifier(const ImageTrainOptions& options_in, std
   const int64_t classes = static_cast<int64_t>(data.classes.size());
 
   if (!previous)
-    load_start_weights(*model, options.model, options.weights, options.random_init,
+    load_start_weights(*model, options.model, options.weights, options.random_init, options.verbose,
                        log);  // an earlier run's: below
   const std::string head = resolve_head(options.head, classes);
   if (!options.head.empty() && head != HeadSpec::parse(options.head).to_string())
@@ -376,40 +430,106 @@ ImageTrainResult train_image_classifier(const ImageTrainOptions& options_in, std
   return result;
 }
 
-Metrics evaluate_images(LoadedRun& run, const std::string& data, int64_t batch_size, size_t limit,
-                        torch::Device device, std::ostream& log) {
-  if (batch_size <= 0) throw Error("--batch-size must be positive, got " + std::to_string(batch_size));
-  LoaderOptions options;
-  options.batch_size = batch_size;
-  options.shuffle = false;
-  DataLoader loader(
-      open_eval_data(data, run.spec.classes, transform_for(run.spec.preprocessing, false), limit), options);
-  LoaderBatchSource source(loader);
-  TrainConfig config;
-  config.device = device;
-  config.log = &log;
-  Backbone model = run.model;
-  Trainer evaluator(
-      model, [model](const torch::Tensor& x) { return model->forward(x); }, config);
-  return evaluator.evaluate(source, "eval");
+namespace {
+
+// An image run for its uses.
+class ImageRun : public Run {
+ public:
+  explicit ImageRun(LoadedRun run)
+      : Run(run.dir, "image-classify", run.spec.classes),
+        model_(run.model),
+        transform_(transform_for(run.spec.preprocessing, false)) {}
+
+  std::string unit() const override { return "images"; }
+
+  Metrics evaluate(const std::string& data, const UseOptions& options, std::ostream& log) override {
+    DataLoader loader(open_eval_data(data, classes(), transform_, options.limit), loader_options(options));
+    LoaderBatchSource source(loader);
+    TrainConfig config;
+    config.device = options.device;
+    config.log = &log;
+    Backbone model = model_;
+    Trainer evaluator(
+        model, [model](const torch::Tensor& x) { return model->forward(x); }, config);
+    Metrics metrics = evaluator.evaluate(source, "eval");
+    model_->to(torch::kCPU);
+    return metrics;
+  }
+
+  std::vector<Prediction> predict(const std::vector<std::string>& paths, int64_t top_k,
+                                  torch::Device device) override {
+    c10::InferenceMode inference;
+    BatchNormFolding folding;
+    model_->eval();
+    model_->to(device);
+    std::mt19937_64 rng(0);
+    std::vector<Prediction> out;
+    for (const auto& path : paths) {
+      torch::Tensor image;
+      try {
+        image = load_and_transform(path, transform_, rng).unsqueeze(0).to(device);
+      } catch (const Error& e) {
+        out.push_back({path, {}, naming(path, e.what())});
+        continue;
+      }
+      torch::Tensor probs = torch::softmax(model_->forward(image), 1)[0].to(torch::kCPU);
+      const int64_t k = std::min<int64_t>(std::max<int64_t>(top_k, 1), probs.size(0));
+      out.push_back({path, top_labels(probs, k, classes()), ""});
+    }
+    model_->to(torch::kCPU);
+    return out;
+  }
+
+  FeatureSet features(const std::string& data, const UseOptions& options, std::ostream& log) override {
+    return part_features(*model_, open_feature_parts(data, classes(), transform_, options.limit),
+                         options.batch_size, options.device, log);
+  }
+
+ private:
+  static LoaderOptions loader_options(const UseOptions& options) {
+    if (options.batch_size <= 0)
+      throw Error("--batch-size must be positive, got " + std::to_string(options.batch_size));
+    LoaderOptions loader;
+    loader.batch_size = options.batch_size;
+    loader.shuffle = false;
+    return loader;
+  }
+
+  Backbone model_;
+  TransformConfig transform_;
+};
+
+}  // namespace
+
+FeatureSet model_features(const std::string& model_name, const std::string& weights, const std::string& data,
+                          const UseOptions& options, std::ostream& log) {
+  Backbone model = create_model(model_name);
+  const TransformConfig transform = transform_for(Preprocessing::from_cfg(model->default_cfg()), false);
+  if (!weights.empty()) {
+    load_weights(*model, resolve_weights(weights));
+  } else if (!ModelName::parse(model_name).tag.empty()) {
+    load_pretrained(*model);  // a tag's weights, or an error saying how to get them
+  } else {
+    log << "graft: random initialisation: features of " << model_name
+        << ", which names no pretrained weights (a tag does; see `graft models " << model->arch() << "`)\n";
+  }
+  return part_features(*model, open_feature_parts(data, {}, transform, options.limit), options.batch_size,
+                       options.device, log);
 }
 
-std::vector<Prediction> predict_images(LoadedRun& run, const std::vector<std::string>& paths, int64_t top_k,
-                                       torch::Device device) {
-  c10::InferenceMode inference;
-  BatchNormFolding folding;
-  run.model->eval();
-  run.model->to(device);
-  const TransformConfig transform = transform_for(run.spec.preprocessing, false);
-  std::mt19937_64 rng(0);
-  std::vector<Prediction> out;
-  for (const auto& path : paths) {
-    torch::Tensor image = load_and_transform(path, transform, rng).unsqueeze(0).to(device);
-    torch::Tensor probs = torch::softmax(run.model->forward(image), 1)[0].to(torch::kCPU);
-    const int64_t k = std::min<int64_t>(std::max<int64_t>(top_k, 1), probs.size(0));
-    out.push_back({path, top_labels(probs, k, run.spec.classes)});
-  }
-  return out;
+TaskEntry image_task_entry() {
+  TaskEntry entry;
+  entry.name = "image-classify";
+  using Files = std::vector<std::string>;
+  entry.train = train_from_values(
+      ImageTrainOptions{}, train_image_classifier, [](const ImageTrainOptions& o) { return Files{o.data}; },
+      [](const ImageTrainOptions& o) {
+        return Files{o.weights, o.init_from};
+      });
+  entry.open = [](const std::string& dir) -> std::unique_ptr<Run> {
+    return std::make_unique<ImageRun>(load_run(dir));
+  };
+  return entry;
 }
 
 }  // namespace graft

@@ -8,6 +8,7 @@
 #include "graft/registry.h"
 #include "graft/run.h"
 #include "graft/run_document.h"
+#include "graft/save_id.h"
 #include "graft/trainer.h"
 #include "graft/transfer.h"
 #include "graft/weights.h"
@@ -16,32 +17,6 @@ namespace graft {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
-
-Preprocessing Preprocessing::from_cfg(const PretrainedCfg& cfg) {
-  Preprocessing p;
-  // Images (C, H, W) and video (C, T, H, W) alike: the frame size is the last entry.
-  p.size = cfg.input_size.size() == 3 || cfg.input_size.size() == 4 ? cfg.input_size.back() : 224;
-  p.crop_pct = cfg.crop_pct;
-  p.mean = cfg.mean;
-  p.std = cfg.std;
-  p.interpolation = cfg.interpolation;
-  return p;
-}
-
-json new_run_document(const std::string& task, const std::vector<std::string>& classes,
-                      const std::string& freeze, const std::string& data, const json& training) {
-  json doc;
-  doc["format"] = "graft-run";
-  doc["format_version"] = kRunFormatVersion;
-  doc["graft_version"] = GRAFT_VERSION;
-  doc["libtorch_version"] = TORCH_VERSION;
-  doc["task"] = task;
-  doc["classes"] = classes;
-  doc["freeze"] = freeze;
-  doc["data"] = data;
-  doc["training"] = training;
-  return doc;
-}
 
 void save_run(const std::string& dir, BackboneImpl& model, const RunSpec& spec, const json& training) {
   fs::create_directories(dir);
@@ -115,10 +90,7 @@ json preprocessing_json(const Preprocessing& p) {
 
 void write_run_files(const std::string& dir, const NamedTensors& weights,
                      std::map<std::string, std::string> metadata, json doc) {
-  std::random_device entropy;  // the kernel's random numbers
-  char id[17];
-  const unsigned high = entropy(), low = entropy();
-  std::snprintf(id, sizeof id, "%08x%08x", high, low);
+  const std::string id = new_save_id();
   metadata["graft_save_id"] = id;
   doc["weights"] = "model.safetensors";
   doc["weights_save_id"] = id;

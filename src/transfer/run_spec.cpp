@@ -1,5 +1,7 @@
 // Reading a run directory's graft.json, for every task (run_document.h). Kept apart from the loaders so
 // that the untrusted-file checks run, and are fuzzed (tests/fuzz, run_json), without a model.
+#include <torch/version.h>
+
 #include <cmath>
 #include <filesystem>
 #include <set>
@@ -140,6 +142,21 @@ RunDocument read_run_document(const std::string& file) {
       check_file_name(names[i], "tokenizer[" + std::to_string(i) + "]", file);
   }
   return run;
+}
+
+json new_run_document(const std::string& task, const std::vector<std::string>& classes,
+                      const std::string& freeze, const std::string& data, const json& training) {
+  json doc;
+  doc["format"] = "graft-run";
+  doc["format_version"] = kRunFormatVersion;
+  doc["graft_version"] = GRAFT_VERSION;
+  doc["libtorch_version"] = TORCH_VERSION;
+  doc["task"] = task;
+  doc["classes"] = classes;
+  doc["freeze"] = freeze;
+  doc["data"] = data;
+  doc["training"] = training;
+  return doc;
 }
 
 std::string run_task(const std::string& dir) {

@@ -19,6 +19,7 @@
 #include "graft/errors.h"
 #include "graft/files.h"
 #include "graft/json_file.h"
+#include "graft/progress.h"
 #include "graft/run.h"
 #include "graft/run_document.h"
 #include "graft/strings.h"
@@ -165,7 +166,19 @@ void check_ids(const torch::Tensor& packed, int64_t vocab, const Tokenizer& toke
 
 struct ClassifyTensors {
   torch::Tensor inputs, labels;
+  int64_t truncated = 0;  // examples (or lines) that were longer than the length and were cut
 };
+
+// Whether truncation cut the text of sequence `sequence` (0 or 1) of an encoding: its last token ends before
+// the text's last non-space byte.
+bool was_cut(const Encoding& e, const std::string& text, int sequence) {
+  const size_t last = text.find_last_not_of(" \t\r\n");
+  if (last == std::string::npos) return false;
+  size_t end = 0;
+  for (size_t i = 0; i < e.size() && i < e.sequence_ids.size() && i < e.offsets.size(); ++i)
+    if (e.sequence_ids[i] == sequence) end = std::max(end, e.offsets[i].end);
+  return end < last + 1;
+}
 
 ClassifyTensors encode_examples(const Tokenizer& tokenizer, const std::vector<TextExample>& examples,
                                 const std::vector<std::string>& classes, int64_t max_length) {
@@ -177,6 +190,7 @@ ClassifyTensors encode_examples(const Tokenizer& tokenizer, const std::vector<Te
   std::vector<Encoding> encodings;
   encodings.reserve(examples.size());
   torch::Tensor labels = torch::empty({static_cast<int64_t>(examples.size())}, torch::kLong);
+  int64_t truncated = 0;
   for (size_t i = 0; i < examples.size(); ++i) {
     const TextExample& e = examples[i];
     auto it = index.find(e.label);
@@ -188,8 +202,10 @@ ClassifyTensors encode_examples(const Tokenizer& tokenizer, const std::vector<Te
     labels[static_cast<int64_t>(i)] = it->second;
     encodings.push_back(e.text_pair.empty() ? tokenizer.encode(e.text, options)
                                             : tokenizer.encode_pair(e.text, e.text_pair, options));
+    truncated += was_cut(encodings.back(), e.text, 0) ||
+                 (!e.text_pair.empty() && was_cut(encodings.back(), e.text_pair, 1));
   }
-  return {pack(encodings, pad_id_of(tokenizer), 3), labels};
+  return {pack(encodings, pad_id_of(tokenizer), 3), labels, truncated};
 }
 
 // Causal-LM examples: packed blocks (inputs (N, 2, block), labels = ids) or, line by line, one example
@@ -207,6 +223,8 @@ ClassifyTensors lm_tensors(const Tokenizer& tokenizer, const std::vector<std::st
     options.truncation = Truncation::kLongestFirst;
     options.max_length = static_cast<size_t>(block_size - (eos ? 1 : 0));
     std::vector<Encoding> encodings = tokenizer.encode_batch(documents, options);
+    int64_t truncated = 0;
+    for (size_t d = 0; d < encodings.size(); ++d) truncated += was_cut(encodings[d], documents[d], 0);
     for (auto& e : encodings) {
       if (!eos) continue;
       e.ids.push_back(*eos);
@@ -216,7 +234,7 @@ ClassifyTensors lm_tensors(const Tokenizer& tokenizer, const std::vector<std::st
     }
     torch::Tensor inputs = pack(encodings, pad_id_of(tokenizer), 2);
     torch::Tensor labels = inputs.select(1, 0).masked_fill(inputs.select(1, 1).eq(0), -100).contiguous();
-    return {inputs, labels};
+    return {inputs, labels, truncated};
   }
   std::vector<int64_t> ids;
   const std::vector<Encoding> encodings = tokenizer.encode_batch(documents, options);
@@ -235,7 +253,7 @@ ClassifyTensors lm_tensors(const Tokenizer& tokenizer, const std::vector<std::st
       torch::tensor(std::vector<int64_t>(ids.begin(), ids.begin() + blocks * block_size), torch::kLong);
   torch::Tensor block_ids = flat.view({blocks, block_size});
   torch::Tensor inputs = torch::stack({block_ids, torch::ones_like(block_ids)}, 1);
-  return {inputs, block_ids.clone()};
+  return {inputs, block_ids.clone(), 0};
 }
 
 std::pair<ClassifyTensors, ClassifyTensors> split_rows(const ClassifyTensors& all, double fraction,
@@ -254,8 +272,8 @@ std::pair<ClassifyTensors, ClassifyTensors> split_rows(const ClassifyTensors& al
     order = torch::arange(n, torch::kLong);  // text: the last part is validation, as nanoGPT splits
   }
   const torch::Tensor train_idx = order.narrow(0, 0, n - val), val_idx = order.narrow(0, n - val, val);
-  return {{all.inputs.index_select(0, train_idx), all.labels.index_select(0, train_idx)},
-          {all.inputs.index_select(0, val_idx), all.labels.index_select(0, val_idx)}};
+  return {{all.inputs.index_select(0, train_idx), all.labels.index_select(0, train_idx), all.truncated},
+          {all.inputs.index_select(0, val_idx), all.labels.index_select(0, val_idx), 0}};
 }
 
 Trainer::Forward forward_of(const std::shared_ptr<torch::nn::Module>& module, const std::string& task) {
@@ -282,25 +300,72 @@ int64_t context_length(const torch::nn::Module& module) {
   return 512;
 }
 
-// config.json of the trained model: the source's keys, with the class built and, for a classifier, its
-// labels.
-json run_config(const std::string& source_config, const std::string& architecture,
+// The keys of PretrainedConfig a trained model's config.json carries.
+void common_keys(const HfCommonConfig& config, const std::string& architecture, json& out) {
+  out["model_type"] = config.model_type;
+  out["architectures"] = json::array({architecture});
+  out["torch_dtype"] = "float32";
+  out["initializer_range"] = config.initializer_range;
+  out["tie_word_embeddings"] = config.tie_word_embeddings;
+}
+
+// config.json of the trained model, written from its parsed, typed configuration (never the source file's
+// text, so that junk in it stays out of the run: nesting 50,000 levels deep once made an 800 MB file),
+// with the class built and, for a classifier, its labels.
+json run_config(const torch::nn::Module& module, const std::string& architecture,
                 const std::vector<std::string>& classes) {
-  json config = read_json_file(source_config);
-  config["architectures"] = json::array({architecture});
-  config["torch_dtype"] = "float32";
+  json out = json::object();
+  const auto optional = [](const auto& value) { return value ? json(*value) : json(nullptr); };
+  if (const auto* bert = dynamic_cast<const BertForSequenceClassificationImpl*>(&module)) {
+    const BertConfig& c = bert->config();
+    common_keys(c, architecture, out);
+    out["vocab_size"] = c.vocab_size;
+    out["hidden_size"] = c.hidden_size;
+    out["num_hidden_layers"] = c.num_hidden_layers;
+    out["num_attention_heads"] = c.num_attention_heads;
+    out["intermediate_size"] = c.intermediate_size;
+    out["hidden_act"] = c.hidden_act;
+    out["hidden_dropout_prob"] = c.hidden_dropout_prob;
+    out["attention_probs_dropout_prob"] = c.attention_probs_dropout_prob;
+    out["max_position_embeddings"] = c.max_position_embeddings;
+    out["type_vocab_size"] = c.type_vocab_size;
+    out["layer_norm_eps"] = c.layer_norm_eps;
+    out["pad_token_id"] = optional(c.pad_token_id);
+    out["classifier_dropout"] = optional(c.classifier_dropout);
+    out["position_embedding_type"] = "absolute";
+  } else if (const auto* gpt2 = dynamic_cast<const GPT2LMHeadModelImpl*>(&module)) {
+    const GPT2Config& c = gpt2->config();
+    common_keys(c, architecture, out);
+    out["vocab_size"] = c.vocab_size;
+    out["n_positions"] = c.n_positions;
+    out["n_embd"] = c.n_embd;
+    out["n_layer"] = c.n_layer;
+    out["n_head"] = c.n_head;
+    out["n_inner"] = optional(c.n_inner);
+    out["activation_function"] = c.activation_function;
+    out["resid_pdrop"] = c.resid_pdrop;
+    out["embd_pdrop"] = c.embd_pdrop;
+    out["attn_pdrop"] = c.attn_pdrop;
+    out["layer_norm_epsilon"] = c.layer_norm_epsilon;
+    out["scale_attn_weights"] = c.scale_attn_weights;
+    out["scale_attn_by_inverse_layer_idx"] = c.scale_attn_by_inverse_layer_idx;
+    out["reorder_and_upcast_attn"] = c.reorder_and_upcast_attn;
+    out["bos_token_id"] = c.bos_token_id;
+    out["eos_token_id"] = c.eos_token_id;
+  } else {
+    throw Error("config.json: the model is neither a BertForSequenceClassification nor a GPT2LMHeadModel");
+  }
   if (!classes.empty()) {
     json id2label = json::object(), label2id = json::object();
     for (size_t i = 0; i < classes.size(); ++i) {
       id2label[std::to_string(i)] = classes[i];
       label2id[classes[i]] = i;
     }
-    config["id2label"] = id2label;
-    config["label2id"] = label2id;
-    config.erase("num_labels");
-    config["problem_type"] = "single_label_classification";
+    out["id2label"] = id2label;
+    out["label2id"] = label2id;
+    out["problem_type"] = "single_label_classification";
   }
-  return config;
+  return out;
 }
 
 // Copies the tokenizer's files into dir under Hugging Face's names; returns the names written.
@@ -380,6 +445,20 @@ TextData classify_data(const TextTrainOptions& o, const Tokenizer& tokenizer, st
     std::tie(data.train, data.val) = split_rows(data.train, o.val_split, true, o.train.seed);
   }
   log << "data: " << examples.size() << " examples, " << data.classes.size() << " classes";
+  // A quoted field may hold line breaks (valid CSV); one stray quote swallows the rows after it, so the
+  // records that span lines are counted where a user sees them.
+  size_t spanning = 0, lines = 0;
+  const auto count = [&](const std::vector<TextExample>& set) {
+    for (const TextExample& e : set) spanning += e.lines > 1, lines += e.lines;
+  };
+  count(examples);
+  count(val_examples);
+  if (spanning > 0)
+    log << " (" << examples.size() + val_examples.size() << " records from " << lines
+        << " lines: " << spanning << " with line breaks inside quotes)";
+  if (data.train.truncated + data.val.truncated > 0)
+    log << " (" << data.train.truncated + data.val.truncated << " longer than --max-length " << o.max_length
+        << " tokens, truncated)";
   return data;
 }
 
@@ -400,7 +479,43 @@ TextData lm_data(const TextTrainOptions& o, const Tokenizer& tokenizer, std::ost
   }
   log << "data: " << docs.size() << (o.line_by_line ? " lines" : " document(s)") << ", "
       << (o.line_by_line ? "examples" : "blocks of " + std::to_string(o.block_size) + " tokens");
+  if (data.train.truncated + data.val.truncated > 0)
+    log << " (" << data.train.truncated + data.val.truncated << " lines longer than --block-size "
+        << o.block_size << " tokens, truncated)";
   return data;
+}
+
+// The model's positions as its config.json says (max_position_embeddings for BERT, n_positions for GPT-2;
+// Hugging Face's defaults when absent), read before the model is built so that the data, whose errors are
+// commoner, is read first. 0 when there is no config.json to read (loading the model says what is missing).
+int64_t config_positions(const TextTrainOptions& o) {
+  fs::path config = o.model_config;
+  if (!o.weights.empty())
+    config = (fs::is_directory(o.weights) ? fs::path(o.weights) : fs::path(o.weights).parent_path()) /
+             "config.json";
+  std::error_code error;
+  if (config.empty() || !fs::is_regular_file(config, error)) return 0;
+  const json root = read_json_file(config.string());
+  const bool bert = o.task == "text-classify";
+  const char* key = bert ? "max_position_embeddings" : "n_positions";
+  if (root.is_object() && root.contains(key) && root.at(key).is_number_integer())
+    return root.at(key).get<int64_t>();
+  return bert ? 512 : 1024;
+}
+
+// --max-length / --block-size 0: the model's positions, at most kDefaultTextLength; said in the log.
+void resolve_text_length(TextTrainOptions& o, std::ostream& log) {
+  const bool classify = o.task == "text-classify";
+  int64_t& length = classify ? o.max_length : o.block_size;
+  if (length != 0) return;
+  const int64_t positions = config_positions(o);
+  length = positions > 0 ? std::min(kDefaultTextLength, positions) : kDefaultTextLength;
+  log << (classify ? "--max-length " : "--block-size ") << length << ": "
+      << (positions > kDefaultTextLength
+              ? "the default (the model has " + std::to_string(positions) + " positions)"
+          : positions > 0 ? "the model's " + std::to_string(positions) + " positions"
+                          : "the default")
+      << "\n";
 }
 
 // The model a text run starts from: pretrained weights (a Hugging Face folder or a run), or a config.json
@@ -454,6 +569,7 @@ TextTrainResult train_text_model(const TextTrainOptions& input, std::ostream& lo
   check_model_name(o.model, o.task);
   if (o.data.empty()) throw Error("--data is required");
   if (o.out.empty()) throw Error("--out is required");
+  resolve_text_length(o, log);
   log_resolved(to_json(o), log);
 
   // Tokenizer first: it is cheap and its errors are the commonest.
@@ -473,7 +589,6 @@ TextTrainResult train_text_model(const TextTrainOptions& input, std::ostream& lo
   // Model; a new head or a model from scratch is initialised from the run's seed, so runs repeat.
   torch::manual_seed(o.train.seed);
   HfModel hf = start_model(o, architecture, classify ? static_cast<int64_t>(classes.size()) : -1, log);
-  const std::string source_config = o.weights.empty() ? o.model_config : hf.config_path;
   std::shared_ptr<torch::nn::Module> module = hf.module;
   const int64_t vocab = embedding_rows(*module);
   check_ids(train_set.inputs, vocab, *tokenizer);
@@ -516,12 +631,12 @@ TextTrainResult train_text_model(const TextTrainOptions& input, std::ostream& lo
 
   // The run directory: a Hugging Face folder plus graft.json (written last: it names complete files).
   write_file_atomic((fs::path(o.out) / "config.json").string(),
-                    run_config(source_config, architecture, classes).dump(2) + "\n");
+                    run_config(*module, architecture, classes).dump(2) + "\n");
   json doc = new_run_document(o.task, classes, o.freeze, o.data, to_json(o));
   doc["model_type"] = hf.model_type;
   doc["architecture"] = architecture;
-  doc["max_length"] = o.max_length;
-  doc["block_size"] = o.block_size;
+  // The task's own length (the other one is unused, and left to its default).
+  doc[classify ? "max_length" : "block_size"] = classify ? o.max_length : o.block_size;
   doc["line_by_line"] = o.line_by_line;
   doc["columns"] = columns_json(o.columns);
   doc["config"] = "config.json";
@@ -542,7 +657,7 @@ bool is_text_run(const std::string& dir) {
   return task == "text-classify" || task == "causal-lm";
 }
 
-TextRun load_text_run(const std::string& dir) {
+TextRun load_text_run(const std::string& dir, const std::string& tokenizer) {
   TextRun run;
   run.dir = dir;
   if (!fs::is_directory(dir))
@@ -574,10 +689,14 @@ TextRun load_text_run(const std::string& dir) {
   run.architecture = hf.architecture;
   run.module = hf.module;
   run.module->eval();
-  run.tokenizer = load_tokenizer(dir);
+  run.tokenizer = load_tokenizer(tokenizer.empty() ? dir : tokenizer);
   const TextRunSpec spec = doc ? read_text_run_spec(*doc) : TextRunSpec{};
   run.max_length = spec.max_length;
   run.block_size = spec.block_size;
+  if (!doc) {  // a Hugging Face folder: as a run of default lengths, within the model's positions
+    run.max_length = std::min(run.max_length, context_length(*run.module));
+    run.block_size = std::min(run.block_size, context_length(*run.module));
+  }
   run.line_by_line = spec.line_by_line;
   run.columns = spec.columns;
   if (run.task == "text-classify") {
@@ -587,17 +706,52 @@ TextRun load_text_run(const std::string& dir) {
   return run;
 }
 
-Metrics evaluate_text(TextRun& run, const std::string& data, int64_t batch_size, torch::Device device,
-                      std::ostream& log) {
+namespace {
+
+// The run's data as the model reads it, checked against its vocabulary: labelled examples (text-classify)
+// or blocks of text (causal-lm), with where each row comes from.
+ClassifyTensors run_tensors(const TextRun& run, const std::string& data, std::vector<std::string>* ids) {
   ClassifyTensors set;
   if (run.task == "text-classify") {
-    set = encode_examples(*run.tokenizer, read_text_examples(data, run.columns), run.classes, run.max_length);
+    const std::vector<TextExample> examples = read_text_examples(data, run.columns);
+    set = encode_examples(*run.tokenizer, examples, run.classes, run.max_length);
+    if (ids)
+      for (const TextExample& e : examples) ids->push_back(e.where);
   } else {
     set = lm_tensors(*run.tokenizer,
                      read_lm_documents(data, run.line_by_line, run.columns.text, run.columns.format),
                      run.block_size, run.line_by_line, data);
+    if (ids)
+      for (int64_t i = 0; i < set.inputs.size(0); ++i)
+        ids->push_back(data + (run.line_by_line ? ": example " : ": block ") + std::to_string(i + 1));
   }
   check_ids(set.inputs, embedding_rows(*run.module), *run.tokenizer);
+  return set;
+}
+
+// What a text model's classifier reads, (B, hidden): BERT's pooled output; for GPT-2, its last hidden
+// states averaged over the tokens the mask keeps.
+torch::Tensor embed_tokens(torch::nn::Module& module, const torch::Tensor& x) {
+  if (auto* bert = dynamic_cast<BertForSequenceClassificationImpl*>(&module)) {
+    TextInputs inputs;
+    inputs.input_ids = x.select(1, 0);
+    inputs.attention_mask = x.select(1, 1);
+    inputs.token_type_ids = x.select(1, 2);
+    return bert->bert->forward(inputs).pooler_output;
+  }
+  auto* gpt2 = dynamic_cast<GPT2LMHeadModelImpl*>(&module);
+  if (!gpt2)
+    throw Error("features: the model is neither a BertForSequenceClassification nor a GPT2LMHeadModel");
+  const torch::Tensor hidden = gpt2->transformer->forward({x.select(1, 0), x.select(1, 1)}).last_hidden_state;
+  const torch::Tensor mask = x.select(1, 1).unsqueeze(-1).to(hidden.scalar_type());
+  return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1);
+}
+
+}  // namespace
+
+Metrics evaluate_text(TextRun& run, const std::string& data, int64_t batch_size, torch::Device device,
+                      std::ostream& log) {
+  const ClassifyTensors set = run_tensors(run, data, nullptr);
   TokenBatchSource source(set.inputs, set.labels, batch_size, false);
   TrainConfig config;
   config.device = device;
@@ -610,8 +764,34 @@ Metrics evaluate_text(TextRun& run, const std::string& data, int64_t batch_size,
   return metrics;
 }
 
-std::vector<TextPrediction> predict_texts(TextRun& run, const std::vector<std::string>& texts, int64_t top_k,
-                                          torch::Device device) {
+FeatureSet text_features(TextRun& run, const std::string& data, int64_t batch_size, torch::Device device,
+                         std::ostream& log) {
+  if (batch_size <= 0) throw Error("--batch-size must be positive, got " + std::to_string(batch_size));
+  FeatureSet out;
+  const ClassifyTensors set = run_tensors(run, data, &out.ids);
+  TokenBatchSource source(set.inputs, set.labels, batch_size, false);
+  c10::InferenceMode inference;
+  run.module->eval();
+  run.module->to(device);
+  std::vector<torch::Tensor> features;
+  source.start_epoch(0);
+  ProgressBar bar("features", static_cast<int64_t>(source.num_batches()), log, "seq");
+  int64_t done = 0, rows = 0;
+  while (auto batch = source.next()) {
+    features.push_back(embed_tokens(*run.module, batch->first.to(device)).to(torch::kCPU));
+    rows += batch->first.size(0);
+    bar.update(++done, rows, std::nan(""), 0.0);
+  }
+  bar.finish("features: " + std::to_string(rows) + " " +
+             (run.task == "text-classify" ? "examples" : "blocks"));
+  run.module->to(torch::kCPU);
+  out.features = torch::cat(features).clone();
+  out.labels = run.task == "text-classify" ? set.labels.clone() : torch::full({rows}, -1, torch::kLong);
+  return out;
+}
+
+std::vector<Prediction> predict_texts(TextRun& run, const std::vector<std::string>& texts, int64_t top_k,
+                                      torch::Device device) {
   if (run.task != "text-classify")
     throw Error(run.dir + ": predict classifies text; this run is a " + run.task +
                 " model (use graft generate)");
@@ -621,13 +801,13 @@ std::vector<TextPrediction> predict_texts(TextRun& run, const std::vector<std::s
   EncodeOptions options;
   options.truncation = Truncation::kLongestFirst;
   options.max_length = static_cast<size_t>(run.max_length);
-  std::vector<TextPrediction> out;
+  std::vector<Prediction> out;
   const int64_t k = std::clamp<int64_t>(top_k, 1, static_cast<int64_t>(run.classes.size()));
   for (const std::string& text : texts) {
     torch::Tensor packed = pack({run.tokenizer->encode(text, options)}, pad_id_of(*run.tokenizer), 3);
     check_ids(packed, embedding_rows(*run.module), *run.tokenizer);
     const torch::Tensor probs = torch::softmax(forward(packed.to(device)), -1).squeeze(0).cpu();
-    out.push_back({text, top_labels(probs, k, run.classes)});
+    out.push_back({text, top_labels(probs, k, run.classes), ""});
   }
   run.module->to(torch::kCPU);
   return out;
@@ -759,6 +939,32 @@ void export_hf(const std::string& run_dir, const std::string& out_dir) {
     throw;
   }
   fsync_path(target.parent_path().string(), /*directory=*/true);
+}
+
+TaskEntry text_task_entry(const std::string& name) {
+  using Files = std::vector<std::string>;
+  TaskEntry entry;
+  entry.name = name;
+  entry.needs_model = false;
+  TextTrainOptions defaults;
+  defaults.task = name;
+  entry.train = train_from_values(
+      defaults, train_text_model,
+      [](const TextTrainOptions& o) {
+        return Files{o.data, o.val_data};
+      },
+      [](const TextTrainOptions& o) {
+        return Files{o.weights, o.init_from, o.tokenizer, o.model_config};
+      });
+  entry.open = [](const std::string& dir) -> std::unique_ptr<Run> {
+    TextRun run = load_text_run(dir);
+    const std::string task = run.task;
+    const std::vector<std::string> classes = run.classes;
+    return std::make_unique<LoadedRunUse<TextRun>>(
+        std::move(run), task, classes, "examples", true,
+        LoadedRunUse<TextRun>::Uses{evaluate_text, predict_texts, text_features});
+  };
+  return entry;
 }
 
 }  // namespace graft

@@ -23,6 +23,11 @@ constexpr unsigned kImage = kImageTask, kVideo = kVideoTask, kVision = kImageTas
 constexpr unsigned kClassify = kImageTask | kVideoTask | kTextClassifyTask, kAll = kEveryTask;
 constexpr double kLength = static_cast<double>(kMaxSequenceLength);
 
+// Sizes whose 0 stands for the model's own (its input size, its positions); other values have a range.
+bool zero_is_the_models(const std::string& key) {
+  return key == "image_size" || key == "max_length" || key == "block_size";
+}
+
 // The rows, in the order --help lists them.
 std::vector<OptionSpec> make_table() {
   return {
@@ -41,6 +46,7 @@ std::vector<OptionSpec> make_table() {
       {"random_init", T::kSwitch, kVision,
        "start a tag's architecture from random weights instead of its pretrained ones (a bare ARCH is random "
        "anyway)"},
+      {"verbose", T::kSwitch, kVision, "weights that do not fit: list every tensor name, not the first few"},
       {"init_from", T::kText, kAll,
        "start from the model of an earlier run directory (its weights; a new last layer when classes "
        "differ)"},
@@ -74,7 +80,8 @@ std::vector<OptionSpec> make_table() {
        {},
        "--no-val"},
       {"batch_size", T::kInteger, kAll, "samples per batch", 1, 1 << 20},
-      {"image_size", T::kInteger, kVision, "input size in pixels (0: the model's)", 0, 4096},
+      {"image_size", T::kInteger, kVision, "input size in pixels (0: the model's)", 16, 4096,
+       "0: the model's own size"},
       {"augment",
        T::kSwitch,
        kVision,
@@ -87,7 +94,8 @@ std::vector<OptionSpec> make_table() {
       {"rotation", T::kNumber, kVision, "training: random rotation up to this many degrees", 0, 180},
       {"jitter", T::kNumber, kVision, "training: colour jitter strength", 0, 1},
       {"workers", T::kInteger, kVision, "decoding threads (0: cores)", 0, 256},
-      {"limit", T::kInteger, kImage, "IDX data: training images to use (validation: a quarter)", 0, 1e9},
+      {"limit", T::kInteger, kImage,
+       "training images to use, a seeded subset (validation: a quarter); 0: all", 0, 1e9},
       {"frames", T::kInteger, kVideo, "frames sampled per clip", 1, 4096},
       {"temporal", T::kText, kVideo, "over frame features: lstm:H, gru:H (:bi), avg"},
       {"cache_features",
@@ -122,15 +130,18 @@ std::vector<OptionSpec> make_table() {
        "",
        {},
        "--no-header"},
-      {"max_length", T::kInteger, kTextClassifyTask, "tokens per example (longer ones truncated)", 2, kLength,
-       "[CLS] and [SEP], at least"},
-      {"block_size", T::kInteger, kCausalLmTask, "tokens per training block", 2, kLength,
-       "a token and the next one to predict, at least"},
+      {"max_length", T::kInteger, kTextClassifyTask,
+       "tokens per example, longer ones truncated (0: the model's positions, at most 128)", 2, kLength,
+       "[CLS] and [SEP], at least; 0: the model's positions"},
+      {"block_size", T::kInteger, kCausalLmTask,
+       "tokens per training block (0: the model's positions, at most 128)", 2, kLength,
+       "a token and the next one to predict, at least; 0: the model's positions"},
       {"line_by_line", T::kSwitch, kCausalLmTask, "one example per line, not packed blocks"},
       {"warmup_ratio", T::kNumber, kTextTasks, "warm-up steps as a fraction of all steps", 0, 1},
       {"epochs", T::kInteger, kAll, "epochs", 1, 1e6},
       {"optimizer", T::kText, kAll, "optimiser", -1, -1, "", {"sgd", "adam", "adamw"}},
-      {"lr", T::kNumber, kAll, "learning rate (of the head, when the backbone has a multiplier)", 0, 1e3},
+      {"lr", T::kNumber, kAll, "learning rate (of the head, when the backbone has a multiplier)", 1e-12, 1e3,
+       "a rate of 0 trains nothing"},
       {"momentum", T::kNumber, kAll, "sgd momentum", 0, 1},
       {"weight_decay", T::kNumber, kAll, "weight decay (default: the optimiser's)", 0, 1e3},
       {"schedule",
@@ -159,7 +170,24 @@ std::vector<OptionSpec> make_table() {
        {"val_loss", "val_accuracy", "val_top5", "val_macro_f1", "train_loss", "train_accuracy"}},
       {"patience", T::kInteger, kAll, "early stopping patience (epochs)", 0, 1e6},
       {"min_delta", T::kNumber, kAll, "smallest change that counts", 0, 1e9},
+      {"keep",
+       T::kText,
+       kAll,
+       "the weights the run ends with: the best epoch's by --monitor (restored at the end) or the last's",
+       -1,
+       -1,
+       "",
+       {"best", "last"}},
       {"resume", T::kSwitch, kAll, "continue the run in --out from its last checkpoint"},
+      {"progress",
+       T::kSwitch,
+       kAll,
+       "no progress bars, on a terminal too: a line per epoch (as in a log file)",
+       -1,
+       -1,
+       "",
+       {},
+       "--quiet"},
       {"device", T::kText, kAll, "auto, cpu or cuda[:N]"},
   };
 }
@@ -184,7 +212,9 @@ void visit_training(TrainConfig& t, unsigned task, V& v) {
   v("monitor", t.early_stopping.monitor);
   v("patience", t.early_stopping.patience);
   v("min_delta", t.early_stopping.min_delta);
+  v("keep", t.early_stopping.keep);
   v("resume", t.resume);
+  v("progress", t.progress);
   v("device", t.device);
 }
 
@@ -206,6 +236,7 @@ void visit_common(Options& o, V& v) {
 template <class Options, class V>
 void visit_vision(Options& o, V& v) {
   v("random_init", o.random_init);
+  v("verbose", o.verbose);
   v("image_size", o.image_size);
   v("augment", o.augment);
   v("rotation", o.rotation);
@@ -411,6 +442,7 @@ void check_train_values(const json& values, const std::string& task, const std::
       throw Error(flag + where + " does not apply to --task " + task + "; it is an option of " +
                   task_names(spec->tasks));
     if (value.is_null() && key == "weight_decay") continue;  // null: the optimiser's default
+    if (value.is_number_integer() && value.get<int64_t>() == 0 && zero_is_the_models(key)) continue;
     auto expect = [&](bool ok, const char* what) {
       if (!ok) throw Error(flag + where + " is " + json_excerpt(value) + ": expected " + what);
     };

@@ -34,6 +34,7 @@ using Forward = std::function<torch::Tensor(const torch::Tensor&)>;
 struct BuiltModel {
   std::shared_ptr<torch::nn::Module> module;
   Forward forward;
+  Forward embed;  // (N, T, 3, H, W) clips -> (N, D): what the classifier reads
   std::shared_ptr<TimeDistributedClassifierImpl> time_distributed;  // null for a 3D CNN
   Backbone backbone;                                                // the image backbone or the 3D CNN
 };
@@ -50,12 +51,16 @@ BuiltModel wrap_backbone(Backbone backbone, const std::string& temporal, int64_t
     built.forward = [net](const torch::Tensor& clips) {
       return net->forward(clips.permute({0, 2, 1, 3, 4}));
     };
+    built.embed = [net](const torch::Tensor& clips) {
+      return net->forward_head(net->forward_features(clips.permute({0, 2, 1, 3, 4})), /*pre_logits=*/true);
+    };
   } else {
     built.time_distributed = std::make_shared<TimeDistributedClassifierImpl>(
         built.backbone, TemporalSpec::parse(temporal), classes);
     built.module = built.time_distributed;
     auto net = built.time_distributed;
     built.forward = [net](const torch::Tensor& clips) { return net->forward(clips); };
+    built.embed = [net](const torch::Tensor& clips) { return net->summarize(net->frame_features(clips)); };
   }
   return built;
 }
@@ -64,7 +69,7 @@ BuiltModel wrap_backbone(Backbone backbone, const std::string& temporal, int64_t
 // an image run's model, or as every task starts (load_start_weights). Says what it loaded.
 void load_backbone_weights(BackboneImpl& backbone, const VideoTrainOptions& o,
                            const std::optional<LoadedRun>& image_run, std::ostream& log) {
-  if (!image_run) return load_start_weights(backbone, o.model, o.weights, o.random_init, log);
+  if (!image_run) return load_start_weights(backbone, o.model, o.weights, o.random_init, o.verbose, log);
   // Everything but the image run's classifier (its head or its last layer).
   const std::string head = image_run->model->classifier_name();
   NamedTensors body;
@@ -116,24 +121,12 @@ ClipSplits split_clips(const std::string& root, double val_split, uint64_t seed)
 std::pair<torch::Tensor, torch::Tensor> cache_frame_features(TimeDistributedClassifierImpl& model,
                                                              DataLoader& loader, torch::Device device,
                                                              std::ostream& log, const std::string& label) {
-  std::optional<c10::InferenceMode> inference(std::in_place);
-  BatchNormFolding folding;  // frozen CNN: each conv + BatchNorm runs as one convolution
   model.eval();
   model.to(device);
-  std::vector<torch::Tensor> features, labels;
-  loader.start_epoch(0);
-  ProgressBar bar(label, static_cast<int64_t>(loader.num_batches()), log, "clip");
-  int64_t done = 0, clips = 0;
-  while (auto batch = loader.next()) {
-    features.push_back(model.frame_features(batch->images.to(device)).to(torch::kCPU));
-    labels.push_back(batch->labels);
-    clips += batch->labels.size(0);
-    bar.update(++done, clips, std::nan(""), 0.0);
-  }
-  bar.finish(label + ": " + std::to_string(clips) + " clips");
-  if (features.empty()) throw Error(label + ": no clip could be read");
-  inference.reset();  // the features must be ordinary tensors to train on
-  return {torch::cat(features).clone(), torch::cat(labels).clone()};
+  FeatureSet set = map_batches(
+      loader, [&](const torch::Tensor& clips) { return model.frame_features(clips); }, device, log, label,
+      "clip");
+  return {set.features, set.labels};
 }
 
 json clip_preprocessing_json(const Preprocessing& pre, int64_t frames) {
@@ -363,11 +356,14 @@ VideoRun load_video_run(const std::string& dir) {
   built.module->eval();
   run.module = built.module;
   run.forward = built.forward;
+  run.embed = built.embed;
   return run;
 }
 
-Metrics evaluate_video(VideoRun& run, const std::string& data, int64_t batch_size, torch::Device device,
-                       std::ostream& log) {
+namespace {
+
+// The labelled clips of `data` (DATA/val when DATA has train/ + val/) under the run's class names.
+ClipList eval_clips(const VideoRun& run, const std::string& data) {
   ClipList list;
   if (fs::is_directory(fs::path(data) / "val")) {
     list = scan_clip_folder((fs::path(data) / "val").string());
@@ -376,7 +372,6 @@ Metrics evaluate_video(VideoRun& run, const std::string& data, int64_t batch_siz
   } else {
     list = scan_clip_folder(data);
   }
-  // Labels by the run's class names.
   for (auto& clip : list.clips) {
     const std::string& name = list.classes[static_cast<size_t>(clip.label)];
     auto it = std::find(run.classes.begin(), run.classes.end(), name);
@@ -385,10 +380,22 @@ Metrics evaluate_video(VideoRun& run, const std::string& data, int64_t batch_siz
     clip.label = it - run.classes.begin();
   }
   list.classes = run.classes;
+  return list;
+}
+
+DataLoader eval_loader(const VideoRun& run, const std::string& data, int64_t batch_size) {
+  if (batch_size <= 0) throw Error("--batch-size must be positive, got " + std::to_string(batch_size));
   LoaderOptions options;
   options.batch_size = batch_size;
   options.shuffle = false;
-  DataLoader loader(std::make_shared<ClipFolder>(list, run.clip), options);
+  return DataLoader(std::make_shared<ClipFolder>(eval_clips(run, data), run.clip), options);
+}
+
+}  // namespace
+
+Metrics evaluate_video(VideoRun& run, const std::string& data, int64_t batch_size, torch::Device device,
+                       std::ostream& log) {
+  DataLoader loader = eval_loader(run, data, batch_size);
   LoaderBatchSource source(loader);
   TrainConfig config;
   config.device = device;
@@ -398,6 +405,19 @@ Metrics evaluate_video(VideoRun& run, const std::string& data, int64_t batch_siz
   Metrics metrics = evaluator.evaluate(source, "eval");
   run.module->to(torch::kCPU);
   return metrics;
+}
+
+FeatureSet clip_features(VideoRun& run, const std::string& data, int64_t batch_size, torch::Device device,
+                         std::ostream& log) {
+  DataLoader loader = eval_loader(run, data, batch_size);
+  if (fs::is_directory(fs::path(data) / "val"))
+    log << "features: the held-out clips of " << (fs::path(data) / "val").string() << " (give "
+        << (fs::path(data) / "train").string() << " for the training clips)\n";
+  run.module->eval();
+  run.module->to(device);
+  FeatureSet set = map_batches(loader, run.embed, device, log, "features", "clip");
+  run.module->to(torch::kCPU);
+  return set;
 }
 
 std::vector<Prediction> predict_clips(VideoRun& run, const std::vector<std::string>& paths, int64_t top_k,
@@ -413,16 +433,35 @@ std::vector<Prediction> predict_clips(VideoRun& run, const std::vector<std::stri
     torch::Tensor clip;
     try {
       clip = transform_clip(load_clip(path, decode_min_side(run.clip.transform)), run.clip, rng);
-    } catch (const FormatError&) {
-      throw;  // names the file already
     } catch (const Error& e) {
-      throw FormatError(path, e.what());  // "the clip has 3 frames, fewer than the 8 ..." with its file
+      // "the clip has 3 frames, fewer than the 8 ..." with its file; the other clips are still classified.
+      out.push_back({path, {}, naming(path, e.what())});
+      continue;
     }
     const torch::Tensor probs = torch::softmax(run.forward(clip.unsqueeze(0).to(device)), -1)[0].cpu();
-    out.push_back({path, top_labels(probs, k, run.classes)});
+    out.push_back({path, top_labels(probs, k, run.classes), ""});
   }
   run.module->to(torch::kCPU);
   return out;
+}
+
+TaskEntry video_task_entry() {
+  using Files = std::vector<std::string>;
+  TaskEntry entry;
+  entry.name = "video-classify";
+  entry.train = train_from_values(
+      VideoTrainOptions{}, train_video_classifier, [](const VideoTrainOptions& o) { return Files{o.data}; },
+      [](const VideoTrainOptions& o) {
+        return Files{o.weights, o.init_from};
+      });
+  entry.open = [](const std::string& dir) -> std::unique_ptr<Run> {
+    VideoRun run = load_video_run(dir);
+    const std::vector<std::string> classes = run.classes;
+    return std::make_unique<LoadedRunUse<VideoRun>>(
+        std::move(run), "video-classify", classes, "clips", false,
+        LoadedRunUse<VideoRun>::Uses{evaluate_video, predict_clips, clip_features});
+  };
+  return entry;
 }
 
 }  // namespace graft

@@ -36,6 +36,14 @@ TEST(Cli, HelpVersionInfo) {
   EXPECT_TRUE(contains(info.output, "BLAS")) << info.output;
   auto two = graft("--threads 1 info");
   EXPECT_TRUE(contains(two.output, "threads    1 intra-op")) << two.output;
+  // A mistyped command names the nearest one (it was "A subcommand is required": #15.9).
+  auto typo = graft("--threads 1 trian --help");
+  EXPECT_EQ(typo.status, 1) << typo.output;
+  EXPECT_TRUE(contains(typo.output, "unknown command 'trian'; did you mean 'train'?")) << typo.output;
+  auto unknown = graft("frobnicate");
+  EXPECT_EQ(unknown.status, 1) << unknown.output;
+  EXPECT_TRUE(contains(unknown.output, "unknown command 'frobnicate' (graft --help lists them)"))
+      << unknown.output;
 }
 
 // `graft train`'s flags come from one table: --help shows each task's default and the tasks an option is
@@ -93,6 +101,34 @@ TEST(Cli, ModelsListsEveryArchitectureAndFilters) {
   auto vgg = graft("models vgg");
   EXPECT_TRUE(contains(vgg.output, "vgg19_bn")) << vgg.output;
   EXPECT_FALSE(contains(vgg.output, "resnet")) << vgg.output;
+  // The Hugging Face families are listed with how to use them ("no model matches 'vit'" before: #15.11).
+  auto vit = graft("models vit");
+  EXPECT_EQ(vit.status, 0);
+  EXPECT_TRUE(contains(vit.output, "ViTForImageClassification")) << vit.output;
+  EXPECT_FALSE(contains(vit.output, "no model matches")) << vit.output;
+  EXPECT_TRUE(contains(all.output, "GPT2LMHeadModel")) << all.output;
+  EXPECT_TRUE(contains(graft("models nothing_like_this").output, "no model matches 'nothing_like_this'"));
+}
+
+// Video backbones take clips (N, 3, T, H, W) in `graft forward`, as torchvision's do (they were refused
+// with "expected [-1, 3, -1, -1]": #15.11).
+TEST(Cli, ForwardTakesClipsForVideoModels) {
+  const auto dir = fresh_dir("forward_video");
+  const std::string inputs = (dir / "clips.safetensors").string(), out = (dir / "out.safetensors").string();
+  torch::manual_seed(0);
+  graft::write_safetensors(inputs, {{"pixel_values", torch::randn({2, 3, 4, 32, 32})}});
+  auto run = graft("forward r3d_18 --inputs " + inputs + " --out " + out);
+  ASSERT_EQ(run.status, 0) << run.output;
+  const graft::SafeTensorsReader reader(out);
+  EXPECT_EQ(reader.info("logits").shape, (std::vector<int64_t>{2, 400}));
+  EXPECT_EQ(reader.info("features").shape, (std::vector<int64_t>{2, 512}));
+  EXPECT_TRUE(torch::isfinite(reader.load("logits")).all().item<bool>());
+  // Images are still refused for a video model, with the clip shape expected.
+  graft::write_safetensors(inputs, {{"pixel_values", torch::randn({2, 3, 32, 32})}});
+  auto images = graft("forward r3d_18 --inputs " + inputs + " --out " + out);
+  EXPECT_EQ(images.status, 1) << images.output;
+  EXPECT_TRUE(contains(images.output, "[-1, 3, -1, -1, -1]")) << images.output;
+  std::filesystem::remove_all(dir);
 }
 
 std::string total_line(const std::string& output, const std::string& label) {
@@ -171,6 +207,14 @@ TEST(Cli, ClearErrorsOnBadInput) {
   EXPECT_TRUE(contains(wrong.output, "[64, 3, 7, 7]")) << wrong.output;
   EXPECT_TRUE(contains(wrong.output, "[8, 3, 7, 7]")) << wrong.output;
   EXPECT_TRUE(contains(wrong.output, "layer4.1.bn2.running_var")) << wrong.output;  // a missing one
+  EXPECT_TRUE(contains(wrong.output, "hint: --no-strict loads what fits")) << wrong.output;
+
+  // A model folder whose config.json is a folder is said so (it was "unknown architecture").
+  std::filesystem::create_directories(dir / "hf" / "config.json");
+  auto folder = graft("forward " + (dir / "hf").string() + " --inputs " + bad + " --out " +
+                      (dir / "out.safetensors").string());
+  EXPECT_EQ(folder.status, 1) << folder.output;
+  EXPECT_TRUE(contains(folder.output, "config.json: is a folder, not a config.json")) << folder.output;
   std::filesystem::remove_all(dir);
 }
 

@@ -177,10 +177,11 @@ TEST_F(HubCli, APretrainedTagLoadsItsWeightsOrStops) {
   EXPECT_FALSE(contains(pulled.output, "random initialisation")) << pulled.output;
   EXPECT_TRUE(fs::is_regular_file(home_ / "hub" / "models--timm--resnet18.tv_in1k" / "snapshots" / kCommit /
                                   "model.safetensors"));
-  // The backbone of the run starts from the pulled weights (one epoch at lr 0 leaves them as they were).
-  auto frozen = graft(
-      "train --model resnet18.tv_in1k" + common + " --lr 0 --no-augment --out " + (home_ / "lr0").string(),
-      env());
+  // The backbone of the run starts from the pulled weights (frozen, one epoch leaves them as they were;
+  // --lr 0 is refused now: a rate of 0 trains nothing).
+  auto frozen = graft("train --model resnet18.tv_in1k" + common + " --freeze all --no-augment --out " +
+                          (home_ / "lr0").string(),
+                      env());
   ASSERT_EQ(frozen.status, 0) << frozen.output;
   graft::SafeTensorsReader saved((home_ / "lr0" / "model.safetensors").string());
   const torch::Tensor expected = graft::state_dict(*reference).front().second;

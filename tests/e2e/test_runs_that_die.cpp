@@ -335,8 +335,9 @@ TEST(RunsThatDie, KilledAnywhereThenResumedEndsWithTheWeightsOfAnUninterruptedRu
   for (int kill = 0; kill < 3; ++kill) {
     const auto log = next_log();
     Child child(train_args(killed.string(), kEpochs) + " --resume", log, {});
-    // The first progress line of an epoch ("epoch K/5 [==>  ] 2/12 batches ..." at 10%), or the end.
-    const bool training = child.wait_for_output(" batches");
+    // Training begins right after the resume is announced (the kills above left checkpoints/last; a log
+    // prints no progress bar inside an epoch), or the run has ended.
+    const bool training = child.wait_for_output("resumed from ");
     if (!training || !child.running()) {
       ASSERT_TRUE(child.exited()) << child.describe();
       break;  // the run finished before this kill; nothing left to interrupt

@@ -94,6 +94,23 @@ TEST(TextE2E, SentimentBertFromScratchClassifiesAboveChance) {
   ASSERT_EQ(eval.status, 0) << eval.output;
   EXPECT_GE(number_after(eval.output, "accuracy:"), 0.70) << eval.output;
   EXPECT_NE(eval.output.find("on 1000 examples"), std::string::npos) << eval.output;
+  // features: BERT's pooled output, what the classifier reads; the run's classifier on it gives eval's
+  // accuracy.
+  const fs::path features_file = dir / "features.safetensors";
+  auto features = graft("features " + run_dir.string() + " --data " + data + "yelp_labelled.txt --out " +
+                        features_file.string());
+  ASSERT_EQ(features.status, 0) << features.output;
+  {
+    const SafeTensorsReader reader(features_file.string()), model((run_dir / "model.safetensors").string());
+    const torch::Tensor x = reader.load("features"), labels = reader.load("labels");
+    ASSERT_EQ(x.size(0), 1000);
+    EXPECT_EQ(x.size(1), config["hidden_size"].get<int64_t>());
+    const torch::Tensor logits =
+        torch::addmm(model.load("classifier.bias"), x, model.load("classifier.weight").t());
+    const double accuracy = logits.argmax(1).eq(labels).to(torch::kDouble).mean().item<double>();
+    EXPECT_NEAR(accuracy, number_after(eval.output, "accuracy:"), 1e-6) << features.output;
+    EXPECT_NE(reader.metadata().at("ids").find("yelp_labelled.txt"), std::string::npos);
+  }
   // --limit counts IDX images: refused by name for a text run (it was ignored).
   auto limited = graft("eval " + run_dir.string() + " --limit 10 --data " + data + "yelp_labelled.txt");
   EXPECT_EQ(limited.status, 1) << limited.output;
@@ -122,6 +139,14 @@ TEST(TextE2E, SentimentBertFromScratchClassifiesAboveChance) {
   EXPECT_FALSE(fs::exists(exported / "graft.json"));
   const auto exported_config = nlohmann::json::parse(read(exported / "config.json"));
   EXPECT_EQ(exported_config["id2label"]["1"], "1");
+  // The exported Hugging Face folder (no graft.json) opens as a text run: the same predictions.
+  auto from_hf = graft("predict " + exported.string() +
+                       " --json --top-k 2 --text \"Great phone, works perfectly.\""
+                       " --text \"Terrible, it broke after a day.\"");
+  ASSERT_EQ(from_hf.status, 0) << from_hf.output;
+  const auto hf_predictions = nlohmann::json::parse(from_hf.output.substr(from_hf.output.find('[')));
+  EXPECT_EQ(hf_predictions[0]["top"][0]["label"], "1") << from_hf.output;
+  EXPECT_EQ(hf_predictions[1]["top"][0]["label"], "0") << from_hf.output;
   // A second export to the same place would overwrite: refused.
   EXPECT_NE(graft("export " + run_dir.string() + " --out " + exported.string()).status, 0);
   // A folder of the user's named like the old temporary (OUT.tmp-export) was deleted; now it stays.
@@ -184,7 +209,10 @@ TEST(TextE2E, ConfigFilesServeTextRunsAndForeignOptionsAreRefused) {
       graft("train --config " + (dir / "run.json").string() + " --epochs 1 --out " + (dir / "run").string());
   ASSERT_EQ(run.status, 0) << run.output;
   const auto spec = nlohmann::json::parse(read(dir / "run" / "graft.json"));
-  EXPECT_EQ(spec["training"]["max_length"], 24);      // from the file
+  EXPECT_EQ(spec["training"]["max_length"], 24);  // from the file
+  // Examples cut to that length are counted (reviews of up to 30 words do not fit in 24 tokens).
+  EXPECT_NE(run.output.find("longer than --max-length 24 tokens, truncated)"), std::string::npos)
+      << run.output;
   EXPECT_EQ(spec["training"]["epochs"], 1);           // the flag wins over the file's 3
   EXPECT_EQ(spec["training"]["header"], false);       // from the file
   EXPECT_EQ(spec["training"]["optimizer"], "adamw");  // the text recipe's default
@@ -206,6 +234,17 @@ TEST(TextE2E, ConfigFilesServeTextRunsAndForeignOptionsAreRefused) {
     EXPECT_EQ(refused.output.find("resolved configuration"), std::string::npos) << refused.output;
     EXPECT_FALSE(fs::exists(dir / "refused")) << flags;
   }
+  // Without --max-length the length is the model's positions (40 in the fixture), said in the log; the run
+  // asked for 128 and stopped with "--max-length 128 exceeds the model's 40 positions" (#15.12).
+  nlohmann::json no_length = options;
+  no_length.erase("max_length");
+  std::ofstream(dir / "no_length.json") << no_length.dump(2);
+  auto positions = graft("train --config " + (dir / "no_length.json").string() + " --epochs 1 --out " +
+                         (dir / "positions").string());
+  ASSERT_EQ(positions.status, 0) << positions.output;
+  EXPECT_NE(positions.output.find("--max-length 40: the model's 40 positions"), std::string::npos)
+      << positions.output;
+  EXPECT_EQ(nlohmann::json::parse(read(dir / "positions" / "graft.json"))["max_length"], 40);
   std::ofstream(dir / "video.json") << R"({"task": "text-classify", "temporal": "lstm:8"})";
   auto from_file = graft("train --config " + (dir / "video.json").string() + " --data x --out y");
   EXPECT_EQ(from_file.status, 1) << from_file.output;
@@ -289,6 +328,15 @@ TEST(TextE2E, Gpt2FineTuneLowersPerplexityAndGeneratesReproducibly) {
   ASSERT_GT(ppl_before, 1.0) << before.output;
   EXPECT_LT(ppl_before, 50257.0) << "no better than uniform over the vocabulary";
 
+  // Junk in the weights folder's config.json stays out of the run, whose config.json is written from the
+  // parsed values (a nested key was copied through, 42 KB became 800 MB: #14.15).
+  {
+    auto base_config = nlohmann::json::parse(read(base / "config.json"));
+    nlohmann::json junk = "deep";
+    for (int i = 0; i < 100; ++i) junk = nlohmann::json::array({junk, i});  // within the 128-level limit
+    base_config["task_specific_params"] = junk;
+    std::ofstream(base / "config.json") << base_config.dump();
+  }
   // Fine-tuned from its run directory on more text: validation perplexity drops.
   const fs::path tuned = dir / "tuned";
   auto finetune =
@@ -303,6 +351,10 @@ TEST(TextE2E, Gpt2FineTuneLowersPerplexityAndGeneratesReproducibly) {
                    {"transformer.wte.weight", "transformer.wpe.weight", "lm_head.weight"});
   EXPECT_TRUE(fs::is_regular_file(tuned / "vocab.json"));
   EXPECT_TRUE(fs::is_regular_file(tuned / "merges.txt"));
+  const auto tuned_config = nlohmann::json::parse(read(tuned / "config.json"));
+  EXPECT_FALSE(tuned_config.contains("task_specific_params"));
+  EXPECT_EQ(tuned_config["n_positions"], 64);
+  EXPECT_LT(fs::file_size(tuned / "config.json"), 4096u);
 
   // Seeded sampling repeats exactly; another seed gives other text; greedy needs no seed.
   const std::string sample =
@@ -322,15 +374,16 @@ TEST(TextE2E, Gpt2FineTuneLowersPerplexityAndGeneratesReproducibly) {
   EXPECT_NE(too_long.status, 0);
   EXPECT_NE(too_long.output.find("64 positions"), std::string::npos) << too_long.output;
 
-  // Block sizes are checked before any text is read: 0 divided by zero (SIGFPE), 1 gave a NaN loss.
-  for (const char* bad : {"0", "1", "-5"}) {
+  // Block sizes are checked before any text is read: 1 gave a NaN loss (0, which divided by zero, now stands
+  // for the model's positions, as the default does).
+  for (const char* bad : {"1", "-5"}) {
     auto refused =
         graft("train --task causal-lm --weights " + tuned.string() + " --data " +
               (dir / "part2.txt").string() + " --block-size " + bad + " --out " + (dir / "bad").string());
     EXPECT_EQ(refused.status, 1) << refused.output;
     EXPECT_NE(refused.output.find(
                   std::string("--block-size must lie in 2..65536 (a token and the next one to predict, "
-                              "at least), got ") +
+                              "at least; 0: the model's positions), got ") +
                   bad),
               std::string::npos)
         << refused.output;

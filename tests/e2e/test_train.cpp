@@ -2,6 +2,7 @@
 // dataset-fashion-mnist, real IDX files) and on cats_vs_dogs_small (real JPEGs in ../shared/data).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <filesystem>
@@ -12,6 +13,7 @@
 
 #include "e2e/run_graft.h"
 #include "graft/data.h"
+#include "graft/registry.h"
 #include "graft/weights.h"
 
 namespace {
@@ -103,6 +105,21 @@ TEST(TrainE2E, TheRestoredBestEpochIsAnnouncedAndReported) {
   const auto column = std::find(names.begin(), names.end(), "val_accuracy") - names.begin();
   ASSERT_LT(static_cast<size_t>(column), cells.size()) << header;
   EXPECT_NEAR(std::stod(cells[static_cast<size_t>(column)]), final_accuracy, 1e-4) << header << "\n" << first;
+  // The training curves mark the kept epoch (#15.13).
+  std::ifstream curves_file(dir / "run" / "training_curves.svg");
+  const std::string curves((std::istreambuf_iterator<char>(curves_file)), std::istreambuf_iterator<char>());
+  EXPECT_NE(curves.find(">kept: best val_loss<"), std::string::npos);
+  // --keep last keeps the last epoch instead, and says which was best.
+  auto last = graft("train --model resnet18 --data " + kFashion +
+                    " --limit 200 --image-size 32 --no-augment --epochs 2 --batch-size 64 --optimizer adam "
+                    "--lr 0.002 --min-delta 1e9 --keep last --out " +
+                    (dir / "last").string());
+  ASSERT_EQ(last.status, 0) << last.output;
+  EXPECT_NE(last.output.find("the saved model is the last epoch's (2), as --keep last asks; the best by "
+                             "val_loss was epoch 1"),
+            std::string::npos)
+      << last.output;
+  EXPECT_EQ(last.output.find("restored epoch"), std::string::npos) << last.output;
 
   // Flags that feature extraction cannot honour are refused by name before any data is read.
   auto freeze = graft("train --model resnet18 --strategy feature-extract --freeze last:5 --data " + kFashion +
@@ -208,6 +225,11 @@ TEST(TrainE2E, CatsVsDogsTwoStagePredictFeatures) {
             run);
   ASSERT_EQ(train.status, 0) << train.output;
   EXPECT_NE(train.output.find("two-stage: stage 2 from epoch 3"), std::string::npos) << train.output;
+  {  // the switch is marked on the training curves (#15.13)
+    std::ifstream curves(fs::path(run) / "training_curves.svg");
+    const std::string svg((std::istreambuf_iterator<char>(curves)), std::istreambuf_iterator<char>());
+    EXPECT_NE(svg.find(">stage 2<"), std::string::npos);
+  }
   const double accuracy = number_after(train.output, "final validation accuracy:");
   std::cout << "[e2e] cats_vs_dogs nsfwjs mobilenet_v2 96px two-stage: val accuracy " << accuracy << "\n";
   // Chance is 0.5 (200 images: a broken pipeline stays within 0.5 +- 0.07); this seeded run reaches 0.72
@@ -235,9 +257,39 @@ TEST(TrainE2E, CatsVsDogsTwoStagePredictFeatures) {
   auto extract = graft("features " + run + " --data " + kCats + " --out " + features);
   ASSERT_EQ(extract.status, 0) << extract.output;
   graft::SafeTensorsReader reader(features);
-  EXPECT_EQ(reader.info("features").shape, (std::vector<int64_t>{200, 1280}));
-  EXPECT_EQ(reader.info("labels").shape, (std::vector<int64_t>{200}));
+  // Both parts of a train/ + test/ root, each row's part named (only train/ was read, silently: #15.8).
+  EXPECT_EQ(reader.info("features").shape, (std::vector<int64_t>{800, 1280}));
+  EXPECT_EQ(reader.info("labels").shape, (std::vector<int64_t>{800}));
   EXPECT_NE(reader.metadata().at("ids").find("cat_test.1.jpg"), std::string::npos);
+  const auto splits = nlohmann::json::parse(reader.metadata().at("splits"));
+  ASSERT_EQ(splits.size(), 800u);
+  EXPECT_EQ(std::count(splits.begin(), splits.end(), "test"), 200);
+  EXPECT_EQ(std::count(splits.begin(), splits.end(), "train"), 600);
+  EXPECT_NE(extract.output.find("test 200, train 600"), std::string::npos) << extract.output;
+  // --limit works on image folders too (it was ignored there): a seeded subset per part.
+  auto few = graft("features " + run + " --data " + kCats + " --limit 10 --out " + features);
+  ASSERT_EQ(few.status, 0) << few.output;
+  EXPECT_EQ(graft::SafeTensorsReader(features).info("features").shape, (std::vector<int64_t>{20, 1280}));
+
+  // predict goes on past files it cannot read: every result, an error line naming each bad file, exit 1
+  // (it stopped at the first and printed nothing).
+  const std::string not_an_image = (dir / "notes.txt").string();
+  std::ofstream(not_an_image) << "not an image";
+  auto mixed = graft("predict " + run + " " + cat + " " + not_an_image + " " + kCats + " " + dog);
+  EXPECT_EQ(mixed.status, 1) << mixed.output;
+  EXPECT_NE(mixed.output.find("cat_test.1.jpg\n"), std::string::npos) << mixed.output;
+  EXPECT_NE(mixed.output.find("dog_test.4.jpg\n"), std::string::npos) << mixed.output;
+  EXPECT_NE(mixed.output.find("graft: error: " + not_an_image), std::string::npos) << mixed.output;
+  EXPECT_NE(mixed.output.find(kCats + ": is a folder, not an image file"), std::string::npos) << mixed.output;
+  EXPECT_NE(mixed.output.find("2 of 4 inputs could not be classified"), std::string::npos) << mixed.output;
+  auto mixed_json = graft("predict " + run + " --json " + cat + " " + not_an_image);
+  EXPECT_EQ(mixed_json.status, 1) << mixed_json.output;
+  const size_t open = mixed_json.output.find('['), close = mixed_json.output.rfind(']');
+  ASSERT_NE(open, std::string::npos) << mixed_json.output;
+  const auto both = nlohmann::json::parse(mixed_json.output.substr(open, close - open + 1));
+  ASSERT_EQ(both.size(), 2u) << mixed_json.output;
+  EXPECT_EQ(both[0]["top"].size(), 2u);
+  EXPECT_NE(both[1]["error"].get<std::string>().find(not_an_image), std::string::npos) << mixed_json.output;
 
   auto missing = graft("predict " + (dir / "nope").string() + " " + cat);
   EXPECT_EQ(missing.status, 1);
@@ -299,8 +351,9 @@ TEST(TrainE2E, AHiddenLastDenseGetsTheClassifierAppended) {
   auto dir = fresh_dir("hidden_head");
   const std::string common = "train --model resnet18 --data " + kFashion +
                              " --limit 100 --image-size 32 --epochs 1 --batch-size 50 --out ";
-  auto hidden = graft(common + (dir / "run").string() + " --head flatten,dense:16:relu");
+  auto hidden = graft(common + (dir / "run").string() + " --head flatten,dense:16:relu --quiet");
   ASSERT_EQ(hidden.status, 0) << hidden.output;
+  EXPECT_NE(hidden.output.find("\"progress\": false"), std::string::npos) << hidden.output;  // --quiet
   EXPECT_NE(hidden.output.find("head: flatten,dense:16:relu,dense:10 (dense:10 appended for the 10 classes)"),
             std::string::npos)
       << hidden.output;
@@ -319,6 +372,19 @@ TEST(TrainE2E, AHiddenLastDenseGetsTheClassifierAppended) {
                         "layer out (graft appends dense:10), or make it a hidden layer (dense:7:relu)"),
       std::string::npos)
       << wrong.output;
+  // --limit on an image folder (train/ + test/) keeps a seeded subset, a quarter of it for validation (it
+  // was ignored outside IDX data: #15.10).
+  auto folder =
+      graft("train --model resnet18 --data " + kCats +
+            " --limit 40 --image-size 32 --epochs 1 --batch-size 20 --out " + (dir / "folder").string());
+  ASSERT_EQ(folder.status, 0) << folder.output;
+  EXPECT_NE(folder.output.find("data: 40 training, 10 validation images, 2 classes"), std::string::npos)
+      << folder.output;
+  // A file as --data is said as a file (it was "no such folder").
+  auto file = graft("train --model resnet18 --data " + (dir / "run" / "graft.json").string() + " --out " +
+                    (dir / "file").string());
+  EXPECT_EQ(file.status, 1) << file.output;
+  EXPECT_NE(file.output.find("graft.json: is a file, not a folder"), std::string::npos) << file.output;
   fs::remove_all(dir);
 }
 
@@ -343,6 +409,32 @@ TEST(TrainE2E, ResumeMatchesAnUninterruptedRun) {
     EXPECT_TRUE(torch::equal(x.load(info.name), y.load(info.name))) << info.name;
   }
   std::filesystem::remove_all(dir);
+}
+
+// Weights of another architecture (#15.3): a few lines that say so, the first names of each kind, no flag
+// that `train` does not have; every name with --verbose (it was a 487-line listing naming --no-strict
+// and --skip).
+TEST(TrainE2E, WeightsOfAnotherArchitectureAreSaidInAFewLines) {
+  auto dir = fresh_dir("other_arch");
+  const std::string weights = (dir / "mobilenet_v2.safetensors").string();
+  ::graft::write_safetensors(weights, ::graft::state_dict(*::graft::create_model("mobilenet_v2")));
+  const std::string common = "train --model resnet18 --weights " + weights + " --data " + kFashion +
+                             " --limit 40 --image-size 32 --epochs 1 --out ";
+  auto run = graft(common + (dir / "run").string());
+  EXPECT_EQ(run.status, 1) << run.output;
+  EXPECT_NE(run.output.find("none of the model's"), std::string::npos) << run.output;
+  EXPECT_NE(run.output.find("the weights of another architecture?"), std::string::npos) << run.output;
+  EXPECT_NE(run.output.find("... and "), std::string::npos) << run.output;
+  EXPECT_NE(run.output.find("--verbose lists every name"), std::string::npos) << run.output;
+  EXPECT_EQ(run.output.find("--no-strict"), std::string::npos) << run.output;
+  EXPECT_EQ(run.output.find("--skip"), std::string::npos) << run.output;
+  const auto lines = [](const std::string& text) { return std::count(text.begin(), text.end(), '\n'); };
+  auto verbose = graft(common + (dir / "run2").string() + " --verbose");
+  EXPECT_EQ(verbose.status, 1) << verbose.output;
+  EXPECT_NE(verbose.output.find("features.18.1.running_var"), std::string::npos) << verbose.output;
+  EXPECT_LT(lines(run.output) + 200, lines(verbose.output)) << run.output;
+  EXPECT_FALSE(fs::exists(dir / "run" / "graft.json"));
+  fs::remove_all(dir);
 }
 
 }  // namespace

@@ -148,6 +148,27 @@ TEST(VideoE2E, LstmReadsMotionOrderFrameAveragingCannot) {
   auto eval = graft("eval " + (dir / "lstm").string() + " --data " + (dir / "clips").string());
   ASSERT_EQ(eval.status, 0) << eval.output;
   EXPECT_NEAR(number_after(eval.output, "accuracy:"), lstm_acc, 1e-6) << eval.output;
+  // features: what the classifier reads (the LSTM's last output) for the clips eval reads; the run's fc on
+  // them gives eval's accuracy.
+  const fs::path features_file = dir / "lstm_features.safetensors";
+  auto features = graft("features " + (dir / "lstm").string() + " --data " + (dir / "clips").string() +
+                        " --out " + features_file.string());
+  ASSERT_EQ(features.status, 0) << features.output;
+  {
+    const SafeTensorsReader reader(features_file.string()),
+        model((dir / "lstm" / "model.safetensors").string());
+    const torch::Tensor x = reader.load("features"), labels = reader.load("labels");
+    ASSERT_EQ(x.dim(), 2);
+    EXPECT_EQ(x.size(1), 64);  // lstm:64
+    const torch::Tensor logits = torch::addmm(model.load("fc.bias"), x, model.load("fc.weight").t());
+    const double accuracy = logits.argmax(1).eq(labels).to(torch::kDouble).mean().item<double>();
+    EXPECT_NEAR(accuracy, number_after(eval.output, "accuracy:"), 1e-6) << features.output;
+  }
+  auto limited = graft("features " + (dir / "lstm").string() + " --limit 3 --data " +
+                       (dir / "clips").string() + " --out " + (dir / "limited.safetensors").string());
+  EXPECT_EQ(limited.status, 1) << limited.output;
+  EXPECT_NE(limited.output.find("--limit applies to image runs"), std::string::npos) << limited.output;
+
   auto predict = graft("predict " + (dir / "lstm").string() + " --json " +
                        (dir / "clips" / "val" / "shrink" / "0.mkv").string());
   ASSERT_EQ(predict.status, 0) << predict.output;

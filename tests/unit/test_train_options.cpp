@@ -135,12 +135,26 @@ TEST(TrainOptions, TypesRangesAndChoicesAreChecked) {
       [] {
         check_train_values({{"max_length", -1}}, "text-classify", "");
       },
-      "--max-length must lie in 2..65536 ([CLS] and [SEP], at least), got -1");
+      "--max-length must lie in 2..65536 ([CLS] and [SEP], at least; 0: the model's positions), got -1");
+  EXPECT_NO_THROW(check_train_values({{"max_length", 0}}, "text-classify", ""));  // the model's positions
   expect_error(
       [] {
         check_train_values({{"lr", -0.1}}, "causal-lm", "");
       },
-      "--lr must lie in 0..1000, got -0.1");
+      "--lr must lie in 1e-12..1000 (a rate of 0 trains nothing), got -0.1");
+  // Accepted before (#15.9): a rate of 0, and an image size of a few pixels.
+  expect_error(
+      [] {
+        check_train_values({{"lr", 0}}, "image-classify", "");
+      },
+      "(a rate of 0 trains nothing), got 0");
+  expect_error(
+      [] {
+        check_train_values({{"image_size", 8}}, "image-classify", "");
+      },
+      "--image-size must lie in 16..4096 (0: the model's own size), got 8");
+  EXPECT_NO_THROW(check_train_values({{"image_size", 0}}, "image-classify", ""));
+  EXPECT_NO_THROW(check_train_values({{"image_size", 28}}, "video-classify", ""));
   expect_error(
       [] {
         check_train_values({{"val_split", 1.0}}, "video-classify", "");
