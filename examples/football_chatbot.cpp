@@ -5,17 +5,23 @@
 //   model(**batch, labels=labels).loss.backward(); AdamW(lr=5e-5)
 //   model.generate(prompt, do_sample=True, top_k=50, top_p=0.95, max_new_tokens=40)
 //
-// Usage: football_chatbot MODEL DATA [EPOCHS] [LR]
+// Usage: football_chatbot MODEL DATA [--epochs N] [--lr X] [--tokenizer PATH]  (--help)
 //   MODEL  a Hugging Face GPT-2 folder (config.json, model.safetensors, vocab.json + merges.txt), e.g. gpt2;
-//          or a config.json of a new model, with the tokenizer in GRAFT_TOKENIZER (from scratch).
+//          or a config.json of a new model (from scratch: its vocabulary is sized to the tokenizer's),
+//          with the tokenizer given by --tokenizer.
 //   DATA   one exchange per line, "User: ... Bot: ..." (examples/data/football_chat.txt).
+// On the repository's tiny fixture config (40 positions):
+//   football_chatbot ../shared/fixtures/hf/gpt2/config.json examples/data/football_chat.txt
+//       --tokenizer ../shared/tokenizers/gpt2 --epochs 3 --lr 3e-3
 #include <torch/torch.h>
 
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
 
+#include "example_args.h"
 #include "graft/gpt2.h"
+#include "graft/json_file.h"
 #include "graft/text_data.h"
 #include "graft/tokenizer.h"
 #include "graft/transformers.h"
@@ -23,35 +29,54 @@
 namespace fs = std::filesystem;
 
 int main(int argc, char** argv) try {
-  if (argc < 3) {
-    std::cerr << "usage: football_chatbot MODEL_DIR_OR_CONFIG DATA [EPOCHS] [LR]\n";
-    return 2;
-  }
-  const std::string model_path = argv[1], data_path = argv[2];
-  const int64_t epochs = argc > 3 ? std::atoi(argv[3]) : 5;
-  const double lr = argc > 4 ? std::atof(argv[4]) : 5e-5;
+  const example::Args args(
+      argc, argv, "football_chatbot MODEL DATA [options]",
+      {{"MODEL", "", "Hugging Face GPT-2 folder, or a config.json of a new model (from scratch)"},
+       {"DATA", "", "one \"User: ... Bot: ...\" exchange per line"}},
+      {{"--epochs", "5", "passes over the exchanges"},
+       {"--lr", "5e-5", "AdamW learning rate"},
+       {"--tokenizer", "",
+        "tokenizer.json, or a folder with vocab.json + merges.txt "
+        "(default: MODEL's folder)"}});
+  const std::string model_path = args["MODEL"], data_path = args["DATA"];
+  const int64_t epochs = args.integer("--epochs");
+  const double lr = args.real("--lr");
   torch::manual_seed(0);
 
   // 1. Tokenizer (padding with end-of-text, as GPT-2 has no pad token) and the pretrained language model.
-  graft::HfLoadOptions options;
-  options.architecture = "GPT2LMHeadModel";
   const bool from_config = fs::path(model_path).extension() == ".json";
-  graft::HfModel hf =
-      from_config ? graft::build_hf_model(model_path, options) : graft::load_hf_model(model_path, options);
-  const char* tokenizer_env = std::getenv("GRAFT_TOKENIZER");
-  auto tokenizer = graft::load_tokenizer(tokenizer_env ? tokenizer_env : model_path);
+  auto tokenizer = graft::load_tokenizer(!args["--tokenizer"].empty() ? args["--tokenizer"]
+                                         : from_config ? fs::path(model_path).parent_path().string()
+                                                       : model_path);
   const int64_t eos = tokenizer->eos_id().value_or(50256);
-  auto model = hf.as<graft::GPT2LMHeadModelImpl>();
+  graft::GPT2LMHeadModel model{nullptr};
+  if (from_config) {
+    // From scratch: the embedding is sized to the tokenizer's vocabulary, whatever the file says.
+    nlohmann::json config = graft::read_json_file(model_path);
+    config["vocab_size"] = static_cast<int64_t>(tokenizer->vocab_size());
+    model = graft::GPT2LMHeadModel(graft::GPT2Config::from_json(config, model_path));
+  } else {
+    graft::HfLoadOptions options;
+    options.architecture = "GPT2LMHeadModel";
+    model =
+        graft::GPT2LMHeadModel(graft::load_hf_model(model_path, options).as<graft::GPT2LMHeadModelImpl>());
+  }
 
   // 2. Every exchange + end-of-text, padded to the longest; the loss skips the padding.
   const std::vector<std::string> lines = graft::read_lm_documents(data_path, /*line_by_line=*/true);
   std::vector<std::vector<int64_t>> encoded;
   size_t longest = 0;
+  // An exchange longer than the model's positions keeps its first n_positions - 1 tokens (the fixture
+  // config has 40).
+  const size_t room = static_cast<size_t>(model->config().n_positions - 1);
+  size_t cut = 0;
   for (const auto& line : lines) {
     encoded.push_back(tokenizer->encode(line).ids);
+    if (encoded.back().size() > room) encoded.back().resize(room), ++cut;
     encoded.back().push_back(eos);
     longest = std::max(longest, encoded.back().size());
   }
+  if (cut) std::cout << cut << " of " << lines.size() << " exchanges cut to the model's positions\n";
   const auto n = static_cast<int64_t>(encoded.size()), length = static_cast<int64_t>(longest);
   torch::Tensor ids = torch::full({n, length}, eos, torch::kLong),
                 mask = torch::zeros({n, length}, torch::kLong);

@@ -5,11 +5,13 @@
 //   for layer in base.layers[-N:]: layer.trainable = True
 //   model.compile(optimizer=Adam(1e-5)); model.fit(...)  # stage 2: the top of the backbone, low rate
 //
-// Usage: football_players DATA_DIR [WEIGHTS.safetensors] [RUN_DIR]
+// Usage: football_players DATA_DIR [--weights FILE] [--out RUN_DIR] [--epochs N]  (--help)
 //   DATA_DIR holds one folder per player (DATA_DIR/<player>/*.jpg), or train/ + val/.
-//   WEIGHTS: ResNet-50 weights with torchvision names (e.g. timm's resnet50.tv_in1k model.safetensors).
+//   --weights: ResNet-50 weights with torchvision names (e.g. timm's resnet50.tv_in1k model.safetensors);
+//   without it, the tag's own (pulled from the Hugging Face Hub on first use).
 #include <iostream>
 
+#include "example_args.h"
 #include "graft/data.h"
 #include "graft/image_task.h"
 #include "graft/registry.h"
@@ -17,24 +19,30 @@
 #include "graft/transfer.h"
 
 int main(int argc, char** argv) try {
-  if (argc < 2) {
-    std::cerr << "usage: football_players DATA_DIR [WEIGHTS.safetensors] [RUN_DIR]\n";
-    return 2;
-  }
-  const std::string data_dir = argv[1];
-  const std::string weights = argc > 2 ? argv[2] : "";
-  const std::string run_dir = argc > 3 ? argv[3] : "football_run";
+  const example::Args args(argc, argv, "football_players DATA_DIR [options]",
+                           {{"DATA_DIR", "", "DATA_DIR/<player>/*.jpg, or DATA_DIR/train + DATA_DIR/val"}},
+                           {{"--weights", "", "ResNet-50 weights with torchvision names (safetensors)"},
+                            {"--out", "football_run", "run directory to write (new or empty)"},
+                            {"--epochs", "5", "epochs of each stage"}});
+  const std::string data_dir = args["DATA_DIR"], weights = args["--weights"], run_dir = args["--out"];
+  const int64_t epochs = args.integer("--epochs");
+  // A folder of the user's is never written into.
+  graft::check_out_folder(run_dir, {data_dir}, {weights}, /*resume=*/false, /*overwrite=*/false);
 
   // 1. The pretrained backbone, its top cut off.
   graft::Backbone model = graft::create_model("resnet50.tv_in1k");
   if (!weights.empty()) {
-    graft::load_weights(*model, weights, {/*strict=*/true, /*skip_classifier=*/true});
+    graft::WeightsOptions skip_head;
+    skip_head.skip_classifier = true;  // the classifier is replaced by the new head
+    graft::load_weights(*model, weights, skip_head);
   } else {
     try {  // the tag's own weights: the Hugging Face cache, pulled from timm/resnet50.tv_in1k on first use
-      graft::load_pretrained(*model, {/*strict=*/true, /*skip_classifier=*/true});
+      graft::WeightsOptions skip_head;
+      skip_head.skip_classifier = true;
+      graft::load_pretrained(*model, skip_head);
     } catch (const graft::Error& e) {
       std::cerr << "football_players: no pretrained weights (" << e.what()
-                << "); resnet50 runs from RANDOM weights, which is no transfer learning: pass WEIGHTS\n";
+                << "); resnet50 runs from RANDOM weights, which is no transfer learning: pass --weights\n";
     }
   }
 
@@ -58,7 +66,7 @@ int main(int argc, char** argv) try {
 
   // 4. Stage 1: train the head.
   graft::TrainConfig config;
-  config.epochs = 5;
+  config.epochs = epochs;
   config.optimizer.name = "adam";
   config.optimizer.lr = 1e-3;
   config.out_dir = run_dir + "/stage1";
@@ -69,7 +77,7 @@ int main(int argc, char** argv) try {
 
   // 5. Stage 2: unfreeze the last 10 layers of the backbone and continue at a low rate.
   graft::apply_freeze(*model, "last:10");
-  config.epochs = 5;
+  config.epochs = epochs;
   config.optimizer.lr = 1e-5;
   config.out_dir = run_dir + "/stage2";
   graft::Trainer stage2(

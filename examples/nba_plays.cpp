@@ -4,16 +4,18 @@
 //   out = Dense(3, activation="softmax")(lstm)                             # a new head for 3 plays
 //   model.fit(clips, epochs=...)
 //
-// Usage: nba_plays PRETRAINED_RUN DATA_DIR [EPOCHS]
+// Usage: nba_plays PRETRAINED_RUN DATA_DIR [--epochs N]  (--help)
 //   PRETRAINED_RUN  a video run directory (graft train --task video-classify ...), e.g. trained on a
 //                   large action data set;
 //   DATA_DIR        DATA_DIR/<play>/<clip>.mp4 (or frame folders), or DATA_DIR/train + DATA_DIR/val.
 // Or: nba_plays --demo WORK_DIR: writes synthetic clips (a square growing, shrinking or still), trains the
 // "pretrained" 2-class clip model on the first two, then runs the recipe on all three.
+#include <algorithm>
 #include <filesystem>
 #include <iostream>
 #include <random>
 
+#include "example_args.h"
 #include "graft/transfer.h"
 #include "graft/video.h"
 #include "graft/video_model.h"
@@ -50,14 +52,21 @@ void write_demo_clips(const fs::path& root, const std::vector<std::string>& kind
 }  // namespace
 
 int main(int argc, char** argv) try {
-  if (argc < 3) {
-    std::cerr << "usage: nba_plays PRETRAINED_RUN DATA_DIR [EPOCHS] | nba_plays --demo WORK_DIR\n";
-    return 2;
-  }
-  std::string pretrained = argv[1], data = argv[2];
-  int64_t epochs = argc > 3 ? std::atoi(argv[3]) : 20;
-  if (pretrained == "--demo") {
-    const fs::path work = argv[2];
+  const bool demo =
+      std::any_of(argv + 1, argv + argc, [](const char* a) { return std::string(a) == "--demo"; });
+  std::vector<example::Argument> positional;
+  if (!demo)
+    positional = {
+        {"PRETRAINED_RUN", "", "a video run directory (CNN + LSTM) trained before"},
+        {"DATA_DIR", "", "DATA_DIR/<play>/<clip>.mp4 or frame folders, or DATA_DIR/train + DATA_DIR/val"}};
+  const example::Args args(
+      argc, argv, "nba_plays PRETRAINED_RUN DATA_DIR [options] | nba_plays --demo WORK_DIR", positional,
+      {{"--epochs", "20", "epochs of the new head"},
+       {"--demo", "", "WORK_DIR: synthetic clips, a clip model trained on them, then the recipe"}});
+  std::string pretrained = demo ? "" : args["PRETRAINED_RUN"], data = demo ? "" : args["DATA_DIR"];
+  const int64_t epochs = args.integer("--epochs");
+  if (demo) {
+    const fs::path work = args["--demo"];
     write_demo_clips(work / "pretrain", {"grow", "shrink"}, 24, 1);
     write_demo_clips(work / "plays", {"grow", "shrink", "still"}, 12, 2);
     graft::VideoTrainOptions options;  // the "pretrained" clip model: a frozen CNN per frame + LSTM(64)

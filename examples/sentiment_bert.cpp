@@ -5,11 +5,16 @@
 //   loss = model(**batch, labels=labels).loss; loss.backward()
 //   AdamW(lr=2e-5, weight_decay=0.01) with get_linear_schedule_with_warmup(10% warm-up)
 //
-// Usage: sentiment_bert MODEL DATA [EPOCHS] [LR]
+// Usage: sentiment_bert MODEL DATA [--epochs N] [--lr X] [--max-length N] [--tokenizer PATH]  (--help)
 //   MODEL  a Hugging Face BERT folder (config.json, model.safetensors, vocab.txt), e.g. bert-base-uncased;
-//          or a config.json of a new model, with vocab.txt next to it or in GRAFT_VOCAB (from scratch).
+//          or a config.json of a new model (from scratch: its vocabulary is sized to the tokenizer's), with
+//          vocab.txt next to it or given by --tokenizer.
 //   DATA   labelled sentences, `sentence<TAB>label` per line (the UCI "Sentiment Labelled Sentences"
 //          files), several separated by commas.
+// On the repository's tiny fixture config (40 positions):
+//   sentiment_bert ../shared/fixtures/hf/bert/config.json
+//   ../shared/data/sentiment_sentences/yelp_labelled.txt
+//       --tokenizer ../shared/tokenizers/bert-base-uncased/vocab.txt --epochs 2 --lr 1e-3
 #include <torch/torch.h>
 
 #include <cstdlib>
@@ -17,7 +22,9 @@
 #include <iostream>
 #include <random>
 
+#include "example_args.h"
 #include "graft/bert.h"
+#include "graft/json_file.h"
 #include "graft/text_data.h"
 #include "graft/tokenizer.h"
 #include "graft/tokenizer_tensors.h"
@@ -27,28 +34,40 @@
 namespace fs = std::filesystem;
 
 int main(int argc, char** argv) try {
-  if (argc < 3) {
-    std::cerr << "usage: sentiment_bert MODEL_DIR_OR_CONFIG DATA [EPOCHS] [LR]\n";
-    return 2;
-  }
-  const std::string model_path = argv[1], data_path = argv[2];
-  const int64_t epochs = argc > 3 ? std::atoi(argv[3]) : 3;
-  const double lr = argc > 4 ? std::atof(argv[4]) : 2e-5;
+  const example::Args args(
+      argc, argv, "sentiment_bert MODEL DATA [options]",
+      {{"MODEL", "", "Hugging Face BERT folder, or a config.json of a new model (from scratch)"},
+       {"DATA", "", "sentence<TAB>label files, comma-separated"}},
+      {{"--epochs", "3", "passes over the training sentences"},
+       {"--lr", "2e-5", "peak learning rate (AdamW, linear warm-up and decay)"},
+       {"--max-length", "64", "tokens per sentence, at most the model's positions"},
+       {"--tokenizer", "", "vocab.txt or tokenizer.json (default: MODEL's folder)"}});
+  const std::string model_path = args["MODEL"], data_path = args["DATA"];
+  const int64_t epochs = args.integer("--epochs");
+  const double lr = args.real("--lr");
   torch::manual_seed(0);
 
   // 1. Tokenizer and model: the pretrained encoder, a new 2-label classifier on its pooled output.
-  graft::HfLoadOptions options;
-  options.architecture = "BertForSequenceClassification";
-  options.num_labels = 2;
   const bool from_config = fs::path(model_path).extension() == ".json";
-  graft::HfModel hf =
-      from_config ? graft::build_hf_model(model_path, options) : graft::load_hf_model(model_path, options);
-  const char* vocab = std::getenv("GRAFT_VOCAB");
-  const std::string tokenizer_path = vocab         ? vocab
+  const std::string tokenizer_path = !args["--tokenizer"].empty() ? args["--tokenizer"]
                                      : from_config ? fs::path(model_path).parent_path().string()
                                                    : model_path;
   auto tokenizer = graft::load_tokenizer(tokenizer_path);
-  auto model = hf.as<graft::BertForSequenceClassificationImpl>();
+  graft::BertForSequenceClassification model{nullptr};
+  if (from_config) {
+    // From scratch: the embedding is sized to the tokenizer's vocabulary, whatever the file says.
+    nlohmann::json config = graft::read_json_file(model_path);
+    config["vocab_size"] = static_cast<int64_t>(tokenizer->vocab_size());
+    graft::BertConfig bert = graft::BertConfig::from_json(config, model_path);
+    bert.set_num_labels(2);
+    model = graft::BertForSequenceClassification(bert);
+  } else {
+    graft::HfLoadOptions options;
+    options.architecture = "BertForSequenceClassification";
+    options.num_labels = 2;
+    model = graft::BertForSequenceClassification(
+        graft::load_hf_model(model_path, options).as<graft::BertForSequenceClassificationImpl>());
+  }
 
   // 2. Data: sentences and 0/1 labels, shuffled, 10% held out.
   graft::TextColumns columns;
@@ -62,7 +81,9 @@ int main(int argc, char** argv) try {
   graft::EncodeOptions encode;
   encode.padding = graft::Padding::kLongest;
   encode.truncation = graft::Truncation::kLongestFirst;
-  encode.max_length = 64;
+  // Within the model's positions (the tiny fixture config has 40).
+  encode.max_length = static_cast<size_t>(
+      std::min<long long>(args.integer("--max-length"), model->config().max_position_embeddings));
   auto batch_of = [&](const std::vector<graft::TextExample>& set, size_t begin, size_t end) {
     std::vector<std::string> texts;
     std::vector<int64_t> labels;
