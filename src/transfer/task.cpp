@@ -12,7 +12,7 @@ namespace fs = std::filesystem;
 
 void Run::refuse_limit(const UseOptions& options) const {
   if (options.limit > 0)
-    throw Error("--limit applies to image runs (IDX data) only; " + dir_ + " is a " + task_ + " run");
+    throw Error("--limit applies to image runs only (it picks images); " + dir_ + " is a " + task_ + " run");
 }
 
 const std::vector<TaskEntry>& task_table() {

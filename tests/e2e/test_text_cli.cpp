@@ -114,7 +114,7 @@ TEST(TextE2E, SentimentBertFromScratchClassifiesAboveChance) {
   // --limit counts IDX images: refused by name for a text run (it was ignored).
   auto limited = graft("eval " + run_dir.string() + " --limit 10 --data " + data + "yelp_labelled.txt");
   EXPECT_EQ(limited.status, 1) << limited.output;
-  EXPECT_NE(limited.output.find("--limit applies to image runs (IDX data) only"), std::string::npos)
+  EXPECT_NE(limited.output.find("--limit applies to image runs only (it picks images)"), std::string::npos)
       << limited.output;
 
   auto predict = graft("predict " + run_dir.string() +

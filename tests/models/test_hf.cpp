@@ -419,7 +419,9 @@ TEST(HfBert, ConfigSizesAreCheckedBeforeAnythingIsAllocated) {
 }
 
 // Hugging Face's choice of loss: problem_type, else regression for one label, cross-entropy for integer
-// labels, binary cross-entropy for float labels. Values by hand.
+// labels, binary cross-entropy for float labels. Values by hand; each loss is O(1) and a handful of float32
+// operations (exp, log, a mean of 2), so it lies within a few units of float32's last place (1.2e-7):
+// 1e-6 leaves 8 of them (1e-7 for the exactly representable MSE of 0.25).
 TEST(HfBert, ClassificationLossFollowsProblemType) {
   const torch::Tensor one = torch::tensor({{0.5f}, {1.5f}});
   EXPECT_NEAR(hf_classification_loss(one, torch::tensor({1.0f, 1.0f}), "").item<double>(), 0.25, 1e-7);
@@ -502,6 +504,7 @@ TEST(HfGpt2, TokenTypeIdsAreEmbeddedByWte) {
   const torch::Tensor wte = model->transformer->wte->weight, wpe = model->transformer->wpe->weight;
   const torch::Tensor expected = wte.index_select(0, inputs.input_ids[0]) + wpe.narrow(0, 0, 4) +
                                  wte.index_select(0, inputs.token_type_ids[0]);
+  // Three float32 terms below 0.1 summed in another order: within 2 ulp of 0.3 (6e-8); 1e-6 is loose.
   EXPECT_TRUE(torch::allclose(out.hidden_states.at(0)[0], expected, 1e-6, 1e-6));
   CausalLMInputs plain(inputs.input_ids);
   EXPECT_FALSE(torch::allclose(model->forward(plain).logits, out.logits));

@@ -5,9 +5,11 @@
 //
 // Both sources, the bundle read directly (JavaScript literal + base64 shards + Keras name map) and the
 // converted safetensors (ARCH.TAG from the cache), must reproduce from the stored `input`:
-//   features     pooled backbone (the transfer-learning cut), max |diff| <= kFeatureTolerance
-//   penultimate  input of the last Dense,                    max |diff| <= kFeatureTolerance
-//   output       softmax,                                    max |diff| <= kProbabilityTolerance
+//   features     pooled backbone (the transfer-learning cut)
+//   penultimate  input of the last Dense
+//   output       softmax
+// within tolerances derived per model and output (models/tolerance.h: depth, fan-in, the output's scale;
+// the softmax gets half the tolerance of its logits, whose scale is graft's own logits')
 // and the top-1 class of every image. Then graft's own preprocessing: from jpeg-js' lossless decode
 // (.jsdecoded.png) it must give the stored `input` to float rounding (the same align-corners bilinear
 // resize as TF.js); from the JPEGs (libjpeg-turbo, which differs from jpeg-js by a few levels) the
@@ -26,14 +28,13 @@
 #include "graft/tfjs_graph.h"
 #include "graft/transfer.h"
 #include "graft/weights.h"
+#include "models/tolerance.h"
 
 namespace graft {
 namespace {
 
 namespace fs = std::filesystem;
 
-constexpr double kFeatureTolerance = 1e-4;      // values up to ~15; the README's torch port reaches 7e-6
-constexpr double kProbabilityTolerance = 1e-5;  // softmax outputs
 const char* const kClasses[] = {"Drawing", "Hentai", "Neutral", "Porn", "Sexy"};
 const char* const kImages[] = {"cat_test.1", "cat_test.2", "dog_test.4", "dog_test.5"};  // reference order
 
@@ -49,15 +50,16 @@ double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b) {
 }
 
 struct Outputs {
-  torch::Tensor features, penultimate, output;
+  torch::Tensor features, penultimate, logits, output;
 };
 
 Outputs run(BackboneImpl& model, const torch::Tensor& nchw) {
   torch::NoGradGuard no_grad;
   model.eval();
   const torch::Tensor map = model.forward_features(nchw);
-  return {model.custom_head()->pool(map), model.forward_head(map, /*pre_logits=*/true),
-          torch::softmax(model.forward_head(map), 1)};
+  const torch::Tensor logits = model.forward_head(map);
+  return {model.custom_head()->pool(map), model.forward_head(map, /*pre_logits=*/true), logits,
+          torch::softmax(logits, 1)};
 }
 
 class NsfwjsGolden : public ::testing::TestWithParam<const char*> {};
@@ -82,9 +84,13 @@ TEST_P(NsfwjsGolden, BundleAndConvertedWeightsMatchTfjs) {
     const double d_output = max_abs_diff(got.output, ref_output);
     std::cout << "[ golden   ] " << name << " from " << source << ": max |diff| features " << d_features
               << ", penultimate " << d_penultimate << ", output " << d_output << "\n";
-    EXPECT_LE(d_features, kFeatureTolerance) << source << ": pooled features differ from TF.js";
-    EXPECT_LE(d_penultimate, kFeatureTolerance) << source << ": dense_2 output differs from TF.js";
-    EXPECT_LE(d_output, kProbabilityTolerance) << source << ": probabilities differ from TF.js";
+    const testing::ForwardDepth depth = testing::forward_depth(*model);
+    EXPECT_LE(d_features, testing::forward_tolerance(depth, reference.load("features")))
+        << source << ": pooled features differ from TF.js";
+    EXPECT_LE(d_penultimate, testing::forward_tolerance(depth, reference.load("penultimate")))
+        << source << ": dense_2 output differs from TF.js";
+    EXPECT_LE(d_output, testing::softmax_tolerance(testing::forward_tolerance(depth, got.logits)))
+        << source << ": probabilities differ from TF.js";
     for (int64_t i = 0; i < input.size(0); ++i) {
       const int64_t top1 = got.output[i].argmax().item<int64_t>();
       const int64_t expected = ref_output[i].argmax().item<int64_t>();
@@ -115,6 +121,8 @@ TEST_P(NsfwjsGolden, PreprocessingMatchesTfjs) {
     ASSERT_TRUE(torch::equal(image_to_tensor(js), ref_decoded[i])) << kImages[i] << ".jsdecoded.png";
     const torch::Tensor resized = transform_image(js, config, rng).permute({1, 2, 0});  // (S, S, 3)
     const double d_resize = max_abs_diff(resized, ref_input[i]);
+    // Pixels in [0, 1] from four float32 taps: within a few ulp of 1.0 (1.2e-7 each) whatever the order;
+    // 1e-6 leaves 8 (a wrong sampling grid moves pixels by 1e-3 and more).
     EXPECT_LE(d_resize, 1e-6) << kImages[i] << ": align-corners resize differs from TF.js resizeBilinear";
 
     // libjpeg-turbo's pixels: another JPEG decoder, a few levels off.
@@ -159,9 +167,13 @@ TEST(NsfwjsGraph, MobileNetV2MidMatchesTfjs) {
   const double d_logits = max_abs_diff(got[logits], reference.load("logits"));
   std::cout << "[ golden   ] mobilenet_v2_mid (graph model): max |diff| features " << d_features
             << ", logits " << d_logits << ", output " << d_output << "\n";
-  EXPECT_LE(d_features, kFeatureTolerance);
-  EXPECT_LE(d_logits, kFeatureTolerance);
-  EXPECT_LE(d_output, kProbabilityTolerance);
+  // The graph model is TF-Hub's MobileNetV2 1.4 and a Dense: 52 convolutions and 2 dense layers, the
+  // widest summing 1792 terms (its last 1x1 convolution and the first Dense).
+  const testing::ForwardDepth depth{54, 1792};
+  const double logits_tolerance = testing::forward_tolerance(depth, reference.load("logits"));
+  EXPECT_LE(d_features, testing::forward_tolerance(depth, reference.load("features")));
+  EXPECT_LE(d_logits, logits_tolerance);
+  EXPECT_LE(d_output, testing::softmax_tolerance(logits_tolerance));
   const torch::Tensor ref_output = reference.load("output");
   for (int64_t i = 0; i < 4; ++i) {
     const int64_t top1 = got["Identity"][i].argmax().item<int64_t>();

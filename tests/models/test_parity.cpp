@@ -22,13 +22,14 @@
 #include "models/inception_v3.h"
 #include "models/mobilenet_v2.h"
 #include "models/resnet.h"
+#include "models/tolerance.h"
 #include "models/vgg.h"
 #include "models/video_resnet.h"
 
 namespace graft {
 namespace {
 
-constexpr double kTolerance = 1e-4;  // max |graft - torchvision| on logits and pooled features
+// Tolerances: derived per model and output from its depth, fan-in and the output's scale (tolerance.h).
 
 struct ArchCase {
   const char* arch;
@@ -99,9 +100,9 @@ Diff compare(const torch::Tensor& got, const torch::Tensor& expected) {
 }
 
 std::string describe(const std::string& arch, const std::string& tensor, const torch::Tensor& got,
-                     const Diff& diff) {
+                     const Diff& diff, double tolerance) {
   std::ostringstream out;
-  out << arch << ": " << tensor << " differs from torchvision by " << diff.max << " (tolerance " << kTolerance
+  out << arch << ": " << tensor << " differs from torchvision by " << diff.max << " (tolerance " << tolerance
       << ") at flat index " << diff.index << " of shape " << got.sizes() << ": got " << diff.got
       << ", expected " << diff.expected;
   return out.str();
@@ -148,10 +149,16 @@ TEST_P(ModelZoo, MatchesTorchvision) {
 
   const Diff logits_diff = compare(logits, expected_logits);
   const Diff features_diff = compare(features, expected_features);
+  const testing::ForwardDepth depth = testing::forward_depth(*model);
+  const double logits_tolerance = testing::forward_tolerance(depth, expected_logits);
+  const double features_tolerance = testing::forward_tolerance(depth, expected_features);
   std::cout << "[parity] " << c.arch << " (" << input_label(x) << ") logits max|diff|=" << logits_diff.max
-            << " features max|diff|=" << features_diff.max << std::endl;
-  EXPECT_LE(logits_diff.max, kTolerance) << describe(c.arch, "logits", logits, logits_diff);
-  EXPECT_LE(features_diff.max, kTolerance) << describe(c.arch, "features", features, features_diff);
+            << " (tolerance " << logits_tolerance << ") features max|diff|=" << features_diff.max
+            << " (tolerance " << features_tolerance << ")" << std::endl;
+  EXPECT_LE(logits_diff.max, logits_tolerance)
+      << describe(c.arch, "logits", logits, logits_diff, logits_tolerance);
+  EXPECT_LE(features_diff.max, features_tolerance)
+      << describe(c.arch, "features", features, features_diff, features_tolerance);
 
   // Train mode draws stochastic depth and dropout masks from torch's generator in torchvision's order, so
   // the same seed gives the same logits (BatchNorm on batch statistics; the video ResNets have no masks,
@@ -162,10 +169,14 @@ TEST_P(ModelZoo, MatchesTorchvision) {
   model->train();
   torch::manual_seed(std::stoull(seed->second));
   const torch::Tensor train_logits = model->forward(x);
-  const Diff train_diff = compare(train_logits, io.load("train_logits"));
+  const torch::Tensor expected_train = io.load("train_logits");
+  const Diff train_diff = compare(train_logits, expected_train);
+  const double train_tolerance = testing::forward_tolerance(depth, expected_train);
   std::cout << "[parity] " << c.arch << " (" << input_label(x)
-            << ") train-mode logits max|diff|=" << train_diff.max << std::endl;
-  EXPECT_LE(train_diff.max, kTolerance) << describe(c.arch, "train-mode logits", train_logits, train_diff);
+            << ") train-mode logits max|diff|=" << train_diff.max << " (tolerance " << train_tolerance << ")"
+            << std::endl;
+  EXPECT_LE(train_diff.max, train_tolerance)
+      << describe(c.arch, "train-mode logits", train_logits, train_diff, train_tolerance);
 }
 
 // Steps name real modules, the head can be cut (pre-logits) and replaced, and replacing it keeps
