@@ -36,6 +36,11 @@ TEST(Cli, HelpVersionInfo) {
   EXPECT_TRUE(contains(info.output, "BLAS")) << info.output;
   auto two = graft("--threads 1 info");
   EXPECT_TRUE(contains(two.output, "threads    1 intra-op")) << two.output;
+  // Every command's --help shows its options' defaults (#15).
+  auto predict_help = graft("predict --help");
+  EXPECT_TRUE(contains(predict_help.output, "--top-k INT=5")) << predict_help.output;
+  EXPECT_TRUE(contains(predict_help.output, "--device TEXT=auto")) << predict_help.output;
+  EXPECT_TRUE(contains(graft("generate --help").output, "--max-new-tokens INT=50"));
   // A mistyped command names the nearest one (it was "A subcommand is required": #15.9).
   auto typo = graft("--threads 1 trian --help");
   EXPECT_EQ(typo.status, 1) << typo.output;
