@@ -36,6 +36,9 @@ struct HfCommonConfig {
   int64_t num_labels() const { return static_cast<int64_t>(id2label.size()); }
   // Sets num_labels, keeping existing names and naming new labels LABEL_i as Hugging Face does.
   void set_num_labels(int64_t n);
+  // The keys above as config.json holds them (model_type, architectures, id2label and label2id,
+  // problem_type, ...).
+  nlohmann::json common_json() const;
 };
 
 // BertConfig (configuration_bert.py). Defaults are bert-base-uncased's.
@@ -56,6 +59,8 @@ struct BertConfig : HfCommonConfig {
 
   BertConfig() { set_num_labels(2); }
   static BertConfig from_json(const nlohmann::json& json, const std::string& source = "config.json");
+  // config.json of these values, read back by from_json (and by Hugging Face's BertConfig) to the same.
+  nlohmann::json to_json() const;
   static BertConfig from_file(const std::string& path);
 };
 
@@ -81,6 +86,7 @@ struct GPT2Config : HfCommonConfig {
   GPT2Config() { set_num_labels(2); }
   int64_t inner_size() const { return n_inner.value_or(4 * n_embd); }
   static GPT2Config from_json(const nlohmann::json& json, const std::string& source = "config.json");
+  nlohmann::json to_json() const;  // as BertConfig::to_json
   static GPT2Config from_file(const std::string& path);
 };
 

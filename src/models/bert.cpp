@@ -80,6 +80,25 @@ BertConfig BertConfig::from_json(const json& root, const std::string& source) {
   return config;
 }
 
+json BertConfig::to_json() const {
+  json out = common_json();
+  out["vocab_size"] = vocab_size;
+  out["hidden_size"] = hidden_size;
+  out["num_hidden_layers"] = num_hidden_layers;
+  out["num_attention_heads"] = num_attention_heads;
+  out["intermediate_size"] = intermediate_size;
+  out["hidden_act"] = hidden_act;
+  out["hidden_dropout_prob"] = hidden_dropout_prob;
+  out["attention_probs_dropout_prob"] = attention_probs_dropout_prob;
+  out["max_position_embeddings"] = max_position_embeddings;
+  out["type_vocab_size"] = type_vocab_size;
+  out["layer_norm_eps"] = layer_norm_eps;
+  out["pad_token_id"] = pad_token_id ? json(*pad_token_id) : json(nullptr);
+  out["classifier_dropout"] = classifier_dropout ? json(*classifier_dropout) : json(nullptr);
+  out["position_embedding_type"] = "absolute";
+  return out;
+}
+
 BertConfig BertConfig::from_file(const std::string& path) {
   return from_json(read_json_file(path), path);
 }

@@ -104,6 +104,27 @@ GPT2Config GPT2Config::from_json(const json& root, const std::string& source) {
   return config;
 }
 
+json GPT2Config::to_json() const {
+  json out = common_json();
+  out["vocab_size"] = vocab_size;
+  out["n_positions"] = n_positions;
+  out["n_embd"] = n_embd;
+  out["n_layer"] = n_layer;
+  out["n_head"] = n_head;
+  out["n_inner"] = n_inner ? json(*n_inner) : json(nullptr);
+  out["activation_function"] = activation_function;
+  out["resid_pdrop"] = resid_pdrop;
+  out["embd_pdrop"] = embd_pdrop;
+  out["attn_pdrop"] = attn_pdrop;
+  out["layer_norm_epsilon"] = layer_norm_epsilon;
+  out["scale_attn_weights"] = scale_attn_weights;
+  out["scale_attn_by_inverse_layer_idx"] = scale_attn_by_inverse_layer_idx;
+  out["reorder_and_upcast_attn"] = reorder_and_upcast_attn;
+  out["bos_token_id"] = bos_token_id;
+  out["eos_token_id"] = eos_token_id;
+  return out;
+}
+
 GPT2Config GPT2Config::from_file(const std::string& path) {
   return from_json(read_json_file(path), path);
 }

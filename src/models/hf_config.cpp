@@ -127,4 +127,21 @@ void check_attention_mask(const torch::Tensor& mask, const std::string& model) {
     throw Error(model + ": attention_mask holds values other than 0 (padding) and 1 (attended)");
 }
 
+json HfCommonConfig::common_json() const {
+  json out = json::object();
+  out["model_type"] = model_type;
+  out["architectures"] = architectures;
+  out["initializer_range"] = initializer_range;
+  out["tie_word_embeddings"] = tie_word_embeddings;
+  json id2label_json = json::object(), label2id = json::object();
+  for (size_t i = 0; i < id2label.size(); ++i) {
+    id2label_json[std::to_string(i)] = id2label[i];
+    label2id[id2label[i]] = i;
+  }
+  out["id2label"] = id2label_json;
+  out["label2id"] = label2id;
+  if (!problem_type.empty()) out["problem_type"] = problem_type;
+  return out;
+}
+
 }  // namespace graft

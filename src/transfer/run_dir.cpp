@@ -80,14 +80,6 @@ void check_out_folder(const std::string& out, const std::vector<std::string>& in
   if (error) throw Error(out + "/checkpoints: cannot remove the old run's checkpoints: " + error.message());
 }
 
-json preprocessing_json(const Preprocessing& p) {
-  return {{"size", p.size},
-          {"crop_pct", p.crop_pct},
-          {"mean", p.mean},
-          {"std", p.std},
-          {"interpolation", p.interpolation}};
-}
-
 void write_run_files(const std::string& dir, const NamedTensors& weights,
                      std::map<std::string, std::string> metadata, json doc) {
   const std::string id = new_save_id();

@@ -238,6 +238,14 @@ json columns_json(const TextColumns& c) {
           {"header", c.header}};
 }
 
+json preprocessing_json(const Preprocessing& p) {
+  return {{"size", p.size},
+          {"crop_pct", p.crop_pct},
+          {"mean", p.mean},
+          {"std", p.std},
+          {"interpolation", p.interpolation}};
+}
+
 Preprocessing read_preprocessing(const json& pre, const std::string& file) {
   if (!pre.is_object())
     throw FormatError(file,

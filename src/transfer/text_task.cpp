@@ -300,71 +300,26 @@ int64_t context_length(const torch::nn::Module& module) {
   return 512;
 }
 
-// The keys of PretrainedConfig a trained model's config.json carries.
-void common_keys(const HfCommonConfig& config, const std::string& architecture, json& out) {
-  out["model_type"] = config.model_type;
-  out["architectures"] = json::array({architecture});
-  out["torch_dtype"] = "float32";
-  out["initializer_range"] = config.initializer_range;
-  out["tie_word_embeddings"] = config.tie_word_embeddings;
-}
-
-// config.json of the trained model, written from its parsed, typed configuration (never the source file's
-// text, so that junk in it stays out of the run: nesting 50,000 levels deep once made an 800 MB file),
-// with the class built and, for a classifier, its labels.
+// config.json of the trained model, written from its parsed, typed configuration (BertConfig/GPT2Config::
+// to_json; never the source file's text, so that junk in it stays out of the run: nesting 50,000 levels
+// deep once made an 800 MB file), with the class built and, for a classifier, its labels.
 json run_config(const torch::nn::Module& module, const std::string& architecture,
                 const std::vector<std::string>& classes) {
-  json out = json::object();
-  const auto optional = [](const auto& value) { return value ? json(*value) : json(nullptr); };
+  json out;
   if (const auto* bert = dynamic_cast<const BertForSequenceClassificationImpl*>(&module)) {
-    const BertConfig& c = bert->config();
-    common_keys(c, architecture, out);
-    out["vocab_size"] = c.vocab_size;
-    out["hidden_size"] = c.hidden_size;
-    out["num_hidden_layers"] = c.num_hidden_layers;
-    out["num_attention_heads"] = c.num_attention_heads;
-    out["intermediate_size"] = c.intermediate_size;
-    out["hidden_act"] = c.hidden_act;
-    out["hidden_dropout_prob"] = c.hidden_dropout_prob;
-    out["attention_probs_dropout_prob"] = c.attention_probs_dropout_prob;
-    out["max_position_embeddings"] = c.max_position_embeddings;
-    out["type_vocab_size"] = c.type_vocab_size;
-    out["layer_norm_eps"] = c.layer_norm_eps;
-    out["pad_token_id"] = optional(c.pad_token_id);
-    out["classifier_dropout"] = optional(c.classifier_dropout);
-    out["position_embedding_type"] = "absolute";
+    BertConfig config = bert->config();
+    config.id2label = classes;
+    config.problem_type = "single_label_classification";
+    out = config.to_json();
   } else if (const auto* gpt2 = dynamic_cast<const GPT2LMHeadModelImpl*>(&module)) {
-    const GPT2Config& c = gpt2->config();
-    common_keys(c, architecture, out);
-    out["vocab_size"] = c.vocab_size;
-    out["n_positions"] = c.n_positions;
-    out["n_embd"] = c.n_embd;
-    out["n_layer"] = c.n_layer;
-    out["n_head"] = c.n_head;
-    out["n_inner"] = optional(c.n_inner);
-    out["activation_function"] = c.activation_function;
-    out["resid_pdrop"] = c.resid_pdrop;
-    out["embd_pdrop"] = c.embd_pdrop;
-    out["attn_pdrop"] = c.attn_pdrop;
-    out["layer_norm_epsilon"] = c.layer_norm_epsilon;
-    out["scale_attn_weights"] = c.scale_attn_weights;
-    out["scale_attn_by_inverse_layer_idx"] = c.scale_attn_by_inverse_layer_idx;
-    out["reorder_and_upcast_attn"] = c.reorder_and_upcast_attn;
-    out["bos_token_id"] = c.bos_token_id;
-    out["eos_token_id"] = c.eos_token_id;
+    out = gpt2->config().to_json();
+    out.erase("id2label");  // a language model has no labels
+    out.erase("label2id");
   } else {
     throw Error("config.json: the model is neither a BertForSequenceClassification nor a GPT2LMHeadModel");
   }
-  if (!classes.empty()) {
-    json id2label = json::object(), label2id = json::object();
-    for (size_t i = 0; i < classes.size(); ++i) {
-      id2label[std::to_string(i)] = classes[i];
-      label2id[classes[i]] = i;
-    }
-    out["id2label"] = id2label;
-    out["label2id"] = label2id;
-    out["problem_type"] = "single_label_classification";
-  }
+  out["architectures"] = json::array({architecture});
+  out["torch_dtype"] = "float32";
   return out;
 }
 

@@ -360,6 +360,33 @@ TEST(HfBert, FolderWithoutModelTypeOrWeightsIsExplained) {
   fs::remove_all(dir);
 }
 
+// A trained text run's config.json is written from the typed values (#14.15): to_json reads back through
+// from_json to the same configuration, labels included, and holds none of the source's other keys.
+TEST(HfConfig, ToJsonReadsBackToTheSameConfiguration) {
+  nlohmann::json source = read_json_file(fixture_dir("bert") + "/config.json");
+  source["task_specific_params"] = {{"junk", {1, 2, 3}}};
+  BertConfig bert = BertConfig::from_json(source, "bert/config.json");
+  bert.id2label = {"negative", "positive", "neutral"};
+  const nlohmann::json written = bert.to_json();
+  EXPECT_FALSE(written.contains("task_specific_params"));
+  const BertConfig again = BertConfig::from_json(written, "written");
+  EXPECT_EQ(again.id2label, bert.id2label);
+  EXPECT_EQ(again.hidden_size, bert.hidden_size);
+  EXPECT_EQ(again.num_hidden_layers, bert.num_hidden_layers);
+  EXPECT_EQ(again.max_position_embeddings, bert.max_position_embeddings);
+  EXPECT_EQ(again.layer_norm_eps, bert.layer_norm_eps);
+  EXPECT_EQ(again.pad_token_id, bert.pad_token_id);
+  EXPECT_EQ(written["label2id"]["neutral"], 2);
+  const GPT2Config gpt2 = GPT2Config::from_json(read_json_file(fixture_dir("gpt2") + "/config.json"), "gpt2");
+  const GPT2Config gpt2_again = GPT2Config::from_json(gpt2.to_json(), "written");
+  EXPECT_EQ(gpt2_again.n_positions, gpt2.n_positions);
+  EXPECT_EQ(gpt2_again.n_embd, gpt2.n_embd);
+  EXPECT_EQ(gpt2_again.n_inner, gpt2.n_inner);
+  EXPECT_EQ(gpt2_again.activation_function, gpt2.activation_function);
+  EXPECT_EQ(gpt2_again.layer_norm_epsilon, gpt2.layer_norm_epsilon);
+  EXPECT_EQ(gpt2_again.eos_token_id, gpt2.eos_token_id);
+}
+
 // Sizes that would allocate without end are refused by key before the model is built (#14.14): a config
 // that disagrees with its weights' header (100,000 layers beside a 2-layer file), a vocabulary of 10^12,
 // a billion labels. Each used to take minutes and gigabytes, or end in an allocator's message.
