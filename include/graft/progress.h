@@ -36,10 +36,11 @@ class ProgressBar {
   // (loss NaN: a pass that has none, e.g. feature extraction; neither is shown).
   void update(int64_t done, int64_t samples, double loss, double accuracy);
   // Ends the pass: on a terminal the bar line is replaced by `summary`; elsewhere `summary` is printed
-  // on its own line. An empty summary keeps the bar's last state as the pass's line (a download's size,
-  // rate and time).
+  // on its own line. An empty summary just ends the bar's line (outside a terminal: prints nothing).
   void finish(const std::string& summary);
 
+  // The bar's text at its latest update, e.g. a download's size, rate and time as its summary.
+  std::string current() const;
   // The bar's text for the given state (no '\r', no newline); exposed for tests.
   std::string render(int64_t done, int64_t samples, double loss, double accuracy,
                      double elapsed_seconds) const;
@@ -56,7 +57,7 @@ class ProgressBar {
   struct {
     int64_t done = 0, samples = 0;
     double loss = 0, accuracy = 0;
-  } last_;  // the latest update, for finish("") outside a terminal
+  } last_;  // the latest update, for current()
   bool finished_ = false;
   size_t last_width_ = 0;  // terminal mode: to blank a longer previous line
 };

@@ -131,6 +131,11 @@ void ProgressBar::update(int64_t done, int64_t samples, double loss, double accu
   last_draw_ = now;
 }
 
+std::string ProgressBar::current() const {
+  const double elapsed = std::chrono::duration<double>(Clock::now() - start_).count();
+  return render(last_.done, last_.samples, last_.loss, last_.accuracy, elapsed);
+}
+
 void ProgressBar::finish(const std::string& summary) {
   if (finished_) return;
   finished_ = true;
@@ -143,9 +148,6 @@ void ProgressBar::finish(const std::string& summary) {
     out_ << '\n';
   } else if (!summary.empty()) {
     out_ << summary << '\n';
-  } else if (last_.done > 0) {
-    const double elapsed = std::chrono::duration<double>(Clock::now() - start_).count();
-    out_ << render(last_.done, last_.samples, last_.loss, last_.accuracy, elapsed) << '\n';
   }
   out_ << std::flush;
 }

@@ -355,7 +355,7 @@ class Puller {
           ::close(fd);
           throw;
         }
-        if (bar) bar->finish("");
+        if (bar) bar->finish(bar->current());  // the file's size, rate and time: one line in a log
         result.downloaded_bytes += got.received;
         if (got.restarted) offset = 0;
         if (got.overran) {

@@ -1329,12 +1329,20 @@ TEST(Progress, LogModePrintsOneLinePerPass) {
     bar.finish("downloaded");
   }
   EXPECT_EQ(unknown.str(), "downloaded\n");
-  // Without a summary the pass's line is the bar's last state (a download's size and rate).
+  // A pass ended without a summary prints nothing more in a log (the trainer ends its train bar so before
+  // validation); a download ends with its bar's last state, size and rate (current()).
+  std::ostringstream quiet;
+  {
+    ProgressBar bar("epoch 1/1", 40, quiet, "img", /*tty=*/false);
+    for (int i = 1; i <= 40; ++i) bar.update(i, i * 32, 0.5, 0.75);
+    bar.finish("");
+  }
+  EXPECT_EQ(quiet.str(), "");
   std::ostringstream download;
   {
     ProgressBar bar("model.safetensors", 4 << 20, download, "B", /*tty=*/false);
     for (int i = 1; i <= 4; ++i) bar.update(i << 20, i << 20, std::nan(""), 0.0);
-    bar.finish("");
+    bar.finish(bar.current());
   }
   const std::string line = download.str();
   EXPECT_EQ(std::count(line.begin(), line.end(), '\n'), 1) << line;
