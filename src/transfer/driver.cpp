@@ -2,6 +2,7 @@
 #include "transfer/driver.h"
 
 #include <cmath>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <ostream>
@@ -9,9 +10,14 @@
 #include "graft/errors.h"
 #include "graft/progress.h"
 #include "graft/registry.h"
+#include "graft/run_document.h"
+#include "graft/transfer.h"
 #include "layers/conv_bn.h"
 
 namespace graft {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
 
 void check_start_choice(const std::string& weights, const std::string& init_from, bool random_init) {
   if (!weights.empty() && !init_from.empty()) throw Error("give --weights or --init-from, not both");
@@ -19,30 +25,53 @@ void check_start_choice(const std::string& weights, const std::string& init_from
   if (random_init && !init_from.empty()) throw Error("give --init-from or --random-init, not both");
 }
 
-void load_start_weights(BackboneImpl& model, const std::string& model_name, const std::string& weights,
-                        bool random_init, bool verbose, std::ostream& log) {
+StartChoice start_choice(const RunBasics& basics) {
+  StartChoice start;
+  start.model = basics.model;
+  if (!basics.init_from.empty()) {
+    start.kind = StartChoice::Kind::kRun;
+    start.source = basics.init_from;
+  } else if (!basics.weights.empty()) {
+    start.kind = StartChoice::Kind::kFile;
+    start.source = basics.weights;
+  } else if (!basics.model.empty() && !ModelName::parse(basics.model).tag.empty()) {
+    start.kind = basics.random_init ? StartChoice::Kind::kRandom : StartChoice::Kind::kPretrained;
+    start.asked_random = basics.random_init;
+  }
+  return start;
+}
+
+void load_start_weights(BackboneImpl& model, const StartChoice& start, bool verbose, std::ostream& log) {
   WeightsOptions skip_head;
   skip_head.skip_classifier = true;  // replaced by the run's head
   constexpr size_t kListed = 5;      // names of each kind in a misfit's message, without --verbose
   skip_head.listed = verbose ? SIZE_MAX : kListed;
   skip_head.hint = "--weights must hold " + model.arch() + "'s tensors under its names (`graft summary " +
                    model.arch() + "` lists them)" + (verbose ? "" : "; --verbose lists every name");
-  const bool tagged = !ModelName::parse(model_name).tag.empty();
-  if (!weights.empty()) {
-    const LoadReport report = load_weights(model, weights, skip_head);
-    log << "weights: " << report.loaded.size() << " backbone tensors from " << weights
-        << " (its classifier is replaced)\n";
-  } else if (tagged && !random_init) {
-    const std::string source = pretrained_weights_file(model);
-    const LoadReport report = load_weights(model, source, skip_head);
-    log << "weights: " << report.loaded.size() << " backbone tensors from " << source << ", " << model_name
-        << "'s pretrained weights (its classifier is replaced)\n";
-  } else if (tagged) {
-    log << "random initialisation, as --random-init asks: " << model_name
-        << "'s architecture and preprocessing without its pretrained weights\n";
-  } else {
-    log << "random initialisation: " << model_name
-        << " names no pretrained weights (a tag does; see `graft models " << model.arch() << "`)\n";
+  switch (start.kind) {
+    case StartChoice::Kind::kFile: {
+      const LoadReport report = load_weights(model, start.source, skip_head);
+      log << "weights: " << report.loaded.size() << " backbone tensors from " << start.source
+          << " (its classifier is replaced)\n";
+      return;
+    }
+    case StartChoice::Kind::kPretrained: {
+      const std::string source = pretrained_weights_file(model);
+      const LoadReport report = load_weights(model, source, skip_head);
+      log << "weights: " << report.loaded.size() << " backbone tensors from " << source << ", " << start.model
+          << "'s pretrained weights (its classifier is replaced)\n";
+      return;
+    }
+    case StartChoice::Kind::kRandom:
+      if (start.asked_random)
+        log << "random initialisation, as --random-init asks: " << start.model
+            << "'s architecture and preprocessing without its pretrained weights\n";
+      else
+        log << "random initialisation: " << start.model
+            << " names no pretrained weights (a tag does; see `graft models " << model.arch() << "`)\n";
+      return;
+    case StartChoice::Kind::kRun:
+      throw Error("load_start_weights: a run's weights are its task's to load (" + start.source + ")");
   }
 }
 
@@ -95,6 +124,49 @@ FitOutcome fit_and_check(const FitPlan& plan, const TrainConfig& config, std::os
   outcome.val_metrics = evaluator.evaluate(*val, "val");
   plan.model->to(torch::kCPU);
   write_val_report(config.out_dir, *outcome.val_metrics, config.class_names, log);
+  return outcome;
+}
+
+FitOutcome train_run(TrainRecipe& recipe, std::ostream& log) {
+  const RunBasics given = recipe.basics();
+  check_train_values(recipe.options(), given.task, "");  // every option, before anything is read
+  if (given.data.empty()) throw Error("--data is required");
+  if (given.out.empty()) throw Error("--out: a run directory is required");
+  check_start_choice(given.weights, given.init_from, given.random_init);
+  recipe.resolve(log);
+  const RunBasics basics = recipe.basics();
+  log_resolved(recipe.options(), log);
+
+  // The new head (and a model trained from scratch) draws from torch's generator: seeded first, so that a
+  // run repeats exactly.
+  torch::manual_seed(basics.train->seed);
+  const std::vector<std::string> classes = recipe.open_data(log);
+  recipe.build_model(start_choice(basics), log);
+
+  const FreezeStep freeze = recipe.freeze_step();
+  if (!freeze.spec.empty()) {
+    const FreezeReport report = freeze.backbone ? apply_freeze(*freeze.backbone, freeze.spec)
+                                                : apply_freeze(*freeze.module, freeze.spec, freeze.keep);
+    log << "freeze '" << freeze.named << "': " << report.frozen_parameters << " tensors frozen, "
+        << report.trainable_parameters << " trainable\n";
+  }
+
+  TrainConfig config = run_train_config(*basics.train, basics.out, classes, basics.sample_unit, log);
+  config.objective = basics.objective;
+  config.param_groups = recipe.param_groups();
+  fs::create_directories(basics.out);
+  const FitPlan plan = recipe.plan(config, log);
+  FitOutcome outcome = fit_and_check(plan, config, log);
+
+  RunFiles files = recipe.run_files(outcome, log);
+  json doc = new_run_document(basics.task, classes, freeze.saved, basics.data, recipe.options());
+  doc.update(files.fields);
+  files.metadata["format"] = "pt";
+  files.metadata["producer"] = "graft " GRAFT_VERSION;
+  write_run_files(basics.out, files.weights, files.metadata, std::move(doc));
+  if (!files.note.empty()) log << files.note << "\n";
+  const bool validated = (plan.model_val ? plan.model_val : plan.val) != nullptr;
+  log_run_directory(basics.out, files.listing, validated, basics.objective == "classify", log);
   return outcome;
 }
 

@@ -1,7 +1,9 @@
-// The training steps every task shares, in one place: the image, text and video recipes supply what is
-// their own (data, model, preprocessing, extra files) and hand the rest to these.
+// One training driver for every task: train_run takes a task's TrainRecipe (what is its own: data, model
+// and preprocessing, its weights formats, extra files, a per-task callback such as two-stage) and does the
+// rest in one order, with the steps below.
 #pragma once
 #include <iosfwd>
+#include <map>
 #include <memory>
 #include <nlohmann/json_fwd.hpp>
 #include <optional>
@@ -14,6 +16,7 @@
 #include "graft/task.h"
 #include "graft/train_options.h"
 #include "graft/trainer.h"
+#include "graft/weights.h"
 
 namespace graft {
 
@@ -40,17 +43,105 @@ struct FitOutcome {
 
 class BackboneImpl;
 
-// Where a run starts is one choice: --weights, --init-from or --random-init (none: the model name's own
-// weights). Throws graft::Error naming the two given together; called before anything is read.
-void check_start_choice(const std::string& weights, const std::string& init_from, bool random_init);
+// The options every task has, as the driver reads them.
+struct RunBasics {
+  std::string task, model, data, out, weights, init_from;
+  bool random_init = false;
+  std::string sample_unit;             // what the progress bars count ("img", "clip", "seq")
+  std::string objective;               // "classify" or "causal-lm"
+  const TrainConfig* train = nullptr;  // epochs, optimiser, schedule, seed, device, resume
+};
 
-// The weights a backbone starts from, loaded before its classifier is replaced (and so without it): the
-// file `weights` (reference names); else, for ARCH.TAG, the tag's pretrained weights (load_pretrained:
-// graft's cache or the Hugging Face Hub), which stop the run saying how to get them when they are not to
-// be had, unless random_init; a bare ARCH starts from random weights. Says which.
+// The basics of a task whose options name them alike; random_init is the backbone tasks' own, set by them.
+template <class Options>
+RunBasics basics_of(const Options& o, const std::string& task, const std::string& sample_unit,
+                    const std::string& objective) {
+  RunBasics b;
+  b.task = task;
+  b.model = o.model;
+  b.data = o.data;
+  b.out = o.out;
+  b.weights = o.weights;
+  b.init_from = o.init_from;
+  b.sample_unit = sample_unit;
+  b.objective = objective;
+  b.train = &o.train;
+  return b;
+}
+
+// Where a run starts, chosen once for every task: --init-from (an earlier run), --weights (a file or
+// folder), the tag of ARCH.TAG (its pretrained weights), or random weights (a bare architecture, or
+// --random-init). Two given together are refused before anything is read (check_start_choice).
+struct StartChoice {
+  enum class Kind { kRun, kFile, kPretrained, kRandom };
+  Kind kind = Kind::kRandom;
+  std::string source;         // the run directory or the weights file; "" otherwise
+  std::string model;          // the model name
+  bool asked_random = false;  // kRandom because --random-init said so (a tag names weights)
+};
+
+// Throws graft::Error naming the two choices given together; called before anything is read.
+void check_start_choice(const std::string& weights, const std::string& init_from, bool random_init);
+StartChoice start_choice(const RunBasics& basics);
+
+// A backbone's start (kFile, kPretrained or kRandom; a run's weights are the task's to load), loaded
+// before its classifier is replaced (and so without it): the file (reference names); the tag's pretrained
+// weights (load_pretrained: graft's cache or the Hugging Face Hub), which stop the run saying how to get
+// them when they are not to be had; or none. Says which.
 // A file that does not fit is refused naming its first tensors of each kind (every one when verbose).
-void load_start_weights(BackboneImpl& model, const std::string& model_name, const std::string& weights,
-                        bool random_init, bool verbose, std::ostream& log);
+void load_start_weights(BackboneImpl& model, const StartChoice& start, bool verbose, std::ostream& log);
+
+// What a freeze spec applies to: a backbone (which knows its stages and the tensors that never train), or
+// any module with the one part no spec freezes.
+struct FreezeStep {
+  BackboneImpl* backbone = nullptr;
+  torch::nn::Module* module = nullptr;
+  std::string keep;   // module: the part no spec freezes ("" none)
+  std::string spec;   // as apply_freeze reads it; "": nothing is frozen
+  std::string named;  // as the user named it, for the log
+  std::string saved;  // graft.json's "freeze": what the saved model has frozen
+};
+
+// The run directory's files of a task: graft.json's task fields (beside new_run_document's), the weights
+// and their metadata; the task writes any other file (config.json, tokenizer) before returning them.
+struct RunFiles {
+  nlohmann::json fields = nlohmann::json::object();
+  NamedTensors weights;
+  std::map<std::string, std::string> metadata;  // beside format and producer
+  std::string listing;                          // what the folder holds, for the last line of the log
+  std::string note;                             // said before it ("skipped 2 unreadable file(s)"); "" none
+};
+
+// What a task supplies to train_run, which calls these in the order listed. The task keeps its options
+// and what it built (data, model) as members; its results beyond FitOutcome are its own.
+class TrainRecipe {
+ public:
+  virtual ~TrainRecipe() = default;
+  virtual RunBasics basics() const = 0;
+  // The options as --config keys (to_json): checked first, printed once resolved, saved in graft.json.
+  virtual nlohmann::json options() const = 0;
+  // Completes the options from what they name (an --init-from run's model and head, text lengths) and
+  // refuses what does not apply; reads no data.
+  virtual void resolve(std::ostream& log) = 0;
+  // Reads the data (and what decides how it is read); its class names, empty for a language model.
+  virtual std::vector<std::string> open_data(std::ostream& log) = 0;
+  // Builds the model with its new head, and loads the start's weights into it. Says what it loaded.
+  virtual void build_model(const StartChoice& start, std::ostream& log) = 0;
+  virtual FreezeStep freeze_step() = 0;
+  // The optimiser's parameter groups; empty: one group of whatever trains.
+  virtual std::vector<ParamGroup> param_groups() { return {}; }
+  // What trains on which batches (a feature cache is made here); may add the task's epoch callback or
+  // its schedule's warmup to config.
+  virtual FitPlan plan(TrainConfig& config, std::ostream& log) = 0;
+  // The run directory's files, once fit_and_check has left the saved model on the CPU.
+  virtual RunFiles run_files(const FitOutcome& outcome, std::ostream& log) = 0;
+};
+
+// One `graft train`, for any task: options checked (before anything is read), resolved and printed; seed;
+// data; the model from its start (start_choice); freeze; optimiser groups; fit, the best epoch restored and
+// the saved model evaluated on the validation split (fit_and_check); the run directory (graft.json written
+// last, naming complete files).
+FitOutcome train_run(TrainRecipe& recipe, std::ostream& log);
 
 // The run's TrainConfig: the options' training settings with the run directory, classes and log.
 TrainConfig run_train_config(const TrainConfig& options, const std::string& out,

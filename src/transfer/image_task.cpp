@@ -336,97 +336,140 @@ FeatureSet extract_features(BackboneImpl& model, DataLoader& loader, torch::Devi
   return set;
 }
 
-// The recipe in the order a run takes it (about 90 lines, kept whole so the order reads top to bottom):
-// its own steps are the helpers above, the steps every task shares are in transfer/driver.h.
-ImageTrainResult train_image_classifier(const ImageTrainOptions& options_in, std::ostream& log) {
-  check_train_values(to_json(options_in), "image-classify", "");  // every option, before anything is read
-  ImageTrainOptions options = options_in;                         // --init-from fills model and head
-  if (options.out.empty()) throw Error("--out: a run directory is required");
-  const bool feature_extract = options.strategy == "feature-extract";
-  const bool two_stage = options.strategy == "two-stage";
-  check_strategy_options(options);
-  check_start_choice(options.weights, options.init_from, options.random_init);
-  log_resolved(to_json(options), log);
+namespace {
 
-  // Initialisation of the model and the head draws from torch's generator: seed it first so that a run
-  // repeats exactly.
-  torch::manual_seed(options.train.seed);
-  const std::optional<LoadedRun> previous = open_init_run(options);
-  // Model first (for its preprocessing), then data (for the class count), then the head.
-  Backbone model = create_model(options.model);
-  const Preprocessing pre = run_preprocessing(options, previous, *model, log);
-  const ImageData data = open_training_data(options, pre, log);
-  const int64_t classes = static_cast<int64_t>(data.classes.size());
+// Image classification's own steps, which train_run (transfer/driver.h) calls in order: the model before
+// the data (its preprocessing decides how images are read), the head once the classes are known, the
+// strategy's freeze, groups and feature cache.
+class ImageRecipe : public TrainRecipe {
+ public:
+  explicit ImageRecipe(const ImageTrainOptions& options) : o_(options) {}
 
-  if (!previous)
-    load_start_weights(*model, options.model, options.weights, options.random_init, options.verbose,
-                       log);  // an earlier run's: below
-  const std::string head = resolve_head(options.head, classes);
-  if (!options.head.empty() && head != HeadSpec::parse(options.head).to_string())
-    log << "head: " << head << " (dense:" << classes << " appended for the " << classes << " classes)\n";
-  model->set_head(HeadSpec::parse(head), {pre.size, pre.size});
-  if (previous) load_fitting_tensors(*model, *previous, options.init_from, log);
-  model->set_frozen_bn_trains(options.bn_train_frozen);
-  const std::string stage2_freeze = options.freeze.empty() ? "none" : options.freeze;
-  apply_freeze(*model, feature_extract || two_stage ? "all" : stage2_freeze);
-
-  RunSpec spec;
-  spec.model = options.model;
-  spec.head = head;
-  spec.freeze = feature_extract ? "all" : stage2_freeze;
-  spec.classes = data.classes;
-  spec.preprocessing = pre;
-  spec.data = options.data;
-
-  TrainConfig config = run_train_config(options.train, options.out, data.classes, "img", log);
-  fs::create_directories(options.out);
-
-  LoaderOptions loader_options;
-  loader_options.batch_size = options.batch_size;
-  loader_options.workers = options.workers;
-  loader_options.seed = config.seed;
-  DataLoader train_loader(data.train, loader_options);
-  LoaderOptions eval_options = loader_options;
-  eval_options.shuffle = false;
-  std::unique_ptr<DataLoader> val_loader;
-  if (data.val) val_loader = std::make_unique<DataLoader>(data.val, eval_options);
-  LoaderBatchSource train_images(train_loader);
-  std::unique_ptr<LoaderBatchSource> val_images;
-  if (val_loader) val_images = std::make_unique<LoaderBatchSource>(*val_loader);
-
-  ImageTrainResult result;
-  FitPlan plan;
-  plan.model = model;
-  plan.model_forward = [model](const torch::Tensor& x) { return model->forward(x); };
-  plan.model_val = val_images.get();
-  std::unique_ptr<TensorBatchSource> train_features, val_features;
-  if (feature_extract) {
-    // Feature extraction never augments: the backbone runs once, and epochs train the head on the cache.
-    DataLoader train_once(data.train, eval_options);
-    std::tie(train_features, val_features, result.feature_cache_seconds) =
-        cache_features(*model, train_once, val_loader.get(), options.batch_size, config.device, log);
-    std::shared_ptr<HeadImpl> head_module = model->custom_head();
-    config.sample_unit = "feat";
-    plan.trained = head_module;
-    plan.trained_forward = [head_module](const torch::Tensor& x) { return head_module->forward_pooled(x); };
-    plan.train = train_features.get();
-    plan.val = val_features.get();
-    plan.model_sample_unit = "img";
-  } else {
-    config.param_groups = backbone_and_head_groups(*model, two_stage ? 1.0 : options.backbone_lr_mult);
-    if (two_stage) config.on_epoch_end.push_back(two_stage_switch(model, options, stage2_freeze));
-    plan.trained = model;
-    plan.trained_forward = plan.model_forward;
-    plan.train = &train_images;
-    plan.val = val_images.get();
+  RunBasics basics() const override {
+    RunBasics b = basics_of(o_, "image-classify", "img", "classify");
+    b.random_init = o_.random_init;
+    return b;
   }
-  FitOutcome outcome = fit_and_check(plan, config, log);
+  json options() const override { return to_json(o_); }
+
+  void resolve(std::ostream&) override {
+    check_strategy_options(o_);
+    previous_ = open_init_run(o_);  // fills model and head
+  }
+
+  std::vector<std::string> open_data(std::ostream& log) override {
+    model_ = create_model(o_.model);
+    pre_ = run_preprocessing(o_, previous_, *model_, log);
+    data_ = open_training_data(o_, pre_, log);
+    return data_.classes;
+  }
+
+  void build_model(const StartChoice& start, std::ostream& log) override {
+    const int64_t classes = static_cast<int64_t>(data_.classes.size());
+    if (start.kind != StartChoice::Kind::kRun) load_start_weights(*model_, start, o_.verbose, log);
+    head_ = resolve_head(o_.head, classes);
+    if (!o_.head.empty() && head_ != HeadSpec::parse(o_.head).to_string())
+      log << "head: " << head_ << " (dense:" << classes << " appended for the " << classes << " classes)\n";
+    model_->set_head(HeadSpec::parse(head_), {pre_.size, pre_.size});
+    if (previous_) load_fitting_tensors(*model_, *previous_, o_.init_from, log);  // after the new head
+    model_->set_frozen_bn_trains(o_.bn_train_frozen);
+  }
+
+  // Feature extraction and two-stage's first stage train the head alone.
+  FreezeStep freeze_step() override {
+    FreezeStep step;
+    step.backbone = model_.get();
+    step.spec = step.named = feature_extract() || two_stage() ? "all" : stage2_freeze();
+    step.saved = feature_extract() ? "all" : stage2_freeze();
+    return step;
+  }
+
+  std::vector<ParamGroup> param_groups() override {
+    if (feature_extract()) return {};  // the head alone trains, on cached features
+    return backbone_and_head_groups(*model_, two_stage() ? 1.0 : o_.backbone_lr_mult);
+  }
+
+  FitPlan plan(TrainConfig& config, std::ostream& log) override {
+    LoaderOptions loader_options;
+    loader_options.batch_size = o_.batch_size;
+    loader_options.workers = o_.workers;
+    loader_options.seed = config.seed;
+    LoaderOptions eval_options = loader_options;
+    eval_options.shuffle = false;
+    train_loader_ = std::make_unique<DataLoader>(data_.train, loader_options);
+    if (data_.val) val_loader_ = std::make_unique<DataLoader>(data_.val, eval_options);
+    train_images_ = std::make_unique<LoaderBatchSource>(*train_loader_);
+    if (val_loader_) val_images_ = std::make_unique<LoaderBatchSource>(*val_loader_);
+
+    FitPlan plan;
+    Backbone model = model_;
+    plan.model = model;
+    plan.model_forward = [model](const torch::Tensor& x) { return model->forward(x); };
+    plan.model_val = val_images_.get();
+    if (feature_extract()) {
+      // Feature extraction never augments: the backbone runs once, and epochs train the head on the cache.
+      DataLoader train_once(data_.train, eval_options);
+      std::tie(train_features_, val_features_, result.feature_cache_seconds) =
+          cache_features(*model, train_once, val_loader_.get(), o_.batch_size, config.device, log);
+      std::shared_ptr<HeadImpl> head = model->custom_head();
+      config.sample_unit = "feat";
+      plan.trained = head;
+      plan.trained_forward = [head](const torch::Tensor& x) { return head->forward_pooled(x); };
+      plan.train = train_features_.get();
+      plan.val = val_features_.get();
+      plan.model_sample_unit = "img";
+    } else {
+      if (two_stage()) config.on_epoch_end.push_back(two_stage_switch(model, o_, stage2_freeze()));
+      plan.trained = model;
+      plan.trained_forward = plan.model_forward;
+      plan.train = train_images_.get();
+      plan.val = val_images_.get();
+    }
+    return plan;
+  }
+
+  RunFiles run_files(const FitOutcome&, std::ostream&) override {
+    result.skipped_files = train_loader_->skipped_files() + (val_loader_ ? val_loader_->skipped_files() : 0);
+    RunFiles files;
+    files.fields["model"] = o_.model;
+    files.fields["arch"] = model_->arch();
+    files.fields["head"] = head_;
+    files.fields["num_classes"] = data_.classes.size();
+    files.fields["preprocessing"] = preprocessing_json(pre_);
+    files.weights = state_dict(*model_);
+    files.metadata["arch"] = model_->arch();
+    files.listing = "model.safetensors, graft.json";
+    if (result.skipped_files)
+      files.note = "skipped " + std::to_string(result.skipped_files) + " unreadable file(s)";
+    return files;
+  }
+
+  ImageTrainResult result;  // history and metrics: train_run's outcome
+
+ private:
+  bool feature_extract() const { return o_.strategy == "feature-extract"; }
+  bool two_stage() const { return o_.strategy == "two-stage"; }
+  std::string stage2_freeze() const { return o_.freeze.empty() ? "none" : o_.freeze; }
+
+  ImageTrainOptions o_;
+  std::optional<LoadedRun> previous_;  // --init-from
+  Backbone model_{nullptr};
+  Preprocessing pre_;
+  ImageData data_;
+  std::string head_;
+  std::unique_ptr<DataLoader> train_loader_, val_loader_;
+  std::unique_ptr<LoaderBatchSource> train_images_, val_images_;
+  std::unique_ptr<TensorBatchSource> train_features_, val_features_;
+};
+
+}  // namespace
+
+ImageTrainResult train_image_classifier(const ImageTrainOptions& options, std::ostream& log) {
+  ImageRecipe recipe(options);
+  FitOutcome outcome = train_run(recipe, log);
+  ImageTrainResult result = std::move(recipe.result);
   result.history = std::move(outcome.history);
   result.val_metrics = std::move(outcome.val_metrics);
-  result.skipped_files = train_loader.skipped_files() + (val_loader ? val_loader->skipped_files() : 0);
-  save_run(options.out, *model, spec, to_json(options));
-  if (result.skipped_files) log << "skipped " << result.skipped_files << " unreadable file(s)\n";
-  log_run_directory(options.out, "model.safetensors, graft.json", val_loader != nullptr, true, log);
   return result;
 }
 

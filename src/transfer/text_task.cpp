@@ -508,102 +508,129 @@ TextTrainOptions::TextTrainOptions() {
   train.sample_unit = "seq";
 }
 
-// The recipe in the order a run takes it (about 90 lines, kept whole so the order reads top to bottom):
-// its own steps are the helpers above, the steps every task shares are in transfer/driver.h.
-TextTrainResult train_text_model(const TextTrainOptions& input, std::ostream& log) {
-  // Every option is checked before any file is read (lengths included: the model's own position count is
-  // checked once it is loaded).
-  check_train_values(to_json(input), input.task, "");
-  TextTrainOptions o = input;
-  if (!o.init_from.empty()) {
-    // A text run directory is a Hugging Face folder: starting from it is loading its weights.
-    check_start_choice(o.weights, o.init_from, false);
-    o.weights = o.init_from;
+namespace {
+
+// Text classification's and causal language modelling's own steps, which train_run (transfer/driver.h)
+// calls in order: the tokenizer first (cheap, and its errors are the commonest), the data encoded, the
+// Hugging Face model with a new head where the classes differ, and a Hugging Face folder as the run
+// directory.
+class TextRecipe : public TrainRecipe {
+ public:
+  explicit TextRecipe(const TextTrainOptions& options) : o_(options) {}
+
+  RunBasics basics() const override {
+    return basics_of(o_, o_.task, "seq", classify() ? "classify" : "causal-lm");
   }
-  const std::string architecture = model_class(o.task);
-  check_model_name(o.model, o.task);
-  if (o.data.empty()) throw Error("--data is required");
-  if (o.out.empty()) throw Error("--out is required");
-  resolve_text_length(o, log);
-  log_resolved(to_json(o), log);
+  json options() const override { return to_json(o_); }
 
-  // Tokenizer first: it is cheap and its errors are the commonest.
-  const std::string tokenizer_path = tokenizer_location(o);
-  if (tokenizer_path.empty())
-    throw Error("no tokenizer: give --weights (a Hugging Face folder with tokenizer files) or --tokenizer");
-  std::shared_ptr<Tokenizer> tokenizer = load_tokenizer(tokenizer_path);
-  const bool classify = o.task == "text-classify";
-
-  TextData data = classify ? classify_data(o, *tokenizer, log) : lm_data(o, *tokenizer, log);
-  std::vector<std::string>& classes = data.classes;
-  ClassifyTensors &train_set = data.train, &val_set = data.val;
-  if (!o.validate) val_set = {};
-  log << ": " << train_set.inputs.size(0) << " train, "
-      << (val_set.inputs.defined() ? val_set.inputs.size(0) : 0) << " val\n";
-
-  // Model; a new head or a model from scratch is initialised from the run's seed, so runs repeat.
-  torch::manual_seed(o.train.seed);
-  HfModel hf = start_model(o, architecture, classify ? static_cast<int64_t>(classes.size()) : -1, log);
-  std::shared_ptr<torch::nn::Module> module = hf.module;
-  const int64_t vocab = embedding_rows(*module);
-  check_ids(train_set.inputs, vocab, *tokenizer);
-  if (val_set.inputs.defined()) check_ids(val_set.inputs, vocab, *tokenizer);
-  const int64_t context = context_length(*module);
-  const int64_t length = classify ? o.max_length : o.block_size;
-  if (length > context) {
-    throw Error(std::string(classify ? "--max-length " : "--block-size ") + std::to_string(length) +
-                " exceeds the model's " + std::to_string(context) + " positions");
-  }
-  if (!o.freeze.empty()) {
-    const FreezeReport report = apply_freeze(*module, o.freeze, classify ? "classifier" : "");
-    log << "freeze '" << o.freeze << "': " << report.frozen_parameters << " tensors frozen, "
-        << report.trainable_parameters << " trainable\n";
+  // Lengths are checked here; the model's own position count once it is loaded.
+  void resolve(std::ostream& log) override {
+    if (!o_.init_from.empty()) o_.weights = o_.init_from;  // a text run directory is a Hugging Face folder
+    architecture_ = model_class(o_.task);
+    check_model_name(o_.model, o_.task);
+    resolve_text_length(o_, log);
   }
 
-  TrainConfig config = run_train_config(o.train, o.out, classes, "seq", log);
-  config.objective = classify ? "classify" : "causal-lm";
-  config.param_groups = decay_groups(*module);
-  TokenBatchSource train_source(train_set.inputs, train_set.labels, o.batch_size, true);
-  std::unique_ptr<TokenBatchSource> val_source;
-  if (val_set.inputs.defined() && val_set.inputs.size(0) > 0)
-    val_source = std::make_unique<TokenBatchSource>(val_set.inputs, val_set.labels, o.batch_size, false);
-  if (config.schedule.warmup_steps == 0 && o.warmup_ratio > 0) {
-    const double steps = static_cast<double>(config.epochs) * static_cast<double>(train_source.num_batches());
-    config.schedule.warmup_steps = static_cast<int64_t>(std::ceil(o.warmup_ratio * steps));
+  std::vector<std::string> open_data(std::ostream& log) override {
+    tokenizer_path_ = tokenizer_location(o_);
+    if (tokenizer_path_.empty())
+      throw Error("no tokenizer: give --weights (a Hugging Face folder with tokenizer files) or --tokenizer");
+    tokenizer_ = load_tokenizer(tokenizer_path_);
+    data_ = classify() ? classify_data(o_, *tokenizer_, log) : lm_data(o_, *tokenizer_, log);
+    if (!o_.validate) data_.val = {};
+    log << ": " << data_.train.inputs.size(0) << " train, "
+        << (data_.val.inputs.defined() ? data_.val.inputs.size(0) : 0) << " val\n";
+    return data_.classes;
   }
 
-  TextTrainResult result;
-  result.train_examples = train_set.inputs.size(0);
-  result.val_examples = val_source ? val_set.inputs.size(0) : 0;
-  FitPlan plan;
-  plan.trained = plan.model = module;
-  plan.trained_forward = plan.model_forward = forward_of(module, o.task);
-  plan.train = &train_source;
-  plan.val = val_source.get();
-  FitOutcome outcome = fit_and_check(plan, config, log);
+  // A run's start is its weights (resolve); random weights are a --model-config trained from scratch.
+  void build_model(const StartChoice&, std::ostream& log) override {
+    hf_ = start_model(o_, architecture_, classify() ? static_cast<int64_t>(data_.classes.size()) : -1, log);
+    const int64_t vocab = embedding_rows(*hf_.module);
+    check_ids(data_.train.inputs, vocab, *tokenizer_);
+    if (data_.val.inputs.defined()) check_ids(data_.val.inputs, vocab, *tokenizer_);
+    const int64_t context = context_length(*hf_.module);
+    if (length() > context)
+      throw Error(std::string(classify() ? "--max-length " : "--block-size ") + std::to_string(length()) +
+                  " exceeds the model's " + std::to_string(context) + " positions");
+  }
+
+  FreezeStep freeze_step() override {
+    FreezeStep step;
+    step.module = hf_.module.get();
+    step.keep = classify() ? "classifier" : "";
+    step.spec = step.named = step.saved = o_.freeze;
+    return step;
+  }
+
+  std::vector<ParamGroup> param_groups() override { return decay_groups(*hf_.module); }
+
+  FitPlan plan(TrainConfig& config, std::ostream&) override {
+    train_source_ =
+        std::make_unique<TokenBatchSource>(data_.train.inputs, data_.train.labels, o_.batch_size, true);
+    if (data_.val.inputs.defined() && data_.val.inputs.size(0) > 0)
+      val_source_ =
+          std::make_unique<TokenBatchSource>(data_.val.inputs, data_.val.labels, o_.batch_size, false);
+    if (config.schedule.warmup_steps == 0 && o_.warmup_ratio > 0) {
+      const double steps =
+          static_cast<double>(config.epochs) * static_cast<double>(train_source_->num_batches());
+      config.schedule.warmup_steps = static_cast<int64_t>(std::ceil(o_.warmup_ratio * steps));
+    }
+    result.train_examples = data_.train.inputs.size(0);
+    result.val_examples = val_source_ ? data_.val.inputs.size(0) : 0;
+    FitPlan plan;
+    plan.trained = plan.model = hf_.module;
+    plan.trained_forward = plan.model_forward = forward_of(hf_.module, o_.task);
+    plan.train = train_source_.get();
+    plan.val = val_source_.get();
+    return plan;
+  }
+
+  // A Hugging Face folder (config.json, model.safetensors, the tokenizer's files) plus graft.json.
+  RunFiles run_files(const FitOutcome& outcome, std::ostream&) override {
+    write_file_atomic((fs::path(o_.out) / "config.json").string(),
+                      run_config(*hf_.module, architecture_, data_.classes).dump(2) + "\n");
+    RunFiles files;
+    files.fields["model_type"] = hf_.model_type;
+    files.fields["architecture"] = architecture_;
+    // The task's own length (the other one is unused, and left to its default).
+    files.fields[classify() ? "max_length" : "block_size"] = length();
+    files.fields["line_by_line"] = o_.line_by_line;
+    files.fields["columns"] = columns_json(o_.columns);
+    files.fields["config"] = "config.json";
+    files.fields["tokenizer"] = save_tokenizer_files(tokenizer_path_, *tokenizer_, o_.out);
+    if (outcome.val_metrics) {
+      files.fields["val"] = {{"loss", outcome.val_metrics->loss},
+                             {"accuracy", outcome.val_metrics->accuracy}};
+      if (!classify()) files.fields["val"]["perplexity"] = outcome.val_metrics->perplexity();
+    }
+    files.weights = hf_state_dict(*hf_.module);
+    files.listing = "Hugging Face files config.json, model.safetensors, tokenizer; graft.json";
+    return files;
+  }
+
+  TextTrainResult result;  // history and metrics: train_run's outcome
+
+ private:
+  bool classify() const { return o_.task == "text-classify"; }
+  int64_t length() const { return classify() ? o_.max_length : o_.block_size; }
+
+  TextTrainOptions o_;
+  std::string architecture_, tokenizer_path_;
+  std::shared_ptr<Tokenizer> tokenizer_;
+  TextData data_;
+  HfModel hf_;
+  std::unique_ptr<TokenBatchSource> train_source_, val_source_;
+};
+
+}  // namespace
+
+TextTrainResult train_text_model(const TextTrainOptions& options, std::ostream& log) {
+  TextRecipe recipe(options);
+  FitOutcome outcome = train_run(recipe, log);
+  TextTrainResult result = std::move(recipe.result);
   result.history = std::move(outcome.history);
   result.val_metrics = std::move(outcome.val_metrics);
-
-  // The run directory: a Hugging Face folder plus graft.json (written last: it names complete files).
-  write_file_atomic((fs::path(o.out) / "config.json").string(),
-                    run_config(*module, architecture, classes).dump(2) + "\n");
-  json doc = new_run_document(o.task, classes, o.freeze, o.data, to_json(o));
-  doc["model_type"] = hf.model_type;
-  doc["architecture"] = architecture;
-  // The task's own length (the other one is unused, and left to its default).
-  doc[classify ? "max_length" : "block_size"] = classify ? o.max_length : o.block_size;
-  doc["line_by_line"] = o.line_by_line;
-  doc["columns"] = columns_json(o.columns);
-  doc["config"] = "config.json";
-  doc["tokenizer"] = save_tokenizer_files(tokenizer_path, *tokenizer, o.out);
-  if (result.val_metrics) {
-    doc["val"] = {{"loss", result.val_metrics->loss}, {"accuracy", result.val_metrics->accuracy}};
-    if (!classify) doc["val"]["perplexity"] = result.val_metrics->perplexity();
-  }
-  write_run_files(o.out, hf_state_dict(*module), {{"format", "pt"}, {"producer", "graft " GRAFT_VERSION}},
-                  std::move(doc));
-  log_run_directory(o.out, "Hugging Face files config.json, model.safetensors, tokenizer; graft.json",
-                    val_source != nullptr, classify, log);
   return result;
 }
 

@@ -65,22 +65,20 @@ BuiltModel wrap_backbone(Backbone backbone, const std::string& temporal, int64_t
   return built;
 }
 
-// The backbone's starting weights, loaded while it still has its image classifier (which is then dropped):
-// an image run's model, or as every task starts (load_start_weights). Says what it loaded.
-void load_backbone_weights(BackboneImpl& backbone, const VideoTrainOptions& o,
-                           const std::optional<LoadedRun>& image_run, std::ostream& log) {
-  if (!image_run) return load_start_weights(backbone, o.model, o.weights, o.random_init, o.verbose, log);
-  // Everything but the image run's classifier (its head or its last layer).
-  const std::string head = image_run->model->classifier_name();
+// An image run's model as the backbone's start: everything but its classifier (its head or its last
+// layer), loaded while the backbone still has its own image classifier (which is then dropped).
+void load_image_run_backbone(BackboneImpl& backbone, const LoadedRun& image_run, const std::string& dir,
+                             std::ostream& log) {
+  const std::string head = image_run.model->classifier_name();
   NamedTensors body;
-  for (auto& [name, tensor] : state_dict(*image_run->model))
+  for (auto& [name, tensor] : state_dict(*image_run.model))
     if (!is_dotted_prefix(name, head)) body.emplace_back(name, tensor);
   LoadOptions load;
-  load.source_name = (fs::path(o.init_from) / "model.safetensors").string();
+  load.source_name = (fs::path(dir) / "model.safetensors").string();
   load.skip_prefixes.push_back(backbone.classifier_name());
   const LoadReport report = load_state_dict(backbone, body, load);
-  log << "init from image run " << o.init_from << ": " << report.loaded.size() << " backbone tensors ("
-      << image_run->spec.model << "; its classifier '" << head << "' dropped)\n";
+  log << "init from image run " << dir << ": " << report.loaded.size() << " backbone tensors ("
+      << image_run.spec.model << "; its classifier '" << head << "' dropped)\n";
 }
 
 // The freeze spec with the parts named as the recipe does: backbone, temporal.
@@ -175,26 +173,6 @@ void load_video_run_weights(BuiltModel& built, const RunDocument& run,
       << (new_head ? "; a new classifier for " + std::to_string(classes.size()) + " classes" : "") << "\n";
 }
 
-// Applies the freeze spec by part; true when a per-frame backbone is wholly frozen and its features are
-// to be cached (then augmentation, which would need the backbone every epoch, is refused by name).
-bool freeze_parts(BuiltModel& built, const VideoTrainOptions& o, const std::string& freeze,
-                  std::ostream& log) {
-  const bool td = built.time_distributed != nullptr;
-  const FreezeReport frozen = td ? apply_freeze(*built.module, part_globs(freeze, true), "fc")
-                                 : apply_freeze(*built.backbone, part_globs(freeze, false));
-  log << "freeze '" << freeze << "': " << frozen.frozen_parameters << " tensors frozen, "
-      << frozen.trainable_parameters << " trainable\n";
-  bool backbone_frozen = td && o.cache_features;
-  if (td)
-    for (const auto& p : built.backbone->parameters())
-      backbone_frozen = backbone_frozen && !p.requires_grad();
-  if (backbone_frozen && (o.rotation > 0 || o.jitter > 0))
-    throw Error(std::string(o.rotation > 0 ? "--rotation" : "--jitter") +
-                " augments training clips, but the frozen backbone's features are computed once and cached; "
-                "add --no-feature-cache to augment every epoch, or leave it out");
-  return backbone_frozen;
-}
-
 // The per-frame features of the training (and validation) clips, once, as batch sources for the temporal
 // model; and the seconds it took.
 std::tuple<std::unique_ptr<TensorBatchSource>, std::unique_ptr<TensorBatchSource>, double>
@@ -224,110 +202,164 @@ std::shared_ptr<torch::nn::Module> temporal_part(TimeDistributedClassifierImpl& 
   return head;
 }
 
+// Video classification's own steps, which train_run (transfer/driver.h) calls in order: clips split by
+// class, an image backbone wrapped per frame (or a 3D CNN) with its start's weights, freezing by part, and
+// per-frame features cached when the backbone is wholly frozen.
+class VideoRecipe : public TrainRecipe {
+ public:
+  explicit VideoRecipe(const VideoTrainOptions& options) : input_(options), o_(options) {}
+
+  RunBasics basics() const override {
+    RunBasics b = basics_of(o_, "video-classify", "clip", "classify");
+    b.random_init = o_.random_init;
+    return b;
+  }
+  json options() const override { return to_json(o_); }
+
+  void resolve(std::ostream&) override {
+    start_ = open_video_init(o_, input_);  // a video run (loaded whole in build_model), or an image run
+    if (o_.model.empty())
+      throw Error("--model is required (an image backbone such as mobilenet_v2, or r3d_18)");
+  }
+
+  std::vector<std::string> open_data(std::ostream&) override {
+    splits_ = split_clips(o_.data, o_.validate ? o_.val_split : 0.0, o_.train.seed);
+    if (splits_.train.classes.size() < 2)
+      throw Error(o_.data + ": one class folder; classification needs two or more");
+    return splits_.train.classes;
+  }
+
+  void build_model(const StartChoice& start, std::ostream& log) override {
+    Backbone backbone = create_model(o_.model);
+    if (start_.image)
+      load_image_run_backbone(*backbone, *start_.image, o_.init_from, log);
+    else if (!start_.video)
+      load_start_weights(*backbone, start, o_.verbose, log);
+    // An earlier run's preprocessing goes with its weights (size, mean/std, interpolation), as for images.
+    pre_ = start_.video   ? start_.video_spec->preprocessing
+           : start_.image ? start_.image->spec.preprocessing
+                          : Preprocessing::from_cfg(backbone->default_cfg());
+    if (o_.image_size > 0) pre_.size = o_.image_size;
+    built_ = wrap_backbone(backbone, o_.temporal, static_cast<int64_t>(splits_.train.classes.size()));
+    if (start_.video) load_video_run_weights(built_, *start_.video, splits_.train.classes, log);
+  }
+
+  // By part: "backbone" and "temporal" name the per-frame model's two; the classifier always trains.
+  FreezeStep freeze_step() override {
+    FreezeStep step;
+    const bool td = built_.time_distributed != nullptr;
+    if (td) {
+      step.module = built_.module.get();
+      step.keep = "fc";
+    } else {
+      step.backbone = built_.backbone.get();
+    }
+    step.named = step.saved = o_.freeze.empty() ? "none" : o_.freeze;
+    step.spec = part_globs(step.named, td);
+    return step;
+  }
+
+  FitPlan plan(TrainConfig& config, std::ostream& log) override {
+    // A wholly frozen per-frame backbone: its features are cached, and augmentation (which would need the
+    // backbone every epoch) is refused by name.
+    bool backbone_frozen = built_.time_distributed != nullptr && o_.cache_features;
+    if (backbone_frozen)
+      for (const auto& p : built_.backbone->parameters())
+        backbone_frozen = backbone_frozen && !p.requires_grad();
+    if (backbone_frozen && (o_.rotation > 0 || o_.jitter > 0))
+      throw Error(
+          std::string(o_.rotation > 0 ? "--rotation" : "--jitter") +
+          " augments training clips, but the frozen backbone's features are computed once and cached; "
+          "add --no-feature-cache to augment every epoch, or leave it out");
+    ClipConfig eval_clip, train_clip;
+    eval_clip.frames = train_clip.frames = o_.frames;
+    eval_clip.transform = transform_for(pre_, false);
+    train_clip.transform = transform_for(pre_, o_.augment);
+    train_clip.transform.rotation_degrees = o_.rotation;
+    train_clip.transform.jitter = o_.jitter;
+    log << "data: " << splits_.train.clips.size() << " training, " << splits_.val.clips.size()
+        << " validation clips, " << splits_.train.classes.size() << " classes, " << o_.frames << " frames of "
+        << pre_.size << " px (" << pre_.interpolation << ")\n";
+
+    LoaderOptions loader_options;
+    loader_options.batch_size = o_.batch_size;
+    loader_options.workers = o_.workers;
+    loader_options.seed = o_.train.seed;
+    LoaderOptions eval_options = loader_options;
+    eval_options.shuffle = false;
+    std::shared_ptr<ClipFolder> val_set;
+    if (!splits_.val.clips.empty()) val_set = std::make_shared<ClipFolder>(splits_.val, eval_clip);
+    // The model as predict runs it (whole clips through the backbone), on the validation clips.
+    if (val_set) val_loader_ = std::make_unique<DataLoader>(val_set, eval_options);
+    if (val_loader_) val_clips_ = std::make_unique<LoaderBatchSource>(*val_loader_);
+    FitPlan plan;
+    plan.model = built_.module;
+    plan.model_forward = built_.forward;
+    plan.model_val = val_clips_.get();
+    if (backbone_frozen) {
+      // Feature extraction: the frozen backbone's per-frame features once, then epochs over the cache.
+      result.cached_features = true;
+      DataLoader train_once(std::make_shared<ClipFolder>(splits_.train, eval_clip), eval_options);
+      std::unique_ptr<DataLoader> val_once;
+      if (val_set) val_once = std::make_unique<DataLoader>(val_set, eval_options);
+      std::tie(train_features_, val_features_, result.feature_cache_seconds) = cache_clip_features(
+          *built_.time_distributed, train_once, val_once.get(), o_.batch_size, config.device, log);
+      result.skipped_clips = train_once.skipped_files() + (val_once ? val_once->skipped_files() : 0);
+      auto net = built_.time_distributed;
+      plan.trained = temporal_part(*net);
+      plan.trained_forward = [net](const torch::Tensor& x) { return net->forward_sequence(x); };
+      plan.train = train_features_.get();
+      plan.val = val_features_.get();
+    } else {
+      train_loader_ = std::make_unique<DataLoader>(std::make_shared<ClipFolder>(splits_.train, train_clip),
+                                                   loader_options);
+      train_clips_ = std::make_unique<LoaderBatchSource>(*train_loader_);
+      plan.trained = built_.module;
+      plan.trained_forward = built_.forward;
+      plan.train = train_clips_.get();
+      plan.val = val_clips_.get();
+    }
+    return plan;
+  }
+
+  RunFiles run_files(const FitOutcome&, std::ostream&) override {
+    if (train_loader_)
+      result.skipped_clips =
+          train_loader_->skipped_files() + (val_loader_ ? val_loader_->skipped_files() : 0);
+    RunFiles files;
+    files.fields["model"] = o_.model;
+    files.fields["temporal"] =
+        built_.time_distributed ? built_.time_distributed->temporal_spec().to_string() : "";
+    files.fields["preprocessing"] = clip_preprocessing_json(pre_, o_.frames);
+    files.weights = state_dict(*built_.module);
+    files.listing = "model.safetensors, graft.json";
+    if (result.skipped_clips)
+      files.note = "skipped " + std::to_string(result.skipped_clips) + " unreadable or too short clip(s)";
+    return files;
+  }
+
+  VideoTrainResult result;  // history and metrics: train_run's outcome
+
+ private:
+  const VideoTrainOptions input_;  // as given: tells a default from a choice (open_video_init)
+  VideoTrainOptions o_;
+  VideoStart start_;
+  ClipSplits splits_;
+  Preprocessing pre_;
+  BuiltModel built_;
+  std::unique_ptr<DataLoader> train_loader_, val_loader_;
+  std::unique_ptr<LoaderBatchSource> train_clips_, val_clips_;
+  std::unique_ptr<TensorBatchSource> train_features_, val_features_;
+};
+
 }  // namespace
 
-// The recipe in the order a run takes it (about 90 lines, kept whole so the order reads top to bottom):
-// its own steps are the helpers above, the steps every task shares are in transfer/driver.h.
-VideoTrainResult train_video_classifier(const VideoTrainOptions& input, std::ostream& log) {
-  check_train_values(to_json(input), "video-classify", "");  // every option, before anything is read
-  VideoTrainOptions o = input;
-  if (o.data.empty() || o.out.empty()) throw Error("--data and --out are required");
-  // Where the model starts: a video run (loaded whole below), or an image run (its backbone).
-  check_start_choice(o.weights, o.init_from, o.random_init);
-  const VideoStart start = open_video_init(o, input);
-  if (o.model.empty()) throw Error("--model is required (an image backbone such as mobilenet_v2, or r3d_18)");
-  log_resolved(to_json(o), log);
-
-  torch::manual_seed(o.train.seed);
-  ClipSplits splits = split_clips(o.data, o.validate ? o.val_split : 0.0, o.train.seed);
-  const int64_t classes = static_cast<int64_t>(splits.train.classes.size());
-  if (classes < 2) throw Error(o.data + ": one class folder; classification needs two or more");
-
-  Backbone backbone = create_model(o.model);
-  if (!start.video) load_backbone_weights(*backbone, o, start.image, log);
-  // An earlier run's preprocessing goes with its weights (size, mean/std, interpolation), as for image runs.
-  Preprocessing pre = start.video   ? start.video_spec->preprocessing
-                      : start.image ? start.image->spec.preprocessing
-                                    : Preprocessing::from_cfg(backbone->default_cfg());
-  if (o.image_size > 0) pre.size = o.image_size;
-  BuiltModel built = wrap_backbone(backbone, o.temporal, classes);
-  const bool td = built.time_distributed != nullptr;
-  if (start.video) load_video_run_weights(built, *start.video, splits.train.classes, log);
-
-  const std::string freeze = o.freeze.empty() ? "none" : o.freeze;
-  const bool backbone_frozen = freeze_parts(built, o, freeze, log);
-
-  ClipConfig eval_clip, train_clip;
-  eval_clip.frames = train_clip.frames = o.frames;
-  eval_clip.transform = transform_for(pre, false);
-  train_clip.transform = transform_for(pre, o.augment);
-  train_clip.transform.rotation_degrees = o.rotation;
-  train_clip.transform.jitter = o.jitter;
-  log << "data: " << splits.train.clips.size() << " training, " << splits.val.clips.size()
-      << " validation clips, " << classes << " classes, " << o.frames << " frames of " << pre.size << " px ("
-      << pre.interpolation << ")\n";
-
-  TrainConfig config = run_train_config(o.train, o.out, splits.train.classes, "clip", log);
-  LoaderOptions loader_options;
-  loader_options.batch_size = o.batch_size;
-  loader_options.workers = o.workers;
-  loader_options.seed = o.train.seed;
-  LoaderOptions eval_options = loader_options;
-  eval_options.shuffle = false;
-
-  VideoTrainResult result;
-  std::shared_ptr<ClipFolder> val_set;
-  if (!splits.val.clips.empty()) val_set = std::make_shared<ClipFolder>(splits.val, eval_clip);
-  // The model as predict runs it (whole clips through the backbone), on the validation clips.
-  std::unique_ptr<DataLoader> val_loader;
-  if (val_set) val_loader = std::make_unique<DataLoader>(val_set, eval_options);
-  std::unique_ptr<LoaderBatchSource> val_clips;
-  if (val_loader) val_clips = std::make_unique<LoaderBatchSource>(*val_loader);
-  FitPlan plan;
-  plan.model = built.module;
-  plan.model_forward = built.forward;
-  plan.model_val = val_clips.get();
-
-  std::unique_ptr<TensorBatchSource> train_features, val_features;
-  std::unique_ptr<DataLoader> train_loader;
-  std::unique_ptr<LoaderBatchSource> train_clips;
-  if (backbone_frozen) {
-    // Feature extraction: the frozen backbone's per-frame features once, then epochs over the cache.
-    result.cached_features = true;
-    DataLoader train_once(std::make_shared<ClipFolder>(splits.train, eval_clip), eval_options);
-    std::unique_ptr<DataLoader> val_once;
-    if (val_set) val_once = std::make_unique<DataLoader>(val_set, eval_options);
-    std::tie(train_features, val_features, result.feature_cache_seconds) = cache_clip_features(
-        *built.time_distributed, train_once, val_once.get(), o.batch_size, config.device, log);
-    result.skipped_clips = train_once.skipped_files() + (val_once ? val_once->skipped_files() : 0);
-    auto net = built.time_distributed;
-    plan.trained = temporal_part(*net);
-    plan.trained_forward = [net](const torch::Tensor& x) { return net->forward_sequence(x); };
-    plan.train = train_features.get();
-    plan.val = val_features.get();
-  } else {
-    train_loader =
-        std::make_unique<DataLoader>(std::make_shared<ClipFolder>(splits.train, train_clip), loader_options);
-    train_clips = std::make_unique<LoaderBatchSource>(*train_loader);
-    plan.trained = built.module;
-    plan.trained_forward = built.forward;
-    plan.train = train_clips.get();
-    plan.val = val_clips.get();
-  }
-  FitOutcome outcome = fit_and_check(plan, config, log);
+VideoTrainResult train_video_classifier(const VideoTrainOptions& options, std::ostream& log) {
+  VideoRecipe recipe(options);
+  FitOutcome outcome = train_run(recipe, log);
+  VideoTrainResult result = std::move(recipe.result);
   result.history = std::move(outcome.history);
   result.val_metrics = std::move(outcome.val_metrics);
-  if (train_loader)
-    result.skipped_clips = train_loader->skipped_files() + (val_loader ? val_loader->skipped_files() : 0);
-
-  json doc = new_run_document("video-classify", splits.train.classes, freeze, o.data, to_json(o));
-  doc["model"] = o.model;
-  doc["temporal"] = td ? built.time_distributed->temporal_spec().to_string() : "";
-  doc["preprocessing"] = clip_preprocessing_json(pre, o.frames);
-  write_run_files(o.out, state_dict(*built.module), {{"format", "pt"}, {"producer", "graft " GRAFT_VERSION}},
-                  std::move(doc));
-  if (result.skipped_clips) log << "skipped " << result.skipped_clips << " unreadable or too short clip(s)\n";
-  log_run_directory(o.out, "model.safetensors, graft.json", val_set != nullptr, true, log);
   return result;
 }
 

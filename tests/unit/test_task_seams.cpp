@@ -1,6 +1,6 @@
-// The seams between the image, text and video tasks (#13): one portable shuffle for every seeded split,
-// names that must become JSON checked when the data is scanned, not when the run is saved, and the
-// folders' layering.
+// The seams between the image, text and video tasks (#13): one training driver that every task's recipe
+// goes through, one portable shuffle for every seeded split, names that must become JSON checked when the
+// data is scanned, not when the run is saved, and the folders' layering.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -12,8 +12,11 @@
 
 #include "graft/data.h"
 #include "graft/errors.h"
+#include "graft/run_document.h"
 #include "graft/strings.h"
 #include "graft/video.h"
+#include "graft/weights.h"
+#include "transfer/driver.h"
 
 namespace graft {
 namespace {
@@ -25,6 +28,175 @@ fs::path fresh(const std::string& name) {
   fs::remove_all(dir);
   fs::create_directories(dir);
   return dir;
+}
+
+// A task that is nothing but its recipe, as a new task would be: two separable blobs in two dimensions and a
+// linear classifier. It records the order train_run calls it in.
+class BlobRecipe : public TrainRecipe {
+ public:
+  explicit BlobRecipe(std::string out) : out_(std::move(out)) {
+    train_.epochs = 4;
+    train_.optimizer.name = "sgd";
+    train_.optimizer.lr = 0.5;
+    train_.seed = 7;
+    train_.progress = false;
+  }
+  RunBasics basics() const override {
+    RunBasics b;
+    b.task = "image-classify";  // its options are checked against that task's rows
+    b.model = "blob";
+    b.data = "blobs";
+    b.out = out_;
+    b.weights = weights;
+    b.init_from = init_from;
+    b.sample_unit = "img";
+    b.objective = "classify";
+    b.train = &train_;
+    return b;
+  }
+  nlohmann::json options() const override {
+    return {{"epochs", train_.epochs}, {"lr", train_.optimizer.lr}, {"seed", train_.seed}};
+  }
+  void resolve(std::ostream&) override { calls.push_back("resolve"); }
+  std::vector<std::string> open_data(std::ostream&) override {
+    calls.push_back("data");
+    const torch::Tensor t = torch::arange(64, torch::kFloat);
+    x_ = torch::stack({torch::cos(t), torch::sin(t)}, 1) * 0.3;  // no generator: the data is fixed
+    y_ = torch::arange(64) % 2;
+    x_.select(1, 0).add_(y_.to(torch::kFloat) * 4 - 2);
+    return {"left", "right"};
+  }
+  void build_model(const StartChoice& start, std::ostream&) override {
+    calls.push_back("model");
+    start_kind = start.kind;
+    model_ = torch::nn::Linear(2, 2);  // initialised from torch's generator, which train_run seeds
+  }
+  FreezeStep freeze_step() override {
+    calls.push_back("freeze");
+    FreezeStep step;
+    step.module = model_.ptr().get();
+    step.spec = step.named = step.saved = "none";
+    return step;
+  }
+  std::vector<ParamGroup> param_groups() override {
+    calls.push_back("groups");
+    return {};
+  }
+  FitPlan plan(TrainConfig&, std::ostream&) override {
+    calls.push_back("plan");
+    train_batches_ = std::make_unique<TensorBatchSource>(x_, y_, 16, true);
+    val_batches_ = std::make_unique<TensorBatchSource>(x_, y_, 16, false);
+    FitPlan plan;
+    std::shared_ptr<torch::nn::LinearImpl> model = model_.ptr();
+    plan.trained = plan.model = model;
+    plan.trained_forward = plan.model_forward = [model](const torch::Tensor& x) { return model->forward(x); };
+    plan.train = train_batches_.get();
+    plan.val = val_batches_.get();
+    return plan;
+  }
+  RunFiles run_files(const FitOutcome& outcome, std::ostream&) override {
+    calls.push_back("files");
+    EXPECT_TRUE(outcome.val_metrics.has_value());
+    RunFiles files;
+    files.fields["blob_width"] = 2;
+    files.weights = state_dict(*model_);
+    files.listing = "model.safetensors, graft.json";
+    return files;
+  }
+
+  TrainConfig& train() { return train_; }
+  std::vector<std::string> calls;
+  std::string weights, init_from;
+  StartChoice::Kind start_kind = StartChoice::Kind::kRun;
+
+ private:
+  std::string out_;
+  TrainConfig train_;
+  torch::Tensor x_, y_;
+  torch::nn::Linear model_{nullptr};
+  std::unique_ptr<TensorBatchSource> train_batches_, val_batches_;
+};
+
+TEST(Driver, CallsARecipeInOrderSeedsItAndWritesTheRunDirectory) {
+  const fs::path root = fresh("driver");
+  BlobRecipe first((root / "a").string()), second((root / "b").string());
+  std::ostringstream log, log2;
+  const FitOutcome outcome = train_run(first, log);
+  train_run(second, log2);
+  EXPECT_EQ(first.calls,
+            (std::vector<std::string>{"resolve", "data", "model", "freeze", "groups", "plan", "files"}));
+  EXPECT_EQ(first.start_kind, StartChoice::Kind::kRandom);  // "blob" names no weights
+  ASSERT_TRUE(outcome.val_metrics.has_value());
+  EXPECT_GT(outcome.val_metrics->accuracy, 0.9) << log.str();
+  EXPECT_NE(log.str().find("graft train: resolved configuration"), std::string::npos) << log.str();
+  EXPECT_NE(log.str().find("freeze 'none': 0 tensors frozen, 2 trainable"), std::string::npos) << log.str();
+  EXPECT_NE(log.str().find("run directory: " + (root / "a").string()), std::string::npos) << log.str();
+  // graft.json: the shared fields, the task's own, and the weights it names.
+  const RunDocument doc = read_run_document((root / "a" / "graft.json").string());
+  EXPECT_EQ(doc.task, "image-classify");
+  EXPECT_EQ(doc.classes, (std::vector<std::string>{"left", "right"}));
+  EXPECT_EQ(doc.freeze, "none");
+  EXPECT_EQ(doc.doc.at("blob_width"), 2);
+  EXPECT_EQ(doc.doc.at("training").at("seed"), 7);
+  EXPECT_TRUE(fs::exists(root / "a" / "val_report.txt"));
+  // Seeded before the model is built: the two runs end with the same weights.
+  const NamedTensors a = read_safetensors((root / "a" / "model.safetensors").string());
+  const NamedTensors b = read_safetensors((root / "b" / "model.safetensors").string());
+  ASSERT_EQ(a.size(), 2u);
+  ASSERT_EQ(b.size(), 2u);
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(torch::equal(a[i].second, b[i].second)) << a[i].first;
+  fs::remove_all(root);
+}
+
+TEST(Driver, RefusesBadOptionsAndTwoStartsBeforeTheRecipeReadsAnything) {
+  const fs::path root = fresh("driver_refuses");
+  std::ostringstream log;
+  BlobRecipe both((root / "out").string());
+  both.weights = "w.safetensors";
+  both.init_from = "earlier_run";
+  try {
+    train_run(both, log);
+    ADD_FAILURE() << "two starts were taken";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("give --weights or --init-from, not both"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_TRUE(both.calls.empty());
+  BlobRecipe no_epochs((root / "out").string());
+  no_epochs.train().epochs = 0;
+  try {
+    train_run(no_epochs, log);
+    ADD_FAILURE() << "0 epochs were taken";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--epochs"), std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(no_epochs.calls.empty());
+  BlobRecipe no_out("");
+  EXPECT_THROW(train_run(no_out, log), Error);
+  EXPECT_TRUE(no_out.calls.empty());
+  EXPECT_FALSE(fs::exists(root / "out"));
+  fs::remove_all(root);
+}
+
+TEST(Driver, StartChoiceIsOneOrderForEveryTask) {
+  RunBasics b;  // no model name (a text run names its model by its weights)
+  EXPECT_EQ(start_choice(b).kind, StartChoice::Kind::kRandom);
+  b.model = "resnet18";
+  EXPECT_EQ(start_choice(b).kind, StartChoice::Kind::kRandom);
+  EXPECT_FALSE(start_choice(b).asked_random);
+  b.model = "resnet18.tv_in1k";
+  EXPECT_EQ(start_choice(b).kind, StartChoice::Kind::kPretrained);
+  b.random_init = true;
+  EXPECT_EQ(start_choice(b).kind, StartChoice::Kind::kRandom);
+  EXPECT_TRUE(start_choice(b).asked_random);
+  b.random_init = false;
+  b.weights = "w.safetensors";
+  EXPECT_EQ(start_choice(b).kind, StartChoice::Kind::kFile);
+  EXPECT_EQ(start_choice(b).source, "w.safetensors");
+  b.weights.clear();
+  b.init_from = "runs/a";
+  EXPECT_EQ(start_choice(b).kind, StartChoice::Kind::kRun);
+  EXPECT_EQ(start_choice(b).source, "runs/a");
 }
 
 // std::mt19937_64's outputs are fixed by the standard (its 10000th is 9981545732273789042), so a shuffle that
