@@ -89,4 +89,46 @@ nn::Sequential with_new_last_linear(const nn::Sequential& seq, int64_t in_featur
   return out;
 }
 
+void FeaturesClassifierImpl::finish_layout(torch::nn::Sequential layers, double dropout, int64_t num_classes,
+                                           LinearInit linear_init, bool reinit_replaced) {
+  namespace nn = torch::nn;
+  features = register_module("features", layers);
+  nn::Sequential head{nn::Dropout(dropout)};
+  push_last_linear(head, last_channel_, num_classes);
+  classifier = register_module("classifier", head);
+  num_classes_ = num_classes;
+  linear_init_ = std::move(linear_init);
+  reinit_replaced_ = reinit_replaced;
+
+  torch::NoGradGuard no_grad;
+  for (auto& module : modules(/*include_self=*/false)) {
+    if (auto* conv = module->as<nn::Conv2d>()) {
+      nn::init::kaiming_normal_(conv->weight, /*a=*/0, torch::kFanOut);
+      if (conv->bias.defined()) nn::init::zeros_(conv->bias);
+    } else if (auto* bn = module->as<nn::BatchNorm2d>()) {
+      nn::init::ones_(bn->weight);
+      nn::init::zeros_(bn->bias);
+    } else if (auto* linear = module->as<nn::Linear>()) {
+      linear_init_(*linear);
+    }
+  }
+}
+
+std::vector<ForwardStep> FeaturesClassifierImpl::feature_steps() {
+  return sequential_steps(features, "features", feature_types_);  // (N, 3, H, W) -> (N, C, H/32, W/32)
+}
+
+std::vector<ForwardStep> FeaturesClassifierImpl::classifier_steps(bool pre_logits) {
+  return pooled_classifier_steps(classifier, num_classes_, pre_logits);  // (N, C, H/32, W/32) -> logits
+}
+
+void FeaturesClassifierImpl::replace_classifier(int64_t num_classes) {
+  // A Sequential cannot swap one element: a new one around the same Dropout, under the same name.
+  classifier = replace_module("classifier", with_new_last_linear(classifier, last_channel_, num_classes,
+                                                                 features->ptr(0)->parameters().front()));
+  if (reinit_replaced_)
+    if (auto* linear = classifier->ptr(1)->as<torch::nn::Linear>()) linear_init_(*linear);
+  num_classes_ = num_classes;
+}
+
 }  // namespace graft

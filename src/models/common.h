@@ -7,6 +7,7 @@
 #include <torch/nn/modules/linear.h>
 
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <string>
 #include <vector>
@@ -74,5 +75,41 @@ std::vector<ForwardStep> pooled_classifier_steps(const torch::nn::Sequential& cl
 // device and dtype of `like`; the other children are shared, so their weights are kept.
 torch::nn::Sequential with_new_last_linear(const torch::nn::Sequential& seq, int64_t in_features,
                                            int64_t num_classes, const torch::Tensor& like);
+
+// torchvision's layout of MobileNetV2 and EfficientNet: `features`, a Sequential (stem, blocks, a last
+// conv of num_features() outputs, features.N typed for the summary), then `classifier` (Dropout, Linear)
+// after global average pooling. A subclass builds the features and calls finish_layout.
+class FeaturesClassifierImpl : public BackboneImpl {
+ public:
+  using LinearInit = std::function<void(torch::nn::LinearImpl&)>;
+  using BackboneImpl::BackboneImpl;
+
+  int64_t num_features() const override { return last_channel_; }
+  std::vector<ForwardStep> feature_steps() override;
+  // avgpool, flatten, classifier.0 (Dropout), classifier.1 (Linear); pre_logits stops before classifier.1.
+  std::vector<ForwardStep> classifier_steps(bool pre_logits) override;
+  std::string classifier_name() const override { return "classifier"; }
+
+  torch::nn::Sequential features{nullptr};
+  torch::nn::Sequential classifier{nullptr};
+
+ protected:
+  // Registers `layers` as features and the classifier (Identity for 0 classes), then initialises as
+  // torchvision does: convolutions Kaiming-normal (fan-out), BatchNorm 1/0, Linear layers by linear_init.
+  // reinit_replaced: a classifier replaced later is initialised by linear_init too (EfficientNet), not
+  // left at libtorch's default (MobileNetV2).
+  void finish_layout(torch::nn::Sequential layers, double dropout, int64_t num_classes,
+                     LinearInit linear_init, bool reinit_replaced);
+  void replace_classifier(int64_t num_classes) override;
+  int64_t classifier_outputs() const override { return num_classes_ > 0 ? num_classes_ : last_channel_; }
+
+  int64_t last_channel_ = 0;                // width of the last conv (1280 for MobileNetV2 and B0)
+  std::vector<std::string> feature_types_;  // layer type of features.N, for the summary
+
+ private:
+  int64_t num_classes_ = 0;  // 0: classifier.1 is an Identity
+  LinearInit linear_init_;
+  bool reinit_replaced_ = false;
+};
 
 }  // namespace graft

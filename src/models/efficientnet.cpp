@@ -111,7 +111,7 @@ torch::Tensor MBConvImpl::forward(const torch::Tensor& x) {
 }  // namespace efficientnet
 
 EfficientNetImpl::EfficientNetImpl(const EfficientNetConfig& config, int64_t num_classes)
-    : BackboneImpl(config.arch), config_(config) {
+    : FeaturesClassifierImpl(config.arch), config_(config) {
   check_num_classes(config.arch, num_classes);
   if (config.stages.empty()) {
     throw Error(config.arch + ": the stage table (EfficientNetConfig::stages) is empty");
@@ -152,47 +152,9 @@ EfficientNetImpl::EfficientNetImpl(const EfficientNetConfig& config, int64_t num
       efficientnet::Conv2dNormActivation(stages.back().out_channels, last_channel_, /*kernel_size=*/1,
                                          /*stride=*/1, /*groups=*/1, /*activation=*/true, config));
   feature_types_.push_back("Conv2dNormActivation");
-  features = register_module("features", layers);
-
-  nn::Sequential head(nn::Dropout(config.dropout));
-  push_last_linear(head, last_channel_, num_classes);
-  classifier = register_module("classifier", head);
-  num_classes_ = num_classes;
-
-  torch::NoGradGuard no_grad;
-  for (auto& module : modules(/*include_self=*/false)) {
-    if (auto* conv = module->as<nn::Conv2d>()) {
-      nn::init::kaiming_normal_(conv->weight, /*a=*/0, torch::kFanOut);
-      if (conv->bias.defined()) nn::init::zeros_(conv->bias);
-    } else if (auto* bn = module->as<nn::BatchNorm2d>()) {
-      nn::init::ones_(bn->weight);
-      nn::init::zeros_(bn->bias);
-    } else if (auto* linear = module->as<nn::Linear>()) {
-      init_linear_uniform(*linear);
-    }
-  }
-}
-
-std::vector<ForwardStep> EfficientNetImpl::feature_steps() {
-  // (N, 3, H, W) -> stem (N, 32, H/2, W/2) -> stages -> (N, 320, H/32, W/32) -> (N, 1280, H/32, W/32) for B0.
-  return sequential_steps(features, "features", feature_types_);
-}
-
-std::vector<ForwardStep> EfficientNetImpl::classifier_steps(bool pre_logits) {
-  return pooled_classifier_steps(classifier, num_classes_, pre_logits);  // (N, 1280, H/32, W/32) -> logits
-}
-
-void EfficientNetImpl::replace_classifier(int64_t num_classes) {
-  // A Sequential cannot swap one element: a new one around the same Dropout, under the same name.
-  classifier = replace_module("classifier", with_new_last_linear(classifier, last_channel_, num_classes,
-                                                                 features->ptr(0)->parameters().front()));
-  if (auto* linear = classifier->ptr(1)->as<nn::Linear>())
-    init_linear_uniform(*linear);  // as at construction
-  num_classes_ = num_classes;
-}
-
-int64_t EfficientNetImpl::classifier_outputs() const {
-  return num_classes_ > 0 ? num_classes_ : last_channel_;
+  // torchvision initialises EfficientNet's Linear layers uniformly (not MobileNetV2's N(0, 0.01)), a new
+  // classifier too.
+  finish_layout(layers, config.dropout, num_classes, init_linear_uniform, /*reinit_replaced=*/true);
 }
 
 Backbone efficientnet_b0(int64_t num_classes) {

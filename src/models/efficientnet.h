@@ -16,6 +16,7 @@
 #include "graft/model.h"
 #include "layers/conv_bn.h"
 #include "layers/stochastic_depth.h"
+#include "models/common.h"
 
 namespace graft {
 
@@ -121,30 +122,14 @@ TORCH_MODULE(Stage);
 
 }  // namespace efficientnet
 
-class EfficientNetImpl : public BackboneImpl {
+class EfficientNetImpl : public FeaturesClassifierImpl {
  public:
   EfficientNetImpl(const EfficientNetConfig& config, int64_t num_classes);
 
-  int64_t num_features() const override { return last_channel_; }
-  std::vector<ForwardStep> feature_steps() override;
-  // avgpool, flatten, classifier.0 (Dropout), classifier.1 (Linear); pre_logits stops before classifier.1.
-  std::vector<ForwardStep> classifier_steps(bool pre_logits) override;
-  std::string classifier_name() const override { return "classifier"; }
-
   const EfficientNetConfig& config() const { return config_; }
-
-  torch::nn::Sequential features{nullptr};
-  torch::nn::Sequential classifier{nullptr};
-
- protected:
-  void replace_classifier(int64_t num_classes) override;
-  int64_t classifier_outputs() const override;
 
  private:
   EfficientNetConfig config_;
-  int64_t last_channel_ = 0;                // width of features.8: 4 x the last stage's (1280 for B0)
-  std::vector<std::string> feature_types_;  // layer type of features.N, for the summary
-  int64_t num_classes_ = 0;                 // 0: classifier.1 is an Identity
 };
 TORCH_MODULE(EfficientNet);
 

@@ -83,7 +83,7 @@ torch::Tensor InvertedResidualImpl::forward(const torch::Tensor& x) {
 }  // namespace mobilenetv2
 
 MobileNetV2Impl::MobileNetV2Impl(const MobileNetV2Config& config, int64_t num_classes)
-    : BackboneImpl(config.arch), config_(config) {
+    : FeaturesClassifierImpl(config.arch), config_(config) {
   using mobilenetv2::make_divisible;
   check_num_classes(config.arch, num_classes);
   if (config.setting.empty()) throw Error(config.arch + ": the inverted residual setting is empty");
@@ -108,43 +108,7 @@ MobileNetV2Impl::MobileNetV2Impl(const MobileNetV2Config& config, int64_t num_cl
   layers->push_back(mobilenetv2::Conv2dNormActivation(input_channel, last_channel_, /*kernel_size=*/1,
                                                       /*stride=*/1, /*groups=*/1, style));
   feature_types_.push_back("Conv2dNormActivation");
-  features = register_module("features", layers);
-
-  nn::Sequential head(nn::Dropout(config.dropout));
-  push_last_linear(head, last_channel_, num_classes);
-  classifier = register_module("classifier", head);
-  num_classes_ = num_classes;
-
-  torch::NoGradGuard no_grad;
-  for (auto& module : modules(/*include_self=*/false)) {
-    if (auto* conv = module->as<nn::Conv2d>()) {
-      nn::init::kaiming_normal_(conv->weight, /*a=*/0, torch::kFanOut);
-    } else if (auto* bn = module->as<nn::BatchNorm2d>()) {
-      nn::init::ones_(bn->weight);
-      nn::init::zeros_(bn->bias);
-    } else if (auto* linear = module->as<nn::Linear>()) {
-      init_linear_normal(*linear);
-    }
-  }
-}
-
-std::vector<ForwardStep> MobileNetV2Impl::feature_steps() {
-  return sequential_steps(features, "features", feature_types_);  // (N, 3, H, W) -> (N, 1280, H/32, W/32)
-}
-
-std::vector<ForwardStep> MobileNetV2Impl::classifier_steps(bool pre_logits) {
-  return pooled_classifier_steps(classifier, num_classes_, pre_logits);  // (N, 1280, H/32, W/32) -> logits
-}
-
-void MobileNetV2Impl::replace_classifier(int64_t num_classes) {
-  // A Sequential cannot swap one element: a new one around the same Dropout, under the same name.
-  classifier = replace_module("classifier", with_new_last_linear(classifier, last_channel_, num_classes,
-                                                                 features->ptr(0)->parameters().front()));
-  num_classes_ = num_classes;
-}
-
-int64_t MobileNetV2Impl::classifier_outputs() const {
-  return num_classes_ > 0 ? num_classes_ : last_channel_;
+  finish_layout(layers, config.dropout, num_classes, init_linear_normal, /*reinit_replaced=*/false);
 }
 
 Backbone mobilenet_v2(int64_t num_classes) {

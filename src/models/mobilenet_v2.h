@@ -10,6 +10,7 @@
 
 #include "graft/model.h"
 #include "layers/conv_bn.h"
+#include "models/common.h"
 
 namespace graft {
 
@@ -96,30 +97,14 @@ TORCH_MODULE(InvertedResidual);
 
 }  // namespace mobilenetv2
 
-class MobileNetV2Impl : public BackboneImpl {
+class MobileNetV2Impl : public FeaturesClassifierImpl {
  public:
   MobileNetV2Impl(const MobileNetV2Config& config, int64_t num_classes);
 
-  int64_t num_features() const override { return last_channel_; }
-  std::vector<ForwardStep> feature_steps() override;
-  // avgpool, flatten, classifier.0 (Dropout), classifier.1 (Linear); pre_logits stops before classifier.1.
-  std::vector<ForwardStep> classifier_steps(bool pre_logits) override;
-  std::string classifier_name() const override { return "classifier"; }
-
   const MobileNetV2Config& config() const { return config_; }
-
-  torch::nn::Sequential features{nullptr};
-  torch::nn::Sequential classifier{nullptr};
-
- protected:
-  void replace_classifier(int64_t num_classes) override;
-  int64_t classifier_outputs() const override;
 
  private:
   MobileNetV2Config config_;
-  int64_t last_channel_ = 0;
-  std::vector<std::string> feature_types_;  // layer type of features.N, for the summary
-  int64_t num_classes_ = 0;                 // 0: classifier.1 is an Identity
 };
 TORCH_MODULE(MobileNetV2);
 
