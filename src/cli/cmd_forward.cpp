@@ -107,6 +107,66 @@ NamedTensors forward_hf(const std::string& dir, bool strict, const SafeTensorsRe
   return out;
 }
 
+// The output never replaces what is read: `--inputs F --out F` used to overwrite the inputs.
+void check_out_is_new(const std::string& out, const std::string& inputs, const ModelArgs& args) {
+  namespace fs = std::filesystem;
+  std::error_code ignored;
+  const fs::path model_weights = fs::path(args.model) / "model.safetensors";
+  for (const auto& [flag, path] : {std::pair<std::string, std::string>{"--inputs", inputs},
+                                   {"--weights", args.weights},
+                                   {"MODEL", model_weights.string()}})
+    if (!path.empty() && fs::equivalent(out, path, ignored))
+      throw Error("--out " + out + " is the file " + flag + " names (" + path +
+                  "); write the outputs to another file");
+}
+
+// MODEL may name a Hugging Face Hub repository (ORG/NAME[@REV]): its snapshot folder in the cache.
+std::string resolve_hub_model(const std::string& model) {
+  if (!looks_like_hub_repo(model) || std::filesystem::exists(model)) return model;
+  const std::filesystem::path resolved = resolve_weights(model);
+  const std::filesystem::path folder =
+      std::filesystem::is_directory(resolved) ? resolved : resolved.parent_path();
+  if (!std::filesystem::is_regular_file(folder / "config.json")) {
+    throw Error(model + " (" + folder.string() +
+                ") has no config.json, so it names no Hugging Face "
+                "model: give the architecture as MODEL and the repository as --weights");
+  }
+  return folder.string();
+}
+
+// An image or video backbone on pixel_values: its logits and pooled features.
+void forward_backbone(const ModelArgs& args, const std::string& inputs, const std::string& out,
+                      torch::Device dev) {
+  Backbone model = build_model(args);
+  SafeTensorsReader reader(inputs);
+  if (!reader.contains("pixel_values")) {
+    std::string names;
+    for (const auto& t : reader.tensors()) names += (names.empty() ? "" : ", ") + t.name;
+    throw Error(inputs + ": no tensor named 'pixel_values' (found: " + (names.empty() ? "none" : names) +
+                "); expected (N, 3, H, W) float32 pixels normalised with the model's mean/std");
+  }
+  torch::Tensor pixels = reader.load("pixel_values");
+  // Video backbones take clips (N, C, T, H, W), as torchvision's video models do.
+  const bool video = is_video_backbone(*model);
+  if (video ? pixels.dim() != 5 || pixels.size(1) != 3 : pixels.dim() != 4 || pixels.size(1) != 3) {
+    throw ShapeMismatch(inputs, "pixel_values",
+                        video ? std::vector<int64_t>{-1, 3, -1, -1, -1} : std::vector<int64_t>{-1, 3, -1, -1},
+                        pixels.sizes().vec());
+  }
+  model->to(dev);
+  model->eval();
+  torch::NoGradGuard no_grad;
+  pixels = pixels.to(dev, torch::kFloat32);
+  torch::Tensor features = model->forward_features(pixels);
+  torch::Tensor logits = model->forward_head(features);
+  std::vector<int64_t> spatial(static_cast<size_t>(features.dim() - 2));
+  std::iota(spatial.begin(), spatial.end(), int64_t{2});  // pooled over (T,) H, W
+  write_safetensors(out, {{"logits", logits.cpu()}, {"features", features.mean(spatial).cpu()}},
+                    {{"model", args.model}, {"producer", "graft " GRAFT_VERSION}});
+  std::cout << "wrote " << out << ": logits " << shape_str(logits.sizes().vec()) << ", features "
+            << shape_str({features.size(0), features.size(1)}) << "\n";
+}
+
 }  // namespace
 
 void add_forward_command(CLI::App& app) {
@@ -130,28 +190,8 @@ void add_forward_command(CLI::App& app) {
       ->required();
   command->add_option("--device", *device, "auto, cpu or cuda[:N]");
   command->callback([args, inputs, out, device] {
-    // The output never replaces what is read: `--inputs F --out F` used to overwrite the inputs.
-    namespace fs = std::filesystem;
-    std::error_code ignored;
-    const fs::path model_weights = fs::path(args->model) / "model.safetensors";
-    for (const auto& [flag, path] : {std::pair<std::string, std::string>{"--inputs", *inputs},
-                                     {"--weights", args->weights},
-                                     {"MODEL", model_weights.string()}})
-      if (!path.empty() && fs::equivalent(*out, path, ignored))
-        throw Error("--out " + *out + " is the file " + flag + " names (" + path +
-                    "); write the outputs to another file");
-    // MODEL may name a Hugging Face Hub repository (ORG/NAME[@REV]): its snapshot folder in the cache.
-    if (looks_like_hub_repo(args->model) && !std::filesystem::exists(args->model)) {
-      const std::filesystem::path resolved = resolve_weights(args->model);
-      const std::filesystem::path folder =
-          std::filesystem::is_directory(resolved) ? resolved : resolved.parent_path();
-      if (!std::filesystem::is_regular_file(folder / "config.json")) {
-        throw Error(args->model + " (" + folder.string() +
-                    ") has no config.json, so it names no Hugging Face "
-                    "model: give the architecture as MODEL and the repository as --weights");
-      }
-      args->model = folder.string();
-    }
+    check_out_is_new(*out, *inputs, *args);
+    args->model = resolve_hub_model(args->model);
     // A folder names a Hugging Face model: its config.json must be a file (a folder there was reported as
     // "unknown architecture").
     if (std::filesystem::is_directory(args->model))
@@ -167,36 +207,7 @@ void add_forward_command(CLI::App& app) {
       std::cout << "\n";
       return;
     }
-    Backbone model = build_model(*args);
-    const torch::Device dev = parse_device(*device);
-    SafeTensorsReader reader(*inputs);
-    if (!reader.contains("pixel_values")) {
-      std::string names;
-      for (const auto& t : reader.tensors()) names += (names.empty() ? "" : ", ") + t.name;
-      throw Error(*inputs + ": no tensor named 'pixel_values' (found: " + (names.empty() ? "none" : names) +
-                  "); expected (N, 3, H, W) float32 pixels normalised with the model's mean/std");
-    }
-    torch::Tensor pixels = reader.load("pixel_values");
-    // Video backbones take clips (N, C, T, H, W), as torchvision's video models do.
-    const bool video = is_video_backbone(*model);
-    if (video ? pixels.dim() != 5 || pixels.size(1) != 3 : pixels.dim() != 4 || pixels.size(1) != 3) {
-      throw ShapeMismatch(
-          *inputs, "pixel_values",
-          video ? std::vector<int64_t>{-1, 3, -1, -1, -1} : std::vector<int64_t>{-1, 3, -1, -1},
-          pixels.sizes().vec());
-    }
-    model->to(dev);
-    model->eval();
-    torch::NoGradGuard no_grad;
-    pixels = pixels.to(dev, torch::kFloat32);
-    torch::Tensor features = model->forward_features(pixels);
-    torch::Tensor logits = model->forward_head(features);
-    std::vector<int64_t> spatial(static_cast<size_t>(features.dim() - 2));
-    std::iota(spatial.begin(), spatial.end(), int64_t{2});  // pooled over (T,) H, W
-    write_safetensors(*out, {{"logits", logits.cpu()}, {"features", features.mean(spatial).cpu()}},
-                      {{"model", args->model}, {"producer", "graft " GRAFT_VERSION}});
-    std::cout << "wrote " << *out << ": logits " << shape_str(logits.sizes().vec()) << ", features "
-              << shape_str({features.size(0), features.size(1)}) << "\n";
+    forward_backbone(*args, *inputs, *out, parse_device(*device));
   });
 }
 

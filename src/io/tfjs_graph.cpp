@@ -59,6 +59,13 @@ struct TfjsGraphModel::Graph {
   std::map<std::string, size_t> index;
   std::vector<std::string> inputs, outputs;
 
+  // One entry of modelTopology.node, checked; the names of its inputs go to input_names.
+  Node read_node(const json& entry, const std::map<std::string, torch::Tensor>& weights,
+                 std::vector<std::string>& input_names) const;
+  // Every node, in an order where inputs come first (a cycle is refused), prepared; the Placeholders.
+  void add_nodes(const json& list, const std::map<std::string, torch::Tensor>& weights);
+  void find_outputs(const json& root);
+
   [[noreturn]] void fail(const Node& node, const std::string& what) const {
     throw FormatError(file, "node '" + node.name + "' (" + node.op + "): " + what);
   }
@@ -232,75 +239,70 @@ struct TfjsGraphModel::Graph {
   }
 };
 
-TfjsGraphModel::TfjsGraphModel(const std::string& path) : graph_(std::make_unique<Graph>()) {
-  namespace fs = std::filesystem;
-  std::string file = path;
-  if (fs::is_directory(path)) {
-    file.clear();
-    for (const char* name : {"model.json", "model.min.js"}) {
-      if (fs::is_regular_file(fs::path(path) / name)) {
-        file = (fs::path(path) / name).string();
-        break;
-      }
-    }
-    if (file.empty()) throw FormatError(path, "a folder without model.json or model.min.js");
-  }
-  Graph& g = *graph_;
-  g.file = file;
-  const json root = tfjs::read_model_json(file);
-  if (!root.contains("modelTopology") || !root["modelTopology"].is_object() ||
-      !root["modelTopology"].contains("node") || !root["modelTopology"]["node"].is_array()) {
-    throw FormatError(file, "no modelTopology.node list: not a TF.js graph model",
-                      "a layers model (Keras topology) loads with --weights into its architecture");
-  }
-  std::map<std::string, torch::Tensor> weights;
-  for (auto& [name, value] : tfjs::read_manifest_weights(root, file)) weights[name] = std::move(value);
+namespace {
 
+// The model file of a path: the file itself, or a folder's model.json (model.min.js for a bundle's).
+std::string graph_file(const std::string& path) {
+  namespace fs = std::filesystem;
+  if (!fs::is_directory(path)) return path;
+  for (const char* name : {"model.json", "model.min.js"})
+    if (fs::is_regular_file(fs::path(path) / name)) return (fs::path(path) / name).string();
+  throw FormatError(path, "a folder without model.json or model.min.js");
+}
+
+}  // namespace
+
+TfjsGraphModel::Graph::Node TfjsGraphModel::Graph::read_node(
+    const json& entry, const std::map<std::string, torch::Tensor>& weights,
+    std::vector<std::string>& input_names) const {
+  Node node;
+  if (!entry.is_object() || !entry.contains("name") || !entry["name"].is_string() || !entry.contains("op") ||
+      !entry["op"].is_string()) {
+    throw FormatError(file, "a graph node without a name or op: " + json_excerpt(entry, 200));
+  }
+  node.name = entry["name"].get<std::string>();
+  node.op = entry["op"].get<std::string>();
+  node.attr = entry.value("attr", json::object());
+  if (!kSupportedOps.count(node.op)) fail(node, "op not supported by graft's graph interpreter");
+  const json input_list = entry.value("input", json::array());
+  if (!input_list.is_array()) fail(node, "\"input\" is not a list of node names");
+  for (const json& input : input_list) {
+    if (!input.is_string()) fail(node, "an input is not a node name: " + json_excerpt(input, 80));
+    std::string name = input.get<std::string>();
+    if (!name.empty() && name[0] == '^') continue;  // a control dependency carries no data
+    const size_t colon = name.rfind(':');
+    if (colon != std::string::npos) {
+      if (name.substr(colon + 1) != "0")
+        fail(node, "reads output " + name + "; only first outputs are supported");
+      name = name.substr(0, colon);
+    }
+    input_names.push_back(name);
+  }
+  if (node.op == "Const") {
+    auto it = weights.find(node.name);
+    if (it == weights.end()) fail(node, "its value is not in the weights manifest");
+    node.weight = it->second;
+  }
+  return node;
+}
+
+void TfjsGraphModel::Graph::add_nodes(const json& list, const std::map<std::string, torch::Tensor>& weights) {
   // Read the nodes, then order them so every input comes first (Kahn's algorithm), refusing cycles.
-  const json& list = root["modelTopology"]["node"];
-  std::vector<Graph::Node> read;
+  std::vector<Node> read;
   std::map<std::string, size_t> by_name;
   std::vector<std::vector<std::string>> input_names;
   for (const json& entry : list) {
-    Graph::Node node;
-    if (!entry.is_object() || !entry.contains("name") || !entry["name"].is_string() ||
-        !entry.contains("op") || !entry["op"].is_string()) {
-      throw FormatError(file, "a graph node without a name or op: " + json_excerpt(entry, 200));
-    }
-    node.name = entry["name"].get<std::string>();
-    node.op = entry["op"].get<std::string>();
-    node.attr = entry.value("attr", json::object());
-    if (!kSupportedOps.count(node.op)) g.fail(node, "op not supported by graft's graph interpreter");
-    std::vector<std::string> inputs;
-    const json input_list = entry.value("input", json::array());
-    if (!input_list.is_array()) g.fail(node, "\"input\" is not a list of node names");
-    for (const json& input : input_list) {
-      if (!input.is_string()) g.fail(node, "an input is not a node name: " + json_excerpt(input, 80));
-      std::string name = input.get<std::string>();
-      if (!name.empty() && name[0] == '^') continue;  // a control dependency carries no data
-      const size_t colon = name.rfind(':');
-      if (colon != std::string::npos) {
-        if (name.substr(colon + 1) != "0")
-          g.fail(node, "reads output " + name + "; only first outputs are supported");
-        name = name.substr(0, colon);
-      }
-      inputs.push_back(name);
-    }
-    if (node.op == "Const") {
-      auto it = weights.find(node.name);
-      if (it == weights.end()) g.fail(node, "its value is not in the weights manifest");
-      node.weight = it->second;
-    }
-    if (!by_name.emplace(node.name, read.size()).second) g.fail(node, "the name appears twice");
+    input_names.emplace_back();
+    Node node = read_node(entry, weights, input_names.back());
+    if (!by_name.emplace(node.name, read.size()).second) fail(node, "the name appears twice");
     read.push_back(std::move(node));
-    input_names.push_back(std::move(inputs));
   }
   std::vector<std::vector<size_t>> readers(read.size());
   std::vector<size_t> pending(read.size(), 0);
   for (size_t i = 0; i < read.size(); ++i) {
     for (const std::string& name : input_names[i]) {
       auto it = by_name.find(name);
-      if (it == by_name.end()) g.fail(read[i], "input '" + name + "' is not a node of the graph");
+      if (it == by_name.end()) fail(read[i], "input '" + name + "' is not a node of the graph");
       readers[it->second].push_back(i);
       ++pending[i];
     }
@@ -320,38 +322,54 @@ TfjsGraphModel::TfjsGraphModel(const std::string& path) : graph_(std::make_uniqu
   }
   if (order.size() != read.size()) throw FormatError(file, "the graph has a cycle");
   for (size_t i : order) {
-    Graph::Node node = std::move(read[i]);
+    Node node = std::move(read[i]);
     for (const std::string& name : input_names[i]) node.inputs.push_back(position[by_name[name]]);
-    g.index[node.name] = g.nodes.size();
-    g.nodes.push_back(std::move(node));
+    index[node.name] = nodes.size();
+    nodes.push_back(std::move(node));
   }
-  for (auto& node : g.nodes) {
-    g.prepare(node);
-    if (node.op == "Placeholder") g.inputs.push_back(node.name);
+  for (auto& node : nodes) {
+    prepare(node);
+    if (node.op == "Placeholder") inputs.push_back(node.name);
   }
-  if (g.inputs.empty()) throw FormatError(file, "the graph has no Placeholder input");
+  if (inputs.empty()) throw FormatError(file, "the graph has no Placeholder input");
+}
 
-  // Outputs: the signature's, else the nodes that nothing reads (and are not constants).
-  const json* outputs = nullptr;
+void TfjsGraphModel::Graph::find_outputs(const json& root) {
+  // The signature's, else the nodes that nothing reads (and are not constants).
+  const json* listed = nullptr;
   if (root.contains("userDefinedMetadata") && root["userDefinedMetadata"].contains("signature")) {
     const json& signature = root["userDefinedMetadata"]["signature"];
-    if (signature.contains("outputs") && signature["outputs"].is_object()) outputs = &signature["outputs"];
+    if (signature.contains("outputs") && signature["outputs"].is_object()) listed = &signature["outputs"];
   }
-  if (outputs) {
-    for (const auto& item : outputs->items()) {
+  if (listed) {
+    for (const auto& item : listed->items()) {
       const std::string name = item.key().substr(0, item.key().rfind(':'));
-      if (!g.index.count(name))
-        throw FormatError(file, "signature output '" + item.key() + "' is not a node");
-      g.outputs.push_back(name);
+      if (!index.count(name)) throw FormatError(file, "signature output '" + item.key() + "' is not a node");
+      outputs.push_back(name);
     }
-  } else {
-    for (size_t i = 0; i < g.nodes.size(); ++i) {
-      bool read_by_any = false;
-      for (const auto& other : g.nodes)
-        read_by_any |= std::count(other.inputs.begin(), other.inputs.end(), i) > 0;
-      if (!read_by_any && g.nodes[i].op != "Const") g.outputs.push_back(g.nodes[i].name);
-    }
+    return;
   }
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    bool read_by_any = false;
+    for (const auto& other : nodes)
+      read_by_any |= std::count(other.inputs.begin(), other.inputs.end(), i) > 0;
+    if (!read_by_any && nodes[i].op != "Const") outputs.push_back(nodes[i].name);
+  }
+}
+
+TfjsGraphModel::TfjsGraphModel(const std::string& path) : graph_(std::make_unique<Graph>()) {
+  Graph& g = *graph_;
+  g.file = graph_file(path);
+  const json root = tfjs::read_model_json(g.file);
+  if (!root.contains("modelTopology") || !root["modelTopology"].is_object() ||
+      !root["modelTopology"].contains("node") || !root["modelTopology"]["node"].is_array()) {
+    throw FormatError(g.file, "no modelTopology.node list: not a TF.js graph model",
+                      "a layers model (Keras topology) loads with --weights into its architecture");
+  }
+  std::map<std::string, torch::Tensor> weights;
+  for (auto& [name, value] : tfjs::read_manifest_weights(root, g.file)) weights[name] = std::move(value);
+  g.add_nodes(root["modelTopology"]["node"], weights);
+  g.find_outputs(root);
 }
 
 TfjsGraphModel::~TfjsGraphModel() = default;

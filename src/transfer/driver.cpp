@@ -170,6 +170,24 @@ FitOutcome train_run(TrainRecipe& recipe, std::ostream& log) {
   return outcome;
 }
 
+RunLoaders run_loaders(int64_t batch_size, int workers, uint64_t seed) {
+  RunLoaders loaders;
+  loaders.train.batch_size = batch_size;
+  loaders.train.workers = workers;
+  loaders.train.seed = seed;
+  loaders.eval = loaders.train;
+  loaders.eval.shuffle = false;
+  return loaders;
+}
+
+LoaderOptions use_loader_options(int64_t batch_size) {
+  if (batch_size <= 0) throw Error("--batch-size must be positive, got " + std::to_string(batch_size));
+  LoaderOptions options;
+  options.batch_size = batch_size;
+  options.shuffle = false;
+  return options;
+}
+
 FeatureSet map_batches(DataLoader& loader, const std::function<torch::Tensor(const torch::Tensor&)>& fn,
                        torch::Device device, std::ostream& log, const std::string& label,
                        const std::string& unit) {

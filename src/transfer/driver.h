@@ -156,6 +156,27 @@ void log_resolved(const nlohmann::json& resolved, std::ostream& log);
 // eval mode, ready to save.
 FitOutcome fit_and_check(const FitPlan& plan, const TrainConfig& config, std::ostream& log);
 
+// A task's train function: its recipe through train_run, whose outcome completes the recipe's result
+// (Recipe::result, a struct with history and val_metrics beside the task's own figures).
+template <class Recipe, class Options>
+auto train_with(const Options& options, std::ostream& log) {
+  Recipe recipe(options);
+  FitOutcome outcome = train_run(recipe, log);
+  auto result = std::move(recipe.result);
+  result.history = std::move(outcome.history);
+  result.val_metrics = std::move(outcome.val_metrics);
+  return result;
+}
+
+// The loaders' options of a run: training batches shuffled from the seed, evaluation in order.
+struct RunLoaders {
+  LoaderOptions train, eval;
+};
+RunLoaders run_loaders(int64_t batch_size, int workers, uint64_t seed);
+// A finished run's loader (evaluate, features): in order; throws graft::Error naming --batch-size unless
+// it is positive.
+LoaderOptions use_loader_options(int64_t batch_size);
+
 // fn over every batch of the loader (inputs on `device`), in eval mode without autograd and with each conv
 // + BatchNorm folded: the outputs concatenated on the CPU with the batches' labels and ids, a progress
 // bar on log counting `unit`s. What the feature caches and every run's features are made of. Throws

@@ -297,10 +297,7 @@ std::vector<FeaturePart> open_feature_parts(const std::string& data, const std::
 
 FeatureSet part_features(BackboneImpl& model, const std::vector<FeaturePart>& parts, int64_t batch_size,
                          torch::Device device, std::ostream& log) {
-  if (batch_size <= 0) throw Error("--batch-size must be positive, got " + std::to_string(batch_size));
-  LoaderOptions options;
-  options.batch_size = batch_size;
-  options.shuffle = false;
+  const LoaderOptions options = use_loader_options(batch_size);
   FeatureSet all;
   std::vector<torch::Tensor> features, labels;
   for (const auto& [name, dataset] : parts) {
@@ -390,12 +387,7 @@ class ImageRecipe : public TrainRecipe {
   }
 
   FitPlan plan(TrainConfig& config, std::ostream& log) override {
-    LoaderOptions loader_options;
-    loader_options.batch_size = o_.batch_size;
-    loader_options.workers = o_.workers;
-    loader_options.seed = config.seed;
-    LoaderOptions eval_options = loader_options;
-    eval_options.shuffle = false;
+    const auto [loader_options, eval_options] = run_loaders(o_.batch_size, o_.workers, config.seed);
     train_loader_ = std::make_unique<DataLoader>(data_.train, loader_options);
     if (data_.val) val_loader_ = std::make_unique<DataLoader>(data_.val, eval_options);
     train_images_ = std::make_unique<LoaderBatchSource>(*train_loader_);
@@ -465,12 +457,7 @@ class ImageRecipe : public TrainRecipe {
 }  // namespace
 
 ImageTrainResult train_image_classifier(const ImageTrainOptions& options, std::ostream& log) {
-  ImageRecipe recipe(options);
-  FitOutcome outcome = train_run(recipe, log);
-  ImageTrainResult result = std::move(recipe.result);
-  result.history = std::move(outcome.history);
-  result.val_metrics = std::move(outcome.val_metrics);
-  return result;
+  return train_with<ImageRecipe>(options, log);
 }
 
 namespace {
@@ -486,7 +473,8 @@ class ImageRun : public Run {
   std::string unit() const override { return "images"; }
 
   Metrics evaluate(const std::string& data, const UseOptions& options, std::ostream& log) override {
-    DataLoader loader(open_eval_data(data, classes(), transform_, options.limit), loader_options(options));
+    DataLoader loader(open_eval_data(data, classes(), transform_, options.limit),
+                      use_loader_options(options.batch_size));
     LoaderBatchSource source(loader);
     TrainConfig config;
     config.device = options.device;
@@ -529,15 +517,6 @@ class ImageRun : public Run {
   }
 
  private:
-  static LoaderOptions loader_options(const UseOptions& options) {
-    if (options.batch_size <= 0)
-      throw Error("--batch-size must be positive, got " + std::to_string(options.batch_size));
-    LoaderOptions loader;
-    loader.batch_size = options.batch_size;
-    loader.shuffle = false;
-    return loader;
-  }
-
   Backbone model_;
   TransformConfig transform_;
 };

@@ -626,12 +626,7 @@ class TextRecipe : public TrainRecipe {
 }  // namespace
 
 TextTrainResult train_text_model(const TextTrainOptions& options, std::ostream& log) {
-  TextRecipe recipe(options);
-  FitOutcome outcome = train_run(recipe, log);
-  TextTrainResult result = std::move(recipe.result);
-  result.history = std::move(outcome.history);
-  result.val_metrics = std::move(outcome.val_metrics);
-  return result;
+  return train_with<TextRecipe>(options, log);
 }
 
 bool is_text_run(const std::string& dir) {

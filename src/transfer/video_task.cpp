@@ -281,12 +281,7 @@ class VideoRecipe : public TrainRecipe {
         << " validation clips, " << splits_.train.classes.size() << " classes, " << o_.frames << " frames of "
         << pre_.size << " px (" << pre_.interpolation << ")\n";
 
-    LoaderOptions loader_options;
-    loader_options.batch_size = o_.batch_size;
-    loader_options.workers = o_.workers;
-    loader_options.seed = o_.train.seed;
-    LoaderOptions eval_options = loader_options;
-    eval_options.shuffle = false;
+    const auto [loader_options, eval_options] = run_loaders(o_.batch_size, o_.workers, o_.train.seed);
     std::shared_ptr<ClipFolder> val_set;
     if (!splits_.val.clips.empty()) val_set = std::make_shared<ClipFolder>(splits_.val, eval_clip);
     // The model as predict runs it (whole clips through the backbone), on the validation clips.
@@ -355,12 +350,7 @@ class VideoRecipe : public TrainRecipe {
 }  // namespace
 
 VideoTrainResult train_video_classifier(const VideoTrainOptions& options, std::ostream& log) {
-  VideoRecipe recipe(options);
-  FitOutcome outcome = train_run(recipe, log);
-  VideoTrainResult result = std::move(recipe.result);
-  result.history = std::move(outcome.history);
-  result.val_metrics = std::move(outcome.val_metrics);
-  return result;
+  return train_with<VideoRecipe>(options, log);
 }
 
 bool is_video_run(const std::string& dir) {
@@ -416,11 +406,8 @@ ClipList eval_clips(const VideoRun& run, const std::string& data) {
 }
 
 DataLoader eval_loader(const VideoRun& run, const std::string& data, int64_t batch_size) {
-  if (batch_size <= 0) throw Error("--batch-size must be positive, got " + std::to_string(batch_size));
-  LoaderOptions options;
-  options.batch_size = batch_size;
-  options.shuffle = false;
-  return DataLoader(std::make_shared<ClipFolder>(eval_clips(run, data), run.clip), options);
+  return DataLoader(std::make_shared<ClipFolder>(eval_clips(run, data), run.clip),
+                    use_loader_options(batch_size));
 }
 
 }  // namespace
