@@ -1,0 +1,201 @@
+// Text as a text model reads it (text_tensors.h).
+#include "transfer/text_tensors.h"
+
+#include <algorithm>
+#include <map>
+#include <numeric>
+#include <random>
+
+#include "graft/bert.h"
+#include "graft/errors.h"
+#include "graft/gpt2.h"
+#include "graft/run_document.h"
+#include "graft/strings.h"
+
+namespace graft {
+namespace {
+
+// Whether truncation cut the text of sequence `sequence` (0 or 1) of an encoding: its last token ends before
+// the text's last non-space byte.
+bool was_cut(const Encoding& e, const std::string& text, int sequence) {
+  const size_t last = text.find_last_not_of(" \t\r\n");
+  if (last == std::string::npos) return false;
+  size_t end = 0;
+  for (size_t i = 0; i < e.size() && i < e.sequence_ids.size() && i < e.offsets.size(); ++i)
+    if (e.sequence_ids[i] == sequence) end = std::max(end, e.offsets[i].end);
+  return end < last + 1;
+}
+
+}  // namespace
+
+const char* model_class(const std::string& task) {
+  if (task == "text-classify") return "BertForSequenceClassification";
+  if (task == "causal-lm") return "GPT2LMHeadModel";
+  throw Error("task '" + task + "': expected text-classify or causal-lm");
+}
+
+int64_t embedding_rows(torch::nn::Module& module) {
+  for (const auto& item : module.named_parameters(true)) {
+    const std::string& name = item.key();
+    if (name.size() >= 22 && name.compare(name.size() - 22, 22, "word_embeddings.weight") == 0)
+      return item.value().size(0);
+    if (name == "transformer.wte.weight" || name == "wte.weight") return item.value().size(0);
+  }
+  throw Error("the model has no word embedding matrix");
+}
+
+int64_t pad_id_of(const Tokenizer& tokenizer) {
+  if (auto id = tokenizer.pad_id()) return *id;
+  if (auto id = tokenizer.eos_id()) return *id;  // GPT-2 has no pad token: the tutorials pad with eos
+  return 0;
+}
+
+torch::Tensor pack_encodings(const std::vector<Encoding>& encodings, int64_t pad_id, int64_t rows) {
+  size_t longest = 1;
+  for (const auto& e : encodings) longest = std::max(longest, e.size());
+  const int64_t n = static_cast<int64_t>(encodings.size()), length = static_cast<int64_t>(longest);
+  torch::Tensor out = torch::zeros({n, rows, length}, torch::kLong);
+  out.select(1, 0).fill_(pad_id);
+  auto a = out.accessor<int64_t, 3>();
+  for (int64_t i = 0; i < n; ++i) {
+    const Encoding& e = encodings[static_cast<size_t>(i)];
+    for (size_t t = 0; t < e.size(); ++t) {
+      const int64_t j = static_cast<int64_t>(t);
+      a[i][0][j] = e.ids[t];
+      a[i][1][j] = e.attention_mask.empty() ? 1 : e.attention_mask[t];
+      if (rows > 2) a[i][2][j] = e.token_type_ids.empty() ? 0 : e.token_type_ids[t];
+    }
+  }
+  return out;
+}
+
+void check_ids(const torch::Tensor& packed, int64_t vocab, const Tokenizer& tokenizer) {
+  if (packed.numel() == 0) return;
+  const int64_t top = packed.select(1, 0).max().item<int64_t>();
+  if (top >= vocab) {
+    throw Error(
+        "the tokenizer (" + tokenizer.source() + ") gives token id " + std::to_string(top) +
+        " but the model's vocabulary has " + std::to_string(vocab) +
+        " entries; the tokenizer does not belong to this model (name the right one with --tokenizer)");
+  }
+}
+
+ClassifyTensors encode_examples(const Tokenizer& tokenizer, const std::vector<TextExample>& examples,
+                                const std::vector<std::string>& classes, int64_t max_length) {
+  std::map<std::string, int64_t> index;
+  for (size_t i = 0; i < classes.size(); ++i) index[classes[i]] = static_cast<int64_t>(i);
+  EncodeOptions options;
+  options.truncation = Truncation::kLongestFirst;
+  options.max_length = static_cast<size_t>(max_length);
+  std::vector<Encoding> encodings;
+  encodings.reserve(examples.size());
+  torch::Tensor labels = torch::empty({static_cast<int64_t>(examples.size())}, torch::kLong);
+  int64_t truncated = 0;
+  for (size_t i = 0; i < examples.size(); ++i) {
+    const TextExample& e = examples[i];
+    auto it = index.find(e.label);
+    if (it == index.end()) {
+      std::string known;
+      for (const auto& c : classes) known += (known.empty() ? "" : ", ") + c;
+      throw Error(e.where + ": label '" + e.label + "' is not one of the run's classes (" + known + ")");
+    }
+    labels[static_cast<int64_t>(i)] = it->second;
+    encodings.push_back(e.text_pair.empty() ? tokenizer.encode(e.text, options)
+                                            : tokenizer.encode_pair(e.text, e.text_pair, options));
+    truncated += was_cut(encodings.back(), e.text, 0) ||
+                 (!e.text_pair.empty() && was_cut(encodings.back(), e.text_pair, 1));
+  }
+  return {pack_encodings(encodings, pad_id_of(tokenizer), 3), labels, truncated};
+}
+
+ClassifyTensors lm_tensors(const Tokenizer& tokenizer, const std::vector<std::string>& documents,
+                           int64_t block_size, bool line_by_line, const std::string& source) {
+  // A block predicts each token from those before it: one token predicts nothing (a NaN loss), 0 divides by
+  // 0.
+  if (block_size < 2 || block_size > kMaxSequenceLength)
+    throw Error(source + ": block size " + std::to_string(block_size) + " is out of range (2.." +
+                std::to_string(kMaxSequenceLength) + " tokens)");
+  EncodeOptions options;
+  const std::optional<int64_t> eos = tokenizer.eos_id();
+  if (line_by_line) {
+    options.truncation = Truncation::kLongestFirst;
+    options.max_length = static_cast<size_t>(block_size - (eos ? 1 : 0));
+    std::vector<Encoding> encodings = tokenizer.encode_batch(documents, options);
+    int64_t truncated = 0;
+    for (size_t d = 0; d < encodings.size(); ++d) truncated += was_cut(encodings[d], documents[d], 0);
+    for (auto& e : encodings) {
+      if (!eos) continue;
+      e.ids.push_back(*eos);
+      e.attention_mask.push_back(1);
+      if (!e.token_type_ids.empty()) e.token_type_ids.push_back(0);
+      e.tokens.push_back(tokenizer.id_to_token(*eos));
+    }
+    torch::Tensor inputs = pack_encodings(encodings, pad_id_of(tokenizer), 2);
+    torch::Tensor labels = inputs.select(1, 0).masked_fill(inputs.select(1, 1).eq(0), -100).contiguous();
+    return {inputs, labels, truncated};
+  }
+  std::vector<int64_t> ids;
+  const std::vector<Encoding> encodings = tokenizer.encode_batch(documents, options);
+  for (size_t d = 0; d < encodings.size(); ++d) {
+    ids.insert(ids.end(), encodings[d].ids.begin(), encodings[d].ids.end());
+    if (eos && encodings.size() > 1) ids.push_back(*eos);  // documents stay apart
+  }
+  const int64_t blocks = static_cast<int64_t>(ids.size()) / block_size;
+  if (blocks == 0) {
+    throw Error(source + ": the text has " + std::to_string(ids.size()) +
+                " tokens, fewer than one block of " + std::to_string(block_size) +
+                " (lower --block-size or give more text)");
+  }
+  // The remainder after the last whole block is dropped, as Hugging Face's run_clm group_texts does.
+  torch::Tensor flat =
+      torch::tensor(std::vector<int64_t>(ids.begin(), ids.begin() + blocks * block_size), torch::kLong);
+  torch::Tensor block_ids = flat.view({blocks, block_size});
+  torch::Tensor inputs = torch::stack({block_ids, torch::ones_like(block_ids)}, 1);
+  return {inputs, block_ids.clone(), 0};
+}
+
+std::pair<ClassifyTensors, ClassifyTensors> split_rows(const ClassifyTensors& all, double fraction,
+                                                       bool shuffle, uint64_t seed) {
+  const int64_t n = all.inputs.size(0);
+  int64_t val = static_cast<int64_t>(std::llround(static_cast<double>(n) * fraction));
+  val = std::clamp<int64_t>(val, fraction > 0 ? 1 : 0, n - 1);
+  torch::Tensor order;
+  if (shuffle) {
+    std::vector<int64_t> idx(static_cast<size_t>(n));
+    std::iota(idx.begin(), idx.end(), 0);
+    std::mt19937_64 rng(seed);
+    portable_shuffle(idx, rng);
+    order = torch::tensor(idx, torch::kLong);
+  } else {
+    order = torch::arange(n, torch::kLong);  // text: the last part is validation, as nanoGPT splits
+  }
+  const torch::Tensor train_idx = order.narrow(0, 0, n - val), val_idx = order.narrow(0, n - val, val);
+  return {{all.inputs.index_select(0, train_idx), all.labels.index_select(0, train_idx), all.truncated},
+          {all.inputs.index_select(0, val_idx), all.labels.index_select(0, val_idx), 0}};
+}
+
+Trainer::Forward forward_of(const std::shared_ptr<torch::nn::Module>& module, const std::string& task) {
+  if (task == "text-classify") {
+    auto model = std::dynamic_pointer_cast<BertForSequenceClassificationImpl>(module);
+    if (!model) throw Error("text-classify needs a BertForSequenceClassification");
+    return [model](const torch::Tensor& x) {
+      TextInputs inputs;
+      inputs.input_ids = x.select(1, 0);
+      inputs.attention_mask = x.select(1, 1);
+      inputs.token_type_ids = x.select(1, 2);
+      return model->forward(inputs).logits;
+    };
+  }
+  auto model = std::dynamic_pointer_cast<GPT2LMHeadModelImpl>(module);
+  if (!model) throw Error("causal-lm needs a GPT2LMHeadModel");
+  return [model](const torch::Tensor& x) { return model->forward({x.select(1, 0), x.select(1, 1)}).logits; };
+}
+
+int64_t context_length(const torch::nn::Module& module) {
+  if (auto bert = dynamic_cast<const BertForSequenceClassificationImpl*>(&module))
+    return bert->config().max_position_embeddings;
+  if (auto gpt2 = dynamic_cast<const GPT2LMHeadModelImpl*>(&module)) return gpt2->config().n_positions;
+  return 512;
+}
+
+}  // namespace graft
