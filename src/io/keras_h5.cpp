@@ -419,7 +419,8 @@ class RawFile {
 };
 
 // The parent's side: replays the child's records into the builder, checking every length (a child
-// that libhdf5 let a hostile file take over must not be able to do more than fail the read).
+// that libhdf5 let a hostile file take over must not be able to do more than fail the read). One function
+// (about 80 lines) because each record's checks guard the read that follows them.
 void replay_stream(detail::ChildProcess& child, const std::string& file, KerasModelBuilder& builder) {
   const auto next = [&](char* tag) {
     uint64_t length = 0;
