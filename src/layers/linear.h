@@ -1,13 +1,19 @@
 // nn::Linear's forward through at::linear. libtorch's C++ functional linear (torch/nn/functional/
 // linear.h) runs a 3-D input as matmul plus a separate bias add, where at::linear (what Python's
 // F.linear calls) folds a contiguous (B, T, C) input into one addmm: ~6% of a small BERT's training step.
+// A layer with a LoRA branch (layers/lora.h) adds it.
 #pragma once
 #include <torch/nn/modules/linear.h>
+
+#include "layers/lora.h"
 
 namespace graft {
 
 inline torch::Tensor linear(const torch::nn::Linear& layer, const torch::Tensor& x) {
-  return torch::linear(x, layer->weight, layer->bias);
+  torch::Tensor y = torch::linear(x, layer->weight, layer->bias);
+  if (layer->children().empty()) return y;  // no branch (no allocation: the list is empty)
+  const torch::Tensor delta = lora_delta(*layer.ptr(), x);
+  return delta.defined() ? y + delta : y;
 }
 
 }  // namespace graft

@@ -230,7 +230,7 @@ BertPoolerImpl::BertPoolerImpl(const BertConfig& config) {
 }
 
 torch::Tensor BertPoolerImpl::forward(const torch::Tensor& hidden_states) {
-  return torch::tanh(dense(hidden_states.select(1, 0)));  // the [CLS] token
+  return torch::tanh(linear(dense, hidden_states.select(1, 0)));  // the [CLS] token
 }
 
 BertEncoderImpl::BertEncoderImpl(const BertConfig& config) {
@@ -291,7 +291,7 @@ BertForSequenceClassificationImpl::BertForSequenceClassificationImpl(const BertC
 ClassifierOutput BertForSequenceClassificationImpl::forward(const TextInputs& inputs) {
   ClassifierOutput out;
   out.base = bert(inputs);
-  out.logits = classifier(dropout(out.base.pooler_output));  // (B, num_labels)
+  out.logits = linear(classifier, dropout(out.base.pooler_output));  // (B, num_labels)
   if (inputs.labels.defined())
     out.loss = hf_classification_loss(out.logits, inputs.labels, config_.problem_type);
   return out;

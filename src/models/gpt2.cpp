@@ -16,6 +16,7 @@
 #include <string>
 
 #include "graft/json_file.h"
+#include "layers/lora.h"
 #include "models/hf_config.h"
 
 namespace graft {
@@ -137,7 +138,10 @@ Conv1DImpl::Conv1DImpl(int64_t nf, int64_t nx) {
 torch::Tensor Conv1DImpl::forward(const torch::Tensor& x) {
   std::vector<int64_t> out_shape = x.sizes().vec();
   out_shape.back() = weight.size(1);
-  return torch::addmm(bias, x.reshape({-1, x.size(-1)}), weight).view(out_shape);
+  torch::Tensor y = torch::addmm(bias, x.reshape({-1, x.size(-1)}), weight).view(out_shape);
+  if (children().empty()) return y;  // no LoRA branch
+  const torch::Tensor delta = lora_delta(*this, x);
+  return delta.defined() ? y + delta : y;
 }
 
 GPT2AttentionImpl::GPT2AttentionImpl(const GPT2Config& config, int64_t layer_idx)

@@ -208,7 +208,7 @@ ViTPoolerImpl::ViTPoolerImpl(const ViTConfig& config) {
 }
 
 torch::Tensor ViTPoolerImpl::forward(const torch::Tensor& hidden_states) {
-  return torch::tanh(dense(hidden_states.select(1, 0)));
+  return torch::tanh(linear(dense, hidden_states.select(1, 0)));
 }
 
 ViTModelImpl::ViTModelImpl(const ViTConfig& config, bool add_pooling_layer) : config_(config) {

@@ -6,6 +6,7 @@
 // float32 tolerance; each comparison prints its largest difference and a failure names the tensor.
 // Further tests: the GPT-2 key/value cache, Hugging Face's loading variants (tied lm_head present or not,
 // base model <-> model with head, a new head), config.json errors, ViT as an image backbone, and freezing.
+// Last, LoRA adapters against the real PEFT (shared/fixtures/peft).
 #include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -13,6 +14,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iomanip>
 #include <iostream>
 #include <map>
@@ -23,6 +25,7 @@
 #include "graft/bert.h"
 #include "graft/gpt2.h"
 #include "graft/json_file.h"
+#include "graft/lora.h"
 #include "graft/summary.h"
 #include "graft/transfer.h"
 #include "graft/transformers.h"
@@ -139,11 +142,12 @@ torch::optim::AdamW fixture_adamw(std::vector<torch::Tensor> params) {
       torch::optim::AdamWOptions(1e-3).betas(std::make_tuple(0.9, 0.999)).eps(1e-8).weight_decay(0.01));
 }
 
-// One AdamW step from the fixture weights: loss, the gradients of the three stored parameters, the updated
-// parameters. `forward_loss` runs the model in eval mode and returns its loss.
-void check_adamw_step(const std::string& model_name, torch::nn::Module& model,
-                      const std::function<torch::Tensor()>& forward_loss) {
-  const auto expected = read_map(fixture_dir(model_name) + "/expected_after_step.safetensors");
+// One AdamW step from the fixture weights: loss, the gradients of the stored parameters, the updated
+// parameters. `forward_loss` runs the model in eval mode and returns its loss; `graft_name` turns a
+// fixture's parameter name into the model's (PEFT's in-memory names differ from graft's).
+void check_adamw_step(const std::string& model_name, const std::map<std::string, torch::Tensor>& expected,
+                      torch::nn::Module& model, const std::function<torch::Tensor()>& forward_loss,
+                      const std::function<std::string(const std::string&)>& graft_name) {
   model.eval();  // dropout off, as the fixture
   auto optimizer = fixture_adamw(model.parameters());
   optimizer.zero_grad();
@@ -153,21 +157,30 @@ void check_adamw_step(const std::string& model_name, torch::nn::Module& model,
   std::map<std::string, torch::Tensor> grads;
   for (const auto& [name, tensor] : expected) {
     if (name.rfind("grad.", 0) != 0) continue;
-    const std::string param = name.substr(5);
+    const std::string param = graft_name(name.substr(5));
     ASSERT_TRUE(params.contains(param)) << model_name << ": the model has no parameter " << param;
     ASSERT_TRUE(params[param].grad().defined()) << model_name << ": " << param << " got no gradient";
     grads[param] = params[param].grad().clone();
   }
   optimizer.step();
   expect_close(model_name, "loss (step)", loss, expected.at("loss"));
-  for (const auto& [param, grad] : grads)
-    expect_close(model_name, "grad." + param, grad, expected.at("grad." + param));
+  for (const auto& [name, tensor] : expected) {
+    if (name.rfind("grad.", 0) != 0) continue;
+    expect_close(model_name, "grad." + graft_name(name.substr(5)), grads[graft_name(name.substr(5))], tensor);
+  }
   for (const auto& [name, tensor] : expected) {
     if (name.rfind("grad.", 0) == 0 || name == "loss") continue;
-    ASSERT_TRUE(params.contains(name)) << model_name << ": the model has no parameter " << name;
-    ASSERT_TRUE(grads.count(name)) << model_name << ": the fixture has no grad." << name;
-    expect_step_close(model_name, name, params[name], tensor, grads[name], expected.at("grad." + name));
+    const std::string param = graft_name(name);
+    ASSERT_TRUE(params.contains(param)) << model_name << ": the model has no parameter " << param;
+    ASSERT_TRUE(grads.count(param)) << model_name << ": the fixture has no grad." << name;
+    expect_step_close(model_name, param, params[param], tensor, grads[param], expected.at("grad." + name));
   }
+}
+
+void check_adamw_step(const std::string& model_name, torch::nn::Module& model,
+                      const std::function<torch::Tensor()>& forward_loss) {
+  check_adamw_step(model_name, read_map(fixture_dir(model_name) + "/expected_after_step.safetensors"), model,
+                   forward_loss, [](const std::string& name) { return name; });
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -894,6 +907,277 @@ TEST(HfGpt2, GenerateFollowsHuggingFaceProcessors) {
   GenerateOptions infinite_penalty;
   infinite_penalty.repetition_penalty = INFINITY;
   refused(infinite_penalty, "--repetition-penalty must be a finite number > 0");
+}
+
+// ---------------------------------------------------------------------------------------------------
+// LoRA adapters: shared/fixtures/peft, made by PEFT v0.5 on tiny BERT, ViT and GPT-2 (Conv1D,
+// fan_in_fan_out). Each base loads from base.safetensors, takes PEFT's adapter, and must give PEFT's
+// outputs with it, PEFT's merged weights and outputs, the base back after unmerging, and PEFT's AdamW
+// step of the adapter's parameters; graft's own save names and shapes every tensor as PEFT's file does.
+
+std::string peft_dir(const std::string& name) {
+  return std::string(GRAFT_SHARED_DIR) + "/fixtures/peft/" + name;
+}
+
+HfModel load_peft_base(const std::string& name, const std::string& architecture) {
+  HfLoadOptions options;
+  options.architecture = architecture;
+  return load_hf_model(peft_dir(name) + "/base.safetensors", options);
+}
+
+// PEFT's in-memory names (base_model.model.<path>.lora_A.default.weight, <path>.modules_to_save.default.
+// weight) as the model's.
+std::string from_peft_name(std::string name) {
+  const std::string prefix = "base_model.model.";
+  if (name.rfind(prefix, 0) == 0) name = name.substr(prefix.size());
+  for (const auto& [from, to] :
+       std::vector<std::pair<std::string, std::string>>{{".lora_A.default.", ".lora_A."},
+                                                        {".lora_B.default.", ".lora_B."},
+                                                        {".modules_to_save.default.", "."}}) {
+    const size_t at = name.find(from);
+    if (at != std::string::npos) name.replace(at, from.size(), to);
+  }
+  return name;
+}
+
+// With the adapter: PEFT's outputs; graft's saved adapter: PEFT's names and shapes; merged: PEFT's weights
+// and outputs; unmerged: the base weights again. `logits` runs the model (eval mode, no grad).
+void check_peft_case(const std::string& name, torch::nn::Module& model,
+                     const std::function<torch::Tensor()>& logits) {
+  const auto io = read_map(peft_dir(name) + "/expected.safetensors");
+  model.eval();
+  {
+    torch::NoGradGuard no_grad;
+    expect_close(name, "base.logits", logits(), io.at("base.logits"));
+  }
+  const LoraConfig config = load_lora_adapter(model, peft_dir(name));
+  EXPECT_EQ(config.r, 4);
+  EXPECT_DOUBLE_EQ(config.scaling(), 2.0);  // alpha 8 / r 4
+  {
+    torch::NoGradGuard no_grad;
+    expect_close(name, "logits (adapter)", logits(), io.at("logits"));
+  }
+  const fs::path out = fs::temp_directory_path() / ("graft_peft_" + name + "_" + std::to_string(getpid()));
+  save_lora_adapter(model, config, out.string());
+  std::map<std::string, std::vector<int64_t>> ours, theirs;
+  for (const auto& [key, tensor] : read_safetensors((out / "adapter_model.safetensors").string()))
+    ours[key] = tensor.sizes().vec();
+  for (const auto& [key, tensor] : read_safetensors(peft_dir(name) + "/adapter_model.safetensors"))
+    theirs[key] = tensor.sizes().vec();
+  EXPECT_EQ(ours, theirs) << name << ": graft's adapter file names or shapes its tensors otherwise than PEFT";
+  const LoraConfig again = LoraConfig::from_json(read_json_file((out / "adapter_config.json").string()),
+                                                 "saved adapter_config.json");
+  EXPECT_EQ(again.to_json(), config.to_json());
+  fs::remove_all(out);
+
+  const auto base = read_map(peft_dir(name) + "/base.safetensors");
+  const auto merged = read_map(peft_dir(name) + "/merged.safetensors");
+  const auto merged_io = read_map(peft_dir(name) + "/merged_outputs.safetensors");
+  EXPECT_FALSE(merge_lora(model).empty());
+  auto params = model.named_parameters();
+  for (const auto& [key, tensor] : merged) {
+    ASSERT_TRUE(params.contains(key)) << name << ": no parameter " << key;
+    expect_close(name, "merged " + key, params[key], tensor);
+  }
+  {
+    torch::NoGradGuard no_grad;
+    expect_close(name, "merged.logits", logits(), merged_io.at("merged.logits"));
+  }
+  unmerge_lora(model);
+  for (const auto& [key, tensor] : merged)
+    if (base.count(key) && key.find("classifier") == std::string::npos)  // the head is the adapter's
+      expect_close(name, "unmerged " + key, params[key], base.at(key));
+  {
+    torch::NoGradGuard no_grad;
+    expect_close(name, "logits (unmerged)", logits(), io.at("logits"));
+  }
+}
+
+TEST(Peft, BertAdapterMatchesPeft) {
+  auto model =
+      load_peft_base("bert_lora", "BertForSequenceClassification").as<BertForSequenceClassificationImpl>();
+  const auto io = read_map(peft_dir("bert_lora") + "/expected.safetensors");
+  check_peft_case("bert_lora", *model, [&] {
+    return model->forward({io.at("input_ids"), io.at("attention_mask")}).logits;
+  });
+}
+
+TEST(Peft, VitAdapterMatchesPeft) {
+  auto model = load_peft_base("vit_lora", "ViTForImageClassification").as<ViTForImageClassificationImpl>();
+  const auto io = read_map(peft_dir("vit_lora") + "/expected.safetensors");
+  check_peft_case("vit_lora", *model, [&] { return model->forward(io.at("pixel_values")); });
+}
+
+TEST(Peft, Gpt2Conv1DAdapterMatchesPeft) {
+  auto model = load_peft_base("gpt2_lora", "GPT2LMHeadModel").as<GPT2LMHeadModelImpl>();
+  const auto io = read_map(peft_dir("gpt2_lora") + "/expected.safetensors");
+  check_peft_case("gpt2_lora", *model, [&] { return model->forward(io.at("input_ids")).logits; });
+}
+
+TEST(Peft, AdamWStepOfTheAdapterMatchesPeft) {
+  {
+    auto model =
+        load_peft_base("bert_lora", "BertForSequenceClassification").as<BertForSequenceClassificationImpl>();
+    load_lora_adapter(*model, peft_dir("bert_lora"));
+    const auto io = read_map(peft_dir("bert_lora") + "/expected.safetensors");
+    TextInputs inputs(io.at("input_ids"), io.at("attention_mask"));
+    inputs.labels = io.at("labels");
+    check_adamw_step(
+        "bert_lora", read_map(peft_dir("bert_lora") + "/expected_after_step.safetensors"), *model,
+        [&] { return model->forward(inputs).loss; }, from_peft_name);
+  }
+  {
+    auto model = load_peft_base("vit_lora", "ViTForImageClassification").as<ViTForImageClassificationImpl>();
+    load_lora_adapter(*model, peft_dir("vit_lora"));
+    const auto io = read_map(peft_dir("vit_lora") + "/expected.safetensors");
+    check_adamw_step(
+        "vit_lora", read_map(peft_dir("vit_lora") + "/expected_after_step.safetensors"), *model,
+        [&] { return model->forward(io.at("pixel_values"), io.at("labels")).loss; }, from_peft_name);
+  }
+  {
+    auto model = load_peft_base("gpt2_lora", "GPT2LMHeadModel").as<GPT2LMHeadModelImpl>();
+    load_lora_adapter(*model, peft_dir("gpt2_lora"));
+    const auto io = read_map(peft_dir("gpt2_lora") + "/expected.safetensors");
+    CausalLMInputs inputs(io.at("input_ids"));
+    inputs.labels = io.at("input_ids");
+    check_adamw_step(
+        "gpt2_lora", read_map(peft_dir("gpt2_lora") + "/expected_after_step.safetensors"), *model,
+        [&] { return model->forward(inputs).loss; }, from_peft_name);
+  }
+}
+
+// What trains under an adapter: the branches and the head PEFT saves whole, nothing else; a new branch
+// starts as PEFT's does (B = 0, so the model's outputs are the base's).
+TEST(Peft, ApplyLoraFreezesTheBaseAndStartsAtTheBase) {
+  auto model =
+      load_peft_base("bert_lora", "BertForSequenceClassification").as<BertForSequenceClassificationImpl>();
+  const auto io = read_map(peft_dir("bert_lora") + "/expected.safetensors");
+  model->eval();
+  LoraConfig config = LoraConfig::parse("r=4,alpha=8,targets=query,value");
+  config.task_type = "SEQ_CLS";
+  const LoraReport report = apply_lora(*model, config);
+  EXPECT_EQ(report.adapted.size(), 4u);  // query and value of two layers
+  int64_t expected_trainable = 0;
+  for (const auto& item : model->named_parameters()) {
+    const bool trains =
+        item.key().find(".lora_") != std::string::npos || item.key().rfind("classifier.", 0) == 0;
+    EXPECT_EQ(item.value().requires_grad(), trains) << item.key();
+    if (trains) expected_trainable += item.value().numel();
+  }
+  EXPECT_EQ(report.trainable, expected_trainable);
+  torch::NoGradGuard no_grad;
+  expect_close("bert_lora", "logits (fresh adapter: the base's)",
+               model->forward({io.at("input_ids"), io.at("attention_mask")}).logits, io.at("base.logits"));
+}
+
+TEST(Peft, BadConfigurationsAreRefusedByName) {
+  const auto refused = [](const std::function<void()>& make, const std::string& words) {
+    try {
+      make();
+      ADD_FAILURE() << "accepted; expected an error with: " << words;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(words), std::string::npos) << e.what();
+    }
+  };
+  refused([] { LoraConfig::parse("r=0,targets=query"); }, "r must be positive");
+  refused([] { LoraConfig::parse("r=4,alpha=-1,targets=query"); }, "alpha must be positive");
+  refused([] { LoraConfig::parse("r=4,dropout=1,targets=query"); }, "dropout must be in [0, 1)");
+  refused([] { LoraConfig::parse("r=4,targets=query,bias=some"); }, "bias 'some'");
+  refused([] { LoraConfig::parse("r=4,rank=3,targets=query"); }, "unknown key 'rank'");
+  refused([] { LoraConfig::parse("r=4"); }, "no targets");
+  auto model =
+      load_peft_base("bert_lora", "BertForSequenceClassification").as<BertForSequenceClassificationImpl>();
+  refused([&] { apply_lora(*model, LoraConfig::parse("r=4,targets=quer")); }, "'quer' matches no module");
+  refused([&] { apply_lora(*model, LoraConfig::parse("r=4,targets=LayerNorm")); },
+          "graft adapts Linear layers");
+  auto vit = load_peft_base("vit_lora", "ViTForImageClassification").as<ViTForImageClassificationImpl>();
+  refused([&] { apply_lora(*vit, LoraConfig::parse("r=4,targets=classifier")); }, "train it whole instead");
+  nlohmann::json newer = read_json_file(peft_dir("bert_lora") + "/adapter_config.json");
+  newer["use_dora"] = true;
+  refused([&] { LoraConfig::from_json(newer, "a.json"); }, "DoRA is not supported");
+  newer.erase("use_dora");
+  newer["exotic_option"] = 1;
+  refused([&] { LoraConfig::from_json(newer, "a.json"); }, "field 'exotic_option'");
+}
+
+// An adapter made for another base (ViT's, on BERT, whose layers have the same target names) is refused
+// naming the tensor, and the model is left as it was: no branch, the same parameters training.
+TEST(Peft, AnAdapterOfAnotherBaseIsRefusedAndLeavesTheModelAsItWas) {
+  auto model =
+      load_peft_base("bert_lora", "BertForSequenceClassification").as<BertForSequenceClassificationImpl>();
+  const auto io = read_map(peft_dir("bert_lora") + "/expected.safetensors");
+  model->eval();
+  const size_t params_before = model->named_parameters().size();
+  try {
+    load_lora_adapter(*model, peft_dir("vit_lora"));
+    ADD_FAILURE() << "ViT's adapter was loaded into BERT";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("an adapter of another base?"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("adapter_model.safetensors"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(model->named_parameters().size(), params_before);
+  for (const auto& item : model->named_parameters()) EXPECT_TRUE(item.value().requires_grad()) << item.key();
+  torch::NoGradGuard no_grad;
+  expect_close("bert_lora", "logits (after a refused adapter: the base's)",
+               model->forward({io.at("input_ids"), io.at("attention_mask")}).logits, io.at("base.logits"));
+}
+
+// PEFT's target matching: a list entry is the whole name or its last dotted parts; a single string is a
+// regular expression the whole name matches.
+TEST(Peft, TargetsMatchAsPeftMatchesThem) {
+  LoraConfig list = LoraConfig::parse("r=4,targets=query,attention.self.value");
+  EXPECT_TRUE(lora_targets(list, "bert.encoder.layer.0.attention.self.query"));
+  EXPECT_TRUE(lora_targets(list, "query"));
+  EXPECT_TRUE(lora_targets(list, "bert.encoder.layer.0.attention.self.value"));
+  EXPECT_FALSE(lora_targets(list, "bert.encoder.layer.0.attention.self.query_proj"));
+  EXPECT_FALSE(lora_targets(list, "bert.encoder.layer.0.attention.output.value"));
+  LoraConfig regex = LoraConfig::parse("r=4,targets=re:.*layer\\.1\\..*(query|value)");
+  EXPECT_TRUE(lora_targets(regex, "bert.encoder.layer.1.attention.self.value"));
+  EXPECT_FALSE(lora_targets(regex, "bert.encoder.layer.0.attention.self.value"));
+  EXPECT_FALSE(lora_targets(regex, "bert.encoder.layer.1.attention.self.value.extra"));  // a full match
+  auto model =
+      load_peft_base("bert_lora", "BertForSequenceClassification").as<BertForSequenceClassificationImpl>();
+  const LoraReport all = apply_lora(*model, LoraConfig::parse("r=2,targets=all-linear"));
+  EXPECT_EQ(std::count(all.adapted.begin(), all.adapted.end(), "classifier"), 0);  // the output layer
+  EXPECT_EQ(std::count(all.adapted.begin(), all.adapted.end(), "bert.pooler.dense"), 1);
+  EXPECT_EQ(all.adapted.size(), 13u);  // 6 Linear layers in each of 2 blocks, and the pooler
+}
+
+// Every branch runs: with non-zero B matrices on every Linear, the outputs with the branches equal those
+// of the merged weights (a branch the forward skipped would make them differ), and differ from the base's.
+TEST(Peft, EveryAdaptedLayerRunsItsBranch) {
+  const auto with_random_branches = [](torch::nn::Module& model) {
+    torch::NoGradGuard no_grad;
+    torch::manual_seed(3);
+    for (auto& item : model.named_parameters())
+      if (item.key().find(".lora_B.") != std::string::npos) item.value().normal_(0.0, 0.1);
+  };
+  {
+    auto model =
+        load_peft_base("bert_lora", "BertForSequenceClassification").as<BertForSequenceClassificationImpl>();
+    const auto io = read_map(peft_dir("bert_lora") + "/expected.safetensors");
+    model->eval();
+    apply_lora(*model, LoraConfig::parse("r=4,targets=all-linear"));
+    with_random_branches(*model);
+    torch::NoGradGuard no_grad;
+    const torch::Tensor branches = model->forward({io.at("input_ids"), io.at("attention_mask")}).logits;
+    EXPECT_FALSE(torch::allclose(branches, io.at("base.logits"), 1e-4, 1e-5));
+    EXPECT_EQ(merge_lora(*model).size(), 13u);
+    expect_close("bert_lora", "all-linear merged = branches",
+                 model->forward({io.at("input_ids"), io.at("attention_mask")}).logits, branches);
+  }
+  {
+    auto model = load_peft_base("vit_lora", "ViTForImageClassification").as<ViTForImageClassificationImpl>();
+    const auto io = read_map(peft_dir("vit_lora") + "/expected.safetensors");
+    model->eval();
+    apply_lora(*model, LoraConfig::parse("r=4,targets=all-linear"));
+    with_random_branches(*model);
+    torch::NoGradGuard no_grad;
+    const torch::Tensor branches = model->forward(io.at("pixel_values"));
+    EXPECT_FALSE(torch::allclose(branches, io.at("base.logits"), 1e-4, 1e-5));
+    merge_lora(*model);
+    expect_close("vit_lora", "all-linear merged = branches", model->forward(io.at("pixel_values")), branches);
+  }
 }
 
 }  // namespace

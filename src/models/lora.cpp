@@ -1,0 +1,514 @@
+// LoRA adapters with PEFT's semantics and files (graft/lora.h).
+#include "graft/lora.h"
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <map>
+#include <regex>
+#include <set>
+#include <sstream>
+
+#include "graft/bert.h"
+#include "graft/errors.h"
+#include "graft/files.h"
+#include "graft/gpt2.h"
+#include "graft/json_file.h"
+#include "graft/strings.h"
+#include "graft/vit.h"
+#include "layers/lora.h"
+
+namespace graft {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+constexpr const char* kPeftPrefix = "base_model.model.";  // PEFT's wrapper in front of every name
+
+// The layer under a module name that LoRA can adapt: (in, out) of a Linear, or of a Conv1D whose weight is
+// stored (in, out); {0, 0} for another type.
+std::pair<int64_t, int64_t> adaptable_shape(torch::nn::Module& module) {
+  if (auto* linear = module.as<torch::nn::Linear>()) return {linear->weight.size(1), linear->weight.size(0)};
+  if (auto* conv1d = module.as<Conv1DImpl>()) return {conv1d->weight.size(0), conv1d->weight.size(1)};
+  return {0, 0};
+}
+
+// Whether the model adds the branch of a Linear held by `parent`: the modules whose forward runs their
+// Linear layers through graft::linear (the BERT and ViT blocks, their poolers, BERT's classifier). A Linear
+// elsewhere (a Sequential, an image head) would keep a branch that never runs, so it is refused.
+bool runs_branch(const torch::nn::Module& parent) {
+  return dynamic_cast<const BertSelfAttentionImpl*>(&parent) ||
+         dynamic_cast<const BertSelfOutputImpl*>(&parent) ||
+         dynamic_cast<const BertIntermediateImpl*>(&parent) || dynamic_cast<const BertOutputImpl*>(&parent) ||
+         dynamic_cast<const BertPoolerImpl*>(&parent) ||
+         dynamic_cast<const BertForSequenceClassificationImpl*>(&parent) ||
+         dynamic_cast<const ViTSelfAttentionImpl*>(&parent) ||
+         dynamic_cast<const ViTSelfOutputImpl*>(&parent) ||
+         dynamic_cast<const ViTIntermediateImpl*>(&parent) || dynamic_cast<const ViTOutputImpl*>(&parent) ||
+         dynamic_cast<const ViTPoolerImpl*>(&parent);
+}
+
+torch::Tensor& base_weight(torch::nn::Module& module) {
+  if (auto* linear = module.as<torch::nn::Linear>()) return linear->weight;
+  if (auto* conv1d = module.as<Conv1DImpl>()) return conv1d->weight;
+  throw Error("LoRA: a module that is neither a Linear nor a Conv1D has no branch");
+}
+
+// The module under a dotted name, or null.
+std::shared_ptr<torch::nn::Module> find_module(torch::nn::Module& model, const std::string& name) {
+  for (const auto& item : model.named_modules("", /*include_self=*/false))
+    if (item.key() == name) return item.value();
+  return nullptr;
+}
+
+// Whether the name is a module to save or lies inside one ("classifier" holds "classifier.dense.weight"
+// and "bert.classifier.weight").
+bool in_any(const std::string& name, const std::vector<std::string>& modules) {
+  const std::string dotted = "." + name + ".";
+  for (const auto& module : modules)
+    if (dotted.find("." + module + ".") != std::string::npos) return true;
+  return false;
+}
+
+std::vector<std::string> string_list(const json& value, const std::string& file, const std::string& key) {
+  std::vector<std::string> out;
+  if (value.is_null()) return out;
+  if (!value.is_array())
+    throw FormatError(file, key + ": expected a list of module names, got " + json_excerpt(value, 80));
+  for (const auto& item : value) {
+    if (!item.is_string())
+      throw FormatError(file, key + ": expected module names, got " + json_excerpt(item, 80));
+    out.push_back(item.get<std::string>());
+  }
+  return out;
+}
+
+// The modules trained and saved whole: the configuration's, and for a sequence classifier its head, as
+// PEFT's PeftModelForSequenceClassification adds "classifier" and "score" (its saved config keeps null).
+std::vector<std::string> saved_modules(const LoraConfig& config) {
+  std::vector<std::string> modules = config.modules_to_save;
+  if (config.task_type == "SEQ_CLS")
+    for (const char* head : {"classifier", "score"})
+      if (std::find(modules.begin(), modules.end(), head) == modules.end()) modules.push_back(head);
+  return modules;
+}
+
+std::string number_text(double value) {
+  std::ostringstream out;
+  out << value;
+  return out.str();
+}
+
+}  // namespace
+
+double LoraConfig::scaling() const {
+  return use_rslora ? alpha / std::sqrt(static_cast<double>(r)) : alpha / static_cast<double>(r);
+}
+
+void LoraConfig::check() const {
+  if (r <= 0) throw Error("LoRA r must be positive, got " + std::to_string(r));
+  if (!(alpha > 0) || !std::isfinite(alpha))
+    throw Error("LoRA alpha must be positive, got " + number_text(alpha));
+  if (!(dropout >= 0 && dropout < 1))
+    throw Error("LoRA dropout must be in [0, 1), got " + number_text(dropout));
+  if (bias != "none" && bias != "all" && bias != "lora_only")
+    throw Error("LoRA bias '" + bias + "': expected none, all or lora_only");
+  if (init != "default" && init != "gaussian")
+    throw Error("LoRA init '" + init + "': expected default or gaussian");
+  if (target_modules.empty() && target_regex.empty() && !all_linear)
+    throw Error("LoRA: no targets (give targets=NAME[,NAME...], targets=re:REGEX or targets=all-linear)");
+  if (!target_regex.empty()) {
+    try {
+      std::regex check(target_regex);
+    } catch (const std::regex_error& e) {
+      throw Error("LoRA targets: '" + target_regex + "' is not a regular expression: " + e.what());
+    }
+  }
+}
+
+LoraConfig LoraConfig::parse(const std::string& spec) {
+  LoraConfig config;
+  config.target_modules.clear();
+  bool in_targets = false;
+  std::stringstream stream(spec);
+  std::string item;
+  const auto number = [&](const std::string& key, const std::string& text) {
+    try {
+      size_t used = 0;
+      const double value = std::stod(text, &used);
+      if (used == text.size()) return value;
+    } catch (const std::exception&) {
+    }
+    throw Error("--lora " + key + "=" + text + ": expected a number");
+  };
+  while (std::getline(stream, item, ',')) {
+    item = trim(item);
+    if (item.empty()) throw Error("--lora " + spec + ": an empty item (two commas in a row?)");
+    const size_t eq = item.find('=');
+    if (eq == std::string::npos) {
+      if (item == "rslora") {
+        config.use_rslora = true;
+      } else if (in_targets) {
+        config.target_modules.push_back(item);
+      } else {
+        throw Error("--lora " + spec + ": '" + item +
+                    "' is not key=value (r, alpha, dropout, targets, init, bias) "
+                    "or rslora");
+      }
+      continue;
+    }
+    const std::string key = item.substr(0, eq), value = item.substr(eq + 1);
+    in_targets = key == "targets";
+    if (key == "r") {
+      const double r = number(key, value);
+      if (r != std::floor(r)) throw Error("--lora r=" + value + ": expected a whole number");
+      config.r = static_cast<int64_t>(r);
+    } else if (key == "alpha") {
+      config.alpha = number(key, value);
+    } else if (key == "dropout") {
+      config.dropout = number(key, value);
+    } else if (key == "init") {
+      config.init = value;
+    } else if (key == "bias") {
+      config.bias = value;
+    } else if (key == "targets") {
+      if (value == "all-linear")
+        config.all_linear = true;
+      else if (value.rfind("re:", 0) == 0)
+        config.target_regex = value.substr(3);
+      else if (!value.empty())
+        config.target_modules.push_back(value);
+    } else {
+      throw Error("--lora " + spec + ": unknown key '" + key +
+                  "' (r, alpha, dropout, targets, init, bias, rslora)");
+    }
+  }
+  config.check();
+  return config;
+}
+
+LoraConfig LoraConfig::from_json(const json& j, const std::string& file) {
+  if (!j.is_object()) throw FormatError(file, "expected a JSON object (PEFT's adapter_config.json)");
+  // PEFT v0.5's fields, and the later ones graft reads or that change nothing at the value shown.
+  static const std::set<std::string> known = {"peft_type",
+                                              "task_type",
+                                              "inference_mode",
+                                              "base_model_name_or_path",
+                                              "revision",
+                                              "r",
+                                              "target_modules",
+                                              "lora_alpha",
+                                              "lora_dropout",
+                                              "fan_in_fan_out",
+                                              "bias",
+                                              "modules_to_save",
+                                              "init_lora_weights",
+                                              "layers_to_transform",
+                                              "layers_pattern",
+                                              "auto_mapping",
+                                              "use_rslora",
+                                              "rank_pattern",
+                                              "alpha_pattern",
+                                              "use_dora",
+                                              "megatron_config",
+                                              "megatron_core",
+                                              "loftq_config",
+                                              "layer_replication"};
+  for (const auto& item : j.items())
+    if (!known.count(item.key()))
+      throw FormatError(file, "field '" + item.key() + "' is not one graft knows (a newer PEFT?)",
+                        "graft reads LoRA adapters of PEFT v0.5 and the fields listed in graft/lora.h");
+  const auto neutral = [&](const char* key, bool ok, const std::string& what) {
+    if (j.contains(key) && !ok)
+      throw FormatError(file, std::string(key) + " = " + json_excerpt(j.at(key), 80) + ": " + what +
+                                  " is not supported by graft");
+  };
+  const auto empty_or_null = [&](const char* key) {
+    const json& v = j.at(key);
+    return v.is_null() || (v.is_object() && v.empty()) || (v.is_array() && v.empty());
+  };
+  if (j.value("peft_type", std::string("LORA")) != "LORA")
+    throw FormatError(file,
+                      "peft_type " + json_excerpt(j.at("peft_type"), 40) + ": graft reads LORA adapters");
+  neutral("layers_to_transform", j.contains("layers_to_transform") && j.at("layers_to_transform").is_null(),
+          "LoRA on some layers only");
+  neutral("layers_pattern", j.contains("layers_pattern") && j.at("layers_pattern").is_null(),
+          "a layers pattern");
+  neutral("rank_pattern", j.contains("rank_pattern") && empty_or_null("rank_pattern"), "a rank per layer");
+  neutral("alpha_pattern", j.contains("alpha_pattern") && empty_or_null("alpha_pattern"),
+          "an alpha per layer");
+  neutral("use_dora", j.contains("use_dora") && j.at("use_dora") == false, "DoRA");
+  neutral("layer_replication", j.contains("layer_replication") && j.at("layer_replication").is_null(),
+          "layer replication");
+  neutral("loftq_config", j.contains("loftq_config") && empty_or_null("loftq_config"),
+          "LoftQ initialisation");
+  neutral("megatron_config", j.contains("megatron_config") && j.at("megatron_config").is_null(),
+          "Megatron layers");
+
+  LoraConfig config;
+  try {
+    config.r = j.value("r", int64_t{8});
+    config.alpha = j.value("lora_alpha", 8.0);
+    config.dropout = j.value("lora_dropout", 0.0);
+    config.fan_in_fan_out = j.value("fan_in_fan_out", false);
+    config.bias = j.value("bias", std::string("none"));
+    config.use_rslora = j.value("use_rslora", false);
+    config.task_type =
+        j.contains("task_type") && j.at("task_type").is_string() ? j.at("task_type").get<std::string>() : "";
+    config.base_model_name_or_path =
+        j.contains("base_model_name_or_path") && j.at("base_model_name_or_path").is_string()
+            ? j.at("base_model_name_or_path").get<std::string>()
+            : "";
+  } catch (const json::exception& e) {
+    throw FormatError(file, std::string("a field of the wrong type: ") + e.what());
+  }
+  const json init = j.value("init_lora_weights", json(true));
+  if (init == true || init == false)
+    config.init = "default";  // false (random B) only matters before training; the weights are loaded
+  else if (init == "gaussian")
+    config.init = "gaussian";
+  else
+    throw FormatError(
+        file, "init_lora_weights = " + json_excerpt(init, 40) + ": expected true, false or \"gaussian\"");
+  const json targets = j.value("target_modules", json(nullptr));
+  if (targets.is_string()) {
+    if (targets == "all-linear")
+      config.all_linear = true;
+    else
+      config.target_regex = targets.get<std::string>();
+  } else {
+    config.target_modules = string_list(targets, file, "target_modules");
+  }
+  config.modules_to_save = string_list(j.value("modules_to_save", json(nullptr)), file, "modules_to_save");
+  try {
+    config.check();
+  } catch (const Error& e) {
+    throw FormatError(file, e.what());
+  }
+  return config;
+}
+
+json LoraConfig::to_json() const {
+  json j;
+  j["peft_type"] = "LORA";
+  j["task_type"] = task_type.empty() ? json(nullptr) : json(task_type);
+  j["inference_mode"] = false;  // as PEFT saves a trained adapter
+  j["base_model_name_or_path"] = base_model_name_or_path;
+  j["revision"] = nullptr;
+  j["r"] = r;
+  j["target_modules"] = all_linear              ? json("all-linear")
+                        : !target_regex.empty() ? json(target_regex)
+                                                : json(target_modules);
+  j["lora_alpha"] = alpha;
+  j["lora_dropout"] = dropout;
+  j["fan_in_fan_out"] = fan_in_fan_out;
+  j["bias"] = bias;
+  j["modules_to_save"] = modules_to_save.empty() ? json(nullptr) : json(modules_to_save);
+  j["init_lora_weights"] = init == "gaussian" ? json("gaussian") : json(true);
+  j["layers_to_transform"] = nullptr;
+  j["layers_pattern"] = nullptr;
+  j["auto_mapping"] = nullptr;
+  j["use_rslora"] = use_rslora;
+  return j;
+}
+
+bool lora_targets(const LoraConfig& config, const std::string& name) {
+  if (!config.target_regex.empty()) return std::regex_match(name, std::regex(config.target_regex));
+  for (const auto& target : config.target_modules)
+    if (name == target || ends_with(name, "." + target)) return true;
+  return false;
+}
+
+LoraReport apply_lora(torch::nn::Module& model, const LoraConfig& config) {
+  config.check();
+  LoraReport report;
+  const std::vector<std::string> whole_modules = saved_modules(config);
+  // all-linear leaves out the output layer: the last adaptable layer, or a module to save.
+  std::string output_layer;
+  std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> layers;
+  std::map<std::string, torch::nn::Module*> by_name{{"", &model}};
+  for (const auto& item : model.named_modules("", /*include_self=*/false)) {
+    if (adaptable_shape(*item.value()).first > 0) output_layer = item.key();
+    layers.emplace_back(item.key(), item.value());
+    by_name[item.key()] = item.value().get();
+  }
+  const auto parent_of = [&](const std::string& name) -> const torch::nn::Module& {
+    const size_t dot = name.rfind('.');
+    return *by_name.at(dot == std::string::npos ? "" : name.substr(0, dot));
+  };
+  // Every layer is chosen and checked before any is changed: a refused configuration leaves the model as
+  // it was.
+  std::map<std::string, int> hits;  // list targets that matched
+  std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> chosen;
+  for (const auto& [name, module] : layers) {
+    if (in_any(name, whole_modules)) continue;  // trained whole, never adapted
+    const int64_t in = adaptable_shape(*module).first;
+    const bool wanted = config.all_linear ? in > 0 && name != output_layer : lora_targets(config, name);
+    if (!wanted) continue;
+    for (const auto& target : config.target_modules)
+      if (name == target || ends_with(name, "." + target)) ++hits[target];
+    if (in == 0)
+      throw Error("LoRA target '" + name + "' is a " + module->name() +
+                  "; graft adapts Linear layers (and GPT-2's Conv1D) only");
+    if (module->as<torch::nn::Linear>() && !runs_branch(parent_of(name)))
+      throw Error("LoRA target '" + name +
+                  "': graft adds LoRA to the Linear layers of BERT and ViT (and GPT-2's "
+                  "Conv1D) so far, not to a layer held by a " +
+                  parent_of(name).name() + "; train it whole instead (modules_to_save)");
+    if (lora_branch(*module).first)
+      throw Error("LoRA: '" + name + "' already has a branch (graft applies one adapter at a time)");
+    chosen.emplace_back(name, module);
+  }
+  for (const auto& target : config.target_modules)
+    if (!hits.count(target))
+      throw Error("LoRA target '" + target +
+                  "' matches no module of the model (`graft summary` lists the names)");
+  if (chosen.empty()) throw Error("LoRA: the targets match no layer graft can adapt");
+  for (const auto& [name, module] : chosen) {
+    const auto [in, out] = adaptable_shape(*module);
+    const torch::Tensor& weight = base_weight(*module);
+    auto down = LoraDown(in, config.r, config.dropout);
+    auto up = LoraUp(config.r, out, config.scaling());
+    if (config.init == "gaussian") {
+      torch::NoGradGuard no_grad;
+      down->weight.normal_(0.0, 1.0 / static_cast<double>(config.r));
+    }
+    down->to(weight.device(), weight.scalar_type());
+    up->to(weight.device(), weight.scalar_type());
+    module->register_module("lora_A", down);
+    module->register_module("lora_B", up);
+    report.adapted.push_back(name);
+  }
+
+  // What trains: the branches, the modules to save, and the biases config.bias names.
+  std::set<std::string> adapted(report.adapted.begin(), report.adapted.end());
+  for (auto& item : model.named_parameters(/*recurse=*/true)) {
+    const std::string& name = item.key();
+    const size_t dot = name.rfind('.');
+    const std::string owner = dot == std::string::npos ? "" : name.substr(0, dot);
+    const std::string leaf = dot == std::string::npos ? name : name.substr(dot + 1);
+    const bool branch =
+        ends_with(owner, ".lora_A") || ends_with(owner, ".lora_B") || owner == "lora_A" || owner == "lora_B";
+    const bool whole = in_any(owner, whole_modules);
+    const bool bias =
+        leaf == "bias" && (config.bias == "all" || (config.bias == "lora_only" && adapted.count(owner)));
+    item.value().set_requires_grad(branch || whole || bias);
+    report.total += item.value().numel();
+    if (branch || whole || bias) report.trainable += item.value().numel();
+  }
+  return report;
+}
+
+NamedTensors lora_adapter_tensors(torch::nn::Module& model, const LoraConfig& config) {
+  NamedTensors out;
+  const std::vector<std::string> whole_modules = saved_modules(config);
+  std::set<std::string> adapted;
+  for (const auto& item : model.named_modules("", /*include_self=*/false))
+    if (lora_branch(*item.value()).first) adapted.insert(item.key());
+  for (const auto& item : model.named_parameters(/*recurse=*/true)) {
+    const std::string& name = item.key();
+    const size_t dot = name.rfind('.');
+    const std::string owner = dot == std::string::npos ? "" : name.substr(0, dot);
+    const bool branch = ends_with(owner, ".lora_A") || ends_with(owner, ".lora_B");
+    const bool whole = in_any(owner, whole_modules);
+    const bool bias = ends_with(name, ".bias") &&
+                      (config.bias == "all" || (config.bias == "lora_only" && adapted.count(owner)));
+    if (branch || whole || bias)
+      out.emplace_back(kPeftPrefix + name, item.value().detach().cpu().contiguous());
+  }
+  return out;
+}
+
+void save_lora_adapter(torch::nn::Module& model, const LoraConfig& config, const std::string& dir) {
+  fs::create_directories(dir);
+  write_safetensors((fs::path(dir) / "adapter_model.safetensors").string(),
+                    lora_adapter_tensors(model, config), {{"format", "pt"}});
+  write_file_atomic((fs::path(dir) / "adapter_config.json").string(), config.to_json().dump(2) + "\n");
+}
+
+LoraConfig load_lora_adapter(torch::nn::Module& model, const std::string& dir) {
+  const fs::path folder = fs::is_directory(dir) ? fs::path(dir) : fs::path(dir).parent_path();
+  const std::string config_file = (folder / "adapter_config.json").string();
+  const std::string weights_file = (folder / "adapter_model.safetensors").string();
+  if (!fs::is_regular_file(config_file))
+    throw Error(dir + ": no adapter_config.json (expected a PEFT adapter folder)");
+  const LoraConfig config =
+      LoraConfig::from_json(read_json_file(config_file, uint64_t{1} << 20), config_file);
+  std::map<std::string, bool> trained_before;
+  for (const auto& item : model.named_parameters(/*recurse=*/true))
+    trained_before[item.key()] = item.value().requires_grad();
+  const LoraReport report = apply_lora(model, config);
+  std::map<std::string, torch::Tensor> params;
+  for (auto& item : model.named_parameters(/*recurse=*/true)) params[item.key()] = item.value();
+  // Every tensor is checked before any is copied; an adapter that does not fit leaves the model as it was.
+  std::vector<std::pair<torch::Tensor, torch::Tensor>> copies;  // (parameter, value)
+  try {
+    size_t branch_tensors = 0;
+    for (auto& [key, tensor] : read_safetensors(weights_file)) {
+      if (key.rfind(kPeftPrefix, 0) != 0)
+        throw FormatError(weights_file,
+                          "tensor '" + key + "' does not start with " + kPeftPrefix + " (PEFT's names)");
+      const std::string name = key.substr(std::string(kPeftPrefix).size());
+      auto it = params.find(name);
+      if (it == params.end())
+        throw FormatError(weights_file, "tensor '" + key + "' has no place in the model ('" + name +
+                                            "' is not one of its parameters): an adapter of another base?");
+      if (it->second.sizes() != tensor.sizes())
+        throw FormatError(weights_file, "tensor '" + key + "' has shape " + shape_str(tensor.sizes().vec()) +
+                                            " where the model's '" + name + "' has " +
+                                            shape_str(it->second.sizes().vec()) +
+                                            ": an adapter of another base?");
+      copies.emplace_back(it->second, tensor);
+      branch_tensors += ends_with(name, ".lora_A.weight") || ends_with(name, ".lora_B.weight");
+    }
+    if (branch_tensors != 2 * report.adapted.size())
+      throw FormatError(weights_file, "holds " + std::to_string(branch_tensors) + " LoRA matrices where " +
+                                          config_file + " gives the model " +
+                                          std::to_string(2 * report.adapted.size()));
+  } catch (...) {
+    for (const auto& item : model.named_modules("", /*include_self=*/false)) {
+      if (std::find(report.adapted.begin(), report.adapted.end(), item.key()) == report.adapted.end())
+        continue;
+      item.value()->unregister_module("lora_A");
+      item.value()->unregister_module("lora_B");
+    }
+    for (auto& item : model.named_parameters(/*recurse=*/true))
+      item.value().set_requires_grad(trained_before.at(item.key()));
+    throw;
+  }
+  torch::NoGradGuard no_grad;
+  for (auto& [param, value] : copies) param.copy_(value);
+  return config;
+}
+
+namespace {
+
+std::vector<std::string> set_merged(torch::nn::Module& model, bool merge) {
+  std::vector<std::string> changed;
+  torch::NoGradGuard no_grad;
+  for (const auto& item : model.named_modules("", /*include_self=*/false)) {
+    auto [down, up] = lora_branch(*item.value());
+    if (!down || !up || up->merged == merge) continue;
+    torch::Tensor& weight = base_weight(*item.value());
+    torch::Tensor delta = lora_weight_delta(*down, *up).to(torch::kFloat32);
+    if (item.value()->as<Conv1DImpl>()) delta = delta.t();  // fan_in_fan_out: the weight is (in, out)
+    const torch::Tensor w = weight.to(torch::kFloat32);
+    weight.copy_(merge ? w + delta : w - delta);
+    up->merged = merge;
+    changed.push_back(item.key());
+  }
+  return changed;
+}
+
+}  // namespace
+
+std::vector<std::string> merge_lora(torch::nn::Module& model) {
+  return set_merged(model, true);
+}
+std::vector<std::string> unmerge_lora(torch::nn::Module& model) {
+  return set_merged(model, false);
+}
+
+}  // namespace graft
