@@ -89,6 +89,25 @@ nn::Sequential with_new_last_linear(const nn::Sequential& seq, int64_t in_featur
   return out;
 }
 
+void init_torchvision_weights(torch::nn::Module& model,
+                              const std::function<void(torch::nn::LinearImpl&)>& linear_init) {
+  namespace nn = torch::nn;
+  torch::NoGradGuard no_grad;
+  for (auto& module : model.modules(/*include_self=*/false)) {
+    if (auto* conv = module->as<nn::Conv2d>()) {
+      // The gain of ReLU, sqrt(2): what torchvision passes (VGG names nonlinearity="relu"; the mobile
+      // networks leave leaky_relu with a = 0, the same gain).
+      nn::init::kaiming_normal_(conv->weight, /*a=*/0, torch::kFanOut, torch::kReLU);
+      if (conv->bias.defined()) nn::init::zeros_(conv->bias);
+    } else if (auto* bn = module->as<nn::BatchNorm2d>()) {
+      nn::init::ones_(bn->weight);
+      nn::init::zeros_(bn->bias);
+    } else if (auto* linear = module->as<nn::Linear>()) {
+      linear_init(*linear);
+    }
+  }
+}
+
 void FeaturesClassifierImpl::finish_layout(torch::nn::Sequential layers, double dropout, int64_t num_classes,
                                            LinearInit linear_init, bool reinit_replaced) {
   namespace nn = torch::nn;
@@ -100,18 +119,7 @@ void FeaturesClassifierImpl::finish_layout(torch::nn::Sequential layers, double 
   linear_init_ = std::move(linear_init);
   reinit_replaced_ = reinit_replaced;
 
-  torch::NoGradGuard no_grad;
-  for (auto& module : modules(/*include_self=*/false)) {
-    if (auto* conv = module->as<nn::Conv2d>()) {
-      nn::init::kaiming_normal_(conv->weight, /*a=*/0, torch::kFanOut);
-      if (conv->bias.defined()) nn::init::zeros_(conv->bias);
-    } else if (auto* bn = module->as<nn::BatchNorm2d>()) {
-      nn::init::ones_(bn->weight);
-      nn::init::zeros_(bn->bias);
-    } else if (auto* linear = module->as<nn::Linear>()) {
-      linear_init_(*linear);
-    }
-  }
+  init_torchvision_weights(*this, linear_init_);
 }
 
 std::vector<ForwardStep> FeaturesClassifierImpl::feature_steps() {

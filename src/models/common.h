@@ -76,6 +76,12 @@ std::vector<ForwardStep> pooled_classifier_steps(const torch::nn::Sequential& cl
 torch::nn::Sequential with_new_last_linear(const torch::nn::Sequential& seq, int64_t in_features,
                                            int64_t num_classes, const torch::Tensor& like);
 
+// torchvision's initialisation of its convolutional classifiers (VGG, MobileNetV2, EfficientNet):
+// convolutions Kaiming-normal (fan-out, ReLU's gain), their biases 0, BatchNorm 1 / 0, Linear layers by
+// linear_init.
+void init_torchvision_weights(torch::nn::Module& model,
+                              const std::function<void(torch::nn::LinearImpl&)>& linear_init);
+
 // torchvision's layout of MobileNetV2 and EfficientNet: `features`, a Sequential (stem, blocks, a last
 // conv of num_features() outputs, features.N typed for the summary), then `classifier` (Dropout, Linear)
 // after global average pooling. A subclass builds the features and calls finish_layout.
@@ -94,8 +100,8 @@ class FeaturesClassifierImpl : public BackboneImpl {
   torch::nn::Sequential classifier{nullptr};
 
  protected:
-  // Registers `layers` as features and the classifier (Identity for 0 classes), then initialises as
-  // torchvision does: convolutions Kaiming-normal (fan-out), BatchNorm 1/0, Linear layers by linear_init.
+  // Registers `layers` as features and the classifier (Identity for 0 classes), then initialises them
+  // (init_torchvision_weights).
   // reinit_replaced: a classifier replaced later is initialised by linear_init too (EfficientNet), not
   // left at libtorch's default (MobileNetV2).
   void finish_layout(torch::nn::Sequential layers, double dropout, int64_t num_classes,

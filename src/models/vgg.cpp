@@ -58,18 +58,7 @@ VGGImpl::VGGImpl(const VGGConfig& config, int64_t num_classes) : BackboneImpl(co
   classifier = register_module("classifier", head);
   num_classes_ = num_classes;
 
-  torch::NoGradGuard no_grad;
-  for (auto& module : modules(/*include_self=*/false)) {
-    if (auto* conv = module->as<nn::Conv2d>()) {
-      nn::init::kaiming_normal_(conv->weight, /*a=*/0, torch::kFanOut, torch::kReLU);
-      nn::init::zeros_(conv->bias);
-    } else if (auto* bn = module->as<nn::BatchNorm2d>()) {
-      nn::init::ones_(bn->weight);
-      nn::init::zeros_(bn->bias);
-    } else if (auto* linear = module->as<nn::Linear>()) {
-      init_linear_normal(*linear);
-    }
-  }
+  init_torchvision_weights(*this, init_linear_normal);
 }
 
 std::vector<ForwardStep> VGGImpl::feature_steps() {
