@@ -56,13 +56,6 @@ torch::Tensor& base_weight(torch::nn::Module& module) {
   throw Error("LoRA: a module that is neither a Linear nor a Conv1D has no branch");
 }
 
-// The module under a dotted name, or null.
-std::shared_ptr<torch::nn::Module> find_module(torch::nn::Module& model, const std::string& name) {
-  for (const auto& item : model.named_modules("", /*include_self=*/false))
-    if (item.key() == name) return item.value();
-  return nullptr;
-}
-
 // Whether the name is a module to save or lies inside one ("classifier" holds "classifier.dense.weight"
 // and "bert.classifier.weight").
 bool in_any(const std::string& name, const std::vector<std::string>& modules) {
@@ -93,6 +86,20 @@ std::vector<std::string> saved_modules(const LoraConfig& config) {
     for (const char* head : {"classifier", "score"})
       if (std::find(modules.begin(), modules.end(), head) == modules.end()) modules.push_back(head);
   return modules;
+}
+
+// Whether an adapter trains (and saves) the parameter: a branch's matrix, a tensor of a module saved whole,
+// or a bias config.bias names (lora_only: of the adapted layers).
+bool adapter_owns(const std::string& name, const LoraConfig& config,
+                  const std::vector<std::string>& whole_modules, const std::set<std::string>& adapted) {
+  const size_t dot = name.rfind('.');
+  const std::string owner = dot == std::string::npos ? "" : name.substr(0, dot);
+  const std::string leaf = dot == std::string::npos ? name : name.substr(dot + 1);
+  const bool branch =
+      owner == "lora_A" || owner == "lora_B" || ends_with(owner, ".lora_A") || ends_with(owner, ".lora_B");
+  const bool bias =
+      leaf == "bias" && (config.bias == "all" || (config.bias == "lora_only" && adapted.count(owner)));
+  return branch || bias || in_any(owner, whole_modules);
 }
 
 std::string number_text(double value) {
@@ -385,18 +392,10 @@ LoraReport apply_lora(torch::nn::Module& model, const LoraConfig& config) {
   // What trains: the branches, the modules to save, and the biases config.bias names.
   std::set<std::string> adapted(report.adapted.begin(), report.adapted.end());
   for (auto& item : model.named_parameters(/*recurse=*/true)) {
-    const std::string& name = item.key();
-    const size_t dot = name.rfind('.');
-    const std::string owner = dot == std::string::npos ? "" : name.substr(0, dot);
-    const std::string leaf = dot == std::string::npos ? name : name.substr(dot + 1);
-    const bool branch =
-        ends_with(owner, ".lora_A") || ends_with(owner, ".lora_B") || owner == "lora_A" || owner == "lora_B";
-    const bool whole = in_any(owner, whole_modules);
-    const bool bias =
-        leaf == "bias" && (config.bias == "all" || (config.bias == "lora_only" && adapted.count(owner)));
-    item.value().set_requires_grad(branch || whole || bias);
+    const bool trains = adapter_owns(item.key(), config, whole_modules, adapted);
+    item.value().set_requires_grad(trains);
     report.total += item.value().numel();
-    if (branch || whole || bias) report.trainable += item.value().numel();
+    if (trains) report.trainable += item.value().numel();
   }
   return report;
 }
@@ -407,17 +406,9 @@ NamedTensors lora_adapter_tensors(torch::nn::Module& model, const LoraConfig& co
   std::set<std::string> adapted;
   for (const auto& item : model.named_modules("", /*include_self=*/false))
     if (lora_branch(*item.value()).first) adapted.insert(item.key());
-  for (const auto& item : model.named_parameters(/*recurse=*/true)) {
-    const std::string& name = item.key();
-    const size_t dot = name.rfind('.');
-    const std::string owner = dot == std::string::npos ? "" : name.substr(0, dot);
-    const bool branch = ends_with(owner, ".lora_A") || ends_with(owner, ".lora_B");
-    const bool whole = in_any(owner, whole_modules);
-    const bool bias = ends_with(name, ".bias") &&
-                      (config.bias == "all" || (config.bias == "lora_only" && adapted.count(owner)));
-    if (branch || whole || bias)
-      out.emplace_back(kPeftPrefix + name, item.value().detach().cpu().contiguous());
-  }
+  for (const auto& item : model.named_parameters(/*recurse=*/true))
+    if (adapter_owns(item.key(), config, whole_modules, adapted))
+      out.emplace_back(kPeftPrefix + item.key(), item.value().detach().cpu().contiguous());
   return out;
 }
 

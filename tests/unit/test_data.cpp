@@ -910,7 +910,9 @@ TEST(IdxCorrupt, ALimitedDatasetKeepsOnlyItsRecordsOfABomb) {
     ASSERT_EQ(limited.size(), 10u);
     EXPECT_EQ(limited.label(9), 1);
     EXPECT_EQ(limited.image(9).rgb.size(), 28u * 28u * 3u);
-    if (!seed) EXPECT_EQ(limited.id(9), images + "#9");
+    if (!seed) {
+      EXPECT_EQ(limited.id(9), images + "#9");
+    }
   }
   if (!measured || before < 0)
     GTEST_SKIP() << "/proc/self/clear_refs or VmHWM unavailable: memory not measured";
