@@ -4,8 +4,10 @@
 // adapter_model.safetensors), so that an adapter made by graft loads in Python and one made in Python
 // loads in graft.
 //
-// Adapted today: torch::nn::Linear layers that run through graft::linear (BERT, ViT) and GPT-2's Conv1D
-// (fan_in_fan_out, as PEFT handles it). A target of another layer type is refused by name.
+// Adapted today: torch::nn::Linear layers that run through graft::linear (BERT, ViT), GPT-2's Conv1D
+// (fan_in_fan_out, as PEFT handles it) and ResNet's Conv2d layers (through conv_bn; an adapted convolution
+// is folded with its BatchNorm only once merged). A target of another layer type, or a grouped or dilated
+// convolution, is refused by name.
 #pragma once
 #include <cstdint>
 #include <nlohmann/json.hpp>

@@ -8,6 +8,7 @@
 #include <typeinfo>
 
 #include "graft/errors.h"
+#include "layers/lora.h"
 
 namespace graft {
 namespace {
@@ -96,7 +97,15 @@ bool can_fold(const torch::nn::Conv2dImpl& conv, const torch::nn::BatchNorm2dImp
   if (bn.is_training() || !bn.options.track_running_stats() || !bn.running_mean.defined()) return false;
   if (!c10::get_if<torch::ExpandingArray<2>>(&conv.options.padding())) return false;
   if (!c10::get_if<torch::enumtype::kZeros>(&conv.options.padding_mode())) return false;
+  if (has_live_branch(conv)) return false;
   return !needs_grad(conv.weight) && !needs_grad(conv.bias) && !needs_grad(bn.weight) && !needs_grad(bn.bias);
+}
+
+torch::Tensor conv2d(torch::nn::Conv2dImpl& conv, const torch::Tensor& x) {
+  torch::Tensor y = conv.forward(x);
+  if (conv.children().empty()) return y;  // no branch
+  const torch::Tensor delta = lora_delta(conv, x);
+  return delta.defined() ? y + delta : y;
 }
 
 torch::Tensor conv_bn(torch::nn::Conv2dImpl& conv, torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x) {
@@ -105,7 +114,7 @@ torch::Tensor conv_bn(torch::nn::Conv2dImpl& conv, torch::nn::BatchNorm2dImpl& b
                 " (a subclass's own forward would be skipped)");
   }
   BatchNormFolding* scope = BatchNormFolding::active();
-  if (!scope || x.dim() != 4 || !can_fold(conv, bn)) return bn.forward(conv.forward(x));
+  if (!scope || x.dim() != 4 || !can_fold(conv, bn)) return bn.forward(conv2d(conv, x));
   const auto& folded = scope->fold(conv, bn);
   const auto& padding = c10::get<torch::ExpandingArray<2>>(conv.options.padding());
   return torch::conv2d(x.contiguous(torch::MemoryFormat::ChannelsLast), folded.weight, folded.bias,
@@ -132,7 +141,7 @@ std::pair<StepFn, StepFn> conv_bn_steps(std::shared_ptr<torch::nn::Conv2dImpl> c
     return BatchNormFolding::active() && x.dim() == 4 && can_fold(c, b);
   };
   StepFn conv_step = [conv, bn, folds](const torch::Tensor& x) {
-    return folds(*conv, *bn, x) ? conv_bn(*conv, *bn, x) : conv->forward(x);
+    return folds(*conv, *bn, x) ? conv_bn(*conv, *bn, x) : conv2d(*conv, x);
   };
   StepFn bn_step = [conv, bn, folds](const torch::Tensor& x) {
     return folds(*conv, *bn, x) ? x : bn->forward(x);

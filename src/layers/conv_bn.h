@@ -54,8 +54,13 @@ class BatchNormFolding {
 };
 
 // True when bn(conv(x)) may run as one folded convolution: the BatchNorm is in eval mode with running
-// statistics, no tensor of the pair requires a gradient, and the padding is explicit zeros.
+// statistics, no tensor of the pair requires a gradient, the padding is explicit zeros, and the
+// convolution has no LoRA branch outside its weight (layers/lora.h).
 bool can_fold(const torch::nn::Conv2dImpl& conv, const torch::nn::BatchNorm2dImpl& bn);
+
+// conv(x) plus the convolution's LoRA branch when it has one (layers/lora.h). `conv` must be exactly a
+// Conv2d, as for conv_bn.
+torch::Tensor conv2d(torch::nn::Conv2dImpl& conv, const torch::Tensor& x);
 
 // bn(conv(x)); one folded convolution inside an active BatchNormFolding scope when can_fold(). `conv` must
 // be exactly a Conv2d (graft::Error otherwise): Conv2dImpl::forward is not virtual.

@@ -2,32 +2,42 @@
 // layer, y = base(x) + lora_B(lora_A(dropout(x))) * scaling. The branch's two matrices are registered on
 // the adapted layer itself as "lora_A" and "lora_B", so that their names are PEFT's file names
 // (<path>.lora_A.weight, <path>.lora_B.weight) and the base keeps its own (<path>.weight); graft::linear
-// (layers/linear.h) and GPT-2's Conv1D add the branch of a layer that has one.
+// (layers/linear.h), GPT-2's Conv1D and graft::conv2d (layers/conv_bn.h) add the branch of a layer that
+// has one.
+//
+// Beside a Conv2d the branch is PEFT's pair of convolutions: lora_A an (r, in, kh, kw) convolution with
+// the base's stride and padding, lora_B an (out, r, 1, 1) one.
 #pragma once
 #include <torch/nn/module.h>
 #include <torch/nn/pimpl.h>
 
 #include <cstdint>
 #include <utility>
+#include <vector>
 
 namespace graft {
 
-// lora_A: an (r, in) weight without bias; dropout on its input (training only).
+// lora_A: an (r, in) weight without bias (or (r, in, kh, kw) beside a convolution); dropout on its input
+// (training only).
 class LoraDownImpl : public torch::nn::Module {
  public:
   LoraDownImpl(int64_t in_features, int64_t r, double dropout);
-  torch::Tensor forward(const torch::Tensor& x);  // (..., in) -> (..., r)
+  // Beside a convolution of that kernel, stride and padding.
+  LoraDownImpl(int64_t in_channels, int64_t r, std::vector<int64_t> kernel, std::vector<int64_t> stride,
+               std::vector<int64_t> padding, double dropout);
+  torch::Tensor forward(const torch::Tensor& x);  // (..., in) -> (..., r); (N, in, H, W) -> (N, r, H', W')
 
   torch::Tensor weight;
   double dropout = 0.0;
+  std::vector<int64_t> stride, padding;  // a convolution's; empty beside a Linear
 };
 TORCH_MODULE(LoraDown);
 
-// lora_B: an (out, r) weight without bias, its output times scaling (alpha / r, or alpha / sqrt(r) with
-// rsLoRA).
+// lora_B: an (out, r) weight without bias (or (out, r, 1, 1) beside a convolution), its output times
+// scaling (alpha / r, or alpha / sqrt(r) with rsLoRA).
 class LoraUpImpl : public torch::nn::Module {
  public:
-  LoraUpImpl(int64_t r, int64_t out_features, double scaling);
+  LoraUpImpl(int64_t r, int64_t out_features, double scaling, bool conv = false);
   torch::Tensor forward(const torch::Tensor& h);  // (..., r) -> (..., out) * scaling
 
   torch::Tensor weight;
@@ -39,10 +49,14 @@ TORCH_MODULE(LoraUp);
 // The branch of a layer: (lora_A, lora_B), or two nulls when it has none.
 std::pair<LoraDownImpl*, LoraUpImpl*> lora_branch(torch::nn::Module& layer);
 
+// Whether the layer has a branch that is not merged into its weight (one that changes its output).
+bool has_live_branch(const torch::nn::Module& layer);
+
 // What the branch adds to the layer's output for x; undefined when the layer has no branch or it is merged.
 torch::Tensor lora_delta(torch::nn::Module& layer, const torch::Tensor& x);
 
-// scaling * B @ A, the (out, in) change of the base weight that merging makes.
+// The change of the base weight that merging makes, as PEFT computes it: scaling * B @ A, (out, in); beside
+// a convolution (out, in, kh, kw), by matrix product for 1x1 kernels and by convolving A with B otherwise.
 torch::Tensor lora_weight_delta(const LoraDownImpl& down, const LoraUpImpl& up);
 
 }  // namespace graft

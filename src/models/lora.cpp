@@ -17,6 +17,7 @@
 #include "graft/strings.h"
 #include "graft/vit.h"
 #include "layers/lora.h"
+#include "models/resnet.h"
 
 namespace graft {
 
@@ -27,18 +28,33 @@ namespace {
 
 constexpr const char* kPeftPrefix = "base_model.model.";  // PEFT's wrapper in front of every name
 
-// The layer under a module name that LoRA can adapt: (in, out) of a Linear, or of a Conv1D whose weight is
-// stored (in, out); {0, 0} for another type.
+// The layer under a module name that LoRA can adapt: (in, out) of a Linear, of a Conv1D whose weight is
+// stored (in, out), or of a Conv2d (channels); {0, 0} for another type.
 std::pair<int64_t, int64_t> adaptable_shape(torch::nn::Module& module) {
   if (auto* linear = module.as<torch::nn::Linear>()) return {linear->weight.size(1), linear->weight.size(0)};
   if (auto* conv1d = module.as<Conv1DImpl>()) return {conv1d->weight.size(0), conv1d->weight.size(1)};
+  if (auto* conv = module.as<torch::nn::Conv2d>())
+    return {conv->options.in_channels(), conv->options.out_channels()};
   return {0, 0};
 }
 
-// Whether the model adds the branch of a Linear held by `parent`: the modules whose forward runs their
-// Linear layers through graft::linear (the BERT and ViT blocks, their poolers, BERT's classifier). A Linear
-// elsewhere (a Sequential, an image head) would keep a branch that never runs, so it is refused.
-bool runs_branch(const torch::nn::Module& parent) {
+bool is_linear(torch::nn::Module& module) {
+  return module.as<torch::nn::Linear>() || module.as<Conv1DImpl>();
+}
+
+// Whether the model adds the branch of a layer held by `parent` (whose own parent is `grandparent`, or
+// null). Linear: the modules whose forward runs their Linear layers through graft::linear (the BERT and
+// ViT blocks, their poolers, BERT's classifier). Conv2d: ResNet's, which run every convolution through
+// conv_bn (layers/conv_bn.h), the stem, the blocks and their downsample Sequentials. A layer elsewhere (a
+// Sequential, an image head) would keep a branch that never runs, so it is refused.
+bool runs_branch(const torch::nn::Module& parent, const torch::nn::Module* grandparent, bool conv) {
+  if (conv) {
+    const auto block = [](const torch::nn::Module* m) {
+      return dynamic_cast<const resnet::BasicBlockImpl*>(m) || dynamic_cast<const resnet::BottleneckImpl*>(m);
+    };
+    return block(&parent) || dynamic_cast<const ResNetImpl*>(&parent) ||
+           (dynamic_cast<const torch::nn::SequentialImpl*>(&parent) && block(grandparent));
+  }
   return dynamic_cast<const BertSelfAttentionImpl*>(&parent) ||
          dynamic_cast<const BertSelfOutputImpl*>(&parent) ||
          dynamic_cast<const BertIntermediateImpl*>(&parent) || dynamic_cast<const BertOutputImpl*>(&parent) ||
@@ -50,10 +66,51 @@ bool runs_branch(const torch::nn::Module& parent) {
          dynamic_cast<const ViTPoolerImpl*>(&parent);
 }
 
+// Why a Conv2d cannot take PEFT's branch, or "" when it can: PEFT v0.5's lora_A is a plain convolution of
+// the base's kernel, stride and padding, so groups, dilation and a padding mode of its own do not fit.
+std::string conv_misfit(const torch::nn::Conv2dImpl& conv) {
+  const auto& o = conv.options;
+  if (o.groups() != 1) return "a grouped (depthwise) convolution, groups " + std::to_string(o.groups());
+  if ((*o.dilation())[0] != 1 || (*o.dilation())[1] != 1) return "a dilated convolution";
+  if (!c10::get_if<torch::ExpandingArray<2>>(&o.padding()))
+    return "a convolution with 'same' or 'valid' padding";
+  if (!c10::get_if<torch::enumtype::kZeros>(&o.padding_mode()))
+    return "a convolution that pads other than with zeros";
+  return "";
+}
+
 torch::Tensor& base_weight(torch::nn::Module& module) {
   if (auto* linear = module.as<torch::nn::Linear>()) return linear->weight;
   if (auto* conv1d = module.as<Conv1DImpl>()) return conv1d->weight;
-  throw Error("LoRA: a module that is neither a Linear nor a Conv1D has no branch");
+  if (auto* conv = module.as<torch::nn::Conv2d>()) return conv->weight;
+  throw Error("LoRA: a module that is neither a Linear, a Conv1D nor a Conv2d has no branch");
+}
+
+// The branch beside a layer, initialised as PEFT does.
+std::pair<LoraDown, LoraUp> make_branch(torch::nn::Module& module, const LoraConfig& config) {
+  const auto [in, out] = adaptable_shape(module);
+  LoraDown down{nullptr};
+  LoraUp up{nullptr};
+  if (auto* conv = module.as<torch::nn::Conv2d>()) {
+    const auto& o = conv->options;
+    const auto& padding = c10::get<torch::ExpandingArray<2>>(o.padding());
+    const auto vec = [](const torch::ExpandingArray<2>& a) {
+      return std::vector<int64_t>(a->begin(), a->end());
+    };
+    down = LoraDown(in, config.r, vec(o.kernel_size()), vec(o.stride()), vec(padding), config.dropout);
+    up = LoraUp(config.r, out, config.scaling(), /*conv=*/true);
+  } else {
+    down = LoraDown(in, config.r, config.dropout);
+    up = LoraUp(config.r, out, config.scaling());
+  }
+  if (config.init == "gaussian") {
+    torch::NoGradGuard no_grad;
+    down->weight.normal_(0.0, 1.0 / static_cast<double>(config.r));
+  }
+  const torch::Tensor& weight = base_weight(module);
+  down->to(weight.device(), weight.scalar_type());
+  up->to(weight.device(), weight.scalar_type());
+  return {down, up};
 }
 
 // Whether the name is a module to save or lies inside one ("classifier" holds "classifier.dense.weight"
@@ -337,13 +394,19 @@ LoraReport apply_lora(torch::nn::Module& model, const LoraConfig& config) {
   std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> layers;
   std::map<std::string, torch::nn::Module*> by_name{{"", &model}};
   for (const auto& item : model.named_modules("", /*include_self=*/false)) {
-    if (adaptable_shape(*item.value()).first > 0) output_layer = item.key();
+    if (is_linear(*item.value())) output_layer = item.key();
     layers.emplace_back(item.key(), item.value());
     by_name[item.key()] = item.value().get();
   }
-  const auto parent_of = [&](const std::string& name) -> const torch::nn::Module& {
+  const auto parent_name = [](const std::string& name) {
     const size_t dot = name.rfind('.');
-    return *by_name.at(dot == std::string::npos ? "" : name.substr(0, dot));
+    return dot == std::string::npos ? std::string() : name.substr(0, dot);
+  };
+  const auto parent_of = [&](const std::string& name) -> const torch::nn::Module& {
+    return *by_name.at(parent_name(name));
+  };
+  const auto grandparent_of = [&](const std::string& name) -> const torch::nn::Module* {
+    return name.find('.') == std::string::npos ? nullptr : by_name.at(parent_name(parent_name(name)));
   };
   // Every layer is chosen and checked before any is changed: a refused configuration leaves the model as
   // it was.
@@ -352,18 +415,26 @@ LoraReport apply_lora(torch::nn::Module& model, const LoraConfig& config) {
   for (const auto& [name, module] : layers) {
     if (in_any(name, whole_modules)) continue;  // trained whole, never adapted
     const int64_t in = adaptable_shape(*module).first;
-    const bool wanted = config.all_linear ? in > 0 && name != output_layer : lora_targets(config, name);
+    const bool wanted =
+        config.all_linear ? is_linear(*module) && name != output_layer : lora_targets(config, name);
     if (!wanted) continue;
     for (const auto& target : config.target_modules)
       if (name == target || ends_with(name, "." + target)) ++hits[target];
     if (in == 0)
       throw Error("LoRA target '" + name + "' is a " + module->name() +
-                  "; graft adapts Linear layers (and GPT-2's Conv1D) only");
-    if (module->as<torch::nn::Linear>() && !runs_branch(parent_of(name)))
+                  "; graft adapts Linear, Conv2d (and GPT-2's Conv1D) layers only");
+    const bool conv = module->as<torch::nn::Conv2d>() != nullptr;
+    if ((conv || module->as<torch::nn::Linear>()) &&
+        !runs_branch(parent_of(name), grandparent_of(name), conv))
       throw Error("LoRA target '" + name +
-                  "': graft adds LoRA to the Linear layers of BERT and ViT (and GPT-2's "
-                  "Conv1D) so far, not to a layer held by a " +
+                  "': graft adds LoRA to the Linear layers of BERT and ViT, GPT-2's " +
+                  "Conv1D and ResNet's convolutions so far, not to a " + module->name() + " held by a " +
                   parent_of(name).name() + "; train it whole instead (modules_to_save)");
+    if (conv) {
+      const std::string misfit = conv_misfit(*module->as<torch::nn::Conv2d>());
+      if (!misfit.empty())
+        throw Error("LoRA target '" + name + "' is " + misfit + ", which PEFT's LoRA does not adapt");
+    }
     if (lora_branch(*module).first)
       throw Error("LoRA: '" + name + "' already has a branch (graft applies one adapter at a time)");
     chosen.emplace_back(name, module);
@@ -374,16 +445,7 @@ LoraReport apply_lora(torch::nn::Module& model, const LoraConfig& config) {
                   "' matches no module of the model (`graft summary` lists the names)");
   if (chosen.empty()) throw Error("LoRA: the targets match no layer graft can adapt");
   for (const auto& [name, module] : chosen) {
-    const auto [in, out] = adaptable_shape(*module);
-    const torch::Tensor& weight = base_weight(*module);
-    auto down = LoraDown(in, config.r, config.dropout);
-    auto up = LoraUp(config.r, out, config.scaling());
-    if (config.init == "gaussian") {
-      torch::NoGradGuard no_grad;
-      down->weight.normal_(0.0, 1.0 / static_cast<double>(config.r));
-    }
-    down->to(weight.device(), weight.scalar_type());
-    up->to(weight.device(), weight.scalar_type());
+    auto [down, up] = make_branch(*module, config);
     module->register_module("lora_A", down);
     module->register_module("lora_B", up);
     report.adapted.push_back(name);
