@@ -50,8 +50,10 @@ void save_run(const std::string& dir, BackboneImpl& model, const RunSpec& spec,
 // atomically and tied by a random save id kept in both (safetensors metadata graft_save_id, graft.json
 // weights_save_id). A crash between the two writes then leaves a pair that check_run_weights refuses,
 // not new weights silently read with the old graft.json's classes and preprocessing.
+// A LoRA run's weights are its adapter: weights_name "adapter_model.safetensors" (PEFT's file).
 void write_run_files(const std::string& dir, const NamedTensors& weights,
-                     std::map<std::string, std::string> metadata, nlohmann::json doc);
+                     std::map<std::string, std::string> metadata, nlohmann::json doc,
+                     const std::string& weights_name = "model.safetensors");
 // Throws FormatError naming both files when graft.json's weights_save_id (absent in runs before it
 // existed: nothing to check) is not the save id of the weights file.
 void check_run_weights(const std::string& json_file, const std::string& weights_save_id,

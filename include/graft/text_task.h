@@ -46,6 +46,7 @@ struct TextTrainOptions {
   int64_t block_size = 0;
   bool line_by_line = false;  // causal-lm: one example per line (+ eos), padded, instead of packed blocks
   std::string freeze;         // freeze spec over the model's modules, e.g. "until:bert.encoder.layer.10"
+  std::string lora;           // LoRA spec (graft/lora.h LoraConfig::parse); empty: none
   double warmup_ratio = 0.1;  // warm-up steps as a fraction of all steps (ignored when warmup_steps > 0)
   int64_t batch_size = 16;
   TrainConfig train;  // epochs 3, AdamW lr 5e-5 weight decay 0.01, linear schedule: the BERT recipe
@@ -100,7 +101,8 @@ std::string generate_text(TextRun& run, const std::string& prompt, GenerateOptio
                           const std::function<bool(const std::string& piece)>& on_text = {});
 
 // Copies the Hugging Face files of a text run (config.json, model.safetensors, tokenizer files) into
-// out_dir, written whole or not at all.
-void export_hf(const std::string& run_dir, const std::string& out_dir);
+// out_dir, written whole or not at all. A LoRA run is exported only with merge: its base with the adapter
+// merged in (float32), a plain Hugging Face folder.
+void export_hf(const std::string& run_dir, const std::string& out_dir, bool merge = false);
 
 }  // namespace graft

@@ -13,12 +13,14 @@ void add_export_command(CLI::App& app) {
   auto run_dir = std::make_shared<std::string>();
   auto format = std::make_shared<std::string>("hf");
   auto out = std::make_shared<std::string>();
+  auto merge = std::make_shared<bool>(false);
   command->add_option("run", *run_dir, "text run directory written by graft train")->required();
   command->add_option("--format", *format, "hf: config.json, model.safetensors and the tokenizer files");
   command->add_option("--out", *out, "folder to create")->required();
-  command->callback([run_dir, format, out] {
+  command->add_flag("--merge", *merge, "a LoRA run: merge the adapter into its base (a plain model folder)");
+  command->callback([run_dir, format, out, merge] {
     if (*format != "hf") throw Error("--format " + *format + ": graft exports hf (Hugging Face folders)");
-    export_hf(*run_dir, *out);
+    export_hf(*run_dir, *out, *merge);
     std::cout << "exported " << *run_dir << " to " << *out
               << " (load it in Python with AutoModel*.from_pretrained and AutoTokenizer.from_pretrained)\n";
   });

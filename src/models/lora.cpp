@@ -413,7 +413,13 @@ LoraReport apply_lora(torch::nn::Module& model, const LoraConfig& config) {
   std::map<std::string, int> hits;  // list targets that matched
   std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> chosen;
   for (const auto& [name, module] : layers) {
-    if (in_any(name, whole_modules)) continue;  // trained whole, never adapted
+    if (in_any(name, whole_modules)) {  // trained whole, never adapted
+      for (const auto& target : config.target_modules)
+        if (name == target || ends_with(name, "." + target))
+          throw Error("LoRA target '" + target + "' is '" + name +
+                      "', which trains whole (a module to save: the new head); PEFT gives it no adapter");
+      continue;
+    }
     const int64_t in = adaptable_shape(*module).first;
     const bool wanted =
         config.all_linear ? is_linear(*module) && name != output_layer : lora_targets(config, name);
@@ -499,6 +505,7 @@ LoraConfig load_lora_adapter(torch::nn::Module& model, const std::string& dir) {
   std::vector<std::pair<torch::Tensor, torch::Tensor>> copies;  // (parameter, value)
   try {
     size_t branch_tensors = 0;
+    std::set<std::string> supplied;
     for (auto& [key, tensor] : read_safetensors(weights_file)) {
       if (key.rfind(kPeftPrefix, 0) != 0)
         throw FormatError(weights_file,
@@ -514,12 +521,18 @@ LoraConfig load_lora_adapter(torch::nn::Module& model, const std::string& dir) {
                                             shape_str(it->second.sizes().vec()) +
                                             ": an adapter of another base?");
       copies.emplace_back(it->second, tensor);
+      supplied.insert(name);
       branch_tensors += ends_with(name, ".lora_A.weight") || ends_with(name, ".lora_B.weight");
     }
     if (branch_tensors != 2 * report.adapted.size())
       throw FormatError(weights_file, "holds " + std::to_string(branch_tensors) + " LoRA matrices where " +
                                           config_file + " gives the model " +
                                           std::to_string(2 * report.adapted.size()));
+    // Whatever the adapter trains is in its file (PEFT saves it all): a head missing would stay random.
+    for (const auto& item : model.named_parameters(/*recurse=*/true))
+      if (item.value().requires_grad() && !supplied.count(item.key()))
+        throw FormatError(weights_file, "holds no " + std::string(kPeftPrefix) + item.key() + ", which " +
+                                            config_file + " trains (a module to save, or a bias)");
   } catch (...) {
     for (const auto& item : model.named_modules("", /*include_self=*/false)) {
       if (std::find(report.adapted.begin(), report.adapted.end(), item.key()) == report.adapted.end())

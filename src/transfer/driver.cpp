@@ -8,11 +8,18 @@
 #include <ostream>
 
 #include "graft/errors.h"
+#include "graft/files.h"
+#include "graft/lora.h"
+#include "graft/model.h"
 #include "graft/progress.h"
 #include "graft/registry.h"
 #include "graft/run_document.h"
+#include "graft/sha256.h"
+#include "graft/strings.h"
+#include "graft/summary.h"
 #include "graft/transfer.h"
 #include "layers/conv_bn.h"
+#include "layers/lora.h"
 
 namespace graft {
 
@@ -41,7 +48,8 @@ StartChoice start_choice(const RunBasics& basics) {
   return start;
 }
 
-void load_start_weights(BackboneImpl& model, const StartChoice& start, bool verbose, std::ostream& log) {
+std::string load_start_weights(BackboneImpl& model, const StartChoice& start, bool verbose,
+                               std::ostream& log) {
   WeightsOptions skip_head;
   skip_head.skip_classifier = true;  // replaced by the run's head
   constexpr size_t kListed = 5;      // names of each kind in a misfit's message, without --verbose
@@ -53,14 +61,14 @@ void load_start_weights(BackboneImpl& model, const StartChoice& start, bool verb
       const LoadReport report = load_weights(model, start.source, skip_head);
       log << "weights: " << report.loaded.size() << " backbone tensors from " << start.source
           << " (its classifier is replaced)\n";
-      return;
+      return start.source;
     }
     case StartChoice::Kind::kPretrained: {
       const std::string source = pretrained_weights_file(model);
       const LoadReport report = load_weights(model, source, skip_head);
       log << "weights: " << report.loaded.size() << " backbone tensors from " << source << ", " << start.model
           << "'s pretrained weights (its classifier is replaced)\n";
-      return;
+      return source;
     }
     case StartChoice::Kind::kRandom:
       if (start.asked_random)
@@ -69,10 +77,55 @@ void load_start_weights(BackboneImpl& model, const StartChoice& start, bool verb
       else
         log << "random initialisation: " << start.model
             << " names no pretrained weights (a tag does; see `graft models " << model.arch() << "`)\n";
-      return;
+      return "";
     case StartChoice::Kind::kRun:
       throw Error("load_start_weights: a run's weights are its task's to load (" + start.source + ")");
   }
+  return "";
+}
+
+json lora_run_json(const LoraPlace& place, const std::string& adapted_layers, int64_t trainable,
+                   int64_t total) {
+  const std::string file = place.base_file.empty() ? place.base : place.base_file;
+  json base = {{"path", fs::absolute(place.base).lexically_normal().string()},
+               {"file", fs::absolute(file).lexically_normal().string()},
+               {"sha256", sha256_file(file)},
+               {"bytes", static_cast<int64_t>(fs::file_size(file))},
+               {"pretrained", place.pretrained}};
+  return {{"adapter_config", "adapter_config.json"},
+          {"adapter", "adapter_model.safetensors"},
+          {"base", base},
+          {"adapted_layers", adapted_layers},
+          {"trainable", trainable},
+          {"total", total}};
+}
+
+bool is_lora_run(const RunDocument& doc) {
+  return doc.doc.contains("lora") && doc.doc.at("lora").is_object();
+}
+
+std::string checked_lora_base(const RunDocument& doc, const std::function<std::string()>& pretrained_file) {
+  const json& lora = doc.doc.at("lora");
+  const auto field = [&](const char* key) {
+    if (!lora.contains("base") || !lora.at("base").is_object() || !lora.at("base").contains(key) ||
+        !lora.at("base").at(key).is_string())
+      throw FormatError(doc.file, std::string("lora.base.") + key + ": expected a string");
+    return lora.at("base").at(key).get<std::string>();
+  };
+  const bool pretrained = lora.contains("base") && lora.at("base").value("pretrained", false);
+  std::string path = field("path"), file = field("file");
+  const std::string expected = field("sha256");
+  if (pretrained) path = file = pretrained_file();  // the tag's weights, wherever this machine keeps them
+  if (!fs::exists(file))
+    throw Error(doc.file + ": the LoRA adapter's base weights " + file +
+                " are not there; put them back (the adapter holds only what training changed), or train "
+                "again from weights that are");
+  const std::string actual = sha256_file(file);
+  if (actual != expected)
+    throw Error(doc.file + ": the LoRA adapter's base " + file + " has changed since training (SHA-256 " +
+                actual + ", expected " + expected +
+                "); the adapter only fits the weights it was trained on: put those back, or train again");
+  return path;
 }
 
 TrainConfig run_train_config(const TrainConfig& options, const std::string& out,
@@ -127,24 +180,98 @@ FitOutcome fit_and_check(const FitPlan& plan, const TrainConfig& config, std::os
   return outcome;
 }
 
+namespace {
+
+// --lora's configuration, checked before anything is read; what does not go with it is refused by name.
+LoraConfig lora_options(const RunBasics& basics) {
+  if (!basics.init_from.empty())
+    throw Error(
+        "--lora with --init-from: an adapter goes with the weights it was trained on, and graft "
+        "adapts a model tag's pretrained weights or --weights; start from one of those");
+  try {
+    return LoraConfig::parse(basics.lora);
+  } catch (const Error& e) {
+    const std::string message = e.what();
+    throw Error(message.rfind("--lora", 0) == 0 ? message : "--lora " + basics.lora + ": " + message);
+  }
+}
+
+int64_t trainable_count(torch::nn::Module& model) {
+  return count_parameters(model, "", /*trainable_only=*/true);
+}
+
+std::string joined(const std::vector<std::string>& names) {
+  std::string out;
+  for (const auto& name : names) out += (out.empty() ? "" : ", ") + name;
+  return out;
+}
+
+size_t lora_layers(torch::nn::Module& model) {
+  size_t count = 0;
+  for (const auto& m : model.modules(/*include_self=*/false)) count += lora_branch(*m).first != nullptr;
+  return count;
+}
+
+// Applies the adapter where the task says, and says what it adapted and how much trains.
+void adapt(const LoraPlace& place, LoraConfig& config, const std::string& task, std::ostream& log) {
+  if (!place.model) throw Error("--lora does not apply to " + task + " runs");
+  config.modules_to_save = place.whole;
+  config.task_type = place.task_type;
+  config.base_model_name_or_path = place.base;
+  LoraReport report;
+  try {
+    report = apply_lora(*place.model, config);
+  } catch (const Error& e) {
+    throw Error(std::string("--lora: ") + e.what());
+  }
+  constexpr size_t kNamed = 4;  // layers named in the log line
+  std::string named;
+  for (size_t i = 0; i < report.adapted.size() && i < kNamed; ++i)
+    named += (i ? ", " : "") + report.adapted[i];
+  if (report.adapted.size() > kNamed) named += ", ...";
+  char share[32];
+  std::snprintf(share, sizeof share, "%.2f%%",
+                100.0 * static_cast<double>(report.trainable) /
+                    static_cast<double>(std::max<int64_t>(report.total, 1)));
+  log << "LoRA r=" << config.r << " alpha=" << config.alpha << " (scaling " << config.scaling() << ") on "
+      << report.adapted.size() << " layers (" << named << ")"
+      << (place.whole.empty() ? "" : ", trained whole: " + joined(place.whole)) << "; "
+      << format_count(report.trainable) << " trainable of " << format_count(report.total) << ", " << share
+      << "\n";
+}
+
+}  // namespace
+
 FitOutcome train_run(TrainRecipe& recipe, std::ostream& log) {
   const RunBasics given = recipe.basics();
   check_train_values(recipe.options(), given.task, "");  // every option, before anything is read
   if (given.data.empty()) throw Error("--data is required");
   if (given.out.empty()) throw Error("--out: a run directory is required");
   check_start_choice(given.weights, given.init_from, given.random_init);
+  std::optional<LoraConfig> lora;
+  if (!given.lora.empty()) lora = lora_options(given);
   recipe.resolve(log);
   const RunBasics basics = recipe.basics();
   log_resolved(recipe.options(), log);
+  const StartChoice start = start_choice(basics);
+  if (lora && start.kind == StartChoice::Kind::kRandom)
+    throw Error("--lora adapts pretrained weights, and " +
+                std::string(start.asked_random ? "--random-init asks for random ones"
+                                               : "this run starts from random weights") +
+                ": give --weights, or a model tag with pretrained weights");
 
   // The new head (and a model trained from scratch) draws from torch's generator: seeded first, so that a
   // run repeats exactly.
   torch::manual_seed(basics.train->seed);
   const std::vector<std::string> classes = recipe.open_data(log);
-  recipe.build_model(start_choice(basics), log);
+  recipe.build_model(start, log);
 
   const FreezeStep freeze = recipe.freeze_step();
-  if (!freeze.spec.empty()) {
+  LoraPlace place;
+  if (lora) {
+    place = recipe.lora_place();
+    adapt(place, *lora, basics.task, log);
+  } else if (!freeze.spec.empty()) {
     const FreezeReport report = freeze.backbone ? apply_freeze(*freeze.backbone, freeze.spec)
                                                 : apply_freeze(*freeze.module, freeze.spec, freeze.keep);
     log << "freeze '" << freeze.named << "': " << report.frozen_parameters << " tensors frozen, "
@@ -153,17 +280,32 @@ FitOutcome train_run(TrainRecipe& recipe, std::ostream& log) {
 
   TrainConfig config = run_train_config(*basics.train, basics.out, classes, basics.sample_unit, log);
   config.objective = basics.objective;
-  config.param_groups = recipe.param_groups();
+  config.param_groups = lora ? std::vector<ParamGroup>{} : recipe.param_groups();  // LoRA: one group
   fs::create_directories(basics.out);
   const FitPlan plan = recipe.plan(config, log);
   FitOutcome outcome = fit_and_check(plan, config, log);
 
   RunFiles files = recipe.run_files(outcome, log);
-  json doc = new_run_document(basics.task, classes, freeze.saved, basics.data, recipe.options());
+  json doc =
+      new_run_document(basics.task, classes, lora ? "lora" : freeze.saved, basics.data, recipe.options());
   doc.update(files.fields);
   files.metadata["format"] = "pt";
   files.metadata["producer"] = "graft " GRAFT_VERSION;
-  write_run_files(basics.out, files.weights, files.metadata, std::move(doc));
+  std::string weights_name = "model.safetensors";
+  if (lora) {
+    // PEFT's two files in place of the model's weights, and graft.json naming the base they go with.
+    files.weights = lora_adapter_tensors(*place.model, *lora);
+    write_file_atomic((fs::path(basics.out) / "adapter_config.json").string(),
+                      lora->to_json().dump(2) + "\n");
+    doc["lora"] = lora_run_json(place, std::to_string(lora_layers(*place.model)),
+                                trainable_count(*place.model), count_parameters(*place.model));
+    weights_name = "adapter_model.safetensors";
+    const size_t at = files.listing.find("model.safetensors");
+    if (at != std::string::npos)
+      files.listing.replace(at, std::string("model.safetensors").size(),
+                            "adapter_config.json, adapter_model.safetensors (LoRA; base " + place.base + ")");
+  }
+  write_run_files(basics.out, files.weights, files.metadata, std::move(doc), weights_name);
   if (!files.note.empty()) log << files.note << "\n";
   const bool validated = (plan.model_val ? plan.model_val : plan.val) != nullptr;
   log_run_directory(basics.out, files.listing, validated, basics.objective == "classify", log);

@@ -2,6 +2,7 @@
 // and preprocessing, its weights formats, extra files, a per-task callback such as two-stage) and does the
 // rest in one order, with the steps below.
 #pragma once
+#include <functional>
 #include <iosfwd>
 #include <map>
 #include <memory>
@@ -13,6 +14,7 @@
 
 #include "graft/data.h"
 #include "graft/run.h"
+#include "graft/run_document.h"
 #include "graft/task.h"
 #include "graft/train_options.h"
 #include "graft/trainer.h"
@@ -46,6 +48,7 @@ class BackboneImpl;
 // The options every task has, as the driver reads them.
 struct RunBasics {
   std::string task, model, data, out, weights, init_from;
+  std::string lora;  // --lora's spec; "": the task's freeze
   bool random_init = false;
   std::string sample_unit;             // what the progress bars count ("img", "clip", "seq")
   std::string objective;               // "classify" or "causal-lm"
@@ -63,6 +66,7 @@ RunBasics basics_of(const Options& o, const std::string& task, const std::string
   b.out = o.out;
   b.weights = o.weights;
   b.init_from = o.init_from;
+  b.lora = o.lora;
   b.sample_unit = sample_unit;
   b.objective = objective;
   b.train = &o.train;
@@ -89,7 +93,32 @@ StartChoice start_choice(const RunBasics& basics);
 // weights (load_pretrained: graft's cache or the Hugging Face Hub), which stop the run saying how to get
 // them when they are not to be had; or none. Says which.
 // A file that does not fit is refused naming its first tensors of each kind (every one when verbose).
-void load_start_weights(BackboneImpl& model, const StartChoice& start, bool verbose, std::ostream& log);
+// Returns the file loaded ("" for random weights): a LoRA run's base.
+std::string load_start_weights(BackboneImpl& model, const StartChoice& start, bool verbose,
+                               std::ostream& log);
+
+// What --lora adapts in a task's model (TrainRecipe::lora_place), and what its run directory names as the
+// base the adapter goes with.
+struct LoraPlace {
+  torch::nn::Module* model = nullptr;  // null: the task takes no adapter; its names are the adapter's
+  std::vector<std::string> whole;      // trained and saved whole beside the adapters: the new head
+  std::string task_type;               // PEFT's: SEQ_CLS, CAUSAL_LM, or "" (images, clips)
+  std::string base;                    // what the base was loaded from: a weights file or a folder
+  std::string base_file;               // the weights file within it, checksummed ("": base itself)
+  bool pretrained = false;             // the model tag's pretrained weights: found again by the tag
+};
+
+// graft.json's "lora" of a LoRA run: the adapter's files and the base (path, SHA-256, size), and the
+// counts.
+nlohmann::json lora_run_json(const LoraPlace& place, const std::string& adapted_layers, int64_t trainable,
+                             int64_t total);
+// A LoRA run's base, checked: the path recorded in graft.json's "lora" (the tag's pretrained weights
+// found again through `pretrained_file` when the run started from them), whose weights file must have
+// the recorded SHA-256. Throws graft::Error naming graft.json, the file and both checksums when it does
+// not; returns the base's path (a file or folder, as the run loaded it).
+std::string checked_lora_base(const RunDocument& doc, const std::function<std::string()>& pretrained_file);
+// Whether graft.json describes a LoRA run (adapter files instead of model.safetensors).
+bool is_lora_run(const RunDocument& doc);
 
 // What a freeze spec applies to: a backbone (which knows its stages and the tensors that never train), or
 // any module with the one part no spec freezes.
@@ -130,6 +159,8 @@ class TrainRecipe {
   virtual FreezeStep freeze_step() = 0;
   // The optimiser's parameter groups; empty: one group of whatever trains.
   virtual std::vector<ParamGroup> param_groups() { return {}; }
+  // What --lora adapts, once the model is built; the default takes no adapter (refused by name).
+  virtual LoraPlace lora_place() { return {}; }
   // What trains on which batches (a feature cache is made here); may add the task's epoch callback or
   // its schedule's warmup to config.
   virtual FitPlan plan(TrainConfig& config, std::ostream& log) = 0;

@@ -104,6 +104,23 @@ void check_strategy_options(const ImageTrainOptions& options) {
                     "without augmentation; use --strategy fine-tune, or leave it out");
 }
 
+// --lora trains adapters beside a frozen backbone and the head whole, with one learning rate; the options
+// that choose what trains otherwise are refused by name.
+void check_lora_options(const ImageTrainOptions& o) {
+  const ImageTrainOptions defaults;
+  const auto refuse = [&](const std::string& flag, const std::string& why) {
+    throw SpecError(flag + " does not apply to --lora, " + why);
+  };
+  if (o.strategy != defaults.strategy)
+    refuse("--strategy " + o.strategy, "which trains the adapters and the head together (fine-tune)");
+  if (!o.freeze.empty())
+    refuse("--freeze " + o.freeze, "which freezes everything but the adapters and the head");
+  if (o.backbone_lr_mult != defaults.backbone_lr_mult)
+    refuse("--backbone-lr-mult", "whose adapters and head train at one learning rate (--lr)");
+  if (o.bn_train_frozen)
+    refuse("--bn-train-frozen", "whose adapter goes with the base's BatchNorm statistics (they stay fixed)");
+}
+
 // The earlier run of --init-from, if any; its model and its head without the last layer become the
 // options' defaults.
 std::optional<LoadedRun> open_init_run(ImageTrainOptions& options) {
@@ -351,6 +368,7 @@ class ImageRecipe : public TrainRecipe {
 
   void resolve(std::ostream&) override {
     check_strategy_options(o_);
+    if (!o_.lora.empty()) check_lora_options(o_);
     previous_ = open_init_run(o_);  // fills model and head
   }
 
@@ -363,7 +381,8 @@ class ImageRecipe : public TrainRecipe {
 
   void build_model(const StartChoice& start, std::ostream& log) override {
     const int64_t classes = static_cast<int64_t>(data_.classes.size());
-    if (start.kind != StartChoice::Kind::kRun) load_start_weights(*model_, start, o_.verbose, log);
+    if (start.kind != StartChoice::Kind::kRun) base_ = load_start_weights(*model_, start, o_.verbose, log);
+    base_pretrained_ = start.kind == StartChoice::Kind::kPretrained;
     head_ = resolve_head(o_.head, classes);
     if (!o_.head.empty() && head_ != HeadSpec::parse(o_.head).to_string())
       log << "head: " << head_ << " (dense:" << classes << " appended for the " << classes << " classes)\n";
@@ -384,6 +403,16 @@ class ImageRecipe : public TrainRecipe {
   std::vector<ParamGroup> param_groups() override {
     if (feature_extract()) return {};  // the head alone trains, on cached features
     return backbone_and_head_groups(*model_, two_stage() ? 1.0 : o_.backbone_lr_mult);
+  }
+
+  // The backbone's layers take the adapter; the new head trains whole.
+  LoraPlace lora_place() override {
+    LoraPlace place;
+    place.model = model_.get();
+    place.whole = {head_module_name(*model_)};
+    place.base = base_;
+    place.pretrained = base_pretrained_;
+    return place;
   }
 
   FitPlan plan(TrainConfig& config, std::ostream& log) override {
@@ -446,6 +475,8 @@ class ImageRecipe : public TrainRecipe {
   ImageTrainOptions o_;
   std::optional<LoadedRun> previous_;  // --init-from
   Backbone model_{nullptr};
+  std::string base_;  // the weights file the backbone started from ("" random)
+  bool base_pretrained_ = false;
   Preprocessing pre_;
   ImageData data_;
   std::string head_;

@@ -5,6 +5,7 @@
 #include <random>
 
 #include "graft/errors.h"
+#include "graft/lora.h"
 #include "graft/registry.h"
 #include "graft/run.h"
 #include "graft/run_document.h"
@@ -12,6 +13,7 @@
 #include "graft/trainer.h"
 #include "graft/transfer.h"
 #include "graft/weights.h"
+#include "transfer/driver.h"
 
 namespace graft {
 
@@ -81,14 +83,21 @@ void check_out_folder(const std::string& out, const std::vector<std::string>& in
 }
 
 void write_run_files(const std::string& dir, const NamedTensors& weights,
-                     std::map<std::string, std::string> metadata, json doc) {
+                     std::map<std::string, std::string> metadata, json doc, const std::string& weights_name) {
   const std::string id = new_save_id();
   metadata["graft_save_id"] = id;
-  doc["weights"] = "model.safetensors";
+  doc["weights"] = weights_name;
   doc["weights_save_id"] = id;
   // Weights first: a graft.json only ever names a complete weights file.
-  write_safetensors((fs::path(dir) / "model.safetensors").string(), weights, metadata);
+  write_safetensors((fs::path(dir) / weights_name).string(), weights, metadata);
   write_file_atomic((fs::path(dir) / "graft.json").string(), doc.dump(2) + "\n");
+  // A replaced run of the other kind (full weights, or a LoRA adapter) leaves no file that graft.json
+  // no longer names.
+  const bool adapter = weights_name == "adapter_model.safetensors";
+  std::error_code ignored;
+  if (adapter) fs::remove(fs::path(dir) / "model.safetensors", ignored);
+  if (!adapter) fs::remove(fs::path(dir) / "adapter_model.safetensors", ignored);
+  if (!adapter) fs::remove(fs::path(dir) / "adapter_config.json", ignored);
 }
 
 void check_run_weights(const std::string& json_file, const std::string& weights_save_id,
@@ -119,16 +128,27 @@ LoadedRun load_run(const std::string& dir) {
     throw Error(dir + ": not a graft run directory (no graft.json); train one with `graft train`");
   LoadedRun run;
   run.dir = dir;
-  run.spec = read_run_spec(file);
+  const RunDocument doc = read_run_document(file);
+  run.spec = read_run_spec(doc);
   const int64_t classes = static_cast<int64_t>(run.spec.classes.size());
   run.model = create_model(run.spec.model, classes);
+  const bool lora = is_lora_run(doc);
+  if (lora) {  // the base first, as training loaded it (without its classifier); the adapter after the head
+    WeightsOptions skip_head;
+    skip_head.skip_classifier = true;
+    load_weights(*run.model, checked_lora_base(doc, [&] { return pretrained_weights_file(*run.model); }),
+                 skip_head);
+  }
   if (!run.spec.head.empty())
     run.model->set_head(HeadSpec::parse(run.spec.head),
                         {run.spec.preprocessing.size, run.spec.preprocessing.size});
   LoadOptions options;
-  options.source_name = (fs::path(dir) / "model.safetensors").string();
+  options.source_name = (fs::path(dir) / (lora ? "adapter_model.safetensors" : "model.safetensors")).string();
   check_run_weights(file, run.spec.weights_save_id, options.source_name);
-  load_safetensors(*run.model, options.source_name, options);
+  if (lora)
+    load_lora_adapter(*run.model, dir);
+  else
+    load_safetensors(*run.model, options.source_name, options);
   if (run.model->num_classes() != classes) {
     throw FormatError(file, "the model outputs " + std::to_string(run.model->num_classes()) +
                                 " classes but " + std::to_string(classes) + " class names are listed");

@@ -19,6 +19,7 @@
 #include "graft/errors.h"
 #include "graft/files.h"
 #include "graft/json_file.h"
+#include "graft/lora.h"
 #include "graft/progress.h"
 #include "graft/run.h"
 #include "graft/run_document.h"
@@ -309,6 +310,11 @@ class TextRecipe : public TrainRecipe {
 
   // Lengths are checked here; the model's own position count once it is loaded.
   void resolve(std::ostream& log) override {
+    if (!o_.lora.empty() && !o_.freeze.empty())
+      throw SpecError("--freeze " + o_.freeze +
+                      " does not apply to --lora, which freezes everything but the adapters and the head");
+    if (!o_.lora.empty() && o_.weights.empty() && o_.init_from.empty())
+      throw Error("--lora adapts pretrained weights: give --weights (a Hugging Face folder)");
     if (!o_.init_from.empty()) o_.weights = o_.init_from;  // a text run directory is a Hugging Face folder
     architecture_ = model_class(o_.task);
     check_model_name(o_.model, o_.task);
@@ -348,6 +354,16 @@ class TextRecipe : public TrainRecipe {
   }
 
   std::vector<ParamGroup> param_groups() override { return decay_groups(*hf_.module); }
+
+  // PEFT's task types: a sequence classifier's head trains whole (PEFT adds it to modules_to_save).
+  LoraPlace lora_place() override {
+    LoraPlace place;
+    place.model = hf_.module.get();
+    place.task_type = classify() ? "SEQ_CLS" : "CAUSAL_LM";
+    place.base = o_.weights;
+    place.base_file = hf_.weights_path;
+    return place;
+  }
 
   FitPlan plan(TrainConfig& config, std::ostream&) override {
     train_source_ =
@@ -418,6 +434,27 @@ bool is_text_run(const std::string& dir) {
   return task == "text-classify" || task == "causal-lm";
 }
 
+namespace {
+
+// A LoRA text run's model: the base (checked against graft.json) with a head for the run's classes, then
+// the adapter, which holds that head.
+HfModel load_lora_text_model(const RunDocument& doc, const std::string& dir) {
+  HfLoadOptions load;
+  load.architecture = model_class(doc.task);
+  load.num_labels = doc.task == "text-classify" ? static_cast<int64_t>(doc.classes.size()) : -1;
+  HfModel hf = load_hf_model(checked_lora_base(doc,
+                                               [&]() -> std::string {
+                                                 throw FormatError(doc.file,
+                                                                   "lora.base: a text run's base is a "
+                                                                   "folder or file, not a model tag");
+                                               }),
+                             load);
+  load_lora_adapter(*hf.module, dir);
+  return hf;
+}
+
+}  // namespace
+
 TextRun load_text_run(const std::string& dir, const std::string& tokenizer) {
   TextRun run;
   run.dir = dir;
@@ -433,8 +470,11 @@ TextRun load_text_run(const std::string& dir, const std::string& tokenizer) {
                         "expected text-classify or causal-lm");
     }
   }
-  HfModel hf = load_hf_model(dir);
-  if (doc) check_run_weights(doc->file, doc->weights_save_id, hf.weights_path);
+  const bool lora = doc && is_lora_run(*doc);
+  HfModel hf = lora ? load_lora_text_model(*doc, dir) : load_hf_model(dir);
+  if (doc)
+    check_run_weights(doc->file, doc->weights_save_id,
+                      lora ? (fs::path(dir) / "adapter_model.safetensors").string() : hf.weights_path);
   if (run.task.empty()) {
     if (hf.architecture == "BertForSequenceClassification")
       run.task = "text-classify";
@@ -462,7 +502,7 @@ TextRun load_text_run(const std::string& dir, const std::string& tokenizer) {
   run.columns = spec.columns;
   if (run.task == "text-classify") {
     auto model = std::dynamic_pointer_cast<BertForSequenceClassificationImpl>(run.module);
-    run.classes = model->config().id2label;
+    run.classes = lora ? doc->classes : model->config().id2label;  // a LoRA run's base has its own labels
   }
   return run;
 }
@@ -647,16 +687,34 @@ std::string generate_text(TextRun& run, const std::string& prompt, GenerateOptio
   return run.tokenizer->decode(fresh, true);
 }
 
-void export_hf(const std::string& run_dir, const std::string& out_dir) {
+void export_hf(const std::string& run_dir, const std::string& out_dir, bool merge) {
+  const bool lora = fs::is_regular_file(fs::path(run_dir) / "adapter_config.json") &&
+                    !fs::exists(fs::path(run_dir) / "model.safetensors");
   if (!fs::is_regular_file(fs::path(run_dir) / "config.json") ||
-      !fs::is_regular_file(fs::path(run_dir) / "model.safetensors")) {
+      !(lora || fs::is_regular_file(fs::path(run_dir) / "model.safetensors"))) {
     throw Error(run_dir +
                 ": not a text run directory (expected config.json and model.safetensors from graft train "
                 "--task text-classify or causal-lm)");
   }
+  if (lora && !merge)
+    throw Error(run_dir +
+                " is a LoRA run (adapter_config.json + adapter_model.safetensors, which PEFT loads as they "
+                "are beside its base): add --merge to write the base with the adapter merged in, a plain "
+                "Hugging Face folder");
+  if (merge && !lora)
+    throw Error("--merge: " + run_dir + " holds no LoRA adapter (its model.safetensors is already whole)");
   if (fs::exists(out_dir) && !(fs::is_directory(out_dir) && fs::is_empty(out_dir)))
     throw Error(out_dir + ": already exists; export writes a new folder (remove it or choose another --out)");
-  std::vector<std::string> files = {"config.json", "model.safetensors"};
+  NamedTensors merged;  // a LoRA run's model with its adapter merged, in float32, without the branches
+  if (lora) {
+    TextRun run = load_text_run(run_dir);
+    merge_lora(*run.module);
+    for (auto& [name, tensor] : hf_state_dict(*run.module))
+      if (name.find(".lora_A.") == std::string::npos && name.find(".lora_B.") == std::string::npos)
+        merged.emplace_back(name, tensor);
+  }
+  std::vector<std::string> files = {"config.json"};
+  if (!lora) files.push_back("model.safetensors");
   for (const auto& item : kTokenizerFiles)
     if (fs::is_regular_file(fs::path(run_dir) / item.second) &&
         std::find(files.begin(), files.end(), item.second) == files.end())
@@ -682,6 +740,10 @@ void export_hf(const std::string& run_dir, const std::string& out_dir) {
     for (const auto& name : files) {
       fs::copy_file(fs::path(run_dir) / name, temporary / name);
       fsync_path((temporary / name).string(), /*directory=*/false);
+    }
+    if (lora) {
+      write_safetensors((temporary / "model.safetensors").string(), merged, {{"format", "pt"}});
+      files.push_back("model.safetensors");
     }
     fsync_path(temporary.string(), /*directory=*/true);
     if (fs::is_directory(target)) {

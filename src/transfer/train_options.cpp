@@ -66,6 +66,9 @@ std::vector<OptionSpec> make_table() {
        {"feature-extract", "fine-tune", "two-stage"}},
       {"freeze", T::kText, kAll,
        "what stays fixed: all, none, last:N, until:NAME, globs; video: backbone, backbone,temporal"},
+      {"lora", T::kText, kAll,
+       "LoRA adapter instead of freezing: r=16,alpha=16,dropout=0.1,targets=query,value (rslora, "
+       "init=gaussian, bias=none|all|lora_only; targets=re:REGEX or all-linear); the run saves PEFT's files"},
       {"stage1_epochs", T::kInteger, kImage, "two-stage: head-only epochs (0: half)", 0, 1e6},
       {"backbone_lr_mult", T::kNumber, kImage, "backbone learning rate = lr x this", 0, 1e3},
       {"bn_train_frozen", T::kSwitch, kImage, "frozen BatchNorm layers update running statistics"},
@@ -227,6 +230,7 @@ void visit_common(Options& o, V& v) {
   v("data", o.data);
   v("out", o.out);
   v("freeze", o.freeze);
+  v("lora", o.lora);
   v("val_split", o.val_split);
   v("validate", o.validate);
   v("batch_size", o.batch_size);

@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "graft/errors.h"
+#include "graft/lora.h"
 #include "graft/progress.h"
 #include "graft/registry.h"
 #include "graft/run.h"
@@ -217,6 +218,10 @@ class VideoRecipe : public TrainRecipe {
   json options() const override { return to_json(o_); }
 
   void resolve(std::ostream&) override {
+    if (!o_.lora.empty() && input_.freeze != VideoTrainOptions().freeze)
+      throw SpecError("--freeze " + input_.freeze +
+                      " does not apply to --lora, which freezes everything but the adapters, the temporal "
+                      "model and the classifier");
     start_ = open_video_init(o_, input_);  // a video run (loaded whole in build_model), or an image run
     if (o_.model.empty())
       throw Error("--model is required (an image backbone such as mobilenet_v2, or r3d_18)");
@@ -234,7 +239,8 @@ class VideoRecipe : public TrainRecipe {
     if (start_.image)
       load_image_run_backbone(*backbone, *start_.image, o_.init_from, log);
     else if (!start_.video)
-      load_start_weights(*backbone, start, o_.verbose, log);
+      base_ = load_start_weights(*backbone, start, o_.verbose, log);
+    base_pretrained_ = start.kind == StartChoice::Kind::kPretrained;
     // An earlier run's preprocessing goes with its weights (size, mean/std, interpolation), as for images.
     pre_ = start_.video   ? start_.video_spec->preprocessing
            : start_.image ? start_.image->spec.preprocessing
@@ -257,6 +263,18 @@ class VideoRecipe : public TrainRecipe {
     step.named = step.saved = o_.freeze.empty() ? "none" : o_.freeze;
     step.spec = part_globs(step.named, td);
     return step;
+  }
+
+  // The backbone's layers take the adapter; what is new (the temporal model, the classifier) trains whole.
+  LoraPlace lora_place() override {
+    LoraPlace place;
+    place.model = built_.module.get();
+    const auto& td = built_.time_distributed;
+    if (td && (td->lstm || td->gru)) place.whole.push_back("temporal");
+    place.whole.push_back(td ? "fc" : built_.backbone->classifier_name());
+    place.base = base_;
+    place.pretrained = base_pretrained_;
+    return place;
   }
 
   FitPlan plan(TrainConfig& config, std::ostream& log) override {
@@ -339,6 +357,8 @@ class VideoRecipe : public TrainRecipe {
   const VideoTrainOptions input_;  // as given: tells a default from a choice (open_video_init)
   VideoTrainOptions o_;
   VideoStart start_;
+  std::string base_;  // the weights file the backbone started from ("" random or a run)
+  bool base_pretrained_ = false;
   ClipSplits splits_;
   Preprocessing pre_;
   BuiltModel built_;
@@ -369,12 +389,23 @@ VideoRun load_video_run(const std::string& dir) {
   run.classes = doc.classes;
   run.clip.frames = spec.frames;
   run.clip.transform = transform_for(spec.preprocessing, false);
-  BuiltModel built = wrap_backbone(create_model(run.model), run.temporal.empty() ? "avg" : run.temporal,
+  Backbone backbone = create_model(run.model);
+  const bool lora = is_lora_run(doc);
+  if (lora) {  // the base as training loaded it, before the classifier is replaced; the adapter after
+    WeightsOptions skip_head;
+    skip_head.skip_classifier = true;
+    load_weights(*backbone, checked_lora_base(doc, [&] { return pretrained_weights_file(*backbone); }),
+                 skip_head);
+  }
+  BuiltModel built = wrap_backbone(backbone, run.temporal.empty() ? "avg" : run.temporal,
                                    static_cast<int64_t>(run.classes.size()));
   LoadOptions load;
-  load.source_name = (fs::path(dir) / "model.safetensors").string();
+  load.source_name = (fs::path(dir) / (lora ? "adapter_model.safetensors" : "model.safetensors")).string();
   check_run_weights(doc.file, doc.weights_save_id, load.source_name);
-  load_safetensors(*built.module, load.source_name, load);
+  if (lora)
+    load_lora_adapter(*built.module, dir);
+  else
+    load_safetensors(*built.module, load.source_name, load);
   built.module->eval();
   run.module = built.module;
   run.forward = built.forward;

@@ -168,6 +168,74 @@ TEST(TextE2E, SentimentBertFromScratchClassifiesAboveChance) {
   for (const auto& entry : fs::directory_iterator(dir))
     EXPECT_EQ(entry.path().filename().string().find(".tmp-export-"), std::string::npos) << entry.path();
 
+  // --lora with this run as the base (a Hugging Face folder): branches beside query and value of the three
+  // layers, the classifier trained whole (PEFT's SEQ_CLS); the run holds PEFT's files, config.json and the
+  // tokenizer, not the model; eval loads the base from where it is; export writes it merged, or refuses.
+  const fs::path lora_dir = dir / "lora";
+  auto lora =
+      graft("train --task text-classify --model bert --weights " + run_dir.string() + " --data " + files +
+            " --no-header --text-column 0 --label-column 1 --max-length 48 --epochs 1 --lr 1e-3 "
+            "--batch-size 32 --seed 3 --lora r=4,alpha=8,targets=query,value --out " +
+            lora_dir.string());
+  ASSERT_EQ(lora.status, 0) << lora.output;
+  EXPECT_NE(
+      lora.output.find("LoRA r=4 alpha=8 (scaling 2) on 6 layers (bert.encoder.layer.0.attention.self.query"),
+      std::string::npos)
+      << lora.output;
+  const double lora_accuracy = number_after(lora.output, "final validation accuracy:");
+  std::cout << "[text e2e] sentiment LoRA r=4 on the tiny BERT run: val accuracy " << lora_accuracy << "\n";
+  EXPECT_GE(lora_accuracy, 0.70) << lora.output;
+  EXPECT_FALSE(fs::exists(lora_dir / "model.safetensors"));
+  EXPECT_TRUE(fs::exists(lora_dir / "vocab.txt"));
+  const auto adapter = shapes((lora_dir / "adapter_model.safetensors").string());
+  EXPECT_EQ(adapter.size(), 6u * 2 + 2) << "A and B of six layers, the classifier's weight and bias";
+  EXPECT_EQ(adapter.at("base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.weight"),
+            (std::vector<int64_t>{4, config["hidden_size"].get<int64_t>()}));
+  EXPECT_TRUE(adapter.count("base_model.model.classifier.weight"));
+  EXPECT_EQ(nlohmann::json::parse(read(lora_dir / "adapter_config.json"))["task_type"], "SEQ_CLS");
+  auto lora_eval = graft("eval " + lora_dir.string() + " --data " + data + "yelp_labelled.txt");
+  ASSERT_EQ(lora_eval.status, 0) << lora_eval.output;
+  const double lora_eval_accuracy = number_after(lora_eval.output, "accuracy:");
+  EXPECT_GE(lora_eval_accuracy, 0.70) << lora_eval.output;
+  auto unmerged_export = graft("export " + lora_dir.string() + " --out " + (dir / "lora_hf").string());
+  EXPECT_EQ(unmerged_export.status, 1) << unmerged_export.output;
+  EXPECT_NE(unmerged_export.output.find("add --merge"), std::string::npos) << unmerged_export.output;
+  auto merged_export = graft("export " + lora_dir.string() + " --merge --out " + (dir / "lora_hf").string());
+  ASSERT_EQ(merged_export.status, 0) << merged_export.output;
+  expect_hf_folder(dir / "lora_hf", "bert", "BertForSequenceClassification",
+                   {"bert.embeddings.word_embeddings.weight", "bert.embeddings.position_embeddings.weight"});
+  // The merged folder is the adapter run's model: the same probabilities (float32 merge: within 1e-5).
+  const std::string two_texts =
+      " --json --top-k 2 --text \"Great phone, works perfectly.\" --text \"Terrible, it broke after a day.\"";
+  auto adapter_predict = graft("predict " + lora_dir.string() + two_texts);
+  auto merged_predict = graft("predict " + (dir / "lora_hf").string() + two_texts);
+  ASSERT_EQ(adapter_predict.status, 0) << adapter_predict.output;
+  ASSERT_EQ(merged_predict.status, 0) << merged_predict.output;
+  const auto by_adapter =
+      nlohmann::json::parse(adapter_predict.output.substr(adapter_predict.output.find('[')));
+  const auto by_merged = nlohmann::json::parse(merged_predict.output.substr(merged_predict.output.find('[')));
+  ASSERT_EQ(by_adapter.size(), 2u);
+  ASSERT_EQ(by_merged.size(), 2u);
+  for (size_t i = 0; i < 2; ++i)
+    for (size_t k = 0; k < 2; ++k) {
+      const auto& a = by_adapter[i]["top"][k];
+      const auto& m = by_merged[i]["top"][k];
+      EXPECT_EQ(a["label"], m["label"]);
+      for (const auto& item : a.items()) {
+        if (item.value().is_number()) {
+          EXPECT_NEAR(item.value().get<double>(), m[item.key()].get<double>(), 1e-5) << item.key();
+        }
+      }
+    }
+  auto lora_freeze =
+      graft("train --task text-classify --model bert --weights " + run_dir.string() + " --data " + files +
+            " --no-header --text-column 0 --label-column 1 --freeze all --lora "
+            "r=4,targets=query --out " +
+            (dir / "bad_lora").string());
+  EXPECT_EQ(lora_freeze.status, 1) << lora_freeze.output;
+  EXPECT_NE(lora_freeze.output.find("--freeze all does not apply to --lora"), std::string::npos)
+      << lora_freeze.output;
+
   // Mistakes get messages that name what is wrong.
   auto wrong_tokenizer =
       graft("train --task text-classify --model-config " + (dir / "config.json").string() + " --tokenizer " +

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <regex>
 #include <sstream>
@@ -73,6 +74,94 @@ TEST(TrainE2E, FashionMnistFineTuneEvalPredict) {
   EXPECT_EQ(nlohmann::json::parse(again_json)["preprocessing"]["size"], 32);
   EXPECT_GT(number_after(again.output, "final validation accuracy:"), accuracy - 0.05) << again.output;
 
+  std::filesystem::remove_all(dir);
+}
+
+// --lora on a ResNet-18 whose base is a first run's weights (trained from scratch on Fashion-MNIST): rank-4
+// branches beside two of layer4's convolutions and a new head train; the run directory holds PEFT's two
+// files and no model; eval and predict load the base from where it was and add the adapter; a base that
+// changed since is refused naming it; what does not go with --lora is refused by name before anything is
+// written.
+TEST(TrainE2E, LoraAdapterRunOnAResNetBase) {
+  auto dir = fresh_dir("lora");
+  const std::string base_run = (dir / "base").string();
+  const std::string common =
+      " --data " + kFashion + " --limit 1000 --image-size 32 --no-augment --batch-size 64 --optimizer adam ";
+  auto base = graft("train --model resnet18" + common + "--epochs 2 --lr 0.002 --no-val --out " + base_run);
+  ASSERT_EQ(base.status, 0) << base.output;
+  const fs::path weights = dir / "base.safetensors";
+  fs::copy_file(fs::path(base_run) / "model.safetensors", weights);
+
+  const std::string run = (dir / "lora").string();
+  auto train =
+      graft("train --model resnet18 --weights " + weights.string() + common +
+            "--epochs 2 --lr 0.003 --lora r=4,alpha=8,targets=layer4.0.conv2,layer4.1.conv2 --out " + run);
+  ASSERT_EQ(train.status, 0) << train.output;
+  EXPECT_NE(train.output.find("LoRA r=4 alpha=8 (scaling 2) on 2 layers (layer4.0.conv2, layer4.1.conv2), "
+                              "trained whole: fc"),
+            std::string::npos)
+      << train.output;
+  EXPECT_NE(train.output.find("trainable of 11,"), std::string::npos) << train.output;
+  const double accuracy = number_after(train.output, "final validation accuracy:");
+  std::cout << "[e2e] fashion-mnist LoRA r=4 on a resnet18 base, 2 epochs: val accuracy " << accuracy << "\n";
+  // Chance is 0.1; a head left random by the reload below, or branches that never run, stay near it.
+  EXPECT_GT(accuracy, 0.5) << train.output;
+  EXPECT_FALSE(fs::exists(fs::path(run) / "model.safetensors"));
+  graft::SafeTensorsReader adapter((fs::path(run) / "adapter_model.safetensors").string());
+  std::map<std::string, std::vector<int64_t>> names;
+  for (const auto& t : adapter.tensors()) names[t.name] = t.shape;
+  const std::map<std::string, std::vector<int64_t>> expected = {
+      {"base_model.model.fc.0.bias", {10}},  // graft's head (avg,dense:10), as in its run's model.safetensors
+      {"base_model.model.fc.0.weight", {10, 512}},
+      {"base_model.model.layer4.0.conv2.lora_A.weight", {4, 512, 3, 3}},
+      {"base_model.model.layer4.0.conv2.lora_B.weight", {512, 4, 1, 1}},
+      {"base_model.model.layer4.1.conv2.lora_A.weight", {4, 512, 3, 3}},
+      {"base_model.model.layer4.1.conv2.lora_B.weight", {512, 4, 1, 1}}};
+  EXPECT_EQ(names, expected);
+  std::ifstream config_file(fs::path(run) / "adapter_config.json");
+  const auto config = nlohmann::json::parse(config_file);
+  EXPECT_EQ(config["peft_type"], "LORA");
+  EXPECT_EQ(config["r"], 4);
+  EXPECT_EQ(config["modules_to_save"], nlohmann::json::array({"fc"}));
+  std::ifstream run_json(fs::path(run) / "graft.json");
+  const auto doc = nlohmann::json::parse(run_json);
+  EXPECT_EQ(doc["weights"], "adapter_model.safetensors");
+  EXPECT_EQ(doc["lora"]["base"]["file"], fs::absolute(weights).lexically_normal().string());
+  EXPECT_EQ(doc["lora"]["base"]["sha256"].get<std::string>().size(), 64u);
+
+  auto eval = graft("eval " + run + " --data " + kFashion + " --limit 500");
+  ASSERT_EQ(eval.status, 0) << eval.output;
+  EXPECT_GT(number_after(eval.output, "accuracy:"), 0.5) << eval.output;
+  auto predict = graft("predict " + run + " " + kCats + "/test/dogs/dog_test.4.jpg --top-k 2");
+  EXPECT_EQ(predict.status, 0) << predict.output;
+
+  std::ofstream(weights, std::ios::app) << ' ';  // the base changes under the adapter
+  auto changed = graft("eval " + run + " --data " + kFashion + " --limit 50");
+  EXPECT_EQ(changed.status, 1) << changed.output;
+  EXPECT_NE(changed.output.find(weights.string() + " has changed since training"), std::string::npos)
+      << changed.output;
+
+  const std::string refused_out = (dir / "refused").string();
+  for (const auto& [args, words] : std::vector<std::pair<std::string, std::string>>{
+           {"--model resnet18 --lora r=4,targets=conv1", "--lora adapts pretrained weights"},
+           {"--model resnet18 --weights " + fs::path(base_run).string() +
+                "/model.safetensors --strategy "
+                "two-stage --lora r=4,targets=conv1",
+            "--strategy two-stage does not apply to --lora"},
+           {"--model resnet18 --weights " + fs::path(base_run).string() +
+                "/model.safetensors --lora r=0,targets=conv1",
+            "--lora r=0,targets=conv1: LoRA r must be positive"},
+           {"--model resnet18 --weights " + fs::path(base_run).string() +
+                "/model.safetensors --lora r=2,targets=nothere",
+            "LoRA target 'nothere' matches no module"},
+           {"--model resnet18 --weights " + fs::path(base_run).string() +
+                "/model.safetensors --lora r=2,targets=fc",
+            "LoRA target 'fc' is 'fc', which trains whole"}}) {
+    auto refused = graft("train " + args + common + "--epochs 1 --out " + refused_out);
+    EXPECT_EQ(refused.status, 1) << args << "\n" << refused.output;
+    EXPECT_NE(refused.output.find(words), std::string::npos) << args << "\n" << refused.output;
+    EXPECT_FALSE(fs::exists(fs::path(refused_out) / "graft.json")) << args;
+  }
   std::filesystem::remove_all(dir);
 }
 
