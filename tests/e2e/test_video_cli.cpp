@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <random>
 #include <regex>
+#include <set>
 
 #include "e2e/run_graft.h"
 #include "graft/errors.h"
@@ -306,6 +307,37 @@ TEST(VideoE2E, PretrainedImageBackbonesStartVideoModels) {
       video_weights((dir / "from_image" / "model.safetensors").string());
   EXPECT_TRUE(torch::equal(image_weights.load("layer4.1.conv2.weight"),
                            video_weights.load("backbone.layer4.1.conv2.weight")));
+
+  // --lora with the image run's weights as the base: branches beside a layer4 convolution of the per-frame
+  // ResNet, the LSTM and the classifier trained whole; eval rebuilds the model from the base file and the
+  // adapter and gives the run's own final accuracy.
+  const std::string base_file = (dir / "image_run" / "model.safetensors").string();
+  auto lora = graft("train --task video-classify --model resnet18 --weights " + base_file +
+                    " --temporal lstm:16 --lora r=2,alpha=4,targets=layer4.1.conv2 --data " +
+                    (dir / "clips").string() + common + "--out " + (dir / "lora").string());
+  ASSERT_EQ(lora.status, 0) << lora.output;
+  EXPECT_NE(lora.output.find("on 1 layers (backbone.layer4.1.conv2), trained whole: temporal, fc"),
+            std::string::npos)
+      << lora.output;
+  EXPECT_FALSE(fs::exists(dir / "lora" / "model.safetensors"));
+  const SafeTensorsReader adapter((dir / "lora" / "adapter_model.safetensors").string());
+  std::set<std::string> names;
+  for (const auto& t : adapter.tensors()) names.insert(t.name);
+  EXPECT_TRUE(names.count("base_model.model.backbone.layer4.1.conv2.lora_A.weight"));
+  EXPECT_TRUE(names.count("base_model.model.temporal.weight_ih_l0"));
+  EXPECT_TRUE(names.count("base_model.model.fc.weight"));
+  EXPECT_FALSE(names.count("base_model.model.backbone.layer4.1.conv2.weight"));  // the base stays out
+  auto lora_eval = graft("eval " + (dir / "lora").string() + " --data " + (dir / "clips").string());
+  ASSERT_EQ(lora_eval.status, 0) << lora_eval.output;
+  EXPECT_NEAR(number_after(lora_eval.output, "accuracy:"),
+              number_after(lora.output, "final validation accuracy:"), 1e-6)
+      << lora_eval.output << lora.output;
+  auto lora_freeze = graft("train --task video-classify --model resnet18 --weights " + base_file +
+                           " --freeze none --lora r=2,targets=conv1 --data " + (dir / "clips").string() +
+                           common + "--out " + (dir / "lora2").string());
+  EXPECT_EQ(lora_freeze.status, 1) << lora_freeze.output;
+  EXPECT_NE(lora_freeze.output.find("--freeze none does not apply to --lora"), std::string::npos)
+      << lora_freeze.output;
 
   // No val/ folder: a seeded split, and the final report is on its validation clips only (2 of 6 per class).
   fs::create_directories(dir / "flat");
