@@ -79,5 +79,14 @@ LoraConfig load_lora_adapter(torch::nn::Module& model, const std::string& dir);
 // branches stay, marked merged, so that unmerge_lora can take them out again). Returns the layers merged.
 std::vector<std::string> merge_lora(torch::nn::Module& model);
 std::vector<std::string> unmerge_lora(torch::nn::Module& model);
+// merge_lora, then the branches removed (PEFT's merge_and_unload): a plain model, which can take another
+// adapter. Returns the layers merged.
+std::vector<std::string> merge_and_unload_lora(torch::nn::Module& model);
+
+// PEFT adapter folders onto a base (`--adapter DIR`, as many as given): one kept apart (its branches run
+// beside the base), or, with merge, each merged into the base in turn and unloaded. Several without merge
+// are refused (graft runs one adapter's branches at a time). Returns what each adapter is, for the log.
+std::vector<std::string> apply_adapters(torch::nn::Module& model, const std::vector<std::string>& dirs,
+                                        bool merge);
 
 }  // namespace graft

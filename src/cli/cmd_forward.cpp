@@ -48,12 +48,12 @@ torch::Tensor token_input(const SafeTensorsReader& reader, const std::string& na
 }
 
 // Runs a Hugging Face model folder: every output the model computes, under Hugging Face's names.
-NamedTensors forward_hf(const std::string& dir, bool strict, const SafeTensorsReader& reader,
-                        torch::Device device) {
+NamedTensors forward_hf(const ModelArgs& args, const SafeTensorsReader& reader, torch::Device device) {
   HfLoadOptions options;
-  options.strict = strict;
-  HfModel hf = load_hf_model(dir, options);
+  options.strict = args.strict;
+  HfModel hf = load_hf_model(args.model, options);
   if (!hf.report.ok()) std::cerr << "graft: warning: " << hf.report.to_string() << "\n";
+  apply_adapter_args(args, *hf.module);
   hf.module->to(device);
   hf.module->eval();
   torch::NoGradGuard no_grad;
@@ -199,7 +199,7 @@ void add_forward_command(CLI::App& app) {
                         "config.json of a Hugging Face model folder");
     if (std::filesystem::is_regular_file(std::filesystem::path(args->model) / "config.json")) {
       const SafeTensorsReader reader(*inputs);
-      const NamedTensors outputs = forward_hf(args->model, args->strict, reader, parse_device(*device));
+      const NamedTensors outputs = forward_hf(*args, reader, parse_device(*device));
       write_safetensors(*out, outputs, {{"model", args->model}, {"producer", "graft " GRAFT_VERSION}});
       std::cout << "wrote " << *out << ":";
       for (const auto& [name, tensor] : outputs)

@@ -2,6 +2,7 @@
 #pragma once
 #include <CLI/CLI.hpp>
 #include <string>
+#include <vector>
 
 #include "graft/model.h"
 
@@ -16,8 +17,13 @@ struct ModelArgs {
   int64_t num_classes = -1;  // -1: the tag's
   bool strict = true;
   bool bn_train_frozen = false;
+  std::vector<std::string> adapters;  // PEFT adapter folders on top of the weights
+  bool merge = false;                 // merge the adapters into the weights (several need it)
   void add_to(CLI::App& command, bool with_freeze);
 };
+
+// The PEFT adapters of --adapter onto a built model (graft/lora.h apply_adapters); says each on stderr.
+void apply_adapter_args(const ModelArgs& args, torch::nn::Module& model);
 
 // What --weights accepts: an existing file or folder, or a Hugging Face Hub repository ORG/NAME[@REV]
 // (downloaded into the Hugging Face cache when used; graft/hub.h resolve_weights).

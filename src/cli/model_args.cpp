@@ -3,7 +3,9 @@
 #include <iostream>
 
 #include "cli/commands.h"
+#include "graft/errors.h"
 #include "graft/hub.h"
+#include "graft/lora.h"
 #include "graft/registry.h"
 #include "graft/transfer.h"
 
@@ -20,6 +22,13 @@ void ModelArgs::add_to(CLI::App& command, bool with_freeze) {
   command.add_option("--head", head, "new head spec, e.g. avg,dropout:0.2,dense:512:relu,dense:10");
   command.add_option("--num-classes", num_classes, "reset the classifier to this many classes");
   command.add_flag("!--no-strict", strict, "load weights even when names or shapes do not all match");
+  command
+      .add_option(
+          "--adapter", adapters,
+          "a PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors) on top of the "
+          "weights; several with --merge")
+      ->check(CLI::ExistingDirectory);
+  command.add_flag("--merge", merge, "merge the --adapter(s) into the weights, each in turn");
   if (with_freeze) {
     command.add_option("--freeze", freeze, "freeze spec: all, none, last:N, until:NAME or globs");
     command.add_flag("--bn-train-frozen", bn_train_frozen,
@@ -58,8 +67,16 @@ Backbone build_model(const ModelArgs& args, bool load_tag) {
   if (args.num_classes >= 0) model->reset_classifier(args.num_classes);
   if (!args.head.empty()) model->set_head(HeadSpec::parse(args.head));
   model->set_frozen_bn_trains(args.bn_train_frozen);
+  if (!args.freeze.empty() && !args.adapters.empty())
+    throw Error("--freeze does not apply with --adapter, which freezes everything but the adapter");
+  apply_adapter_args(args, *model);
   if (!args.freeze.empty()) apply_freeze(*model, args.freeze);
   return model;
+}
+
+void apply_adapter_args(const ModelArgs& args, torch::nn::Module& model) {
+  if (args.merge && args.adapters.empty()) throw Error("--merge merges --adapter folders: give one or more");
+  for (const auto& line : apply_adapters(model, args.adapters, args.merge)) std::cerr << line << "\n";
 }
 
 }  // namespace graft::cli

@@ -512,9 +512,18 @@ LoraConfig load_lora_adapter(torch::nn::Module& model, const std::string& dir) {
                           "tensor '" + key + "' does not start with " + kPeftPrefix + " (PEFT's names)");
       const std::string name = key.substr(std::string(kPeftPrefix).size());
       auto it = params.find(name);
-      if (it == params.end())
+      if (it == params.end()) {
+        const size_t dot = name.find('.');
+        if (dot != std::string::npos && params.count(name.substr(dot + 1)))
+          throw FormatError(weights_file,
+                            "tensor '" + key + "' has no place in the model, whose names lack its '" +
+                                name.substr(0, dot + 1) +
+                                "' prefix: the adapter was made on a class that wraps this model (such as "
+                                "BertForSequenceClassification around BertModel); name that class in "
+                                "config.json's architectures");
         throw FormatError(weights_file, "tensor '" + key + "' has no place in the model ('" + name +
                                             "' is not one of its parameters): an adapter of another base?");
+      }
       if (it->second.sizes() != tensor.sizes())
         throw FormatError(weights_file, "tensor '" + key + "' has shape " + shape_str(tensor.sizes().vec()) +
                                             " where the model's '" + name + "' has " +
@@ -575,6 +584,37 @@ std::vector<std::string> merge_lora(torch::nn::Module& model) {
 }
 std::vector<std::string> unmerge_lora(torch::nn::Module& model) {
   return set_merged(model, false);
+}
+
+std::vector<std::string> merge_and_unload_lora(torch::nn::Module& model) {
+  std::vector<std::string> merged = set_merged(model, true);
+  for (const auto& item : model.named_modules("", /*include_self=*/false)) {
+    if (!lora_branch(*item.value()).first) continue;
+    item.value()->unregister_module("lora_A");
+    item.value()->unregister_module("lora_B");
+  }
+  return merged;
+}
+
+std::vector<std::string> apply_adapters(torch::nn::Module& model, const std::vector<std::string>& dirs,
+                                        bool merge) {
+  if (dirs.size() > 1 && !merge)
+    throw Error("--adapter given " + std::to_string(dirs.size()) +
+                " times: graft runs one adapter's branches beside a base; add --merge to merge each into "
+                "the base in turn");
+  std::vector<std::string> said;
+  for (const auto& dir : dirs) {
+    const LoraConfig config = load_lora_adapter(model, dir);
+    size_t layers = 0;
+    for (const auto& item : model.modules(/*include_self=*/false))
+      layers += lora_branch(*item).first != nullptr;
+    std::ostringstream line;
+    line << "adapter " << dir << ": LoRA r=" << config.r << " alpha=" << number_text(config.alpha) << " on "
+         << layers << " layers" << (merge ? ", merged into the base" : "");
+    said.push_back(line.str());
+    if (merge) merge_and_unload_lora(model);
+  }
+  return said;
 }
 
 }  // namespace graft

@@ -3,9 +3,15 @@
 // equal the fixture's outputs.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
 #include <iostream>
+#include <nlohmann/json.hpp>
 
 #include "e2e/run_graft.h"
+#include "graft/lora.h"
+#include "graft/registry.h"
 #include "graft/weights.h"
 
 namespace graft {
@@ -48,6 +54,75 @@ TEST(HfCli, ForwardReproducesTransformers) {
                        "vit/expected.safetensors --out " + (dir / "x.safetensors").string());
   EXPECT_NE(missing.status, 0);
   EXPECT_NE(missing.output.find("no tensor named 'input_ids'"), std::string::npos) << missing.output;
+  std::filesystem::remove_all(dir);
+}
+
+// --adapter: PEFT's own adapters (shared/fixtures/peft, made by PEFT v0.5) on their bases through graft
+// forward. Hugging Face folders (BERT, GPT-2, ViT): PEFT's logits with the adapter kept apart and merged in
+// (--merge), within 1e-5 of the largest logit (float32 sums over a few hundred terms). A torchvision-named
+// ResNet-18 (--num-classes, the head from the adapter): the logits of the C++ API's load_lora_adapter,
+// which the golden tests hold to PEFT's. Two adapters without --merge are refused by name.
+TEST(HfCli, ForwardTakesPeftAdapters) {
+  const auto dir = fresh_dir("peft_forward");
+  const std::string peft = std::string(GRAFT_SHARED_DIR) + "/fixtures/peft/";
+  for (const auto& [name, architecture] :
+       std::vector<std::pair<std::string, std::string>>{{"bert_lora", "BertForSequenceClassification"},
+                                                        {"gpt2_lora", "GPT2LMHeadModel"},
+                                                        {"vit_lora", "ViTForImageClassification"}}) {
+    // A Hugging Face folder of the fixture's base, its class named as save_pretrained names it (the
+    // fixture's config.json leaves architectures null).
+    const auto base = dir / name;
+    std::filesystem::create_directories(base);
+    auto config = nlohmann::json::parse(std::ifstream(peft + name + "/config.json"));
+    config["architectures"] = {architecture};
+    std::ofstream(base / "config.json") << config.dump(2);
+    std::filesystem::copy_file(peft + name + "/base.safetensors", base / "model.safetensors");
+    const std::string expected = peft + name + "/expected.safetensors";
+    for (const std::string merge : {"", " --merge"}) {
+      const std::string out = (dir / (name + (merge.empty() ? "" : "_merged") + ".safetensors")).string();
+      auto run = graft("forward " + base.string() + " --adapter " + peft + name + merge + " --inputs " +
+                       expected + " --out " + out);
+      ASSERT_EQ(run.status, 0) << name << merge << ":\n" << run.output;
+      EXPECT_NE(run.output.find("adapter " + peft + name + ": LoRA r=4 alpha=8"), std::string::npos)
+          << run.output;
+      const SafeTensorsReader got(out), want(expected);
+      const torch::Tensor a = got.load("logits"), b = want.load("logits");
+      ASSERT_EQ(a.sizes(), b.sizes()) << name;
+      const double diff = max_diff(a, b), scale = std::max(1.0, b.abs().max().item<double>());
+      std::cout << "[peft forward] " << name << merge << " logits max|diff|=" << diff << "\n";
+      EXPECT_LE(diff, 1e-5 * scale) << name << merge << ": logits differ from PEFT's by " << diff;
+      EXPECT_GT(max_diff(a, want.load("base.logits")), 1e-3) << name << ": the adapter changed nothing";
+    }
+  }
+  // The fixture's own config.json names no class: BertModel is built, and the adapter's names say why
+  // they do not fit.
+  std::filesystem::copy_file(peft + "bert_lora/config.json", dir / "bert_lora" / "config.json",
+                             std::filesystem::copy_options::overwrite_existing);
+  auto bare = graft("forward " + (dir / "bert_lora").string() + " --adapter " + peft + "bert_lora --inputs " +
+                    peft + "bert_lora/expected.safetensors --out " + (dir / "bare.safetensors").string());
+  EXPECT_EQ(bare.status, 1) << bare.output;
+  EXPECT_NE(bare.output.find("whose names lack its 'bert.' prefix"), std::string::npos) << bare.output;
+
+  const std::string resnet = peft + "resnet18_conv_lora";
+  const std::string out = (dir / "resnet.safetensors").string();
+  auto run = graft("forward resnet18 --num-classes 5 --weights " + resnet + "/base.safetensors --adapter " +
+                   resnet + " --inputs " + resnet + "/expected.safetensors --out " + out);
+  ASSERT_EQ(run.status, 0) << run.output;
+  {
+    Backbone model = create_model("resnet18", 5);
+    load_weights(*model, resnet + "/base.safetensors");
+    load_lora_adapter(*model, resnet);
+    model->eval();
+    torch::NoGradGuard no_grad;
+    const torch::Tensor want =
+        model->forward(SafeTensorsReader(resnet + "/expected.safetensors").load("pixel_values"));
+    EXPECT_LE(max_diff(SafeTensorsReader(out).load("logits"), want), 1e-5);
+  }
+  auto two = graft("forward resnet18 --num-classes 5 --weights " + resnet + "/base.safetensors --adapter " +
+                   resnet + " --adapter " + resnet + " --inputs " + resnet + "/expected.safetensors --out " +
+                   (dir / "two.safetensors").string());
+  EXPECT_EQ(two.status, 1) << two.output;
+  EXPECT_NE(two.output.find("--adapter given 2 times"), std::string::npos) << two.output;
   std::filesystem::remove_all(dir);
 }
 
