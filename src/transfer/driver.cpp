@@ -218,6 +218,7 @@ void adapt(const LoraPlace& place, LoraConfig& config, const std::string& task, 
   config.modules_to_save = place.whole;
   config.task_type = place.task_type;
   config.base_model_name_or_path = place.base;
+  config.fan_in_fan_out = place.fan_in_fan_out;
   LoraReport report;
   try {
     report = apply_lora(*place.model, config);

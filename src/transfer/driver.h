@@ -106,6 +106,7 @@ struct LoraPlace {
   std::string base;                    // what the base was loaded from: a weights file or a folder
   std::string base_file;               // the weights file within it, checksummed ("": base itself)
   bool pretrained = false;             // the model tag's pretrained weights: found again by the tag
+  bool fan_in_fan_out = false;         // the adapted layers store their weight (in, out): GPT-2's Conv1D
 };
 
 // graft.json's "lora" of a LoRA run: the adapter's files and the base (path, SHA-256, size), and the

@@ -362,6 +362,7 @@ class TextRecipe : public TrainRecipe {
     place.task_type = classify() ? "SEQ_CLS" : "CAUSAL_LM";
     place.base = o_.weights;
     place.base_file = hf_.weights_path;
+    place.fan_in_fan_out = hf_.model_type == "gpt2";  // Conv1D, as PEFT sets it
     return place;
   }
 
