@@ -61,6 +61,11 @@ void check_run_weights(const std::string& json_file, const std::string& weights_
 
 bool is_run_dir(const std::string& path);  // holds a graft.json
 
+// `graft export RUN --merge --out OUT` for an image or video LoRA run: its model with the adapter merged
+// in (float32) and unloaded, written as a plain run directory (model.safetensors + graft.json without
+// "lora") that predict and eval read as any other. OUT must be new or empty.
+void export_merged_run(const std::string& run_dir, const std::string& out);
+
 struct LoadedRun {
   Backbone model;  // in eval mode, weights loaded strictly
   RunSpec spec;

@@ -3,13 +3,17 @@
 
 #include "cli/commands.h"
 #include "graft/errors.h"
+#include "graft/run.h"
+#include "graft/run_document.h"
 #include "graft/text_task.h"
 
 namespace graft::cli {
 
 void add_export_command(CLI::App& app) {
-  auto* command =
-      app.add_subcommand("export", "write a text run as a Hugging Face folder (from_pretrained loads it)");
+  auto* command = app.add_subcommand(
+      "export",
+      "write a text run as a Hugging Face folder (from_pretrained loads it); with --merge, "
+      "a LoRA run of any task with its adapter merged in");
   auto run_dir = std::make_shared<std::string>();
   auto format = std::make_shared<std::string>("hf");
   auto out = std::make_shared<std::string>();
@@ -19,6 +23,13 @@ void add_export_command(CLI::App& app) {
   command->add_option("--out", *out, "folder to create")->required();
   command->add_flag("--merge", *merge, "a LoRA run: merge the adapter into its base (a plain model folder)");
   command->callback([run_dir, format, out, merge] {
+    const std::string task = run_task(*run_dir);
+    if (*merge && (task == "image-classify" || task == "video-classify")) {
+      export_merged_run(*run_dir, *out);
+      std::cout << "exported " << *run_dir << " with its adapter merged to " << *out
+                << " (a plain run directory: graft predict and eval read it)\n";
+      return;
+    }
     if (*format != "hf") throw Error("--format " + *format + ": graft exports hf (Hugging Face folders)");
     export_hf(*run_dir, *out, *merge);
     std::cout << "exported " << *run_dir << " to " << *out

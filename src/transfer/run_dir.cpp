@@ -12,6 +12,7 @@
 #include "graft/save_id.h"
 #include "graft/trainer.h"
 #include "graft/transfer.h"
+#include "graft/video_task.h"
 #include "graft/weights.h"
 #include "transfer/driver.h"
 
@@ -155,6 +156,35 @@ LoadedRun load_run(const std::string& dir) {
   }
   run.model->eval();
   return run;
+}
+
+void export_merged_run(const std::string& run_dir, const std::string& out) {
+  const std::string file = (fs::path(run_dir) / "graft.json").string();
+  if (!fs::is_regular_file(file))
+    throw Error(run_dir + ": not a graft run directory (no graft.json); train one with `graft train`");
+  const RunDocument doc = read_run_document(file);
+  if (!is_lora_run(doc))
+    throw Error("--merge: " + run_dir + " holds no LoRA adapter (its model.safetensors is already whole)");
+  std::error_code error;
+  if (fs::exists(out, error) && !(fs::is_directory(out, error) && fs::is_empty(out, error)))
+    throw Error(out + ": already exists; export writes a new folder (remove it or choose another --out)");
+  std::shared_ptr<torch::nn::Module> model;
+  if (doc.task == "image-classify") {
+    model = load_run(run_dir).model;
+  } else if (doc.task == "video-classify") {
+    model = load_video_run(run_dir).module;
+  } else {
+    throw Error(run_dir + ": a " + doc.task + " run exports as a Hugging Face folder (--format hf)");
+  }
+  const std::vector<std::string> merged = merge_and_unload_lora(*model);
+  json plain = doc.doc;
+  plain.erase("lora");
+  plain["freeze"] = "none";
+  plain["merged_from"] = {{"run", fs::absolute(run_dir).lexically_normal().string()},
+                          {"adapted_layers", merged}};
+  fs::create_directories(out);
+  write_run_files(out, state_dict(*model), {{"format", "pt"}, {"producer", "graft " GRAFT_VERSION}},
+                  std::move(plain));
 }
 
 }  // namespace graft

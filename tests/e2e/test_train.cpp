@@ -135,6 +135,29 @@ TEST(TrainE2E, LoraAdapterRunOnAResNetBase) {
   auto predict = graft("predict " + run + " " + kCats + "/test/dogs/dog_test.4.jpg --top-k 2");
   EXPECT_EQ(predict.status, 0) << predict.output;
 
+  // export --merge: a plain run directory whose model is the adapter run's (float32 merge, folded
+  // BatchNorm: probabilities within 1e-4).
+  const std::string merged = (dir / "merged").string();
+  auto exported = graft("export " + run + " --merge --out " + merged);
+  ASSERT_EQ(exported.status, 0) << exported.output;
+  EXPECT_TRUE(fs::exists(fs::path(merged) / "model.safetensors"));
+  EXPECT_FALSE(fs::exists(fs::path(merged) / "adapter_model.safetensors"));
+  const std::string image = " " + kCats + "/test/dogs/dog_test.4.jpg --top-k 3 --json";
+  auto by_adapter = graft("predict " + run + image), by_merged = graft("predict " + merged + image);
+  ASSERT_EQ(by_adapter.status, 0) << by_adapter.output;
+  ASSERT_EQ(by_merged.status, 0) << by_merged.output;
+  const auto a = nlohmann::json::parse(by_adapter.output.substr(by_adapter.output.find('[')));
+  const auto m = nlohmann::json::parse(by_merged.output.substr(by_merged.output.find('[')));
+  ASSERT_EQ(a[0]["top"].size(), 3u);
+  for (size_t k = 0; k < 3; ++k) {
+    EXPECT_EQ(a[0]["top"][k]["label"], m[0]["top"][k]["label"]) << by_adapter.output << by_merged.output;
+    for (const auto& item : a[0]["top"][k].items()) {
+      if (item.value().is_number()) {
+        EXPECT_NEAR(item.value().get<double>(), m[0]["top"][k][item.key()].get<double>(), 1e-4);
+      }
+    }
+  }
+
   std::ofstream(weights, std::ios::app) << ' ';  // the base changes under the adapter
   auto changed = graft("eval " + run + " --data " + kFashion + " --limit 50");
   EXPECT_EQ(changed.status, 1) << changed.output;

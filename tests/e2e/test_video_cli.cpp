@@ -332,6 +332,13 @@ TEST(VideoE2E, PretrainedImageBackbonesStartVideoModels) {
   EXPECT_NEAR(number_after(lora_eval.output, "accuracy:"),
               number_after(lora.output, "final validation accuracy:"), 1e-6)
       << lora_eval.output << lora.output;
+  auto merged = graft("export " + (dir / "lora").string() + " --merge --out " + (dir / "merged").string());
+  ASSERT_EQ(merged.status, 0) << merged.output;
+  auto merged_eval = graft("eval " + (dir / "merged").string() + " --data " + (dir / "clips").string());
+  ASSERT_EQ(merged_eval.status, 0) << merged_eval.output;
+  EXPECT_NEAR(number_after(merged_eval.output, "accuracy:"), number_after(lora_eval.output, "accuracy:"),
+              1e-6)
+      << merged_eval.output << lora_eval.output;
   auto lora_freeze = graft("train --task video-classify --model resnet18 --weights " + base_file +
                            " --freeze none --lora r=2,targets=conv1 --data " + (dir / "clips").string() +
                            common + "--out " + (dir / "lora2").string());
