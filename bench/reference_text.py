@@ -11,15 +11,19 @@ defaults (0.1) and the models are in train mode. PyTorch 1.13 has no scaled_dot_
 attention is matmul + softmax as in transformers 4.31.
 
   reference_text.py train-bert|train-gpt2 --steps N --warmup W --window S --batch B --seq T --threads K
+                    [--size tiny|base] [--lora R]
       AdamW lr 1e-4 over one batch of random ids made once from the seed; a step is zero_grad, forward,
       loss, backward, optimizer step. steps_per_s: the median over windows of S steps after W warm-up.
+      --size base: bert-base-uncased's shape; --lora R: PEFT v0.5's LoRA (r = alpha = R, dropout 0.1) on
+      query and value with the classifier trained whole, PEFT's layer re-written (LoraLinear) since peft
+      is not installed (bench/lora).
       --profile TRACE.json: torch.profiler's Chrome trace of the timed steps.
   reference_text.py tokenize --tiktoken-dir DIR --tokenizer DIR FILE --repeat N [--dump-ids PATH]
       OpenAI's tiktoken (installed into DIR by bench/text when a wheel is at hand) with the GPT-2 ranks
       built from the encoder.json + vocab.bpe in --tokenizer, over the same ~4 KB line-aligned chunks.
 Prints one JSON line.
 """
-import argparse, json, math, statistics, sys, time
+import argparse, json, math, resource, statistics, sys, time
 
 import torch
 import torch.nn as nn
@@ -317,18 +321,56 @@ GPT2_TINY = dict(vocab_size=50257, n_positions=256, n_embd=128, n_layer=2, n_hea
                  embd_pdrop=0.1, attn_pdrop=0.1, layer_norm_epsilon=1e-5, initializer_range=0.02)
 
 
+BERT_BASE = dict(BERT_TINY, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
+
+
+class LoraLinear(nn.Module):
+    """PEFT v0.5's tuners/lora Linear, re-written (peft is not installed): the base Linear frozen beside
+    y = base(x) + lora_B(lora_A(dropout(x))) * scaling; A Kaiming-uniform (a = sqrt(5)), B zeros."""
+
+    def __init__(self, base, r, alpha, dropout):
+        super().__init__()
+        self.base = base
+        self.lora_A = nn.Linear(base.in_features, r, bias=False)
+        self.lora_B = nn.Linear(r, base.out_features, bias=False)
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B.weight)
+        self.lora_dropout = nn.Dropout(dropout)
+        self.scaling = alpha / r
+
+    def forward(self, x):
+        result = F.linear(x, self.base.weight, bias=self.base.bias)
+        return result + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
+
+
+def apply_lora(model, r):
+    """get_peft_model with LoraConfig(r, lora_alpha=r, lora_dropout=0.1, target_modules=["query", "value"],
+    task_type SEQ_CLS): query and value adapted, everything else frozen but the classifier."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for module in list(model.modules()):
+        for name in ("query", "value"):
+            if isinstance(getattr(module, name, None), nn.Linear):
+                setattr(module, name, LoraLinear(getattr(module, name), r, r, 0.1))
+    for p in model.classifier.parameters():
+        p.requires_grad_(True)
+
+
 def train(a):
     torch.manual_seed(a.seed)
     if a.mode == "train-bert":
-        model = BertForSequenceClassification(BERT_TINY)
-        input_ids = torch.randint(BERT_TINY["vocab_size"], (a.batch, a.seq))
+        config = BERT_BASE if a.size == "base" else BERT_TINY
+        model = BertForSequenceClassification(config)
+        input_ids = torch.randint(config["vocab_size"], (a.batch, a.seq))
         labels = torch.randint(2, (a.batch,))
+        if a.lora:
+            apply_lora(model, a.lora)
     else:
         model = GPT2LMHeadModel(GPT2_TINY)
         input_ids = torch.randint(GPT2_TINY["vocab_size"], (a.batch, a.seq))
         labels = input_ids
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
     phase_ms = {"zero_grad": [], "forward": [], "backward": [], "optimizer": []}
 
@@ -366,7 +408,10 @@ def train(a):
     if profiler:
         profiler.__exit__(None, None, None)
         profiler.export_chrome_trace(a.profile)
-    return dict(model=a.mode[len("train-"):], parameters=sum(p.numel() for p in model.parameters()),
+    return dict(model=a.mode[len("train-"):] + ("-base" if a.size == "base" else ""),
+                parameters=sum(p.numel() for p in model.parameters()),
+                trainable=sum(p.numel() for p in model.parameters() if p.requires_grad), lora=a.lora,
+                peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 batch=a.batch, seq=a.seq, threads=torch.get_num_threads(), steps=a.steps, warmup=a.warmup,
                 window_steps_per_s=windows, steps_per_s=statistics.median(windows),
                 phase_ms={name: statistics.median(ms) for name, ms in phase_ms.items()},
@@ -447,6 +492,8 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--profile", help="write a Chrome trace of the timed training steps here")
+    p.add_argument("--size", choices=["tiny", "base"], default="tiny", help="train-bert: BERT-tiny or BERT-base")
+    p.add_argument("--lora", type=int, default=0, help="train-bert: LoRA of this rank on query and value")
     p.add_argument("--tiktoken-dir")
     p.add_argument("--tokenizer")
     p.add_argument("--repeat", type=int, default=5)

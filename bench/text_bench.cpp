@@ -7,15 +7,20 @@
 //       split as the references), each chunk encoded with Tokenizer::encode on one thread. The first pass
 //       (empty merge cache) is reported apart; mb_per_s is the median of the N passes after it.
 //       batch_mb_per_s: the same chunks through encode_batch (graft's worker threads), median of N.
-//   graft_text_bench train-bert|train-gpt2 [--steps N] [--warmup W] [--window S] [--batch B] [--seq T]
-//                                          [--threads K] [--seed X] [--profile TRACE.json]
+//   graft_text_bench train-bert|train-gpt2|train-vit [--steps N] [--warmup W] [--window S] [--batch B]
+//                         [--seq T] [--threads K] [--seed X] [--profile TRACE.json] [--size tiny|base]
+//                         [--lora R]
 //       BERT-tiny-sized BertForSequenceClassification or GPT-2-tiny-sized GPT2LMHeadModel in train mode
 //       (Hugging Face's default dropouts), AdamW lr 1e-4, one batch of random ids made once from the
 //       seed. A step is zero_grad + forward with labels (the model's own loss) + backward + AdamW step.
 //       W steps of warm-up, then N steps timed in windows of S; steps_per_s is the median window's.
 //       --profile writes libtorch's operator profile of the timed steps as a Chrome trace.
+//       train-vit: a ViTForImageClassification on random 224 px pixels. --size base: BERT-base and ViT-B
+//       shapes. --lora R: PEFT's LoRA (r = alpha = R) on query and value, the classifier trained whole,
+//       AdamW over what trains (bench/lora). The JSON adds trainable parameters and peak_rss_mb.
 //   graft_text_bench info
 //       graft::runtime_info(): versions, threads, BLAS, for the results' machine line.
+#include <sys/resource.h>
 #include <torch/csrc/autograd/profiler_legacy.h>
 
 #include <algorithm>
@@ -31,8 +36,11 @@
 #include "graft/bert.h"
 #include "graft/errors.h"
 #include "graft/gpt2.h"
+#include "graft/lora.h"
 #include "graft/runtime.h"
 #include "graft/tokenizer.h"
+#include "graft/transformers.h"
+#include "graft/vit.h"
 #include "timing.h"
 
 namespace {
@@ -174,16 +182,42 @@ int tokenize(const Args& args) {
 
 struct TrainSettings {
   int64_t steps = 40, warmup = 5, window = 10, batch = 16, seq = 128, seed = 0;
-  std::string profile;  // Chrome trace of the timed steps; empty: none
+  std::string profile;        // Chrome trace of the timed steps; empty: none
+  std::string size = "tiny";  // tiny | base (BERT-base / ViT-B sized)
+  int64_t lora = 0;           // LoRA rank on query and value (alpha = rank); 0: full fine-tuning
 };
+
+// --lora R: PEFT's LoRA (r = alpha = R, dropout 0.1) on query and value, the classifier trained whole;
+// the optimiser gets what trains. Returns the trainable parameters.
+std::vector<torch::Tensor> trainable_after_lora(torch::nn::Module& model, int64_t rank) {
+  if (rank > 0) {
+    graft::LoraConfig config = graft::LoraConfig::parse(
+        "r=" + std::to_string(rank) + ",alpha=" + std::to_string(rank) + ",dropout=0.1,targets=query,value");
+    config.modules_to_save = {"classifier"};
+    graft::apply_lora(model, config);
+  }
+  std::vector<torch::Tensor> out;
+  for (const auto& p : model.parameters())
+    if (p.requires_grad()) out.push_back(p);
+  return out;
+}
+
+double peak_rss_mb() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_maxrss) / 1024.0;
+}
 
 // Times training steps as the header says and prints the JSON line. `forward` returns the loss; a step is
 // optimizer.zero_grad(), forward, backward, optimizer.step(), each phase timed too (phase_ms: medians).
 template <typename Forward>
 int time_training(const std::string& name, torch::nn::Module& model, torch::optim::Optimizer& optimizer,
                   const TrainSettings& s, Forward forward) {
-  int64_t parameters = 0;
-  for (const auto& p : model.parameters()) parameters += p.numel();
+  int64_t parameters = 0, trainable = 0;
+  for (const auto& p : model.parameters()) {
+    parameters += p.numel();
+    if (p.requires_grad()) trainable += p.numel();
+  }
   std::vector<double> phase_ms[4];  // zero_grad, forward, backward, optimizer step
   const auto step = [&](bool record) {
     const auto t0 = Clock::now();
@@ -221,6 +255,9 @@ int time_training(const std::string& name, torch::nn::Module& model, torch::opti
   profile.reset();  // writes the trace
   nlohmann::json json = {{"model", name},
                          {"parameters", parameters},
+                         {"trainable", trainable},
+                         {"lora", s.lora},
+                         {"peak_rss_mb", peak_rss_mb()},
                          {"batch", s.batch},
                          {"seq", s.seq},
                          {"threads", at::get_num_threads()},
@@ -240,8 +277,12 @@ int time_training(const std::string& name, torch::nn::Module& model, torch::opti
 }
 
 int train(const std::string& mode, const Args& args) {
-  args.allow({"--steps", "--warmup", "--window", "--batch", "--seq", "--threads", "--seed", "--profile"});
+  args.allow({"--steps", "--warmup", "--window", "--batch", "--seq", "--threads", "--seed", "--profile",
+              "--size", "--lora"});
   TrainSettings s;
+  s.size = args.text("--size", s.size);
+  if (s.size != "tiny" && s.size != "base") throw graft::Error("--size must be tiny or base, got " + s.size);
+  s.lora = args.integer("--lora", 0);
   s.steps = std::max<int64_t>(1, args.integer("--steps", s.steps));
   s.warmup = args.integer("--warmup", s.warmup);
   s.window = std::max<int64_t>(1, args.integer("--window", s.window));
@@ -253,21 +294,43 @@ int train(const std::string& mode, const Args& args) {
   graft::retain_freed_memory();  // as the graft program does
   torch::manual_seed(static_cast<uint64_t>(s.seed));
 
+  const bool base = s.size == "base";
   if (mode == "train-bert") {
-    // google/bert_uncased_L-2_H-128_A-2 (BERT-tiny); dropouts stay at BertConfig's 0.1 defaults.
+    // google/bert_uncased_L-2_H-128_A-2 (BERT-tiny), or bert-base-uncased's shape (--size base); dropouts
+    // stay at BertConfig's 0.1 defaults.
     graft::BertConfig config;
     config.vocab_size = 30522;
-    config.hidden_size = 128;
-    config.num_hidden_layers = 2;
-    config.num_attention_heads = 2;
-    config.intermediate_size = 512;
+    config.hidden_size = base ? 768 : 128;
+    config.num_hidden_layers = base ? 12 : 2;
+    config.num_attention_heads = base ? 12 : 2;
+    config.intermediate_size = base ? 3072 : 512;
     config.set_num_labels(2);
     graft::BertForSequenceClassification model(config);
     model->train();
     graft::TextInputs inputs(torch::randint(config.vocab_size, {s.batch, s.seq}, torch::kLong));
     inputs.labels = torch::randint(2, {s.batch}, torch::kLong);
-    torch::optim::AdamW optimizer(model->parameters(), torch::optim::AdamWOptions(1e-4));
-    return time_training("bert", *model, optimizer, s, [&] { return model->forward(inputs).loss; });
+    torch::optim::AdamW optimizer(trainable_after_lora(*model, s.lora), torch::optim::AdamWOptions(1e-4));
+    return time_training(base ? "bert-base" : "bert", *model, optimizer, s,
+                         [&] { return model->forward(inputs).loss; });
+  }
+  if (mode == "train-vit") {
+    // google/vit-base-patch16-224's shape (--size base), or 4 layers of width 192 at 224 px (tiny); a
+    // batch of random pixels and labels.
+    graft::ViTConfig config;
+    if (!base) {
+      config.hidden_size = 192;
+      config.num_hidden_layers = 4;
+      config.num_attention_heads = 3;
+      config.intermediate_size = 768;
+    }
+    config.set_num_labels(10);
+    graft::ViTForImageClassification model(config);
+    model->train();
+    const torch::Tensor pixels = torch::randn({s.batch, 3, config.image_size, config.image_size});
+    const torch::Tensor labels = torch::randint(10, {s.batch}, torch::kLong);
+    torch::optim::AdamW optimizer(trainable_after_lora(*model, s.lora), torch::optim::AdamWOptions(1e-4));
+    return time_training(base ? "vit-base" : "vit", *model, optimizer, s,
+                         [&] { return model->forward(pixels, labels).loss; });
   }
   // GPT-2 with n_embd 128, 2 layers, 2 heads, 256 positions; dropouts at GPT2Config's 0.1 defaults.
   graft::GPT2Config config;
@@ -294,12 +357,15 @@ int main(int argc, char** argv) try {
     return 0;
   }
   if (mode == "tokenize") return tokenize(Args::parse(argc, argv, 2));
-  if (mode == "train-bert" || mode == "train-gpt2") return train(mode, Args::parse(argc, argv, 2));
-  std::cerr << "usage: graft_text_bench tokenize --tokenizer DIR FILE [--repeat N] [--chunk BYTES] "
-               "[--dump-ids PATH]\n"
-               "       graft_text_bench train-bert|train-gpt2 [--steps N] [--warmup W] [--window S] "
-               "[--batch B] [--seq T] [--threads K] [--seed X] [--profile TRACE.json]\n"
-               "       graft_text_bench info\n";
+  if (mode == "train-bert" || mode == "train-gpt2" || mode == "train-vit")
+    return train(mode, Args::parse(argc, argv, 2));
+  std::cerr
+      << "usage: graft_text_bench tokenize --tokenizer DIR FILE [--repeat N] [--chunk BYTES] "
+         "[--dump-ids PATH]\n"
+         "       graft_text_bench train-bert|train-gpt2|train-vit [--steps N] [--warmup W] [--window S] "
+         "[--batch B] [--seq T] [--threads K] [--seed X] [--profile TRACE.json] [--size tiny|base] "
+         "[--lora R]\n"
+         "       graft_text_bench info\n";
   return 2;
 } catch (const std::exception& e) {
   std::cerr << "graft_text_bench: " << e.what() << '\n';

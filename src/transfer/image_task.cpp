@@ -18,6 +18,7 @@
 #include "graft/train_options.h"
 #include "graft/transfer.h"
 #include "layers/conv_bn.h"
+#include "layers/stochastic_depth.h"
 #include "transfer/driver.h"
 
 namespace graft {
@@ -213,6 +214,32 @@ std::tuple<std::unique_ptr<TensorBatchSource>, std::unique_ptr<TensorBatchSource
   if (val_set)
     held_out = std::make_unique<TensorBatchSource>(val_set->features, val_set->labels, batch_size, false);
   return {std::move(train), std::move(held_out), seconds};
+}
+
+// The leading feature steps of a model whose parameters all stay fixed (a LoRA run's layers below its
+// first adapted one) and that give an image the same output every epoch: nothing in them behaves
+// otherwise in training (no dropout, no stochastic depth, frozen BatchNorm on its running statistics).
+// Those steps can run once per image. Returns how many lead (0: none).
+size_t frozen_prefix(BackboneImpl& model, const std::vector<ForwardStep>& steps) {
+  const auto params = model.named_parameters();
+  const auto modules = model.named_modules();
+  size_t lead = 0;
+  for (; lead < steps.size(); ++lead) {
+    const std::string& step = steps[lead].name;
+    bool fixed = true;
+    for (const auto& p : params)
+      fixed = fixed && !(is_dotted_prefix(p.key(), step) && p.value().requires_grad());
+    for (const auto& m : modules) {
+      if (!is_dotted_prefix(m.key(), step)) continue;
+      const auto* dropout = m.value()->as<torch::nn::Dropout>();
+      const auto* depth = m.value()->as<StochasticDepthImpl>();
+      const bool norm = m.value()->as<torch::nn::BatchNorm2d>() != nullptr;
+      fixed = fixed && !(dropout && dropout->options.p() > 0) && !(depth && depth->p > 0) &&
+              !(norm && model.frozen_bn_trains());
+    }
+    if (!fixed) break;
+  }
+  return lead;
 }
 
 }  // namespace
@@ -439,6 +466,8 @@ class ImageRecipe : public TrainRecipe {
       plan.train = train_features_.get();
       plan.val = val_features_.get();
       plan.model_sample_unit = "img";
+    } else if (cache_prefix(plan, config, eval_options, log)) {
+      // A LoRA run's frozen prefix, computed once per image: epochs run the rest.
     } else {
       if (two_stage()) config.on_epoch_end.push_back(two_stage_switch(model, o_, stage2_freeze()));
       plan.trained = model;
@@ -468,6 +497,67 @@ class ImageRecipe : public TrainRecipe {
   ImageTrainResult result;  // history and metrics: train_run's outcome
 
  private:
+  // A LoRA run's layers below the first adapted one stay fixed: without augmentation (which would need
+  // them every epoch) their outputs are computed once per image and the epochs train the rest on them,
+  // when the cache fits kPrefixBudget. Says which, or why not. Fills the plan's training part.
+  bool cache_prefix(FitPlan& plan, TrainConfig& config, const LoaderOptions& eval_options,
+                    std::ostream& log) {
+    if (o_.lora.empty()) return false;
+    const std::vector<ForwardStep> steps = model_->feature_steps();
+    const size_t lead = frozen_prefix(*model_, steps);
+    if (lead == 0 || lead == steps.size()) return false;
+    const std::string span = steps.front().name + " .. " + steps[lead - 1].name;
+    if (o_.augment || o_.rotation > 0 || o_.jitter > 0) {
+      log << "LoRA: " << span << " stay fixed; with --no-augment (and no rotation or jitter) graft computes "
+          << "them once per image and trains the rest on the cache\n";
+      return false;
+    }
+    const std::vector<ForwardStep> prefix(steps.begin(), steps.begin() + static_cast<std::ptrdiff_t>(lead));
+    const std::vector<ForwardStep> rest(steps.begin() + static_cast<std::ptrdiff_t>(lead), steps.end());
+    int64_t per_image = 0;
+    {
+      c10::InferenceMode inference;
+      model_->eval();
+      per_image = run_steps(prefix, torch::zeros({1, 3, pre_.size, pre_.size})).numel();
+    }
+    const size_t images = data_.train->size() + (data_.val ? data_.val->size() : 0);
+    const double bytes = static_cast<double>(per_image) * 4.0 * static_cast<double>(images);
+    constexpr double kPrefixBudget = 1024.0 * 1024.0 * 1024.0;  // bytes of cached activations
+    if (bytes > kPrefixBudget) {
+      log << "LoRA: " << span << " stay fixed but are not cached: " << images << " images x "
+          << per_image * 4 / 1024 << " KB = " << static_cast<int64_t>(bytes / (1024.0 * 1024.0))
+          << " MB, over graft's " << static_cast<int64_t>(kPrefixBudget / (1024.0 * 1024.0))
+          << " MB for it\n";
+      return false;
+    }
+    const auto start = std::chrono::steady_clock::now();
+    Backbone model = model_;
+    const auto prefix_fn = [prefix](const torch::Tensor& x) { return run_steps(prefix, x); };
+    DataLoader train_once(data_.train, eval_options);
+    FeatureSet train = map_batches(train_once, prefix_fn, config.device, log, "frozen prefix (train)", "img");
+    train_features_ = std::make_unique<TensorBatchSource>(train.features, train.labels, o_.batch_size, true);
+    if (data_.val) {
+      DataLoader val_once(data_.val, eval_options);
+      FeatureSet val = map_batches(val_once, prefix_fn, config.device, log, "frozen prefix (val)", "img");
+      val_features_ = std::make_unique<TensorBatchSource>(val.features, val.labels, o_.batch_size, false);
+    }
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    std::vector<int64_t> shape = train.features.sizes().vec();
+    shape.erase(shape.begin());
+    log << "frozen prefix cache: " << span << " computed once per image (" << train.features.size(0) << " x "
+        << shape_str(shape) << ") in " << format_duration(seconds) << "; epochs run " << rest.front().name
+        << " onwards\n";
+    result.feature_cache_seconds = seconds;
+    plan.trained = model;
+    plan.trained_forward = [model, rest](const torch::Tensor& x) {
+      return model->forward_head(run_steps(rest, x));
+    };
+    plan.train = train_features_.get();
+    plan.val = val_features_.get();
+    plan.model_sample_unit = "img";
+    return true;
+  }
+
   bool feature_extract() const { return o_.strategy == "feature-extract"; }
   bool two_stage() const { return o_.strategy == "two-stage"; }
   std::string stage2_freeze() const { return o_.freeze.empty() ? "none" : o_.freeze; }

@@ -102,6 +102,12 @@ TEST(TrainE2E, LoraAdapterRunOnAResNetBase) {
             std::string::npos)
       << train.output;
   EXPECT_NE(train.output.find("trainable of 11,"), std::string::npos) << train.output;
+  // Below layer4.0 nothing trains and nothing is augmented: computed once per image, said.
+  EXPECT_NE(
+      train.output.find("frozen prefix cache: conv1 .. layer3.1 computed once per image (1000 x [256, 2, "
+                        "2]) in "),
+      std::string::npos)
+      << train.output;
   const double accuracy = number_after(train.output, "final validation accuracy:");
   std::cout << "[e2e] fashion-mnist LoRA r=4 on a resnet18 base, 2 epochs: val accuracy " << accuracy << "\n";
   // Chance is 0.1; a head left random by the reload below, or branches that never run, stay near it.

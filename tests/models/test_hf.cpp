@@ -34,6 +34,8 @@
 #include "graft/vit.h"
 #include "graft/weights.h"
 #include "layers/conv_bn.h"
+#include "layers/linear.h"
+#include "layers/lora.h"
 
 namespace graft {
 namespace {
@@ -1234,6 +1236,77 @@ TEST(Peft, TargetsMatchAsPeftMatchesThem) {
   EXPECT_EQ(std::count(all.adapted.begin(), all.adapted.end(), "classifier"), 0);  // the output layer
   EXPECT_EQ(std::count(all.adapted.begin(), all.adapted.end(), "bert.pooler.dense"), 1);
   EXPECT_EQ(all.adapted.size(), 13u);  // 6 Linear layers in each of 2 blocks, and the pooler
+}
+
+// PEFT's options: rsLoRA scales by alpha / sqrt(r) (PEFT's use_rslora), init=gaussian draws A from
+// N(0, (1/r)^2) (PEFT's init_lora_weights="gaussian"), the default A is nn.Linear's Kaiming-uniform
+// (bound 1/sqrt(in)) and B starts at zero; bias chooses which biases train and are saved; dropout acts on
+// the branch's input in training only; each survives adapter_config.json.
+TEST(Peft, ScalingInitBiasAndDropoutAreAsPeftHasThem) {
+  EXPECT_DOUBLE_EQ(LoraConfig::parse("r=16,alpha=8,targets=query").scaling(), 0.5);
+  EXPECT_DOUBLE_EQ(LoraConfig::parse("r=16,alpha=8,targets=query,rslora").scaling(), 2.0);
+  const auto fresh = [] {
+    return load_peft_base("bert_lora", "BertForSequenceClassification")
+        .as<BertForSequenceClassificationImpl>();
+  };
+  {
+    auto model = fresh();
+    torch::manual_seed(0);
+    apply_lora(*model, LoraConfig::parse("r=64,alpha=8,targets=all-linear,init=gaussian"));
+    std::vector<torch::Tensor> a;
+    for (const auto& item : model->named_parameters())
+      if (item.key().find(".lora_A.") != std::string::npos) a.push_back(item.value().detach().flatten());
+    const torch::Tensor all = torch::cat(a);
+    // N(0, 1/64^2) over ~10^4 draws: the sample std is within 5% of 1/64 (its relative error ~0.7%).
+    EXPECT_NEAR(all.std().item<double>(), 1.0 / 64, 0.05 / 64);
+  }
+  {
+    auto model = fresh();
+    apply_lora(*model, LoraConfig::parse("r=4,targets=query"));
+    auto params = model->named_parameters();
+    const torch::Tensor a = params["bert.encoder.layer.0.attention.self.query.lora_A.weight"];
+    const double bound = 1.0 / std::sqrt(static_cast<double>(a.size(1)));  // kaiming_uniform, a = sqrt(5)
+    EXPECT_LE(a.abs().max().item<double>(), bound);
+    EXPECT_GT(a.abs().max().item<double>(), 0.8 * bound);
+    EXPECT_EQ(params["bert.encoder.layer.0.attention.self.query.lora_B.weight"].abs().sum().item<double>(),
+              0.0);
+  }
+  for (const auto& [bias, trained] : std::vector<std::pair<std::string, size_t>>{
+           {"none", 0}, {"lora_only", 4}, {"all", 0 /* every bias */}}) {
+    auto model = fresh();
+    LoraConfig config = LoraConfig::parse("r=4,targets=query,value,bias=" + bias);
+    apply_lora(*model, config);
+    size_t biases = 0, all_biases = 0;
+    for (const auto& item : model->named_parameters()) {
+      if (!ends_with(item.key(), ".bias")) continue;
+      ++all_biases;
+      biases += item.value().requires_grad();
+    }
+    EXPECT_EQ(biases, bias == "all" ? all_biases : trained) << bias;
+    size_t saved = 0;
+    for (const auto& [name, tensor] : lora_adapter_tensors(*model, config)) saved += ends_with(name, ".bias");
+    EXPECT_EQ(saved, biases) << bias;
+    EXPECT_EQ(LoraConfig::from_json(config.to_json(), "x").bias, bias);
+  }
+  EXPECT_TRUE(LoraConfig::from_json(LoraConfig::parse("r=2,targets=q,rslora,init=gaussian").to_json(), "x")
+                  .use_rslora);
+  EXPECT_EQ(LoraConfig::from_json(LoraConfig::parse("r=2,targets=q,init=gaussian").to_json(), "x").init,
+            "gaussian");
+  {
+    torch::manual_seed(1);
+    auto linear = torch::nn::Linear(8, 8);
+    linear->register_module("lora_A", LoraDown(8, 2, 0.5));
+    linear->register_module("lora_B", LoraUp(2, 8, 1.0));
+    torch::NoGradGuard no_grad;
+    for (auto& p : linear->named_parameters())
+      if (p.key().find("lora_B") != std::string::npos) p.value().fill_(1.0);
+    const torch::Tensor x = torch::ones({4, 8});
+    linear->eval();
+    const torch::Tensor eval_out = graft::linear(linear, x);
+    EXPECT_TRUE(torch::equal(eval_out, graft::linear(linear, x))) << "dropout ran in eval mode";
+    linear->train();
+    EXPECT_FALSE(torch::equal(eval_out, graft::linear(linear, x))) << "no dropout on the branch in training";
+  }
 }
 
 // Every branch runs: with non-zero B matrices on every Linear, the outputs with the branches equal those
