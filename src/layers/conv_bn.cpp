@@ -103,9 +103,7 @@ bool can_fold(const torch::nn::Conv2dImpl& conv, const torch::nn::BatchNorm2dImp
 
 torch::Tensor conv2d(torch::nn::Conv2dImpl& conv, const torch::Tensor& x) {
   torch::Tensor y = conv.forward(x);
-  if (conv.children().empty()) return y;  // no branch
-  const torch::Tensor delta = lora_delta(conv, x);
-  return delta.defined() ? y + delta : y;
+  return conv.children().empty() ? y : add_lora(conv, x, y);  // a LoRA branch, if any
 }
 
 torch::Tensor conv_bn(torch::nn::Conv2dImpl& conv, torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x) {

@@ -11,9 +11,8 @@ namespace graft {
 
 inline torch::Tensor linear(const torch::nn::Linear& layer, const torch::Tensor& x) {
   torch::Tensor y = torch::linear(x, layer->weight, layer->bias);
-  if (layer->children().empty()) return y;  // no branch (no allocation: the list is empty)
-  const torch::Tensor delta = lora_delta(*layer.ptr(), x);
-  return delta.defined() ? y + delta : y;
+  // The list is empty without a branch (no allocation).
+  return layer->children().empty() ? y : add_lora(*layer.ptr(), x, y);
 }
 
 }  // namespace graft

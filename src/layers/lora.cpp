@@ -64,10 +64,13 @@ bool has_live_branch(const torch::nn::Module& layer) {
   return down && up && !up->merged;
 }
 
-torch::Tensor lora_delta(torch::nn::Module& layer, const torch::Tensor& x) {
+torch::Tensor add_lora(torch::nn::Module& layer, const torch::Tensor& x, torch::Tensor y) {
   auto [down, up] = lora_branch(layer);
-  if (!down || !up || up->merged) return {};
-  return up->forward(down->forward(x));
+  if (!down || !up || up->merged) return y;
+  const torch::Tensor h = down->forward(x);
+  const torch::Tensor product =
+      up->weight.dim() == 4 ? torch::conv2d(h, up->weight) : torch::linear(h, up->weight);
+  return y.add_(product, up->scaling);
 }
 
 torch::Tensor lora_weight_delta(const LoraDownImpl& down, const LoraUpImpl& up) {

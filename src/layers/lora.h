@@ -52,8 +52,10 @@ std::pair<LoraDownImpl*, LoraUpImpl*> lora_branch(torch::nn::Module& layer);
 // Whether the layer has a branch that is not merged into its weight (one that changes its output).
 bool has_live_branch(const torch::nn::Module& layer);
 
-// What the branch adds to the layer's output for x; undefined when the layer has no branch or it is merged.
-torch::Tensor lora_delta(torch::nn::Module& layer, const torch::Tensor& x);
+// y, the base layer's output for x, with the branch's output added (in place: one kernel for B's product
+// times scaling plus y, as PEFT's `result += ...`); y as it is when the layer has no branch or it is merged.
+// y must be the base's fresh output, which autograd does not keep.
+torch::Tensor add_lora(torch::nn::Module& layer, const torch::Tensor& x, torch::Tensor y);
 
 // The change of the base weight that merging makes, as PEFT computes it: scaling * B @ A, (out, in); beside
 // a convolution (out, in, kh, kw), by matrix product for 1x1 kernels and by convolving A with B otherwise.

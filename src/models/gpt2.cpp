@@ -139,9 +139,7 @@ torch::Tensor Conv1DImpl::forward(const torch::Tensor& x) {
   std::vector<int64_t> out_shape = x.sizes().vec();
   out_shape.back() = weight.size(1);
   torch::Tensor y = torch::addmm(bias, x.reshape({-1, x.size(-1)}), weight).view(out_shape);
-  if (children().empty()) return y;  // no LoRA branch
-  const torch::Tensor delta = lora_delta(*this, x);
-  return delta.defined() ? y + delta : y;
+  return children().empty() ? y : add_lora(*this, x, y);  // a LoRA branch, if any
 }
 
 GPT2AttentionImpl::GPT2AttentionImpl(const GPT2Config& config, int64_t layer_idx)

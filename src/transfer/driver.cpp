@@ -84,8 +84,7 @@ std::string load_start_weights(BackboneImpl& model, const StartChoice& start, bo
   return "";
 }
 
-json lora_run_json(const LoraPlace& place, const std::string& adapted_layers, int64_t trainable,
-                   int64_t total) {
+json lora_run_json(const LoraPlace& place, int64_t adapted_layers, int64_t trainable, int64_t total) {
   const std::string file = place.base_file.empty() ? place.base : place.base_file;
   json base = {{"path", fs::absolute(place.base).lexically_normal().string()},
                {"file", fs::absolute(file).lexically_normal().string()},
@@ -298,7 +297,7 @@ FitOutcome train_run(TrainRecipe& recipe, std::ostream& log) {
     files.weights = lora_adapter_tensors(*place.model, *lora);
     write_file_atomic((fs::path(basics.out) / "adapter_config.json").string(),
                       lora->to_json().dump(2) + "\n");
-    doc["lora"] = lora_run_json(place, std::to_string(lora_layers(*place.model)),
+    doc["lora"] = lora_run_json(place, static_cast<int64_t>(lora_layers(*place.model)),
                                 trainable_count(*place.model), count_parameters(*place.model));
     weights_name = "adapter_model.safetensors";
     const size_t at = files.listing.find("model.safetensors");

@@ -111,7 +111,7 @@ struct LoraPlace {
 
 // graft.json's "lora" of a LoRA run: the adapter's files and the base (path, SHA-256, size), and the
 // counts.
-nlohmann::json lora_run_json(const LoraPlace& place, const std::string& adapted_layers, int64_t trainable,
+nlohmann::json lora_run_json(const LoraPlace& place, int64_t adapted_layers, int64_t trainable,
                              int64_t total);
 // A LoRA run's base, checked: the path recorded in graft.json's "lora" (the tag's pretrained weights
 // found again through `pretrained_file` when the run started from them), whose weights file must have
