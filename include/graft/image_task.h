@@ -102,10 +102,9 @@ FeatureSet part_features(BackboneImpl& model, const std::vector<FeaturePart>& pa
 std::shared_ptr<Dataset> open_eval_data(const std::string& data, const std::vector<std::string>& classes,
                                         const TransformConfig& transform, size_t limit);
 
-// Pooled features of a model named ARCH[.TAG] (not a run) on an image folder or IDX files, from `weights`
-// (a file or Hub repository), else the tag's pretrained weights (or an error saying how to get them), else,
-// for a bare ARCH, random weights, said on log.
-FeatureSet model_features(const std::string& model_name, const std::string& weights, const std::string& data,
-                          const UseOptions& options, std::ostream& log);
+// Pooled features of a model (not a run: ARCH[.TAG] as the CLI built it, with its weights and any adapter)
+// on an image folder or IDX files, preprocessed as the model's default configuration says.
+FeatureSet model_features(BackboneImpl& model, const std::string& data, const UseOptions& options,
+                          std::ostream& log);
 
 }  // namespace graft

@@ -39,18 +39,34 @@ void add_features_command(CLI::App& app) {
   command->add_option("--batch-size", options->batch_size, "samples per batch")->check(CLI::PositiveNumber);
   command->add_option("--limit", options->limit,
                       "images per part of the data (train, val) to use, a seeded subset (0: all)");
+  auto args = std::make_shared<ModelArgs>();
+  command
+      ->add_option("--adapter", args->adapters,
+                   "ARCH: a PEFT LoRA adapter folder on top of the weights; several with --merge")
+      ->check(CLI::ExistingDirectory);
+  command->add_flag("--merge", args->merge, "merge the --adapter(s) into the weights, each in turn");
+  command->add_option("--num-classes", args->num_classes,
+                      "ARCH: the classifier's classes, as the adapter's head has them");
   command->add_option("--device", *device, "auto, cpu or cuda[:N]");
-  command->callback([source, weights, data, out, options, device] {
+  command->callback([source, weights, data, out, options, device, args] {
     options->device = parse_device(*device);
     FeatureSet set;
     if (is_run_dir(*source)) {
-      if (!weights->empty())
-        throw Error("--weights applies to a model name; " + *source + " is a run directory with its own");
+      if (!weights->empty() || !args->adapters.empty() || args->num_classes >= 0)
+        throw Error(std::string(!weights->empty()         ? "--weights"
+                                : !args->adapters.empty() ? "--adapter"
+                                                          : "--num-classes") +
+                    " applies to a model name; " + *source + " is a run directory with its own weights");
       const std::unique_ptr<Run> run = open_run(*source);
       set = run->features(*data, *options, std::cerr);
       set.classes = run->classes();
     } else {
-      set = model_features(*source, *weights, *data, *options, std::cerr);
+      // The model as every command builds one: --weights, else the tag's weights (or how to get them),
+      // else random weights, said; then the adapters.
+      args->model = *source;
+      args->weights = *weights;
+      Backbone model = build_model(*args);
+      set = model_features(*model, *data, *options, std::cerr);
     }
     nlohmann::json ids = set.ids, names = set.classes;
     std::map<std::string, std::string> metadata = {

@@ -644,19 +644,10 @@ class ImageRun : public Run {
 
 }  // namespace
 
-FeatureSet model_features(const std::string& model_name, const std::string& weights, const std::string& data,
-                          const UseOptions& options, std::ostream& log) {
-  Backbone model = create_model(model_name);
-  const TransformConfig transform = transform_for(Preprocessing::from_cfg(model->default_cfg()), false);
-  if (!weights.empty()) {
-    load_weights(*model, resolve_weights(weights));
-  } else if (!ModelName::parse(model_name).tag.empty()) {
-    load_pretrained(*model);  // a tag's weights, or an error saying how to get them
-  } else {
-    log << "graft: random initialisation: features of " << model_name
-        << ", which names no pretrained weights (a tag does; see `graft models " << model->arch() << "`)\n";
-  }
-  return part_features(*model, open_feature_parts(data, {}, transform, options.limit), options.batch_size,
+FeatureSet model_features(BackboneImpl& model, const std::string& data, const UseOptions& options,
+                          std::ostream& log) {
+  const TransformConfig transform = transform_for(Preprocessing::from_cfg(model.default_cfg()), false);
+  return part_features(model, open_feature_parts(data, {}, transform, options.limit), options.batch_size,
                        options.device, log);
 }
 

@@ -118,6 +118,20 @@ TEST(HfCli, ForwardTakesPeftAdapters) {
         model->forward(SafeTensorsReader(resnet + "/expected.safetensors").load("pixel_values"));
     EXPECT_LE(max_diff(SafeTensorsReader(out).load("logits"), want), 1e-5);
   }
+  // features takes the adapter too: its branches on layer4 change the pooled features.
+  const std::string images = std::string(GRAFT_SHARED_DIR) + "/data/cats_vs_dogs_small/test";
+  const std::string base_features = "features resnet18 --num-classes 5 --weights " + resnet +
+                                    "/base.safetensors --data " + images + " --limit 2 --out ";
+  auto plain = graft(base_features + (dir / "plain.safetensors").string());
+  auto adapted = graft(base_features + (dir / "adapted.safetensors").string() + " --adapter " + resnet);
+  ASSERT_EQ(plain.status, 0) << plain.output;
+  ASSERT_EQ(adapted.status, 0) << adapted.output;
+  const torch::Tensor f_plain = SafeTensorsReader((dir / "plain.safetensors").string()).load("features");
+  const torch::Tensor f_adapted = SafeTensorsReader((dir / "adapted.safetensors").string()).load("features");
+  EXPECT_EQ(f_adapted.sizes(), f_plain.sizes());
+  EXPECT_EQ(f_adapted.size(1), 512);
+  EXPECT_GT(max_diff(f_adapted, f_plain), 1e-3);
+
   auto two = graft("forward resnet18 --num-classes 5 --weights " + resnet + "/base.safetensors --adapter " +
                    resnet + " --adapter " + resnet + " --inputs " + resnet + "/expected.safetensors --out " +
                    (dir / "two.safetensors").string());
