@@ -706,13 +706,11 @@ void export_hf(const std::string& run_dir, const std::string& out_dir, bool merg
     throw Error("--merge: " + run_dir + " holds no LoRA adapter (its model.safetensors is already whole)");
   if (fs::exists(out_dir) && !(fs::is_directory(out_dir) && fs::is_empty(out_dir)))
     throw Error(out_dir + ": already exists; export writes a new folder (remove it or choose another --out)");
-  NamedTensors merged;  // a LoRA run's model with its adapter merged, in float32, without the branches
+  NamedTensors merged;  // a LoRA run's model with its adapter merged, in float32, and the branches gone
   if (lora) {
     TextRun run = load_text_run(run_dir);
-    merge_lora(*run.module);
-    for (auto& [name, tensor] : hf_state_dict(*run.module))
-      if (name.find(".lora_A.") == std::string::npos && name.find(".lora_B.") == std::string::npos)
-        merged.emplace_back(name, tensor);
+    merge_and_unload_lora(*run.module);
+    merged = hf_state_dict(*run.module);
   }
   std::vector<std::string> files = {"config.json"};
   if (!lora) files.push_back("model.safetensors");

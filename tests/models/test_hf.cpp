@@ -945,6 +945,23 @@ std::string from_peft_name(std::string name) {
   return name;
 }
 
+// graft's save of the adapter names and shapes every tensor as the fixture's PEFT file does, and its
+// adapter_config.json reads back to the same configuration.
+void expect_saved_as_peft_saves(const std::string& name, torch::nn::Module& model, const LoraConfig& config) {
+  const fs::path out = fs::temp_directory_path() / ("graft_peft_" + name + "_" + std::to_string(getpid()));
+  save_lora_adapter(model, config, out.string());
+  std::map<std::string, std::vector<int64_t>> ours, theirs;
+  for (const auto& [key, tensor] : read_safetensors((out / "adapter_model.safetensors").string()))
+    ours[key] = tensor.sizes().vec();
+  for (const auto& [key, tensor] : read_safetensors(peft_dir(name) + "/adapter_model.safetensors"))
+    theirs[key] = tensor.sizes().vec();
+  EXPECT_EQ(ours, theirs) << name << ": graft's adapter file names or shapes its tensors otherwise than PEFT";
+  const LoraConfig again = LoraConfig::from_json(read_json_file((out / "adapter_config.json").string()),
+                                                 "saved adapter_config.json");
+  EXPECT_EQ(again.to_json(), config.to_json());
+  fs::remove_all(out);
+}
+
 // With the adapter: PEFT's outputs; graft's saved adapter: PEFT's names and shapes; merged: PEFT's weights
 // and outputs; unmerged: the base weights again. `logits` runs the model (eval mode, no grad).
 void check_peft_case(const std::string& name, torch::nn::Module& model,
@@ -962,18 +979,7 @@ void check_peft_case(const std::string& name, torch::nn::Module& model,
     torch::NoGradGuard no_grad;
     expect_close(name, "logits (adapter)", logits(), io.at("logits"));
   }
-  const fs::path out = fs::temp_directory_path() / ("graft_peft_" + name + "_" + std::to_string(getpid()));
-  save_lora_adapter(model, config, out.string());
-  std::map<std::string, std::vector<int64_t>> ours, theirs;
-  for (const auto& [key, tensor] : read_safetensors((out / "adapter_model.safetensors").string()))
-    ours[key] = tensor.sizes().vec();
-  for (const auto& [key, tensor] : read_safetensors(peft_dir(name) + "/adapter_model.safetensors"))
-    theirs[key] = tensor.sizes().vec();
-  EXPECT_EQ(ours, theirs) << name << ": graft's adapter file names or shapes its tensors otherwise than PEFT";
-  const LoraConfig again = LoraConfig::from_json(read_json_file((out / "adapter_config.json").string()),
-                                                 "saved adapter_config.json");
-  EXPECT_EQ(again.to_json(), config.to_json());
-  fs::remove_all(out);
+  expect_saved_as_peft_saves(name, model, config);
 
   const auto base = read_map(peft_dir(name) + "/base.safetensors");
   const auto merged = read_map(peft_dir(name) + "/merged.safetensors");
@@ -1052,15 +1058,7 @@ TEST(Peft, ResNetConvolutionAdapterMatchesPeft) {
   expect_close(name, "loss (adapter)", torch::nn::functional::cross_entropy(logits(), io.at("labels")),
                io.at("loss"));
 
-  const fs::path out = fs::temp_directory_path() / ("graft_peft_" + name + "_" + std::to_string(getpid()));
-  save_lora_adapter(*model, config, out.string());
-  std::map<std::string, std::vector<int64_t>> ours, theirs;
-  for (const auto& [key, tensor] : read_safetensors((out / "adapter_model.safetensors").string()))
-    ours[key] = tensor.sizes().vec();
-  for (const auto& [key, tensor] : read_safetensors(peft_dir(name) + "/adapter_model.safetensors"))
-    theirs[key] = tensor.sizes().vec();
-  EXPECT_EQ(ours, theirs) << name << ": graft's adapter file names or shapes its tensors otherwise than PEFT";
-  fs::remove_all(out);
+  expect_saved_as_peft_saves(name, *model, config);
 
   EXPECT_EQ(merge_lora(*model), adapted);
   auto params = model->named_parameters();
