@@ -12,6 +12,7 @@
 #include "e2e/run_graft.h"
 #include "graft/lora.h"
 #include "graft/registry.h"
+#include "graft/summary.h"
 #include "graft/weights.h"
 
 namespace graft {
@@ -137,6 +138,41 @@ TEST(HfCli, ForwardTakesPeftAdapters) {
                    (dir / "two.safetensors").string());
   EXPECT_EQ(two.status, 1) << two.output;
   EXPECT_NE(two.output.find("--adapter given 2 times"), std::string::npos) << two.output;
+  std::filesystem::remove_all(dir);
+}
+
+// summary --lora shows each adapted layer with PEFT's shapes and what trains, for a Hugging Face folder
+// (the classifier of a sequence classifier trained whole, as PEFT's SEQ_CLS) and a registry model (its new
+// head whole); --adapter shows a PEFT adapter's layers.
+TEST(HfCli, SummaryShowsAdaptedLayers) {
+  const auto dir = fresh_dir("peft_summary");
+  const std::string peft = std::string(GRAFT_SHARED_DIR) + "/fixtures/peft/bert_lora";
+  auto config = nlohmann::json::parse(std::ifstream(peft + "/config.json"));
+  config["architectures"] = {"BertForSequenceClassification"};
+  std::ofstream(dir / "config.json") << config.dump(2);
+  const int64_t hidden = config["hidden_size"], labels = static_cast<int64_t>(config["id2label"].size());
+  auto bert = graft("summary " + dir.string() + " --lora r=4,alpha=8,targets=query,value");
+  ASSERT_EQ(bert.status, 0) << bert.output;
+  const std::string a = "A (4, " + std::to_string(hidden) + "), B (" + std::to_string(hidden) + ", 4)";
+  EXPECT_NE(bert.output.find("LoRA bert.encoder.layer.1.attention.self.value: " + a), std::string::npos)
+      << bert.output;
+  const int64_t trainable = 4 * 2 * 4 * hidden + labels * hidden + labels;  // 4 layers' A and B, the head
+  EXPECT_NE(bert.output.find("LoRA on 4 layers: " + format_count(trainable) + " trainable of "),
+            std::string::npos)
+      << bert.output;
+  auto adapter = graft("summary " + dir.string() + " --adapter " + peft);
+  ASSERT_EQ(adapter.status, 0) << adapter.output;
+  EXPECT_NE(adapter.output.find("LoRA on 4 layers: " + format_count(trainable) + " trainable of "),
+            std::string::npos)
+      << adapter.output;
+  auto resnet = graft("summary resnet18 --num-classes 5 --lora r=4,targets=layer4.1.conv2");
+  ASSERT_EQ(resnet.status, 0) << resnet.output;
+  EXPECT_NE(resnet.output.find("LoRA layer4.1.conv2: A (4, 512, 3, 3), B (512, 4, 1, 1)"), std::string::npos)
+      << resnet.output;
+  EXPECT_NE(resnet.output.find("LoRA on 1 layers: 23,045 trainable of "), std::string::npos) << resnet.output;
+  auto refused = graft("summary " + dir.string() + " --head avg,dense:3 --lora r=4,targets=query");
+  EXPECT_EQ(refused.status, 1) << refused.output;
+  EXPECT_NE(refused.output.find("--head applies to registry models"), std::string::npos) << refused.output;
   std::filesystem::remove_all(dir);
 }
 
