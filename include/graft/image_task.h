@@ -31,6 +31,7 @@ struct ImageTrainOptions {
   std::string strategy = "fine-tune";  // feature-extract | fine-tune | two-stage
   std::string freeze;                  // fine-tune / two-stage stage 2; empty: none
   std::string lora;                    // LoRA spec (graft/lora.h LoraConfig::parse); empty: none
+  std::string adapter;                 // a LoRA adapter folder to train further; empty: none
   int64_t stage1_epochs = 0;           // two-stage: epochs of head-only training (0: half the epochs)
   double backbone_lr_mult = 0.1;       // fine-tune: backbone rate = lr * this
   bool bn_train_frozen = false;

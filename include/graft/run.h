@@ -37,7 +37,7 @@ Preprocessing read_preprocessing(const nlohmann::json& pre, const std::string& f
 // graft run only with resume (continue it) or overwrite (its checkpoints are removed, its files replaced).
 // Refused with a message naming the option: a file, a non-empty folder that is not a graft run (a user's
 // weights folder, say), a folder equal to or inside one of `inputs` (--data, --val-data), and a folder that
-// is, or holds, one of `sources` (--weights, --init-from). Empty entries are ignored.
+// is, or holds, one of `sources` (--weights, --init-from, --adapter). Empty entries are ignored.
 void check_out_folder(const std::string& out, const std::vector<std::string>& inputs,
                       const std::vector<std::string>& sources, bool resume, bool overwrite);
 

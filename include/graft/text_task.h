@@ -47,6 +47,7 @@ struct TextTrainOptions {
   bool line_by_line = false;  // causal-lm: one example per line (+ eos), padded, instead of packed blocks
   std::string freeze;         // freeze spec over the model's modules, e.g. "until:bert.encoder.layer.10"
   std::string lora;           // LoRA spec (graft/lora.h LoraConfig::parse); empty: none
+  std::string adapter;        // a LoRA adapter folder to train further; empty: none
   double warmup_ratio = 0.1;  // warm-up steps as a fraction of all steps (ignored when warmup_steps > 0)
   int64_t batch_size = 16;
   TrainConfig train;  // epochs 3, AdamW lr 5e-5 weight decay 0.01, linear schedule: the BERT recipe

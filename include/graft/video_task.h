@@ -27,7 +27,8 @@ struct VideoTrainOptions {
   std::string out;
   // backbone | backbone,temporal | none | all | any freeze spec over the model's parameter names
   std::string freeze = "backbone";
-  std::string lora;  // LoRA spec (graft/lora.h LoraConfig::parse); empty: none
+  std::string lora;     // LoRA spec (graft/lora.h LoraConfig::parse); empty: none
+  std::string adapter;  // a LoRA adapter folder to train further; empty: none
   int64_t frames = 8;
   int64_t image_size = 0;  // 0: the backbone's
   double val_split = 0.2;

@@ -1,6 +1,7 @@
 // The shared training steps of every task (driver.h).
 #include "transfer/driver.h"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -182,11 +183,22 @@ FitOutcome fit_and_check(const FitPlan& plan, const TrainConfig& config, std::os
 namespace {
 
 // --lora's configuration, checked before anything is read; what does not go with it is refused by name.
-LoraConfig lora_options(const RunBasics& basics) {
+// --adapter's is its adapter_config.json, read once the model is built.
+std::optional<LoraConfig> lora_options(const RunBasics& basics) {
+  const std::string flag = !basics.lora.empty() ? "--lora" : "--adapter";
+  if (!basics.lora.empty() && !basics.adapter.empty())
+    throw Error("give --lora (a new adapter) or --adapter (one to train further), not both");
+  if (basics.lora.empty() && basics.adapter.empty()) return std::nullopt;
   if (!basics.init_from.empty())
-    throw Error(
-        "--lora with --init-from: an adapter goes with the weights it was trained on, and graft "
-        "adapts a model tag's pretrained weights or --weights; start from one of those");
+    throw Error(flag +
+                " with --init-from: an adapter goes with the weights it was trained on, and graft "
+                "adapts a model tag's pretrained weights or --weights; start from one of those");
+  if (!basics.adapter.empty()) {
+    if (!fs::is_regular_file(fs::path(basics.adapter) / "adapter_config.json"))
+      throw Error("--adapter " + basics.adapter +
+                  ": no adapter_config.json there (expected a PEFT adapter folder)");
+    return LoraConfig{};  // read from the folder in continue_adapter
+  }
   try {
     return LoraConfig::parse(basics.lora);
   } catch (const Error& e) {
@@ -211,19 +223,9 @@ size_t lora_layers(torch::nn::Module& model) {
   return count;
 }
 
-// Applies the adapter where the task says, and says what it adapted and how much trains.
-void adapt(const LoraPlace& place, LoraConfig& config, const std::string& task, std::ostream& log) {
-  if (!place.model) throw Error("--lora does not apply to " + task + " runs");
-  config.modules_to_save = place.whole;
-  config.task_type = place.task_type;
-  config.base_model_name_or_path = place.base;
-  config.fan_in_fan_out = place.fan_in_fan_out;
-  LoraReport report;
-  try {
-    report = apply_lora(*place.model, config);
-  } catch (const Error& e) {
-    throw Error(std::string("--lora: ") + e.what());
-  }
+// The adapter's layers and how much trains, for the log.
+void log_adapter(const LoraPlace& place, const LoraConfig& config, const LoraReport& report,
+                 std::ostream& log) {
   constexpr size_t kNamed = 4;  // layers named in the log line
   std::string named;
   for (size_t i = 0; i < report.adapted.size() && i < kNamed; ++i)
@@ -240,6 +242,54 @@ void adapt(const LoraPlace& place, LoraConfig& config, const std::string& task, 
       << "\n";
 }
 
+// --lora: a new adapter where the task says.
+void adapt(const LoraPlace& place, LoraConfig& config, const std::string& task, std::ostream& log) {
+  if (!place.model) throw Error("--lora does not apply to " + task + " runs");
+  config.modules_to_save = place.whole;
+  config.task_type = place.task_type;
+  config.base_model_name_or_path = place.base;
+  config.fan_in_fan_out = place.fan_in_fan_out;
+  LoraReport report;
+  try {
+    report = apply_lora(*place.model, config);
+  } catch (const Error& e) {
+    throw Error(std::string("--lora: ") + e.what());
+  }
+  log_adapter(place, config, report, log);
+}
+
+// --adapter: an adapter folder's configuration and weights where the task says (refused by name when its
+// tensors do not fit the model); the task's new head trains whole beside it whether the adapter held it
+// or not. Returns the configuration the run saves.
+LoraConfig continue_adapter(const LoraPlace& place, const std::string& dir, const std::string& task,
+                            std::ostream& log) {
+  if (!place.model) throw Error("--adapter does not apply to " + task + " runs");
+  LoraConfig config;
+  try {
+    config = load_lora_adapter(*place.model, dir);
+  } catch (const Error& e) {
+    throw Error("--adapter " + dir + ": " + e.what());
+  }
+  for (const auto& head : place.whole)
+    if (std::find(config.modules_to_save.begin(), config.modules_to_save.end(), head) ==
+        config.modules_to_save.end())
+      config.modules_to_save.push_back(head);
+  if (config.task_type.empty()) config.task_type = place.task_type;
+  config.base_model_name_or_path = place.base;
+  LoraReport report;
+  for (auto& item : place.model->named_parameters()) {
+    for (const auto& head : place.whole)
+      if (is_dotted_prefix(item.key(), head)) item.value().set_requires_grad(true);
+    report.total += item.value().numel();
+    if (item.value().requires_grad()) report.trainable += item.value().numel();
+  }
+  for (const auto& item : place.model->named_modules("", /*include_self=*/false))
+    if (lora_branch(*item.value()).first) report.adapted.push_back(item.key());
+  log << "adapter " << dir << " trained further: ";
+  log_adapter(place, config, report, log);
+  return config;
+}
+
 }  // namespace
 
 FitOutcome train_run(TrainRecipe& recipe, std::ostream& log) {
@@ -248,14 +298,14 @@ FitOutcome train_run(TrainRecipe& recipe, std::ostream& log) {
   if (given.data.empty()) throw Error("--data is required");
   if (given.out.empty()) throw Error("--out: a run directory is required");
   check_start_choice(given.weights, given.init_from, given.random_init);
-  std::optional<LoraConfig> lora;
-  if (!given.lora.empty()) lora = lora_options(given);
+  std::optional<LoraConfig> lora = lora_options(given);
   recipe.resolve(log);
   const RunBasics basics = recipe.basics();
   log_resolved(recipe.options(), log);
   const StartChoice start = start_choice(basics);
   if (lora && start.kind == StartChoice::Kind::kRandom)
-    throw Error("--lora adapts pretrained weights, and " +
+    throw Error(std::string(given.lora.empty() ? "--adapter" : "--lora") +
+                " adapts pretrained weights, and " +
                 std::string(start.asked_random ? "--random-init asks for random ones"
                                                : "this run starts from random weights") +
                 ": give --weights, or a model tag with pretrained weights");
@@ -270,7 +320,10 @@ FitOutcome train_run(TrainRecipe& recipe, std::ostream& log) {
   LoraPlace place;
   if (lora) {
     place = recipe.lora_place();
-    adapt(place, *lora, basics.task, log);
+    if (basics.adapter.empty())
+      adapt(place, *lora, basics.task, log);
+    else
+      lora = continue_adapter(place, basics.adapter, basics.task, log);
   } else if (!freeze.spec.empty()) {
     const FreezeReport report = freeze.backbone ? apply_freeze(*freeze.backbone, freeze.spec)
                                                 : apply_freeze(*freeze.module, freeze.spec, freeze.keep);

@@ -48,7 +48,8 @@ class BackboneImpl;
 // The options every task has, as the driver reads them.
 struct RunBasics {
   std::string task, model, data, out, weights, init_from;
-  std::string lora;  // --lora's spec; "": the task's freeze
+  std::string lora;     // --lora's spec; "": the task's freeze
+  std::string adapter;  // --adapter: a LoRA adapter folder trained further; "": none
   bool random_init = false;
   std::string sample_unit;             // what the progress bars count ("img", "clip", "seq")
   std::string objective;               // "classify" or "causal-lm"
@@ -67,6 +68,7 @@ RunBasics basics_of(const Options& o, const std::string& task, const std::string
   b.weights = o.weights;
   b.init_from = o.init_from;
   b.lora = o.lora;
+  b.adapter = o.adapter;
   b.sample_unit = sample_unit;
   b.objective = objective;
   b.train = &o.train;

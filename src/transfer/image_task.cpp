@@ -109,8 +109,9 @@ void check_strategy_options(const ImageTrainOptions& options) {
 // that choose what trains otherwise are refused by name.
 void check_lora_options(const ImageTrainOptions& o) {
   const ImageTrainOptions defaults;
+  const std::string lora = !o.lora.empty() ? "--lora" : "--adapter";
   const auto refuse = [&](const std::string& flag, const std::string& why) {
-    throw SpecError(flag + " does not apply to --lora, " + why);
+    throw SpecError(flag + " does not apply to " + lora + ", " + why);
   };
   if (o.strategy != defaults.strategy)
     refuse("--strategy " + o.strategy, "which trains the adapters and the head together (fine-tune)");
@@ -395,7 +396,7 @@ class ImageRecipe : public TrainRecipe {
 
   void resolve(std::ostream&) override {
     check_strategy_options(o_);
-    if (!o_.lora.empty()) check_lora_options(o_);
+    if (adapted()) check_lora_options(o_);
     previous_ = open_init_run(o_);  // fills model and head
   }
 
@@ -502,7 +503,7 @@ class ImageRecipe : public TrainRecipe {
   // when the cache fits kPrefixBudget. Says which, or why not. Fills the plan's training part.
   bool cache_prefix(FitPlan& plan, TrainConfig& config, const LoaderOptions& eval_options,
                     std::ostream& log) {
-    if (o_.lora.empty()) return false;
+    if (!adapted()) return false;
     const std::vector<ForwardStep> steps = model_->feature_steps();
     const size_t lead = frozen_prefix(*model_, steps);
     if (lead == 0 || lead == steps.size()) return false;
@@ -558,6 +559,7 @@ class ImageRecipe : public TrainRecipe {
     return true;
   }
 
+  bool adapted() const { return !o_.lora.empty() || !o_.adapter.empty(); }  // --lora or --adapter
   bool feature_extract() const { return o_.strategy == "feature-extract"; }
   bool two_stage() const { return o_.strategy == "two-stage"; }
   std::string stage2_freeze() const { return o_.freeze.empty() ? "none" : o_.freeze; }
@@ -658,7 +660,7 @@ TaskEntry image_task_entry() {
   entry.train = train_from_values(
       ImageTrainOptions{}, train_image_classifier, [](const ImageTrainOptions& o) { return Files{o.data}; },
       [](const ImageTrainOptions& o) {
-        return Files{o.weights, o.init_from};
+        return Files{o.weights, o.init_from, o.adapter};
       });
   entry.open = [](const std::string& dir) -> std::unique_ptr<Run> {
     return std::make_unique<ImageRun>(load_run(dir));

@@ -310,11 +310,12 @@ class TextRecipe : public TrainRecipe {
 
   // Lengths are checked here; the model's own position count once it is loaded.
   void resolve(std::ostream& log) override {
-    if (!o_.lora.empty() && !o_.freeze.empty())
-      throw SpecError("--freeze " + o_.freeze +
-                      " does not apply to --lora, which freezes everything but the adapters and the head");
-    if (!o_.lora.empty() && o_.weights.empty() && o_.init_from.empty())
-      throw Error("--lora adapts pretrained weights: give --weights (a Hugging Face folder)");
+    const std::string lora = !o_.lora.empty() ? "--lora" : !o_.adapter.empty() ? "--adapter" : "";
+    if (!lora.empty() && !o_.freeze.empty())
+      throw SpecError("--freeze " + o_.freeze + " does not apply to " + lora +
+                      ", which freezes everything but the adapters and the head");
+    if (!lora.empty() && o_.weights.empty() && o_.init_from.empty())
+      throw Error(lora + " adapts pretrained weights: give --weights (a Hugging Face folder)");
     if (!o_.init_from.empty()) o_.weights = o_.init_from;  // a text run directory is a Hugging Face folder
     architecture_ = model_class(o_.task);
     check_model_name(o_.model, o_.task);
@@ -777,7 +778,7 @@ TaskEntry text_task_entry(const std::string& name) {
         return Files{o.data, o.val_data};
       },
       [](const TextTrainOptions& o) {
-        return Files{o.weights, o.init_from, o.tokenizer, o.model_config};
+        return Files{o.weights, o.init_from, o.tokenizer, o.model_config, o.adapter};
       });
   entry.open = [](const std::string& dir) -> std::unique_ptr<Run> {
     TextRun run = load_text_run(dir);

@@ -69,6 +69,9 @@ std::vector<OptionSpec> make_table() {
       {"lora", T::kText, kAll,
        "LoRA adapter instead of freezing: r=16,alpha=16,dropout=0.1,targets=query,value (rslora, "
        "init=gaussian, bias=none|all|lora_only; targets=re:REGEX or all-linear); the run saves PEFT's files"},
+      {"adapter", T::kText, kAll,
+       "a LoRA adapter folder (PEFT's files: graft's LoRA run, or one made in Python) to train further on "
+       "the base it goes with (--weights or the tag's); the run saves it as --lora does"},
       {"stage1_epochs", T::kInteger, kImage, "two-stage: head-only epochs (0: half)", 0, 1e6},
       {"backbone_lr_mult", T::kNumber, kImage, "backbone learning rate = lr x this", 0, 1e3},
       {"bn_train_frozen", T::kSwitch, kImage, "frozen BatchNorm layers update running statistics"},
@@ -231,6 +234,7 @@ void visit_common(Options& o, V& v) {
   v("out", o.out);
   v("freeze", o.freeze);
   v("lora", o.lora);
+  v("adapter", o.adapter);
   v("val_split", o.val_split);
   v("validate", o.validate);
   v("batch_size", o.batch_size);

@@ -218,10 +218,10 @@ class VideoRecipe : public TrainRecipe {
   json options() const override { return to_json(o_); }
 
   void resolve(std::ostream&) override {
-    if (!o_.lora.empty() && input_.freeze != VideoTrainOptions().freeze)
-      throw SpecError("--freeze " + input_.freeze +
-                      " does not apply to --lora, which freezes everything but the adapters, the temporal "
-                      "model and the classifier");
+    const std::string lora = !o_.lora.empty() ? "--lora" : !o_.adapter.empty() ? "--adapter" : "";
+    if (!lora.empty() && input_.freeze != VideoTrainOptions().freeze)
+      throw SpecError("--freeze " + input_.freeze + " does not apply to " + lora +
+                      ", which freezes everything but the adapters, the temporal model and the classifier");
     start_ = open_video_init(o_, input_);  // a video run (loaded whole in build_model), or an image run
     if (o_.model.empty())
       throw Error("--model is required (an image backbone such as mobilenet_v2, or r3d_18)");
@@ -502,7 +502,7 @@ TaskEntry video_task_entry() {
   entry.train = train_from_values(
       VideoTrainOptions{}, train_video_classifier, [](const VideoTrainOptions& o) { return Files{o.data}; },
       [](const VideoTrainOptions& o) {
-        return Files{o.weights, o.init_from};
+        return Files{o.weights, o.init_from, o.adapter};
       });
   entry.open = [](const std::string& dir) -> std::unique_ptr<Run> {
     VideoRun run = load_video_run(dir);

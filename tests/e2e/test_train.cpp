@@ -164,6 +164,33 @@ TEST(TrainE2E, LoraAdapterRunOnAResNetBase) {
     }
   }
 
+  // --adapter: the run's adapter trained further on its base (its configuration and weights, the head
+  // whole); the new run saves it as --lora does. Its own folder is never the --out.
+  const std::string further = (dir / "further").string();
+  auto again = graft("train --model resnet18 --weights " + weights.string() + common +
+                     "--epochs 1 --lr 0.001 --adapter " + run + " --out " + further);
+  ASSERT_EQ(again.status, 0) << again.output;
+  EXPECT_NE(again.output.find("adapter " + run +
+                              " trained further: LoRA r=4 alpha=8 (scaling 2) on 2 layers "
+                              "(layer4.0.conv2, layer4.1.conv2), trained whole: fc"),
+            std::string::npos)
+      << again.output;
+  EXPECT_GT(number_after(again.output, "final validation accuracy:"), accuracy - 0.1) << again.output;
+  graft::SafeTensorsReader further_adapter((fs::path(further) / "adapter_model.safetensors").string());
+  std::map<std::string, std::vector<int64_t>> further_names;
+  for (const auto& t : further_adapter.tensors()) further_names[t.name] = t.shape;
+  EXPECT_EQ(further_names, expected);
+  for (const auto& [args, words] : std::vector<std::pair<std::string, std::string>>{
+           {"--adapter " + run + " --lora r=2,targets=conv1 --out " + further + "2",
+            "give --lora (a new adapter) or --adapter (one to train further), not both"},
+           {"--adapter " + run + " --out " + run + " --overwrite", "--out " + run}}) {
+    auto refused =
+        graft("train --model resnet18 --weights " + weights.string() + common + "--epochs 1 " + args);
+    EXPECT_EQ(refused.status, 1) << args << "\n" << refused.output;
+    EXPECT_NE(refused.output.find(words), std::string::npos) << args << "\n" << refused.output;
+  }
+  EXPECT_TRUE(fs::exists(fs::path(run) / "adapter_model.safetensors"));
+
   std::ofstream(weights, std::ios::app) << ' ';  // the base changes under the adapter
   auto changed = graft("eval " + run + " --data " + kFashion + " --limit 50");
   EXPECT_EQ(changed.status, 1) << changed.output;
