@@ -64,6 +64,9 @@ struct LoraReport {
 // nothing, or the module of a type graft does not adapt. The model keeps its device and dtype.
 LoraReport apply_lora(torch::nn::Module& model, const LoraConfig& config);
 
+// The layers of the model that have a LoRA branch, in the model's order.
+std::vector<std::string> lora_layers(torch::nn::Module& model);
+
 // The adapter's tensors under PEFT's file names: base_model.model.<path>.lora_A.weight / .lora_B.weight,
 // a module to save whole as base_model.model.<path>.<name>, biases as config.bias says.
 NamedTensors lora_adapter_tensors(torch::nn::Module& model, const LoraConfig& config);

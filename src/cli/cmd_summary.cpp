@@ -11,7 +11,6 @@
 #include "graft/summary.h"
 #include "graft/transfer.h"
 #include "graft/transformers.h"
-#include "layers/lora.h"
 
 namespace graft::cli {
 
@@ -45,20 +44,17 @@ LoraConfig lora_for(const std::string& spec, const std::vector<std::string>& who
 // One line per adapted layer (its A and B shapes), then how much trains.
 std::vector<std::string> lora_lines(torch::nn::Module& model) {
   std::vector<std::string> lines;
-  size_t layers = 0;
-  for (const auto& item : model.named_modules("", /*include_self=*/false)) {
-    auto [down, up] = lora_branch(*item.value());
-    if (!down || !up) continue;
-    ++layers;
-    lines.push_back("LoRA " + item.key() + ": A " + shape_text(down->weight) + ", B " +
-                    shape_text(up->weight));
-  }
-  if (layers == 0) return lines;
+  const std::vector<std::string> layers = lora_layers(model);
+  auto params = model.named_parameters();
+  for (const auto& name : layers)
+    lines.push_back("LoRA " + name + ": A " + shape_text(params[name + ".lora_A.weight"]) + ", B " +
+                    shape_text(params[name + ".lora_B.weight"]));
+  if (layers.empty()) return lines;
   const int64_t total = count_parameters(model), trainable = count_parameters(model, "", true);
   char share[32];
   std::snprintf(share, sizeof share, "%.2f%%",
                 100.0 * static_cast<double>(trainable) / static_cast<double>(total));
-  lines.push_back("LoRA on " + std::to_string(layers) + " layers: " + format_count(trainable) +
+  lines.push_back("LoRA on " + std::to_string(layers.size()) + " layers: " + format_count(trainable) +
                   " trainable of " + format_count(total) + ", " + share);
   return lines;
 }

@@ -468,12 +468,18 @@ LoraReport apply_lora(torch::nn::Module& model, const LoraConfig& config) {
   return report;
 }
 
+std::vector<std::string> lora_layers(torch::nn::Module& model) {
+  std::vector<std::string> layers;
+  for (const auto& item : model.named_modules("", /*include_self=*/false))
+    if (lora_branch(*item.value()).first) layers.push_back(item.key());
+  return layers;
+}
+
 NamedTensors lora_adapter_tensors(torch::nn::Module& model, const LoraConfig& config) {
   NamedTensors out;
   const std::vector<std::string> whole_modules = saved_modules(config);
-  std::set<std::string> adapted;
-  for (const auto& item : model.named_modules("", /*include_self=*/false))
-    if (lora_branch(*item.value()).first) adapted.insert(item.key());
+  const std::vector<std::string> layers = lora_layers(model);
+  const std::set<std::string> adapted(layers.begin(), layers.end());
   for (const auto& item : model.named_parameters(/*recurse=*/true))
     if (adapter_owns(item.key(), config, whole_modules, adapted))
       out.emplace_back(kPeftPrefix + item.key(), item.value().detach().cpu().contiguous());
@@ -605,12 +611,9 @@ std::vector<std::string> apply_adapters(torch::nn::Module& model, const std::vec
   std::vector<std::string> said;
   for (const auto& dir : dirs) {
     const LoraConfig config = load_lora_adapter(model, dir);
-    size_t layers = 0;
-    for (const auto& item : model.modules(/*include_self=*/false))
-      layers += lora_branch(*item).first != nullptr;
     std::ostringstream line;
     line << "adapter " << dir << ": LoRA r=" << config.r << " alpha=" << number_text(config.alpha) << " on "
-         << layers << " layers" << (merge ? ", merged into the base" : "");
+         << lora_layers(model).size() << " layers" << (merge ? ", merged into the base" : "");
     said.push_back(line.str());
     if (merge) merge_and_unload_lora(model);
   }

@@ -20,7 +20,6 @@
 #include "graft/summary.h"
 #include "graft/transfer.h"
 #include "layers/conv_bn.h"
-#include "layers/lora.h"
 
 namespace graft {
 
@@ -98,6 +97,10 @@ json lora_run_json(const LoraPlace& place, int64_t adapted_layers, int64_t train
           {"adapted_layers", adapted_layers},
           {"trainable", trainable},
           {"total", total}};
+}
+
+std::string adapter_flag(const std::string& lora, const std::string& adapter) {
+  return !lora.empty() ? "--lora" : !adapter.empty() ? "--adapter" : "";
 }
 
 bool is_lora_run(const RunDocument& doc) {
@@ -185,7 +188,7 @@ namespace {
 // --lora's configuration, checked before anything is read; what does not go with it is refused by name.
 // --adapter's is its adapter_config.json, read once the model is built.
 std::optional<LoraConfig> lora_options(const RunBasics& basics) {
-  const std::string flag = !basics.lora.empty() ? "--lora" : "--adapter";
+  const std::string flag = adapter_flag(basics.lora, basics.adapter);
   if (!basics.lora.empty() && !basics.adapter.empty())
     throw Error("give --lora (a new adapter) or --adapter (one to train further), not both");
   if (basics.lora.empty() && basics.adapter.empty()) return std::nullopt;
@@ -215,12 +218,6 @@ std::string joined(const std::vector<std::string>& names) {
   std::string out;
   for (const auto& name : names) out += (out.empty() ? "" : ", ") + name;
   return out;
-}
-
-size_t lora_layers(torch::nn::Module& model) {
-  size_t count = 0;
-  for (const auto& m : model.modules(/*include_self=*/false)) count += lora_branch(*m).first != nullptr;
-  return count;
 }
 
 // The adapter's layers and how much trains, for the log.
@@ -283,8 +280,7 @@ LoraConfig continue_adapter(const LoraPlace& place, const std::string& dir, cons
     report.total += item.value().numel();
     if (item.value().requires_grad()) report.trainable += item.value().numel();
   }
-  for (const auto& item : place.model->named_modules("", /*include_self=*/false))
-    if (lora_branch(*item.value()).first) report.adapted.push_back(item.key());
+  report.adapted = lora_layers(*place.model);
   log << "adapter " << dir << " trained further: ";
   log_adapter(place, config, report, log);
   return config;
@@ -304,8 +300,7 @@ FitOutcome train_run(TrainRecipe& recipe, std::ostream& log) {
   log_resolved(recipe.options(), log);
   const StartChoice start = start_choice(basics);
   if (lora && start.kind == StartChoice::Kind::kRandom)
-    throw Error(std::string(given.lora.empty() ? "--adapter" : "--lora") +
-                " adapts pretrained weights, and " +
+    throw Error(adapter_flag(given.lora, given.adapter) + " adapts pretrained weights, and " +
                 std::string(start.asked_random ? "--random-init asks for random ones"
                                                : "this run starts from random weights") +
                 ": give --weights, or a model tag with pretrained weights");
@@ -350,7 +345,7 @@ FitOutcome train_run(TrainRecipe& recipe, std::ostream& log) {
     files.weights = lora_adapter_tensors(*place.model, *lora);
     write_file_atomic((fs::path(basics.out) / "adapter_config.json").string(),
                       lora->to_json().dump(2) + "\n");
-    doc["lora"] = lora_run_json(place, static_cast<int64_t>(lora_layers(*place.model)),
+    doc["lora"] = lora_run_json(place, static_cast<int64_t>(lora_layers(*place.model).size()),
                                 trainable_count(*place.model), count_parameters(*place.model));
     weights_name = "adapter_model.safetensors";
     const size_t at = files.listing.find("model.safetensors");

@@ -120,6 +120,8 @@ nlohmann::json lora_run_json(const LoraPlace& place, int64_t adapted_layers, int
 // the recorded SHA-256. Throws graft::Error naming graft.json, the file and both checksums when it does
 // not; returns the base's path (a file or folder, as the run loaded it).
 std::string checked_lora_base(const RunDocument& doc, const std::function<std::string()>& pretrained_file);
+// The flag that makes a run a LoRA run, for messages: "--lora", "--adapter", or "" (neither given).
+std::string adapter_flag(const std::string& lora, const std::string& adapter);
 // Whether graft.json describes a LoRA run (adapter files instead of model.safetensors).
 bool is_lora_run(const RunDocument& doc);
 

@@ -109,7 +109,7 @@ void check_strategy_options(const ImageTrainOptions& options) {
 // that choose what trains otherwise are refused by name.
 void check_lora_options(const ImageTrainOptions& o) {
   const ImageTrainOptions defaults;
-  const std::string lora = !o.lora.empty() ? "--lora" : "--adapter";
+  const std::string lora = adapter_flag(o.lora, o.adapter);
   const auto refuse = [&](const std::string& flag, const std::string& why) {
     throw SpecError(flag + " does not apply to " + lora + ", " + why);
   };

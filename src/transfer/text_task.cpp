@@ -310,7 +310,7 @@ class TextRecipe : public TrainRecipe {
 
   // Lengths are checked here; the model's own position count once it is loaded.
   void resolve(std::ostream& log) override {
-    const std::string lora = !o_.lora.empty() ? "--lora" : !o_.adapter.empty() ? "--adapter" : "";
+    const std::string lora = adapter_flag(o_.lora, o_.adapter);
     if (!lora.empty() && !o_.freeze.empty())
       throw SpecError("--freeze " + o_.freeze + " does not apply to " + lora +
                       ", which freezes everything but the adapters and the head");

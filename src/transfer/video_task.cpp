@@ -218,7 +218,7 @@ class VideoRecipe : public TrainRecipe {
   json options() const override { return to_json(o_); }
 
   void resolve(std::ostream&) override {
-    const std::string lora = !o_.lora.empty() ? "--lora" : !o_.adapter.empty() ? "--adapter" : "";
+    const std::string lora = adapter_flag(o_.lora, o_.adapter);
     if (!lora.empty() && input_.freeze != VideoTrainOptions().freeze)
       throw SpecError("--freeze " + input_.freeze + " does not apply to " + lora +
                       ", which freezes everything but the adapters, the temporal model and the classifier");
