@@ -16,6 +16,10 @@
 
 #include "graft/metrics.h"
 
+namespace torch::nn {
+class Module;
+}
+
 namespace graft {
 
 // Top-k labels of one input: a file's path (image, clip) or a text; or why it could not be classified.
@@ -63,6 +67,8 @@ class Run {
   virtual std::vector<Prediction> predict(const std::vector<std::string>& inputs, int64_t top_k,
                                           torch::Device device) = 0;
   virtual FeatureSet features(const std::string& data, const UseOptions& options, std::ostream& log) = 0;
+  // The loaded model (eval mode), for adapters laid on it (add_run_adapters).
+  virtual torch::nn::Module& model() = 0;
 
  protected:
   Run(std::string dir, std::string task, std::vector<std::string> classes)
@@ -94,6 +100,13 @@ const TaskEntry& find_task(const std::string& name);
 // The run in dir, by the task its graft.json names; a folder without graft.json opens as an image run (which
 // says what is missing) unless it is a Hugging Face text model folder.
 std::unique_ptr<Run> open_run(const std::string& dir);
+
+// Lays PEFT LoRA adapter folders on a loaded run's model, as graft/lora.h apply_adapters does (one kept
+// beside the base; several only with `merge`, each merged in turn); a LoRA run's own adapter is merged into
+// its base first. An adapter folder that is a graft run of other classes than `classes` is refused, naming
+// both. Returns a line to say of each adapter.
+std::vector<std::string> add_run_adapters(torch::nn::Module& model, const std::vector<std::string>& classes,
+                                          const std::vector<std::string>& dirs, bool merge);
 
 // Each task file's entry (listed by task_table).
 TaskEntry image_task_entry();

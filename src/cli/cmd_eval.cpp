@@ -27,9 +27,13 @@ void add_eval_command(CLI::App& app) {
   command->add_option("--limit", options->limit, "image runs: images to evaluate, a seeded subset (0: all)");
   command->add_option("--confusion-svg", *svg, "write the confusion matrix picture here");
   command->add_option("--device", *device, "auto, cpu or cuda[:N]");
-  command->callback([run_dir, data, device, options, svg] {
+  auto adapters = std::make_shared<std::vector<std::string>>();
+  auto merge = std::make_shared<bool>(false);
+  add_adapter_options(*command, *adapters, *merge, "the run's model");
+  command->callback([adapters, merge, run_dir, data, device, options, svg] {
     options->device = parse_device(*device);
     const std::unique_ptr<Run> run = open_run(*run_dir);
+    apply_run_adapters(run->model(), run->classes(), *adapters, *merge);
     const Metrics metrics = run->evaluate(*data, *options, std::cerr);
     std::cout << metrics_report(metrics, run->classes());
     if (metrics.token_level) {

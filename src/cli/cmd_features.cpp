@@ -40,11 +40,7 @@ void add_features_command(CLI::App& app) {
   command->add_option("--limit", options->limit,
                       "images per part of the data (train, val) to use, a seeded subset (0: all)");
   auto args = std::make_shared<ModelArgs>();
-  command
-      ->add_option("--adapter", args->adapters,
-                   "ARCH: a PEFT LoRA adapter folder on top of the weights; several with --merge")
-      ->check(CLI::ExistingDirectory);
-  command->add_flag("--merge", args->merge, "merge the --adapter(s) into the weights, each in turn");
+  add_adapter_options(*command, args->adapters, args->merge, "the weights or the run's model");
   command->add_option("--num-classes", args->num_classes,
                       "ARCH: the classifier's classes, as the adapter's head has them");
   command->add_option("--device", *device, "auto, cpu or cuda[:N]");
@@ -52,12 +48,11 @@ void add_features_command(CLI::App& app) {
     options->device = parse_device(*device);
     FeatureSet set;
     if (is_run_dir(*source)) {
-      if (!weights->empty() || !args->adapters.empty() || args->num_classes >= 0)
-        throw Error(std::string(!weights->empty()         ? "--weights"
-                                : !args->adapters.empty() ? "--adapter"
-                                                          : "--num-classes") +
+      if (!weights->empty() || args->num_classes >= 0)
+        throw Error(std::string(!weights->empty() ? "--weights" : "--num-classes") +
                     " applies to a model name; " + *source + " is a run directory with its own weights");
       const std::unique_ptr<Run> run = open_run(*source);
+      apply_run_adapters(run->model(), run->classes(), args->adapters, args->merge);
       set = run->features(*data, *options, std::cerr);
       set.classes = run->classes();
     } else {

@@ -17,6 +17,8 @@ struct DecodeArgs {
   int64_t seed = -1;
   std::string device = "auto";
   std::string tokenizer;
+  std::vector<std::string> adapters;
+  bool merge = false;
 
   DecodeArgs() { options.max_new_tokens = 50; }
   void add_to(CLI::App& command) {
@@ -31,6 +33,13 @@ struct DecodeArgs {
     command.add_option("--tokenizer", tokenizer,
                        "tokenizer file or folder (tokenizer.json, vocab.json + merges.txt) when the model "
                        "folder has none");
+    add_adapter_options(command, adapters, merge, "the model");
+  }
+  // The run or folder with its tokenizer and the adapters laid on it.
+  TextRun load(const std::string& dir) const {
+    TextRun run = load_text_run(dir, tokenizer);
+    apply_run_adapters(*run.module, run.classes, adapters, merge);
+    return run;
   }
   GenerateOptions resolved() const {
     GenerateOptions o = options;
@@ -50,7 +59,7 @@ void add_generate_command(CLI::App& app) {
   command->add_option("--prompt", *prompt, "text to continue (empty: start from the beginning of text)");
   decode->add_to(*command);
   command->callback([run_dir, prompt, decode] {
-    TextRun run = load_text_run(*run_dir, decode->tokenizer);
+    TextRun run = decode->load(*run_dir);
     std::cout << *prompt << std::flush;
     generate_text(run, *prompt, decode->resolved(), parse_device(decode->device),
                   [](const std::string& piece) {
@@ -73,7 +82,7 @@ void add_chat_command(CLI::App& app) {
   command->add_option("--bot-prefix", *bot, "written before each reply; the reply ends at a newline");
   decode->add_to(*command);
   command->callback([run_dir, user, bot, decode] {
-    TextRun run = load_text_run(*run_dir, decode->tokenizer);
+    TextRun run = decode->load(*run_dir);
     const torch::Device device = parse_device(decode->device);
     const bool interactive = isatty(STDIN_FILENO) != 0;
     std::string history, line;

@@ -101,8 +101,12 @@ void add_predict_command(CLI::App& app) {
   command->add_option("--top-k", *top_k, "labels per image");
   command->add_flag("--json", *as_json, "one JSON document on stdout");
   command->add_option("--device", *device, "auto, cpu or cuda[:N]");
-  command->callback([run_dir, images, top_k, as_json, device, texts, input] {
+  auto adapters = std::make_shared<std::vector<std::string>>();
+  auto merge = std::make_shared<bool>(false);
+  add_adapter_options(*command, *adapters, *merge, "the run's model");
+  command->callback([adapters, merge, run_dir, images, top_k, as_json, device, texts, input] {
     const std::unique_ptr<Run> run = open_run(*run_dir);
+    apply_run_adapters(run->model(), run->classes(), *adapters, *merge);
     std::vector<std::string> inputs = *images;
     if (run->reads_text()) {
       if (!images->empty())

@@ -25,6 +25,14 @@ struct ModelArgs {
 // The PEFT adapters of --adapter onto a built model (graft/lora.h apply_adapters); says each on stderr.
 void apply_adapter_args(const ModelArgs& args, torch::nn::Module& model);
 
+// --adapter DIR (repeatable, each an existing folder) and --merge, as every command that loads a model
+// takes them; `on` says what the adapters go on, for the help.
+void add_adapter_options(CLI::App& command, std::vector<std::string>& adapters, bool& merge,
+                         const std::string& on);
+// The adapters of --adapter onto a run's loaded model (graft/task.h add_run_adapters); says each on stderr.
+void apply_run_adapters(torch::nn::Module& model, const std::vector<std::string>& classes,
+                        const std::vector<std::string>& adapters, bool merge);
+
 // What --weights accepts: an existing file or folder, or a Hugging Face Hub repository ORG/NAME[@REV]
 // (downloaded into the Hugging Face cache when used; graft/hub.h resolve_weights).
 CLI::Validator weights_source();

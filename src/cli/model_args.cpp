@@ -7,6 +7,7 @@
 #include "graft/hub.h"
 #include "graft/lora.h"
 #include "graft/registry.h"
+#include "graft/task.h"
 #include "graft/transfer.h"
 
 namespace graft::cli {
@@ -22,13 +23,7 @@ void ModelArgs::add_to(CLI::App& command, bool with_freeze) {
   command.add_option("--head", head, "new head spec, e.g. avg,dropout:0.2,dense:512:relu,dense:10");
   command.add_option("--num-classes", num_classes, "reset the classifier to this many classes");
   command.add_flag("!--no-strict", strict, "load weights even when names or shapes do not all match");
-  command
-      .add_option(
-          "--adapter", adapters,
-          "a PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors) on top of the "
-          "weights; several with --merge")
-      ->check(CLI::ExistingDirectory);
-  command.add_flag("--merge", merge, "merge the --adapter(s) into the weights, each in turn");
+  add_adapter_options(command, adapters, merge, "the weights");
   if (with_freeze) {
     command.add_option("--freeze", freeze, "freeze spec: all, none, last:N, until:NAME or globs");
     command.add_flag("--bn-train-frozen", bn_train_frozen,
@@ -72,6 +67,23 @@ Backbone build_model(const ModelArgs& args, bool load_tag) {
   apply_adapter_args(args, *model);
   if (!args.freeze.empty()) apply_freeze(*model, args.freeze);
   return model;
+}
+
+void add_adapter_options(CLI::App& command, std::vector<std::string>& adapters, bool& merge,
+                         const std::string& on) {
+  command
+      .add_option("--adapter", adapters,
+                  "a PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors, as PEFT or "
+                  "graft train --lora saves it) on " +
+                      on + "; several with --merge")
+      ->check(CLI::ExistingDirectory)
+      ->allow_extra_args(false);  // one folder each time: what follows is the command's own (images)
+  command.add_flag("--merge", merge, "merge the --adapter(s) into " + on + ", each in turn");
+}
+
+void apply_run_adapters(torch::nn::Module& model, const std::vector<std::string>& classes,
+                        const std::vector<std::string>& adapters, bool merge) {
+  for (const auto& line : add_run_adapters(model, classes, adapters, merge)) std::cerr << line << "\n";
 }
 
 void apply_adapter_args(const ModelArgs& args, torch::nn::Module& model) {

@@ -159,6 +159,30 @@ bool adapter_owns(const std::string& name, const LoraConfig& config,
   return branch || bias || in_any(owner, whole_modules);
 }
 
+// graft's heads are Sequentials (the default `avg,dense:C` is fc = Sequential(Linear)). A module saved whole
+// that holds one layer, at index 0, and nothing else is named in the adapter file as that layer: `fc.weight`,
+// not `fc.0.weight`, as a torchvision model whose fc was replaced by a Linear names it (how Python users give
+// one new classes for PEFT). Returns graft's prefix -> the file's ("fc.0." -> "fc.").
+std::map<std::string, std::string> one_layer_heads(torch::nn::Module& model,
+                                                   const std::vector<std::string>& whole_modules) {
+  std::map<std::string, std::string> out;
+  for (const auto& item : model.named_modules("", /*include_self=*/false)) {
+    if (!in_any(item.key(), whole_modules)) continue;
+    const auto children = item.value()->named_children();
+    if (children.size() == 1 && children.begin()->key() == "0" &&
+        item.value()->named_parameters(/*recurse=*/false).is_empty())
+      out[item.key() + ".0."] = item.key() + ".";
+  }
+  return out;
+}
+
+// A parameter's name in the adapter file (without PEFT's prefix).
+std::string file_name(const std::string& name, const std::map<std::string, std::string>& heads) {
+  for (const auto& [ours, theirs] : heads)
+    if (name.rfind(ours, 0) == 0) return theirs + name.substr(ours.size());
+  return name;
+}
+
 std::string number_text(double value) {
   std::ostringstream out;
   out << value;
@@ -480,9 +504,10 @@ NamedTensors lora_adapter_tensors(torch::nn::Module& model, const LoraConfig& co
   const std::vector<std::string> whole_modules = saved_modules(config);
   const std::vector<std::string> layers = lora_layers(model);
   const std::set<std::string> adapted(layers.begin(), layers.end());
+  const auto heads = one_layer_heads(model, whole_modules);
   for (const auto& item : model.named_parameters(/*recurse=*/true))
     if (adapter_owns(item.key(), config, whole_modules, adapted))
-      out.emplace_back(kPeftPrefix + item.key(), item.value().detach().cpu().contiguous());
+      out.emplace_back(kPeftPrefix + file_name(item.key(), heads), item.value().detach().cpu().contiguous());
   return out;
 }
 
@@ -505,8 +530,14 @@ LoraConfig load_lora_adapter(torch::nn::Module& model, const std::string& dir) {
   for (const auto& item : model.named_parameters(/*recurse=*/true))
     trained_before[item.key()] = item.value().requires_grad();
   const LoraReport report = apply_lora(model, config);
-  std::map<std::string, torch::Tensor> params;
-  for (auto& item : model.named_parameters(/*recurse=*/true)) params[item.key()] = item.value();
+  // The model's parameters by their names in the file (a one-layer head's by torchvision's, and by graft's
+  // as adapters saved before this naming have them).
+  std::map<std::string, std::pair<std::string, torch::Tensor>> params;
+  const auto heads = one_layer_heads(model, saved_modules(config));
+  for (auto& item : model.named_parameters(/*recurse=*/true)) {
+    params[item.key()] = {item.key(), item.value()};
+    params[file_name(item.key(), heads)] = {item.key(), item.value()};
+  }
   // Every tensor is checked before any is copied; an adapter that does not fit leaves the model as it was.
   std::vector<std::pair<torch::Tensor, torch::Tensor>> copies;  // (parameter, value)
   try {
@@ -516,9 +547,10 @@ LoraConfig load_lora_adapter(torch::nn::Module& model, const std::string& dir) {
       if (key.rfind(kPeftPrefix, 0) != 0)
         throw FormatError(weights_file,
                           "tensor '" + key + "' does not start with " + kPeftPrefix + " (PEFT's names)");
-      const std::string name = key.substr(std::string(kPeftPrefix).size());
-      auto it = params.find(name);
+      const std::string file_key = key.substr(std::string(kPeftPrefix).size());
+      auto it = params.find(file_key);
       if (it == params.end()) {
+        const std::string& name = file_key;
         const size_t dot = name.find('.');
         if (dot != std::string::npos && params.count(name.substr(dot + 1)))
           throw FormatError(weights_file,
@@ -530,12 +562,13 @@ LoraConfig load_lora_adapter(torch::nn::Module& model, const std::string& dir) {
         throw FormatError(weights_file, "tensor '" + key + "' has no place in the model ('" + name +
                                             "' is not one of its parameters): an adapter of another base?");
       }
-      if (it->second.sizes() != tensor.sizes())
+      const auto& [name, param] = it->second;
+      if (param.sizes() != tensor.sizes())
         throw FormatError(weights_file, "tensor '" + key + "' has shape " + shape_str(tensor.sizes().vec()) +
                                             " where the model's '" + name + "' has " +
-                                            shape_str(it->second.sizes().vec()) +
-                                            ": an adapter of another base?");
-      copies.emplace_back(it->second, tensor);
+                                            shape_str(param.sizes().vec()) + ": an adapter of another base?");
+      if (supplied.count(name)) throw FormatError(weights_file, "holds '" + name + "' twice, by two names");
+      copies.emplace_back(param, tensor);
       supplied.insert(name);
       branch_tensors += ends_with(name, ".lora_A.weight") || ends_with(name, ".lora_B.weight");
     }

@@ -265,6 +265,7 @@ class LoadedRunUse : public Run {
     refuse_limit(options);
     return uses_.features(run_, data, options.batch_size, options.device, log);
   }
+  torch::nn::Module& model() override { return *run_.module; }
 
  private:
   Loaded run_;

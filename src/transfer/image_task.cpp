@@ -639,6 +639,8 @@ class ImageRun : public Run {
                          options.batch_size, options.device, log);
   }
 
+  torch::nn::Module& model() override { return *model_; }
+
  private:
   Backbone model_;
   TransformConfig transform_;

@@ -1,9 +1,11 @@
 // The task table and open_run (graft/task.h).
 #include "graft/task.h"
 
+#include <algorithm>
 #include <filesystem>
 
 #include "graft/errors.h"
+#include "graft/lora.h"
 #include "graft/run_document.h"
 
 namespace graft {
@@ -44,6 +46,46 @@ std::unique_ptr<Run> open_run(const std::string& dir) {
   // graft.json: train one with `graft train`).
   if (fs::is_regular_file(fs::path(dir) / "config.json", error)) return find_task("text-classify").open(dir);
   return find_task("image-classify").open(dir);
+}
+
+namespace {
+
+// Class names for a message: the first few, and how many in all when there are more.
+std::string some_classes(const std::vector<std::string>& classes) {
+  if (classes.empty()) return "no classes";
+  std::string text;
+  for (size_t i = 0; i < std::min<size_t>(classes.size(), 5); ++i) text += (i ? ", " : "") + classes[i];
+  if (classes.size() > 5) text += ", ... (" + std::to_string(classes.size()) + " in all)";
+  return text;
+}
+
+}  // namespace
+
+std::vector<std::string> add_run_adapters(torch::nn::Module& model, const std::vector<std::string>& classes,
+                                          const std::vector<std::string>& dirs, bool merge) {
+  if (dirs.empty()) {
+    if (merge) throw Error("--merge merges --adapter folders: give one or more");
+    return {};
+  }
+  // A graft run as the adapter brings its classes' names: the run's head must give the same ones.
+  for (const auto& dir : dirs) {
+    const fs::path graft_json = fs::path(dir) / "graft.json";
+    std::error_code error;
+    if (!fs::is_regular_file(graft_json, error)) continue;
+    const RunDocument doc = read_run_document(graft_json.string());
+    if (doc.classes != classes)
+      throw Error("adapter " + dir + " is a run of " + some_classes(doc.classes) +
+                  "; the model it is laid on has " + some_classes(classes) +
+                  ": use that run directory itself");
+  }
+  std::vector<std::string> said;
+  if (!lora_layers(model).empty()) {
+    const auto merged = merge_and_unload_lora(model);
+    said.push_back("the run's own adapter merged into its base (" + std::to_string(merged.size()) +
+                   " layers) before the --adapter folders");
+  }
+  for (auto& line : apply_adapters(model, dirs, merge)) said.push_back(std::move(line));
+  return said;
 }
 
 }  // namespace graft

@@ -227,6 +227,15 @@ TEST(TextE2E, SentimentBertFromScratchClassifiesAboveChance) {
         }
       }
     }
+  // --adapter lays the adapter on its base run: predict gives the adapter run's probabilities (the same
+  // computation), eval its accuracy.
+  auto laid_predict = graft("predict " + run_dir.string() + " --adapter " + lora_dir.string() + two_texts);
+  ASSERT_EQ(laid_predict.status, 0) << laid_predict.output;
+  EXPECT_EQ(nlohmann::json::parse(laid_predict.output.substr(laid_predict.output.find('['))), by_adapter);
+  auto laid_eval = graft("eval " + run_dir.string() + " --adapter " + lora_dir.string() + " --data " + data +
+                         "yelp_labelled.txt");
+  ASSERT_EQ(laid_eval.status, 0) << laid_eval.output;
+  EXPECT_EQ(number_after(laid_eval.output, "accuracy:"), lora_eval_accuracy) << laid_eval.output;
   auto lora_freeze =
       graft("train --task text-classify --model bert --weights " + run_dir.string() + " --data " + files +
             " --no-header --text-column 0 --label-column 1 --freeze all --lora "
@@ -468,6 +477,13 @@ TEST(TextE2E, Gpt2FineTuneLowersPerplexityAndGeneratesReproducibly) {
   EXPECT_EQ(lora_text.output.rfind("JULIET:", 0), 0u) << lora_text.output;
   ASSERT_EQ(graft("export " + lora.string() + " --merge --out " + (dir / "lora_merged").string()).status, 0);
   EXPECT_EQ(graft("generate " + (dir / "lora_merged").string() + greedy_lora).output, lora_text.output);
+  // The same adapter laid on its base folder by --adapter: the same text, the adapter said on stderr first.
+  auto laid = graft("generate " + base.string() + " --adapter " + lora.string() + greedy_lora);
+  ASSERT_EQ(laid.status, 0) << laid.output;
+  const std::string said = "adapter " + lora.string() + ": LoRA r=8 alpha=16 on " +
+                           std::to_string(config["n_layer"].get<int64_t>()) + " layers\n";
+  ASSERT_EQ(laid.output.rfind(said, 0), 0u) << laid.output;
+  EXPECT_EQ(laid.output.substr(said.size()), lora_text.output);
 
   // Block sizes are checked before any text is read: 1 gave a NaN loss (0, which divided by zero, now stands
   // for the model's positions, as the default does).

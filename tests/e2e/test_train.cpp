@@ -117,8 +117,8 @@ TEST(TrainE2E, LoraAdapterRunOnAResNetBase) {
   std::map<std::string, std::vector<int64_t>> names;
   for (const auto& t : adapter.tensors()) names[t.name] = t.shape;
   const std::map<std::string, std::vector<int64_t>> expected = {
-      {"base_model.model.fc.0.bias", {10}},  // graft's head (avg,dense:10), as in its run's model.safetensors
-      {"base_model.model.fc.0.weight", {10, 512}},
+      {"base_model.model.fc.bias", {10}},  // graft's head (avg,dense:10) named as torchvision's fc Linear
+      {"base_model.model.fc.weight", {10, 512}},
       {"base_model.model.layer4.0.conv2.lora_A.weight", {4, 512, 3, 3}},
       {"base_model.model.layer4.0.conv2.lora_B.weight", {512, 4, 1, 1}},
       {"base_model.model.layer4.1.conv2.lora_A.weight", {4, 512, 3, 3}},
@@ -190,6 +190,47 @@ TEST(TrainE2E, LoraAdapterRunOnAResNetBase) {
     EXPECT_NE(refused.output.find(words), std::string::npos) << args << "\n" << refused.output;
   }
   EXPECT_TRUE(fs::exists(fs::path(run) / "adapter_model.safetensors"));
+
+  // predict and eval --adapter lay an adapter on a run's model: on the base run, the adapter run's own
+  // probabilities (the same computation: its base, branches and head) and accuracy.
+  auto laid = graft("predict " + base_run + " --adapter " + run + image);
+  ASSERT_EQ(laid.status, 0) << laid.output;
+  EXPECT_NE(laid.output.find("adapter " + run + ": LoRA r=4 alpha=8 on 2 layers\n"), std::string::npos)
+      << laid.output;
+  EXPECT_EQ(nlohmann::json::parse(laid.output.substr(laid.output.find('['))), a);
+  auto laid_eval = graft("eval " + base_run + " --adapter " + run + " --data " + kFashion + " --limit 500");
+  ASSERT_EQ(laid_eval.status, 0) << laid_eval.output;
+  EXPECT_EQ(number_after(laid_eval.output, "accuracy:"), number_after(eval.output, "accuracy:"));
+  // Two adapters on one base: merged in turn (the second's head last), else refused. On the adapter run,
+  // its own adapter is merged first.
+  auto two = graft("predict " + base_run + " --adapter " + run + " --adapter " + further + image);
+  EXPECT_EQ(two.status, 1) << two.output;
+  EXPECT_NE(two.output.find("--adapter given 2 times"), std::string::npos) << two.output;
+  auto merged_two =
+      graft("predict " + base_run + " --adapter " + run + " --adapter " + further + " --merge" + image);
+  ASSERT_EQ(merged_two.status, 0) << merged_two.output;
+  EXPECT_NE(
+      merged_two.output.find("adapter " + further + ": LoRA r=4 alpha=8 on 2 layers, merged into the base"),
+      std::string::npos)
+      << merged_two.output;
+  auto no_adapter = graft("predict " + base_run + " --merge" + image);
+  EXPECT_EQ(no_adapter.status, 1) << no_adapter.output;
+  EXPECT_NE(no_adapter.output.find("--merge merges --adapter folders: give one or more"), std::string::npos)
+      << no_adapter.output;
+  auto on_lora = graft("predict " + run + " --adapter " + further + image);
+  ASSERT_EQ(on_lora.status, 0) << on_lora.output;
+  EXPECT_NE(on_lora.output.find("the run's own adapter merged into its base (2 layers)"), std::string::npos)
+      << on_lora.output;
+  // An adapter run of other classes does not fit the run's head: refused, naming both.
+  fs::copy(run, dir / "renamed", fs::copy_options::recursive);
+  auto renamed = nlohmann::json::parse(std::ifstream(dir / "renamed" / "graft.json"));
+  renamed["classes"][0] = "tee";
+  std::ofstream(dir / "renamed" / "graft.json") << renamed.dump(2);
+  auto other = graft("predict " + base_run + " --adapter " + (dir / "renamed").string() + image);
+  EXPECT_EQ(other.status, 1) << other.output;
+  EXPECT_NE(other.output.find("is a run of tee, "), std::string::npos) << other.output;
+  EXPECT_NE(other.output.find("(10 in all); the model it is laid on has "), std::string::npos)
+      << other.output;
 
   std::ofstream(weights, std::ios::app) << ' ';  // the base changes under the adapter
   auto changed = graft("eval " + run + " --data " + kFashion + " --limit 50");

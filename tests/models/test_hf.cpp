@@ -1083,6 +1083,33 @@ TEST(Peft, ResNetConvolutionAdapterMatchesPeft) {
       from_peft_name);
 }
 
+// graft's new head (`avg,dense:5`: fc = Sequential(Linear)) is named in the adapter file as PEFT names
+// torchvision's fc replaced by a Linear: PEFT's file loads into it, and graft saves it under PEFT's names.
+TEST(Peft, OneLayerHeadIsNamedAsTorchvisionsLinear) {
+  const std::string name = "resnet18_conv_lora";
+  const auto io = read_map(peft_dir(name) + "/expected.safetensors");
+  Backbone torchvision_fc = create_model("resnet18", 5);
+  load_weights(*torchvision_fc, peft_dir(name) + "/base.safetensors");
+  Backbone graft_head = create_model("resnet18", 5);
+  load_weights(*graft_head, peft_dir(name) + "/base.safetensors");
+  graft_head->set_head(HeadSpec::parse("avg,dense:5"));
+  ASSERT_TRUE(graft_head->named_parameters().contains("fc.0.weight"));
+  load_lora_adapter(*torchvision_fc, peft_dir(name));
+  const LoraConfig config = load_lora_adapter(*graft_head, peft_dir(name));
+  const auto adapter = read_map(peft_dir(name) + "/adapter_model.safetensors");
+  EXPECT_TRUE(
+      torch::equal(graft_head->named_parameters()["fc.0.weight"], adapter.at("base_model.model.fc.weight")));
+  EXPECT_TRUE(
+      torch::equal(graft_head->named_parameters()["fc.0.bias"], adapter.at("base_model.model.fc.bias")));
+  torchvision_fc->eval();
+  graft_head->eval();
+  torch::NoGradGuard no_grad;
+  // The same layers and weights: only summation order may differ (none here: the same kernels run).
+  expect_close(name, "logits (graft's head)", graft_head->forward(io.at("pixel_values")),
+               torchvision_fc->forward(io.at("pixel_values")));
+  expect_saved_as_peft_saves(name, *graft_head, config);
+}
+
 // LoRA on a convolution graft cannot adapt as PEFT does is refused by name: a depthwise one, and one whose
 // model does not run the branch (MobileNetV2's).
 TEST(Peft, ConvolutionsGraftCannotAdaptAreRefusedByName) {
