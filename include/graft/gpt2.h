@@ -5,7 +5,6 @@
 #pragma once
 #include <torch/nn/module.h>
 #include <torch/nn/modules/container/modulelist.h>
-#include <torch/nn/modules/dropout.h>
 #include <torch/nn/modules/embedding.h>
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/modules/normalization.h>
@@ -14,6 +13,7 @@
 #include <optional>
 #include <vector>
 
+#include "graft/dropout.h"
 #include "graft/transformers.h"
 
 namespace graft {
@@ -67,7 +67,7 @@ class GPT2AttentionImpl : public torch::nn::Module {
                         const torch::Tensor& attention_mask, LayerKeyValue* present);
 
   Conv1D c_attn{nullptr}, c_proj{nullptr};
-  torch::nn::Dropout attn_dropout{nullptr}, resid_dropout{nullptr};
+  Dropout attn_dropout{nullptr}, resid_dropout{nullptr};
 
  private:
   int64_t num_heads_ = 0, head_dim_ = 0, layer_idx_ = 0;
@@ -81,7 +81,7 @@ class GPT2MLPImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& hidden_states);
 
   Conv1D c_fc{nullptr}, c_proj{nullptr};
-  torch::nn::Dropout dropout{nullptr};
+  Dropout dropout{nullptr};
   Activation act;
 };
 TORCH_MODULE(GPT2MLP);
@@ -107,7 +107,7 @@ class GPT2ModelImpl : public torch::nn::Module {
   const GPT2Config& config() const { return config_; }
 
   torch::nn::Embedding wte{nullptr}, wpe{nullptr};
-  torch::nn::Dropout drop{nullptr};
+  Dropout drop{nullptr};
   torch::nn::ModuleList h{nullptr};
   torch::nn::LayerNorm ln_f{nullptr};
 

@@ -6,12 +6,12 @@
 #include <torch/nn/module.h>
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/modules/conv.h>
-#include <torch/nn/modules/dropout.h>
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/modules/normalization.h>
 
 #include <vector>
 
+#include "graft/dropout.h"
 #include "graft/model.h"
 #include "graft/transformers.h"
 
@@ -38,7 +38,7 @@ class ViTEmbeddingsImpl : public torch::nn::Module {
   torch::Tensor cls_token;  // (1, 1, hidden)
   ViTPatchEmbeddings patch_embeddings{nullptr};
   torch::Tensor position_embeddings;  // (1, 1 + patches, hidden)
-  torch::nn::Dropout dropout{nullptr};
+  Dropout dropout{nullptr};
 };
 TORCH_MODULE(ViTEmbeddings);
 
@@ -48,7 +48,7 @@ class ViTSelfAttentionImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& hidden_states);  // (B, T, hidden) -> (B, T, hidden)
 
   torch::nn::Linear query{nullptr}, key{nullptr}, value{nullptr};
-  torch::nn::Dropout dropout{nullptr};
+  Dropout dropout{nullptr};
   int64_t num_attention_heads = 0, attention_head_size = 0;
 };
 TORCH_MODULE(ViTSelfAttention);
@@ -60,7 +60,7 @@ class ViTSelfOutputImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& hidden_states);
 
   torch::nn::Linear dense{nullptr};
-  torch::nn::Dropout dropout{nullptr};
+  Dropout dropout{nullptr};
 };
 TORCH_MODULE(ViTSelfOutput);
 
@@ -91,7 +91,7 @@ class ViTOutputImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& hidden_states, const torch::Tensor& input_tensor);
 
   torch::nn::Linear dense{nullptr};
-  torch::nn::Dropout dropout{nullptr};
+  Dropout dropout{nullptr};
 };
 TORCH_MODULE(ViTOutput);
 

@@ -3,6 +3,8 @@
 
 #include <cmath>
 
+#include "graft/dropout.h"
+
 namespace graft {
 
 namespace {
@@ -28,7 +30,7 @@ LoraDownImpl::LoraDownImpl(int64_t in_channels, int64_t r, std::vector<int64_t> 
 }
 
 torch::Tensor LoraDownImpl::forward(const torch::Tensor& x) {
-  const torch::Tensor in = dropout > 0 && is_training() ? torch::dropout(x, dropout, true) : x;
+  const torch::Tensor in = graft::dropout(x, dropout, is_training());
   if (weight.dim() == 4) return torch::conv2d(in, weight, {}, stride, padding);
   return torch::linear(in, weight);
 }

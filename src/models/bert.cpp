@@ -123,7 +123,7 @@ BertEmbeddingsImpl::BertEmbeddingsImpl(const BertConfig& config) {
       register_module("token_type_embeddings", nn::Embedding(config.type_vocab_size, config.hidden_size));
   LayerNorm = register_module(
       "LayerNorm", nn::LayerNorm(nn::LayerNormOptions({config.hidden_size}).eps(config.layer_norm_eps)));
-  dropout = register_module("dropout", nn::Dropout(config.hidden_dropout_prob));
+  dropout = register_module("dropout", Dropout(config.hidden_dropout_prob));
 }
 
 torch::Tensor BertEmbeddingsImpl::forward(const torch::Tensor& input_ids, torch::Tensor token_type_ids,
@@ -150,7 +150,7 @@ BertSelfAttentionImpl::BertSelfAttentionImpl(const BertConfig& config) {
   query = register_module("query", nn::Linear(config.hidden_size, config.hidden_size));
   key = register_module("key", nn::Linear(config.hidden_size, config.hidden_size));
   value = register_module("value", nn::Linear(config.hidden_size, config.hidden_size));
-  dropout = register_module("dropout", nn::Dropout(config.attention_probs_dropout_prob));
+  dropout = register_module("dropout", Dropout(config.attention_probs_dropout_prob));
 }
 
 torch::Tensor BertSelfAttentionImpl::forward(const torch::Tensor& hidden_states,
@@ -175,7 +175,7 @@ BertSelfOutputImpl::BertSelfOutputImpl(const BertConfig& config) {
   dense = register_module("dense", nn::Linear(config.hidden_size, config.hidden_size));
   LayerNorm = register_module(
       "LayerNorm", nn::LayerNorm(nn::LayerNormOptions({config.hidden_size}).eps(config.layer_norm_eps)));
-  dropout = register_module("dropout", nn::Dropout(config.hidden_dropout_prob));
+  dropout = register_module("dropout", Dropout(config.hidden_dropout_prob));
 }
 
 torch::Tensor BertSelfOutputImpl::forward(const torch::Tensor& hidden_states,
@@ -206,7 +206,7 @@ BertOutputImpl::BertOutputImpl(const BertConfig& config) {
   dense = register_module("dense", nn::Linear(config.intermediate_size, config.hidden_size));
   LayerNorm = register_module(
       "LayerNorm", nn::LayerNorm(nn::LayerNormOptions({config.hidden_size}).eps(config.layer_norm_eps)));
-  dropout = register_module("dropout", nn::Dropout(config.hidden_dropout_prob));
+  dropout = register_module("dropout", Dropout(config.hidden_dropout_prob));
 }
 
 torch::Tensor BertOutputImpl::forward(const torch::Tensor& hidden_states, const torch::Tensor& input_tensor) {
@@ -283,7 +283,7 @@ BertForSequenceClassificationImpl::BertForSequenceClassificationImpl(const BertC
     : config_(config) {
   bert = register_module("bert", BertModel(config));
   dropout =
-      register_module("dropout", nn::Dropout(config.classifier_dropout.value_or(config.hidden_dropout_prob)));
+      register_module("dropout", Dropout(config.classifier_dropout.value_or(config.hidden_dropout_prob)));
   classifier = register_module("classifier", nn::Linear(config.hidden_size, config.num_labels()));
   init_bert_weights(*classifier, config.initializer_range);
 }

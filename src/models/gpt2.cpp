@@ -151,8 +151,8 @@ GPT2AttentionImpl::GPT2AttentionImpl(const GPT2Config& config, int64_t layer_idx
   check_config(config);
   c_attn = register_module("c_attn", Conv1D(3 * config.n_embd, config.n_embd));
   c_proj = register_module("c_proj", Conv1D(config.n_embd, config.n_embd));
-  attn_dropout = register_module("attn_dropout", nn::Dropout(config.attn_pdrop));
-  resid_dropout = register_module("resid_dropout", nn::Dropout(config.resid_pdrop));
+  attn_dropout = register_module("attn_dropout", Dropout(config.attn_pdrop));
+  resid_dropout = register_module("resid_dropout", Dropout(config.resid_pdrop));
 }
 
 torch::Tensor GPT2AttentionImpl::forward(const torch::Tensor& hidden_states, const LayerKeyValue* past,
@@ -192,7 +192,7 @@ GPT2MLPImpl::GPT2MLPImpl(const GPT2Config& config) {
   c_fc = register_module("c_fc", Conv1D(config.inner_size(), config.n_embd));
   c_proj = register_module("c_proj", Conv1D(config.n_embd, config.inner_size()));
   act = hf_activation(config.activation_function, "GPT2Config.activation_function");
-  dropout = register_module("dropout", nn::Dropout(config.resid_pdrop));
+  dropout = register_module("dropout", Dropout(config.resid_pdrop));
 }
 
 torch::Tensor GPT2MLPImpl::forward(const torch::Tensor& hidden_states) {
@@ -219,7 +219,7 @@ GPT2ModelImpl::GPT2ModelImpl(const GPT2Config& config) : config_(config) {
   check_config(config);
   wte = register_module("wte", nn::Embedding(config.vocab_size, config.n_embd));
   wpe = register_module("wpe", nn::Embedding(config.n_positions, config.n_embd));
-  drop = register_module("drop", nn::Dropout(config.embd_pdrop));
+  drop = register_module("drop", Dropout(config.embd_pdrop));
   h = register_module("h", nn::ModuleList());
   for (int64_t i = 0; i < config.n_layer; ++i) h->push_back(GPT2Block(config, i));
   ln_f = register_module("ln_f",

@@ -107,7 +107,7 @@ ViTEmbeddingsImpl::ViTEmbeddingsImpl(const ViTConfig& config) {
   patch_embeddings = register_module("patch_embeddings", ViTPatchEmbeddings(config));
   position_embeddings = register_parameter("position_embeddings",
                                            torch::empty({1, config.num_patches() + 1, config.hidden_size}));
-  dropout = register_module("dropout", nn::Dropout(config.hidden_dropout_prob));
+  dropout = register_module("dropout", Dropout(config.hidden_dropout_prob));
   nn::init::normal_(cls_token, 0, config.initializer_range).clamp_(-2, 2);
   nn::init::normal_(position_embeddings, 0, config.initializer_range).clamp_(-2, 2);
 }
@@ -128,7 +128,7 @@ ViTSelfAttentionImpl::ViTSelfAttentionImpl(const ViTConfig& config) {
   query = register_module("query", linear());
   key = register_module("key", linear());
   value = register_module("value", linear());
-  dropout = register_module("dropout", nn::Dropout(config.attention_probs_dropout_prob));
+  dropout = register_module("dropout", Dropout(config.attention_probs_dropout_prob));
 }
 
 torch::Tensor ViTSelfAttentionImpl::forward(const torch::Tensor& hidden_states) {
@@ -149,7 +149,7 @@ torch::Tensor ViTSelfAttentionImpl::forward(const torch::Tensor& hidden_states) 
 
 ViTSelfOutputImpl::ViTSelfOutputImpl(const ViTConfig& config) {
   dense = register_module("dense", nn::Linear(config.hidden_size, config.hidden_size));
-  dropout = register_module("dropout", nn::Dropout(config.hidden_dropout_prob));
+  dropout = register_module("dropout", Dropout(config.hidden_dropout_prob));
 }
 
 torch::Tensor ViTSelfOutputImpl::forward(const torch::Tensor& hidden_states) {
@@ -176,7 +176,7 @@ torch::Tensor ViTIntermediateImpl::forward(const torch::Tensor& hidden_states) {
 
 ViTOutputImpl::ViTOutputImpl(const ViTConfig& config) {
   dense = register_module("dense", nn::Linear(config.intermediate_size, config.hidden_size));
-  dropout = register_module("dropout", nn::Dropout(config.hidden_dropout_prob));
+  dropout = register_module("dropout", Dropout(config.hidden_dropout_prob));
 }
 
 torch::Tensor ViTOutputImpl::forward(const torch::Tensor& hidden_states, const torch::Tensor& input_tensor) {

@@ -10,6 +10,7 @@
 #include <map>
 #include <numeric>
 
+#include "graft/dropout.h"
 #include "graft/errors.h"
 #include "graft/hub.h"
 #include "graft/progress.h"
@@ -233,10 +234,11 @@ size_t frozen_prefix(BackboneImpl& model, const std::vector<ForwardStep>& steps)
     for (const auto& m : modules) {
       if (!is_dotted_prefix(m.key(), step)) continue;
       const auto* dropout = m.value()->as<torch::nn::Dropout>();
+      const auto* own_dropout = m.value()->as<DropoutImpl>();  // the transformers' (graft/dropout.h)
       const auto* depth = m.value()->as<StochasticDepthImpl>();
       const bool norm = m.value()->as<torch::nn::BatchNorm2d>() != nullptr;
-      fixed = fixed && !(dropout && dropout->options.p() > 0) && !(depth && depth->p > 0) &&
-              !(norm && model.frozen_bn_trains());
+      fixed = fixed && !(dropout && dropout->options.p() > 0) && !(own_dropout && own_dropout->p > 0) &&
+              !(depth && depth->p > 0) && !(norm && model.frozen_bn_trains());
     }
     if (!fixed) break;
   }
