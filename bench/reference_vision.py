@@ -29,7 +29,9 @@ def peak_rss_mb():
 
 def build(name, classes):
     model = getattr(torchvision.models, name)()
-    if name.startswith("resnet"):
+    if name == "vit_b_16":
+        model.heads = torch.nn.Identity() if classes == 0 else torch.nn.Linear(768, classes)
+    elif name.startswith("resnet"):
         model.fc = torch.nn.Identity() if classes == 0 else torch.nn.Linear(model.fc.in_features, classes)
     else:  # mobilenet_v2
         last = model.classifier[-1]
@@ -41,7 +43,7 @@ def forward(a):
     torch.manual_seed(0)
     model = build(a.model, 0).eval()
     images = torch.randn(a.batch, 3, a.size, a.size)
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.precision == "bf16"):
         if a.path == "best":
             model = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.script(model)))
         features = model(images)  # warm-up (and, for best, the profiling runs of the JIT)
@@ -52,7 +54,8 @@ def forward(a):
             model(images)
             times.append(time.perf_counter() - start)
     return {"mode": "forward", "model": a.model, "path": a.path, "batch": a.batch, "size": a.size,
-            "img_per_s": a.batch / statistics.median(times), "features": features.shape[1]}
+            "img_per_s": a.batch / statistics.median(times), "features": features.shape[1],
+            "precision": a.precision}
 
 
 def finetune(a):
@@ -73,14 +76,16 @@ def finetune(a):
     for step in range(a.steps + 1):
         start = time.perf_counter()
         optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(model(images), labels)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.precision == "bf16"):
+            loss = torch.nn.functional.cross_entropy(model(images), labels)
         loss.backward()
         optimizer.step()
         if step > 0:
             times.append(time.perf_counter() - start)
     return {"mode": "finetune", "model": a.model, "top": a.top, "batch": a.batch, "size": a.size,
             "img_per_s": a.batch / statistics.median(times),
-            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "precision": a.precision}
 
 
 def matmul(a):
@@ -122,6 +127,8 @@ def main():
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--n", type=int, default=2048)
     p.add_argument("--images")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="bf16: forward (and loss) under torch.autocast('cpu', torch.bfloat16)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     a = p.parse_args()
     torch.set_num_threads(1 if a.mode == "pipeline" else a.threads)

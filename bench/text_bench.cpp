@@ -37,6 +37,7 @@
 #include "graft/errors.h"
 #include "graft/gpt2.h"
 #include "graft/lora.h"
+#include "graft/precision.h"
 #include "graft/runtime.h"
 #include "graft/tokenizer.h"
 #include "graft/transformers.h"
@@ -182,9 +183,10 @@ int tokenize(const Args& args) {
 
 struct TrainSettings {
   int64_t steps = 40, warmup = 5, window = 10, batch = 16, seq = 128, seed = 0;
-  std::string profile;        // Chrome trace of the timed steps; empty: none
-  std::string size = "tiny";  // tiny | base (BERT-base / ViT-B sized)
-  int64_t lora = 0;           // LoRA rank on query and value (alpha = rank); 0: full fine-tuning
+  std::string profile;             // Chrome trace of the timed steps; empty: none
+  std::string size = "tiny";       // tiny | base (BERT-base / ViT-B sized)
+  int64_t lora = 0;                // LoRA rank on query and value (alpha = rank); 0: full fine-tuning
+  std::string precision = "fp32";  // fp32 | bf16: forward and loss under autocast, as graft's Trainer
 };
 
 // --lora R: PEFT's LoRA (r = alpha = R, dropout 0.1) on query and value, the classifier trained whole;
@@ -223,7 +225,12 @@ int time_training(const std::string& name, torch::nn::Module& model, torch::opti
     const auto t0 = Clock::now();
     optimizer.zero_grad();
     const auto t1 = Clock::now();
-    torch::Tensor loss = forward();
+    torch::Tensor loss;
+    {
+      graft::Autocast autocast(
+          s.precision == "bf16" ? graft::Precision::kBFloat16 : graft::Precision::kFloat32, torch::kCPU);
+      loss = forward();
+    }
     const auto t2 = Clock::now();
     loss.backward();
     const auto t3 = Clock::now();
@@ -257,6 +264,7 @@ int time_training(const std::string& name, torch::nn::Module& model, torch::opti
                          {"parameters", parameters},
                          {"trainable", trainable},
                          {"lora", s.lora},
+                         {"precision", s.precision},
                          {"peak_rss_mb", peak_rss_mb()},
                          {"batch", s.batch},
                          {"seq", s.seq},
@@ -278,11 +286,14 @@ int time_training(const std::string& name, torch::nn::Module& model, torch::opti
 
 int train(const std::string& mode, const Args& args) {
   args.allow({"--steps", "--warmup", "--window", "--batch", "--seq", "--threads", "--seed", "--profile",
-              "--size", "--lora"});
+              "--size", "--lora", "--precision"});
   TrainSettings s;
   s.size = args.text("--size", s.size);
   if (s.size != "tiny" && s.size != "base") throw graft::Error("--size must be tiny or base, got " + s.size);
   s.lora = args.integer("--lora", 0);
+  s.precision = args.text("--precision", s.precision);
+  if (s.precision != "fp32" && s.precision != "bf16")
+    throw graft::Error("--precision must be fp32 or bf16, got " + s.precision);
   s.steps = std::max<int64_t>(1, args.integer("--steps", s.steps));
   s.warmup = args.integer("--warmup", s.warmup);
   s.window = std::max<int64_t>(1, args.integer("--window", s.window));

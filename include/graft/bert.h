@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "graft/dropout.h"
+#include "graft/layer_norm.h"
 #include "graft/transformers.h"
 
 namespace graft {
@@ -39,7 +40,7 @@ class BertEmbeddingsImpl : public torch::nn::Module {
                         torch::Tensor position_ids);
 
   torch::nn::Embedding word_embeddings{nullptr}, position_embeddings{nullptr}, token_type_embeddings{nullptr};
-  torch::nn::LayerNorm LayerNorm{nullptr};
+  FloatLayerNorm LayerNorm{nullptr};
   Dropout dropout{nullptr};
 };
 TORCH_MODULE(BertEmbeddings);
@@ -63,7 +64,7 @@ class BertSelfOutputImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& hidden_states, const torch::Tensor& input_tensor);
 
   torch::nn::Linear dense{nullptr};
-  torch::nn::LayerNorm LayerNorm{nullptr};
+  FloatLayerNorm LayerNorm{nullptr};
   Dropout dropout{nullptr};
 };
 TORCH_MODULE(BertSelfOutput);
@@ -95,7 +96,7 @@ class BertOutputImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& hidden_states, const torch::Tensor& input_tensor);
 
   torch::nn::Linear dense{nullptr};
-  torch::nn::LayerNorm LayerNorm{nullptr};
+  FloatLayerNorm LayerNorm{nullptr};
   Dropout dropout{nullptr};
 };
 TORCH_MODULE(BertOutput);

@@ -28,6 +28,7 @@ struct TrainerState {
   int64_t epochs_without_improvement = 0;
   bool finished = false;  // early stopping ended the run
   uint64_t seed = 0;
+  std::string precision = "fp32";  // graft/precision.h's name of the run's forward precision
   std::vector<EpochResult> history;
   std::vector<uint8_t> rng_state;         // torch's default CPU generator
   std::string rng_device = "cpu";         // the training device

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "graft/dropout.h"
+#include "graft/layer_norm.h"
 #include "graft/transformers.h"
 
 namespace graft {
@@ -93,7 +94,7 @@ class GPT2BlockImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& hidden_states, const LayerKeyValue* past,
                         const torch::Tensor& attention_mask, LayerKeyValue* present);
 
-  torch::nn::LayerNorm ln_1{nullptr}, ln_2{nullptr};
+  FloatLayerNorm ln_1{nullptr}, ln_2{nullptr};
   GPT2Attention attn{nullptr};
   GPT2MLP mlp{nullptr};
 };
@@ -109,7 +110,7 @@ class GPT2ModelImpl : public torch::nn::Module {
   torch::nn::Embedding wte{nullptr}, wpe{nullptr};
   Dropout drop{nullptr};
   torch::nn::ModuleList h{nullptr};
-  torch::nn::LayerNorm ln_f{nullptr};
+  FloatLayerNorm ln_f{nullptr};
 
  private:
   GPT2Config config_;

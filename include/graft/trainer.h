@@ -23,6 +23,7 @@
 #include "graft/metrics.h"
 #include "graft/optim.h"
 #include "graft/plots.h"
+#include "graft/precision.h"
 #include "graft/schedule.h"
 
 namespace graft {
@@ -50,6 +51,9 @@ struct TrainConfig {
   std::string out_dir;                 // run directory; empty: write nothing
   bool resume = false;                 // continue from out_dir/checkpoints/last
   torch::Device device = torch::kCPU;
+  // Forward pass and loss under autocast at this precision (graft/precision.h); weights, gradients and
+  // optimiser state stay float32.
+  Precision precision = Precision::kFloat32;
   std::vector<ParamGroup> param_groups;  // empty: one group of all the model's parameters
   std::vector<EpochCallback> on_epoch_end;
   std::vector<std::string> class_names;  // for reports and pictures

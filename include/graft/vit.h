@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "graft/dropout.h"
+#include "graft/layer_norm.h"
 #include "graft/model.h"
 #include "graft/transformers.h"
 
@@ -104,7 +105,7 @@ class ViTLayerImpl : public torch::nn::Module {
   ViTAttention attention{nullptr};
   ViTIntermediate intermediate{nullptr};
   ViTOutput output{nullptr};
-  torch::nn::LayerNorm layernorm_before{nullptr}, layernorm_after{nullptr};
+  FloatLayerNorm layernorm_before{nullptr}, layernorm_after{nullptr};
 };
 TORCH_MODULE(ViTLayer);
 
@@ -137,7 +138,7 @@ class ViTModelImpl : public torch::nn::Module {
 
   ViTEmbeddings embeddings{nullptr};
   ViTEncoder encoder{nullptr};
-  torch::nn::LayerNorm layernorm{nullptr};
+  FloatLayerNorm layernorm{nullptr};
   ViTPooler pooler{nullptr};  // null without add_pooling_layer
 
  private:

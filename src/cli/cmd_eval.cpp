@@ -27,14 +27,20 @@ void add_eval_command(CLI::App& app) {
   command->add_option("--limit", options->limit, "image runs: images to evaluate, a seeded subset (0: all)");
   command->add_option("--confusion-svg", *svg, "write the confusion matrix picture here");
   command->add_option("--device", *device, "auto, cpu or cuda[:N]");
+  auto precision = std::make_shared<std::string>("fp32");
+  add_precision_option(*command, *precision);
   auto adapters = std::make_shared<std::vector<std::string>>();
   auto merge = std::make_shared<bool>(false);
   add_adapter_options(*command, *adapters, *merge, "the run's model");
-  command->callback([adapters, merge, run_dir, data, device, options, svg] {
+  command->callback([adapters, merge, run_dir, data, device, precision, options, svg] {
     options->device = parse_device(*device);
+    const Precision mixed = resolve_precision(*precision, options->device, std::cerr);
     const std::unique_ptr<Run> run = open_run(*run_dir);
-    apply_run_adapters(run->model(), run->classes(), *adapters, *merge);
-    const Metrics metrics = run->evaluate(*data, *options, std::cerr);
+    apply_run_adapters(run->model(), run->classes(), *adapters, *merge);  // merged in float32
+    const Metrics metrics = [&] {
+      Autocast autocast(mixed, options->device);
+      return run->evaluate(*data, *options, std::cerr);
+    }();
     std::cout << metrics_report(metrics, run->classes());
     if (metrics.token_level) {
       std::cout << "perplexity: " << metrics.perplexity() << " on " << metrics.samples << " tokens\n";

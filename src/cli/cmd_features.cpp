@@ -44,8 +44,11 @@ void add_features_command(CLI::App& app) {
   command->add_option("--num-classes", args->num_classes,
                       "ARCH: the classifier's classes, as the adapter's head has them");
   command->add_option("--device", *device, "auto, cpu or cuda[:N]");
-  command->callback([source, weights, data, out, options, device, args] {
+  auto precision = std::make_shared<std::string>("fp32");
+  add_precision_option(*command, *precision);
+  command->callback([source, weights, data, out, options, device, precision, args] {
     options->device = parse_device(*device);
+    const Precision mixed = resolve_precision(*precision, options->device, std::cerr);
     FeatureSet set;
     if (is_run_dir(*source)) {
       if (!weights->empty() || args->num_classes >= 0)
@@ -53,6 +56,7 @@ void add_features_command(CLI::App& app) {
                     " applies to a model name; " + *source + " is a run directory with its own weights");
       const std::unique_ptr<Run> run = open_run(*source);
       apply_run_adapters(run->model(), run->classes(), args->adapters, args->merge);
+      Autocast autocast(mixed, options->device);
       set = run->features(*data, *options, std::cerr);
       set.classes = run->classes();
     } else {
@@ -61,6 +65,7 @@ void add_features_command(CLI::App& app) {
       args->model = *source;
       args->weights = *weights;
       Backbone model = build_model(*args);
+      Autocast autocast(mixed, options->device);
       set = model_features(*model, *data, *options, std::cerr);
     }
     nlohmann::json ids = set.ids, names = set.classes;

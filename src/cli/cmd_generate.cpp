@@ -16,6 +16,7 @@ struct DecodeArgs {
   GenerateOptions options;
   int64_t seed = -1;
   std::string device = "auto";
+  std::string precision = "fp32";
   std::string tokenizer;
   std::vector<std::string> adapters;
   bool merge = false;
@@ -30,6 +31,7 @@ struct DecodeArgs {
                        "> 1 discourages repeats (1: off)");
     command.add_option("--seed", seed, "sampling seed: the same seed gives the same text (default: random)");
     command.add_option("--device", device, "auto, cpu or cuda[:N]");
+    add_precision_option(command, precision);
     command.add_option("--tokenizer", tokenizer,
                        "tokenizer file or folder (tokenizer.json, vocab.json + merges.txt) when the model "
                        "folder has none");
@@ -59,13 +61,15 @@ void add_generate_command(CLI::App& app) {
   command->add_option("--prompt", *prompt, "text to continue (empty: start from the beginning of text)");
   decode->add_to(*command);
   command->callback([run_dir, prompt, decode] {
+    const torch::Device device = parse_device(decode->device);
+    const Precision mixed = resolve_precision(decode->precision, device, std::cerr);
     TextRun run = decode->load(*run_dir);
     std::cout << *prompt << std::flush;
-    generate_text(run, *prompt, decode->resolved(), parse_device(decode->device),
-                  [](const std::string& piece) {
-                    std::cout << piece << std::flush;
-                    return true;
-                  });
+    Autocast autocast(mixed, device);
+    generate_text(run, *prompt, decode->resolved(), device, [](const std::string& piece) {
+      std::cout << piece << std::flush;
+      return true;
+    });
     std::cout << "\n";
   });
 }
@@ -82,8 +86,10 @@ void add_chat_command(CLI::App& app) {
   command->add_option("--bot-prefix", *bot, "written before each reply; the reply ends at a newline");
   decode->add_to(*command);
   command->callback([run_dir, user, bot, decode] {
-    TextRun run = decode->load(*run_dir);
     const torch::Device device = parse_device(decode->device);
+    const Precision mixed = resolve_precision(decode->precision, device, std::cerr);
+    TextRun run = decode->load(*run_dir);
+    Autocast autocast(mixed, device);
     const bool interactive = isatty(STDIN_FILENO) != 0;
     std::string history, line;
     if (interactive) std::cerr << "chat with " << *run_dir << " (Ctrl-D ends)\n> " << std::flush;

@@ -101,10 +101,14 @@ void add_predict_command(CLI::App& app) {
   command->add_option("--top-k", *top_k, "labels per image");
   command->add_flag("--json", *as_json, "one JSON document on stdout");
   command->add_option("--device", *device, "auto, cpu or cuda[:N]");
+  auto precision = std::make_shared<std::string>("fp32");
+  add_precision_option(*command, *precision);
   auto adapters = std::make_shared<std::vector<std::string>>();
   auto merge = std::make_shared<bool>(false);
   add_adapter_options(*command, *adapters, *merge, "the run's model");
-  command->callback([adapters, merge, run_dir, images, top_k, as_json, device, texts, input] {
+  command->callback([adapters, merge, run_dir, images, top_k, as_json, device, precision, texts, input] {
+    const torch::Device on = parse_device(*device);
+    const Precision mixed = resolve_precision(*precision, on, std::cerr);
     const std::unique_ptr<Run> run = open_run(*run_dir);
     apply_run_adapters(run->model(), run->classes(), *adapters, *merge);
     std::vector<std::string> inputs = *images;
@@ -120,7 +124,10 @@ void add_predict_command(CLI::App& app) {
       if (inputs.empty()) throw Error("no " + run->unit() + " given: graft predict RUN_DIR FILE...");
     }
     const char* key = run->reads_text() ? "text" : run->unit() == "clips" ? "clip" : "image";
-    const std::vector<Prediction> predictions = predict_each(*run, inputs, *top_k, parse_device(*device));
+    const std::vector<Prediction> predictions = [&] {
+      Autocast autocast(mixed, on);
+      return predict_each(*run, inputs, *top_k, on);
+    }();
     print_predictions(predictions, *as_json, key);
     const auto failed = std::count_if(predictions.begin(), predictions.end(),
                                       [](const Prediction& p) { return !p.error.empty(); });

@@ -7,6 +7,7 @@
 #include "graft/errors.h"
 #include "graft/hub.h"
 #include "graft/json_file.h"
+#include "graft/runtime.h"
 #include "graft/task.h"
 #include "graft/train_options.h"
 
@@ -87,6 +88,10 @@ void add_train_command(CLI::App& app) {
     values.update(flag_values);
     check_required(values, task);
     if (!values.contains("device")) values["device"] = "auto";
+    // What auto chooses here, bf16 emulated on this CPU, fp16 refused: said before anything is read.
+    if (values.contains("precision"))
+      resolve_precision(values.at("precision").get<std::string>(),
+                        parse_device(values.at("device").get<std::string>()), std::cout);
     if (values.contains("weights") && values.at("weights").is_string())
       values["weights"] = resolve_weights(values.at("weights").get<std::string>());
 

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "graft/model.h"
+#include "graft/precision.h"
 
 namespace graft::cli {
 
@@ -32,6 +33,9 @@ void add_adapter_options(CLI::App& command, std::vector<std::string>& adapters, 
 // The adapters of --adapter onto a run's loaded model (graft/task.h add_run_adapters); says each on stderr.
 void apply_run_adapters(torch::nn::Module& model, const std::vector<std::string>& classes,
                         const std::vector<std::string>& adapters, bool merge);
+
+// --precision fp32|bf16|fp16|auto (graft/precision.h) of a command that runs a model; default fp32.
+void add_precision_option(CLI::App& command, std::string& precision);
 
 // What --weights accepts: an existing file or folder, or a Hugging Face Hub repository ORG/NAME[@REV]
 // (downloaded into the Hugging Face cache when used; graft/hub.h resolve_weights).

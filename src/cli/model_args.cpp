@@ -81,6 +81,14 @@ void add_adapter_options(CLI::App& command, std::vector<std::string>& adapters, 
   command.add_flag("--merge", merge, "merge the --adapter(s) into " + on + ", each in turn");
 }
 
+void add_precision_option(CLI::App& command, std::string& precision) {
+  command
+      .add_option("--precision", precision,
+                  "fp32; bf16: mixed precision (convolutions and matrix products in bf16, the rest float32); "
+                  "auto: bf16 where the device multiplies it natively")
+      ->check(CLI::IsMember({"fp32", "bf16", "fp16", "auto"}));
+}
+
 void apply_run_adapters(torch::nn::Module& model, const std::vector<std::string>& classes,
                         const std::vector<std::string>& adapters, bool merge) {
   for (const auto& line : add_run_adapters(model, classes, adapters, merge)) std::cerr << line << "\n";

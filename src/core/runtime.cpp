@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "graft/errors.h"
+#include "graft/precision.h"
 
 namespace graft {
 
@@ -76,7 +77,12 @@ std::string runtime_info() {
   out << "threads    " << at::get_num_threads() << " intra-op, " << at::get_num_interop_threads()
       << " inter-op (machine cores: " << std::thread::hardware_concurrency() << ")\n";
   out << "BLAS       " << blas_in_use() << "\n";
-  out << "oneDNN     " << (at::hasMKLDNN() ? "yes" : "no") << "\n";
+  out << "oneDNN     " << (at::hasMKLDNN() ? "yes, dispatching to " + onednn_isa() : std::string("no"))
+      << "\n";
+  const CpuBf16Support bf16 = cpu_bf16_support();
+  out << "bf16       AVX512_BF16 " << (bf16.avx512_bf16 ? "yes" : "no") << ", AMX-BF16 "
+      << (bf16.amx_bf16 ? "yes" : "no") << ": --precision auto is "
+      << (bf16.native() ? "bf16 on this CPU" : "fp32 on this CPU (bf16 would be emulated)") << "\n";
   out << "CUDA       ";
   if (torch::cuda::is_available()) {
     out << torch::cuda::device_count() << " device(s)\n";

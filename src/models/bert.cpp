@@ -122,7 +122,7 @@ BertEmbeddingsImpl::BertEmbeddingsImpl(const BertConfig& config) {
   token_type_embeddings =
       register_module("token_type_embeddings", nn::Embedding(config.type_vocab_size, config.hidden_size));
   LayerNorm = register_module(
-      "LayerNorm", nn::LayerNorm(nn::LayerNormOptions({config.hidden_size}).eps(config.layer_norm_eps)));
+      "LayerNorm", FloatLayerNorm(nn::LayerNormOptions({config.hidden_size}).eps(config.layer_norm_eps)));
   dropout = register_module("dropout", Dropout(config.hidden_dropout_prob));
 }
 
@@ -166,7 +166,7 @@ torch::Tensor BertSelfAttentionImpl::forward(const torch::Tensor& hidden_states,
   torch::Tensor scores = torch::matmul(q, k.transpose(-1, -2));  // (B, heads, T, T)
   scores = scores / std::sqrt(static_cast<double>(attention_head_size));
   if (attention_mask.defined()) scores = scores + attention_mask;
-  torch::Tensor probs = dropout(torch::softmax(scores, -1));
+  torch::Tensor probs = dropout(torch::softmax(scores, -1, torch::kFloat));
   torch::Tensor context = torch::matmul(probs, v).permute({0, 2, 1, 3}).contiguous();  // (B, T, heads, d)
   return context.view({batch, length, num_attention_heads * attention_head_size});
 }
@@ -174,7 +174,7 @@ torch::Tensor BertSelfAttentionImpl::forward(const torch::Tensor& hidden_states,
 BertSelfOutputImpl::BertSelfOutputImpl(const BertConfig& config) {
   dense = register_module("dense", nn::Linear(config.hidden_size, config.hidden_size));
   LayerNorm = register_module(
-      "LayerNorm", nn::LayerNorm(nn::LayerNormOptions({config.hidden_size}).eps(config.layer_norm_eps)));
+      "LayerNorm", FloatLayerNorm(nn::LayerNormOptions({config.hidden_size}).eps(config.layer_norm_eps)));
   dropout = register_module("dropout", Dropout(config.hidden_dropout_prob));
 }
 
@@ -205,7 +205,7 @@ torch::Tensor BertIntermediateImpl::forward(const torch::Tensor& hidden_states) 
 BertOutputImpl::BertOutputImpl(const BertConfig& config) {
   dense = register_module("dense", nn::Linear(config.intermediate_size, config.hidden_size));
   LayerNorm = register_module(
-      "LayerNorm", nn::LayerNorm(nn::LayerNormOptions({config.hidden_size}).eps(config.layer_norm_eps)));
+      "LayerNorm", FloatLayerNorm(nn::LayerNormOptions({config.hidden_size}).eps(config.layer_norm_eps)));
   dropout = register_module("dropout", Dropout(config.hidden_dropout_prob));
 }
 

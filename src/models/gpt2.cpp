@@ -182,7 +182,7 @@ torch::Tensor GPT2AttentionImpl::forward(const torch::Tensor& hidden_states, con
   weights = torch::where(causal, weights,
                          torch::scalar_tensor(lowest_of(weights.scalar_type()), weights.options()));
   if (attention_mask.defined()) weights = weights + attention_mask;
-  weights = attn_dropout(torch::softmax(weights, -1));
+  weights = attn_dropout(torch::softmax(weights, -1, torch::kFloat));
   torch::Tensor context =
       torch::matmul(weights, value).permute({0, 2, 1, 3}).contiguous();  // (B, T, heads, d)
   return resid_dropout(c_proj(context.view({batch, length, width})));
@@ -201,7 +201,7 @@ torch::Tensor GPT2MLPImpl::forward(const torch::Tensor& hidden_states) {
 
 GPT2BlockImpl::GPT2BlockImpl(const GPT2Config& config, int64_t layer_idx) {
   auto norm = [&] {
-    return nn::LayerNorm(nn::LayerNormOptions({config.n_embd}).eps(config.layer_norm_epsilon));
+    return FloatLayerNorm(nn::LayerNormOptions({config.n_embd}).eps(config.layer_norm_epsilon));
   };
   ln_1 = register_module("ln_1", norm());
   attn = register_module("attn", GPT2Attention(config, layer_idx));
@@ -222,8 +222,8 @@ GPT2ModelImpl::GPT2ModelImpl(const GPT2Config& config) : config_(config) {
   drop = register_module("drop", Dropout(config.embd_pdrop));
   h = register_module("h", nn::ModuleList());
   for (int64_t i = 0; i < config.n_layer; ++i) h->push_back(GPT2Block(config, i));
-  ln_f = register_module("ln_f",
-                         nn::LayerNorm(nn::LayerNormOptions({config.n_embd}).eps(config.layer_norm_epsilon)));
+  ln_f = register_module(
+      "ln_f", FloatLayerNorm(nn::LayerNormOptions({config.n_embd}).eps(config.layer_norm_epsilon)));
   init_gpt2_weights(*this, config);
 }
 

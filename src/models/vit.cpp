@@ -55,8 +55,8 @@ void check_config(const ViTConfig& config) {
   }
 }
 
-nn::LayerNorm make_layer_norm(const ViTConfig& config) {
-  return nn::LayerNorm(nn::LayerNormOptions({config.hidden_size}).eps(config.layer_norm_eps));
+FloatLayerNorm make_layer_norm(const ViTConfig& config) {
+  return FloatLayerNorm(nn::LayerNormOptions({config.hidden_size}).eps(config.layer_norm_eps));
 }
 
 }  // namespace
@@ -142,7 +142,7 @@ torch::Tensor ViTSelfAttentionImpl::forward(const torch::Tensor& hidden_states) 
   torch::Tensor v = split_heads(linear(value, hidden_states));
   torch::Tensor scores =
       torch::matmul(q, k.transpose(-1, -2)) / std::sqrt(static_cast<double>(attention_head_size));
-  torch::Tensor probs = dropout(torch::softmax(scores, -1));                           // (B, heads, T, T)
+  torch::Tensor probs = dropout(torch::softmax(scores, -1, torch::kFloat));            // (B, heads, T, T)
   torch::Tensor context = torch::matmul(probs, v).permute({0, 2, 1, 3}).contiguous();  // (B, T, heads, d)
   return context.view({batch, length, num_attention_heads * attention_head_size});
 }

@@ -211,6 +211,7 @@ json state_to_json(const TrainerState& s) {
               {"epochs_without_improvement", s.epochs_without_improvement},
               {"finished", s.finished},
               {"seed", s.seed},
+              {"precision", s.precision},
               {"rng_device", s.rng_device},
               {"rng_state", hex_encode(s.rng_state)},
               {"device_rng_state", hex_encode(s.device_rng_state)},
@@ -265,6 +266,9 @@ TrainerState state_from_json(const json& j, const std::string& file) {
   s.epochs_without_improvement = j.at("epochs_without_improvement").get<int64_t>();
   s.finished = j.at("finished").get<bool>();
   s.seed = j.at("seed").get<uint64_t>();
+  s.precision = j.value("precision", std::string("fp32"));  // checkpoints before --precision: fp32
+  if (s.precision != "fp32" && s.precision != "bf16" && s.precision != "fp16")
+    throw FormatError(file, "field 'precision' is '" + s.precision + "'", "fp32, bf16 or fp16");
   s.rng_device = j.at("rng_device").get<std::string>();
   s.rng_state = hex_decode(j.at("rng_state").get<std::string>(), file);
   s.device_rng_state = hex_decode(j.value("device_rng_state", std::string()), file);

@@ -290,6 +290,7 @@ TrainerState Trainer::capture_state() const {
   s.epochs_without_improvement = early_stopping_.wait();
   s.finished = finished_;
   s.seed = seed_;
+  s.precision = precision_name(config_.precision);
   s.history = history_.epochs;
   for (auto& r : s.history) r.val_metrics.reset();
   s.rng_state = generator_state(torch::kCPU);
@@ -353,6 +354,14 @@ void Trainer::restore_from_checkpoint() {
     log() << "resume: the checkpoint was trained with seed " << state.seed
           << ", continuing with it (config says " << seed_ << ")\n";
   seed_ = state.seed;
+  // The same precision as before, so that the resumed run repeats the uninterrupted one.
+  if (state.precision != precision_name(config_.precision)) {
+    log() << "resume: the checkpoint was trained at --precision " << state.precision << ", continuing at it"
+          << " (config says " << precision_name(config_.precision) << ")\n";
+    config_.precision = state.precision == "bf16"   ? Precision::kBFloat16
+                        : state.precision == "fp16" ? Precision::kFloat16
+                                                    : Precision::kFloat32;
+  }
   history_ = TrainHistory{};
   history_.epochs = state.history;
   history_.best_epoch = state.best_epoch;
@@ -418,8 +427,13 @@ Metrics Trainer::run_eval(BatchSource& source, const std::string& label, std::un
   while (auto batch = source.next()) {
     const torch::Tensor inputs = batch->first.to(config_.device);
     const torch::Tensor labels = batch->second.to(config_.device);
-    const torch::Tensor logits = forward_(inputs);
-    const double loss = loss_of(logits, labels).item<double>();
+    torch::Tensor logits;
+    double loss = 0;
+    {
+      Autocast autocast(config_.precision, config_.device);
+      logits = forward_(inputs);
+      loss = loss_of(logits, labels).item<double>();
+    }
     accumulate(accumulator, logits, labels, loss);
     ++done;
     if (bar && *bar)
@@ -462,8 +476,12 @@ EpochResult Trainer::run_epoch(BatchSource& train, BatchSource* val, int64_t epo
     const torch::Tensor labels = batch->second.to(config_.device);
     set_lr(optimizer_, schedule_, global_step_);
     optimizer_.optimizer->zero_grad();
-    const torch::Tensor logits = forward_(inputs);
-    const torch::Tensor loss = loss_of(logits, labels);
+    torch::Tensor logits, loss;
+    {
+      Autocast autocast(config_.precision, config_.device);  // the backward pass follows the forward's types
+      logits = forward_(inputs);
+      loss = loss_of(logits, labels);
+    }
     const double loss_value = loss.item<double>();
     if (!std::isfinite(loss_value)) {
       if (bar) bar->finish("");

@@ -389,7 +389,8 @@ FeatureSet map_batches(DataLoader& loader, const std::function<torch::Tensor(con
   ProgressBar bar(label, static_cast<int64_t>(loader.num_batches()), log, unit);
   int64_t done = 0, samples = 0;
   while (auto batch = loader.next()) {
-    outputs.push_back(fn(batch->images.to(device)).to(torch::kCPU));
+    // Float32 whatever the precision the caller's autocast computed in: what the cache and files hold.
+    outputs.push_back(fn(batch->images.to(device)).to(torch::kCPU, torch::kFloat));
     labels.push_back(batch->labels);
     set.ids.insert(set.ids.end(), batch->ids.begin(), batch->ids.end());
     samples += batch->labels.size(0);

@@ -460,6 +460,7 @@ class ImageRecipe : public TrainRecipe {
     if (feature_extract()) {
       // Feature extraction never augments: the backbone runs once, and epochs train the head on the cache.
       DataLoader train_once(data_.train, eval_options);
+      Autocast autocast(config.precision, config.device);
       std::tie(train_features_, val_features_, result.feature_cache_seconds) =
           cache_features(*model, train_once, val_loader_.get(), o_.batch_size, config.device, log);
       std::shared_ptr<HeadImpl> head = model->custom_head();
@@ -537,6 +538,7 @@ class ImageRecipe : public TrainRecipe {
     Backbone model = model_;
     const auto prefix_fn = [prefix](const torch::Tensor& x) { return run_steps(prefix, x); };
     DataLoader train_once(data_.train, eval_options);
+    Autocast autocast(config.precision, config.device);
     FeatureSet train = map_batches(train_once, prefix_fn, config.device, log, "frozen prefix (train)", "img");
     train_features_ = std::make_unique<TensorBatchSource>(train.features, train.labels, o_.batch_size, true);
     if (data_.val) {
@@ -628,7 +630,7 @@ class ImageRun : public Run {
         out.push_back({path, {}, naming(path, e.what())});
         continue;
       }
-      torch::Tensor probs = torch::softmax(model_->forward(image), 1)[0].to(torch::kCPU);
+      torch::Tensor probs = torch::softmax(model_->forward(image), 1, torch::kFloat)[0].to(torch::kCPU);
       const int64_t k = std::min<int64_t>(std::max<int64_t>(top_k, 1), probs.size(0));
       out.push_back({path, top_labels(probs, k, classes()), ""});
     }

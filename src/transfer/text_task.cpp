@@ -581,7 +581,7 @@ FeatureSet text_features(TextRun& run, const std::string& data, int64_t batch_si
   ProgressBar bar("features", static_cast<int64_t>(source.num_batches()), log, "seq");
   int64_t done = 0, rows = 0;
   while (auto batch = source.next()) {
-    features.push_back(embed_tokens(*run.module, batch->first.to(device)).to(torch::kCPU));
+    features.push_back(embed_tokens(*run.module, batch->first.to(device)).to(torch::kCPU, torch::kFloat));
     rows += batch->first.size(0);
     bar.update(++done, rows, std::nan(""), 0.0);
   }
@@ -610,7 +610,8 @@ std::vector<Prediction> predict_texts(TextRun& run, const std::vector<std::strin
     torch::Tensor packed =
         pack_encodings({run.tokenizer->encode(text, options)}, pad_id_of(*run.tokenizer), 3);
     check_ids(packed, embedding_rows(*run.module), *run.tokenizer);
-    const torch::Tensor probs = torch::softmax(forward(packed.to(device)), -1).squeeze(0).cpu();
+    const torch::Tensor probs =
+        torch::softmax(forward(packed.to(device)), -1, torch::kFloat).squeeze(0).cpu();
     out.push_back({text, top_labels(probs, k, run.classes), ""});
   }
   run.module->to(torch::kCPU);

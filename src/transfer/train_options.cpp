@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <set>
+#include <sstream>
 
 #include "graft/errors.h"
 #include "graft/json_file.h"
@@ -195,6 +196,15 @@ std::vector<OptionSpec> make_table() {
        {},
        "--quiet"},
       {"device", T::kText, kAll, "auto, cpu or cuda[:N]"},
+      {"precision",
+       T::kText,
+       kAll,
+       "fp32; bf16: mixed precision (convolutions and matrix products in bf16, weights float32); auto: bf16 "
+       "where the device multiplies it natively",
+       -1,
+       -1,
+       "",
+       {"fp32", "bf16", "fp16", "auto"}},
   };
 }
 
@@ -222,6 +232,7 @@ void visit_training(TrainConfig& t, unsigned task, V& v) {
   v("resume", t.resume);
   v("progress", t.progress);
   v("device", t.device);
+  v("precision", t.precision);
 }
 
 // What every task's options hold under the same names.
@@ -314,6 +325,7 @@ struct Writer {
     out[key] = field ? json(*field) : json(nullptr);
   }
   void operator()(const char* key, const torch::Device& field) { out[key] = field.str(); }
+  void operator()(const char* key, const Precision& field) { out[key] = precision_name(field); }
 };
 
 // Sets each field given in values (already checked by check_train_values).
@@ -331,6 +343,19 @@ struct Reader {
   void operator()(const char* key, torch::Device& field) {
     const auto it = values.find(key);
     if (it != values.end() && !it->is_null()) field = parse_device(it->get<std::string>());
+  }
+  // auto becomes what this machine's device resolves it to, which the run then records; the warnings of
+  // resolve_precision are said by the driver.
+  void operator()(const char* key, Precision& field) {
+    const auto it = values.find(key);
+    if (it == values.end() || it->is_null()) return;
+    const auto device = values.find("device");
+    std::ostringstream quiet;
+    field = resolve_precision(
+        it->get<std::string>(),
+        parse_device(device != values.end() && !device->is_null() ? device->get<std::string>()
+                                                                  : std::string("cpu")),
+        quiet);
   }
 };
 

@@ -315,6 +315,7 @@ class VideoRecipe : public TrainRecipe {
       DataLoader train_once(std::make_shared<ClipFolder>(splits_.train, eval_clip), eval_options);
       std::unique_ptr<DataLoader> val_once;
       if (val_set) val_once = std::make_unique<DataLoader>(val_set, eval_options);
+      Autocast autocast(config.precision, config.device);
       std::tie(train_features_, val_features_, result.feature_cache_seconds) = cache_clip_features(
           *built_.time_distributed, train_once, val_once.get(), o_.batch_size, config.device, log);
       result.skipped_clips = train_once.skipped_files() + (val_once ? val_once->skipped_files() : 0);
@@ -488,7 +489,8 @@ std::vector<Prediction> predict_clips(VideoRun& run, const std::vector<std::stri
       out.push_back({path, {}, naming(path, e.what())});
       continue;
     }
-    const torch::Tensor probs = torch::softmax(run.forward(clip.unsqueeze(0).to(device)), -1)[0].cpu();
+    const torch::Tensor probs =
+        torch::softmax(run.forward(clip.unsqueeze(0).to(device)), -1, torch::kFloat)[0].cpu();
     out.push_back({path, top_labels(probs, k, run.classes), ""});
   }
   run.module->to(torch::kCPU);

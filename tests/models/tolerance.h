@@ -57,4 +57,17 @@ inline double softmax_tolerance(double logits_tolerance) {
   return 0.5 * logits_tolerance;
 }
 
+// bf16 autocast against a float32 reference. Each convolution and matrix product rounds its input and
+// its weight to bfloat16 (8 significant bits: u = 2^-9) and sums in float32, so every term of a dot
+// product is off by up to 2u of itself and the sum by about 2u of its own scale (the terms' errors are
+// independent; float32 summation adds nothing comparable). Layer after layer these add up: L weight
+// layers leave about 2 L u of the output's scale; twice that is the bound, as for float32 above:
+// tolerance = 4 L u max |expected|. This is loose for deep models; the tests pair it with the direction
+// of each output (cosine similarity), which rounding barely turns.
+constexpr double kBf16UnitRoundoff = 1.0 / 512;  // 2^-9
+
+inline double bf16_tolerance(const ForwardDepth& depth, const torch::Tensor& expected) {
+  return 4.0 * static_cast<double>(depth.layers) * kBf16UnitRoundoff * expected.abs().max().item<double>();
+}
+
 }  // namespace graft::testing

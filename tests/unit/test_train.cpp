@@ -664,6 +664,38 @@ TEST(Trainer, ResumeAfterATwoStageUnfreezeKeepsTheNewGroups) {
   });
 }
 
+// Mixed precision (bf16 autocast around forward and loss) resumes as exactly as float32 does; a resume
+// asked at another precision continues at the checkpoint's, and says so.
+TEST(Trainer, ResumeAtBf16RepeatsTheRunAndKeepsItsPrecision) {
+  check_resume_equivalence("resume_bf16",
+                           [](TinyMlp&, TrainConfig& c) { c.precision = Precision::kBFloat16; });
+  TempDir dir("resume_bf16_asked_fp32");
+  Data data;
+  std::ostringstream log;
+  {
+    torch::manual_seed(3);
+    TinyMlp model;
+    TrainConfig config = base_config(log);
+    config.out_dir = dir.str();
+    config.precision = Precision::kBFloat16;
+    config.on_epoch_end.push_back([](Trainer&, EpochResult& r) { r.stop_requested = r.epoch == 1; });
+    make_trainer(model, config)->fit(*data.train, data.val.get());
+  }
+  EXPECT_NE(read_file(dir / "checkpoints" / "last" / "trainer.json").find("\"precision\": \"bf16\""),
+            std::string::npos);
+  TinyMlp model;
+  TrainConfig config = base_config(log);
+  config.out_dir = dir.str();
+  config.resume = true;
+  auto trainer = make_trainer(model, config);
+  trainer->fit(*data.train, data.val.get());
+  EXPECT_NE(log.str().find("resume: the checkpoint was trained at --precision bf16, continuing at it (config "
+                           "says fp32)"),
+            std::string::npos)
+      << log.str();
+  EXPECT_EQ(trainer->config().precision, Precision::kBFloat16);
+}
+
 TEST(Trainer, FrozenLayersStayUnchanged) {
   Data data;
   std::ostringstream log;
