@@ -46,6 +46,15 @@ double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b) {
   return (a.to(torch::kDouble) - b.to(torch::kDouble)).abs().max().item<double>();
 }
 
+TextInputs bert_inputs(const std::map<std::string, torch::Tensor>& io) {
+  TextInputs inputs;
+  inputs.input_ids = io.at("input_ids");
+  inputs.attention_mask = io.at("attention_mask");
+  inputs.token_type_ids = io.at("token_type_ids");
+  inputs.labels = io.at("labels");
+  return inputs;
+}
+
 // Logits and loss of one fixture model under bf16 autocast, against transformers' float32 ones; the
 // loss is cross-entropy of the logits, 2-Lipschitz in their max norm (logsumexp and the picked logit each
 // move by at most the largest change), so it gets twice the logits' tolerance.
@@ -70,11 +79,7 @@ TEST(MixedPrecision, TransformersFollowTheirFloat32References) {
     const auto io = read_map(hf_dir("bert") + "/expected.safetensors");
     model->eval();
     torch::NoGradGuard no_grad;
-    TextInputs inputs;
-    inputs.input_ids = io.at("input_ids");
-    inputs.attention_mask = io.at("attention_mask");
-    inputs.token_type_ids = io.at("token_type_ids");
-    inputs.labels = io.at("labels");
+    const TextInputs inputs = bert_inputs(io);
     Autocast autocast(Precision::kBFloat16, torch::kCPU);
     const ClassifierOutput out = model->forward(inputs);
     EXPECT_EQ(out.base.pooler_output.scalar_type(), torch::kBFloat16) << "the pooler's Linear ran in bf16";
@@ -116,11 +121,7 @@ TEST(MixedPrecision, TrainingStepKeepsFloat32GradientsAlongTheReference) {
   const auto io = read_map(hf_dir("bert") + "/expected.safetensors");
   const auto step = read_map(hf_dir("bert") + "/expected_after_step.safetensors");
   model->eval();  // dropout off, as the fixture
-  TextInputs inputs;
-  inputs.input_ids = io.at("input_ids");
-  inputs.attention_mask = io.at("attention_mask");
-  inputs.token_type_ids = io.at("token_type_ids");
-  inputs.labels = io.at("labels");
+  const TextInputs inputs = bert_inputs(io);
   torch::Tensor loss;
   {
     Autocast autocast(Precision::kBFloat16, torch::kCPU);
