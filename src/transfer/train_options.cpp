@@ -345,7 +345,7 @@ struct Reader {
     if (it != values.end() && !it->is_null()) field = parse_device(it->get<std::string>());
   }
   // auto becomes what this machine's device resolves it to, which the run then records; the warnings of
-  // resolve_precision are said by the driver.
+  // resolve_precision are said by graft train (cmd_train.cpp) before any data is read.
   void operator()(const char* key, Precision& field) {
     const auto it = values.find(key);
     if (it == values.end() || it->is_null()) return;
