@@ -13,40 +13,12 @@
 #include <optional>
 #include <vector>
 
+#include "graft/causal_lm.h"
 #include "graft/dropout.h"
 #include "graft/layer_norm.h"
 #include "graft/transformers.h"
 
 namespace graft {
-
-// One layer's attention keys and values for the tokens seen so far: (B, heads, T_past, head_dim) each.
-struct LayerKeyValue {
-  torch::Tensor key, value;
-};
-using PastKeyValues = std::vector<LayerKeyValue>;  // one per layer; empty: nothing cached
-
-struct CausalLMInputs {
-  CausalLMInputs() = default;
-  // model->forward({ids, mask}) and model->forward(ids) read as Hugging Face's model(ids, mask).
-  CausalLMInputs(torch::Tensor ids, torch::Tensor mask = {})  // NOLINT(google-explicit-constructor)
-      : input_ids(std::move(ids)), attention_mask(std::move(mask)) {}
-  torch::Tensor input_ids;        // (B, T) new tokens
-  torch::Tensor attention_mask;   // (B, T_past + T) 1 = attend, 0 = padding; undefined: all ones
-  torch::Tensor position_ids;     // (B, T) or (1, T); undefined: T_past .. T_past + T - 1
-  torch::Tensor token_type_ids;   // (B, T), embedded with wte as Hugging Face does; undefined: none
-  torch::Tensor labels;           // (B, T) next-token targets = input_ids (shifted inside); -100 ignored
-  PastKeyValues past_key_values;  // from a previous call's `present`
-  bool use_cache = false;         // return `present` for the next call
-  bool output_hidden_states = false;
-};
-
-struct CausalLMOutput {
-  torch::Tensor logits;                      // (B, T, vocab); GPT2Model leaves it undefined
-  torch::Tensor loss;                        // mean next-token cross-entropy; undefined without labels
-  torch::Tensor last_hidden_state;           // (B, T, n_embd), after ln_f
-  PastKeyValues present;                     // past + these tokens, when use_cache
-  std::vector<torch::Tensor> hidden_states;  // embeddings, each block's input after that, last after ln_f
-};
 
 // Hugging Face's Conv1D (transformers/pytorch_utils.py): a Linear whose weight is stored transposed,
 // (in, out), as the original TensorFlow GPT-2: y = x @ weight + bias.
@@ -117,36 +89,20 @@ class GPT2ModelImpl : public torch::nn::Module {
 };
 TORCH_MODULE(GPT2Model);
 
-// Decoding as Hugging Face's generate() does it with its logits processors, in its order: repetition
-// penalty, then (sampling only) temperature, top-k, top-p.
-struct GenerateOptions {
-  int64_t max_new_tokens = 20;
-  double temperature = 0.0;         // 0: greedy; > 0: sample from softmax(logits / temperature)
-  int64_t top_k = 0;                // sample among the k most likely tokens only (0: all)
-  double top_p = 1.0;               // nucleus: the smallest set of tokens whose probability reaches top_p
-  double repetition_penalty = 1.0;  // CTRL's: scores of tokens already in the sequence / p (x p when < 0)
-  int64_t eos_token_id = -1;        // stop a sequence once it emits this token (-1: never)
-  // Sampling draws from a generator seeded with this, so a seed gives the same text on every run;
-  // unset: torch's global generator.
-  std::optional<uint64_t> seed;
-  // Called after each step with the new tokens (B); returning false stops (streaming output, stop strings).
-  std::function<bool(const torch::Tensor& next)> on_token;
-};
-
 // GPT2Model + the LM head (tied to wte, or untied when config tie_word_embeddings is false, then holding
 // lm_head.weight); next-token loss with the shift done inside, as Hugging Face.
-class GPT2LMHeadModelImpl : public torch::nn::Module {
+class GPT2LMHeadModelImpl : public CausalLMImpl {
  public:
   explicit GPT2LMHeadModelImpl(const GPT2Config& config);
-  CausalLMOutput forward(const CausalLMInputs& inputs);
-
-  // Autoregressive continuation of (B, T) prompts with the key/value cache: each new token costs one
-  // one-token forward. Returns (B, T + new) ids; sequences that hit eos_token_id are padded with it.
-  // Throws graft::Error when T + max_new_tokens exceeds n_positions or an option is out of range.
-  torch::Tensor generate(const torch::Tensor& input_ids, const GenerateOptions& options = {});
+  CausalLMOutput forward(const CausalLMInputs& inputs) override;
 
   const GPT2Config& config() const { return transformer->config(); }
-  torch::Tensor lm_head_weight() const;  // (vocab, n_embd): wte.weight when tied
+  int64_t position_limit() const override { return config().n_positions; }
+  const char* position_limit_key() const override { return "n_positions"; }
+  int64_t vocab_size() const override { return config().vocab_size; }
+  int64_t eos_token_id() const override { return config().eos_token_id; }
+  torch::Tensor lm_head_weight() const override;  // (vocab, n_embd): wte.weight when tied
+  bool tied_head() const override { return !lm_head; }
 
   GPT2Model transformer{nullptr};
   torch::nn::Linear lm_head{nullptr};  // null when tied to transformer.wte

@@ -25,7 +25,7 @@ namespace graft {
 
 // The keys every Hugging Face config shares (PretrainedConfig) that graft uses.
 struct HfCommonConfig {
-  std::string model_type;                  // "bert", "gpt2", "vit"
+  std::string model_type;                  // "bert", "gpt2", "vit", "llama", "qwen2"
   std::vector<std::string> architectures;  // e.g. {"BertForSequenceClassification"}
   std::vector<std::string> id2label;       // label names by index; its size is num_labels
   std::string problem_type;  // "", "regression", "single_label_classification", "multi_label_classification"
@@ -159,9 +159,10 @@ struct HfLoadOptions {
   bool strict = true;  // throw graft::Error with the LoadReport unless every tensor fits
   // The class to build; empty: config.json's architectures[0] (or the base model when none is named).
   // BertModel, BertForSequenceClassification, GPT2Model, GPT2LMHeadModel, ViTModel,
-  // ViTForImageClassification. Building another class than the checkpoint's is Hugging Face's transfer
-  // case: the base model's weights load, the checkpoint's own head is skipped (report.skipped) and a new
-  // head is initialised.
+  // ViTForImageClassification, LlamaModel, LlamaForCausalLM, LlamaForSequenceClassification and Qwen2's
+  // three of the same names (graft/llama.h). Building another class than the checkpoint's is Hugging Face's
+  // transfer case: the base model's weights load, the checkpoint's own head is skipped (report.skipped) and a
+  // new head is initialised.
   std::string architecture;
   // A new classification head with this many labels, initialised fresh (not loaded); -1: config.json's.
   int64_t num_labels = -1;

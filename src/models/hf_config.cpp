@@ -2,6 +2,7 @@
 #include "models/hf_config.h"
 
 #include <exception>
+#include <limits>
 #include <map>
 #include <vector>
 
@@ -15,6 +16,8 @@ int64_t size_limit(const std::string& key) {
                                                         {"n_layer", 1024},
                                                         {"num_attention_heads", 1024},
                                                         {"n_head", 1024},
+                                                        {"num_key_value_heads", 1024},
+                                                        {"head_dim", int64_t{1} << 16},
                                                         {"intermediate_size", int64_t{1} << 20},
                                                         {"max_position_embeddings", int64_t{1} << 20},
                                                         {"n_positions", int64_t{1} << 20},
@@ -119,6 +122,14 @@ void check_token_ids(const torch::Tensor& ids, int64_t rows, const std::string& 
                 std::to_string(rows) + " entries (ids 0.." + std::to_string(rows - 1) +
                 "); the tokenizer or the inputs do not belong to this model");
   }
+}
+
+double lowest_of(torch::ScalarType dtype) {
+  double lowest = 0;
+  AT_DISPATCH_FLOATING_TYPES_AND2(torch::kHalf, torch::kBFloat16, dtype, "lowest_of", [&] {
+    lowest = static_cast<double>(std::numeric_limits<scalar_t>::lowest());
+  });
+  return lowest;
 }
 
 void check_attention_mask(const torch::Tensor& mask, const std::string& model) {

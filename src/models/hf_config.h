@@ -145,6 +145,8 @@ void check_heads(const ConfigReader& reader, int64_t hidden, const char* hidden_
 // Token ids: an integer tensor of at least one token per row, every id in [0, rows) of the embedding they
 // index (`what`: input_ids, token_type_ids).
 void check_token_ids(const torch::Tensor& ids, int64_t rows, const std::string& model, const char* what);
+// torch.finfo(dtype).min: the additive mask value of Hugging Face's attention.
+double lowest_of(torch::ScalarType dtype);
 // An attention mask of 0s (padding) and 1s (attended); other values would scale the softmax silently.
 void check_attention_mask(const torch::Tensor& mask, const std::string& model);
 

@@ -14,6 +14,7 @@
 #include "graft/files.h"
 #include "graft/gpt2.h"
 #include "graft/json_file.h"
+#include "graft/llama.h"
 #include "graft/strings.h"
 #include "graft/vit.h"
 #include "layers/lora.h"
@@ -44,9 +45,10 @@ bool is_linear(torch::nn::Module& module) {
 
 // Whether the model adds the branch of a layer held by `parent` (whose own parent is `grandparent`, or
 // null). Linear: the modules whose forward runs their Linear layers through graft::linear (the BERT and
-// ViT blocks, their poolers, BERT's classifier). Conv2d: ResNet's, which run every convolution through
-// conv_bn (layers/conv_bn.h), the stem, the blocks and their downsample Sequentials. A layer elsewhere (a
-// Sequential, an image head) would keep a branch that never runs, so it is refused.
+// ViT blocks, their poolers, BERT's classifier, the Llama family's attention and MLP and its heads). Conv2d:
+// ResNet's, which run every convolution through conv_bn (layers/conv_bn.h), the stem, the blocks and their
+// downsample Sequentials. A layer elsewhere (a Sequential, an image head) would keep a branch that never
+// runs, so it is refused.
 bool runs_branch(const torch::nn::Module& parent, const torch::nn::Module* grandparent, bool conv) {
   if (conv) {
     const auto block = [](const torch::nn::Module* m) {
@@ -63,7 +65,9 @@ bool runs_branch(const torch::nn::Module& parent, const torch::nn::Module* grand
          dynamic_cast<const ViTSelfAttentionImpl*>(&parent) ||
          dynamic_cast<const ViTSelfOutputImpl*>(&parent) ||
          dynamic_cast<const ViTIntermediateImpl*>(&parent) || dynamic_cast<const ViTOutputImpl*>(&parent) ||
-         dynamic_cast<const ViTPoolerImpl*>(&parent);
+         dynamic_cast<const ViTPoolerImpl*>(&parent) || dynamic_cast<const LlamaAttentionImpl*>(&parent) ||
+         dynamic_cast<const LlamaMLPImpl*>(&parent) || dynamic_cast<const LlamaForCausalLMImpl*>(&parent) ||
+         dynamic_cast<const LlamaForSequenceClassificationImpl*>(&parent);
 }
 
 // Why a Conv2d cannot take PEFT's branch, or "" when it can: PEFT v0.5's lora_A is a plain convolution of
@@ -457,7 +461,7 @@ LoraReport apply_lora(torch::nn::Module& model, const LoraConfig& config) {
     if ((conv || module->as<torch::nn::Linear>()) &&
         !runs_branch(parent_of(name), grandparent_of(name), conv))
       throw Error("LoRA target '" + name +
-                  "': graft adds LoRA to the Linear layers of BERT and ViT, GPT-2's " +
+                  "': graft adds LoRA to the Linear layers of BERT, ViT and Llama, GPT-2's " +
                   "Conv1D and ResNet's convolutions so far, not to a " + module->name() + " held by a " +
                   parent_of(name).name() + "; train it whole instead (modules_to_save)");
     if (conv) {

@@ -19,6 +19,7 @@
 #include "graft/bert.h"
 #include "graft/gpt2.h"
 #include "graft/json_file.h"
+#include "graft/llama.h"
 #include "graft/strings.h"
 #include "graft/vit.h"
 #include "models/hf_config.h"
@@ -37,7 +38,8 @@ bool starts_with_module(const std::string& name, const std::string& prefix) {
 // them (model.named_buffers() minus the state dict's keys).
 bool is_non_persistent_buffer(const std::string& name) {
   return glob_match("*embeddings.position_ids", name) || glob_match("*embeddings.token_type_ids", name) ||
-         glob_match("*h.[0-9]*.attn.bias", name) || glob_match("*h.[0-9]*.attn.masked_bias", name);
+         glob_match("*h.[0-9]*.attn.bias", name) || glob_match("*h.[0-9]*.attn.masked_bias", name) ||
+         glob_match("*rotary_emb.inv_freq", name);
 }
 
 // One class graft builds from a Hugging Face config.
@@ -70,7 +72,15 @@ const std::map<std::string, std::vector<SizeCheck>>& size_checks() {
        {{"vocab_size", "wte.weight", 0}, {"n_embd", "wte.weight", 1}, {"n_positions", "wpe.weight", 0}}},
       {"vit",
        {{"hidden_size", "embeddings.cls_token", 2},
-        {"intermediate_size", "encoder.layer.0.intermediate.dense.weight", 0}}}};
+        {"intermediate_size", "encoder.layer.0.intermediate.dense.weight", 0}}},
+      {"llama",
+       {{"vocab_size", "embed_tokens.weight", 0},
+        {"hidden_size", "embed_tokens.weight", 1},
+        {"intermediate_size", "layers.0.mlp.gate_proj.weight", 0}}},
+      {"qwen2",
+       {{"vocab_size", "embed_tokens.weight", 0},
+        {"hidden_size", "embed_tokens.weight", 1},
+        {"intermediate_size", "layers.0.mlp.gate_proj.weight", 0}}}};
   return table;
 }
 
@@ -98,10 +108,12 @@ void check_sizes_against_weights(const json& root, const std::string& config_pat
         refuse(check.key, value, tensor->name + " of shape " + shape_str(tensor->shape));
     }
   }
-  // The depth: the numbered blocks the file holds (encoder.layer.N, h.N).
-  const bool gpt2 = model_type == "gpt2";
+  // The depth: the numbered blocks the file holds (encoder.layer.N, h.N, layers.N).
+  const bool gpt2 = model_type == "gpt2", llama = model_type == "llama" || model_type == "qwen2";
   const char* key = gpt2 ? "n_layer" : "num_hidden_layers";
-  const std::regex block(gpt2 ? R"((^|\.)h\.([0-9]+)\.)" : R"((^|\.)encoder\.layer\.([0-9]+)\.)");
+  const std::regex block(gpt2    ? R"((^|\.)h\.([0-9]+)\.)"
+                         : llama ? R"((^|\.)layers\.([0-9]+)\.)"
+                                 : R"((^|\.)encoder\.layer\.([0-9]+)\.)");
   int64_t blocks = 0;
   for (const TensorInfo& t : reader.tensors()) {
     std::smatch match;
@@ -148,6 +160,31 @@ const std::vector<HfArchitecture>& architectures() {
       {"ViTForImageClassification", "vit", "vit", "classifier",
        [](const json& j, const std::string& s, int64_t n) {
          return std::make_shared<ViTForImageClassificationImpl>(parse_with_labels<ViTConfig>(j, s, n));
+       }},
+      // One implementation for the Llama family: Qwen2's classes are Llama's with its config.
+      {"LlamaModel", "llama", "model", "",
+       [](const json& j, const std::string& s, int64_t n) {
+         return std::make_shared<LlamaModelImpl>(parse_with_labels<LlamaConfig>(j, s, n));
+       }},
+      {"LlamaForCausalLM", "llama", "model", "",
+       [](const json& j, const std::string& s, int64_t n) {
+         return std::make_shared<LlamaForCausalLMImpl>(parse_with_labels<LlamaConfig>(j, s, n));
+       }},
+      {"LlamaForSequenceClassification", "llama", "model", "score",
+       [](const json& j, const std::string& s, int64_t n) {
+         return std::make_shared<LlamaForSequenceClassificationImpl>(parse_with_labels<LlamaConfig>(j, s, n));
+       }},
+      {"Qwen2Model", "qwen2", "model", "",
+       [](const json& j, const std::string& s, int64_t n) {
+         return std::make_shared<LlamaModelImpl>(parse_with_labels<LlamaConfig>(j, s, n));
+       }},
+      {"Qwen2ForCausalLM", "qwen2", "model", "",
+       [](const json& j, const std::string& s, int64_t n) {
+         return std::make_shared<LlamaForCausalLMImpl>(parse_with_labels<LlamaConfig>(j, s, n));
+       }},
+      {"Qwen2ForSequenceClassification", "qwen2", "model", "score",
+       [](const json& j, const std::string& s, int64_t n) {
+         return std::make_shared<LlamaForSequenceClassificationImpl>(parse_with_labels<LlamaConfig>(j, s, n));
        }},
   };
   return table;

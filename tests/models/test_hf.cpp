@@ -1,5 +1,6 @@
-// Golden parity of graft's BERT, GPT-2 and ViT against Hugging Face transformers v4.31
-// (BertForSequenceClassification, GPT2LMHeadModel, ViTForImageClassification): shared/fixtures/hf holds
+// Golden parity of graft's BERT, GPT-2, ViT and Llama against Hugging Face transformers v4.31
+// (BertForSequenceClassification, GPT2LMHeadModel, ViTForImageClassification, LlamaForCausalLM):
+// shared/fixtures/hf holds
 // tiny configs, their weights, inputs and every output (logits, loss, hidden_states.i, last_hidden_state,
 // pooler_output), and the parameters and gradients after one torch.optim.AdamW step. Each model loads
 // config.json + model.safetensors strictly by Hugging Face's names and must reproduce every tensor within
@@ -23,8 +24,10 @@
 #include <sstream>
 
 #include "graft/bert.h"
+#include "graft/files.h"
 #include "graft/gpt2.h"
 #include "graft/json_file.h"
+#include "graft/llama.h"
 #include "graft/lora.h"
 #include "graft/registry.h"
 #include "graft/strings.h"
@@ -915,6 +918,251 @@ TEST(HfGpt2, GenerateFollowsHuggingFaceProcessors) {
 }
 
 // ---------------------------------------------------------------------------------------------------
+// Llama (shared/fixtures/hf/llama: LlamaForCausalLM, 4 heads sharing 2 key/value heads, untied head; row 1
+// left-padded by 3 with attention_mask 0 there; labels = input_ids; position ids 0..T-1 whatever the mask).
+
+CausalLMInputs llama_inputs(const std::map<std::string, torch::Tensor>& io) {
+  CausalLMInputs inputs(io.at("input_ids"),
+                        io.count("attention_mask") ? io.at("attention_mask") : torch::Tensor());
+  inputs.labels = io.at("input_ids");
+  return inputs;
+}
+
+TEST(HfLlama, ForwardMatchesTransformers) {
+  HfModel loaded = load_fixture("llama");
+  ASSERT_EQ(loaded.architecture, "LlamaForCausalLM");
+  auto model = loaded.as<LlamaForCausalLMImpl>();
+  EXPECT_EQ(model->config().kv_groups(), 2);
+  EXPECT_FALSE(model->tied_head());
+  const auto io = read_map(fixture_dir("llama") + "/expected.safetensors");
+  model->eval();
+  torch::NoGradGuard no_grad;
+  CausalLMInputs inputs = llama_inputs(io);
+  inputs.output_hidden_states = true;
+  const CausalLMOutput out = model->forward(inputs);
+  ASSERT_EQ(out.hidden_states.size(), 3u);  // embeddings, after layer 0, after the final norm
+  for (size_t i = 0; i < out.hidden_states.size(); ++i) {
+    const std::string name = "hidden_states." + std::to_string(i);
+    expect_close("llama", name, out.hidden_states[i], io.at(name));
+  }
+  expect_close("llama", "logits", out.logits, io.at("logits"));
+  expect_close("llama", "loss", out.loss, io.at("loss"));
+}
+
+TEST(HfLlama, AdamWStepMatchesTransformers) {
+  auto model = load_fixture("llama").as<LlamaForCausalLMImpl>();
+  const auto io = read_map(fixture_dir("llama") + "/expected.safetensors");
+  check_adamw_step("llama", *model, [&] { return model->forward(llama_inputs(io)).loss; });
+}
+
+// The cache holds keys and values per key/value head (half the query heads here), and feeding tokens one
+// at a time gives the full pass's logits, padded row included.
+TEST(HfLlama, KeyValueCacheMatchesFullForward) {
+  auto model = load_fixture("llama").as<LlamaForCausalLMImpl>();
+  const auto io = read_map(fixture_dir("llama") + "/expected.safetensors");
+  model->eval();
+  torch::NoGradGuard no_grad;
+  const torch::Tensor ids = io.at("input_ids"), mask = io.at("attention_mask");  // (2, 16)
+  CausalLMInputs step(ids.narrow(1, 0, 6), mask.narrow(1, 0, 6));
+  step.use_cache = true;
+  CausalLMOutput out = model->forward(step);
+  ASSERT_EQ(out.present.size(), 2u);
+  EXPECT_EQ(out.present[0].key.sizes(), torch::IntArrayRef({2, 2, 6, 16}));
+  for (int64_t t = 6; t < ids.size(1); ++t) {
+    step.input_ids = ids.narrow(1, t, 1);
+    step.attention_mask = mask.narrow(1, 0, t + 1);
+    step.past_key_values = out.present;
+    out = model->forward(step);
+    // Row 0 has no padding; row 1's real tokens attend to the same keys as in the full pass.
+    expect_close("llama cache", "logits[:, " + std::to_string(t) + "]", out.logits.select(1, 0),
+                 io.at("logits").select(1, t));
+  }
+  GenerateOptions five;
+  five.max_new_tokens = 5;
+  const torch::Tensor greedy = model->generate(ids.narrow(0, 0, 1).narrow(1, 0, 4), five);
+  ASSERT_EQ(greedy.sizes(), torch::IntArrayRef({1, 9}));
+  const torch::Tensor check = model->forward(greedy).logits.narrow(1, 3, 5).argmax(-1);
+  EXPECT_TRUE(torch::equal(check, greedy.narrow(1, 4, 5)));
+  five.max_new_tokens = 200;  // 4 + 200 > max_position_embeddings 128: refused by key
+  try {
+    model->generate(ids.narrow(1, 0, 4), five);
+    ADD_FAILURE() << "a generation past max_position_embeddings was not refused";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("max_position_embeddings"), std::string::npos) << e.what();
+  }
+}
+
+// What the fixture cannot show: Qwen2's q/k/v bias, a rope_theta other than 10000, linear scaling, tied
+// embeddings. A one-layer model against the same forward written out here from the papers' formulas with
+// plain tensor operations: RMSNorm, rotation of feature pairs (i, i + d/2) by position * theta^(-2i/d),
+// grouped heads, causal softmax, SwiGLU.
+TEST(HfLlama, Qwen2BiasAndRopeThetaMatchAHandWrittenForward) {
+  const fs::path dir = fs::temp_directory_path() / ("graft_qwen2_" + std::to_string(getpid()));
+  fs::create_directories(dir);
+  for (const bool linear_scaling : {false, true}) {
+    nlohmann::json config = {{"model_type", "qwen2"},
+                             {"architectures", {"Qwen2ForCausalLM"}},
+                             {"vocab_size", 11},
+                             {"hidden_size", 8},
+                             {"intermediate_size", 12},
+                             {"num_hidden_layers", 1},
+                             {"num_attention_heads", 2},
+                             {"num_key_value_heads", 1},
+                             {"rope_theta", 1000000.0},
+                             {"rms_norm_eps", 1e-6},
+                             {"tie_word_embeddings", true},
+                             {"max_position_embeddings", 32}};
+    if (linear_scaling) config["rope_scaling"] = {{"type", "linear"}, {"factor", 4.0}};
+    write_file_atomic((dir / "config.json").string(), config.dump());
+    HfModel built = build_hf_model((dir / "config.json").string());
+    auto model = built.as<LlamaForCausalLMImpl>();
+    EXPECT_TRUE(model->tied_head());
+    auto& attn = *model->model->layers->ptr<LlamaDecoderLayerImpl>(0)->self_attn;
+    ASSERT_TRUE(attn.q_proj->bias.defined() && attn.k_proj->bias.defined() && attn.v_proj->bias.defined());
+    EXPECT_FALSE(attn.o_proj->bias.defined());
+    torch::manual_seed(5);
+    {
+      torch::NoGradGuard no_grad;
+      for (auto& p : model->parameters()) p.normal_(0, 0.5);  // biases and norms away from 0 and 1
+    }
+    model->eval();
+    const torch::Tensor ids = torch::tensor({{3, 1, 4, 1, 5, 9, 2}}, torch::kLong);
+    torch::NoGradGuard no_grad;
+    const torch::Tensor got = model->forward(ids).logits;
+
+    auto& layer = *model->model->layers->ptr<LlamaDecoderLayerImpl>(0);
+    const auto rms = [](const torch::Tensor& x, const torch::Tensor& w) {
+      return w * x / (x.pow(2).mean(-1, true) + 1e-6).sqrt();
+    };
+    const auto dense = [](const torch::Tensor& x, const torch::nn::Linear& l) {
+      torch::Tensor y = torch::matmul(x, l->weight.t());
+      return l->bias.defined() ? y + l->bias : y;
+    };
+    const int64_t T = 7, d = 4;
+    const torch::Tensor x = model->model->embed_tokens->weight.index_select(0, ids[0]);  // (T, 8)
+    const torch::Tensor h = rms(x, layer.input_layernorm->weight);
+    const torch::Tensor q = dense(h, attn.q_proj).view({T, 2, d}), k = dense(h, attn.k_proj),
+                        v = dense(h, attn.v_proj);     // one key/value head for both query heads
+    const auto rotate = [&](const torch::Tensor& t) {  // (T, d): pairs (i, i + 2) turned by angle[pos][i]
+      torch::Tensor out = t.clone();
+      for (int64_t pos = 0; pos < T; ++pos) {
+        for (int64_t i = 0; i < d / 2; ++i) {
+          const double p = linear_scaling ? pos / 4.0 : static_cast<double>(pos);
+          const double angle = p * std::pow(1000000.0, -2.0 * static_cast<double>(i) / d);
+          const double a = t[pos][i].item<double>(), b = t[pos][i + d / 2].item<double>();
+          out[pos][i] = a * std::cos(angle) - b * std::sin(angle);
+          out[pos][i + d / 2] = b * std::cos(angle) + a * std::sin(angle);
+        }
+      }
+      return out;
+    };
+    const torch::Tensor kr = rotate(k);
+    std::vector<torch::Tensor> heads;
+    for (int64_t head = 0; head < 2; ++head) {
+      const torch::Tensor scores = torch::matmul(rotate(q.select(1, head)), kr.t()) / std::sqrt(double(d));
+      const torch::Tensor causal = torch::ones({T, T}).triu(1).to(torch::kBool);
+      heads.push_back(torch::matmul(torch::softmax(scores.masked_fill(causal, -INFINITY), -1), v));
+    }
+    const torch::Tensor a = x + dense(torch::cat(heads, 1), attn.o_proj);
+    const torch::Tensor m = rms(a, layer.post_attention_layernorm->weight);
+    auto& mlp = *layer.mlp;
+    const torch::Tensor y =
+        a + dense(torch::silu(dense(m, mlp.gate_proj)) * dense(m, mlp.up_proj), mlp.down_proj);
+    // Tied: the head is the embedding matrix.
+    const torch::Tensor expected =
+        torch::matmul(rms(y, model->model->norm->weight), model->model->embed_tokens->weight.t());
+    expect_close(linear_scaling ? "qwen2 (linear rope scaling)" : "qwen2", "logits", got[0], expected);
+  }
+  fs::remove_all(dir);
+}
+
+TEST(HfLlama, ConfigErrorsNameFileAndKey) {
+  const fs::path dir = fs::temp_directory_path() / ("graft_llama_cfg_" + std::to_string(getpid()));
+  fs::create_directories(dir);
+  const nlohmann::json base = read_json_file(fixture_dir("llama") + "/config.json");
+  const auto refused = [&](const nlohmann::json& config, const std::string& expected) {
+    write_file_atomic((dir / "config.json").string(), config.dump());
+    try {
+      build_hf_model((dir / "config.json").string());
+      ADD_FAILURE() << "accepted a config with " << expected;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(expected), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("config.json"), std::string::npos) << e.what();
+    }
+  };
+  nlohmann::json c = base;
+  c["num_key_value_heads"] = 3;
+  refused(c, "num_key_value_heads");
+  c = base;
+  c["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4.0}};
+  refused(c, "yarn");
+  c = base;
+  c["rope_theta"] = -1;
+  refused(c, "rope_theta");
+  c = base;
+  c["rms_norm_eps"] = 0;
+  refused(c, "rms_norm_eps");
+  c = base;
+  c["model_type"] = "mistral";
+  refused(c, "model_type");
+  c = base;
+  c["pad_token_id"] = 512;
+  refused(c, "pad_token_id");
+  // A config whose sizes disagree with the weights: refused by key before anything is built.
+  c = base;
+  c["num_hidden_layers"] = 3;
+  write_file_atomic((dir / "config.json").string(), c.dump());
+  fs::copy_file(fixture_dir("llama") + "/model.safetensors", dir / "model.safetensors",
+                fs::copy_options::overwrite_existing);
+  try {
+    load_hf_model(dir.string());
+    ADD_FAILURE() << "a 3-layer config beside 2-layer weights loaded";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("num_hidden_layers"), std::string::npos) << e.what();
+  }
+  // Llama 3's list of end tokens and its rope scaling read as they are.
+  c = base;
+  c["eos_token_id"] = {7, 9};
+  c["rope_scaling"] = {{"rope_type", "llama3"},
+                       {"factor", 32.0},
+                       {"low_freq_factor", 1.0},
+                       {"high_freq_factor", 4.0},
+                       {"original_max_position_embeddings", 64}};
+  write_file_atomic((dir / "config.json").string(), c.dump());
+  const LlamaConfig read = LlamaConfig::from_file((dir / "config.json").string());
+  EXPECT_EQ(read.eos_token_id, 7);
+  EXPECT_EQ(read.rope_scaling_type, "llama3");
+  fs::remove_all(dir);
+}
+
+// A classification head reads each row at its last token that is not padding.
+TEST(HfLlama, SequenceClassificationReadsTheLastRealToken) {
+  HfLoadOptions options;
+  options.architecture = "LlamaForSequenceClassification";
+  options.num_labels = 3;
+  HfModel loaded = load_fixture("llama", options);
+  // The causal LM's head is left out, the new head starts fresh; the file's rotary_emb.inv_freq buffers
+  // (transformers 4.31 still wrote them) are not weights.
+  const std::set<std::string> skipped(loaded.report.skipped.begin(), loaded.report.skipped.end());
+  EXPECT_EQ(skipped, (std::set<std::string>{"lm_head.weight", "score.weight",
+                                            "model.layers.0.self_attn.rotary_emb.inv_freq",
+                                            "model.layers.1.self_attn.rotary_emb.inv_freq"}));
+  auto model = loaded.as<LlamaForSequenceClassificationImpl>();
+  model->eval();
+  torch::NoGradGuard no_grad;
+  const torch::Tensor ids = torch::tensor({{5, 6, 7, 8}, {5, 6, 0, 0}}, torch::kLong);  // pad_token_id 0
+  CausalLMInputs inputs(ids, torch::tensor({{1, 1, 1, 1}, {1, 1, 0, 0}}, torch::kLong));
+  inputs.labels = torch::tensor({2, 0}, torch::kLong);
+  const ClassifierOutput out = model->forward(inputs);
+  ASSERT_EQ(out.logits.sizes(), torch::IntArrayRef({2, 3}));
+  const torch::Tensor per_token = torch::matmul(out.base.last_hidden_state, model->score->weight.t());
+  expect_close("llama seq-cls", "row 0 at position 3", out.logits[0], per_token[0][3]);
+  expect_close("llama seq-cls", "row 1 at position 1", out.logits[1], per_token[1][1]);
+  expect_close("llama seq-cls", "loss", out.loss,
+               torch::nn::functional::cross_entropy(out.logits, inputs.labels));
+}
+
+// ---------------------------------------------------------------------------------------------------
 // LoRA adapters: shared/fixtures/peft, made by PEFT v0.5 on tiny BERT, ViT and GPT-2 (Conv1D,
 // fan_in_fan_out). Each base loads from base.safetensors, takes PEFT's adapter, and must give PEFT's
 // outputs with it, PEFT's merged weights and outputs, the base back after unmerging, and PEFT's AdamW
@@ -1023,6 +1271,12 @@ TEST(Peft, Gpt2Conv1DAdapterMatchesPeft) {
   auto model = load_peft_base("gpt2_lora", "GPT2LMHeadModel").as<GPT2LMHeadModelImpl>();
   const auto io = read_map(peft_dir("gpt2_lora") + "/expected.safetensors");
   check_peft_case("gpt2_lora", *model, [&] { return model->forward(io.at("input_ids")).logits; });
+}
+
+TEST(Peft, LlamaAdapterMatchesPeft) {
+  auto model = load_peft_base("llama_lora", "LlamaForCausalLM").as<LlamaForCausalLMImpl>();
+  const auto io = read_map(peft_dir("llama_lora") + "/expected.safetensors");
+  check_peft_case("llama_lora", *model, [&] { return model->forward(io.at("input_ids")).logits; });
 }
 
 // torchvision's ResNet-18 with LoRA on a 3x3 (layer4.1.conv2) and a 1x1 (layer4.0.downsample.0)
@@ -1162,6 +1416,16 @@ TEST(Peft, AdamWStepOfTheAdapterMatchesPeft) {
     inputs.labels = io.at("input_ids");
     check_adamw_step(
         "gpt2_lora", read_map(peft_dir("gpt2_lora") + "/expected_after_step.safetensors"), *model,
+        [&] { return model->forward(inputs).loss; }, from_peft_name);
+  }
+  {
+    auto model = load_peft_base("llama_lora", "LlamaForCausalLM").as<LlamaForCausalLMImpl>();
+    load_lora_adapter(*model, peft_dir("llama_lora"));
+    const auto io = read_map(peft_dir("llama_lora") + "/expected.safetensors");
+    CausalLMInputs inputs(io.at("input_ids"));
+    inputs.labels = io.at("input_ids");
+    check_adamw_step(
+        "llama_lora", read_map(peft_dir("llama_lora") + "/expected_after_step.safetensors"), *model,
         [&] { return model->forward(inputs).loss; }, from_peft_name);
   }
 }
