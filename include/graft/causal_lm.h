@@ -64,12 +64,15 @@ class CausalLMImpl : public torch::nn::Module {
   // Logits, the loss when labels are given (causal_lm_loss of graft/metrics.h: position t predicts token
   // t + 1), the cache when asked.
   virtual CausalLMOutput forward(const CausalLMInputs& inputs) = 0;
+  // The model without its head (GPT2Model, LlamaModel): last_hidden_state, hidden_states, present.
+  virtual CausalLMOutput forward_base(const CausalLMInputs& inputs) = 0;
 
   // The most positions (cached + new) a sequence may hold, and the config.json key that says so
   // (n_positions, max_position_embeddings).
   virtual int64_t position_limit() const = 0;
   virtual const char* position_limit_key() const = 0;
   virtual int64_t vocab_size() const = 0;
+  virtual int64_t bos_token_id() const = 0;  // -1: none
   virtual int64_t eos_token_id() const = 0;  // -1: none
   // The output projection (vocab, hidden): the input embedding when the two are tied.
   virtual torch::Tensor lm_head_weight() const = 0;

@@ -95,11 +95,13 @@ class GPT2LMHeadModelImpl : public CausalLMImpl {
  public:
   explicit GPT2LMHeadModelImpl(const GPT2Config& config);
   CausalLMOutput forward(const CausalLMInputs& inputs) override;
+  CausalLMOutput forward_base(const CausalLMInputs& inputs) override { return transformer(inputs); }
 
   const GPT2Config& config() const { return transformer->config(); }
   int64_t position_limit() const override { return config().n_positions; }
   const char* position_limit_key() const override { return "n_positions"; }
   int64_t vocab_size() const override { return config().vocab_size; }
+  int64_t bos_token_id() const override { return config().bos_token_id; }
   int64_t eos_token_id() const override { return config().eos_token_id; }
   torch::Tensor lm_head_weight() const override;  // (vocab, n_embd): wte.weight when tied
   bool tied_head() const override { return !lm_head; }

@@ -52,6 +52,9 @@ struct LlamaConfig : HfCommonConfig {
   // Reads a "llama" or a "qwen2" config.json (model_type decides the defaults).
   static LlamaConfig from_json(const nlohmann::json& json, const std::string& source = "config.json");
   static LlamaConfig from_file(const std::string& path);
+  // config.json of these values, read back by from_json (and by transformers' LlamaConfig / Qwen2Config)
+  // to the same.
+  nlohmann::json to_json() const;
   int64_t kv_groups() const { return num_attention_heads / num_key_value_heads; }
 };
 
@@ -146,11 +149,13 @@ class LlamaForCausalLMImpl : public CausalLMImpl {
  public:
   explicit LlamaForCausalLMImpl(const LlamaConfig& config);
   CausalLMOutput forward(const CausalLMInputs& inputs) override;
+  CausalLMOutput forward_base(const CausalLMInputs& inputs) override { return model(inputs); }
 
   const LlamaConfig& config() const { return model->config(); }
   int64_t position_limit() const override { return config().max_position_embeddings; }
   const char* position_limit_key() const override { return "max_position_embeddings"; }
   int64_t vocab_size() const override { return config().vocab_size; }
+  int64_t bos_token_id() const override { return config().bos_token_id; }
   int64_t eos_token_id() const override { return config().eos_token_id; }
   torch::Tensor lm_head_weight() const override;
   bool tied_head() const override { return !lm_head; }
@@ -160,8 +165,8 @@ class LlamaForCausalLMImpl : public CausalLMImpl {
 };
 TORCH_MODULE(LlamaForCausalLM);
 
-// LlamaModel + `score` (no bias) read at each row's last token: the one before the first pad_token_id, or
-// the last position when the row has none (left padding), as Hugging Face picks it.
+// LlamaModel + `score` (no bias) read at each row's last real token: the last one the attention mask keeps,
+// else the last that is not pad_token_id (as Hugging Face picks it), else the last position.
 class LlamaForSequenceClassificationImpl : public torch::nn::Module {
  public:
   explicit LlamaForSequenceClassificationImpl(const LlamaConfig& config);

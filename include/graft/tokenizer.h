@@ -166,6 +166,10 @@ struct WordPieceOptions {
 struct ByteBpeOptions {
   bool add_prefix_space = false;  // RoBERTa-style: a space before text that does not start with one
   bool use_regex = true;          // false: no pre-tokenisation, the whole text is one word
+  // A Digits pre-tokenizer before ByteLevel (SmolLM2, StarCoder): numbers (Unicode N*) split from the text
+  // around them, each digit on its own when individual_digits, else each run of them.
+  bool split_digits = false;
+  bool individual_digits = false;
 };
 
 // BERT's tokenizer: BasicTokenizer (clean text, CJK ideograph splitting, lower-casing, accent stripping,

@@ -11,6 +11,7 @@
 #include "graft/errors.h"
 #include "graft/gpt2.h"
 #include "graft/hub.h"
+#include "graft/llama.h"
 #include "graft/runtime.h"
 #include "graft/strings.h"
 #include "graft/transformers.h"
@@ -76,15 +77,22 @@ NamedTensors forward_hf(const ModelArgs& args, const SafeTensorsReader& reader, 
       add("last_hidden_state", result.last_hidden_state);
       add("pooler_output", result.pooler_output);
     }
-  } else if (hf.model_type == "gpt2") {
+  } else if (hf.model_type == "gpt2" || hf.model_type == "llama" || hf.model_type == "qwen2") {
     CausalLMInputs inputs;
     inputs.input_ids = token_input(reader, "input_ids", true, device);
     inputs.attention_mask = token_input(reader, "attention_mask", false, device);
-    inputs.token_type_ids = token_input(reader, "token_type_ids", false, device);  // added through wte
-    if (auto model = std::dynamic_pointer_cast<GPT2LMHeadModelImpl>(hf.module)) {
+    if (hf.model_type == "gpt2")
+      inputs.token_type_ids = token_input(reader, "token_type_ids", false, device);  // added through wte
+    if (auto model = std::dynamic_pointer_cast<CausalLMImpl>(hf.module)) {
       CausalLMOutput result = model->forward(inputs);
       add("logits", result.logits);
       add("last_hidden_state", result.last_hidden_state);
+    } else if (auto classifier = std::dynamic_pointer_cast<LlamaForSequenceClassificationImpl>(hf.module)) {
+      ClassifierOutput result = classifier->forward(inputs);
+      add("logits", result.logits);
+      add("last_hidden_state", result.base.last_hidden_state);
+    } else if (auto llama = std::dynamic_pointer_cast<LlamaModelImpl>(hf.module)) {
+      add("last_hidden_state", llama->forward(inputs).last_hidden_state);
     } else {
       add("last_hidden_state", hf.as<GPT2ModelImpl>()->forward(inputs).last_hidden_state);
     }

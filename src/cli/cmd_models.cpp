@@ -27,6 +27,10 @@ const HfFamily kHfFamilies[] = {
      "train --task text-classify --weights FOLDER; predict, eval, features, forward"},
     {"gpt2", "GPT2Model, GPT2LMHeadModel",
      "train --task causal-lm --weights FOLDER; generate, eval, forward"},
+    {"llama", "LlamaModel, LlamaForCausalLM, LlamaForSequenceClassification (Llama 2/3, TinyLlama, SmolLM2)",
+     "train --task causal-lm or text-classify --weights FOLDER; generate, chat, eval, forward"},
+    {"qwen2", "Qwen2Model, Qwen2ForCausalLM, Qwen2ForSequenceClassification (Qwen2, Qwen2.5)",
+     "train --task causal-lm or text-classify --weights FOLDER; generate, chat, eval, forward"},
     {"vit", "ViTModel, ViTForImageClassification",
      "forward FOLDER (image features and logits); not a `train --model` backbone yet"},
 };

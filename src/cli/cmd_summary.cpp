@@ -6,6 +6,7 @@
 #include <iostream>
 
 #include "cli/commands.h"
+#include "graft/causal_lm.h"
 #include "graft/errors.h"
 #include "graft/lora.h"
 #include "graft/summary.h"
@@ -73,16 +74,16 @@ void summarize_hf(const ModelArgs& args, const std::string& lora) {
   if (!lora.empty()) {  // what graft train --lora trains whole beside the adapters, by PEFT's task types
     std::vector<std::string> whole;
     std::string task_type;
-    if (hf.architecture == "BertForSequenceClassification") task_type = "SEQ_CLS";
-    if (hf.architecture == "GPT2LMHeadModel") task_type = "CAUSAL_LM";
+    if (hf.architecture.find("ForSequenceClassification") != std::string::npos) task_type = "SEQ_CLS";
+    if (std::dynamic_pointer_cast<CausalLMImpl>(hf.module)) task_type = "CAUSAL_LM";
     if (hf.architecture == "ViTForImageClassification") whole = {"classifier"};
     apply_lora(model, lora_for(lora, whole, task_type));
   }
   std::printf("Model: \"%s\" (%s)\n", hf.architecture.c_str(), hf.config_path.c_str());
   std::printf(" %-52s %14s  %s\n", "Part (type)", "Param #", "Trainable");
   for (const auto& child : model.named_children()) {
-    // The base model ("bert", "transformer", "vit") by its parts; the rest (the head) as it is.
-    const bool base = child.key() == hf.model_type || child.key() == "transformer";
+    // The base model ("bert", "transformer", "vit", "model") by its parts; the rest (the head) as it is.
+    const bool base = child.key() == hf.model_type || child.key() == "transformer" || child.key() == "model";
     std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> rows;
     if (base)
       for (const auto& part : child.value()->named_children())

@@ -172,6 +172,38 @@ LlamaConfig LlamaConfig::from_json(const json& root, const std::string& source) 
   return config;
 }
 
+json LlamaConfig::to_json() const {
+  json out = common_json();
+  out["vocab_size"] = vocab_size;
+  out["hidden_size"] = hidden_size;
+  out["intermediate_size"] = intermediate_size;
+  out["num_hidden_layers"] = num_hidden_layers;
+  out["num_attention_heads"] = num_attention_heads;
+  out["num_key_value_heads"] = num_key_value_heads;
+  out["head_dim"] = head_dim;
+  out["hidden_act"] = hidden_act;
+  out["max_position_embeddings"] = max_position_embeddings;
+  out["rms_norm_eps"] = rms_norm_eps;
+  out["rope_theta"] = rope_theta;
+  if (rope_scaling_type.empty()) {
+    out["rope_scaling"] = nullptr;
+  } else {
+    json scaling = {{"rope_type", rope_scaling_type}, {"type", rope_scaling_type}, {"factor", rope_factor}};
+    if (rope_scaling_type == "llama3") {
+      scaling["low_freq_factor"] = rope_low_freq_factor;
+      scaling["high_freq_factor"] = rope_high_freq_factor;
+      scaling["original_max_position_embeddings"] = rope_original_max_positions;
+    }
+    out["rope_scaling"] = scaling;
+  }
+  if (model_type == "llama") out["attention_bias"] = qkv_bias;  // Qwen2's bias is its architecture's
+  out["mlp_bias"] = mlp_bias;
+  out["pad_token_id"] = pad_token_id ? json(*pad_token_id) : json(nullptr);
+  out["bos_token_id"] = bos_token_id >= 0 ? json(bos_token_id) : json(nullptr);
+  out["eos_token_id"] = eos_token_id >= 0 ? json(eos_token_id) : json(nullptr);
+  return out;
+}
+
 LlamaConfig LlamaConfig::from_file(const std::string& path) {
   return from_json(read_json_file(path), path);
 }
@@ -417,16 +449,21 @@ ClassifierOutput LlamaForSequenceClassificationImpl::forward(const CausalLMInput
   const torch::Tensor& ids = inputs.input_ids;
   const int64_t batch = ids.size(0), length = ids.size(1);
   torch::Tensor last;  // (B): the position each row is classified at
-  if (config().pad_token_id) {
+  const torch::Tensor positions = torch::arange(length, ids.options().dtype(torch::kLong));
+  if (inputs.attention_mask.defined() && inputs.attention_mask.size(-1) == length) {
+    // The last attended token. transformers finds it from pad_token_id instead, which gives the same token
+    // when pad tokens are only padding, needs a pad_token_id in config.json (many Llama configs have none),
+    // and skips a real final token that equals it (GPT-2-style tokenizers pad with eos).
+    last = (positions * inputs.attention_mask.ne(0).to(torch::kLong)).argmax(-1);
+  } else if (config().pad_token_id) {
     // The last token that is not padding (transformers >= 4.48; 4.31's "one before the first pad" picks
     // the same one for right padding and wrapped around to the last position for left padding).
-    const torch::Tensor positions = torch::arange(length, ids.options().dtype(torch::kLong));
     last = (positions * ids.ne(*config().pad_token_id).to(torch::kLong)).argmax(-1);
   } else {
     if (batch > 1)
       throw Error(
           "LlamaForSequenceClassification: rows of a batch can only be told apart from their padding "
-          "with a pad_token_id, which config.json does not give");
+          "with an attention_mask or a pad_token_id, and neither is given");
     last = torch::full({batch}, length - 1, ids.options().dtype(torch::kLong));
   }
   ClassifierOutput out;

@@ -185,7 +185,10 @@ class MergeCache {
 
 struct ByteBpeTokenizer::Model {
   Options options;
-  std::array<int32_t, 256> byte_id{};  // id of each byte's one-character token
+  // Id of each byte's one-character token; -1 where the vocabulary has none (SmolLM2 lacks a few control
+  // bytes): such a byte is dropped, as Hugging Face's BPE drops a character it has no token for when there
+  // is no unk_token.
+  std::array<int32_t, 256> byte_id{};
   struct Merge {
     int32_t rank;
     int32_t id;  // the merged token
@@ -204,7 +207,7 @@ struct ByteBpeTokenizer::Model {
   // with a heap of candidate pairs (stale candidates are recognised and dropped when popped).
   void merge(std::string_view piece, std::vector<int32_t>& ids) const {
     if (piece.size() == 1) {
-      ids.push_back(byte_id[static_cast<unsigned char>(piece[0])]);
+      if (const int32_t id = byte_id[static_cast<unsigned char>(piece[0])]; id >= 0) ids.push_back(id);
       return;
     }
     struct Symbol {
@@ -220,10 +223,15 @@ struct ByteBpeTokenizer::Model {
     thread_local std::vector<Candidate> heap;
     symbols.clear();
     heap.clear();
-    const auto n = static_cast<int32_t>(piece.size());
-    for (int32_t i = 0; i < n; ++i) {
-      symbols.push_back({byte_id[static_cast<unsigned char>(piece[i])], i - 1, i + 1 < n ? i + 1 : -1});
+    for (const char byte : piece) {
+      const int32_t id = byte_id[static_cast<unsigned char>(byte)];
+      if (id < 0) continue;  // no token: dropped, its neighbours meet
+      const auto at = static_cast<int32_t>(symbols.size());
+      symbols.push_back({id, at - 1, -1});
+      if (at > 0) symbols[at - 1].next = at;
     }
+    const auto n = static_cast<int32_t>(symbols.size());
+    if (n == 0) return;
     const auto consider = [&](int32_t left) {
       const int32_t right = symbols[left].next;
       if (right < 0) return;
@@ -281,7 +289,8 @@ void ByteBpeTokenizer::tokenize(std::string_view text, size_t base, Encoding& ou
     const std::string_view piece = view.substr(begin, end - begin);
     ids.clear();
     if (piece.size() == 1) {
-      ids.push_back(model_->byte_id[static_cast<unsigned char>(piece[0])]);
+      if (const int32_t id = model_->byte_id[static_cast<unsigned char>(piece[0])]; id >= 0)
+        ids.push_back(id);
     } else if (piece.size() > MergeCache::kMaxKeyBytes) {
       model_->merge(piece, ids);
     } else {
@@ -306,11 +315,33 @@ void ByteBpeTokenizer::tokenize(std::string_view text, size_t base, Encoding& ou
   out.ids.reserve(expected);
   out.tokens.reserve(expected);
   out.offsets.reserve(expected);
-  if (model_->options.use_regex) {
-    split_gpt2(view, encode_piece);
-  } else if (!view.empty()) {
-    encode_piece(0, view.size());
+  // ByteLevel's split of one stretch of the text [from, to).
+  const auto byte_level = [&](size_t from, size_t to) {
+    if (from == to) return;
+    if (!model_->options.use_regex) return encode_piece(from, to);
+    split_gpt2(view.substr(from, to - from), [&](size_t b, size_t e) { encode_piece(from + b, from + e); });
+  };
+  if (!model_->options.split_digits) return byte_level(0, view.size());
+  // Digits first (tokenizers' pre_tokenizers::digits, Isolated): each number, or each digit, a stretch of
+  // its own; ByteLevel splits the stretches between them further.
+  size_t stretch = 0;
+  for (size_t i = 0; i < view.size();) {
+    size_t next = i;
+    const char32_t cp = text::next_code_point(view, next);
+    if (!text::is_number(cp)) {
+      i = next;
+      continue;
+    }
+    byte_level(stretch, i);
+    size_t end = next;
+    if (!model_->options.individual_digits) {
+      for (size_t after = end; end < view.size() && text::is_number(text::next_code_point(view, after));)
+        end = after;
+    }
+    encode_piece(i, end);
+    stretch = i = end;
   }
+  byte_level(stretch, view.size());
 }
 
 std::string ByteBpeTokenizer::decode(const std::vector<int64_t>& ids, bool skip_special_tokens) const {
@@ -332,19 +363,21 @@ std::unique_ptr<ByteBpeTokenizer> make_byte_bpe(std::unique_ptr<Tokenizer::Core>
   model->options = options;
   const auto alphabet = byte_alphabet();
   std::unordered_map<char32_t, unsigned char> byte_of;
+  int missing = 0;
   for (int b = 0; b < 256; ++b) {
     byte_of[alphabet[b]] = static_cast<unsigned char>(b);
     std::string token;
     text::append_utf8(token, alphabet[b]);
     const auto id = core->find(token);
-    if (!id) {
-      static const char* kHex = "0123456789ABCDEF";
-      throw FormatError(core->source,
-                        std::string("the vocabulary has no token for byte 0x") + kHex[b >> 4] + kHex[b & 15] +
-                            " ('" + token + "')",
-                        "byte-level BPE needs one token for each of the 256 bytes");
-    }
-    model->byte_id[b] = static_cast<int32_t>(*id);
+    model->byte_id[b] = id ? static_cast<int32_t>(*id) : -1;
+    missing += id ? 0 : 1;
+  }
+  // A few control bytes may lack a token (dropped when met, as Hugging Face drops them); a vocabulary
+  // without most of the alphabet is not a byte-level one.
+  if (missing > 64) {
+    throw FormatError(core->source,
+                      "the vocabulary has no token for " + std::to_string(missing) + " of the 256 bytes",
+                      "byte-level BPE needs a token for each byte (a few control bytes aside)");
   }
 
   if (merges.size() > static_cast<size_t>(kMaxVocabSize)) {

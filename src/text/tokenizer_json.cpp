@@ -258,13 +258,35 @@ std::unique_ptr<ByteBpeTokenizer> bpe_from_json(const json& doc, const json& mod
     }
   }
   ByteBpeTokenizer::Options options;
-  const json& pre = f.require(doc, "", "pre_tokenizer");
-  const std::string pre_type = pre.is_null() ? "null" : f.string(pre, "pre_tokenizer", "type");
-  if (pre_type != "ByteLevel") {
-    f.fail("pre_tokenizer.type", "is '" + pre_type + "'; graft's BPE reads ByteLevel (GPT-2, RoBERTa)");
+  const json* pre = &f.require(doc, "", "pre_tokenizer");
+  std::string pre_type = pre->is_null() ? "null" : f.string(*pre, "pre_tokenizer", "type");
+  std::string pre_where = "pre_tokenizer";
+  if (pre_type == "Sequence") {
+    // Sequence [Digits, ByteLevel] (SmolLM2, StarCoder): the one sequence graft reads.
+    const json& steps = f.require(*pre, "pre_tokenizer", "pretokenizers");
+    const auto type_of = [&](size_t i) {
+      return steps[i].is_object() && steps[i].contains("type") && steps[i]["type"].is_string()
+                 ? steps[i]["type"].get<std::string>()
+                 : std::string("?");
+    };
+    if (!steps.is_array() || steps.size() != 2 || type_of(0) != "Digits" || type_of(1) != "ByteLevel") {
+      f.fail("pre_tokenizer.pretokenizers",
+             "is " + Fields::describe(steps) + "; graft's BPE reads a Sequence of Digits then ByteLevel");
+    }
+    options.split_digits = true;
+    options.individual_digits =
+        f.boolean_or(steps[0], "pre_tokenizer.pretokenizers[0]", "individual_digits", false);
+    pre = &steps[1];
+    pre_type = "ByteLevel";
+    pre_where = "pre_tokenizer.pretokenizers[1]";
   }
-  options.add_prefix_space = f.boolean_or(pre, "pre_tokenizer", "add_prefix_space", false);
-  options.use_regex = f.boolean_or(pre, "pre_tokenizer", "use_regex", true);
+  if (pre_type != "ByteLevel") {
+    f.fail("pre_tokenizer.type",
+           "is '" + pre_type +
+               "'; graft's BPE reads ByteLevel (GPT-2, RoBERTa), alone or after Digits (SmolLM2)");
+  }
+  options.add_prefix_space = f.boolean_or(*pre, pre_where, "add_prefix_space", false);
+  options.use_regex = f.boolean_or(*pre, pre_where, "use_regex", true);
   if (const json* normalizer = f.optional(doc, "normalizer")) {
     f.fail("normalizer", "is " + Fields::describe(*normalizer) + "; graft's byte-level BPE expects null");
   }

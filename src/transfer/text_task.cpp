@@ -19,6 +19,7 @@
 #include "graft/errors.h"
 #include "graft/files.h"
 #include "graft/json_file.h"
+#include "graft/llama.h"
 #include "graft/lora.h"
 #include "graft/progress.h"
 #include "graft/run.h"
@@ -51,13 +52,16 @@ const std::vector<std::pair<std::string, std::string>> kTokenizerFiles = {
     {"special_tokens_map.json", "special_tokens_map.json"},
 };
 
-void check_model_name(const std::string& model, const std::string& task) {
+// --model, when given, must name the class the weights' (or config's) model type builds for the task, or
+// that type.
+void check_model_name(const std::string& model, const std::string& task, const std::string& model_type) {
   if (model.empty()) return;
-  const std::string wanted = model_class(task);
-  const std::string type = task == "text-classify" ? "bert" : "gpt2";
+  const std::string wanted = model_class(task, model_type);
+  const std::string type = !model_type.empty() ? model_type : task == "text-classify" ? "bert" : "gpt2";
   if (model != wanted && model != type) {
-    throw Error("--model " + model + " cannot do " + task + ": graft does " + task + " with " + wanted +
-                " (--model " + type + ")");
+    throw Error("--model " + model + " cannot do " + task + " here: the " +
+                (model_type.empty() ? std::string("default") : "\"" + model_type + "\" config") + " builds " +
+                wanted + " (--model " + type + ")");
   }
 }
 
@@ -73,7 +77,9 @@ std::string tokenizer_location(const TextTrainOptions& o) {
 std::vector<ParamGroup> decay_groups(torch::nn::Module& module) {
   std::set<const void*> no_decay;
   for (const auto& item : module.named_modules()) {
-    const bool layer_norm = item.value()->as<torch::nn::LayerNormImpl>() != nullptr;
+    // transformers' ALL_LAYERNORM_LAYERS: LayerNorm and LlamaRMSNorm.
+    const bool layer_norm = item.value()->as<torch::nn::LayerNormImpl>() != nullptr ||
+                            item.value()->as<LlamaRMSNormImpl>() != nullptr;
     for (const auto& p : item.value()->named_parameters(/*recurse=*/false)) {
       if (layer_norm || p.key() == "bias") no_decay.insert(p.value().unsafeGetTensorImpl());
     }
@@ -96,12 +102,21 @@ json run_config(const torch::nn::Module& module, const std::string& architecture
     config.id2label = classes;
     config.problem_type = "single_label_classification";
     out = config.to_json();
+  } else if (const auto* llama = dynamic_cast<const LlamaForSequenceClassificationImpl*>(&module)) {
+    LlamaConfig config = llama->config();
+    config.id2label = classes;
+    config.problem_type = "single_label_classification";
+    out = config.to_json();
   } else if (const auto* gpt2 = dynamic_cast<const GPT2LMHeadModelImpl*>(&module)) {
     out = gpt2->config().to_json();
+  } else if (const auto* lm = dynamic_cast<const LlamaForCausalLMImpl*>(&module)) {
+    out = lm->config().to_json();
+  } else {
+    throw Error("config.json: the model is neither a sequence classifier nor a causal language model");
+  }
+  if (dynamic_cast<const CausalLMImpl*>(&module)) {
     out.erase("id2label");  // a language model has no labels
     out.erase("label2id");
-  } else {
-    throw Error("config.json: the model is neither a BertForSequenceClassification nor a GPT2LMHeadModel");
   }
   out["architectures"] = json::array({architecture});
   out["torch_dtype"] = "float32";
@@ -225,9 +240,10 @@ TextData lm_data(const TextTrainOptions& o, const Tokenizer& tokenizer, std::ost
   return data;
 }
 
-// The model's positions as its config.json says (max_position_embeddings for BERT, n_positions for GPT-2;
-// Hugging Face's defaults when absent), read before the model is built so that the data, whose errors are
-// commoner, is read first. 0 when there is no config.json to read (loading the model says what is missing).
+// The model's positions as its config.json says (n_positions for GPT-2, max_position_embeddings for the
+// others; Hugging Face's defaults when absent), read before the model is built so that the data, whose
+// errors are commoner, is read first. 0 when there is no config.json to read (loading the model says what is
+// missing).
 int64_t config_positions(const TextTrainOptions& o) {
   fs::path config = o.model_config;
   if (!o.weights.empty())
@@ -236,11 +252,12 @@ int64_t config_positions(const TextTrainOptions& o) {
   std::error_code error;
   if (config.empty() || !fs::is_regular_file(config, error)) return 0;
   const json root = read_json_file(config.string());
-  const bool bert = o.task == "text-classify";
-  const char* key = bert ? "max_position_embeddings" : "n_positions";
+  const std::string type = model_type_at(config.string());
+  const bool gpt2 = type == "gpt2" || (type.empty() && o.task == "causal-lm");
+  const char* key = gpt2 ? "n_positions" : "max_position_embeddings";
   if (root.is_object() && root.contains(key) && root.at(key).is_number_integer())
     return root.at(key).get<int64_t>();
-  return bert ? 512 : 1024;
+  return gpt2 ? 1024 : type == "llama" ? 2048 : type == "qwen2" ? 32768 : 512;
 }
 
 // --max-length / --block-size 0: the model's positions, at most kDefaultTextLength; said in the log.
@@ -317,8 +334,9 @@ class TextRecipe : public TrainRecipe {
     if (!lora.empty() && o_.weights.empty() && o_.init_from.empty())
       throw Error(lora + " adapts pretrained weights: give --weights (a Hugging Face folder)");
     if (!o_.init_from.empty()) o_.weights = o_.init_from;  // a text run directory is a Hugging Face folder
-    architecture_ = model_class(o_.task);
-    check_model_name(o_.model, o_.task);
+    const std::string model_type = model_type_at(!o_.weights.empty() ? o_.weights : o_.model_config);
+    architecture_ = model_class(o_.task, model_type);
+    check_model_name(o_.model, o_.task, model_type);
     resolve_text_length(o_, log);
   }
 
@@ -441,16 +459,13 @@ namespace {
 // A LoRA text run's model: the base (checked against graft.json) with a head for the run's classes, then
 // the adapter, which holds that head.
 HfModel load_lora_text_model(const RunDocument& doc, const std::string& dir) {
+  const std::string base = checked_lora_base(doc, [&]() -> std::string {
+    throw FormatError(doc.file, "lora.base: a text run's base is a folder or file, not a model tag");
+  });
   HfLoadOptions load;
-  load.architecture = model_class(doc.task);
+  load.architecture = model_class(doc.task, model_type_at(base));
   load.num_labels = doc.task == "text-classify" ? static_cast<int64_t>(doc.classes.size()) : -1;
-  HfModel hf = load_hf_model(checked_lora_base(doc,
-                                               [&]() -> std::string {
-                                                 throw FormatError(doc.file,
-                                                                   "lora.base: a text run's base is a "
-                                                                   "folder or file, not a model tag");
-                                               }),
-                             load);
+  HfModel hf = load_hf_model(base, load);
   load_lora_adapter(*hf.module, dir);
   return hf;
 }
@@ -478,14 +493,11 @@ TextRun load_text_run(const std::string& dir, const std::string& tokenizer) {
     check_run_weights(doc->file, doc->weights_save_id,
                       lora ? (fs::path(dir) / "adapter_model.safetensors").string() : hf.weights_path);
   if (run.task.empty()) {
-    if (hf.architecture == "BertForSequenceClassification")
-      run.task = "text-classify";
-    else if (hf.architecture == "GPT2LMHeadModel")
-      run.task = "causal-lm";
-    else
+    run.task = task_of_class(hf.architecture);
+    if (run.task.empty())
       throw Error(dir + ": a " + hf.architecture + " is neither a text classifier nor a language model");
   }
-  if (hf.architecture != model_class(run.task)) {
+  if (task_of_class(hf.architecture) != run.task) {
     throw FormatError(graft_json.string(), "task " + run.task + " but config.json builds " + hf.architecture);
   }
   run.model_type = hf.model_type;
@@ -503,8 +515,15 @@ TextRun load_text_run(const std::string& dir, const std::string& tokenizer) {
   run.line_by_line = spec.line_by_line;
   run.columns = spec.columns;
   if (run.task == "text-classify") {
-    auto model = std::dynamic_pointer_cast<BertForSequenceClassificationImpl>(run.module);
-    run.classes = lora ? doc->classes : model->config().id2label;  // a LoRA run's base has its own labels
+    // A LoRA run's base has its own labels.
+    if (lora)
+      run.classes = doc->classes;
+    else if (const auto* bert = dynamic_cast<const BertForSequenceClassificationImpl*>(run.module.get()))
+      run.classes = bert->config().id2label;
+    else if (const auto* llama = dynamic_cast<const LlamaForSequenceClassificationImpl*>(run.module.get()))
+      run.classes = llama->config().id2label;
+    else
+      throw Error(dir + ": a " + hf.architecture + " is not a sequence classifier");
   }
   return run;
 }
@@ -532,8 +551,8 @@ ClassifyTensors run_tensors(const TextRun& run, const std::string& data, std::ve
   return set;
 }
 
-// What a text model's classifier reads, (B, hidden): BERT's pooled output; for GPT-2, its last hidden
-// states averaged over the tokens the mask keeps.
+// What a text model's classifier reads, (B, hidden): BERT's pooled output; for a decoder (GPT-2, Llama),
+// its last hidden states averaged over the tokens the mask keeps.
 torch::Tensor embed_tokens(torch::nn::Module& module, const torch::Tensor& x) {
   if (auto* bert = dynamic_cast<BertForSequenceClassificationImpl*>(&module)) {
     TextInputs inputs;
@@ -542,10 +561,13 @@ torch::Tensor embed_tokens(torch::nn::Module& module, const torch::Tensor& x) {
     inputs.token_type_ids = x.select(1, 2);
     return bert->bert->forward(inputs).pooler_output;
   }
-  auto* gpt2 = dynamic_cast<GPT2LMHeadModelImpl*>(&module);
-  if (!gpt2)
-    throw Error("features: the model is neither a BertForSequenceClassification nor a GPT2LMHeadModel");
-  const torch::Tensor hidden = gpt2->transformer->forward({x.select(1, 0), x.select(1, 1)}).last_hidden_state;
+  torch::Tensor hidden;
+  if (auto* classifier = dynamic_cast<LlamaForSequenceClassificationImpl*>(&module))
+    hidden = classifier->model->forward({x.select(1, 0), x.select(1, 1)}).last_hidden_state;
+  else if (auto* lm = dynamic_cast<CausalLMImpl*>(&module))
+    hidden = lm->forward_base({x.select(1, 0), x.select(1, 1)}).last_hidden_state;
+  else
+    throw Error("features: the model is neither a sequence classifier nor a causal language model");
   const torch::Tensor mask = x.select(1, 1).unsqueeze(-1).to(hidden.scalar_type());
   return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1);
 }
@@ -638,17 +660,22 @@ size_t complete_utf8_prefix(const std::string& s) {
 std::string generate_text(TextRun& run, const std::string& prompt, GenerateOptions options,
                           torch::Device device,
                           const std::function<bool(const std::string& piece)>& on_text) {
-  auto model = std::dynamic_pointer_cast<GPT2LMHeadModelImpl>(run.module);
+  auto model = std::dynamic_pointer_cast<CausalLMImpl>(run.module);
   if (!model)
     throw Error(run.dir + ": generate needs a language model; this run is a " + run.task + " model");
   EncodeOptions encode;
   encode.add_special_tokens = false;
   std::vector<int64_t> ids = run.tokenizer->encode(prompt, encode).ids;
   const std::optional<int64_t> eos = run.tokenizer->eos_id();
-  if (ids.empty())
-    ids.push_back(eos.value_or(model->config().bos_token_id));  // an empty prompt starts at bos
+  if (ids.empty()) {  // an empty prompt starts at eos (GPT-2's document separator), else at bos
+    const int64_t start = eos.value_or(model->bos_token_id());
+    if (start < 0)
+      throw Error("an empty prompt needs a token to start from: the tokenizer has no eos token and " +
+                  run.dir + "/config.json no bos_token_id");
+    ids.push_back(start);
+  }
   if (options.eos_token_id < 0 && eos) options.eos_token_id = *eos;
-  const int64_t positions = model->config().n_positions;
+  const int64_t positions = model->position_limit();
   if (options.max_new_tokens >= positions) {
     throw Error("--max-new-tokens " + std::to_string(options.max_new_tokens) +
                 " leaves no room for the prompt in " + std::to_string(positions) + " positions");

@@ -2,13 +2,17 @@
 #include "transfer/text_tensors.h"
 
 #include <algorithm>
+#include <filesystem>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <numeric>
 #include <random>
 
 #include "graft/bert.h"
 #include "graft/errors.h"
 #include "graft/gpt2.h"
+#include "graft/json_file.h"
+#include "graft/llama.h"
 #include "graft/run_document.h"
 #include "graft/strings.h"
 
@@ -28,18 +32,64 @@ bool was_cut(const Encoding& e, const std::string& text, int sequence) {
 
 }  // namespace
 
-const char* model_class(const std::string& task) {
-  if (task == "text-classify") return "BertForSequenceClassification";
-  if (task == "causal-lm") return "GPT2LMHeadModel";
-  throw Error("task '" + task + "': expected text-classify or causal-lm");
+namespace {
+
+// The classes of the text tasks, the task's first being its default.
+struct TextClass {
+  const char* task;
+  const char* model_type;
+  const char* architecture;
+};
+constexpr TextClass kTextClasses[] = {
+    {"text-classify", "bert", "BertForSequenceClassification"},
+    {"text-classify", "llama", "LlamaForSequenceClassification"},
+    {"text-classify", "qwen2", "Qwen2ForSequenceClassification"},
+    {"causal-lm", "gpt2", "GPT2LMHeadModel"},
+    {"causal-lm", "llama", "LlamaForCausalLM"},
+    {"causal-lm", "qwen2", "Qwen2ForCausalLM"},
+};
+
+}  // namespace
+
+std::string model_class(const std::string& task, const std::string& model_type) {
+  std::string types;
+  for (const TextClass& c : kTextClasses) {
+    if (c.task != task) continue;
+    if (model_type.empty() || model_type == c.model_type) return c.architecture;
+    types += (types.empty() ? "" : ", ") + std::string(c.model_type);
+  }
+  if (types.empty()) throw Error("task '" + task + "': expected text-classify or causal-lm");
+  throw Error("a \"" + model_type + "\" model cannot do " + task + ": graft does " + task +
+              " with model types " + types);
+}
+
+std::string task_of_class(const std::string& architecture) {
+  for (const TextClass& c : kTextClasses)
+    if (c.architecture == architecture) return c.task;
+  return "";
+}
+
+std::string model_type_at(const std::string& path) {
+  if (path.empty()) return "";
+  namespace fs = std::filesystem;
+  fs::path config = path;
+  if (fs::is_directory(config))
+    config /= "config.json";
+  else if (config.extension() != ".json")
+    config = config.parent_path() / "config.json";
+  if (!fs::is_regular_file(config)) return "";  // the loader says what is missing
+  const nlohmann::json root = read_json_file(config.string());
+  if (root.is_object() && root.contains("model_type") && root["model_type"].is_string())
+    return root["model_type"].get<std::string>();
+  return "";
 }
 
 int64_t embedding_rows(torch::nn::Module& module) {
   for (const auto& item : module.named_parameters(true)) {
     const std::string& name = item.key();
-    if (name.size() >= 22 && name.compare(name.size() - 22, 22, "word_embeddings.weight") == 0)
+    if (ends_with(name, "word_embeddings.weight") || name == "transformer.wte.weight" ||
+        name == "wte.weight" || name == "model.embed_tokens.weight" || name == "embed_tokens.weight")
       return item.value().size(0);
-    if (name == "transformer.wte.weight" || name == "wte.weight") return item.value().size(0);
   }
   throw Error("the model has no word embedding matrix");
 }
@@ -176,25 +226,33 @@ std::pair<ClassifyTensors, ClassifyTensors> split_rows(const ClassifyTensors& al
 
 Trainer::Forward forward_of(const std::shared_ptr<torch::nn::Module>& module, const std::string& task) {
   if (task == "text-classify") {
-    auto model = std::dynamic_pointer_cast<BertForSequenceClassificationImpl>(module);
-    if (!model) throw Error("text-classify needs a BertForSequenceClassification");
-    return [model](const torch::Tensor& x) {
-      TextInputs inputs;
-      inputs.input_ids = x.select(1, 0);
-      inputs.attention_mask = x.select(1, 1);
-      inputs.token_type_ids = x.select(1, 2);
-      return model->forward(inputs).logits;
-    };
+    if (auto bert = std::dynamic_pointer_cast<BertForSequenceClassificationImpl>(module)) {
+      return [bert](const torch::Tensor& x) {
+        TextInputs inputs;
+        inputs.input_ids = x.select(1, 0);
+        inputs.attention_mask = x.select(1, 1);
+        inputs.token_type_ids = x.select(1, 2);
+        return bert->forward(inputs).logits;
+      };
+    }
+    // A decoder reads no token types (row 2).
+    if (auto llama = std::dynamic_pointer_cast<LlamaForSequenceClassificationImpl>(module))
+      return [llama](const torch::Tensor& x) {
+        return llama->forward({x.select(1, 0), x.select(1, 1)}).logits;
+      };
+    throw Error("text-classify needs a sequence classifier (" + model_class(task) + ", ...)");
   }
-  auto model = std::dynamic_pointer_cast<GPT2LMHeadModelImpl>(module);
-  if (!model) throw Error("causal-lm needs a GPT2LMHeadModel");
+  auto model = std::dynamic_pointer_cast<CausalLMImpl>(module);
+  if (!model) throw Error("causal-lm needs a causal language model (" + model_class(task) + ", ...)");
   return [model](const torch::Tensor& x) { return model->forward({x.select(1, 0), x.select(1, 1)}).logits; };
 }
 
 int64_t context_length(const torch::nn::Module& module) {
   if (auto bert = dynamic_cast<const BertForSequenceClassificationImpl*>(&module))
     return bert->config().max_position_embeddings;
-  if (auto gpt2 = dynamic_cast<const GPT2LMHeadModelImpl*>(&module)) return gpt2->config().n_positions;
+  if (auto llama = dynamic_cast<const LlamaForSequenceClassificationImpl*>(&module))
+    return llama->config().max_position_embeddings;
+  if (auto lm = dynamic_cast<const CausalLMImpl*>(&module)) return lm->position_limit();
   return 512;
 }
 

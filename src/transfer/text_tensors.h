@@ -15,9 +15,16 @@
 
 namespace graft {
 
-// The Hugging Face class that does a text task: BertForSequenceClassification or GPT2LMHeadModel. Throws
-// graft::Error for another task.
-const char* model_class(const std::string& task);
+// The Hugging Face class that does a text task on a model type (config.json's model_type; "" for the
+// task's first: bert, gpt2): text-classify with BertForSequenceClassification or
+// {Llama,Qwen2}ForSequenceClassification, causal-lm with GPT2LMHeadModel or {Llama,Qwen2}ForCausalLM.
+// Throws graft::Error naming what graft does for another task or type.
+std::string model_class(const std::string& task, const std::string& model_type = "");
+// The text task a Hugging Face class does ("" for none).
+std::string task_of_class(const std::string& architecture);
+// The model_type of the config.json that goes with weights or a config (a Hugging Face folder, its
+// model.safetensors or its config.json); "" when there is none to read.
+std::string model_type_at(const std::string& path);
 // Rows of the model's word-embedding matrix: its vocabulary size.
 int64_t embedding_rows(torch::nn::Module& module);
 // Positions the model can read (max_position_embeddings, n_positions).

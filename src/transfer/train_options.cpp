@@ -40,7 +40,8 @@ std::vector<OptionSpec> make_table() {
        -1,
        "",
        {"image-classify", "video-classify", "text-classify", "causal-lm"}},
-      {"model", T::kText, kAll, "architecture or ARCH.TAG, e.g. mobilenet_v2; text: bert, gpt2 (a check)"},
+      {"model", T::kText, kAll,
+       "architecture or ARCH.TAG, e.g. mobilenet_v2; text: bert, gpt2, llama, qwen2 (a check)"},
       {"weights", T::kText, kAll,
        "pretrained weights (safetensors, reference names); text: a Hugging Face folder or run dir; or a Hub "
        "repository ORG/NAME[@REV]"},

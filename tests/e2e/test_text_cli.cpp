@@ -1,6 +1,7 @@
 // The text recipes through the CLI on real data: a tiny BERT trained from scratch on the UCI sentiment
 // sentences (classification, eval, predict, export), and a tiny GPT-2 trained on tinyshakespeare, then
-// fine-tuned from its run directory (--weights RUN_DIR), with perplexity, seeded generation and chat.
+// fine-tuned from its run directory (--weights RUN_DIR), with perplexity, seeded generation and chat; a
+// tiny Llama through the same steps, with LoRA and classification.
 // Real pretrained BERT/GPT-2 weights are not reachable offline; the tiny configs are the shared fixtures'.
 #include <gtest/gtest.h>
 
@@ -383,6 +384,108 @@ TEST(TextE2E, StepScheduleFlagsReachTextRuns) {
 // validation loss from epoch 1 to 2 by the same ~0.65 nats, and end within 0.1 nats of each other (bf16
 // rounding moves each step a little; a broken bf16 backward would stall near epoch 1's 9.3). eval and
 // generate take --precision too.
+// The Llama family through the task layer: the fixture's Llama shape (grouped-query attention, RMSNorm,
+// rotary positions) with the GPT-2 vocabulary, trained from scratch on the plays, evaluated, generating,
+// taking a LoRA adapter on q_proj/v_proj as PEFT names them, and classifying sentiment with
+// LlamaForSequenceClassification; each run directory is a Hugging Face folder of the same class.
+TEST(TextE2E, LlamaLearnsThePlaysTakesLoraAndClassifies) {
+  const auto dir = fresh_dir("llama");
+  std::string text = read(kShared + "/data/tinyshakespeare/input.txt");
+  std::ofstream(dir / "part1.txt") << text.substr(0, 60000);
+  std::ofstream(dir / "part2.txt") << text.substr(60000, 60000);
+  std::ofstream(dir / "val.txt") << text.substr(text.size() - 20000);
+  auto config = nlohmann::json::parse(read(kShared + "/fixtures/hf/llama/config.json"));
+  config["vocab_size"] = 50257;
+  config["max_position_embeddings"] = 64;
+  config["pad_token_id"] = nullptr;
+  config["bos_token_id"] = 50256;
+  config["eos_token_id"] = 50256;
+  std::ofstream(dir / "config.json") << config.dump(2);
+  const std::string val = " --val-data " + (dir / "val.txt").string();
+  const fs::path base = dir / "base";
+  auto pretrain =
+      graft("train --task causal-lm --model llama --model-config " + (dir / "config.json").string() +
+            " --tokenizer " + kShared + "/tokenizers/gpt2 --data " + (dir / "part1.txt").string() + val +
+            " --batch-size 16 --epochs 2 --lr 3e-3 --out " + base.string());
+  ASSERT_EQ(pretrain.status, 0) << pretrain.output;
+  EXPECT_NE(pretrain.output.find("--block-size 64: the model's 64 positions"), std::string::npos)
+      << pretrain.output;
+  const double first = number_after(pretrain.output, "epoch 1/2 .*val_loss");
+  const double ppl = number_after(pretrain.output, "final validation perplexity:");
+  std::cout << "[text e2e] tiny Llama from scratch: val loss " << first << " after epoch 1, perplexity "
+            << ppl << " after 2\n";
+  EXPECT_LT(std::log(ppl), first) << pretrain.output;
+  EXPECT_LT(ppl, 5000.0) << "a tenth of uniform over 50,257 tokens: far from what 2 epochs on the plays give";
+  const auto saved = nlohmann::json::parse(read(base / "config.json"));
+  EXPECT_EQ(saved["architectures"][0], "LlamaForCausalLM");
+  EXPECT_EQ(saved["num_key_value_heads"], 2);
+  EXPECT_FALSE(saved.contains("id2label"));
+  {
+    std::set<std::string> ours, theirs;
+    for (const auto& item : shapes((base / "model.safetensors").string())) ours.insert(item.first);
+    for (const auto& item : shapes(kShared + "/fixtures/hf/llama/model.safetensors"))
+      if (item.first.find("rotary_emb.inv_freq") == std::string::npos) theirs.insert(item.first);
+    EXPECT_EQ(ours, theirs) << "the run's tensors are not named as transformers names LlamaForCausalLM's";
+  }
+  auto eval = graft("eval " + base.string() + " --data " + (dir / "val.txt").string());
+  ASSERT_EQ(eval.status, 0) << eval.output;
+  EXPECT_NEAR(number_after(eval.output, "perplexity:"), ppl, ppl * 0.01) << eval.output;
+  const std::string greedy = "generate " + base.string() + " --prompt \"ROMEO:\" --max-new-tokens 8";
+  auto once = graft(greedy), twice = graft(greedy);
+  ASSERT_EQ(once.status, 0) << once.output;
+  EXPECT_EQ(once.output, twice.output);
+  EXPECT_EQ(once.output.rfind("ROMEO:", 0), 0u) << once.output;
+  auto too_long = graft("generate " + base.string() + " --prompt x --max-new-tokens 64");
+  EXPECT_NE(too_long.status, 0);
+  EXPECT_NE(too_long.output.find("64 positions"), std::string::npos) << too_long.output;
+
+  const fs::path lora = dir / "lora";
+  auto lora_run =
+      graft("train --task causal-lm --weights " + base.string() + " --data " + (dir / "part2.txt").string() +
+            val + " --batch-size 16 --epochs 1 --lr 3e-3 --lora r=4,alpha=8,targets=q_proj,v_proj --out " +
+            lora.string());
+  ASSERT_EQ(lora_run.status, 0) << lora_run.output;
+  EXPECT_LT(number_after(lora_run.output, "final validation perplexity:"), ppl) << lora_run.output;
+  EXPECT_EQ(shapes((lora / "adapter_model.safetensors").string()),
+            shapes(kShared + "/fixtures/peft/llama_lora/adapter_model.safetensors"))
+      << "graft's adapter is not named and shaped as PEFT's on the same Llama shape";
+  const auto adapter = nlohmann::json::parse(read(lora / "adapter_config.json"));
+  EXPECT_EQ(adapter["task_type"], "CAUSAL_LM");
+  EXPECT_EQ(adapter["fan_in_fan_out"], false);
+  auto lora_text = graft("generate " + lora.string() + " --prompt \"ROMEO:\" --max-new-tokens 8");
+  ASSERT_EQ(lora_text.status, 0) << lora_text.output;
+  EXPECT_EQ(lora_text.output.rfind("ROMEO:", 0), 0u) << lora_text.output;
+
+  // Classification: the plays' model with a new `score` head on the sentiment sentences; every row read at
+  // its last real token (GPT-2's tokenizer pads with eos).
+  const std::string data = kShared + "/data/sentiment_sentences/";
+  const fs::path classifier = dir / "classifier";
+  auto classify =
+      graft("train --task text-classify --weights " + base.string() + " --data " + data +
+            "yelp_labelled.txt," + data +
+            "amazon_cells_labelled.txt --no-header --text-column 0 --label-column 1 --max-length 48"
+            " --epochs 2 --lr 1e-3 --batch-size 32 --seed 3 --out " +
+            classifier.string());
+  ASSERT_EQ(classify.status, 0) << classify.output;
+  const double accuracy = number_after(classify.output, "final validation accuracy:");
+  std::cout << "[text e2e] tiny Llama sentiment: val accuracy " << accuracy << " (chance 0.5)\n";
+  EXPECT_GE(accuracy, 0.6) << classify.output;
+  const auto classifier_config = nlohmann::json::parse(read(classifier / "config.json"));
+  EXPECT_EQ(classifier_config["architectures"][0], "LlamaForSequenceClassification");
+  EXPECT_EQ(classifier_config["id2label"].size(), 2u);
+  EXPECT_EQ(shapes((classifier / "model.safetensors").string()).at("score.weight"),
+            (std::vector<int64_t>{2, config["hidden_size"].get<int64_t>()}));
+  auto predict = graft("predict " + classifier.string() + " --text \"The food was wonderful\"");
+  ASSERT_EQ(predict.status, 0) << predict.output;
+  auto wrong = graft("train --task text-classify --model gpt2 --weights " + base.string() + " --data " +
+                     data + "yelp_labelled.txt --no-header --text-column 0 --label-column 1 --out " +
+                     (dir / "never").string());
+  EXPECT_NE(wrong.status, 0);
+  EXPECT_NE(wrong.output.find("LlamaForSequenceClassification"), std::string::npos) << wrong.output;
+  EXPECT_FALSE(fs::exists(dir / "never"));
+  std::filesystem::remove_all(dir);
+}
+
 TEST(TextE2E, Gpt2TrainsAtBf16AsAtFp32) {
   const auto dir = fresh_dir("gpt2_bf16");
   std::string text = read(kShared + "/data/tinyshakespeare/input.txt");

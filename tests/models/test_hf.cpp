@@ -406,6 +406,20 @@ TEST(HfConfig, ToJsonReadsBackToTheSameConfiguration) {
   EXPECT_EQ(gpt2_again.activation_function, gpt2.activation_function);
   EXPECT_EQ(gpt2_again.layer_norm_epsilon, gpt2.layer_norm_epsilon);
   EXPECT_EQ(gpt2_again.eos_token_id, gpt2.eos_token_id);
+  nlohmann::json llama_source = read_json_file(fixture_dir("llama") + "/config.json");
+  llama_source["rope_scaling"] = {
+      {"rope_type", "llama3"}, {"factor", 8.0}, {"original_max_position_embeddings", 64}};
+  llama_source["rope_theta"] = 500000.0;
+  const LlamaConfig llama = LlamaConfig::from_json(llama_source, "llama");
+  const nlohmann::json llama_written = llama.to_json();
+  const LlamaConfig llama_again = LlamaConfig::from_json(llama_written, "written");
+  EXPECT_EQ(llama_again.to_json(), llama_written);
+  EXPECT_EQ(llama_again.num_key_value_heads, 2);
+  EXPECT_EQ(llama_again.rope_scaling_type, "llama3");
+  EXPECT_EQ(llama_again.rope_original_max_positions, 64);
+  EXPECT_EQ(llama_again.rope_theta, 500000.0);
+  EXPECT_EQ(llama_again.pad_token_id, std::optional<int64_t>(0));
+  EXPECT_FALSE(llama_again.tie_word_embeddings);
 }
 
 // Sizes that would allocate without end are refused by key before the model is built (#14.14): a config
@@ -1160,6 +1174,15 @@ TEST(HfLlama, SequenceClassificationReadsTheLastRealToken) {
   expect_close("llama seq-cls", "row 1 at position 1", out.logits[1], per_token[1][1]);
   expect_close("llama seq-cls", "loss", out.loss,
                torch::nn::functional::cross_entropy(out.logits, inputs.labels));
+  // Without a mask: pad_token_id decides (the same tokens here); the mask wins where a real token equals it.
+  expect_close("llama seq-cls", "by pad_token_id", model->forward(ids).logits, out.logits);
+  const torch::Tensor ends_in_pad_id = torch::tensor({{5, 6, 0}}, torch::kLong);
+  expect_close(
+      "llama seq-cls", "a real last token equal to pad_token_id",
+      model->forward({ends_in_pad_id, torch::ones({1, 3}, torch::kLong)}).logits[0],
+      torch::matmul(
+          model->forward({ends_in_pad_id, torch::ones({1, 3}, torch::kLong)}).base.last_hidden_state[0][2],
+          model->score->weight.t()));
 }
 
 // ---------------------------------------------------------------------------------------------------
