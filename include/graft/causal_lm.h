@@ -61,8 +61,7 @@ struct GenerateOptions {
 // eval, generate, chat) holds models through this class, so a new family needs no change there.
 class CausalLMImpl : public torch::nn::Module {
  public:
-  // Logits, the loss when labels are given (causal_lm_loss of graft/metrics.h: position t predicts token
-  // t + 1), the cache when asked.
+  // Logits, the loss when labels are given (causal_lm_loss), the cache when asked.
   virtual CausalLMOutput forward(const CausalLMInputs& inputs) = 0;
   // The model without its head (GPT2Model, LlamaModel): last_hidden_state, hidden_states, present.
   virtual CausalLMOutput forward_base(const CausalLMInputs& inputs) = 0;
@@ -84,5 +83,9 @@ class CausalLMImpl : public torch::nn::Module {
   // Throws graft::Error when T + max_new_tokens exceeds position_limit() or an option is out of range.
   torch::Tensor generate(const torch::Tensor& input_ids, const GenerateOptions& options = {});
 };
+
+// Mean next-token cross-entropy of a causal language model, as every Hugging Face *ForCausalLM computes it:
+// logits (N, T, V) at position t predict labels[:, t + 1]; labels equal to -100 (padding) are left out.
+torch::Tensor causal_lm_loss(const torch::Tensor& logits, const torch::Tensor& labels);
 
 }  // namespace graft

@@ -10,6 +10,8 @@
 #include <utility>
 #include <vector>
 
+#include "graft/causal_lm.h"  // causal_lm_loss, which the metrics of a language model use
+
 namespace graft {
 
 // Mean cross-entropy of logits (N, C) against int64 labels (N), as
@@ -19,10 +21,6 @@ namespace graft {
 // class_weights: undefined or (C) float.
 torch::Tensor classification_loss(const torch::Tensor& logits, const torch::Tensor& labels,
                                   double label_smoothing = 0.0, const torch::Tensor& class_weights = {});
-
-// Mean next-token cross-entropy of a causal language model, as Hugging Face's GPT2LMHeadModel computes it:
-// logits (N, T, V) at position t predict labels[:, t + 1]; labels equal to -100 (padding) are left out.
-torch::Tensor causal_lm_loss(const torch::Tensor& logits, const torch::Tensor& labels);
 
 // Classes a classifier may have (ImageNet-21k has 21,841): more is refused by name.
 constexpr int64_t kMaxClasses = 100000;

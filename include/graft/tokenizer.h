@@ -92,7 +92,7 @@ class Tokenizer {
   Tokenizer(const Tokenizer&) = delete;
   Tokenizer& operator=(const Tokenizer&) = delete;
 
-  // "wordpiece" or "byte_bpe".
+  // "wordpiece", "byte_bpe" or "sentencepiece_bpe".
   virtual std::string kind() const = 0;
 
   // Throws InvalidUtf8 for malformed text, graft::Error for texts over kMaxTextBytes and for options
@@ -222,6 +222,34 @@ class ByteBpeTokenizer final : public Tokenizer {
   std::string kind() const override { return "byte_bpe"; }
   std::string decode(const std::vector<int64_t>& ids, bool skip_special_tokens = true) const override;
   const Options& options() const;
+
+ protected:
+  void tokenize(std::string_view text, size_t base, Encoding& out) const override;
+
+ private:
+  std::unique_ptr<Model> model_;
+};
+
+// Llama 2's tokenizer as tokenizer.json writes it (TinyLlama, Llama 2, Mistral 7B v0.1): SentencePiece's BPE
+// on text whose spaces are "\u2581" with one more put in front of each stretch between added tokens (the
+// normalizer Sequence [Prepend, Replace]), no pre-tokenisation, characters without a token spelled as
+// their bytes (<0x41>) or <unk>, then merges by rank. Decoding turns "\u2581" back into spaces, bytes back
+// into text, and drops the one space put in front.
+struct SentencePieceBpeOptions {
+  bool byte_fallback = true;  // unknown characters as <0xXX> byte tokens; false: <unk>
+  bool fuse_unk = true;       // consecutive <unk> as one
+  std::string unk_token = "<unk>";
+};
+
+class SentencePieceBpeTokenizer final : public Tokenizer {
+ public:
+  using Options = SentencePieceBpeOptions;
+  struct Model;  // src/text/sentencepiece_bpe.cpp
+
+  SentencePieceBpeTokenizer(std::unique_ptr<Core> core, std::unique_ptr<Model> model);
+  ~SentencePieceBpeTokenizer() override;
+  std::string kind() const override { return "sentencepiece_bpe"; }
+  std::string decode(const std::vector<int64_t>& ids, bool skip_special_tokens = true) const override;
 
  protected:
   void tokenize(std::string_view text, size_t base, Encoding& out) const override;

@@ -1,6 +1,7 @@
-// Generation for every causal language model (graft/causal_lm.h): Hugging Face's greedy and sampling
-// decoding with its logits processors (generation/logits_process.py: RepetitionPenaltyLogitsProcessor,
-// TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper), one cached one-token forward per new token.
+// The next-token loss and generation of every causal language model (graft/causal_lm.h). Generation is
+// Hugging Face's greedy and sampling decoding with its logits processors (generation/logits_process.py:
+// RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper), one cached
+// one-token forward per new token.
 #include "graft/causal_lm.h"
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -85,6 +86,19 @@ torch::Tensor CausalLMImpl::generate(const torch::Tensor& input_ids, const Gener
     step.past_key_values = std::move(out.present);
   }
   return sequences;
+}
+
+torch::Tensor causal_lm_loss(const torch::Tensor& logits, const torch::Tensor& labels) {
+  if (logits.dim() != 3 || labels.dim() != 2 || logits.size(0) != labels.size(0) ||
+      logits.size(1) != labels.size(1)) {
+    throw Error("causal_lm_loss: expected logits (N, T, V) and labels (N, T), got logits " +
+                shape_str(logits.sizes().vec()) + " and labels " + shape_str(labels.sizes().vec()));
+  }
+  const int64_t vocab = logits.size(2);
+  const torch::Tensor shifted_logits = logits.narrow(1, 0, logits.size(1) - 1).reshape({-1, vocab});
+  const torch::Tensor shifted_labels = labels.narrow(1, 1, labels.size(1) - 1).reshape({-1}).to(torch::kLong);
+  return torch::nn::functional::cross_entropy(
+      shifted_logits, shifted_labels, torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-100));
 }
 
 }  // namespace graft

@@ -14,7 +14,6 @@
 #include <string>
 
 #include "graft/json_file.h"
-#include "graft/metrics.h"
 #include "layers/lora.h"
 #include "models/hf_config.h"
 

@@ -13,7 +13,6 @@
 #include <string>
 
 #include "graft/json_file.h"
-#include "graft/metrics.h"
 #include "layers/linear.h"
 #include "models/hf_config.h"
 

@@ -103,6 +103,9 @@ std::unique_ptr<ByteBpeTokenizer> make_byte_bpe(std::unique_ptr<Tokenizer::Core>
                                                 const std::string& merges_source,
                                                 const std::string& location_word,
                                                 const ByteBpeTokenizer::Options& options);
+std::unique_ptr<SentencePieceBpeTokenizer> make_sentencepiece_bpe(
+    std::unique_ptr<Tokenizer::Core> core, const std::vector<MergeRule>& merges,
+    const std::string& merges_source, const SentencePieceBpeTokenizer::Options& options);
 // tokenizer.json, with tokenizer_config.json's settings over it when given (tokenizer_json.cpp).
 std::unique_ptr<Tokenizer> read_tokenizer_json(const std::string& path, const TokenizerConfig* config);
 

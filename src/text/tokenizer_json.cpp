@@ -245,6 +245,37 @@ std::unique_ptr<WordPieceTokenizer> wordpiece_from_json(const json& doc, const j
   return make_wordpiece(std::move(core), options);
 }
 
+// model.merges in rank order: "a b" strings (older files) or ["a", "b"] pairs.
+std::vector<MergeRule> read_merges(const json& model, const Fields& f) {
+  const json& list = f.require(model, "model", "merges");
+  if (!list.is_array()) f.fail("model.merges", "is " + Fields::describe(list) + ", expected an array");
+  if (list.size() > static_cast<size_t>(kMaxVocabSize)) {
+    f.fail("model.merges",
+           "has " + std::to_string(list.size()) + " entries, over " + std::to_string(kMaxVocabSize));
+  }
+  std::vector<MergeRule> merges;
+  merges.reserve(list.size());
+  for (size_t i = 0; i < list.size(); ++i) {
+    const json& item = list[i];
+    const std::string where = "model.merges[" + std::to_string(i) + "]";
+    if (item.is_string()) {  // "a b"
+      const std::string text = item.get<std::string>();
+      const size_t space = text.find(' ');
+      if (space == 0 || space == std::string::npos || space + 1 == text.size() ||
+          text.find(' ', space + 1) != std::string::npos) {
+        f.fail(where, "is '" + text + "', expected two tokens separated by one space");
+      }
+      merges.push_back({text.substr(0, space), text.substr(space + 1), i});
+    } else if (item.is_array() && item.size() == 2 && item[0].is_string() &&
+               item[1].is_string()) {  // ["a", "b"]
+      merges.push_back({item[0].get<std::string>(), item[1].get<std::string>(), i});
+    } else {
+      f.fail(where, "is " + Fields::describe(item) + ", expected \"a b\" or [\"a\", \"b\"]");
+    }
+  }
+  return merges;
+}
+
 std::unique_ptr<ByteBpeTokenizer> bpe_from_json(const json& doc, const json& model, const Fields& f,
                                                 const TokenizerConfig* config) {
   if (const json* dropout = f.optional(model, "dropout")) {
@@ -291,35 +322,51 @@ std::unique_ptr<ByteBpeTokenizer> bpe_from_json(const json& doc, const json& mod
     f.fail("normalizer", "is " + Fields::describe(*normalizer) + "; graft's byte-level BPE expects null");
   }
 
-  const json& list = f.require(model, "model", "merges");
-  if (!list.is_array()) f.fail("model.merges", "is " + Fields::describe(list) + ", expected an array");
-  if (list.size() > static_cast<size_t>(kMaxVocabSize)) {
-    f.fail("model.merges",
-           "has " + std::to_string(list.size()) + " entries, over " + std::to_string(kMaxVocabSize));
-  }
-  std::vector<MergeRule> merges;
-  merges.reserve(list.size());
-  for (size_t i = 0; i < list.size(); ++i) {
-    const json& item = list[i];
-    const std::string where = "model.merges[" + std::to_string(i) + "]";
-    if (item.is_string()) {  // "a b"
-      const std::string text = item.get<std::string>();
-      const size_t space = text.find(' ');
-      if (space == 0 || space == std::string::npos || space + 1 == text.size() ||
-          text.find(' ', space + 1) != std::string::npos) {
-        f.fail(where, "is '" + text + "', expected two tokens separated by one space");
-      }
-      merges.push_back({text.substr(0, space), text.substr(space + 1), i});
-    } else if (item.is_array() && item.size() == 2 && item[0].is_string() &&
-               item[1].is_string()) {  // ["a", "b"]
-      merges.push_back({item[0].get<std::string>(), item[1].get<std::string>(), i});
-    } else {
-      f.fail(where, "is " + Fields::describe(item) + ", expected \"a b\" or [\"a\", \"b\"]");
-    }
-  }
+  const std::vector<MergeRule> merges = read_merges(model, f);
   auto core = core_from(doc, model, f);
   if (config) config->apply(*core);
   return make_byte_bpe(std::move(core), merges, f.file(), "model.merges entry", options);
+}
+
+// Llama 2's shape: normalizer Sequence [Prepend("\u2581"), Replace(" ", "\u2581")] and no pre-tokenizer.
+bool is_sentencepiece_bpe(const json& doc, const Fields& f) {
+  // Reads only what is there and of the right type: any other shape is not this one (and is refused by the
+  // byte-level reader, which names the field).
+  const auto text = [](const json& object, const char* key) -> std::string {
+    if (!object.is_object() || !object.contains(key) || !object.at(key).is_string()) return "";
+    return object.at(key).get<std::string>();
+  };
+  const json* normalizer = f.optional(doc, "normalizer");
+  if (!normalizer || f.optional(doc, "pre_tokenizer") || text(*normalizer, "type") != "Sequence")
+    return false;
+  if (!normalizer->contains("normalizers")) return false;
+  const json& steps = normalizer->at("normalizers");
+  return steps.is_array() && steps.size() == 2 && text(steps[0], "type") == "Prepend" &&
+         text(steps[0], "prepend") == "\u2581" && text(steps[1], "type") == "Replace" &&
+         text(steps[1], "content") == "\u2581" && steps[1].contains("pattern") &&
+         text(steps[1]["pattern"], "String") == " ";
+}
+
+std::unique_ptr<SentencePieceBpeTokenizer> sentencepiece_bpe_from_json(const json& doc, const json& model,
+                                                                       const Fields& f,
+                                                                       const TokenizerConfig* config) {
+  if (const json* dropout = f.optional(model, "dropout"))
+    f.fail("model.dropout", "is " + Fields::describe(*dropout) + "; graft's BPE expects null (no dropout)");
+  SentencePieceBpeTokenizer::Options options;
+  options.byte_fallback = f.boolean_or(model, "model", "byte_fallback", false);
+  options.fuse_unk = f.boolean_or(model, "model", "fuse_unk", false);
+  options.unk_token = f.string_or(model, "model", "unk_token", options.unk_token);
+  if (f.boolean_or(model, "model", "ignore_merges", false))
+    f.fail("model.ignore_merges", "is true; graft's BPE applies every merge");
+  for (const char* name : {"continuing_subword_prefix", "end_of_word_suffix"}) {
+    if (!f.string_or(model, "model", name, "").empty())
+      f.fail(std::string("model.") + name,
+             "is '" + f.string(model, "model", name) + "'; expected empty or null");
+  }
+  const std::vector<MergeRule> merges = read_merges(model, f);
+  auto core = core_from(doc, model, f);
+  if (config) config->apply(*core);
+  return make_sentencepiece_bpe(std::move(core), merges, f.file(), options);
 }
 
 // transformers writes special tokens as "[PAD]" or as {"content": "[PAD]", ...}.
@@ -442,8 +489,10 @@ std::unique_ptr<Tokenizer> read_tokenizer_json(const std::string& path, const To
       f.fail("model.type", "is missing and the model's fields are neither WordPiece's nor BPE's");
   }
   if (type == "WordPiece") return wordpiece_from_json(doc, model, f, config);
+  if (type == "BPE" && is_sentencepiece_bpe(doc, f))
+    return sentencepiece_bpe_from_json(doc, model, f, config);
   if (type == "BPE") return bpe_from_json(doc, model, f, config);
-  f.fail("model.type", "is '" + type + "'; graft reads 'WordPiece' (BERT) and 'BPE' (GPT-2) models");
+  f.fail("model.type", "is '" + type + "'; graft reads 'WordPiece' (BERT) and 'BPE' (GPT-2, Llama 2) models");
 }
 
 std::unique_ptr<WordPieceTokenizer> WordPieceTokenizer::from_tokenizer_json(const std::string& path) {

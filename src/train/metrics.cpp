@@ -108,19 +108,6 @@ void MetricsAccumulator::add(const torch::Tensor& logits_in, const torch::Tensor
   loss_sum_ += batch_loss * static_cast<double>(n);
 }
 
-torch::Tensor causal_lm_loss(const torch::Tensor& logits, const torch::Tensor& labels) {
-  if (logits.dim() != 3 || labels.dim() != 2 || logits.size(0) != labels.size(0) ||
-      logits.size(1) != labels.size(1)) {
-    throw Error("causal_lm_loss: expected logits (N, T, V) and labels (N, T), got logits " +
-                shape_str(logits.sizes().vec()) + " and labels " + shape_str(labels.sizes().vec()));
-  }
-  const int64_t vocab = logits.size(2);
-  const torch::Tensor shifted_logits = logits.narrow(1, 0, logits.size(1) - 1).reshape({-1, vocab});
-  const torch::Tensor shifted_labels = labels.narrow(1, 1, labels.size(1) - 1).reshape({-1}).to(torch::kLong);
-  return torch::nn::functional::cross_entropy(
-      shifted_logits, shifted_labels, torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-100));
-}
-
 double Metrics::perplexity() const {
   return std::exp(loss);
 }

@@ -177,6 +177,39 @@ TEST(TokenizerGolden, SmolLM2ByteLevelAfterDigits) {
             (std::vector<int64_t>{*tokenizer->token_to_id("a"), *tokenizer->token_to_id("b")}));
 }
 
+// TinyLlama's tokenizer.json (Llama 2's SentencePiece BPE: Prepend and Replace normalizers, byte
+// fallback, <s> from a TemplateProcessing) against the Rust tokenizers' ids and tokens, each text with
+// and without special tokens (tinyllama_chat/SOURCE.md), text after a special token included.
+TEST(TokenizerGolden, TinyLlamaSentencePieceBpe) {
+  const auto tokenizer = load_tokenizer(kDir + "/tinyllama_chat");
+  EXPECT_EQ(tokenizer->kind(), "sentencepiece_bpe");
+  std::ifstream in(kDir + "/tinyllama_chat/dev.jsonl");
+  ASSERT_TRUE(in);
+  size_t lines = 0, passed = 0;
+  std::string line;
+  for (size_t n = 1; std::getline(in, line); ++n) {
+    if (line.empty()) continue;
+    const json doc = json::parse(line);
+    EncodeOptions options;
+    options.add_special_tokens = doc["add_special_tokens"].get<bool>();
+    const Encoding e = tokenizer->encode(doc["text"].get<std::string>(), options);
+    const std::string ids = first_difference(doc["ids"].get<std::vector<int64_t>>(), e.ids);
+    const std::string tokens = first_difference(doc["tokens"].get<std::vector<std::string>>(), e.tokens);
+    EXPECT_EQ(ids + tokens, "") << "dev.jsonl:" << n << " '" << shorten(doc["text"].get<std::string>())
+                                << "'";
+    ++lines;
+    passed += ids.empty() && tokens.empty();
+    // Decoding gives the text back (the space put in front left out), where it holds no special token
+    // (decode leaves those out).
+    const std::string text = doc["text"].get<std::string>();
+    if (text.find("<s>") == std::string::npos && text.find("</s>") == std::string::npos &&
+        text.find("<unk>") == std::string::npos)
+      EXPECT_EQ(tokenizer->decode(e.ids), text) << "dev.jsonl:" << n;
+  }
+  EXPECT_EQ(lines, 84u);
+  EXPECT_EQ(passed, lines);
+}
+
 TEST_F(Tokenizers, BpeDecodeGivesBackTheExactBytesOfEveryGoldenLine) {
   for (const auto* tokenizer : {gpt2_files_.get(), gpt2_json_.get()}) {
     for (const auto& g : read_golden("gpt2.jsonl")) {
@@ -620,9 +653,9 @@ TEST(TokenizerFiles, MalformedTokenizerJson) {
   };
   json unigram = {{"model", {{"type", "Unigram"}, {"vocab", json::array()}}}};
   std::string e = error_of_json("unigram.json", unigram);
-  EXPECT_NE(
-      e.find("field 'model.type' is 'Unigram'; graft reads 'WordPiece' (BERT) and 'BPE' (GPT-2) models"),
-      std::string::npos)
+  EXPECT_NE(e.find("field 'model.type' is 'Unigram'; graft reads 'WordPiece' (BERT) and 'BPE' (GPT-2, Llama "
+                   "2) models"),
+            std::string::npos)
       << e;
   json no_vocab = {{"model", {{"type", "WordPiece"}, {"unk_token", "[UNK]"}}},
                    {"normalizer", nullptr},
