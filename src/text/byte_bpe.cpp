@@ -203,8 +203,7 @@ struct ByteBpeTokenizer::Model {
     return it == merges.end() ? nullptr : &it->second;
   }
 
-  // BPE on one pre-token: lowest rank first, leftmost among equal ranks, over a linked list of symbols
-  // with a heap of candidate pairs (stale candidates are recognised and dropped when popped).
+  // BPE on one pre-token (merge_by_rank over its bytes' symbols).
   void merge(std::string_view piece, std::vector<int32_t>& ids) const {
     if (piece.size() == 1) {
       if (const int32_t id = byte_id[static_cast<unsigned char>(piece[0])]; id >= 0) ids.push_back(id);
@@ -214,15 +213,9 @@ struct ByteBpeTokenizer::Model {
       int32_t id;
       int32_t prev, next;  // -1 at the ends
     };
-    struct Candidate {
-      uint64_t key;  // rank << 32 | position of the left symbol: smallest first
-      int32_t left, right;
-      bool operator>(const Candidate& other) const { return key > other.key; }
-    };
     thread_local std::vector<Symbol> symbols;
-    thread_local std::vector<Candidate> heap;
+    thread_local std::vector<BpeCandidate> heap;
     symbols.clear();
-    heap.clear();
     for (const char byte : piece) {
       const int32_t id = byte_id[static_cast<unsigned char>(byte)];
       if (id < 0) continue;  // no token: dropped, its neighbours meet
@@ -230,33 +223,10 @@ struct ByteBpeTokenizer::Model {
       symbols.push_back({id, at - 1, -1});
       if (at > 0) symbols[at - 1].next = at;
     }
-    const auto n = static_cast<int32_t>(symbols.size());
-    if (n == 0) return;
-    const auto consider = [&](int32_t left) {
-      const int32_t right = symbols[left].next;
-      if (right < 0) return;
-      if (const Merge* m = find_merge(symbols[left].id, symbols[right].id)) {
-        heap.push_back(
-            {(uint64_t(uint32_t(m->rank)) << 32) | uint32_t(left), symbols[left].id, symbols[right].id});
-        std::push_heap(heap.begin(), heap.end(), std::greater<>());
-      }
-    };
-    for (int32_t i = 0; i + 1 < n; ++i) consider(i);
-    while (!heap.empty()) {
-      std::pop_heap(heap.begin(), heap.end(), std::greater<>());
-      const Candidate c = heap.back();
-      heap.pop_back();
-      const auto left = static_cast<int32_t>(c.key & 0xFFFFFFFFu);
-      Symbol& l = symbols[left];
-      if (l.id != c.left || l.next < 0 || symbols[l.next].id != c.right) continue;  // stale
-      const int32_t right = l.next;
-      l.id = find_merge(c.left, c.right)->id;
-      l.next = symbols[right].next;
-      if (l.next >= 0) symbols[l.next].prev = left;
-      symbols[right].id = -1;
-      if (l.prev >= 0) consider(l.prev);
-      consider(left);
-    }
+    if (symbols.empty()) return;
+    merge_by_rank(
+        symbols, heap, [&](int32_t left, int32_t right) { return find_merge(left, right); },
+        [](Symbol&, const Symbol&) {});
     for (int32_t i = 0; i >= 0; i = symbols[i].next) ids.push_back(symbols[i].id);
     if (symbols.capacity() > (size_t{1} << 20)) {  // one huge word: give the memory back
       symbols = {};

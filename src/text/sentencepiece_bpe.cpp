@@ -3,9 +3,7 @@
 // text between added tokens, no pre-tokenizer (the stretch is one word), models/bpe with byte_fallback
 // and fuse_unk, merges by rank (lowest first, leftmost among equal ranks); decoders Replace("\u2581", " "),
 // ByteFallback, Fuse, Strip(" ", 1, 0). Written from those behaviours; no code is copied.
-#include <algorithm>
 #include <cstdio>
-#include <functional>
 #include <unordered_map>
 
 #include "graft/strings.h"
@@ -97,38 +95,10 @@ void SentencePieceBpeTokenizer::tokenize(std::string_view text, size_t base, Enc
   }
   if (symbols.empty()) return;
 
-  struct Candidate {
-    uint64_t key;  // rank << 32 | left position: smallest first
-    int32_t left, right;
-    bool operator>(const Candidate& other) const { return key > other.key; }
-  };
-  std::vector<Candidate> heap;
-  const auto consider = [&](int32_t left) {
-    const int32_t right = symbols[left].next;
-    if (right < 0) return;
-    if (const Model::Merge* m = model_->find_merge(symbols[left].id, symbols[right].id)) {
-      heap.push_back(
-          {(uint64_t(uint32_t(m->rank)) << 32) | uint32_t(left), symbols[left].id, symbols[right].id});
-      std::push_heap(heap.begin(), heap.end(), std::greater<>());
-    }
-  };
-  for (int32_t i = 0; i >= 0 && symbols[i].next >= 0; i = symbols[i].next) consider(i);
-  while (!heap.empty()) {
-    std::pop_heap(heap.begin(), heap.end(), std::greater<>());
-    const Candidate c = heap.back();
-    heap.pop_back();
-    const auto left = static_cast<int32_t>(c.key & 0xFFFFFFFFu);
-    Symbol& l = symbols[left];
-    if (l.id != c.left || l.next < 0 || symbols[l.next].id != c.right) continue;  // stale
-    const int32_t right = l.next;
-    l.id = model_->find_merge(c.left, c.right)->id;
-    l.end = symbols[right].end;
-    l.next = symbols[right].next;
-    if (l.next >= 0) symbols[l.next].prev = left;
-    symbols[right].id = -1;
-    if (l.prev >= 0) consider(l.prev);
-    consider(left);
-  }
+  std::vector<BpeCandidate> heap;
+  merge_by_rank(
+      symbols, heap, [&](int32_t left, int32_t right) { return model_->find_merge(left, right); },
+      [](Symbol& left, const Symbol& right) { left.end = right.end; });
   for (int32_t i = 0; i >= 0; i = symbols[i].next) {
     const Symbol& s = symbols[i];
     out.ids.push_back(s.id);

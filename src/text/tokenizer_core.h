@@ -2,8 +2,10 @@
 // the text before the model sees it, the post-processing template ([CLS] $A [SEP]) and the special token
 // ids. Built by the loaders (wordpiece.cpp, byte_bpe.cpp, tokenizer_json.cpp), used by tokenizer.cpp.
 #pragma once
+#include <algorithm>
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -76,6 +78,51 @@ struct MergeRule {
   std::string left, right;
   size_t line = 0;
 };
+
+// A pair of neighbouring symbols BPE may merge, keyed rank << 32 | the left symbol's index (smallest first);
+// left and right are the two ids when it was found (a merge since then makes it stale).
+struct BpeCandidate {
+  uint64_t key;
+  int32_t left, right;
+  bool operator>(const BpeCandidate& other) const { return key > other.key; }
+};
+
+// BPE merges over a linked list of symbols (each with int32_t id, prev, next; -1 at the ends; the list
+// starts at index 0, which must exist): the pair of lowest rank first, the leftmost among equal ranks,
+// with a heap of candidate pairs (stale ones recognised and dropped when popped). find(left id, right id)
+// gives a pointer to {rank, id} of the merge or null; joined(left, right) widens what the left symbol
+// covers. A merged-away symbol gets id -1. byte_bpe.cpp and sentencepiece_bpe.cpp share it.
+template <class Symbol, class Find, class Joined>
+void merge_by_rank(std::vector<Symbol>& symbols, std::vector<BpeCandidate>& heap, const Find& find,
+                   const Joined& joined) {
+  heap.clear();
+  const auto consider = [&](int32_t left) {
+    const int32_t right = symbols[left].next;
+    if (right < 0) return;
+    if (const auto* m = find(symbols[left].id, symbols[right].id)) {
+      heap.push_back(
+          {(uint64_t(uint32_t(m->rank)) << 32) | uint32_t(left), symbols[left].id, symbols[right].id});
+      std::push_heap(heap.begin(), heap.end(), std::greater<>());
+    }
+  };
+  for (int32_t i = 0; i >= 0 && symbols[i].next >= 0; i = symbols[i].next) consider(i);
+  while (!heap.empty()) {
+    std::pop_heap(heap.begin(), heap.end(), std::greater<>());
+    const BpeCandidate c = heap.back();
+    heap.pop_back();
+    const auto left = static_cast<int32_t>(c.key & 0xFFFFFFFFu);
+    Symbol& l = symbols[left];
+    if (l.id != c.left || l.next < 0 || symbols[l.next].id != c.right) continue;  // stale
+    const int32_t right = l.next;
+    l.id = find(c.left, c.right)->id;
+    joined(l, symbols[right]);
+    l.next = symbols[right].next;
+    if (l.next >= 0) symbols[l.next].prev = left;
+    symbols[right].id = -1;
+    if (l.prev >= 0) consider(l.prev);
+    consider(left);
+  }
+}
 
 // The fields of a model directory's tokenizer_config.json that graft reads.
 struct TokenizerConfig {
