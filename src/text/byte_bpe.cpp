@@ -189,19 +189,10 @@ struct ByteBpeTokenizer::Model {
   // bytes): such a byte is dropped, as Hugging Face's BPE drops a character it has no token for when there
   // is no unk_token.
   std::array<int32_t, 256> byte_id{};
-  struct Merge {
-    int32_t rank;
-    int32_t id;  // the merged token
-  };
-  std::unordered_map<uint64_t, Merge> merges;  // (left id << 32 | right id) -> rank, result
-  std::vector<std::string> id_bytes;           // what each id decodes to
-  std::vector<uint32_t> id_length;             // id_bytes[id].size(), compact for the encode loop
+  BpeMerges merges;
+  std::vector<std::string> id_bytes;  // what each id decodes to
+  std::vector<uint32_t> id_length;    // id_bytes[id].size(), compact for the encode loop
   MergeCache cache;
-
-  const Merge* find_merge(int32_t left, int32_t right) const {
-    const auto it = merges.find((uint64_t(uint32_t(left)) << 32) | uint32_t(right));
-    return it == merges.end() ? nullptr : &it->second;
-  }
 
   // BPE on one pre-token (merge_by_rank over its bytes' symbols).
   void merge(std::string_view piece, std::vector<int32_t>& ids) const {
@@ -225,7 +216,7 @@ struct ByteBpeTokenizer::Model {
     }
     if (symbols.empty()) return;
     merge_by_rank(
-        symbols, heap, [&](int32_t left, int32_t right) { return find_merge(left, right); },
+        symbols, heap, [&](int32_t left, int32_t right) { return merges.find(left, right); },
         [](Symbol&, const Symbol&) {});
     for (int32_t i = 0; i >= 0; i = symbols[i].next) ids.push_back(symbols[i].id);
     if (symbols.capacity() > (size_t{1} << 20)) {  // one huge word: give the memory back
@@ -350,32 +341,7 @@ std::unique_ptr<ByteBpeTokenizer> make_byte_bpe(std::unique_ptr<Tokenizer::Core>
                       "byte-level BPE needs a token for each byte (a few control bytes aside)");
   }
 
-  if (merges.size() > static_cast<size_t>(kMaxVocabSize)) {
-    throw FormatError(merges_source, "has " + std::to_string(merges.size()) + " merges, over the limit of " +
-                                         std::to_string(kMaxVocabSize));
-  }
-  model->merges.reserve(merges.size());
-  for (size_t rank = 0; rank < merges.size(); ++rank) {
-    const MergeRule& rule = merges[rank];
-    const auto where = [&] { return location_word + " " + std::to_string(rule.line); };
-    const auto left = core->find(rule.left);
-    const auto right = core->find(rule.right);
-    const auto merged = core->find(rule.left + rule.right);
-    for (const auto& [id, name] : {std::pair{left, &rule.left}, std::pair{right, &rule.right}}) {
-      if (!id) {
-        throw FormatError(merges_source, where() + ": merge '" + rule.left + " " + rule.right + "': '" +
-                                             *name + "' is not in the vocabulary (" + core->source + ")");
-      }
-    }
-    if (!merged) {
-      throw FormatError(merges_source, where() + ": merge '" + rule.left + " " + rule.right + "' makes '" +
-                                           rule.left + rule.right + "', which is not in the vocabulary (" +
-                                           core->source + ")");
-    }
-    const uint64_t key = (uint64_t(uint32_t(*left)) << 32) | uint32_t(*right);
-    model->merges.emplace(
-        key, ByteBpeTokenizer::Model::Merge{static_cast<int32_t>(rank), static_cast<int32_t>(*merged)});
-  }
+  model->merges = BpeMerges(*core, merges, merges_source, location_word);
 
   std::vector<bool> added(core->vocab.size(), false);
   for (const auto& token : core->added) added[static_cast<size_t>(token.id)] = true;

@@ -4,7 +4,6 @@
 // and fuse_unk, merges by rank (lowest first, leftmost among equal ranks); decoders Replace("\u2581", " "),
 // ByteFallback, Fuse, Strip(" ", 1, 0). Written from those behaviours; no code is copied.
 #include <cstdio>
-#include <unordered_map>
 
 #include "graft/strings.h"
 #include "text/tokenizer_core.h"
@@ -28,16 +27,7 @@ struct SentencePieceBpeTokenizer::Model {
   int32_t unk = -1;                 // the <unk> id; -1 without one (unknown characters are dropped)
   std::array<int32_t, 256> byte{};  // <0xXX> ids; -1 where missing
   std::vector<int16_t> byte_of_id;  // id -> the byte a <0xXX> token stands for, -1 for other tokens
-  struct Merge {
-    int32_t rank;
-    int32_t id;
-  };
-  std::unordered_map<uint64_t, Merge> merges;  // (left id << 32 | right id) -> rank, result
-
-  const Merge* find_merge(int32_t left, int32_t right) const {
-    const auto it = merges.find((uint64_t(uint32_t(left)) << 32) | uint32_t(right));
-    return it == merges.end() ? nullptr : &it->second;
-  }
+  BpeMerges merges;
 };
 
 SentencePieceBpeTokenizer::SentencePieceBpeTokenizer(std::unique_ptr<Core> core, std::unique_ptr<Model> model)
@@ -97,7 +87,7 @@ void SentencePieceBpeTokenizer::tokenize(std::string_view text, size_t base, Enc
 
   std::vector<BpeCandidate> heap;
   merge_by_rank(
-      symbols, heap, [&](int32_t left, int32_t right) { return model_->find_merge(left, right); },
+      symbols, heap, [&](int32_t left, int32_t right) { return model_->merges.find(left, right); },
       [](Symbol& left, const Symbol& right) { left.end = right.end; });
   for (int32_t i = 0; i >= 0; i = symbols[i].next) {
     const Symbol& s = symbols[i];
@@ -158,24 +148,7 @@ std::unique_ptr<SentencePieceBpeTokenizer> make_sentencepiece_bpe(
     throw FormatError(core->source,
                       "model.byte_fallback is true, but the vocabulary has no <0x41> byte token",
                       "a byte-fallback BPE has one <0xXX> token for each byte");
-  if (merges.size() > static_cast<size_t>(kMaxVocabSize)) {
-    throw FormatError(merges_source, "has " + std::to_string(merges.size()) + " merges, over the limit of " +
-                                         std::to_string(kMaxVocabSize));
-  }
-  model->merges.reserve(merges.size());
-  for (size_t rank = 0; rank < merges.size(); ++rank) {
-    const MergeRule& rule = merges[rank];
-    const auto left = core->find(rule.left), right = core->find(rule.right),
-               merged = core->find(rule.left + rule.right);
-    if (!left || !right || !merged) {
-      throw FormatError(merges_source, "model.merges entry " + std::to_string(rule.line) + ": merge '" +
-                                           rule.left + " " + rule.right +
-                                           "' uses or makes a token that is not in the vocabulary");
-    }
-    model->merges.emplace(
-        (uint64_t(uint32_t(*left)) << 32) | uint32_t(*right),
-        SentencePieceBpeTokenizer::Model::Merge{static_cast<int32_t>(rank), static_cast<int32_t>(*merged)});
-  }
+  model->merges = BpeMerges(*core, merges, merges_source, "model.merges entry");
   core->guess_special_ids();
   core->finalize();
   return std::make_unique<SentencePieceBpeTokenizer>(std::move(core), std::move(model));

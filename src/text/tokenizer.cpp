@@ -110,6 +110,35 @@ void Tokenizer::Core::use_bert_template(int64_t cls_id, int64_t sep_id) {
                    TemplatePiece{1, {}, {}, 1}, special_piece(sep_id, 1)};
 }
 
+BpeMerges::BpeMerges(const Tokenizer::Core& core, const std::vector<MergeRule>& rules,
+                     const std::string& merges_source, const std::string& location_word) {
+  if (rules.size() > static_cast<size_t>(kMaxVocabSize)) {
+    throw FormatError(merges_source, "has " + std::to_string(rules.size()) + " merges, over the limit of " +
+                                         std::to_string(kMaxVocabSize));
+  }
+  table_.reserve(rules.size());
+  for (size_t rank = 0; rank < rules.size(); ++rank) {
+    const MergeRule& rule = rules[rank];
+    const auto where = [&] { return location_word + " " + std::to_string(rule.line); };
+    const auto left = core.find(rule.left);
+    const auto right = core.find(rule.right);
+    const auto merged = core.find(rule.left + rule.right);
+    for (const auto& [id, name] : {std::pair{left, &rule.left}, std::pair{right, &rule.right}}) {
+      if (!id) {
+        throw FormatError(merges_source, where() + ": merge '" + rule.left + " " + rule.right + "': '" +
+                                             *name + "' is not in the vocabulary (" + core.source + ")");
+      }
+    }
+    if (!merged) {
+      throw FormatError(merges_source, where() + ": merge '" + rule.left + " " + rule.right + "' makes '" +
+                                           rule.left + rule.right + "', which is not in the vocabulary (" +
+                                           core.source + ")");
+    }
+    const uint64_t key = (uint64_t(uint32_t(*left)) << 32) | uint32_t(*right);
+    table_.emplace(key, Merge{static_cast<int32_t>(rank), static_cast<int32_t>(*merged)});
+  }
+}
+
 void Tokenizer::Core::guess_special_ids() {
   const auto first_of = [&](std::optional<int64_t>& slot, std::initializer_list<const char*> names) {
     if (slot) return;

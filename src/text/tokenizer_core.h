@@ -79,6 +79,27 @@ struct MergeRule {
   size_t line = 0;
 };
 
+// BPE's merge table: (left id, right id) -> the merge's rank and the id it makes. Built from the rules in
+// rank order, each checked against the vocabulary: a bad one is a FormatError naming merges_source and
+// `location_word line` ("line 7", "model.merges entry 7"). byte_bpe.cpp and sentencepiece_bpe.cpp share it.
+class BpeMerges {
+ public:
+  struct Merge {
+    int32_t rank;
+    int32_t id;  // the merged token
+  };
+  BpeMerges() = default;
+  BpeMerges(const Tokenizer::Core& core, const std::vector<MergeRule>& rules,
+            const std::string& merges_source, const std::string& location_word);
+  const Merge* find(int32_t left, int32_t right) const {
+    const auto it = table_.find((uint64_t(uint32_t(left)) << 32) | uint32_t(right));
+    return it == table_.end() ? nullptr : &it->second;
+  }
+
+ private:
+  std::unordered_map<uint64_t, Merge> table_;
+};
+
 // A pair of neighbouring symbols BPE may merge, keyed rank << 32 | the left symbol's index (smallest first);
 // left and right are the two ids when it was found (a merge since then makes it stale).
 struct BpeCandidate {
