@@ -9,27 +9,15 @@
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/modules/normalization.h>
 
+#include <optional>
 #include <vector>
 
 #include "graft/dropout.h"
 #include "graft/layer_norm.h"
+#include "graft/sequence_classifier.h"
 #include "graft/transformers.h"
 
 namespace graft {
-
-// A batch of token sequences. Only input_ids is required.
-struct TextInputs {
-  TextInputs() = default;
-  // model->forward({ids, mask}) and model->forward(ids) read as Hugging Face's model(ids, mask).
-  TextInputs(torch::Tensor ids, torch::Tensor mask = {})  // NOLINT(google-explicit-constructor)
-      : input_ids(std::move(ids)), attention_mask(std::move(mask)) {}
-  torch::Tensor input_ids;       // (B, T) int64 token ids
-  torch::Tensor attention_mask;  // (B, T) 1 = attend, 0 = padding; undefined: all ones
-  torch::Tensor token_type_ids;  // (B, T) segment ids; undefined: zeros
-  torch::Tensor position_ids;    // (B, T) or (1, T); undefined: 0 .. T-1
-  torch::Tensor labels;          // (B,) class ids (float for regression); undefined: no loss
-  bool output_hidden_states = false;
-};
 
 // word + position + token type embeddings, LayerNorm, dropout.
 class BertEmbeddingsImpl : public torch::nn::Module {
@@ -38,10 +26,15 @@ class BertEmbeddingsImpl : public torch::nn::Module {
   // (B, T) ids -> (B, T, hidden)
   torch::Tensor forward(const torch::Tensor& input_ids, torch::Tensor token_type_ids,
                         torch::Tensor position_ids);
+  // The longest input without position_ids.
+  int64_t position_limit() const;
 
   torch::nn::Embedding word_embeddings{nullptr}, position_embeddings{nullptr}, token_type_embeddings{nullptr};
   FloatLayerNorm LayerNorm{nullptr};
   Dropout dropout{nullptr};
+  // RoBERTa's numbering (modeling_roberta.py create_position_ids_from_input_ids): real tokens count from
+  // padding_idx + 1, pad tokens sit at padding_idx. Unset: BERT's 0 .. T-1.
+  std::optional<int64_t> position_padding_idx;
 };
 TORCH_MODULE(BertEmbeddings);
 
@@ -148,10 +141,15 @@ class BertModelImpl : public torch::nn::Module {
 TORCH_MODULE(BertModel);
 
 // BertModel + dropout + Linear classifier on the pooled output; Hugging Face's loss when labels are given.
-class BertForSequenceClassificationImpl : public torch::nn::Module {
+class BertForSequenceClassificationImpl : public SequenceClassifierImpl {
  public:
   explicit BertForSequenceClassificationImpl(const BertConfig& config);
-  ClassifierOutput forward(const TextInputs& inputs);
+  ClassifierOutput forward(const TextInputs& inputs) override;
+  torch::Tensor features(const TextInputs& inputs) override;  // the pooled output
+  bool reads_token_types() const override { return true; }
+  int64_t position_limit() const override { return bert->embeddings->position_limit(); }
+  const std::vector<std::string>& labels() const override { return config_.id2label; }
+  nlohmann::json config_json(const std::vector<std::string>& labels) const override;
 
   // A fresh classifier of num_labels outputs (Hugging Face's init: normal(0, initializer_range), zero
   // bias), on the device and dtype of the old one; labels are renamed LABEL_i.

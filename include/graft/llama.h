@@ -12,8 +12,10 @@
 
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "graft/causal_lm.h"
+#include "graft/sequence_classifier.h"
 #include "graft/transformers.h"
 
 namespace graft {
@@ -167,11 +169,17 @@ TORCH_MODULE(LlamaForCausalLM);
 
 // LlamaModel + `score` (no bias) read at each row's last real token: the last one the attention mask keeps,
 // else the last that is not pad_token_id (as Hugging Face picks it), else the last position.
-class LlamaForSequenceClassificationImpl : public torch::nn::Module {
+class LlamaForSequenceClassificationImpl : public SequenceClassifierImpl {
  public:
   explicit LlamaForSequenceClassificationImpl(const LlamaConfig& config);
-  // input_ids, attention_mask and labels (the classification loss of problem_type) as BERT's.
-  ClassifierOutput forward(const CausalLMInputs& inputs);
+  // input_ids, attention_mask, position_ids and labels (the classification loss of problem_type).
+  ClassifierOutput forward(const TextInputs& inputs) override;
+  // The last hidden states averaged over the attended tokens.
+  torch::Tensor features(const TextInputs& inputs) override;
+  bool reads_token_types() const override { return false; }
+  int64_t position_limit() const override { return config().max_position_embeddings; }
+  const std::vector<std::string>& labels() const override { return config().id2label; }
+  nlohmann::json config_json(const std::vector<std::string>& labels) const override;
 
   const LlamaConfig& config() const { return model->config(); }
 

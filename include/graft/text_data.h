@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "graft/chat_template.h"
+
 namespace graft {
 
 struct TextColumns {
@@ -46,5 +48,16 @@ std::vector<std::string> label_classes(const std::vector<TextExample>& examples)
 std::vector<std::string> read_lm_documents(const std::string& path, bool line_by_line,
                                            const std::string& text_key = "text",
                                            const std::string& format = "auto");
+
+// Whether the data is conversations: its first file is JSON Lines (by `format`, or its extension) whose
+// first row holds "messages".
+bool is_conversation_data(const std::string& paths, const std::string& format = "auto");
+
+// Conversations for chat fine-tuning: JSON Lines whose rows hold "messages", a list of {"role": ...,
+// "content": ...} (the conversational format of Hugging Face datasets and TRL's SFTTrainer). Several
+// comma-separated files are read in order. Throws FormatError naming the file, line and message for a row
+// without messages, a message without a string role and content, or invalid UTF-8.
+std::vector<std::vector<ChatMessage>> read_conversations(const std::string& paths,
+                                                         const std::string& format = "auto");
 
 }  // namespace graft

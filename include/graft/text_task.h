@@ -77,6 +77,8 @@ struct TextRun {
   int64_t block_size = 128;
   bool line_by_line = false;
   TextColumns columns;
+  std::optional<ChatTemplate> chat_template;  // tokenizer_config.json's, when the tokenizer has one
+  std::string chat_template_error;  // why the tokenizer's template could not be read ("" when it could)
 };
 bool is_text_run(const std::string& dir);  // graft.json says text-classify or causal-lm
 // Loads a run directory, or a Hugging Face folder holding config.json, model.safetensors and a tokenizer;

@@ -41,7 +41,9 @@ struct HfCommonConfig {
   nlohmann::json common_json() const;
 };
 
-// BertConfig (configuration_bert.py). Defaults are bert-base-uncased's.
+// BertConfig (configuration_bert.py). Defaults are bert-base-uncased's. RoBERTa's and XLM-R's configs
+// (model_type "roberta", "xlm-roberta"; configuration_roberta.py) are BERT's with pad_token_id 1 and their
+// own vocabulary size, and read into this struct.
 struct BertConfig : HfCommonConfig {
   int64_t vocab_size = 30522;
   int64_t hidden_size = 768;
@@ -58,6 +60,8 @@ struct BertConfig : HfCommonConfig {
   std::optional<double> classifier_dropout;  // null: hidden_dropout_prob
 
   BertConfig() { set_num_labels(2); }
+  // RoBERTa's position numbering: real tokens from pad_token_id + 1 (roberta, xlm-roberta).
+  bool positions_after_padding() const;
   static BertConfig from_json(const nlohmann::json& json, const std::string& source = "config.json");
   // config.json of these values, read back by from_json (and by Hugging Face's BertConfig) to the same.
   nlohmann::json to_json() const;
@@ -141,7 +145,7 @@ struct HfModel {
   std::string model_type;    // "bert"
   std::string architecture;  // the class built: "BertForSequenceClassification"
   std::string config_path;   // the config.json it was built from
-  std::string weights_path;  // the model.safetensors loaded
+  std::string weights_path;  // the model.safetensors loaded, or the index of its shards
   std::shared_ptr<torch::nn::Module> module;
   LoadReport report;
 
@@ -168,17 +172,19 @@ struct HfLoadOptions {
   int64_t num_labels = -1;
 };
 
-// Loads a Hugging Face model folder holding config.json and model.safetensors, or a .safetensors file
-// with config.json beside it. Tensor names are Hugging Face's: a checkpoint of the base model loads into
-// a model with a head (prefix "bert." added) and the other way round (prefix dropped), LayerNorm
-// gamma/beta of old checkpoints are read as weight/bias, and a tied lm_head.weight may be present or not.
+// Loads a Hugging Face model folder holding config.json and model.safetensors (or the shards of
+// model.safetensors.index.json), or a .safetensors file or index with config.json beside it. Tensor names are
+// Hugging Face's: a checkpoint of the base model loads into a model with a head (prefix "bert." added) and
+// the other way round (prefix dropped), LayerNorm gamma/beta of old checkpoints are read as weight/bias, and
+// a tied lm_head.weight may be present or not.
 HfModel load_hf_model(const std::string& path, const HfLoadOptions& options = {});
 
 // A model built from a config.json alone, with Hugging Face's initialisation (training from scratch);
 // options.strict and the weights are not used.
 HfModel build_hf_model(const std::string& config_path, const HfLoadOptions& options = {});
 
-// Loads a Hugging Face safetensors file into an already built model with the same name handling.
+// Loads a Hugging Face safetensors file (or a sharded checkpoint's index) into an already built model with
+// the same name handling.
 // base_prefix: Hugging Face's base_model_prefix of the model class ("bert", "transformer", "vit");
 // skip_prefixes: module names left as initialised (a new head), reported as skipped.
 LoadReport load_hf_weights(torch::nn::Module& model, const std::string& file, const std::string& base_prefix,

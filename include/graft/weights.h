@@ -57,6 +57,31 @@ class SafeTensorsReader {
   size_t mapping_size_ = 0;
 };
 
+// The weights of a Hugging Face model as one set: a single .safetensors file, or the shards that a
+// model.safetensors.index.json names in its weight_map (model-00001-of-00002.safetensors, ...), each opened
+// as a SafeTensorsReader. The index is checked against the shards at open: every shard beside the index
+// (a plain file name), every tensor of the map in the shard it names, no tensor in two shards.
+class SafeTensorsSet {
+ public:
+  explicit SafeTensorsSet(const std::string& path);  // a .safetensors file or a *.safetensors.index.json
+  const std::string& path() const { return path_; }
+  const std::vector<TensorInfo>& tensors() const { return tensors_; }  // shard by shard, in file order
+  bool contains(const std::string& name) const { return shard_of_.count(name) != 0; }
+  torch::Tensor load(const std::string& name) const;  // throws WeightNotFound
+  std::vector<std::string> files() const;             // the shards (or the one file)
+  bool sharded() const { return sharded_; }
+
+ private:
+  std::string path_;
+  bool sharded_ = false;
+  std::vector<std::unique_ptr<SafeTensorsReader>> shards_;
+  std::vector<TensorInfo> tensors_;
+  std::map<std::string, size_t> shard_of_;
+};
+
+// Whether a path names a sharded checkpoint's index (ends in .safetensors.index.json).
+bool is_safetensors_index(const std::string& path);
+
 using NamedTensors = std::vector<std::pair<std::string, torch::Tensor>>;
 
 // Reads every tensor of a safetensors file.

@@ -8,6 +8,7 @@
 
 #include "cli/commands.h"
 #include "graft/bert.h"
+#include "graft/distilbert.h"
 #include "graft/errors.h"
 #include "graft/gpt2.h"
 #include "graft/hub.h"
@@ -62,21 +63,25 @@ NamedTensors forward_hf(const ModelArgs& args, const SafeTensorsReader& reader, 
   auto add = [&](const char* name, const torch::Tensor& t) {
     if (t.defined()) out.emplace_back(name, t.cpu());
   };
-  if (hf.model_type == "bert") {
+  // Text encoders and classifiers: a model without segments refuses token_type_ids by name.
+  auto text_inputs = [&] {
     TextInputs inputs;
     inputs.input_ids = token_input(reader, "input_ids", true, device);
     inputs.attention_mask = token_input(reader, "attention_mask", false, device);
     inputs.token_type_ids = token_input(reader, "token_type_ids", false, device);
-    if (auto model = std::dynamic_pointer_cast<BertForSequenceClassificationImpl>(hf.module)) {
-      ClassifierOutput result = model->forward(inputs);
-      add("logits", result.logits);
-      add("last_hidden_state", result.base.last_hidden_state);
-      add("pooler_output", result.base.pooler_output);
-    } else {
-      EncoderOutput result = hf.as<BertModelImpl>()->forward(inputs);
-      add("last_hidden_state", result.last_hidden_state);
-      add("pooler_output", result.pooler_output);
-    }
+    return inputs;
+  };
+  if (auto classifier = std::dynamic_pointer_cast<SequenceClassifierImpl>(hf.module)) {
+    ClassifierOutput result = classifier->forward(text_inputs());
+    add("logits", result.logits);
+    add("last_hidden_state", result.base.last_hidden_state);
+    add("pooler_output", result.base.pooler_output);
+  } else if (auto distilbert = std::dynamic_pointer_cast<DistilBertModelImpl>(hf.module)) {
+    add("last_hidden_state", distilbert->forward(text_inputs()).last_hidden_state);
+  } else if (auto bert = std::dynamic_pointer_cast<BertModelImpl>(hf.module)) {  // BERT, RoBERTa, XLM-R
+    EncoderOutput result = bert->forward(text_inputs());
+    add("last_hidden_state", result.last_hidden_state);
+    add("pooler_output", result.pooler_output);
   } else if (hf.model_type == "gpt2" || hf.model_type == "llama" || hf.model_type == "qwen2") {
     CausalLMInputs inputs;
     inputs.input_ids = token_input(reader, "input_ids", true, device);
@@ -87,10 +92,6 @@ NamedTensors forward_hf(const ModelArgs& args, const SafeTensorsReader& reader, 
       CausalLMOutput result = model->forward(inputs);
       add("logits", result.logits);
       add("last_hidden_state", result.last_hidden_state);
-    } else if (auto classifier = std::dynamic_pointer_cast<LlamaForSequenceClassificationImpl>(hf.module)) {
-      ClassifierOutput result = classifier->forward(inputs);
-      add("logits", result.logits);
-      add("last_hidden_state", result.base.last_hidden_state);
     } else if (auto llama = std::dynamic_pointer_cast<LlamaModelImpl>(hf.module)) {
       add("last_hidden_state", llama->forward(inputs).last_hidden_state);
     } else {

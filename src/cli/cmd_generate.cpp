@@ -1,10 +1,12 @@
 // `graft generate RUN_DIR --prompt "..."` and `graft chat RUN_DIR`: text from a causal language model
-// (a causal-lm run directory or a Hugging Face GPT-2 folder), with the key/value cache.
+// (a causal-lm run directory or a Hugging Face folder), with the key/value cache; chat in the model's own
+// format when its tokenizer has a chat template.
 #include <unistd.h>
 
 #include <iostream>
 
 #include "cli/commands.h"
+#include "graft/chat_template.h"
 #include "graft/errors.h"
 #include "graft/runtime.h"
 #include "graft/text_task.h"
@@ -75,42 +77,78 @@ void add_generate_command(CLI::App& app) {
 }
 
 void add_chat_command(CLI::App& app) {
-  auto* command =
-      app.add_subcommand("chat", "talk with a causal-lm run: one line in, one reply out, until EOF");
+  auto* command = app.add_subcommand(
+      "chat",
+      "talk with a causal-lm run: one line in, one reply out, until EOF; in the model's chat format "
+      "when its tokenizer has a chat template");
   auto run_dir = std::make_shared<std::string>();
   auto user = std::make_shared<std::string>("User: ");
   auto bot = std::make_shared<std::string>("Bot: ");
+  auto system = std::make_shared<std::string>();
   auto decode = std::make_shared<DecodeArgs>();
-  command->add_option("run", *run_dir, "causal-lm run directory or Hugging Face GPT-2 folder")->required();
-  command->add_option("--user-prefix", *user, "written before each of your lines in the model's context");
-  command->add_option("--bot-prefix", *bot, "written before each reply; the reply ends at a newline");
+  command->add_option("run", *run_dir, "causal-lm run directory or Hugging Face folder")->required();
+  auto* user_option = command->add_option(
+      "--user-prefix", *user,
+      "without a chat template: written before each of your lines in the model's context");
+  auto* bot_option =
+      command->add_option("--bot-prefix", *bot,
+                          "without a chat template: written before each reply; the reply ends at a newline");
+  auto* system_option = command->add_option("--system", *system,
+                                            "with a chat template: a system message before the conversation");
   decode->add_to(*command);
-  command->callback([run_dir, user, bot, decode] {
+  command->callback([=] {
     const torch::Device device = parse_device(decode->device);
     const Precision mixed = resolve_precision(decode->precision, device, std::cerr);
     TextRun run = decode->load(*run_dir);
+    if (!run.chat_template_error.empty()) throw Error(run.chat_template_error);
+    const bool templated = run.chat_template.has_value();
+    // Flags of the other way of chatting are refused by name rather than ignored.
+    for (const CLI::Option* option : {user_option, bot_option})
+      if (templated && option->count() > 0)
+        throw Error(option->get_name() + " does not apply: " + *run_dir +
+                    "'s tokenizer has a chat template, which writes each turn in the model's own format");
+    if (!templated && system_option->count() > 0)
+      throw Error("--system needs a chat template, and " + *run_dir +
+                  "'s tokenizer has none (tokenizer_config.json's chat_template)");
     Autocast autocast(mixed, device);
     const bool interactive = isatty(STDIN_FILENO) != 0;
     std::string history, line;
+    std::vector<ChatMessage> messages;
+    if (!system->empty()) messages.push_back({"system", *system});
+    const std::map<std::string, std::string> special = special_token_names(*run.tokenizer);
     if (interactive) std::cerr << "chat with " << *run_dir << " (Ctrl-D ends)\n> " << std::flush;
     while (std::getline(std::cin, line)) {
       if (line.empty()) {
         if (interactive) std::cerr << "> " << std::flush;
         continue;
       }
-      history += *user + line + "\n" + *bot;
       std::string reply;
-      std::cout << *bot << std::flush;
-      // The reply streams until the model ends its line (or emits end-of-text).
-      generate_text(run, history, decode->resolved(), device, [&reply](const std::string& piece) {
-        const size_t newline = piece.find('\n');
-        const std::string shown = piece.substr(0, newline);
-        reply += shown;
-        std::cout << shown << std::flush;
-        return newline == std::string::npos;
-      });
+      if (templated) {
+        // The conversation so far in the model's format, ending with the assistant's turn opened; the reply
+        // ends where the model emits its end-of-turn token (eos).
+        messages.push_back({"user", line});
+        const std::string prompt = render_chat(*run.chat_template, messages, true, special);
+        if (interactive) std::cout << "assistant: " << std::flush;
+        generate_text(run, prompt, decode->resolved(), device, [&reply](const std::string& piece) {
+          reply += piece;
+          std::cout << piece << std::flush;
+          return true;
+        });
+        messages.push_back({"assistant", reply});
+      } else {
+        history += *user + line + "\n" + *bot;
+        std::cout << *bot << std::flush;
+        // The reply streams until the model ends its line (or emits end-of-text).
+        generate_text(run, history, decode->resolved(), device, [&reply](const std::string& piece) {
+          const size_t newline = piece.find('\n');
+          const std::string shown = piece.substr(0, newline);
+          reply += shown;
+          std::cout << shown << std::flush;
+          return newline == std::string::npos;
+        });
+        history += reply + "\n";
+      }
       std::cout << "\n" << std::flush;
-      history += reply + "\n";
       if (interactive) std::cerr << "> " << std::flush;
     }
   });

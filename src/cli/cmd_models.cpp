@@ -25,6 +25,12 @@ struct HfFamily {
 const HfFamily kHfFamilies[] = {
     {"bert", "BertModel, BertForSequenceClassification",
      "train --task text-classify --weights FOLDER; predict, eval, features, forward"},
+    {"roberta", "RobertaModel, RobertaForSequenceClassification",
+     "train --task text-classify --weights FOLDER; predict, eval, features, forward"},
+    {"xlm-roberta", "XLMRobertaModel, XLMRobertaForSequenceClassification",
+     "forward FOLDER; training needs its SentencePiece Unigram tokenizer, which graft does not read yet"},
+    {"distilbert", "DistilBertModel, DistilBertForSequenceClassification",
+     "train --task text-classify --weights FOLDER; predict, eval, features, forward"},
     {"gpt2", "GPT2Model, GPT2LMHeadModel",
      "train --task causal-lm --weights FOLDER; generate, eval, forward"},
     {"llama", "LlamaModel, LlamaForCausalLM, LlamaForSequenceClassification (Llama 2/3, TinyLlama, SmolLM2)",

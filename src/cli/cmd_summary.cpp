@@ -82,8 +82,10 @@ void summarize_hf(const ModelArgs& args, const std::string& lora) {
   std::printf("Model: \"%s\" (%s)\n", hf.architecture.c_str(), hf.config_path.c_str());
   std::printf(" %-52s %14s  %s\n", "Part (type)", "Param #", "Trainable");
   for (const auto& child : model.named_children()) {
-    // The base model ("bert", "transformer", "vit", "model") by its parts; the rest (the head) as it is.
-    const bool base = child.key() == hf.model_type || child.key() == "transformer" || child.key() == "model";
+    // The base model ("bert", "roberta", "distilbert", "transformer", "vit", "model") by its parts; the rest
+    // (the head) as it is.
+    const bool base = child.key() == hf.model_type || child.key() == "roberta" ||
+                      child.key() == "transformer" || child.key() == "model";
     std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> rows;
     if (base)
       for (const auto& part : child.value()->named_children())

@@ -321,4 +321,52 @@ std::vector<std::string> read_lm_documents(const std::string& paths, bool line_b
   return documents;
 }
 
+bool is_conversation_data(const std::string& paths, const std::string& format) {
+  const std::vector<std::string> files = split_paths(paths);
+  if (files.empty()) return false;
+  try {
+    if (resolve_format(files.front(), format) != "jsonl") return false;
+  } catch (const Error&) {
+    return false;  // the reader of the other formats says what is wrong with the name or format
+  }
+  std::ifstream in(files.front());
+  std::string line;
+  while (std::getline(in, line)) {
+    if (trim(line).empty()) continue;
+    const json object = json::parse(line, nullptr, /*allow_exceptions=*/false);
+    return object.is_object() && object.contains("messages");
+  }
+  return false;
+}
+
+std::vector<std::vector<ChatMessage>> read_conversations(const std::string& paths,
+                                                         const std::string& format) {
+  std::vector<std::vector<ChatMessage>> conversations;
+  for (const std::string& path : split_paths(paths)) {
+    if (resolve_format(path, format) != "jsonl")
+      throw Error(path +
+                  ": conversations are JSON Lines of {\"messages\": [{\"role\": ..., \"content\": ...}]}");
+    for_each_json_line(path, [&](const json& object, size_t number) {
+      const std::string where = "line " + std::to_string(number);
+      if (!object.contains("messages") || !object.at("messages").is_array() || object.at("messages").empty())
+        throw FormatError(path, where +
+                                    " has no \"messages\" list (a conversation: [{\"role\": \"user\", "
+                                    "\"content\": ...}, {\"role\": \"assistant\", ...}])");
+      std::vector<ChatMessage> messages;
+      for (const json& m : object.at("messages")) {
+        const std::string at = where + ", message " + std::to_string(messages.size() + 1);
+        if (!m.is_object() || !m.contains("role") || !m.at("role").is_string() || !m.contains("content") ||
+            !m.at("content").is_string())
+          throw FormatError(path, at + " must be an object with string \"role\" and \"content\"");
+        ChatMessage message{m.at("role").get<std::string>(), m.at("content").get<std::string>()};
+        check_utf8(message.content, path + ":" + std::to_string(number));
+        messages.push_back(std::move(message));
+      }
+      conversations.push_back(std::move(messages));
+    });
+  }
+  if (conversations.empty()) throw Error(paths + ": no conversations found");
+  return conversations;
+}
+
 }  // namespace graft

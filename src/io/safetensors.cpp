@@ -418,4 +418,70 @@ void write_safetensors(const std::string& path, const NamedTensors& tensors,
   file.commit();
 }
 
+bool is_safetensors_index(const std::string& path) {
+  const std::string suffix = ".safetensors.index.json";
+  return path.size() > suffix.size() && path.compare(path.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+SafeTensorsSet::SafeTensorsSet(const std::string& path) : path_(path), sharded_(is_safetensors_index(path)) {
+  if (!sharded_) {
+    shards_.push_back(std::make_unique<SafeTensorsReader>(path));
+  } else {
+    // transformers' index: {"metadata": {...}, "weight_map": {"tensor name": "shard file name", ...}}.
+    const nlohmann::json index = read_json_file(path, uint64_t{64} << 20);
+    if (!index.is_object() || !index.contains("weight_map") || !index.at("weight_map").is_object() ||
+        index.at("weight_map").empty())
+      throw FormatError(path,
+                        "expected a sharded checkpoint's index: an object whose \"weight_map\" maps each "
+                        "tensor name to its shard file");
+    std::map<std::string, size_t> shard_index;                // file name -> position in shards_
+    std::vector<std::pair<std::string, std::string>> wanted;  // tensor, shard
+    for (const auto& [name, file] : index.at("weight_map").items()) {
+      if (!file.is_string())
+        throw FormatError(
+            path, "weight_map[\"" + name + "\"] must be a shard's file name, found " + file.type_name());
+      const std::string shard = file.get<std::string>();
+      // Shards sit beside the index: a path elsewhere (../, /etc/...) is not a shard of this model.
+      if (shard.empty() || shard.find('/') != std::string::npos || shard.find('\\') != std::string::npos ||
+          shard == "." || shard == "..")
+        throw FormatError(path,
+                          "weight_map[\"" + name + "\"] is \"" + shard +
+                              "\"; expected a file name beside the index (model-00001-of-00002.safetensors)");
+      if (!shard_index.count(shard)) {
+        const std::filesystem::path shard_path = std::filesystem::path(path).parent_path() / shard;
+        if (!std::filesystem::is_regular_file(shard_path))
+          throw FormatError(path, "names the shard " + shard + ", which is not there (" +
+                                      shard_path.string() + "); download every shard of the model");
+        shard_index[shard] = shards_.size();
+        shards_.push_back(std::make_unique<SafeTensorsReader>(shard_path.string()));
+      }
+      wanted.emplace_back(name, shard);
+    }
+    for (const auto& [name, shard] : wanted)
+      if (!shards_[shard_index.at(shard)]->contains(name))
+        throw FormatError(path,
+                          "weight_map puts tensor '" + name + "' in " + shard + ", which does not hold it");
+  }
+  for (size_t i = 0; i < shards_.size(); ++i) {
+    for (const TensorInfo& info : shards_[i]->tensors()) {
+      if (!shard_of_.emplace(info.name, i).second)
+        throw FormatError(path, "tensor '" + info.name + "' is in two shards, " +
+                                    shards_[shard_of_.at(info.name)]->path() + " and " + shards_[i]->path());
+      tensors_.push_back(info);
+    }
+  }
+}
+
+torch::Tensor SafeTensorsSet::load(const std::string& name) const {
+  const auto it = shard_of_.find(name);
+  if (it == shard_of_.end()) throw WeightNotFound(path_, name);
+  return shards_[it->second]->load(name);
+}
+
+std::vector<std::string> SafeTensorsSet::files() const {
+  std::vector<std::string> out;
+  for (const auto& shard : shards_) out.push_back(shard->path());
+  return out;
+}
+
 }  // namespace graft

@@ -13,6 +13,7 @@
 
 #include "graft/json_file.h"
 #include "layers/linear.h"
+#include "models/common.h"
 #include "models/hf_config.h"
 
 namespace graft {
@@ -29,33 +30,25 @@ void check_divisible(const BertConfig& config) {
   }
 }
 
-// _init_weights: Linear and Embedding weights ~ N(0, initializer_range), biases 0, the padding row 0,
-// LayerNorm 1 and 0.
-void init_bert_weights(nn::Module& root, double std) {
-  torch::NoGradGuard no_grad;
-  // modules(include_self) needs the root in a shared_ptr, which it is not yet inside a constructor.
-  std::vector<nn::Module*> all{&root};
-  for (auto& child : root.modules(/*include_self=*/false)) all.push_back(child.get());
-  for (nn::Module* module : all) {
-    if (auto* linear = module->as<nn::Linear>()) {
-      linear->weight.normal_(0, std);
-      if (linear->bias.defined()) linear->bias.zero_();
-    } else if (auto* embedding = module->as<nn::Embedding>()) {
-      embedding->weight.normal_(0, std);
-      if (embedding->options.padding_idx()) embedding->weight[*embedding->options.padding_idx()].zero_();
-    } else if (auto* norm = module->as<nn::LayerNorm>()) {
-      norm->weight.fill_(1);
-      norm->bias.zero_();
-    }
-  }
-}
-
 }  // namespace
+
+bool BertConfig::positions_after_padding() const {
+  return model_type == "roberta" || model_type == "xlm-roberta";
+}
 
 BertConfig BertConfig::from_json(const json& root, const std::string& source) {
   const ConfigReader reader(root, source);
   BertConfig config;
-  read_common(reader, config, "bert");
+  std::string model_type = "bert";
+  reader.get("model_type", model_type);
+  if (model_type != "bert" && model_type != "roberta" && model_type != "xlm-roberta")
+    reader.unsupported("model_type",
+                       "expected \"bert\", \"roberta\" or \"xlm-roberta\" for this model class");
+  if (model_type != "bert") {  // RobertaConfig's and XLMRobertaConfig's defaults
+    config.vocab_size = model_type == "roberta" ? 50265 : 30522;
+    config.pad_token_id = 1;
+  }
+  read_common(reader, config, model_type);
   reader.get_positive("vocab_size", config.vocab_size);
   read_encoder_keys(reader, config);
   reader.get_positive("max_position_embeddings", config.max_position_embeddings);
@@ -65,6 +58,15 @@ BertConfig BertConfig::from_json(const json& root, const std::string& source) {
   if (config.pad_token_id && (*config.pad_token_id < 0 || *config.pad_token_id >= config.vocab_size)) {
     reader.unsupported("pad_token_id",
                        "must be a token id below vocab_size (" + std::to_string(config.vocab_size) + ")");
+  }
+  if (config.positions_after_padding()) {
+    // Positions are numbered from pad_token_id + 1, so the table must hold more rows than that.
+    if (!config.pad_token_id)
+      reader.unsupported("pad_token_id", "RoBERTa numbers positions after the padding id, so it needs one");
+    if (*config.pad_token_id + 1 >= config.max_position_embeddings)
+      reader.unsupported("max_position_embeddings", "RoBERTa's positions start after pad_token_id (" +
+                                                        std::to_string(*config.pad_token_id) +
+                                                        "), so the table needs more rows than that");
   }
   std::string position_type = "absolute";
   reader.get("position_embedding_type", position_type);
@@ -117,8 +119,12 @@ BertEmbeddingsImpl::BertEmbeddingsImpl(const BertConfig& config) {
   nn::EmbeddingOptions word_options(config.vocab_size, config.hidden_size);
   if (config.pad_token_id) word_options.padding_idx(*config.pad_token_id);
   word_embeddings = register_module("word_embeddings", nn::Embedding(word_options));
-  position_embeddings = register_module("position_embeddings",
-                                        nn::Embedding(config.max_position_embeddings, config.hidden_size));
+  nn::EmbeddingOptions position_options(config.max_position_embeddings, config.hidden_size);
+  if (config.positions_after_padding()) {
+    position_padding_idx = *config.pad_token_id;
+    position_options.padding_idx(*position_padding_idx);  // as RobertaEmbeddings builds it
+  }
+  position_embeddings = register_module("position_embeddings", nn::Embedding(position_options));
   token_type_embeddings =
       register_module("token_type_embeddings", nn::Embedding(config.type_vocab_size, config.hidden_size));
   LayerNorm = register_module(
@@ -126,16 +132,28 @@ BertEmbeddingsImpl::BertEmbeddingsImpl(const BertConfig& config) {
   dropout = register_module("dropout", Dropout(config.hidden_dropout_prob));
 }
 
+int64_t BertEmbeddingsImpl::position_limit() const {
+  const int64_t rows = position_embeddings->options.num_embeddings();
+  return position_padding_idx ? rows - *position_padding_idx - 1 : rows;
+}
+
 torch::Tensor BertEmbeddingsImpl::forward(const torch::Tensor& input_ids, torch::Tensor token_type_ids,
                                           torch::Tensor position_ids) {
   const int64_t seq_length = input_ids.size(1);
-  const int64_t max_positions = position_embeddings->options.num_embeddings();
   if (!position_ids.defined()) {
-    if (seq_length > max_positions) {
-      throw Error("BertModel: " + std::to_string(seq_length) + " tokens, but max_position_embeddings is " +
-                  std::to_string(max_positions) + "; truncate the input");
+    if (seq_length > position_limit()) {
+      throw Error("BertModel: " + std::to_string(seq_length) + " tokens, but max_position_embeddings (" +
+                  std::to_string(position_embeddings->options.num_embeddings()) + ") allows " +
+                  std::to_string(position_limit()) + "; truncate the input");
     }
-    position_ids = torch::arange(seq_length, input_ids.options()).unsqueeze(0);  // (1, T)
+    if (position_padding_idx) {
+      // create_position_ids_from_input_ids: a running count of real tokens after padding_idx, and
+      // padding_idx itself at pad tokens.
+      const torch::Tensor real = input_ids.ne(*position_padding_idx).to(torch::kInt);
+      position_ids = (torch::cumsum(real, 1).to(torch::kInt) * real).to(torch::kLong) + *position_padding_idx;
+    } else {
+      position_ids = torch::arange(seq_length, input_ids.options()).unsqueeze(0);  // (1, T)
+    }
   }
   if (!token_type_ids.defined()) token_type_ids = torch::zeros_like(input_ids);
   torch::Tensor embeddings = word_embeddings(input_ids) + token_type_embeddings(token_type_ids);  // (B, T, C)
@@ -243,7 +261,7 @@ BertModelImpl::BertModelImpl(const BertConfig& config, bool add_pooling_layer) :
   embeddings = register_module("embeddings", BertEmbeddings(config));
   encoder = register_module("encoder", BertEncoder(config));
   if (add_pooling_layer) pooler = register_module("pooler", BertPooler(config));
-  init_bert_weights(*this, config.initializer_range);
+  init_hf_weights(*this, config.initializer_range);
 }
 
 EncoderOutput BertModelImpl::forward(const TextInputs& inputs) {
@@ -285,7 +303,18 @@ BertForSequenceClassificationImpl::BertForSequenceClassificationImpl(const BertC
   dropout =
       register_module("dropout", Dropout(config.classifier_dropout.value_or(config.hidden_dropout_prob)));
   classifier = register_module("classifier", nn::Linear(config.hidden_size, config.num_labels()));
-  init_bert_weights(*classifier, config.initializer_range);
+  init_hf_weights(*classifier, config.initializer_range);
+}
+
+torch::Tensor BertForSequenceClassificationImpl::features(const TextInputs& inputs) {
+  return bert(inputs).pooler_output;
+}
+
+json BertForSequenceClassificationImpl::config_json(const std::vector<std::string>& labels) const {
+  BertConfig config = config_;
+  config.id2label = labels;
+  config.problem_type = "single_label_classification";
+  return config.to_json();
 }
 
 ClassifierOutput BertForSequenceClassificationImpl::forward(const TextInputs& inputs) {
@@ -303,7 +332,7 @@ void BertForSequenceClassificationImpl::reset_classifier(int64_t num_labels) {
   }
   const torch::Tensor like = classifier->weight;
   classifier = replace_module("classifier", nn::Linear(config_.hidden_size, num_labels));
-  init_bert_weights(*classifier, config_.initializer_range);
+  init_hf_weights(*classifier, config_.initializer_range);
   classifier->to(like.device(), like.scalar_type());
   config_.id2label.clear();
   config_.set_num_labels(num_labels);

@@ -33,6 +33,25 @@ void init_linear_normal(nn::LinearImpl& linear) {
   nn::init::zeros_(linear.bias);
 }
 
+void init_hf_weights(nn::Module& root, double std) {
+  torch::NoGradGuard no_grad;
+  // modules(include_self) needs the root in a shared_ptr, which it is not yet inside a constructor.
+  std::vector<nn::Module*> all{&root};
+  for (auto& child : root.modules(/*include_self=*/false)) all.push_back(child.get());
+  for (nn::Module* module : all) {
+    if (auto* linear = module->as<nn::Linear>()) {
+      linear->weight.normal_(0, std);
+      if (linear->bias.defined()) linear->bias.zero_();
+    } else if (auto* embedding = module->as<nn::Embedding>()) {
+      embedding->weight.normal_(0, std);
+      if (auto pad = embedding->options.padding_idx()) embedding->weight[*pad].zero_();
+    } else if (auto* norm = module->as<nn::LayerNorm>()) {
+      norm->weight.fill_(1);
+      norm->bias.zero_();
+    }
+  }
+}
+
 void init_conv_xavier(nn::Conv2dImpl& conv) {
   torch::NoGradGuard no_grad;
   nn::init::xavier_uniform_(conv.weight);

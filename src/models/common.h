@@ -28,6 +28,10 @@ std::vector<ForwardStep> sequential_steps(const torch::nn::Sequential& seq, cons
 // torchvision's classifier Linear init for VGG and MobileNetV2: weight ~ N(0, 0.01), bias 0.
 void init_linear_normal(torch::nn::LinearImpl& linear);
 
+// PreTrainedModel._init_weights of Hugging Face's text models (BERT, RoBERTa, DistilBERT, Llama): Linear and
+// Embedding weights ~ N(0, std), biases 0, an Embedding's padding row 0, LayerNorm 1 and 0; `root` included.
+void init_hf_weights(torch::nn::Module& root, double std);
+
 // Keras' default init for the ports from Keras/TF.js: glorot (Xavier) uniform kernel, zero bias.
 void init_conv_xavier(torch::nn::Conv2dImpl& conv);
 // The 1x1 convolution those ports classify with (Keras' "conv_preds"), freshly initialised.

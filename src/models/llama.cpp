@@ -14,6 +14,7 @@
 
 #include "graft/json_file.h"
 #include "layers/linear.h"
+#include "models/common.h"
 #include "models/hf_config.h"
 
 namespace graft {
@@ -22,22 +23,6 @@ namespace {
 namespace nn = torch::nn;
 
 constexpr double kPi = 3.14159265358979323846;
-
-void init_llama_weights(nn::Module& root, const LlamaConfig& config) {
-  // LlamaPreTrainedModel._init_weights: Linear and Embedding ~ N(0, initializer_range), biases 0, the padding
-  // row 0; RMSNorm weights start at 1 (their constructor's).
-  torch::NoGradGuard no_grad;
-  const double std = config.initializer_range;
-  for (auto& module : root.modules(/*include_self=*/false)) {
-    if (auto* linear = module->as<nn::Linear>()) {
-      linear->weight.normal_(0, std);
-      if (linear->bias.defined()) linear->bias.zero_();
-    } else if (auto* embedding = module->as<nn::Embedding>()) {
-      embedding->weight.normal_(0, std);
-      if (auto pad = embedding->options.padding_idx()) embedding->weight[*pad].zero_();
-    }
-  }
-}
 
 // (B, kv_heads, T, D) -> (B, kv_heads * groups, T, D): each key/value head repeated for the query heads it
 // serves (repeat_kv).
@@ -347,7 +332,7 @@ LlamaModelImpl::LlamaModelImpl(const LlamaConfig& config) : config_(config), rot
   layers = register_module("layers", nn::ModuleList());
   for (int64_t i = 0; i < config.num_hidden_layers; ++i) layers->push_back(LlamaDecoderLayer(config));
   norm = register_module("norm", LlamaRMSNorm(config.hidden_size, config.rms_norm_eps));
-  init_llama_weights(*this, config);
+  init_hf_weights(*this, config.initializer_range);  // RMSNorm weights start at 1 (their constructor)
 }
 
 CausalLMOutput LlamaModelImpl::forward(const CausalLMInputs& inputs) {
@@ -439,11 +424,20 @@ LlamaForSequenceClassificationImpl::LlamaForSequenceClassificationImpl(const Lla
   score->weight.normal_(0, config.initializer_range);
 }
 
-ClassifierOutput LlamaForSequenceClassificationImpl::forward(const CausalLMInputs& inputs) {
-  CausalLMInputs base = inputs;
-  base.labels = torch::Tensor();
-  base.use_cache = false;
-  CausalLMOutput hidden = model(base);
+namespace {
+
+CausalLMInputs base_inputs(const TextInputs& inputs, const char* model) {
+  refuse_token_types(inputs, model);
+  CausalLMInputs base(inputs.input_ids, inputs.attention_mask);
+  base.position_ids = inputs.position_ids;
+  base.output_hidden_states = inputs.output_hidden_states;
+  return base;
+}
+
+}  // namespace
+
+ClassifierOutput LlamaForSequenceClassificationImpl::forward(const TextInputs& inputs) {
+  CausalLMOutput hidden = model(base_inputs(inputs, "LlamaForSequenceClassification"));
   const torch::Tensor logits = linear(score, hidden.last_hidden_state);  // (B, T, labels)
   const torch::Tensor& ids = inputs.input_ids;
   const int64_t batch = ids.size(0), length = ids.size(1);
@@ -472,6 +466,21 @@ ClassifierOutput LlamaForSequenceClassificationImpl::forward(const CausalLMInput
   out.base.last_hidden_state = hidden.last_hidden_state;
   out.base.hidden_states = std::move(hidden.hidden_states);
   return out;
+}
+
+torch::Tensor LlamaForSequenceClassificationImpl::features(const TextInputs& inputs) {
+  const torch::Tensor hidden =
+      model(base_inputs(inputs, "LlamaForSequenceClassification")).last_hidden_state;  // (B, T, C)
+  if (!inputs.attention_mask.defined()) return hidden.mean(1);
+  const torch::Tensor mask = inputs.attention_mask.unsqueeze(-1).to(hidden.scalar_type());
+  return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1);
+}
+
+nlohmann::json LlamaForSequenceClassificationImpl::config_json(const std::vector<std::string>& labels) const {
+  LlamaConfig copy = config();
+  copy.id2label = labels;
+  copy.problem_type = "single_label_classification";
+  return copy.to_json();
 }
 
 }  // namespace graft

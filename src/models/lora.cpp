@@ -10,11 +10,13 @@
 #include <sstream>
 
 #include "graft/bert.h"
+#include "graft/distilbert.h"
 #include "graft/errors.h"
 #include "graft/files.h"
 #include "graft/gpt2.h"
 #include "graft/json_file.h"
 #include "graft/llama.h"
+#include "graft/roberta.h"
 #include "graft/strings.h"
 #include "graft/vit.h"
 #include "layers/lora.h"
@@ -45,7 +47,8 @@ bool is_linear(torch::nn::Module& module) {
 
 // Whether the model adds the branch of a layer held by `parent` (whose own parent is `grandparent`, or
 // null). Linear: the modules whose forward runs their Linear layers through graft::linear (the BERT and
-// ViT blocks, their poolers, BERT's classifier, the Llama family's attention and MLP and its heads). Conv2d:
+// ViT blocks, their poolers, BERT's classifier, RoBERTa's head, DistilBERT's attention, FFN and head, the
+// Llama family's attention and MLP and its heads). Conv2d:
 // ResNet's, which run every convolution through conv_bn (layers/conv_bn.h), the stem, the blocks and their
 // downsample Sequentials. A layer elsewhere (a Sequential, an image head) would keep a branch that never
 // runs, so it is refused.
@@ -67,7 +70,11 @@ bool runs_branch(const torch::nn::Module& parent, const torch::nn::Module* grand
          dynamic_cast<const ViTIntermediateImpl*>(&parent) || dynamic_cast<const ViTOutputImpl*>(&parent) ||
          dynamic_cast<const ViTPoolerImpl*>(&parent) || dynamic_cast<const LlamaAttentionImpl*>(&parent) ||
          dynamic_cast<const LlamaMLPImpl*>(&parent) || dynamic_cast<const LlamaForCausalLMImpl*>(&parent) ||
-         dynamic_cast<const LlamaForSequenceClassificationImpl*>(&parent);
+         dynamic_cast<const LlamaForSequenceClassificationImpl*>(&parent) ||
+         dynamic_cast<const RobertaClassificationHeadImpl*>(&parent) ||
+         dynamic_cast<const DistilBertSelfAttentionImpl*>(&parent) ||
+         dynamic_cast<const DistilBertFFNImpl*>(&parent) ||
+         dynamic_cast<const DistilBertForSequenceClassificationImpl*>(&parent);
 }
 
 // Why a Conv2d cannot take PEFT's branch, or "" when it can: PEFT v0.5's lora_A is a plain convolution of

@@ -17,9 +17,11 @@
 #include <set>
 
 #include "graft/bert.h"
+#include "graft/distilbert.h"
 #include "graft/gpt2.h"
 #include "graft/json_file.h"
 #include "graft/llama.h"
+#include "graft/roberta.h"
 #include "graft/strings.h"
 #include "graft/vit.h"
 #include "models/hf_config.h"
@@ -61,13 +63,22 @@ struct SizeCheck {
   size_t dim;
 };
 const std::map<std::string, std::vector<SizeCheck>>& size_checks() {
+  static const std::vector<SizeCheck> bert = {
+      // BERT's names, RoBERTa's and XLM-R's too
+      {"vocab_size", "embeddings.word_embeddings.weight", 0},
+      {"hidden_size", "embeddings.word_embeddings.weight", 1},
+      {"max_position_embeddings", "embeddings.position_embeddings.weight", 0},
+      {"type_vocab_size", "embeddings.token_type_embeddings.weight", 0},
+      {"intermediate_size", "encoder.layer.0.intermediate.dense.weight", 0}};
   static const std::map<std::string, std::vector<SizeCheck>> table = {
-      {"bert",
+      {"bert", bert},
+      {"roberta", bert},
+      {"xlm-roberta", bert},
+      {"distilbert",
        {{"vocab_size", "embeddings.word_embeddings.weight", 0},
-        {"hidden_size", "embeddings.word_embeddings.weight", 1},
+        {"dim", "embeddings.word_embeddings.weight", 1},
         {"max_position_embeddings", "embeddings.position_embeddings.weight", 0},
-        {"type_vocab_size", "embeddings.token_type_embeddings.weight", 0},
-        {"intermediate_size", "encoder.layer.0.intermediate.dense.weight", 0}}},
+        {"hidden_dim", "transformer.layer.0.ffn.lin1.weight", 0}}},
       {"gpt2",
        {{"vocab_size", "wte.weight", 0}, {"n_embd", "wte.weight", 1}, {"n_positions", "wpe.weight", 0}}},
       {"vit",
@@ -86,7 +97,7 @@ const std::map<std::string, std::vector<SizeCheck>>& size_checks() {
 
 void check_sizes_against_weights(const json& root, const std::string& config_path,
                                  const std::string& model_type, const std::string& weights_path) {
-  const SafeTensorsReader reader(weights_path);  // the header only: the data stays mapped, unread
+  const SafeTensorsSet reader(weights_path);  // the headers only: the data stays mapped, unread
   const auto find = [&](const std::string& suffix) -> const TensorInfo* {
     for (const TensorInfo& t : reader.tensors())
       if (t.name == suffix || ends_with(t.name, "." + suffix)) return &t;
@@ -108,12 +119,14 @@ void check_sizes_against_weights(const json& root, const std::string& config_pat
         refuse(check.key, value, tensor->name + " of shape " + shape_str(tensor->shape));
     }
   }
-  // The depth: the numbered blocks the file holds (encoder.layer.N, h.N, layers.N).
-  const bool gpt2 = model_type == "gpt2", llama = model_type == "llama" || model_type == "qwen2";
-  const char* key = gpt2 ? "n_layer" : "num_hidden_layers";
-  const std::regex block(gpt2    ? R"((^|\.)h\.([0-9]+)\.)"
-                         : llama ? R"((^|\.)layers\.([0-9]+)\.)"
-                                 : R"((^|\.)encoder\.layer\.([0-9]+)\.)");
+  // The depth: the numbered blocks the file holds (encoder.layer.N, h.N, layers.N, transformer.layer.N).
+  const bool gpt2 = model_type == "gpt2", llama = model_type == "llama" || model_type == "qwen2",
+             distilbert = model_type == "distilbert";
+  const char* key = gpt2 ? "n_layer" : distilbert ? "n_layers" : "num_hidden_layers";
+  const std::regex block(gpt2         ? R"((^|\.)h\.([0-9]+)\.)"
+                         : llama      ? R"((^|\.)layers\.([0-9]+)\.)"
+                         : distilbert ? R"((^|\.)transformer\.layer\.([0-9]+)\.)"
+                                      : R"((^|\.)encoder\.layer\.([0-9]+)\.)");
   int64_t blocks = 0;
   for (const TensorInfo& t : reader.tensors()) {
     std::smatch match;
@@ -144,6 +157,34 @@ const std::vector<HfArchitecture>& architectures() {
       {"BertForSequenceClassification", "bert", "bert", "classifier",
        [](const json& j, const std::string& s, int64_t n) {
          return std::make_shared<BertForSequenceClassificationImpl>(parse_with_labels<BertConfig>(j, s, n));
+       }},
+      // RoBERTa and XLM-R: BERT's encoder with RoBERTa's positions (BertConfig of model_type roberta).
+      {"RobertaModel", "roberta", "roberta", "",
+       [](const json& j, const std::string& s, int64_t n) {
+         return std::make_shared<BertModelImpl>(parse_with_labels<BertConfig>(j, s, n));
+       }},
+      {"RobertaForSequenceClassification", "roberta", "roberta", "classifier",
+       [](const json& j, const std::string& s, int64_t n) {
+         return std::make_shared<RobertaForSequenceClassificationImpl>(
+             parse_with_labels<BertConfig>(j, s, n));
+       }},
+      {"XLMRobertaModel", "xlm-roberta", "roberta", "",
+       [](const json& j, const std::string& s, int64_t n) {
+         return std::make_shared<BertModelImpl>(parse_with_labels<BertConfig>(j, s, n));
+       }},
+      {"XLMRobertaForSequenceClassification", "xlm-roberta", "roberta", "classifier",
+       [](const json& j, const std::string& s, int64_t n) {
+         return std::make_shared<RobertaForSequenceClassificationImpl>(
+             parse_with_labels<BertConfig>(j, s, n));
+       }},
+      {"DistilBertModel", "distilbert", "distilbert", "",
+       [](const json& j, const std::string& s, int64_t n) {
+         return std::make_shared<DistilBertModelImpl>(parse_with_labels<DistilBertConfig>(j, s, n));
+       }},
+      {"DistilBertForSequenceClassification", "distilbert", "distilbert", "classifier",
+       [](const json& j, const std::string& s, int64_t n) {
+         return std::make_shared<DistilBertForSequenceClassificationImpl>(
+             parse_with_labels<DistilBertConfig>(j, s, n));
        }},
       {"GPT2Model", "gpt2", "transformer", "",
        [](const json& j, const std::string& s, int64_t n) {
@@ -204,6 +245,13 @@ void HfCommonConfig::set_num_labels(int64_t n) {
   for (size_t i = old; i < id2label.size(); ++i) id2label[i] = "LABEL_" + std::to_string(i);
 }
 
+void refuse_token_types(const TextInputs& inputs, const char* model) {
+  if (inputs.token_type_ids.defined())
+    throw Error(std::string(model) +
+                ": token_type_ids are not an input of this model (it has no segment embeddings); leave them "
+                "undefined");
+}
+
 Activation hf_activation(const std::string& name, const std::string& where) {
   // sqrt(2 / pi), as activations.py computes it (math.sqrt(2.0 / math.pi)).
   static const double kSqrt2OverPi = std::sqrt(2.0 / 3.14159265358979323846);
@@ -262,7 +310,7 @@ torch::Tensor hf_classification_loss(const torch::Tensor& logits, const torch::T
 
 LoadReport load_hf_weights(torch::nn::Module& model, const std::string& file, const std::string& base_prefix,
                            const LoadOptions& options) {
-  const SafeTensorsReader reader(file);
+  const SafeTensorsSet reader(file);
   std::set<std::string> model_names;
   for (const auto& item : state_dict(model)) model_names.insert(item.first);
   bool model_has_prefix = false, file_has_prefix = false;
@@ -299,7 +347,10 @@ LoadReport load_hf_weights(torch::nn::Module& model, const std::string& file, co
     const bool in_model = model_names.count(name) != 0;
     // Buffers Hugging Face no longer saves, and the LM head tied to the input embeddings (the model
     // reads wte itself): dropped without reading them.
-    if (!in_model && (is_non_persistent_buffer(name) || name == "lm_head.weight")) {
+    // So is a pooler the built model has none of (roberta-base holds one; RobertaForSequenceClassification
+    // reads the first token instead, and transformers leaves it unused too).
+    if (!in_model &&
+        (is_non_persistent_buffer(name) || name == "lm_head.weight" || glob_match("*pooler.dense.*", name))) {
       skipped.push_back(info.name);
       continue;
     }
@@ -385,12 +436,12 @@ HfModel load_hf_model(const std::string& path, const HfLoadOptions& options) {
   if (fs::is_directory(path)) {
     out.config_path = (fs::path(path) / "config.json").string();
     out.weights_path = (fs::path(path) / "model.safetensors").string();
+    // A sharded checkpoint: model-0000x-of-0000y.safetensors, read through their index.
+    if (!fs::exists(out.weights_path) && fs::exists(fs::path(path) / "model.safetensors.index.json"))
+      out.weights_path = (fs::path(path) / "model.safetensors.index.json").string();
     if (!fs::exists(out.weights_path)) {
       std::string hint = "expected a Hugging Face model folder with config.json and model.safetensors";
-      if (fs::exists(fs::path(path) / "model.safetensors.index.json")) {
-        hint =
-            "the weights are sharded (model.safetensors.index.json); graft reads a single model.safetensors";
-      } else if (fs::exists(fs::path(path) / "pytorch_model.bin")) {
+      if (fs::exists(fs::path(path) / "pytorch_model.bin")) {
         hint =
             "only pytorch_model.bin (a pickle) is there; graft reads safetensors: save the model with "
             "save_pretrained(..., safe_serialization=True) or take the hub's model.safetensors";
@@ -416,6 +467,18 @@ HfModel load_hf_model(const std::string& path, const HfLoadOptions& options) {
   out.architecture = arch->name;
   if (options.strict) check_sizes_against_weights(root, out.config_path, out.model_type, out.weights_path);
   out.module = arch->build(root, out.config_path, options.num_labels);
+  // A BERT-shaped base model from a checkpoint without a pooler (RoBERTa's classifiers and masked-LM
+  // files): no pooler, where transformers would start a random one.
+  if (auto* encoder = dynamic_cast<BertModelImpl*>(out.module.get()); encoder && encoder->pooler) {
+    const SafeTensorsSet reader(out.weights_path);
+    const bool has_pooler =
+        std::any_of(reader.tensors().begin(), reader.tensors().end(),
+                    [](const TensorInfo& t) { return ends_with(t.name, "pooler.dense.weight"); });
+    if (!has_pooler) {
+      encoder->unregister_module("pooler");
+      encoder->pooler = nullptr;  // pooler_output stays undefined
+    }
+  }
 
   // Hugging Face's transfer case: another class than the checkpoint's, or a new number of labels. The new
   // head starts fresh; the checkpoint's own head (tensors outside the base model) is skipped.
@@ -435,16 +498,26 @@ HfModel load_hf_model(const std::string& path, const HfLoadOptions& options) {
     std::set<std::string> model_names;
     for (const auto& item : state_dict(*out.module)) model_names.insert(item.first);
     const std::string base = arch->base_prefix;
-    SafeTensorsReader reader(out.weights_path);
+    const SafeTensorsSet reader(out.weights_path);
+    const auto skip = [&](const std::string& name) {
+      const std::string top = name.substr(0, name.find('.'));
+      if (std::find(load.skip_prefixes.begin(), load.skip_prefixes.end(), top) == load.skip_prefixes.end())
+        load.skip_prefixes.push_back(top);
+    };
     for (const auto& info : reader.tensors()) {
       const bool in_base = starts_with_module(info.name, base) || model_names.count(base + "." + info.name) ||
                            model_names.count(info.name);
-      if (!in_base && info.name.find('.') != std::string::npos) {
-        const std::string top = info.name.substr(0, info.name.find('.'));
-        if (std::find(load.skip_prefixes.begin(), load.skip_prefixes.end(), top) == load.skip_prefixes.end())
-          load.skip_prefixes.push_back(top);
-      }
+      if (!in_base && info.name.find('.') != std::string::npos) skip(info.name);
     }
+    // And the built model's modules outside the base that the checkpoint lacks: the rest of the new head
+    // (DistilBERT's pre_classifier beside its classifier, from a masked-LM checkpoint), left fresh.
+    const bool has_head = std::any_of(model_names.begin(), model_names.end(), [&](const std::string& name) {
+      return starts_with_module(name, base);
+    });
+    for (const std::string& name : model_names)
+      if (has_head && !starts_with_module(name, base) && !reader.contains(name) &&
+          name.find('.') != std::string::npos)
+        skip(name);
   }
   out.report = load_hf_weights(*out.module, out.weights_path, arch->base_prefix, load);
   return out;

@@ -19,6 +19,7 @@
 #include "graft/strings.h"
 #include "graft/summary.h"
 #include "graft/transfer.h"
+#include "graft/weights.h"
 #include "layers/conv_bn.h"
 
 namespace graft {
@@ -84,12 +85,30 @@ std::string load_start_weights(BackboneImpl& model, const StartChoice& start, bo
   return "";
 }
 
+namespace {
+
+// The SHA-256 of a base's weights: the file's; for a sharded checkpoint's index, the SHA-256 of the index's
+// and every shard's digests, so that a changed shard is seen as a changed base. With the bytes read.
+std::pair<std::string, int64_t> weights_digest(const std::string& file) {
+  if (!is_safetensors_index(file)) return {sha256_file(file), static_cast<int64_t>(fs::file_size(file))};
+  std::string digests = sha256_file(file);
+  int64_t bytes = static_cast<int64_t>(fs::file_size(file));
+  for (const std::string& shard : SafeTensorsSet(file).files()) {
+    digests += sha256_file(shard);
+    bytes += static_cast<int64_t>(fs::file_size(shard));
+  }
+  return {sha256_hex(digests), bytes};
+}
+
+}  // namespace
+
 json lora_run_json(const LoraPlace& place, int64_t adapted_layers, int64_t trainable, int64_t total) {
   const std::string file = place.base_file.empty() ? place.base : place.base_file;
+  const auto [digest, bytes] = weights_digest(file);
   json base = {{"path", fs::absolute(place.base).lexically_normal().string()},
                {"file", fs::absolute(file).lexically_normal().string()},
-               {"sha256", sha256_file(file)},
-               {"bytes", static_cast<int64_t>(fs::file_size(file))},
+               {"sha256", digest},
+               {"bytes", bytes},
                {"pretrained", place.pretrained}};
   return {{"adapter_config", "adapter_config.json"},
           {"adapter", "adapter_model.safetensors"},
@@ -123,7 +142,7 @@ std::string checked_lora_base(const RunDocument& doc, const std::function<std::s
     throw Error(doc.file + ": the LoRA adapter's base weights " + file +
                 " are not there; put them back (the adapter holds only what training changed), or train "
                 "again from weights that are");
-  const std::string actual = sha256_file(file);
+  const std::string actual = weights_digest(file).first;
   if (actual != expected)
     throw Error(doc.file + ": the LoRA adapter's base " + file + " has changed since training (SHA-256 " +
                 actual + ", expected " + expected +

@@ -97,16 +97,8 @@ std::vector<ParamGroup> decay_groups(torch::nn::Module& module) {
 json run_config(const torch::nn::Module& module, const std::string& architecture,
                 const std::vector<std::string>& classes) {
   json out;
-  if (const auto* bert = dynamic_cast<const BertForSequenceClassificationImpl*>(&module)) {
-    BertConfig config = bert->config();
-    config.id2label = classes;
-    config.problem_type = "single_label_classification";
-    out = config.to_json();
-  } else if (const auto* llama = dynamic_cast<const LlamaForSequenceClassificationImpl*>(&module)) {
-    LlamaConfig config = llama->config();
-    config.id2label = classes;
-    config.problem_type = "single_label_classification";
-    out = config.to_json();
+  if (const auto* classifier = dynamic_cast<const SequenceClassifierImpl*>(&module)) {
+    out = classifier->config_json(classes);
   } else if (const auto* gpt2 = dynamic_cast<const GPT2LMHeadModelImpl*>(&module)) {
     out = gpt2->config().to_json();
   } else if (const auto* lm = dynamic_cast<const LlamaForCausalLMImpl*>(&module)) {
@@ -217,9 +209,65 @@ TextData classify_data(const TextTrainOptions& o, const Tokenizer& tokenizer, st
   return data;
 }
 
+// The chat template that goes with a tokenizer: the one in tokenizer_config.json beside it (in the folder
+// it names, or beside the file); nullopt when there is none.
+std::optional<ChatTemplate> chat_template_near(const std::string& location) {
+  if (location.empty()) return std::nullopt;
+  const fs::path dir = fs::is_directory(location) ? fs::path(location) : fs::path(location).parent_path();
+  const fs::path config = dir / "tokenizer_config.json";
+  if (!fs::is_regular_file(config)) return std::nullopt;
+  return read_chat_template(config.string());
+}
+
+// causal-lm on conversations: one row per conversation as its chat template renders it, the loss on the
+// assistant turns; validation from --val-data (conversations too) or split off.
+TextData chat_data(const TextTrainOptions& o, const Tokenizer& tokenizer, std::ostream& log) {
+  if (o.line_by_line)
+    throw Error("--line-by-line does not apply to conversations (" + o.data +
+                " holds \"messages\"): each conversation is one example already");
+  const std::string location = tokenizer_location(o);
+  const std::optional<ChatTemplate> chat = chat_template_near(location);
+  if (!chat)
+    throw Error(o.data +
+                " holds conversations (\"messages\"), which are rendered by the tokenizer's chat "
+                "template, but " +
+                (location.empty()
+                     ? std::string("no tokenizer folder is given")
+                     : "there is no tokenizer_config.json with a \"chat_template\" beside " + location) +
+                "; give --tokenizer a folder whose tokenizer_config.json has one (a chat model's)");
+  TextData data;
+  ChatCounts counts, val_counts;
+  data.train = chat_tensors(tokenizer, *chat, read_conversations(o.data, o.columns.format), o.block_size,
+                            o.data, &counts);
+  if (!o.val_data.empty()) {
+    if (!is_conversation_data(o.val_data, o.columns.format))
+      throw Error("--val-data " + o.val_data + " is not conversations (JSON Lines with \"messages\"), as " +
+                  o.data + " is");
+    data.val = chat_tensors(tokenizer, *chat, read_conversations(o.val_data, o.columns.format), o.block_size,
+                            o.val_data, &val_counts);
+  } else if (o.validate && o.val_split > 0) {
+    if (data.train.inputs.size(0) < 2)
+      throw Error(o.data + ": one conversation cannot be split into training and validation data");
+    std::tie(data.train, data.val) = split_rows(data.train, o.val_split, true, o.train.seed);
+  }
+  const int64_t tokens = counts.tokens + val_counts.tokens;
+  const int64_t assistant = counts.assistant_tokens + val_counts.assistant_tokens;
+  log << "data: " << counts.conversations + val_counts.conversations << " conversations rendered by "
+      << chat->where() << "'s chat template; the loss counts the assistant turns, " << assistant << " of "
+      << tokens << " tokens";
+  if (counts.skipped + val_counts.skipped > 0)
+    log << " (" << counts.skipped + val_counts.skipped
+        << " without an assistant turn within --block-size, left out)";
+  if (counts.truncated + val_counts.truncated > 0)
+    log << " (" << counts.truncated + val_counts.truncated << " longer than --block-size " << o.block_size
+        << " tokens, truncated)";
+  return data;
+}
+
 // causal-lm: text packed into blocks of block_size tokens (or one example per line); validation from
 // --val-data or split off.
 TextData lm_data(const TextTrainOptions& o, const Tokenizer& tokenizer, std::ostream& log) {
+  if (is_conversation_data(o.data, o.columns.format)) return chat_data(o, tokenizer, log);
   TextData data;
   const std::vector<std::string> docs =
       read_lm_documents(o.data, o.line_by_line, o.columns.text, o.columns.format);
@@ -382,6 +430,9 @@ class TextRecipe : public TrainRecipe {
     place.base = o_.weights;
     place.base_file = hf_.weights_path;
     place.fan_in_fan_out = hf_.model_type == "gpt2";  // Conv1D, as PEFT sets it
+    // DistilBERT's head is two layers, and PEFT saves only `classifier` by itself: a fresh pre_classifier
+    // would stay frozen at random. Named in modules_to_save, it trains, and PEFT loads it back.
+    if (classify() && hf_.model_type == "distilbert") place.whole.push_back("pre_classifier");
     return place;
   }
 
@@ -505,6 +556,11 @@ TextRun load_text_run(const std::string& dir, const std::string& tokenizer) {
   run.module = hf.module;
   run.module->eval();
   run.tokenizer = load_tokenizer(tokenizer.empty() ? dir : tokenizer);
+  try {  // a template graft cannot read blocks chat and conversations only, not the run's other uses
+    run.chat_template = chat_template_near(tokenizer.empty() ? dir : tokenizer);
+  } catch (const Error& e) {
+    run.chat_template_error = e.what();
+  }
   const TextRunSpec spec = doc ? read_text_run_spec(*doc) : TextRunSpec{};
   run.max_length = spec.max_length;
   run.block_size = spec.block_size;
@@ -518,10 +574,8 @@ TextRun load_text_run(const std::string& dir, const std::string& tokenizer) {
     // A LoRA run's base has its own labels.
     if (lora)
       run.classes = doc->classes;
-    else if (const auto* bert = dynamic_cast<const BertForSequenceClassificationImpl*>(run.module.get()))
-      run.classes = bert->config().id2label;
-    else if (const auto* llama = dynamic_cast<const LlamaForSequenceClassificationImpl*>(run.module.get()))
-      run.classes = llama->config().id2label;
+    else if (const auto* classifier = dynamic_cast<const SequenceClassifierImpl*>(run.module.get()))
+      run.classes = classifier->labels();
     else
       throw Error(dir + ": a " + hf.architecture + " is not a sequence classifier");
   }
@@ -539,6 +593,18 @@ ClassifyTensors run_tensors(const TextRun& run, const std::string& data, std::ve
     set = encode_examples(*run.tokenizer, examples, run.classes, run.max_length);
     if (ids)
       for (const TextExample& e : examples) ids->push_back(e.where);
+  } else if (is_conversation_data(data, run.columns.format)) {
+    if (!run.chat_template)
+      throw Error(
+          data + " holds conversations, but " +
+          (run.chat_template_error.empty()
+               ? run.dir + " has no chat template (tokenizer_config.json's chat_template) to render them"
+               : "the chat template cannot be read: " + run.chat_template_error));
+    set = chat_tensors(*run.tokenizer, *run.chat_template, read_conversations(data, run.columns.format),
+                       run.block_size, data);
+    if (ids)
+      for (int64_t i = 0; i < set.inputs.size(0); ++i)
+        ids->push_back(data + ": conversation " + std::to_string(i + 1));
   } else {
     set = lm_tensors(*run.tokenizer,
                      read_lm_documents(data, run.line_by_line, run.columns.text, run.columns.format),
@@ -551,23 +617,15 @@ ClassifyTensors run_tensors(const TextRun& run, const std::string& data, std::ve
   return set;
 }
 
-// What a text model's classifier reads, (B, hidden): BERT's pooled output; for a decoder (GPT-2, Llama),
+// One vector per row, (B, hidden): a classifier's SequenceClassifierImpl::features (BERT's pooled output,
+// RoBERTa's and DistilBERT's first token, a Llama classifier's mean); for a language model (GPT-2, Llama),
 // its last hidden states averaged over the tokens the mask keeps.
 torch::Tensor embed_tokens(torch::nn::Module& module, const torch::Tensor& x) {
-  if (auto* bert = dynamic_cast<BertForSequenceClassificationImpl*>(&module)) {
-    TextInputs inputs;
-    inputs.input_ids = x.select(1, 0);
-    inputs.attention_mask = x.select(1, 1);
-    inputs.token_type_ids = x.select(1, 2);
-    return bert->bert->forward(inputs).pooler_output;
-  }
-  torch::Tensor hidden;
-  if (auto* classifier = dynamic_cast<LlamaForSequenceClassificationImpl*>(&module))
-    hidden = classifier->model->forward({x.select(1, 0), x.select(1, 1)}).last_hidden_state;
-  else if (auto* lm = dynamic_cast<CausalLMImpl*>(&module))
-    hidden = lm->forward_base({x.select(1, 0), x.select(1, 1)}).last_hidden_state;
-  else
-    throw Error("features: the model is neither a sequence classifier nor a causal language model");
+  if (auto* classifier = dynamic_cast<SequenceClassifierImpl*>(&module))
+    return classifier->features(classifier_inputs(*classifier, x));
+  auto* lm = dynamic_cast<CausalLMImpl*>(&module);
+  if (!lm) throw Error("features: the model is neither a sequence classifier nor a causal language model");
+  const torch::Tensor hidden = lm->forward_base({x.select(1, 0), x.select(1, 1)}).last_hidden_state;
   const torch::Tensor mask = x.select(1, 1).unsqueeze(-1).to(hidden.scalar_type());
   return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1);
 }

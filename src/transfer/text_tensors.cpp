@@ -42,6 +42,9 @@ struct TextClass {
 };
 constexpr TextClass kTextClasses[] = {
     {"text-classify", "bert", "BertForSequenceClassification"},
+    {"text-classify", "roberta", "RobertaForSequenceClassification"},
+    {"text-classify", "xlm-roberta", "XLMRobertaForSequenceClassification"},
+    {"text-classify", "distilbert", "DistilBertForSequenceClassification"},
     {"text-classify", "llama", "LlamaForSequenceClassification"},
     {"text-classify", "qwen2", "Qwen2ForSequenceClassification"},
     {"causal-lm", "gpt2", "GPT2LMHeadModel"},
@@ -204,6 +207,71 @@ ClassifyTensors lm_tensors(const Tokenizer& tokenizer, const std::vector<std::st
   return {inputs, block_ids.clone(), 0};
 }
 
+ClassifyTensors chat_tensors(const Tokenizer& tokenizer, const ChatTemplate& chat,
+                             const std::vector<std::vector<ChatMessage>>& conversations, int64_t block_size,
+                             const std::string& source, ChatCounts* counts) {
+  if (block_size < 2 || block_size > kMaxSequenceLength)
+    throw Error(source + ": block size " + std::to_string(block_size) + " is out of range (2.." +
+                std::to_string(kMaxSequenceLength) + " tokens)");
+  const std::map<std::string, std::string> special = special_token_names(tokenizer);
+  EncodeOptions options;
+  options.add_special_tokens = false;  // apply_chat_template(tokenize=True): the template writes them
+  std::vector<Encoding> encodings;
+  std::vector<std::vector<int64_t>> labels;
+  ChatCounts seen;
+  for (size_t c = 0; c < conversations.size(); ++c) {
+    const std::vector<ChatMessage>& messages = conversations[c];
+    std::vector<std::pair<size_t, size_t>> spans;
+    std::string text;
+    try {
+      text = render_chat(chat, messages, false, special);
+      spans = assistant_spans(chat, messages, special);
+    } catch (const Error& e) {
+      throw Error(source + ": conversation " + std::to_string(c + 1) + ": " + e.what());
+    }
+    Encoding e = tokenizer.encode(text, options);
+    if (e.size() > static_cast<size_t>(block_size)) {  // the start is kept: the first turns set the scene
+      ++seen.truncated;
+      e.ids.resize(static_cast<size_t>(block_size));
+      e.offsets.resize(static_cast<size_t>(block_size));
+      e.attention_mask.resize(static_cast<size_t>(block_size));
+      e.tokens.resize(static_cast<size_t>(block_size));
+      if (!e.token_type_ids.empty()) e.token_type_ids.resize(static_cast<size_t>(block_size));
+    }
+    std::vector<int64_t> row(e.size(), -100);
+    int64_t trained = 0;
+    for (size_t t = 0; t < e.size(); ++t) {
+      for (const auto& [begin, end] : spans) {
+        if (e.offsets[t].begin >= begin && e.offsets[t].begin < end) {
+          row[t] = e.ids[t];
+          ++trained;
+          break;
+        }
+      }
+    }
+    seen.tokens += static_cast<int64_t>(e.size());
+    if (trained == 0) {  // nothing to learn (no assistant turn, or all of it cut off): a row of -100 only
+      ++seen.skipped;
+      continue;
+    }
+    seen.assistant_tokens += trained;
+    encodings.push_back(std::move(e));
+    labels.push_back(std::move(row));
+  }
+  if (encodings.empty())
+    throw Error(source + ": no conversation has an assistant turn within the first " +
+                std::to_string(block_size) + " tokens, so there is nothing to learn");
+  seen.conversations = static_cast<int64_t>(encodings.size());
+  if (counts) *counts = seen;
+  torch::Tensor inputs = pack_encodings(encodings, pad_id_of(tokenizer), 2);
+  torch::Tensor label_tensor = torch::full({inputs.size(0), inputs.size(2)}, -100, torch::kLong);
+  for (size_t r = 0; r < labels.size(); ++r)
+    label_tensor[static_cast<int64_t>(r)]
+        .narrow(0, 0, static_cast<int64_t>(labels[r].size()))
+        .copy_(torch::tensor(labels[r], torch::kLong));
+  return {inputs, label_tensor, seen.truncated};
+}
+
 std::pair<ClassifyTensors, ClassifyTensors> split_rows(const ClassifyTensors& all, double fraction,
                                                        bool shuffle, uint64_t seed) {
   const int64_t n = all.inputs.size(0);
@@ -224,21 +292,17 @@ std::pair<ClassifyTensors, ClassifyTensors> split_rows(const ClassifyTensors& al
           {all.inputs.index_select(0, val_idx), all.labels.index_select(0, val_idx), 0}};
 }
 
+TextInputs classifier_inputs(const SequenceClassifierImpl& model, const torch::Tensor& x) {
+  TextInputs inputs(x.select(1, 0), x.select(1, 1));
+  if (model.reads_token_types() && x.size(1) > 2) inputs.token_type_ids = x.select(1, 2);
+  return inputs;
+}
+
 Trainer::Forward forward_of(const std::shared_ptr<torch::nn::Module>& module, const std::string& task) {
   if (task == "text-classify") {
-    if (auto bert = std::dynamic_pointer_cast<BertForSequenceClassificationImpl>(module)) {
-      return [bert](const torch::Tensor& x) {
-        TextInputs inputs;
-        inputs.input_ids = x.select(1, 0);
-        inputs.attention_mask = x.select(1, 1);
-        inputs.token_type_ids = x.select(1, 2);
-        return bert->forward(inputs).logits;
-      };
-    }
-    // A decoder reads no token types (row 2).
-    if (auto llama = std::dynamic_pointer_cast<LlamaForSequenceClassificationImpl>(module))
-      return [llama](const torch::Tensor& x) {
-        return llama->forward({x.select(1, 0), x.select(1, 1)}).logits;
+    if (auto classifier = std::dynamic_pointer_cast<SequenceClassifierImpl>(module))
+      return [classifier](const torch::Tensor& x) {
+        return classifier->forward(classifier_inputs(*classifier, x)).logits;
       };
     throw Error("text-classify needs a sequence classifier (" + model_class(task) + ", ...)");
   }
@@ -248,10 +312,8 @@ Trainer::Forward forward_of(const std::shared_ptr<torch::nn::Module>& module, co
 }
 
 int64_t context_length(const torch::nn::Module& module) {
-  if (auto bert = dynamic_cast<const BertForSequenceClassificationImpl*>(&module))
-    return bert->config().max_position_embeddings;
-  if (auto llama = dynamic_cast<const LlamaForSequenceClassificationImpl*>(&module))
-    return llama->config().max_position_embeddings;
+  if (auto classifier = dynamic_cast<const SequenceClassifierImpl*>(&module))
+    return classifier->position_limit();
   if (auto lm = dynamic_cast<const CausalLMImpl*>(&module)) return lm->position_limit();
   return 512;
 }

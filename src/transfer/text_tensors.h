@@ -9,6 +9,8 @@
 #include <vector>
 
 #include "graft/batches.h"
+#include "graft/chat_template.h"
+#include "graft/sequence_classifier.h"
 #include "graft/text_data.h"
 #include "graft/tokenizer.h"
 #include "graft/trainer.h"
@@ -16,8 +18,8 @@
 namespace graft {
 
 // The Hugging Face class that does a text task on a model type (config.json's model_type; "" for the
-// task's first: bert, gpt2): text-classify with BertForSequenceClassification or
-// {Llama,Qwen2}ForSequenceClassification, causal-lm with GPT2LMHeadModel or {Llama,Qwen2}ForCausalLM.
+// task's first: bert, gpt2): text-classify with {Bert,Roberta,XLMRoberta,DistilBert,Llama,Qwen2}
+// ForSequenceClassification, causal-lm with GPT2LMHeadModel or {Llama,Qwen2}ForCausalLM.
 // Throws graft::Error naming what graft does for another task or type.
 std::string model_class(const std::string& task, const std::string& model_type = "");
 // The text task a Hugging Face class does ("" for none).
@@ -29,6 +31,9 @@ std::string model_type_at(const std::string& path);
 int64_t embedding_rows(torch::nn::Module& module);
 // Positions the model can read (max_position_embeddings, n_positions).
 int64_t context_length(const torch::nn::Module& module);
+// A classifier's inputs from packed (N, K, L) tensors: ids (row 0), mask (row 1), and token types (row 2)
+// where the model reads them.
+TextInputs classifier_inputs(const SequenceClassifierImpl& model, const torch::Tensor& x);
 // The task's forward on packed tensors: logits of (N, K, L) inputs.
 Trainer::Forward forward_of(const std::shared_ptr<torch::nn::Module>& module, const std::string& task);
 
@@ -73,6 +78,19 @@ struct ClassifyTensors {
 // Labelled examples encoded to max_length (longest-first truncation, counted), labels by class index.
 ClassifyTensors encode_examples(const Tokenizer& tokenizer, const std::vector<TextExample>& examples,
                                 const std::vector<std::string>& classes, int64_t max_length);
+// What chat_tensors found: conversations kept, those skipped (no assistant token within the block) and
+// truncated, tokens in all and in assistant turns.
+struct ChatCounts {
+  int64_t conversations = 0, skipped = 0, truncated = 0, tokens = 0, assistant_tokens = 0;
+};
+// Conversations as a chat model is fine-tuned on them (TRL's assistant-only loss): each rendered by the
+// chat template and encoded as apply_chat_template(tokenize=True) encodes it, one row per conversation
+// (its first block_size tokens), the labels the ids of the tokens inside assistant turns (their end
+// marker included) and -100 elsewhere and at padding. A conversation without an assistant token is left
+// out; none with one throws, naming `source`.
+ClassifyTensors chat_tensors(const Tokenizer& tokenizer, const ChatTemplate& chat,
+                             const std::vector<std::vector<ChatMessage>>& conversations, int64_t block_size,
+                             const std::string& source, ChatCounts* counts = nullptr);
 // Causal-LM examples: packed blocks (inputs (N, 2, block), labels = ids) or, line by line, one example
 // per document ending in eos, padded, with -100 labels on the padding.
 ClassifyTensors lm_tensors(const Tokenizer& tokenizer, const std::vector<std::string>& documents,

@@ -267,6 +267,131 @@ TEST(TextE2E, SentimentBertFromScratchClassifiesAboveChance) {
 // One options table for every task: a --config file serves text runs too (it was refused: "--config is
 // read for image tasks only"), flags override it, options of other tasks are refused by name before
 // anything is read, and the resolved configuration is saved.
+// RoBERTa's tokenizer.json layout (<s> 0, <pad> 1, </s> 2, <unk> 3, then GPT-2's byte-level BPE, and
+// RobertaProcessing's <s> X </s>), made from GPT-2's file: roberta-base's own files are not in shared/.
+void write_roberta_tokenizer(const fs::path& file) {
+  auto doc = nlohmann::json::parse(read(kShared + "/tokenizers/tokenizer_json/gpt2.tokenizer.json"));
+  nlohmann::json vocab = {{"<s>", 0}, {"<pad>", 1}, {"</s>", 2}, {"<unk>", 3}};
+  for (const auto& [token, id] : doc["model"]["vocab"].items())
+    if (token != "<|endoftext|>") vocab[token] = id.get<int64_t>() + 4;
+  doc["model"]["vocab"] = vocab;
+  doc["added_tokens"] = nlohmann::json::array();
+  for (const auto& [content, id] :
+       {std::pair<const char*, int>{"<s>", 0}, {"<pad>", 1}, {"</s>", 2}, {"<unk>", 3}})
+    doc["added_tokens"].push_back({{"id", id},
+                                   {"content", content},
+                                   {"single_word", false},
+                                   {"lstrip", false},
+                                   {"rstrip", false},
+                                   {"normalized", false},
+                                   {"special", true}});
+  doc["post_processor"] = {{"type", "RobertaProcessing"},
+                           {"sep", {"</s>", 2}},
+                           {"cls", {"<s>", 0}},
+                           {"trim_offsets", true},
+                           {"add_prefix_space", false}};
+  fs::create_directories(file.parent_path());
+  std::ofstream(file) << doc.dump();
+}
+
+// The other encoders through the task layer: the fixtures' DistilBERT and RoBERTa shapes with real
+// vocabularies, trained from scratch on the sentiment sentences, then read back as Hugging Face folders
+// named as transformers names them; DistilBERT takes a LoRA adapter whose two-layer head trains whole.
+TEST(TextE2E, DistilBertAndRobertaClassifySentiment) {
+  const auto dir = fresh_dir("encoders");
+  const std::string data = kShared + "/data/sentiment_sentences/";
+  const std::string files =
+      data + "amazon_cells_labelled.txt," + data + "yelp_labelled.txt," + data + "imdb_labelled.txt";
+  const std::string common = " --data " + files +
+                             " --no-header --text-column 0 --label-column 1 --max-length 48 --batch-size 32"
+                             " --seed 3";
+  const std::string sentences =
+      " --json --top-k 2 --text \"Great phone, works perfectly.\""
+      " --text \"Terrible, it broke after a day.\"";
+  auto expect_sentiment = [&](const std::string& what, const testing::Run& predict) {
+    ASSERT_EQ(predict.status, 0) << what << ": " << predict.output;
+    const auto top = nlohmann::json::parse(predict.output.substr(predict.output.find('[')));
+    EXPECT_EQ(top[0]["top"][0]["label"], "1") << what << ": " << predict.output;
+    EXPECT_EQ(top[1]["top"][0]["label"], "0") << what << ": " << predict.output;
+  };
+
+  // DistilBERT with BERT's uncased WordPiece vocabulary.
+  auto distil_config = nlohmann::json::parse(read(kShared + "/fixtures/hf/distilbert/config.json"));
+  distil_config["vocab_size"] = 30522;
+  std::ofstream(dir / "distilbert.json") << distil_config.dump(2);
+  const fs::path distil = dir / "distilbert";
+  auto run = graft("train --task text-classify --model distilbert --model-config " +
+                   (dir / "distilbert.json").string() + " --tokenizer " + kShared +
+                   "/tokenizers/bert-base-uncased/vocab.txt" + common + " --epochs 3 --lr 1e-3 --out " +
+                   distil.string());
+  ASSERT_EQ(run.status, 0) << run.output;
+  const double distil_accuracy = number_after(run.output, "final validation accuracy:");
+  std::cout << "[text e2e] sentiment tiny DistilBERT from scratch: val accuracy " << distil_accuracy << "\n";
+  EXPECT_GE(distil_accuracy, 0.70) << run.output;
+  expect_hf_folder(distil, "distilbert", "DistilBertForSequenceClassification",
+                   {"distilbert.embeddings.word_embeddings.weight", "classifier.weight", "classifier.bias"});
+  expect_sentiment("distilbert", graft("predict " + distil.string() + sentences));
+  // features: the first token's last hidden state, (N, dim).
+  const fs::path features_file = dir / "features.safetensors";
+  auto features = graft("features " + distil.string() + " --data " + data + "yelp_labelled.txt --out " +
+                        features_file.string());
+  ASSERT_EQ(features.status, 0) << features.output;
+  EXPECT_EQ(SafeTensorsReader(features_file.string()).load("features").sizes(),
+            torch::IntArrayRef({1000, 64}));
+
+  const fs::path lora = dir / "distilbert_lora";
+  auto lora_run =
+      graft("train --task text-classify --weights " + distil.string() + common +
+            " --epochs 1 --lr 1e-3 --lora r=4,alpha=8,targets=q_lin,v_lin --out " + lora.string());
+  ASSERT_EQ(lora_run.status, 0) << lora_run.output;
+  EXPECT_GE(number_after(lora_run.output, "final validation accuracy:"), 0.70) << lora_run.output;
+  const auto adapter = shapes((lora / "adapter_model.safetensors").string());
+  EXPECT_EQ(adapter.size(), 2u * 2 * 2 + 4)
+      << "A and B of q_lin and v_lin in two layers, and the two-layer head";
+  EXPECT_TRUE(adapter.count("base_model.model.distilbert.transformer.layer.1.attention.v_lin.lora_B.weight"));
+  EXPECT_TRUE(adapter.count("base_model.model.pre_classifier.weight"));
+  EXPECT_TRUE(adapter.count("base_model.model.classifier.weight"));
+  const auto adapter_config = nlohmann::json::parse(read(lora / "adapter_config.json"));
+  EXPECT_EQ(adapter_config["task_type"], "SEQ_CLS");
+  EXPECT_NE(adapter_config["modules_to_save"].dump().find("pre_classifier"), std::string::npos)
+      << adapter_config.dump();
+  expect_sentiment("distilbert lora", graft("predict " + lora.string() + sentences));
+
+  // RoBERTa: positions after the padding index, <s> ... </s>, the head on <s>.
+  write_roberta_tokenizer(dir / "roberta_tokenizer" / "tokenizer.json");
+  auto roberta_config = nlohmann::json::parse(read(kShared + "/fixtures/hf/roberta/config.json"));
+  roberta_config["vocab_size"] = 50260;
+  roberta_config["num_labels"] = 2;
+  roberta_config.erase("id2label");
+  roberta_config.erase("label2id");
+  std::ofstream(dir / "roberta.json") << roberta_config.dump(2);
+  const fs::path roberta = dir / "roberta";
+  auto roberta_run =
+      graft("train --task text-classify --model roberta --model-config " + (dir / "roberta.json").string() +
+            " --tokenizer " + (dir / "roberta_tokenizer").string() + common + " --epochs 3 --lr 1e-3 --out " +
+            roberta.string());
+  ASSERT_EQ(roberta_run.status, 0) << roberta_run.output;
+  const double roberta_accuracy = number_after(roberta_run.output, "final validation accuracy:");
+  std::cout << "[text e2e] sentiment tiny RoBERTa from scratch: val accuracy " << roberta_accuracy << "\n";
+  EXPECT_GE(roberta_accuracy, 0.70) << roberta_run.output;
+  const fs::path exported = dir / "roberta_hf";
+  auto export_run = graft("export " + roberta.string() + " --format hf --out " + exported.string());
+  ASSERT_EQ(export_run.status, 0) << export_run.output;
+  expect_hf_folder(exported, "roberta", "RobertaForSequenceClassification",
+                   {"roberta.embeddings.word_embeddings.weight", "classifier.out_proj.weight",
+                    "classifier.out_proj.bias"});
+  EXPECT_TRUE(fs::is_regular_file(exported / "tokenizer.json"));
+  expect_sentiment("roberta export", graft("predict " + exported.string() + sentences));
+  // --model names the class the config builds: a BERT check on the RoBERTa config is refused by name.
+  auto wrong = graft("train --task text-classify --model bert --model-config " +
+                     (dir / "roberta.json").string() + " --tokenizer " +
+                     (dir / "roberta_tokenizer").string() + common + " --out " + (dir / "never").string());
+  EXPECT_NE(wrong.status, 0);
+  EXPECT_NE(wrong.output.find("RobertaForSequenceClassification"), std::string::npos) << wrong.output;
+  EXPECT_FALSE(fs::exists(dir / "never"));
+  fs::remove_all(dir);
+}
+
 TEST(TextE2E, ConfigFilesServeTextRunsAndForeignOptionsAreRefused) {
   const auto dir = fresh_dir("text_config");
   auto config = nlohmann::json::parse(read(kShared + "/fixtures/hf/bert/config.json"));
@@ -438,6 +563,10 @@ TEST(TextE2E, LlamaLearnsThePlaysTakesLoraAndClassifies) {
   auto too_long = graft("generate " + base.string() + " --prompt x --max-new-tokens 64");
   EXPECT_NE(too_long.status, 0);
   EXPECT_NE(too_long.output.find("64 positions"), std::string::npos) << too_long.output;
+  // GPT-2's tokenizer has no chat template: a system message has nowhere to go.
+  auto system = graft("chat " + base.string() + " --system \"Be brief.\" < /dev/null");
+  EXPECT_NE(system.status, 0);
+  EXPECT_NE(system.output.find("--system needs a chat template"), std::string::npos) << system.output;
 
   const fs::path lora = dir / "lora";
   auto lora_run =
@@ -484,6 +613,66 @@ TEST(TextE2E, LlamaLearnsThePlaysTakesLoraAndClassifies) {
   EXPECT_NE(wrong.output.find("LlamaForSequenceClassification"), std::string::npos) << wrong.output;
   EXPECT_FALSE(fs::exists(dir / "never"));
   std::filesystem::remove_all(dir);
+}
+
+// Chat fine-tuning: conversations (JSON Lines of "messages", from examples/data/football_chat.txt) rendered
+// by SmolLM2's chat template with the loss on the assistant turns only, on the fixture's Llama shape with
+// SmolLM2's vocabulary; eval reads conversations too, and `graft chat` talks in the template's format (the
+// plain-prefix flags refused by name there, --system refused where there is no template).
+TEST(TextE2E, ChatModelTrainsOnAssistantTurnsAndChats) {
+  const auto dir = fresh_dir("chat");
+  const std::string tokenizer = kShared + "/tokenizers/smollm2_135m_instruct";
+  std::ifstream lines(std::string(GRAFT_SOURCE_DIR) + "/examples/data/football_chat.txt");
+  std::ofstream chats(dir / "chats.jsonl");
+  std::string line;
+  int written = 0;
+  while (std::getline(lines, line)) {
+    const size_t bot = line.find(" Bot: ");
+    if (line.rfind("User: ", 0) != 0 || bot == std::string::npos) continue;
+    nlohmann::json messages = nlohmann::json::array();
+    if (written % 2 == 0) messages.push_back({{"role", "system"}, {"content", "You are a football pundit."}});
+    messages.push_back({{"role", "user"}, {"content", line.substr(6, bot - 6)}});
+    messages.push_back({{"role", "assistant"}, {"content", line.substr(bot + 6)}});
+    chats << nlohmann::json{{"messages", messages}}.dump() << "\n";
+    ++written;
+  }
+  chats.close();
+  ASSERT_GE(written, 30);
+  auto config = nlohmann::json::parse(read(kShared + "/fixtures/hf/llama/config.json"));
+  config["vocab_size"] = 49152;
+  config["max_position_embeddings"] = 128;
+  config["pad_token_id"] = nullptr;
+  config["bos_token_id"] = 1;
+  config["eos_token_id"] = 2;
+  std::ofstream(dir / "config.json") << config.dump(2);
+  const fs::path run_dir = dir / "run";
+  auto run =
+      graft("train --task causal-lm --model llama --model-config " + (dir / "config.json").string() +
+            " --tokenizer " + tokenizer + " --data " + (dir / "chats.jsonl").string() +
+            " --block-size 128 --batch-size 8 --epochs 4 --lr 3e-3 --seed 1 --out " + run_dir.string());
+  ASSERT_EQ(run.status, 0) << run.output;
+  EXPECT_NE(run.output.find("conversations rendered by"), std::string::npos) << run.output;
+  EXPECT_NE(run.output.find("the loss counts the assistant turns"), std::string::npos) << run.output;
+  const double first = number_after(run.output, "epoch 1/4 .*val_loss");
+  const double last = number_after(run.output, "epoch 4/4 .*val_loss");
+  std::cout << "[text e2e] chat fine-tuning: assistant-turn val loss " << first << " -> " << last << "\n";
+  EXPECT_LT(last, first) << run.output;
+  const auto tokenizer_config = nlohmann::json::parse(read(run_dir / "tokenizer_config.json"));
+  EXPECT_TRUE(tokenizer_config.contains("chat_template")) << "the run keeps the template it was trained with";
+
+  auto eval = graft("eval " + run_dir.string() + " --data " + (dir / "chats.jsonl").string());
+  ASSERT_EQ(eval.status, 0) << eval.output;
+  EXPECT_GT(number_after(eval.output, "perplexity:"), 1.0) << eval.output;
+
+  auto chat = graft("chat " + run_dir.string() + " --max-new-tokens 12 --system \"Be brief.\" < " +
+                        (dir / "questions.txt").string(),
+                    "printf 'How long is a football match?\\nWho keeps goal?\\n' > " +
+                        (dir / "questions.txt").string() + " &&");
+  ASSERT_EQ(chat.status, 0) << chat.output;
+  auto prefixed = graft("chat " + run_dir.string() + " --user-prefix \"U: \" < /dev/null");
+  EXPECT_NE(prefixed.status, 0);
+  EXPECT_NE(prefixed.output.find("--user-prefix does not apply"), std::string::npos) << prefixed.output;
+  fs::remove_all(dir);
 }
 
 TEST(TextE2E, Gpt2TrainsAtBf16AsAtFp32) {

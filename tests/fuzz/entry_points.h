@@ -9,10 +9,12 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "graft/chat_template.h"
 #include "graft/data.h"
 #include "graft/errors.h"
 #include "graft/keras.h"
@@ -160,6 +162,17 @@ inline void load_tokenizer_bytes(std::string_view bytes) {
   options.pad_to_multiple_of = text.size() % 3 == 0 ? 8 : 0;
   const size_t half = text.size() / 2;
   (void)tokenizer->encode_pair(text.substr(0, half), text.substr(half), options);
+}
+
+// Chat templates: the bytes are a template (tokenizer_config.json's chat_template), parsed, rendered with
+// a short conversation and asked where its assistant turn is.
+inline void render_chat_template_bytes(std::string_view bytes) {
+  const ChatTemplate chat{std::string(bytes), "chat_template"};
+  const std::vector<ChatMessage> messages = {
+      {"system", "Be brief."}, {"user", "Who won?"}, {"assistant", "Spain."}};
+  const std::map<std::string, std::string> special = {{"bos_token", "<s>"}, {"eos_token", "</s>"}};
+  (void)render_chat(chat, messages, true, special);
+  (void)assistant_spans(chat, messages, special);
 }
 
 // graft.json of a run directory, of every task: the shared reader, then the task's own fields.

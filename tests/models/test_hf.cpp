@@ -1,13 +1,13 @@
-// Golden parity of graft's BERT, GPT-2, ViT and Llama against Hugging Face transformers v4.31
-// (BertForSequenceClassification, GPT2LMHeadModel, ViTForImageClassification, LlamaForCausalLM):
-// shared/fixtures/hf holds
-// tiny configs, their weights, inputs and every output (logits, loss, hidden_states.i, last_hidden_state,
-// pooler_output), and the parameters and gradients after one torch.optim.AdamW step. Each model loads
-// config.json + model.safetensors strictly by Hugging Face's names and must reproduce every tensor within
-// float32 tolerance; each comparison prints its largest difference and a failure names the tensor.
-// Further tests: the GPT-2 key/value cache, Hugging Face's loading variants (tied lm_head present or not,
-// base model <-> model with head, a new head), config.json errors, ViT as an image backbone, and freezing.
-// Last, LoRA adapters against the real PEFT (shared/fixtures/peft).
+// Golden parity of graft's BERT, RoBERTa, DistilBERT, GPT-2, ViT and Llama against Hugging Face
+// transformers v4.31 ({Bert,Roberta,DistilBert}ForSequenceClassification, GPT2LMHeadModel,
+// ViTForImageClassification, LlamaForCausalLM): shared/fixtures/hf holds tiny configs, their weights, inputs
+// and every output (logits, loss, hidden_states.i, last_hidden_state, pooler_output), and the parameters and
+// gradients after one torch.optim.AdamW step. Each model loads config.json + model.safetensors strictly by
+// Hugging Face's names and must reproduce every tensor within float32 tolerance; each comparison prints its
+// largest difference and a failure names the tensor. Further tests: the GPT-2 key/value cache, Hugging Face's
+// loading variants (tied lm_head present or not, base model <-> model with head, a new head), config.json
+// errors, ViT as an image backbone, and freezing. Last, LoRA adapters against the real PEFT
+// (shared/fixtures/peft).
 #include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -24,12 +24,14 @@
 #include <sstream>
 
 #include "graft/bert.h"
+#include "graft/distilbert.h"
 #include "graft/files.h"
 #include "graft/gpt2.h"
 #include "graft/json_file.h"
 #include "graft/llama.h"
 #include "graft/lora.h"
 #include "graft/registry.h"
+#include "graft/roberta.h"
 #include "graft/strings.h"
 #include "graft/summary.h"
 #include "graft/transfer.h"
@@ -283,6 +285,64 @@ TEST(HfBert, BaseCheckpointLoadsIntoModelWithHead) {
   fs::remove_all(dir);
 }
 
+// A sharded checkpoint (model-0000x-of-0000y.safetensors + model.safetensors.index.json, as
+// save_pretrained writes one past max_shard_size) loads as the single file does; an index that names a
+// missing shard, a shard outside the folder, or a tensor its shard lacks is refused by name.
+TEST(HfBert, ShardedCheckpointLoadsThroughItsIndex) {
+  const fs::path dir = fs::temp_directory_path() / ("graft_hf_bert_sharded_" + std::to_string(getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  fs::copy_file(fixture_dir("bert") + "/config.json", dir / "config.json");
+  const NamedTensors all = read_safetensors(fixture_dir("bert") + "/model.safetensors");
+  NamedTensors first(all.begin(), all.begin() + all.size() / 2),
+      second(all.begin() + all.size() / 2, all.end());
+  write_safetensors((dir / "model-00001-of-00002.safetensors").string(), first);
+  write_safetensors((dir / "model-00002-of-00002.safetensors").string(), second);
+  nlohmann::json index = {{"metadata", {{"total_size", 0}}}, {"weight_map", nlohmann::json::object()}};
+  for (const auto& [name, tensor] : first) index["weight_map"][name] = "model-00001-of-00002.safetensors";
+  for (const auto& [name, tensor] : second) index["weight_map"][name] = "model-00002-of-00002.safetensors";
+  auto write_index = [&](const nlohmann::json& j) {
+    std::ofstream(dir / "model.safetensors.index.json") << j.dump();
+  };
+  write_index(index);
+  HfModel loaded = load_hf_model(dir.string());
+  EXPECT_TRUE(loaded.report.ok()) << loaded.report.to_string();
+  EXPECT_EQ(loaded.weights_path, (dir / "model.safetensors.index.json").string());
+  EXPECT_EQ(loaded.report.loaded.size(), all.size());
+  {
+    auto model = loaded.as<BertForSequenceClassificationImpl>();
+    const auto io = read_map(fixture_dir("bert") + "/expected.safetensors");
+    model->eval();
+    torch::NoGradGuard no_grad;
+    expect_close("bert sharded", "logits", model->forward(bert_inputs(io)).logits, io.at("logits"));
+  }
+  EXPECT_EQ(SafeTensorsSet((dir / "model.safetensors.index.json").string()).files().size(), 2u);
+
+  auto message_of = [&](const nlohmann::json& j) -> std::string {
+    write_index(j);
+    try {
+      load_hf_model(dir.string());
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "";
+  };
+  nlohmann::json missing = index;
+  missing["weight_map"][first.front().first] = "model-00003-of-00003.safetensors";
+  EXPECT_NE(message_of(missing).find("model-00003-of-00003.safetensors, which is not there"),
+            std::string::npos)
+      << message_of(missing);
+  nlohmann::json outside = index;
+  outside["weight_map"][first.front().first] = "../model.safetensors";
+  EXPECT_NE(message_of(outside).find("a file name beside the index"), std::string::npos)
+      << message_of(outside);
+  nlohmann::json misplaced = index;
+  misplaced["weight_map"][first.front().first] = "model-00002-of-00002.safetensors";
+  EXPECT_NE(message_of(misplaced).find("which does not hold it"), std::string::npos) << message_of(misplaced);
+  EXPECT_NE(message_of(nlohmann::json::array()).find("weight_map"), std::string::npos);
+  fs::remove_all(dir);
+}
+
 TEST(HfBert, LoadReportNamesMismatchedShapes) {
   nlohmann::json config = read_json_file(fixture_dir("bert") + "/config.json");
   config["intermediate_size"] = 48;
@@ -333,7 +393,7 @@ TEST(HfBert, ConfigErrorsNameFileAndKey) {
   bad["position_embedding_type"] = "relative_key";
   EXPECT_NE(message_of(bad).find("position_embedding_type"), std::string::npos) << message_of(bad);
   bad = config;
-  bad["model_type"] = "roberta";
+  bad["model_type"] = "distilbert";  // RoBERTa's and XLM-R's configs are BERT's; DistilBERT's are not
   EXPECT_NE(message_of(bad).find("model_type"), std::string::npos) << message_of(bad);
   // A LayerNorm epsilon of 0 or less gave NaN outputs with exit code 0 (#14.16); GPT-2 and ViT read theirs
   // through the same check.
@@ -630,6 +690,235 @@ TEST(HfBert, FreezeSpecsOnTextModel) {
     }
     EXPECT_EQ(report.frozen_parameters, 5 + 16);
     EXPECT_THROW(apply_freeze(*model, "until:bert.encoder.layer.7", "classifier"), SpecError);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// RoBERTa and DistilBERT (shared/fixtures/hf/roberta, distilbert: *ForSequenceClassification, 3 labels;
+// row 1 of each is padded). The fixtures have no token_type_ids: RoBERTa's are zeros, DistilBERT has none.
+
+TextInputs fixture_inputs(const std::map<std::string, torch::Tensor>& io) {
+  TextInputs inputs(io.at("input_ids"), io.at("attention_mask"));
+  inputs.labels = io.at("labels");
+  inputs.output_hidden_states = true;
+  return inputs;
+}
+
+// Every hidden state, the logits and the loss of a classifier against the fixture's.
+void check_classifier_forward(const std::string& name, SequenceClassifierImpl& model) {
+  const auto io = read_map(fixture_dir(name) + "/expected.safetensors");
+  model.eval();
+  torch::NoGradGuard no_grad;
+  const ClassifierOutput out = model.forward(fixture_inputs(io));
+  ASSERT_EQ(out.base.hidden_states.size(), 3u);
+  for (size_t i = 0; i < out.base.hidden_states.size(); ++i) {
+    const std::string key = "hidden_states." + std::to_string(i);
+    expect_close(name, key, out.base.hidden_states[i], io.at(key));
+  }
+  expect_close(name, "logits", out.logits, io.at("logits"));
+  expect_close(name, "loss", out.loss, io.at("loss"));
+  // features(): the first token's last hidden state, what the head reads.
+  expect_close(name, "features", model.features(fixture_inputs(io)), io.at("hidden_states.2").select(1, 0));
+}
+
+TEST(HfRoberta, ForwardMatchesTransformers) {
+  HfModel loaded = load_fixture("roberta");
+  ASSERT_EQ(loaded.architecture, "RobertaForSequenceClassification");
+  auto model = loaded.as<RobertaForSequenceClassificationImpl>();
+  EXPECT_EQ(count_parameters(*model), 140227);  // the fixture file's elements
+  EXPECT_EQ(model->config().pad_token_id, std::optional<int64_t>(1));
+  EXPECT_EQ(model->position_limit(), 74 - 2);  // positions 2 .. 73 for real tokens
+  check_classifier_forward("roberta", *model);
+}
+
+TEST(HfRoberta, AdamWStepMatchesTransformers) {
+  auto model = load_fixture("roberta").as<RobertaForSequenceClassificationImpl>();
+  const auto io = read_map(fixture_dir("roberta") + "/expected.safetensors");
+  check_adamw_step("roberta", *model, [&] { return model->forward(fixture_inputs(io)).loss; });
+}
+
+// RoBERTa numbers real tokens from pad_token_id + 1 and puts pad tokens at pad_token_id: the same tokens
+// give the same states wherever the padding is, and a longer input than the table allows is refused.
+TEST(HfRoberta, PositionsCountFromThePaddingIndex) {
+  HfLoadOptions options;
+  options.architecture = "RobertaModel";
+  HfModel loaded = load_hf_model(fixture_dir("roberta"), options);
+  EXPECT_TRUE(loaded.report.ok()) << loaded.report.to_string();
+  EXPECT_EQ(loaded.report.skipped,
+            (std::vector<std::string>{"classifier.dense.bias", "classifier.dense.weight",
+                                      "classifier.out_proj.bias", "classifier.out_proj.weight"}));
+  auto model = loaded.as<BertModelImpl>();
+  EXPECT_FALSE(model->pooler) << "the checkpoint has no pooler: none rather than a random one";
+  model->eval();
+  torch::NoGradGuard no_grad;
+  const auto io = read_map(fixture_dir("roberta") + "/expected.safetensors");
+  // The fixture's numbering, written out: positions 2, 3, ... for real tokens, 1 for pads.
+  const torch::Tensor ids = io.at("input_ids");
+  const torch::Tensor real = ids.ne(1).to(torch::kLong);
+  TextInputs explicit_positions(ids, io.at("attention_mask"));
+  explicit_positions.position_ids = real.cumsum(1) * real + 1;
+  expect_close("roberta base", "last_hidden_state (positions given)",
+               model->forward(explicit_positions).last_hidden_state, io.at("hidden_states.2"));
+  expect_close("roberta base", "last_hidden_state", model->forward(fixture_inputs(io)).last_hidden_state,
+               io.at("hidden_states.2"));
+  try {
+    model->forward(torch::full({1, 73}, 5, torch::kLong));
+    ADD_FAILURE() << "73 tokens need position 74 of a 74-row table";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("allows 72"), std::string::npos) << e.what();
+  }
+}
+
+// roberta-base's files hold a pooler that RobertaForSequenceClassification has none of: it is skipped by
+// name (transformers lists it as unused), not an error of a strict load.
+TEST(HfRoberta, CheckpointPoolerIsSkippedByTheClassifier) {
+  const fs::path dir = fs::temp_directory_path() / ("graft_hf_roberta_pooler_" + std::to_string(getpid()));
+  fs::create_directories(dir);
+  fs::copy_file(fixture_dir("roberta") + "/config.json", dir / "config.json",
+                fs::copy_options::overwrite_existing);
+  NamedTensors tensors = read_safetensors(fixture_dir("roberta") + "/model.safetensors");
+  tensors.emplace_back("roberta.pooler.dense.weight", torch::randn({64, 64}));
+  tensors.emplace_back("roberta.pooler.dense.bias", torch::randn({64}));
+  write_safetensors((dir / "model.safetensors").string(), tensors);
+  HfModel loaded = load_hf_model(dir.string());
+  EXPECT_TRUE(loaded.report.ok()) << loaded.report.to_string();
+  const std::set<std::string> skipped(loaded.report.skipped.begin(), loaded.report.skipped.end());
+  EXPECT_EQ(skipped, (std::set<std::string>{"roberta.pooler.dense.bias", "roberta.pooler.dense.weight"}));
+  check_classifier_forward("roberta", *loaded.as<RobertaForSequenceClassificationImpl>());
+  fs::remove_all(dir);
+}
+
+TEST(HfDistilBert, ForwardMatchesTransformers) {
+  HfModel loaded = load_fixture("distilbert");
+  ASSERT_EQ(loaded.architecture, "DistilBertForSequenceClassification");
+  auto model = loaded.as<DistilBertForSequenceClassificationImpl>();
+  EXPECT_EQ(count_parameters(*model), 139523);  // the fixture file's elements
+  EXPECT_EQ(model->config().n_layers, 2);
+  EXPECT_EQ(model->config().dim, 64);
+  check_classifier_forward("distilbert", *model);
+}
+
+TEST(HfDistilBert, AdamWStepMatchesTransformers) {
+  auto model = load_fixture("distilbert").as<DistilBertForSequenceClassificationImpl>();
+  const auto io = read_map(fixture_dir("distilbert") + "/expected.safetensors");
+  check_adamw_step("distilbert", *model, [&] { return model->forward(fixture_inputs(io)).loss; });
+}
+
+// DistilBERT's own inputs and keys: token_type_ids are refused (its forward has none), the base model loads
+// from the classifier's file, sinusoidal position tables and odd head counts are refused by key, and
+// to_json reads back to the same configuration.
+TEST(HfDistilBert, InputsAndConfigErrorsAreNamed) {
+  auto model = load_fixture("distilbert").as<DistilBertForSequenceClassificationImpl>();
+  TextInputs with_types(torch::tensor({{5, 6, 7}}, torch::kLong));
+  with_types.token_type_ids = torch::zeros({1, 3}, torch::kLong);
+  try {
+    model->forward(with_types);
+    ADD_FAILURE() << "DistilBERT has no token types";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("token_type_ids"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(model->reads_token_types());
+
+  HfLoadOptions options;
+  options.architecture = "DistilBertModel";
+  HfModel base = load_hf_model(fixture_dir("distilbert"), options);
+  EXPECT_TRUE(base.report.ok()) << base.report.to_string();
+  const auto io = read_map(fixture_dir("distilbert") + "/expected.safetensors");
+  {
+    torch::NoGradGuard no_grad;
+    auto encoder = base.as<DistilBertModelImpl>();
+    encoder->eval();
+    expect_close("distilbert base", "last_hidden_state",
+                 encoder->forward({io.at("input_ids"), io.at("attention_mask")}).last_hidden_state,
+                 io.at("hidden_states.2"));
+  }
+
+  const nlohmann::json source = read_json_file(fixture_dir("distilbert") + "/config.json");
+  auto message_of = [](const nlohmann::json& config) -> std::string {
+    try {
+      DistilBertConfig::from_json(config, "distilbert/config.json");
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "";
+  };
+  nlohmann::json sinusoidal = source;
+  sinusoidal["sinusoidal_pos_embds"] = true;
+  EXPECT_NE(message_of(sinusoidal).find("sinusoidal_pos_embds"), std::string::npos) << message_of(sinusoidal);
+  nlohmann::json heads = source;
+  heads["n_heads"] = 5;
+  EXPECT_NE(message_of(heads).find("n_heads"), std::string::npos) << message_of(heads);
+  nlohmann::json act = source;
+  act["activation"] = "swoosh";
+  EXPECT_NE(message_of(act).find("activation"), std::string::npos) << message_of(act);
+
+  DistilBertConfig config = DistilBertConfig::from_json(source, "distilbert/config.json");
+  config.id2label = {"negative", "positive"};
+  const nlohmann::json written = model->config_json(config.id2label);
+  const DistilBertConfig again = DistilBertConfig::from_json(written, "written");
+  EXPECT_EQ(again.to_json(), written);
+  EXPECT_EQ(again.id2label, config.id2label);
+  EXPECT_EQ(again.hidden_dim, 128);
+  EXPECT_EQ(again.seq_classif_dropout, 0.2);
+  EXPECT_EQ(written["problem_type"], "single_label_classification");
+}
+
+// distilbert-base-uncased is a DistilBertForMaskedLM: a classifier built from it gets a fresh two-layer
+// head (pre_classifier and classifier, neither in the file), and the masked-LM head is skipped, as
+// from_pretrained does it.
+TEST(HfDistilBert, MaskedLmCheckpointStartsAFreshTwoLayerHead) {
+  const fs::path dir = fs::temp_directory_path() / ("graft_hf_distilbert_mlm_" + std::to_string(getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  nlohmann::json config = read_json_file(fixture_dir("distilbert") + "/config.json");
+  config["architectures"] = {"DistilBertForMaskedLM"};
+  std::ofstream(dir / "config.json") << config.dump();
+  NamedTensors tensors;
+  for (auto& [name, tensor] : read_safetensors(fixture_dir("distilbert") + "/model.safetensors"))
+    if (name.rfind("distilbert.", 0) == 0) tensors.emplace_back(name, tensor);
+  tensors.emplace_back("vocab_transform.weight", torch::randn({64, 64}));
+  tensors.emplace_back("vocab_projector.weight", torch::randn({1000, 64}));
+  write_safetensors((dir / "model.safetensors").string(), tensors);
+  HfLoadOptions options;
+  options.architecture = "DistilBertForSequenceClassification";
+  options.num_labels = 2;
+  HfModel loaded = load_hf_model(dir.string(), options);
+  EXPECT_TRUE(loaded.report.ok()) << loaded.report.to_string();
+  const std::set<std::string> skipped(loaded.report.skipped.begin(), loaded.report.skipped.end());
+  for (const char* name :
+       {"vocab_transform.weight", "vocab_projector.weight", "pre_classifier.weight", "classifier.weight"})
+    EXPECT_TRUE(skipped.count(name)) << name << " is not among " << loaded.report.to_string();
+  auto model = loaded.as<DistilBertForSequenceClassificationImpl>();
+  EXPECT_EQ(model->classifier->weight.size(0), 2);
+  const auto io = read_map(fixture_dir("distilbert") + "/expected.safetensors");
+  torch::NoGradGuard no_grad;
+  model->eval();
+  expect_close("distilbert from masked LM", "hidden_states.2",
+               model->forward({io.at("input_ids"), io.at("attention_mask")}).base.last_hidden_state,
+               io.at("hidden_states.2"));
+  fs::remove_all(dir);
+}
+
+// A RoBERTa config reads RobertaConfig's defaults and writes back to the same; one whose positions would
+// not fit after the padding index is refused by key.
+TEST(HfRoberta, ConfigDefaultsAndRoundTrip) {
+  nlohmann::json source = read_json_file(fixture_dir("roberta") + "/config.json");
+  const BertConfig config = BertConfig::from_json(source, "roberta/config.json");
+  EXPECT_TRUE(config.positions_after_padding());
+  EXPECT_EQ(config.type_vocab_size, 1);
+  const BertConfig again = BertConfig::from_json(config.to_json(), "written");
+  EXPECT_EQ(again.to_json(), config.to_json());
+  EXPECT_EQ(again.model_type, "roberta");
+  nlohmann::json bare = {{"model_type", "roberta"}};
+  const BertConfig defaults = BertConfig::from_json(bare, "bare");
+  EXPECT_EQ(defaults.vocab_size, 50265);
+  EXPECT_EQ(defaults.pad_token_id, std::optional<int64_t>(1));
+  source["max_position_embeddings"] = 2;
+  try {
+    BertConfig::from_json(source, "roberta/config.json");
+    ADD_FAILURE() << "2 positions cannot hold one after pad_token_id 1";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("max_position_embeddings"), std::string::npos) << e.what();
   }
 }
 
@@ -1165,7 +1454,7 @@ TEST(HfLlama, SequenceClassificationReadsTheLastRealToken) {
   model->eval();
   torch::NoGradGuard no_grad;
   const torch::Tensor ids = torch::tensor({{5, 6, 7, 8}, {5, 6, 0, 0}}, torch::kLong);  // pad_token_id 0
-  CausalLMInputs inputs(ids, torch::tensor({{1, 1, 1, 1}, {1, 1, 0, 0}}, torch::kLong));
+  TextInputs inputs(ids, torch::tensor({{1, 1, 1, 1}, {1, 1, 0, 0}}, torch::kLong));
   inputs.labels = torch::tensor({2, 0}, torch::kLong);
   const ClassifierOutput out = model->forward(inputs);
   ASSERT_EQ(out.logits.sizes(), torch::IntArrayRef({2, 3}));

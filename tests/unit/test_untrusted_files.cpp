@@ -32,7 +32,8 @@ const std::map<std::string, std::function<void(std::string_view)>>& entry_points
       {"keras_h5_child", graft::fuzz::read_keras_h5_child_bytes},
       {"image", graft::fuzz::decode_image_bytes},
       {"tokenizer", graft::fuzz::load_tokenizer_bytes},
-      {"run_json", graft::fuzz::read_run_json_bytes}};
+      {"run_json", graft::fuzz::read_run_json_bytes},
+      {"chat_template", graft::fuzz::render_chat_template_bytes}};
   return entries;
 }
 
