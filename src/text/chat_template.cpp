@@ -540,7 +540,20 @@ std::vector<Token> lex_tag(const std::string& src, size_t& pos, const std::strin
   }
 }
 
-std::vector<Piece> lex(const std::string& src) {
+std::vector<Piece> lex(const std::string& source) {
+  // Jinja's lexer first: line ends become "\n" (newline_sequence) and one trailing newline is dropped
+  // (keep_trailing_newline is off).
+  std::string src;
+  src.reserve(source.size());
+  for (size_t k = 0; k < source.size(); ++k) {
+    if (source[k] == '\r') {
+      src += '\n';
+      if (k + 1 < source.size() && source[k + 1] == '\n') ++k;
+    } else {
+      src += source[k];
+    }
+  }
+  if (!src.empty() && src.back() == '\n') src.pop_back();
   std::vector<Piece> pieces;
   size_t pos = 0;
   bool strip_next = false;  // the previous tag ended with '-'
