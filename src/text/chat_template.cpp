@@ -27,8 +27,9 @@ using ojson = nlohmann::ordered_json;
 // Limits against a template that would render without end: output bytes and loop iterations.
 constexpr size_t kMaxOutputBytes = size_t{64} << 20;
 constexpr int64_t kMaxIterations = 1'000'000;
-constexpr int kMaxDepth = 200;       // nesting of expressions and blocks
-constexpr int kMaxValueDepth = 100;  // nesting of lists and dicts a template builds
+constexpr int kMaxDepth = 200;           // nesting of expressions and blocks
+constexpr int kMaxValueDepth = 100;      // nesting of lists and dicts a template builds
+constexpr size_t kMaxItems = 1'000'000;  // elements of a list a template builds or iterates
 
 class TemplateError {
  public:
@@ -229,14 +230,19 @@ std::string repr(const Value& v) {
       return python_quote(v.s);
     case Value::Kind::kList: {
       std::string out = "[";
-      for (size_t k = 0; k < v.list->size(); ++k) out += (k ? ", " : "") + repr((*v.list)[k]);
+      for (size_t k = 0; k < v.list->size(); ++k) {
+        out += (k ? ", " : "") + repr((*v.list)[k]);
+        if (out.size() > kMaxOutputBytes) throw TemplateError("a value too long to print", 0);
+      }
       return out + "]";
     }
     case Value::Kind::kDict:
     case Value::Kind::kNamespace: {
       std::string out = v.is(Value::Kind::kNamespace) ? "<Namespace {" : "{";
-      for (size_t k = 0; k < v.dict->size(); ++k)
+      for (size_t k = 0; k < v.dict->size(); ++k) {
         out += (k ? ", " : "") + python_quote((*v.dict)[k].first) + ": " + repr((*v.dict)[k].second);
+        if (out.size() > kMaxOutputBytes) throw TemplateError("a value too long to print", 0);
+      }
       return out + (v.is(Value::Kind::kNamespace) ? "}>" : "}");
     }
     default:
@@ -302,6 +308,7 @@ Value from_json(const ojson& j) {
 // Python's json.dumps(x, ensure_ascii=False, indent=indent, sort_keys=...), the tojson filter of
 // transformers' chat environment: ", " and ": " between items without indent, "," and newlines with it.
 void to_json_text(const Value& v, int indent, int depth, bool sort_keys, std::string& out) {
+  if (out.size() > kMaxOutputBytes) throw TemplateError("tojson: a value too long to print", 0);
   const auto newline = [&](int level) {
     if (indent < 0) return;
     out += '\n';
@@ -1172,6 +1179,11 @@ class Renderer {
  private:
   [[noreturn]] void fail(int line, const std::string& message) const { throw TemplateError(message, line); }
 
+  void check_length(size_t bytes, int line) const {
+    if (bytes > kMaxOutputBytes)
+      fail(line, "a string of more than " + std::to_string(kMaxOutputBytes >> 20) + " MiB");
+  }
+
   void emit(const std::string& text, int line) {
     if (out_.size() + text.size() > kMaxOutputBytes)
       fail(line, "the rendering passes " + std::to_string(kMaxOutputBytes >> 20) + " MiB");
@@ -1247,6 +1259,8 @@ class Renderer {
         return keys;
       }
       case Value::Kind::kString: {
+        if (v.s.size() > kMaxItems)
+          fail(line, "iterating a string of more than " + std::to_string(kMaxItems) + " bytes");
         List chars;
         for (size_t k = 0; k < v.s.size();) {  // by UTF-8 character
           size_t n = 1;
@@ -1393,7 +1407,11 @@ class Renderer {
       }
       return Value::boolean(op == "in" ? found : !found);
     }
-    if (op == "~") return Value::string(to_str(a) + to_str(b));
+    if (op == "~") {
+      std::string left = to_str(a), right = to_str(b);
+      check_length(left.size() + right.size(), line);
+      return Value::string(left + right);
+    }
     if (op == "<" || op == ">" || op == "<=" || op == ">=") {
       int c = 0;
       if (a.numeric() && b.numeric()) {
@@ -1406,8 +1424,13 @@ class Renderer {
       return Value::boolean(op == "<" ? c < 0 : op == ">" ? c > 0 : op == "<=" ? c <= 0 : c >= 0);
     }
     if (op == "+") {
-      if (a.is(Value::Kind::kString) && b.is(Value::Kind::kString)) return Value::string(a.s + b.s);
+      if (a.is(Value::Kind::kString) && b.is(Value::Kind::kString)) {
+        check_length(a.s.size() + b.s.size(), line);
+        return Value::string(a.s + b.s);
+      }
       if (a.is(Value::Kind::kList) && b.is(Value::Kind::kList)) {
+        if (a.list->size() + b.list->size() > kMaxItems)
+          fail(line, "a list of more than " + std::to_string(kMaxItems) + " items");
         List list = *a.list;
         list.insert(list.end(), b.list->begin(), b.list->end());
         return Value::of_list(std::move(list));
@@ -1554,6 +1577,8 @@ class Renderer {
           if (sep.s.empty()) fail(line, "split: empty separator");
           size_t from = 0;
           while (true) {
+            if (parts.size() >= kMaxItems)
+              fail(line, "split: more than " + std::to_string(kMaxItems) + " parts");
             const size_t at = s.find(sep.s, from);
             parts.push_back(
                 Value::string(s.substr(from, at == std::string::npos ? std::string::npos : at - from)));
@@ -1563,7 +1588,11 @@ class Renderer {
         } else {
           std::istringstream in(s);
           std::string word;
-          while (in >> word) parts.push_back(Value::string(word));
+          while (in >> word) {
+            if (parts.size() >= kMaxItems)
+              fail(line, "split: more than " + std::to_string(kMaxItems) + " parts");
+            parts.push_back(Value::string(word));
+          }
         }
         return Value::of_list(std::move(parts));
       }
@@ -1700,6 +1729,7 @@ class Renderer {
         if (!first) out += sep.is(Value::Kind::kString) ? sep.s : "";
         first = false;
         out += to_str(attribute.is(Value::Kind::kString) ? attribute_of(item, attribute.s, line) : item);
+        check_length(out.size(), line);
       }
       return Value::string(out);
     }

@@ -232,6 +232,16 @@ TEST(ChatTemplate, ErrorsNameTheLine) {
   EXPECT_NE(message_of("{% for i in range(100000) %}{% for j in range(1000) %}{% endfor %}{% endfor %}", none)
                 .find("iterations"),
             std::string::npos);
+  // A string that doubles every iteration stops at the output bound, long before memory does.
+  EXPECT_NE(message_of("{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}"
+                       "{% endfor %}",
+                       none)
+                .find("a string of more than 64 MiB"),
+            std::string::npos);
+  EXPECT_NE(message_of("{{ 9223372036854775807 + 1 }}", none).find("integer overflow"), std::string::npos);
+  EXPECT_NE(
+      message_of("{% set ns = namespace() %}{% set ns.me = [ns] %}", none).find("namespace cannot hold"),
+      std::string::npos);
   EXPECT_FALSE(read_chat_template(kDir + "gpt2/encoder.json").has_value());
 }
 
