@@ -267,6 +267,20 @@ TEST(TextE2E, SentimentBertFromScratchClassifiesAboveChance) {
 // One options table for every task: a --config file serves text runs too (it was refused: "--config is
 // read for image tasks only"), flags override it, options of other tasks are refused by name before
 // anything is read, and the resolved configuration is saved.
+// The fixture's Llama shape (grouped-query attention, RMSNorm, rotary positions) with a tokenizer's
+// vocabulary, `positions` and its bos/eos ids, written as dir/config.json; returns it.
+nlohmann::json write_llama_config(const fs::path& dir, int64_t vocab, int64_t positions, int64_t bos,
+                                  int64_t eos) {
+  auto config = nlohmann::json::parse(read(kShared + "/fixtures/hf/llama/config.json"));
+  config["vocab_size"] = vocab;
+  config["max_position_embeddings"] = positions;
+  config["pad_token_id"] = nullptr;
+  config["bos_token_id"] = bos;
+  config["eos_token_id"] = eos;
+  std::ofstream(dir / "config.json") << config.dump(2);
+  return config;
+}
+
 // RoBERTa's tokenizer.json layout (<s> 0, <pad> 1, </s> 2, <unk> 3, then GPT-2's byte-level BPE, and
 // RobertaProcessing's <s> X </s>), made from GPT-2's file: roberta-base's own files are not in shared/.
 void write_roberta_tokenizer(const fs::path& file) {
@@ -519,13 +533,7 @@ TEST(TextE2E, LlamaLearnsThePlaysTakesLoraAndClassifies) {
   std::ofstream(dir / "part1.txt") << text.substr(0, 60000);
   std::ofstream(dir / "part2.txt") << text.substr(60000, 60000);
   std::ofstream(dir / "val.txt") << text.substr(text.size() - 20000);
-  auto config = nlohmann::json::parse(read(kShared + "/fixtures/hf/llama/config.json"));
-  config["vocab_size"] = 50257;
-  config["max_position_embeddings"] = 64;
-  config["pad_token_id"] = nullptr;
-  config["bos_token_id"] = 50256;
-  config["eos_token_id"] = 50256;
-  std::ofstream(dir / "config.json") << config.dump(2);
+  const auto config = write_llama_config(dir, 50257, 64, 50256, 50256);
   const std::string val = " --val-data " + (dir / "val.txt").string();
   const fs::path base = dir / "base";
   auto pretrain =
@@ -638,13 +646,7 @@ TEST(TextE2E, ChatModelTrainsOnAssistantTurnsAndChats) {
   }
   chats.close();
   ASSERT_GE(written, 30);
-  auto config = nlohmann::json::parse(read(kShared + "/fixtures/hf/llama/config.json"));
-  config["vocab_size"] = 49152;
-  config["max_position_embeddings"] = 128;
-  config["pad_token_id"] = nullptr;
-  config["bos_token_id"] = 1;
-  config["eos_token_id"] = 2;
-  std::ofstream(dir / "config.json") << config.dump(2);
+  write_llama_config(dir, 49152, 128, 1, 2);  // SmolLM2's vocabulary, <|im_start|> and <|im_end|>
   const fs::path run_dir = dir / "run";
   auto run =
       graft("train --task causal-lm --model llama --model-config " + (dir / "config.json").string() +
