@@ -96,8 +96,8 @@ const std::map<std::string, std::vector<SizeCheck>>& size_checks() {
 }
 
 void check_sizes_against_weights(const json& root, const std::string& config_path,
-                                 const std::string& model_type, const std::string& weights_path) {
-  const SafeTensorsSet reader(weights_path);  // the headers only: the data stays mapped, unread
+                                 const std::string& model_type, const SafeTensorsSet& reader) {
+  const std::string& weights_path = reader.path();  // the headers only: the data stays mapped, unread
   const auto find = [&](const std::string& suffix) -> const TensorInfo* {
     for (const TensorInfo& t : reader.tensors())
       if (t.name == suffix || ends_with(t.name, "." + suffix)) return &t;
@@ -308,9 +308,11 @@ torch::Tensor hf_classification_loss(const torch::Tensor& logits, const torch::T
               "': expected regression, single_label_classification or multi_label_classification");
 }
 
-LoadReport load_hf_weights(torch::nn::Module& model, const std::string& file, const std::string& base_prefix,
-                           const LoadOptions& options) {
-  const SafeTensorsSet reader(file);
+namespace {
+
+LoadReport load_hf_weights_from(torch::nn::Module& model, const SafeTensorsSet& reader,
+                                const std::string& base_prefix, const LoadOptions& options) {
+  const std::string& file = reader.path();
   std::set<std::string> model_names;
   for (const auto& item : state_dict(model)) model_names.insert(item.first);
   bool model_has_prefix = false, file_has_prefix = false;
@@ -367,6 +369,13 @@ LoadReport load_hf_weights(torch::nn::Module& model, const std::string& file, co
   LoadReport report = load_state_dict(model, renamed, load);
   report.skipped.insert(report.skipped.end(), skipped.begin(), skipped.end());
   return report;
+}
+
+}  // namespace
+
+LoadReport load_hf_weights(torch::nn::Module& model, const std::string& file, const std::string& base_prefix,
+                           const LoadOptions& options) {
+  return load_hf_weights_from(model, SafeTensorsSet(file), base_prefix, options);
 }
 
 namespace {
@@ -465,14 +474,15 @@ HfModel load_hf_model(const std::string& path, const HfLoadOptions& options) {
   const HfArchitecture* arch = &choose_architecture(root, out.config_path, options, &checkpoint_class);
   out.model_type = arch->model_type;
   out.architecture = arch->name;
-  if (options.strict) check_sizes_against_weights(root, out.config_path, out.model_type, out.weights_path);
+  // The weights' headers, read once for the size checks, the head and the load (the data stays mapped).
+  const SafeTensorsSet weights(out.weights_path);
+  if (options.strict) check_sizes_against_weights(root, out.config_path, out.model_type, weights);
   out.module = arch->build(root, out.config_path, options.num_labels);
   // A BERT-shaped base model from a checkpoint without a pooler (RoBERTa's classifiers and masked-LM
   // files): no pooler, where transformers would start a random one.
   if (auto* encoder = dynamic_cast<BertModelImpl*>(out.module.get()); encoder && encoder->pooler) {
-    const SafeTensorsSet reader(out.weights_path);
     const bool has_pooler =
-        std::any_of(reader.tensors().begin(), reader.tensors().end(),
+        std::any_of(weights.tensors().begin(), weights.tensors().end(),
                     [](const TensorInfo& t) { return ends_with(t.name, "pooler.dense.weight"); });
     if (!has_pooler) {
       encoder->unregister_module("pooler");
@@ -498,13 +508,12 @@ HfModel load_hf_model(const std::string& path, const HfLoadOptions& options) {
     std::set<std::string> model_names;
     for (const auto& item : state_dict(*out.module)) model_names.insert(item.first);
     const std::string base = arch->base_prefix;
-    const SafeTensorsSet reader(out.weights_path);
     const auto skip = [&](const std::string& name) {
       const std::string top = name.substr(0, name.find('.'));
       if (std::find(load.skip_prefixes.begin(), load.skip_prefixes.end(), top) == load.skip_prefixes.end())
         load.skip_prefixes.push_back(top);
     };
-    for (const auto& info : reader.tensors()) {
+    for (const auto& info : weights.tensors()) {
       const bool in_base = starts_with_module(info.name, base) || model_names.count(base + "." + info.name) ||
                            model_names.count(info.name);
       if (!in_base && info.name.find('.') != std::string::npos) skip(info.name);
@@ -515,11 +524,11 @@ HfModel load_hf_model(const std::string& path, const HfLoadOptions& options) {
       return starts_with_module(name, base);
     });
     for (const std::string& name : model_names)
-      if (has_head && !starts_with_module(name, base) && !reader.contains(name) &&
+      if (has_head && !starts_with_module(name, base) && !weights.contains(name) &&
           name.find('.') != std::string::npos)
         skip(name);
   }
-  out.report = load_hf_weights(*out.module, out.weights_path, arch->base_prefix, load);
+  out.report = load_hf_weights_from(*out.module, weights, arch->base_prefix, load);
   return out;
 }
 
