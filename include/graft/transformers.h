@@ -1,8 +1,9 @@
 // Hugging Face transformers models in graft: the config.json readers, the output records the models
 // return, and loading a Hugging Face model folder (config.json + model.safetensors) by its own names.
-// Matches transformers v4.31: configuration_bert.py, configuration_gpt2.py, configuration_vit.py and
-// modeling_utils.py (from_pretrained's prefix handling and tied embeddings). The models themselves are in
-// graft/bert.h, graft/gpt2.h and graft/vit.h.
+// Matches transformers v4.31: configuration_bert.py (read for RoBERTa and XLM-R too), configuration_gpt2.py,
+// configuration_vit.py and modeling_utils.py (from_pretrained's prefix handling, tied embeddings, sharded
+// checkpoints). The models themselves are in graft/bert.h, graft/roberta.h, graft/distilbert.h,
+// graft/gpt2.h, graft/llama.h and graft/vit.h.
 //
 // A key missing from config.json takes the default of the Hugging Face config class, as
 // `BertConfig.from_pretrained` does (save_pretrained omits keys equal to the defaults); a key of the wrong
