@@ -1,7 +1,8 @@
 // `graft forward MODEL --weights W --inputs IN.safetensors --out OUT.safetensors`: runs the model in
 // eval mode on named inputs and writes named outputs; the generic tool behind parity checks. MODEL may
-// also be a Hugging Face model folder (config.json + model.safetensors: BERT, GPT-2, ViT), fed with
-// input_ids / attention_mask / token_type_ids or pixel_values.
+// also be a Hugging Face model folder (config.json + model.safetensors or its shards: BERT, RoBERTa, XLM-R,
+// DistilBERT, GPT-2, Llama, Qwen2, ViT), fed with input_ids / attention_mask / token_type_ids or
+// pixel_values.
 #include <filesystem>
 #include <iostream>
 #include <numeric>
