@@ -21,6 +21,7 @@
 //   graft_text_bench info
 //       graft::runtime_info(): versions, threads, BLAS, for the results' machine line.
 #include <sys/resource.h>
+#include <unistd.h>
 #include <torch/csrc/autograd/profiler_legacy.h>
 
 #include <algorithm>
@@ -204,6 +205,14 @@ std::vector<torch::Tensor> trainable_after_lora(torch::nn::Module& model, int64_
   return out;
 }
 
+// The process's resident memory now, from /proc/self/statm (0 where it cannot be read).
+double current_rss_mb() {
+  std::ifstream statm("/proc/self/statm");
+  double pages = 0, resident = 0;
+  if (!(statm >> pages >> resident)) return 0;
+  return resident * static_cast<double>(sysconf(_SC_PAGESIZE)) / (1024.0 * 1024.0);
+}
+
 double peak_rss_mb() {
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
@@ -221,6 +230,10 @@ int time_training(const std::string& name, torch::nn::Module& model, torch::opti
     if (p.requires_grad()) trainable += p.numel();
   }
   std::vector<double> phase_ms[4];  // zero_grad, forward, backward, optimizer step
+  // Where memory goes: resident before the first step (libraries, weights) and at the end of a forward
+  // (plus the activations autograd keeps, AdamW's state after the first step).
+  const double rss_before_mb = current_rss_mb();
+  double rss_after_forward_mb = 0;
   const auto step = [&](bool record) {
     const auto t0 = Clock::now();
     optimizer.zero_grad();
@@ -232,6 +245,7 @@ int time_training(const std::string& name, torch::nn::Module& model, torch::opti
       loss = forward();
     }
     const auto t2 = Clock::now();
+    rss_after_forward_mb = std::max(rss_after_forward_mb, current_rss_mb());
     loss.backward();
     const auto t3 = Clock::now();
     optimizer.step();
@@ -266,6 +280,8 @@ int time_training(const std::string& name, torch::nn::Module& model, torch::opti
                          {"lora", s.lora},
                          {"precision", s.precision},
                          {"peak_rss_mb", peak_rss_mb()},
+                         {"rss_before_mb", rss_before_mb},
+                         {"rss_after_forward_mb", rss_after_forward_mb},
                          {"batch", s.batch},
                          {"seq", s.seq},
                          {"threads", at::get_num_threads()},

@@ -24,7 +24,12 @@ torch::Device parse_device(const std::string& text);
 // found from /proc/self/maps; "unknown" elsewhere.
 std::string blas_in_use();
 
-// Multi-line report: graft and libtorch versions, threads, BLAS, oneDNN, CUDA devices.
+// How libgomp's idle workers wait: OMP_WAIT_POLICY / GOMP_SPINCOUNT from the environment, PASSIVE as the
+// graft program and benchmarks set it (src/cli/openmp_wait.cpp), or libgomp's spinning default, which
+// costs matrix products up to 2x on a few cores; a program of the library's users sets it itself.
+std::string openmp_wait_policy();
+
+// Multi-line report: graft and libtorch versions, threads, BLAS, OpenMP waiting, oneDNN, CUDA devices.
 std::string runtime_info();
 
 }  // namespace graft

@@ -4,6 +4,7 @@
 #include <dlfcn.h>
 #include <malloc.h>
 
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -70,6 +71,19 @@ std::string blas_in_use() {
   return description;
 }
 
+std::string openmp_wait_policy() {
+  const char* policy = std::getenv("OMP_WAIT_POLICY");
+  if (const char* spins = std::getenv("GOMP_SPINCOUNT"))
+    return std::string("GOMP_SPINCOUNT=") + spins +
+           (policy ? std::string(", OMP_WAIT_POLICY=") + policy : "") + " (from the environment)";
+  if (policy && std::getenv("GRAFT_OMP_WAIT_POLICY"))
+    return std::string("OMP_WAIT_POLICY=") + policy +
+           " (set by graft: idle workers sleep at once and leave the cores to OpenBLAS's threads)";
+  if (policy) return std::string("OMP_WAIT_POLICY=") + policy + " (from the environment)";
+  return "libgomp's default: idle workers spin for milliseconds, which slows OpenBLAS's matrix products "
+         "(set OMP_WAIT_POLICY=PASSIVE; the graft command does)";
+}
+
 std::string runtime_info() {
   std::ostringstream out;
   out << "graft      " << GRAFT_VERSION << "\n";
@@ -77,6 +91,7 @@ std::string runtime_info() {
   out << "threads    " << at::get_num_threads() << " intra-op, " << at::get_num_interop_threads()
       << " inter-op (machine cores: " << std::thread::hardware_concurrency() << ")\n";
   out << "BLAS       " << blas_in_use() << "\n";
+  out << "OpenMP     " << openmp_wait_policy() << "\n";
   out << "oneDNN     " << (at::hasMKLDNN() ? "yes, dispatching to " + onednn_isa() : std::string("no"))
       << "\n";
   const CpuBf16Support bf16 = cpu_bf16_support();

@@ -51,6 +51,22 @@ TEST(Cli, HelpVersionInfo) {
       << unknown.output;
 }
 
+// The program starts again with OMP_WAIT_POLICY=PASSIVE before libgomp reads its environment
+// (src/cli/openmp_wait.cpp), keeping its arguments; a user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
+TEST(Cli, OpenMpWorkersSleepUnlessTheUserSaysOtherwise) {
+  const std::string clean = "env -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT -u GRAFT_OMP_WAIT_POLICY";
+  auto info = graft("--threads 1 info", clean);
+  EXPECT_EQ(info.status, 0) << info.output;
+  EXPECT_TRUE(contains(info.output, "OpenMP     OMP_WAIT_POLICY=PASSIVE (set by graft")) << info.output;
+  EXPECT_TRUE(contains(info.output, "threads    1 intra-op")) << info.output;
+  auto active = graft("info", clean + " OMP_WAIT_POLICY=ACTIVE");
+  EXPECT_TRUE(contains(active.output, "OpenMP     OMP_WAIT_POLICY=ACTIVE (from the environment)"))
+      << active.output;
+  auto spins = graft("info", clean + " GOMP_SPINCOUNT=1000");
+  EXPECT_TRUE(contains(spins.output, "OpenMP     GOMP_SPINCOUNT=1000 (from the environment)"))
+      << spins.output;
+}
+
 // `graft train`'s flags come from one table: --help shows each task's default and the tasks an option is
 // for; a bare `graft train` says what is missing (it printed a JSON library's type_error 307).
 TEST(Cli, TrainHelpAndMissingOptions) {
