@@ -21,8 +21,8 @@
 //   graft_text_bench info
 //       graft::runtime_info(): versions, threads, BLAS, for the results' machine line.
 #include <sys/resource.h>
-#include <unistd.h>
 #include <torch/csrc/autograd/profiler_legacy.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
