@@ -7,10 +7,9 @@
 // cures it, but libgomp reads its environment once, in its constructor, before main. So before any
 // library's constructor runs (.preinit_array), a program started without OMP_WAIT_POLICY or
 // GOMP_SPINCOUNT executes itself again with OMP_WAIT_POLICY=PASSIVE added. That costs the dynamic
-// loader's work again (~0.4 s on those cores), so commands that compute
-// little (--help, --version, models, tokenize, pull, convert) skip it. A user's own setting is kept, and
-// `graft info` says which applies. If the program cannot be executed again (no /proc), it goes on with
-// libgomp's default.
+// loader's work again (~0.4 s on those cores), so commands that compute little (--help, --version,
+// models, tokenize, pull, convert) skip it. A user's own setting is kept, and `graft info` says which
+// applies. If the program cannot be executed again (no /proc), it goes on with libgomp's default.
 #include <unistd.h>
 
 #include <cstring>
@@ -62,6 +61,7 @@ void settle_openmp_waits(int argc, char** argv, char** envp) {
 
 }  // namespace
 
-__attribute__((section(".preinit_array"),
-               used)) static void (*const graft_settle_openmp_waits)(int, char**,
-                                                                     char**) = &settle_openmp_waits;
+// The dynamic loader calls .preinit_array's entries with (argc, argv, envp) before any constructor.
+using Preinit = void (*)(int, char**, char**);
+__attribute__((section(".preinit_array"), used)) static const Preinit graft_settle_openmp_waits =
+    &settle_openmp_waits;
