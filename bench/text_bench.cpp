@@ -17,7 +17,9 @@
 //       --profile writes libtorch's operator profile of the timed steps as a Chrome trace.
 //       train-vit: a ViTForImageClassification on random 224 px pixels. --size base: BERT-base and ViT-B
 //       shapes. --lora R: PEFT's LoRA (r = alpha = R) on query and value, the classifier trained whole,
-//       AdamW over what trains (bench/lora). The JSON adds trainable parameters and peak_rss_mb.
+//       AdamW over what trains (bench/lora). The JSON adds trainable parameters, peak_rss_mb, and the
+//       resident memory before the first step (rss_before_mb) and at the end of a forward, the largest
+//       seen (rss_after_forward_mb), to tell weights and optimiser state from activations.
 //   graft_text_bench info
 //       graft::runtime_info(): versions, threads, BLAS, for the results' machine line.
 #include <sys/resource.h>
